@@ -1,0 +1,108 @@
+"""The ``kidata`` command: ``kidata --help`` lists the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def _load_chunks(path: str) -> np.ndarray:
+    """Normalized chunks [N, H, D] from a .npy file (memory-mapped, never unpickled)."""
+    chunks = np.load(path, mmap_mode="r", allow_pickle=False)
+    if chunks.ndim != 3:
+        raise SystemExit(f"{path}: expected normalized chunks [N, H, D], got shape {chunks.shape}")
+    return chunks
+
+
+def _fast_fit(args: argparse.Namespace) -> int:
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.report import evaluate, write_report
+
+    chunks = _load_chunks(args.chunks)
+    print(f"fitting FAST on {chunks.shape[0]} chunks of shape {chunks.shape[1:]} ...", flush=True)
+    tokenizer = FastTokenizer.fit(
+        np.asarray(chunks),
+        vocab_size=args.vocab_size,
+        scale=args.scale,
+        target_rmse=args.target_rmse,
+        min_frequency=args.min_frequency,
+        show_progress=not args.quiet,
+    )
+    out = tokenizer.save(args.out)
+    report = evaluate(tokenizer, chunks, progress=not args.quiet)
+    report_dir = write_report(report, out / "report")
+    print(report.summary())
+    print(f"tokenizer written to {out} (sha256 {tokenizer.sha256[:12]}); report in {report_dir}")
+    return 0
+
+
+def _fast_report(args: argparse.Namespace) -> int:
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.report import evaluate, write_report
+
+    chunks = _load_chunks(args.chunks)
+    report = evaluate(FastTokenizer.load(args.tokenizer), chunks, progress=not args.quiet)
+    report_dir = write_report(report, args.out)
+    print(report.summary())
+    print(f"report written to {report_dir}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from kidata.demo import run_demo
+
+    run_demo(Path(args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kidata",
+        description="Build knowledge-insulated VLA training data: FAST tokenizers, mixtures, training.",
+    )
+    from kidata import __version__
+
+    parser.add_argument("--version", action="version", version=f"kidata {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    fast = commands.add_parser("fast", help="fit and inspect FAST action tokenizers")
+    fast_commands = fast.add_subparsers(dest="fast_command", metavar="ACTION", required=True)
+
+    fit = fast_commands.add_parser("fit", help="fit a FAST tokenizer on normalized chunks [N, H, D]")
+    fit.add_argument("--chunks", required=True, help=".npy file of normalized chunks [N, H, D]")
+    fit.add_argument("--vocab-size", type=int, default=1024)
+    fit.add_argument("--scale", type=float, default=10.0, help="DCT coefficient scale before rounding")
+    fit.add_argument(
+        "--target-rmse", type=float, default=None, help="pick the scale for this rounding RMSE"
+    )
+    fit.add_argument("--min-frequency", type=int, default=2, help="least count for a BPE merge")
+    fit.add_argument("--out", required=True, help="directory to write the tokenizer into")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit.set_defaults(handler=_fast_fit)
+
+    report = fast_commands.add_parser(
+        "report", help="token lengths, compression and reconstruction error of a tokenizer on chunks"
+    )
+    report.add_argument("tokenizer", help="FAST tokenizer directory (processor_config.json + tokenizer.json)")
+    report.add_argument("--chunks", required=True, help=".npy file of normalized chunks [N, H, D]")
+    report.add_argument("--out", default="fast_report", help="directory for report.json and PNG plots")
+    report.add_argument("--quiet", action="store_true", help="no progress bars")
+    report.set_defaults(handler=_fast_report)
+
+    demo = commands.add_parser("demo", help="the main job on the embedded default data")
+    demo.add_argument("--out", default="demo-out", help="output directory")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Readers and generators that yield robot episodes, action chunks or VLM examples."""

@@ -1,0 +1,34 @@
+"""Shared fixtures. Data under ../shared is read in place, never copied into the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared; skips where a user's clone has none, fails under CI=true."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        message = f"{path} not found: tests on real data need ../shared beside the checkout"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: a missing ../shared is an error)")
+        pytest.skip(message)
+    return path
+
+
+@pytest.fixture(scope="session")
+def fast_plus_dir() -> Path:
+    return shared_path("reference", "fast_universal")
+
+
+@pytest.fixture(scope="session")
+def fast_plus(fast_plus_dir):
+    from kidata.tokenizers.fast import FastTokenizer
+
+    return FastTokenizer.load(fast_plus_dir)
