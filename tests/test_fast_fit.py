@@ -120,3 +120,26 @@ def test_unnormalized_data_beyond_the_code_range_is_refused():
     chunks[0, :, 0] = 3000.0
     with pytest.raises(ValueError, match="lower the scale"):
         FastTokenizer.fit(chunks)
+
+
+def test_training_coefficients_land_in_one_run_of_letters(fitted, chunks):
+    import regex
+
+    from kidata.tokenizers.bytelevel import GPT2_SPLIT_PATTERN, from_code_points
+
+    codes, _ = fitted.coefficient_codes(chunks)
+    assert 0xF8 <= codes.min() and codes.max() <= 0x2C1
+    # One pre-tokenizer piece per chunk: merges may span every coefficient.
+    for row in codes[:50]:
+        assert len(regex.findall(GPT2_SPLIT_PATTERN, from_code_points(row))) == 1
+
+
+def test_values_somewhat_below_the_training_minimum_are_represented_not_clipped(fitted, chunks):
+    codes, _ = fitted.coefficient_codes(chunks)
+    lowest = int(codes.min()) + fitted.min_token  # smallest rounded training coefficient
+    chunk = np.zeros((10, 7))
+    chunk[:, 0] = (lowest - 50) / 10 / np.sqrt(10)  # DC 5 units below anything seen
+    assert fitted.coefficient_codes(chunk)[1] == 0
+    actions, ok = fitted.decode(fitted.encode(chunk), horizon=10, dim=7)
+    assert ok.all()
+    np.testing.assert_allclose(actions[0], chunk, atol=0.05)

@@ -1,19 +1,12 @@
-"""Byte-level BPE plumbing shared by FAST: the GPT-2 byte alphabet and a fast rank-based encoder.
+"""Byte-level plumbing for FAST: the GPT-2 byte alphabet, code points, reachable bytes.
 
 FAST stores its BPE in a Hugging Face ``tokenizer.json`` with a ByteLevel pre-tokenizer: every
-symbol is a UTF-8 byte shown as a printable character (the GPT-2 table). The same vocabulary can
-drive tiktoken's rank-based encoder, which is about three times faster than ``tokenizers`` on FAST
-strings. The two algorithms are not equivalent for every vocabulary (tiktoken merges any adjacent
-pair whose concatenation is a token; Hugging Face only pairs listed as merges), so the fast path is
-only used after ``tiktoken_or_none`` has checked the layout and the caller has compared both
-encoders on probe input.
+symbol is a UTF-8 byte shown as a printable character (the GPT-2 table).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
-
 import numpy as np
 
 # The GPT-2 pre-tokenization pattern that tokenizers' ByteLevel(use_regex=True) applies.
@@ -75,58 +68,6 @@ def id_to_bytes_table(vocab: dict[str, int]) -> list[bytes]:
     for token, index in vocab.items():
         table[index] = token_bytes(token)
     return table
-
-
-def _tiktoken_blocker(spec: dict[str, Any]) -> str | None:
-    """Why this tokenizer.json cannot be run by tiktoken with identical results, or None."""
-    model = spec.get("model") or {}
-    if model.get("type") != "BPE":
-        return "model is not BPE"
-    if spec.get("normalizer") is not None:
-        return "tokenizer has a normalizer"
-    if spec.get("added_tokens"):
-        return "tokenizer has added tokens"
-    pre = spec.get("pre_tokenizer") or {}
-    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
-        return "pre-tokenizer is not ByteLevel with the GPT-2 split"
-    if pre.get("add_prefix_space"):
-        return "pre-tokenizer adds a prefix space"
-    if model.get("dropout") or model.get("continuing_subword_prefix") or model.get(
-        "end_of_word_suffix"
-    ):
-        return "BPE uses dropout or word affixes"
-    vocab: dict[str, int] = model["vocab"]
-    merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
-    merged_ids = [vocab.get(left + right) for left, right in merges]
-    if None in merged_ids:
-        return "a merge produces a token missing from the vocabulary"
-    if any(b <= a for a, b in zip(merged_ids, merged_ids[1:])):
-        return "merge order and token ids disagree"
-    base_ids = [index for token, index in vocab.items() if len(token_bytes(token)) == 1]
-    if merged_ids and base_ids and max(base_ids) >= merged_ids[0]:
-        return "base symbols are not ranked below merges"
-    if len(base_ids) + len(merged_ids) != len(vocab):
-        return "vocabulary holds entries that are neither bytes nor merges"
-    return None
-
-
-def tiktoken_or_none(spec: dict[str, Any], name: str = "fast") -> tuple[Any | None, str | None]:
-    """A tiktoken Encoding over the same ranks, or (None, reason) when the layout does not allow it.
-
-    Ranks are the vocabulary ids, so the ids tiktoken returns are the tokenizer's own ids.
-    """
-    reason = _tiktoken_blocker(spec)
-    if reason is not None:
-        return None, reason
-    try:
-        import tiktoken
-    except ImportError:  # pragma: no cover - tiktoken is a core dependency
-        return None, "tiktoken is not installed"
-    ranks = {token_bytes(token): index for token, index in spec["model"]["vocab"].items()}
-    encoding = tiktoken.Encoding(
-        name, pat_str=GPT2_SPLIT_PATTERN, mergeable_ranks=ranks, special_tokens={}
-    )
-    return encoding, None
 
 
 def code_points(text: str) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 from scipy.fft import dct, idct
 
 from kidata.tokenizers import bytelevel
+from kidata.tokenizers.rankbpe import RankedBpe
 from kidata.tokenizers.base import ClipWarning, DecodeError, as_chunk_batch, as_token_lists
 
 PROCESSOR_CONFIG = "processor_config.json"
@@ -42,6 +43,18 @@ Backend = Literal["auto", "tiktoken", "hf"]
 # Fitted vocabularies cover code points up to here (two-byte UTF-8) unless the data needs more:
 # at scale 10 this spans 204.7 normalized units, far beyond q01/q99-normalized actions.
 _FIT_MAX_CODE = 0x7FF
+# The longest run of letters (\p{L}) below U+0800. The GPT-2 pre-tokenizer keeps a run of letters
+# in one piece, so a fit places the training coefficients here: BPE merges can then span the whole
+# chunk (with codes at the data minimum, as the reference does, zero lands on control characters,
+# whitespace and digits, and the pre-tokenizer cuts chunks into many pieces that never merge).
+_LETTER_BLOCK = (0x00F8, 0x02C1)
+
+
+def _first_data_code(span: int) -> int:
+    """Code point of the smallest training coefficient: the data range centred in the letter
+    block when it fits (leaving headroom on both sides for unseen values), else code 0."""
+    block = _LETTER_BLOCK[1] - _LETTER_BLOCK[0]
+    return _LETTER_BLOCK[0] + (block - span) // 2 if span <= block else 0
 
 
 @dataclass(frozen=True)
@@ -90,8 +103,9 @@ class FastTokenizer:
         spec = json.loads(self._json)
         vocab: dict[str, int] = spec["model"]["vocab"]
         self.vocab_size = len(vocab)
-        self._id_bytes = bytelevel.id_to_bytes_table(vocab)
-        base = {self._id_bytes[i][0] for i in vocab.values() if len(self._id_bytes[i]) == 1}
+        self._id_bytes = bytelevel.id_to_bytes_table(vocab) + [b"\xff"]  # 0xFF: never UTF-8
+        self._id_byte_lengths = np.array([len(b) for b in self._id_bytes], dtype=np.int64)
+        base = {self._id_bytes[i][0] for i in vocab.values() if self._id_byte_lengths[i] == 1}
         # Code points whose UTF-8 bytes are all in the base alphabet; others cannot be encoded.
         encodable = np.array(
             [all(b in base for b in chr(c).encode("utf-8")) for c in range(self.max_code + 1)]
@@ -201,26 +215,23 @@ class FastTokenizer:
             )
         return codes, clipped
 
-    def encode_detailed(self, chunks: np.ndarray | Sequence, *, num_threads: int = 1) -> EncodeResult:
+    def encode_detailed(self, chunks: np.ndarray | Sequence) -> EncodeResult:
         codes, clipped = self.coefficient_codes(chunks)
         per_chunk = codes.shape[1]
         text = bytelevel.from_code_points(codes.reshape(-1))
         strings = [text[i : i + per_chunk] for i in range(0, len(text), per_chunk)]
-        if self._tiktoken is not None:
-            if num_threads > 1 and len(strings) > 1:
-                ids = self._tiktoken.encode_ordinary_batch(strings, num_threads=num_threads)
-            else:
-                ids = [self._tiktoken.encode_ordinary(s) for s in strings]
+        if self._ranked is not None:
+            ids = [self._ranked.encode(s) for s in strings]
         else:
             ids = [encoding.ids for encoding in self._hf.encode_batch(strings, add_special_tokens=False)]
         return EncodeResult([np.asarray(row, dtype=np.int32) for row in ids], clipped)
 
-    def encode(self, chunks: np.ndarray | Sequence, *, num_threads: int = 1) -> list[np.ndarray]:
+    def encode(self, chunks: np.ndarray | Sequence) -> list[np.ndarray]:
         """Token ids (int32) for each normalized chunk [H, D] of ``chunks`` [B, H, D] or [H, D].
 
         Coefficients outside the representable range are clipped, counted and warned about.
         """
-        result = self.encode_detailed(chunks, num_threads=num_threads)
+        result = self.encode_detailed(chunks)
         if result.clipped:
             warnings.warn(
                 f"FAST encode clipped {result.clipped} DCT coefficient(s) to the representable "
@@ -251,30 +262,54 @@ class FastTokenizer:
             raise ValueError("decode needs horizon and dim (the tokenizer config does not fix them)")
         rows = as_token_lists(tokens)
         length = horizon * dim
-        coefficients = np.zeros((len(rows), length), dtype=np.float64)
-        ok = np.ones(len(rows), dtype=bool)
-        table = self._id_bytes
-        for index, row in enumerate(rows):
-            bad_ids = (row < 0) | (row >= len(table))
-            if bad_ids.any():
-                # 0xFF never occurs in UTF-8, so each bad id becomes one U+FFFD: an invalid symbol.
-                data = b"".join(b"\xff" if bad else table[t] for t, bad in zip(row.tolist(), bad_ids))
-            else:
-                data = b"".join(map(table.__getitem__, row.tolist()))
-            codes = bytelevel.code_points(data.decode("utf-8", errors="replace")).astype(np.int64)
-            invalid = codes > self.max_code  # includes U+FFFD from broken byte sequences
-            if invalid.any() or codes.size != length:
-                if strict:
-                    raise DecodeError(
-                        f"sequence {index}: {codes.size} coefficients for shape ({horizon}, {dim}) "
-                        f"(expected {length}), {int(invalid.sum())} invalid symbol(s), "
-                        f"{int(bad_ids.sum())} id(s) outside the vocabulary"
-                    )
-                ok[index] = False
-                codes = np.where(invalid, -self.min_token, codes)[:length]
-            coefficients[index, : codes.size] = codes + self.min_token
-        scaled = coefficients.reshape(len(rows), horizon, dim) / self.scale
+        count = len(rows)
+        # All sequences at once: one byte join, one UTF-8 decode per sequence (a broken sequence
+        # must not swallow the next one's bytes), one code-point conversion.
+        table = self._id_bytes  # the last entry, b"\xff", stands for ids outside the vocabulary
+        flat = np.concatenate(rows) if count else np.zeros(0, dtype=np.int64)
+        bad_ids = (flat < 0) | (flat >= len(table) - 1)
+        if bad_ids.any():
+            flat = np.where(bad_ids, len(table) - 1, flat)
+        data = b"".join(map(table.__getitem__, flat.tolist()))
+        token_ends = np.cumsum([len(row) for row in rows], dtype=np.int64)
+        byte_offsets = np.concatenate([[0], np.cumsum(self._id_byte_lengths[flat])])
+        byte_ends = byte_offsets[token_ends].tolist()
+        byte_starts = [0, *byte_ends[:-1]]
+        texts = [data[a:b].decode("utf-8", errors="replace") for a, b in zip(byte_starts, byte_ends)]
+        symbol_counts = np.fromiter(map(len, texts), dtype=np.int64, count=count)
+        codes = bytelevel.code_points("".join(texts)).astype(np.int64)
+        invalid = codes > self.max_code  # includes U+FFFD from broken byte sequences and bad ids
+        ok = symbol_counts == length
+        if invalid.any():
+            invalid_before = np.concatenate([[0], np.cumsum(invalid)])
+            symbol_ends = np.cumsum(symbol_counts)
+            ok &= invalid_before[symbol_ends] == invalid_before[symbol_ends - symbol_counts]
+        if ok.all():
+            coefficients = (codes + self.min_token).astype(np.float64).reshape(count, length)
+        else:
+            coefficients = self._relaxed_coefficients(codes, invalid, symbol_counts, ok, length)
+            if strict:
+                index = int(np.flatnonzero(~ok)[0])
+                raise DecodeError(
+                    f"sequence {index}: {symbol_counts[index]} coefficients for shape "
+                    f"({horizon}, {dim}) (expected {length}); invalid symbols or ids outside the "
+                    "vocabulary count as errors too"
+                )
+        scaled = coefficients.reshape(count, horizon, dim) / self.scale
         return idct(scaled, axis=1, norm="ortho"), ok
+
+    def _relaxed_coefficients(
+        self, codes: np.ndarray, invalid: np.ndarray, counts: np.ndarray, ok: np.ndarray, length: int
+    ) -> np.ndarray:
+        """Invalid symbols -> coefficient 0, then zero-pad or truncate each row to ``length``."""
+        values = np.where(invalid, 0, codes + self.min_token).astype(np.float64)
+        coefficients = np.zeros((len(counts), length), dtype=np.float64)
+        start = 0
+        for index, symbols in enumerate(counts.tolist()):
+            kept = min(symbols, length)
+            coefficients[index, :kept] = values[start : start + kept]
+            start += symbols
+        return coefficients
 
     # ----------------------------------------------------------------------------- fit
     @classmethod
@@ -300,15 +335,16 @@ class FastTokenizer:
         if target_rmse is not None:
             scale = scale_for_rmse(batch, target_rmse)
         rounded = np.rint(dct(batch, axis=1, norm="ortho") * scale).astype(np.int64)
-        min_token = int(rounded.min())
-        span = int(rounded.max()) - min_token
+        data_min, data_max = int(rounded.min()), int(rounded.max())
+        span = data_max - data_min
         if span > bytelevel.MAX_CODE_POINT:
             raise ValueError(
                 f"rounded DCT coefficients span {span} values at scale {scale}, more than the "
                 f"{bytelevel.MAX_CODE_POINT} a byte-level vocabulary can represent: lower the scale "
                 "or check that the chunks are normalized"
             )
-        max_code = _FIT_MAX_CODE if span <= _FIT_MAX_CODE else bytelevel.MAX_CODE_POINT
+        min_token = data_min - _first_data_code(span)
+        max_code = _FIT_MAX_CODE if data_max - min_token <= _FIT_MAX_CODE else bytelevel.MAX_CODE_POINT
         symbols = bytelevel.byte_to_symbol()
         alphabet = [symbols[b] for b in bytelevel.reachable_bytes(max_code)]
         if vocab_size < len(alphabet):
@@ -354,25 +390,27 @@ class FastTokenizer:
 
     # ----------------------------------------------------------------------------- backends
     def _select_backend(self, spec: dict[str, Any], backend: Backend) -> tuple[str, str]:
-        self._tiktoken = None
+        self._ranked = None
         if backend == "hf":
             return "hf", "requested"
-        encoding, reason = bytelevel.tiktoken_or_none(spec)
-        if encoding is None:
+        ranked, reason = RankedBpe.build(spec, self.max_code)
+        if ranked is None:
             if backend == "tiktoken":
                 raise ValueError(f"tiktoken backend not possible: {reason}")
             return "hf", reason or ""
-        self._tiktoken = encoding
-        mismatch = self._probe_mismatch()
+        mismatch = self._probe_mismatch(ranked)
         if mismatch is not None:
-            self._tiktoken = None
             if backend == "tiktoken":
                 raise ValueError(f"tiktoken backend disagrees with tokenizers: {mismatch}")
             return "hf", mismatch
-        return "tiktoken", "ids checked against tokenizers on probe chunks"
+        self._ranked = ranked
+        return "tiktoken", (
+            f"ranks with a {ranked.chain_length}-merge chain applied up front; ids checked "
+            "against tokenizers on probe chunks"
+        )
 
-    def _probe_mismatch(self) -> str | None:
-        """Compares tiktoken with tokenizers on seeded smooth and noisy chunks of several shapes."""
+    def _probe_mismatch(self, ranked: RankedBpe) -> str | None:
+        """Compares the rank encoder with tokenizers on seeded smooth and noisy chunks."""
         rng = np.random.default_rng(0)
         strings: list[str] = []
         for horizon, dim in ((10, 7), (50, 14), (16, 14), (25, 1), (15, 32)):
@@ -386,7 +424,7 @@ class FastTokenizer:
                 strings.extend(bytelevel.from_code_points(row) for row in codes)
         expected = [e.ids for e in self._hf.encode_batch(strings, add_special_tokens=False)]
         for string, ids in zip(strings, expected):
-            if self._tiktoken.encode_ordinary(string) != ids:
+            if ranked.encode(string) != ids:
                 return f"probe string of {len(string)} symbols encodes differently"
         return None
 
