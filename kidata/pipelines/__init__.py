@@ -1,0 +1,1 @@
+"""Pipelines: statistics, builds, shards and the mixture loader."""

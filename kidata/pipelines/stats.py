@@ -1,0 +1,320 @@
+"""Normalization statistics: computed by many workers, merged into the statistics of the whole.
+
+Quantiles come from a log-bucket sketch (the DDSketch mapping: bucket k holds magnitudes in
+(gamma^(k-1), gamma^k], gamma = (1 + a) / (1 - a)) with exact integer counts, so merging parts is
+exact, commutative and associative: the same data gives the same quantiles however it was split
+and in whatever order parts were merged. Error bound: for relative accuracy a (default 1e-3) the
+reported q-quantile v satisfies |v - x| <= a * |x| for x the data value of rank q (magnitudes below
+1e-9 count as 0), and it is clamped to the exact [min, max]. We vectorize the mapping with numpy
+because the ddsketch package adds one value per Python call (measured: far too slow for a pass
+over millions of steps).
+
+Means and standard deviations are kept as per-part (count, mean, M2) summaries and combined in a
+canonical order when read, so they too are independent of merge order, and equal across different
+splits of the data up to float rounding.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+MIN_MAGNITUDE = 1e-9
+
+
+class QuantileSketch:
+    """Per-dimension log-bucket counts of values [N, D]; mergeable with exact integer counts."""
+
+    def __init__(self, dims: int, relative_accuracy: float = 1e-3) -> None:
+        if not 0 < relative_accuracy < 1:
+            raise ValueError("relative_accuracy must lie in (0, 1)")
+        self.dims = dims
+        self.relative_accuracy = relative_accuracy
+        self.gamma = (1 + relative_accuracy) / (1 - relative_accuracy)
+        self._log_gamma = math.log(self.gamma)
+        # Bucket keys: +k for positive magnitudes in bucket k, -k for negative, None-like 0 slot
+        # kept separately as zero_counts.
+        self.positive: list[dict[int, int]] = [{} for _ in range(dims)]
+        self.negative: list[dict[int, int]] = [{} for _ in range(dims)]
+        self.zeros = np.zeros(dims, dtype=np.int64)
+        self.count = 0
+        self.minimum = np.full(dims, np.inf)
+        self.maximum = np.full(dims, -np.inf)
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+
+    def add(self, values: np.ndarray) -> None:
+        """Buffers rows and buckets them in batches (counts are exact, so batching is invisible)."""
+        values = np.asarray(values, dtype=np.float64).reshape(-1, self.dims)
+        if len(values):
+            self._pending.append(values)
+            self._pending_rows += len(values)
+            if self._pending_rows >= 1 << 16:
+                self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        values = np.concatenate(self._pending)
+        self._pending, self._pending_rows = [], 0
+        self.count += len(values)
+        self.minimum = np.minimum(self.minimum, values.min(axis=0))
+        self.maximum = np.maximum(self.maximum, values.max(axis=0))
+        magnitude = np.abs(values)
+        small = magnitude < MIN_MAGNITUDE
+        self.zeros += small.sum(axis=0)
+        keys = np.ceil(np.log(np.where(small, 1.0, magnitude)) / self._log_gamma).astype(np.int64)
+        for dim in range(self.dims):
+            for store, selector in ((self.positive, values[:, dim] > 0), (self.negative, values[:, dim] < 0)):
+                chosen = keys[selector & ~small[:, dim], dim]
+                if chosen.size:
+                    unique, counts = np.unique(chosen, return_counts=True)
+                    bucket = store[dim]
+                    for key, count in zip(unique.tolist(), counts.tolist()):
+                        bucket[key] = bucket.get(key, 0) + count
+
+    def merge(self, other: "QuantileSketch") -> "QuantileSketch":
+        if (other.dims, other.relative_accuracy) != (self.dims, self.relative_accuracy):
+            raise ValueError("cannot merge sketches of different dims or accuracy")
+        self._flush()
+        other._flush()
+        for mine, theirs in zip(self.positive + self.negative, other.positive + other.negative):
+            for key, count in theirs.items():
+                mine[key] = mine.get(key, 0) + count
+        self.zeros += other.zeros
+        self.count += other.count
+        self.minimum = np.minimum(self.minimum, other.minimum)
+        self.maximum = np.maximum(self.maximum, other.maximum)
+        return self
+
+    def _value(self, key: int) -> float:
+        return 2.0 * self.gamma**key / (self.gamma + 1.0)
+
+    def quantile(self, q: float) -> np.ndarray:
+        """float64 [D]: the q-quantile (rank q * (count - 1), lower) of each dimension."""
+        self._flush()
+        if self.count == 0:
+            raise ValueError("quantile of an empty sketch")
+        rank = q * (self.count - 1)
+        result = np.empty(self.dims)
+        for dim in range(self.dims):
+            ordered = [(-self._value(k), c) for k, c in sorted(self.negative[dim].items(), reverse=True)]
+            ordered.append((0.0, int(self.zeros[dim])))
+            ordered += [(self._value(k), c) for k, c in sorted(self.positive[dim].items())]
+            seen = 0
+            value = ordered[-1][0]
+            for value, count in ordered:
+                seen += count
+                if seen > rank:
+                    break
+            result[dim] = min(max(value, self.minimum[dim]), self.maximum[dim])
+        return result
+
+    def to_json(self) -> dict:
+        self._flush()
+        return {
+            "dims": self.dims,
+            "relative_accuracy": self.relative_accuracy,
+            "count": self.count,
+            "min": self.minimum.tolist(),
+            "max": self.maximum.tolist(),
+            "zeros": self.zeros.tolist(),
+            "positive": [sorted(d.items()) for d in self.positive],
+            "negative": [sorted(d.items()) for d in self.negative],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "QuantileSketch":
+        sketch = cls(int(data["dims"]), float(data["relative_accuracy"]))
+        sketch.count = int(data["count"])
+        sketch.minimum = np.asarray(data["min"], dtype=np.float64)
+        sketch.maximum = np.asarray(data["max"], dtype=np.float64)
+        sketch.zeros = np.asarray(data["zeros"], dtype=np.int64)
+        sketch.positive = [{int(k): int(c) for k, c in d} for d in data["positive"]]
+        sketch.negative = [{int(k): int(c) for k, c in d} for d in data["negative"]]
+        return sketch
+
+
+@dataclass
+class RunningStats:
+    """Statistics of one array key (e.g. actions) over many steps: moments + quantile sketch."""
+
+    dims: int
+    sketch: QuantileSketch = None  # type: ignore[assignment]
+    parts: list[tuple[int, tuple[float, ...], tuple[float, ...]]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.sketch is None:
+            self.sketch = QuantileSketch(self.dims)
+
+    def add(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=np.float64).reshape(-1, self.dims)
+        if not len(values):
+            return
+        self.sketch.add(values)
+        mean = [math.fsum(column) / len(values) for column in values.T]
+        m2 = [math.fsum((column - m) ** 2) for column, m in zip(values.T, mean)]
+        self.parts.append((len(values), tuple(mean), tuple(m2)))
+
+    def merge(self, other: "RunningStats") -> "RunningStats":
+        if other.dims != self.dims:
+            raise ValueError(f"cannot merge statistics of {other.dims} and {self.dims} dimensions")
+        self.sketch.merge(other.sketch)
+        self.parts.extend(other.parts)
+        return self
+
+    def moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """mean and population std [D], parts combined in a canonical order (Chan et al.)."""
+        count, mean, m2 = 0, np.zeros(self.dims), np.zeros(self.dims)
+        for part_count, part_mean, part_m2 in sorted(self.parts):
+            part_mean, part_m2 = np.asarray(part_mean), np.asarray(part_m2)
+            total = count + part_count
+            delta = part_mean - mean
+            mean = mean + delta * part_count / total
+            m2 = m2 + part_m2 + delta**2 * count * part_count / total
+            count = total
+        return mean, np.sqrt(m2 / max(count, 1))
+
+    def finalize(self) -> "DimStats":
+        mean, std = self.moments()
+        q01, q99 = self.sketch.quantile(0.01), self.sketch.quantile(0.99)
+        return DimStats(
+            count=self.sketch.count,
+            mean=mean.tolist(),
+            std=std.tolist(),
+            min=self.sketch.minimum.tolist(),
+            max=self.sketch.maximum.tolist(),
+            q01=q01.tolist(),
+            q99=q99.tolist(),
+        )
+
+
+@dataclass(frozen=True)
+class DimStats:
+    """Per-dimension statistics of one key; lists of length D."""
+
+    count: int
+    mean: list[float]
+    std: list[float]
+    min: list[float]
+    max: list[float]
+    q01: list[float]
+    q99: list[float]
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "DimStats":
+        return cls(**{k: data[k] for k in ("count", "mean", "std", "min", "max", "q01", "q99")})
+
+    def suspicious(self, *, min_range: float = 1e-6, outlier_factor: float = 10.0) -> dict[int, str]:
+        """Dimensions worth a look: near-zero range, or extremes far beyond q01/q99."""
+        flags = {}
+        for dim in range(len(self.mean)):
+            spread = self.q99[dim] - self.q01[dim]
+            if spread < min_range:
+                flags[dim] = "near-zero range (normalization passes it through)"
+            elif self.max[dim] > self.q99[dim] + outlier_factor * spread or self.min[dim] < self.q01[dim] - outlier_factor * spread:
+                flags[dim] = f"extreme outliers (beyond q01/q99 by {outlier_factor:g}x their range)"
+        return flags
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Statistics of a source's state and actions, as stored in the manifest."""
+
+    state: DimStats
+    actions: DimStats
+
+    def to_json(self) -> dict:
+        return {"state": self.state.to_json(), "actions": self.actions.to_json()}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "NormStats":
+        return cls(DimStats.from_json(data["state"]), DimStats.from_json(data["actions"]))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> "NormStats":
+        return cls.from_json(json.loads(Path(path).read_text()))
+
+
+class EpisodeStats:
+    """Accumulates state and action statistics over episodes; merge results of many workers."""
+
+    def __init__(self, state_dims: int | None = None, action_dims: int | None = None) -> None:
+        self.state = RunningStats(state_dims) if state_dims is not None else None
+        self.actions = RunningStats(action_dims) if action_dims is not None else None
+        self.episodes = 0
+
+    def add(self, state: np.ndarray, actions: np.ndarray) -> None:
+        if self.state is None:
+            self.state, self.actions = RunningStats(state.shape[1]), RunningStats(actions.shape[1])
+        self.state.add(state)
+        self.actions.add(actions)
+        self.episodes += 1
+
+    def merge(self, other: "EpisodeStats") -> "EpisodeStats":
+        if other.state is None:
+            return self
+        if self.state is None:
+            self.state, self.actions = RunningStats(other.state.dims), RunningStats(other.actions.dims)
+        self.state.merge(other.state)
+        self.actions.merge(other.actions)
+        self.episodes += other.episodes
+        return self
+
+    def finalize(self) -> NormStats:
+        if self.state is None:
+            raise ValueError("no episodes were added")
+        return NormStats(self.state.finalize(), self.actions.finalize())
+
+
+def merge_all(parts: Iterable[EpisodeStats]) -> EpisodeStats:
+    total = EpisodeStats()
+    for part in parts:
+        total.merge(part)
+    return total
+
+
+# ---------------------------------------------------------------------------- normalization
+def normalize(values: np.ndarray, stats: DimStats, mode: str = "quantile") -> np.ndarray:
+    """Quantile mode maps [q01, q99] to [-1, 1]; mean_std mode standardizes. Dimensions with
+    (near) zero range or std pass through unchanged, in both modes."""
+    values = np.asarray(values, dtype=np.float64)
+    if mode == "quantile":
+        low, high = np.asarray(stats.q01), np.asarray(stats.q99)
+        spread = high - low
+        live = spread > 1e-8
+        scaled = 2.0 * (values - low) / np.where(live, spread, 1.0) - 1.0
+    elif mode == "mean_std":
+        mean, std = np.asarray(stats.mean), np.asarray(stats.std)
+        live = std > 1e-8
+        scaled = (values - mean) / np.where(live, std, 1.0)
+    else:
+        raise ValueError(f"normalization mode must be 'quantile' or 'mean_std', got {mode!r}")
+    return np.where(live, scaled, values)
+
+
+def unnormalize(values: np.ndarray, stats: DimStats, mode: str = "quantile") -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    if mode == "quantile":
+        low, high = np.asarray(stats.q01), np.asarray(stats.q99)
+        spread = high - low
+        live = spread > 1e-8
+        restored = (values + 1.0) / 2.0 * spread + low
+    elif mode == "mean_std":
+        mean, std = np.asarray(stats.mean), np.asarray(stats.std)
+        live = std > 1e-8
+        restored = values * std + mean
+    else:
+        raise ValueError(f"normalization mode must be 'quantile' or 'mean_std', got {mode!r}")
+    return np.where(live, restored, values)

@@ -1,0 +1,181 @@
+"""The records every stage agrees on: standardized robot episodes (and, later, VLM examples).
+
+Readers in ``kidata.sources`` yield ``Episode``s; everything downstream relies on their contract,
+checked here on construction with errors that name the source, the episode and the field. This
+module imports nothing else of kidata.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+# Standard camera names. A camera a dataset lacks is absent from ``Episode.images``, never a
+# black image passed off as real.
+CAMERA_NAMES = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
+
+
+class EpisodeError(ValueError):
+    """An episode breaks the contract (a reader bug or a wrong mapping), not a data defect."""
+
+
+class Frames:
+    """One camera's frames [T] as encoded bytes (decoded on access) or a uint8 array [T, H, W, 3].
+
+    Statistics passes only need the count; building samples decodes one frame at a time.
+    """
+
+    def __init__(self, frames: Sequence[bytes] | np.ndarray, *, rotate_180: bool = False) -> None:
+        if isinstance(frames, np.ndarray):
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+                raise ValueError(f"decoded frames must be uint8 [T, H, W, 3], got {frames.dtype} {frames.shape}")
+        self._frames = frames
+        self.rotate_180 = rotate_180
+
+    @property
+    def encoded(self) -> bool:
+        return not isinstance(self._frames, np.ndarray)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+    def raw(self, step: int) -> bytes:
+        """The encoded bytes of one frame (only for encoded frames without a pending rotation)."""
+        if not self.encoded or self.rotate_180:
+            raise ValueError("raw bytes exist only for encoded frames that need no rotation")
+        return bytes(self._frames[step])
+
+    def frame(self, step: int) -> np.ndarray:
+        """uint8 [H, W, 3] of one step, decoded and rotated as needed."""
+        if self.encoded:
+            from PIL import Image
+
+            with Image.open(io.BytesIO(bytes(self._frames[step]))) as image:
+                array = np.asarray(image.convert("RGB"))
+        else:
+            array = self._frames[step]
+        return array[::-1, ::-1] if self.rotate_180 else array
+
+    def array(self) -> np.ndarray:
+        """All frames, uint8 [T, H, W, 3]."""
+        if not self.encoded and not self.rotate_180:
+            return self._frames
+        return np.stack([self.frame(step) for step in range(len(self))])
+
+
+@dataclass(frozen=True)
+class LanguageAnnotation:
+    """Text for steps [start, stop) of an episode, e.g. the paper's "what the robot should do next"."""
+
+    start: int
+    stop: int
+    text: str
+
+
+@dataclass
+class Episode:
+    """A standardized robot episode of T steps.
+
+    state: float32 [T, S]; actions: float32 [T, A] (the action taken at each step; grippers
+    standardized so 1 = open); images: standard camera name -> Frames of length T;
+    instructions: the alternative phrasings of the task (one is chosen per sample, seeded).
+    """
+
+    episode_id: str
+    source: str
+    state: np.ndarray
+    actions: np.ndarray
+    instructions: tuple[str, ...]
+    fps: float
+    images: dict[str, Frames] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    annotations: tuple[LanguageAnnotation, ...] = ()
+
+    def __post_init__(self) -> None:
+        where = f"source {self.source!r}, episode {self.episode_id!r}"
+        for name in ("state", "actions"):
+            value = getattr(self, name)
+            if not isinstance(value, np.ndarray) or value.ndim != 2 or value.dtype != np.float32:
+                raise EpisodeError(
+                    f"{where}: {name} must be a float32 [T, D] array, got "
+                    f"{getattr(value, 'dtype', type(value))} {np.shape(value)}"
+                )
+        steps = len(self.actions)
+        if len(self.state) != steps:
+            raise EpisodeError(f"{where}: state has {len(self.state)} steps, actions {steps}")
+        for camera, frames in self.images.items():
+            if camera not in CAMERA_NAMES:
+                raise EpisodeError(f"{where}: camera {camera!r} is not one of {CAMERA_NAMES}")
+            if not isinstance(frames, Frames) or len(frames) != steps:
+                raise EpisodeError(f"{where}: camera {camera!r} has {len(frames)} frames for {steps} steps")
+        if isinstance(self.instructions, str) or not all(isinstance(i, str) for i in self.instructions):
+            raise EpisodeError(f"{where}: instructions must be a tuple of strings")
+        if not self.fps > 0:
+            raise EpisodeError(f"{where}: fps must be positive, got {self.fps}")
+        for annotation in self.annotations:
+            if not 0 <= annotation.start < annotation.stop <= steps:
+                raise EpisodeError(f"{where}: annotation {annotation} outside [0, {steps})")
+
+    @property
+    def steps(self) -> int:
+        return len(self.actions)
+
+    def action_chunk(
+        self, step: int, horizon: int, *, delta_mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """actions[step : step + horizon] float32 [H, A] and action_valid bool [H].
+
+        Past the episode end the last action repeats with action_valid False. With
+        ``delta_mask`` (bool [A]) those dimensions become relative to the state at ``step``
+        (state and action dimensions must then line up, e.g. joints relative, gripper absolute).
+        """
+        if not 0 <= step < self.steps:
+            raise IndexError(f"step {step} outside episode of {self.steps} steps")
+        index = np.arange(step, step + horizon)
+        valid = index < self.steps
+        chunk = self.actions[np.minimum(index, self.steps - 1)].copy()
+        if delta_mask is not None:
+            mask = np.asarray(delta_mask, dtype=bool)
+            if mask.shape != (self.actions.shape[1],) or mask.sum() > self.state.shape[1]:
+                raise ValueError(f"delta_mask {mask.shape} does not fit actions {self.actions.shape}")
+            chunk[:, mask] -= self.state[step, : self.actions.shape[1]][mask]
+        return chunk, valid
+
+    def annotation_at(self, step: int) -> str | None:
+        """The language annotation covering ``step``, if any."""
+        for annotation in self.annotations:
+            if annotation.start <= step < annotation.stop:
+                return annotation.text
+        return None
+
+
+def episode_defect(state: np.ndarray, actions: np.ndarray, *, min_steps: int = 2) -> str | None:
+    """Why an episode must be quarantined (a per-record defect), or None when it is usable."""
+    if len(actions) < min_steps:
+        return "too_short"
+    if not np.isfinite(actions).all():
+        return "nonfinite_actions"
+    if not np.isfinite(state).all():
+        return "nonfinite_state"
+    return None
+
+
+class Quarantine(Counter):
+    """Counts of records kept out of a build, by reason. Mergeable: ``a + b``, ``a.update(b)``."""
+
+    def add(self, reason: str, count: int = 1) -> None:
+        self[reason] += count
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(sorted(self.items()))
+
+
+def merge_quarantines(parts: Iterable[Quarantine]) -> Quarantine:
+    total = Quarantine()
+    for part in parts:
+        total.update(part)
+    return total
