@@ -1,0 +1,73 @@
+"""LIBERO: the original HDF5 demos and their RLDS no_noops form give the same episodes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("h5py", reason="LIBERO HDF5 tests need h5py")
+
+import rlds_fixtures as fx  # noqa: E402
+from kidata.sources.base import ReadReport  # noqa: E402
+from kidata.sources.libero import LiberoHdf5Source, instruction_from_filename, noop_mask  # noqa: E402
+
+INSTRUCTION = "put the black bowl on the plate"
+FILE_NAME = "KITCHEN_SCENE3_put_the_black_bowl_on_the_plate_demo.hdf5"
+
+
+@pytest.fixture(scope="module")
+def demos():
+    return [fx.raw_libero_demo(0, 10), fx.raw_libero_demo(1, 12)]
+
+
+@pytest.fixture(scope="module")
+def hdf5_file(tmp_path_factory, demos):
+    return fx.write_libero_hdf5(tmp_path_factory.mktemp("libero") / FILE_NAME, demos)
+
+
+def test_noop_steps_are_still_arm_with_unchanged_gripper(demos):
+    np.testing.assert_array_equal(noop_mask(demos[0]["actions"]), ~demos[0]["keep"])
+
+
+def test_instruction_comes_from_the_file_name_without_scene_prefix():
+    assert instruction_from_filename(FILE_NAME) == INSTRUCTION
+    assert instruction_from_filename("LIVING_ROOM_SCENE2_pick_up_the_ketchup_demo.hdf5") == "pick up the ketchup"
+
+
+def test_problem_info_attribute_wins_over_the_file_name(tmp_path, demos):
+    path = fx.write_libero_hdf5(tmp_path / "anything_demo.hdf5", demos[:1],
+                                problem_info={"language_instruction": "  open the top   drawer "})
+    episode = next(LiberoHdf5Source(str(path)).episodes())
+    assert episode.instructions == ("open the top drawer",)
+
+
+def test_hdf5_and_rlds_forms_yield_the_same_episodes(tmp_path, hdf5_file, demos):
+    pytest.importorskip("tensorflow_datasets", reason="needs the 'rlds' extra")
+    from kidata.sources.oxe import lookup
+    from kidata.sources.rlds import RldsSource
+
+    rlds_dir = fx.write_dataset(tmp_path, "libero_goal_no_noops", fx.libero_features(), {
+        "train": [fx.libero_rlds_episode(d, INSTRUCTION, str(hdf5_file)) for d in demos]})
+    from_rlds = list(RldsSource(str(rlds_dir), lookup("libero_goal_no_noops")).episodes())
+    report = ReadReport()
+    from_hdf5 = list(LiberoHdf5Source(str(hdf5_file)).episodes(report=report))
+    assert report.notices["noop_steps_removed"] == 4
+    assert len(from_rlds) == len(from_hdf5) == 2
+    for a, b in zip(from_rlds, from_hdf5):
+        assert a.steps == b.steps
+        np.testing.assert_allclose(a.state, b.state, atol=1e-6)
+        np.testing.assert_allclose(a.actions, b.actions, atol=1e-6)
+        assert set(np.unique(a.actions[:, 6])) == {0.0, 1.0}  # -1 open / +1 close -> 1 = open
+        assert a.instructions == b.instructions == (INSTRUCTION,)
+        assert a.fps == b.fps == 20
+        assert sorted(a.images) == sorted(b.images) == ["base_0", "left_wrist_0"]
+        for camera in a.images:
+            np.testing.assert_array_equal(a.images[camera].array(), b.images[camera].array())
+
+
+def test_work_units_split_demos_within_files(hdf5_file):
+    source = LiberoHdf5Source(str(hdf5_file))
+    units = source.list_units(2)
+    assert [(u.start, u.stop) for u in units] == [(0, 1), (1, 2)]
+    assert [e.episode_id for u in units for e in source.read(u)] == [
+        f"{hdf5_file.stem}-demo_0", f"{hdf5_file.stem}-demo_1"]

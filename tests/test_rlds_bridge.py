@@ -1,0 +1,48 @@
+"""The real 25 + 25 episode Bridge dataset in ../shared, read through the registry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow_datasets", reason="RLDS tests need the 'rlds' extra")
+
+from conftest import shared_path  # noqa: E402
+from kidata.sources.base import ReadReport  # noqa: E402
+from kidata.sources.oxe import lookup  # noqa: E402
+from kidata.sources.rlds import RldsSource  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bridge_path() -> str:
+    return str(shared_path("data", "rlds", "bridge_dataset", "1.0.0"))
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_every_episode_reads_with_standard_shapes(bridge_path, split):
+    source = RldsSource(bridge_path, lookup("bridge_dataset"), split=split)
+    report = ReadReport()
+    episodes = list(source.episodes(report=report))
+    assert len(episodes) == source.num_episodes() == 25
+    assert report.quarantined.as_dict() == {}
+    for episode in episodes:
+        assert episode.state.shape[1] == 7 and episode.actions.shape[1] == 7
+        assert episode.state.dtype == np.float32 and len(episode.state) == len(episode.actions) >= 2
+        assert episode.instructions and all(text.strip() for text in episode.instructions)
+        assert episode.fps == 5
+        # image_0 and image_1 hold real frames; image_3 is black padding: absent, not black
+        assert sorted(episode.images) == ["base_0", "base_1"]
+        assert episode.images["base_0"].frame(0).shape == (64, 64, 3)
+        assert 0.0 <= episode.actions[:, 6].min() and episode.actions[:, 6].max() <= 1.0  # 1 = open
+
+
+def test_work_units_are_disjoint_and_cover_every_episode_once(bridge_path):
+    source = RldsSource(bridge_path, lookup("bridge_dataset"))
+    everything = [e.metadata["file_path"] + str(e.metadata["episode_id"]) for e in source.episodes(images=False)]
+    for count in (1, 3, 4, 25, 40):
+        units = source.list_units(count)
+        assert len(units) == min(count, 25)
+        per_unit = [[e.metadata["file_path"] + str(e.metadata["episode_id"]) for e in source.read(u, images=False)]
+                    for u in units]
+        assert [x for unit in per_unit for x in unit] == everything
+        assert sum(map(len, per_unit)) == 25
