@@ -52,6 +52,31 @@ def _fast_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stats(args: argparse.Namespace) -> int:
+    import json
+
+    from kidata.pipelines.stats import format_table, source_stats
+    from kidata.sources.open import open_robot_source
+
+    mapping = json.loads(Path(args.mapping).read_text()) if args.mapping else None
+    source = open_robot_source(
+        args.reader, path=args.path if args.reader == "rlds" else args.path.split(","), name=args.name,
+        dataset=args.dataset, mapping=mapping, split=args.split, action_space=args.action_space,
+        skip_corrupt=args.skip_corrupt,
+    )
+    stats, report = source_stats(source, workers=args.workers, progress=not args.quiet)
+    result = stats.finalize()
+    print(format_table(result))
+    print(f"episodes {stats.episodes}; quarantined {report.quarantined.as_dict()}; notices {dict(report.notices)}")
+    if args.out:
+        payload = {"source": source.name, "episodes": stats.episodes, **result.to_json(),
+                   "quarantined": report.quarantined.as_dict(), "notices": dict(report.notices),
+                   "failed_units": report.failed_units}
+        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"statistics written to {args.out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kidata.demo import run_demo
 
@@ -92,6 +117,20 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", default="fast_report", help="directory for report.json and PNG plots")
     report.add_argument("--quiet", action="store_true", help="no progress bars")
     report.set_defaults(handler=_fast_report)
+
+    stats = commands.add_parser("stats", help="normalization statistics of a robot source (no image decoding)")
+    stats.add_argument("--reader", required=True, choices=["rlds", "libero_hdf5"])
+    stats.add_argument("--path", required=True, help="RLDS <name>/<version> dir (local, gs://, s3://) or LIBERO files/dirs, comma-separated")
+    stats.add_argument("--dataset", help="standardization registry entry (rlds), e.g. bridge_dataset, droid")
+    stats.add_argument("--mapping", help="JSON file with your own dataset's key mapping (rlds)")
+    stats.add_argument("--name", help="source name (default: the dataset name)")
+    stats.add_argument("--split", default="train")
+    stats.add_argument("--action-space", help="DROID: joint_velocity | joint_position | cartesian_velocity")
+    stats.add_argument("--workers", type=int, default=1, help="worker processes")
+    stats.add_argument("--skip-corrupt", action="store_true", help="count unreadable units instead of failing")
+    stats.add_argument("--out", help="write the statistics JSON here")
+    stats.add_argument("--quiet", action="store_true", help="no progress bar")
+    stats.set_defaults(handler=_stats)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")

@@ -46,3 +46,25 @@ def test_work_units_are_disjoint_and_cover_every_episode_once(bridge_path):
                     for u in units]
         assert [x for unit in per_unit for x in unit] == everything
         assert sum(map(len, per_unit)) == 25
+
+
+def test_stats_from_two_worker_processes_equal_one_pass(bridge_path, tmp_path, capsys):
+    from kidata.cli import main
+    from kidata.pipelines.stats import EpisodeStats, source_stats
+
+    source = RldsSource(bridge_path, lookup("bridge_dataset"))
+    serial = EpisodeStats()
+    for episode in source.episodes(images=False):
+        serial.add(episode.state, episode.actions)
+    parallel, report = source_stats(source, workers=2, progress=False)
+    assert parallel.finalize() == serial.finalize() and parallel.episodes == 25
+
+    out = tmp_path / "stats.json"
+    assert main(["stats", "--reader", "rlds", "--path", bridge_path, "--dataset", "bridge_dataset",
+                 "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "actions (250 steps, 7 dims)" in printed
+    import json
+
+    saved = json.loads(out.read_text())
+    assert saved["episodes"] == 25 and saved["actions"] == serial.finalize().actions.to_json()

@@ -156,3 +156,33 @@ def test_truncated_tfrecord_is_an_error_naming_the_file_or_a_counted_failure(fra
 def test_statistics_pass_reads_no_frames(droid_dir):
     episode = next(RldsSource(str(droid_dir), lookup("droid_100")).episodes(images=False))
     assert episode.images == {}
+
+
+def test_language_annotation_sidecar_attaches_subtasks(fractal_dir, tmp_path):
+    sidecar = tmp_path / "subtasks.jsonl"
+    sidecar.write_text(
+        '{"episode_id": "train-000001", "start": 0, "stop": 2, "text": "reach the can"}\n'
+        '{"episode_id": "train-000001", "start": 2, "stop": 6, "text": "lift the can"}\n'
+    )
+    episodes = list(RldsSource(str(fractal_dir), lookup("fractal20220817_data"), annotations=str(sidecar)).episodes())
+    assert episodes[0].annotations == ()
+    assert [episodes[1].annotation_at(s) for s in range(6)] == ["reach the can"] * 2 + ["lift the can"] * 4
+
+
+def test_dimension_change_within_a_dataset_is_quarantined(tmp_path):
+    import tensorflow_datasets as tfds
+
+    F = tfds.features
+    features = F.FeaturesDict({"steps": F.Dataset({
+        "observation": F.FeaturesDict({"state": F.Tensor(shape=(None,), dtype=np.float32)}),
+        "action": F.Tensor(shape=(None,), dtype=np.float32),
+        "language_instruction": F.Text(),
+    })})
+    def episode(dims):
+        return {"steps": [{"observation": {"state": np.zeros(dims, np.float32)}, "action": np.zeros(dims, np.float32),
+                           "language_instruction": "wave"} for _ in range(3)]}
+    path = fx.write_dataset(tmp_path, "variable", features, {"train": [episode(4), episode(5), episode(4)]})
+    spec = spec_from_mapping("variable", {"cameras": {}, "state": ["observation/state"], "action": ["action"], "fps": 10})
+    episodes, report = read_all(RldsSource(str(path), spec))
+    assert [e.episode_id for e in episodes] == ["train-000000", "train-000002"]
+    assert report.quarantined.as_dict() == {"dimension_change": 1}

@@ -318,3 +318,62 @@ def unnormalize(values: np.ndarray, stats: DimStats, mode: str = "quantile") -> 
     else:
         raise ValueError(f"normalization mode must be 'quantile' or 'mean_std', got {mode!r}")
     return np.where(live, restored, values)
+
+
+# ---------------------------------------------------------------------------- a source's pass
+def _unit_stats(source, unit) -> tuple[EpisodeStats, "ReadReport"]:
+    from kidata.sources.base import ReadReport
+
+    report = ReadReport()
+    stats = EpisodeStats()
+    for episode in source.read(unit, images=False, report=report):
+        stats.add(episode.state, episode.actions)
+    return stats, report
+
+
+def source_stats(source, *, workers: int = 1, progress: bool = True):
+    """Statistics of a robot source from a pass that decodes no image: (EpisodeStats, ReadReport).
+
+    Units run in a process pool when ``workers`` > 1; the result does not depend on the number of
+    units or workers (per-episode moment parts, exact sketch counts)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing
+
+    from tqdm import tqdm
+
+    from kidata.sources.base import ReadReport
+
+    units = source.list_units(max(1, workers) * 4)
+    total, report = EpisodeStats(), ReadReport()
+    bar = tqdm(total=len(units), desc=f"stats {source.name}", unit="unit", disable=not progress)
+    if workers <= 1:
+        results = (_unit_stats(source, unit) for unit in units)
+        for stats, part in results:
+            total.merge(stats), report.merge(part)
+            bar.update(1)
+            bar.set_postfix(episodes=total.episodes)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=context) as pool:
+            futures = [pool.submit(_unit_stats, source, unit) for unit in units]
+            for future in as_completed(futures):
+                stats, part = future.result()
+                total.merge(stats), report.merge(part)
+                bar.update(1)
+                bar.set_postfix(episodes=total.episodes)
+    bar.close()
+    return total, report
+
+
+def format_table(stats: NormStats) -> str:
+    """A fixed-width table of both keys with the suspicious dimensions flagged."""
+    lines = []
+    for key, values in (("state", stats.state), ("actions", stats.actions)):
+        flags = values.suspicious()
+        lines.append(f"{key} ({values.count} steps, {len(values.mean)} dims)")
+        lines.append(f"  {'dim':>3} {'mean':>10} {'std':>10} {'min':>10} {'q01':>10} {'q99':>10} {'max':>10}")
+        for dim in range(len(values.mean)):
+            row = [values.mean[dim], values.std[dim], values.min[dim], values.q01[dim], values.q99[dim], values.max[dim]]
+            flag = f"  <- {flags[dim]}" if dim in flags else ""
+            lines.append(f"  {dim:>3} " + " ".join(f"{v:>10.4g}" for v in row) + flag)
+    return "\n".join(lines)

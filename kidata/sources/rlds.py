@@ -77,6 +77,10 @@ class RldsSource:
         self._annotations = load_annotations(annotations)
         self._builder = None
 
+    def __getstate__(self) -> dict:
+        # Worker processes open their own builder; TensorFlow objects do not travel.
+        return {**self.__dict__, "_builder": None}
+
     # ------------------------------------------------------------------ dataset
     @property
     def builder(self):
@@ -137,12 +141,19 @@ class RldsSource:
         tf, _ = _tfds()
         report = report if report is not None else ReadReport()
         index = unit.start
+        dims = None
         try:
             for element in self._dataset(unit):
                 episode = self._episode(tf, element, index, images, report)
                 index += 1
-                if episode is not None:
-                    yield episode
+                if episode is None:
+                    continue
+                shape = (episode.state.shape[1], episode.actions.shape[1])
+                if dims is not None and shape != dims:
+                    report.quarantined.add("dimension_change")
+                    continue
+                dims = shape
+                yield episode
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as error:
             files = ", ".join(self.unit_files(unit))
             if not self.skip_corrupt:

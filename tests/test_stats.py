@@ -1,0 +1,98 @@
+"""Normalization statistics: mergeable, order-independent, with a stated quantile error bound."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from kidata.pipelines.stats import DimStats, EpisodeStats, NormStats, QuantileSketch, merge_all, normalize, unnormalize
+
+
+@pytest.fixture(scope="module")
+def episodes():
+    rng = np.random.default_rng(0)
+    return [(rng.normal(0, 1, (int(rng.integers(20, 200)), 3)).astype(np.float32),
+             (rng.normal(0, 1, (1, 2)) * [1, 100] + rng.normal(0, 0.5, (100, 2))).astype(np.float32))
+            for _ in range(300)]
+
+
+def stats_of(parts):
+    result = []
+    for part in parts:
+        accumulator = EpisodeStats()
+        for state, actions in part:
+            accumulator.add(state, actions)
+        result.append(accumulator)
+    return result
+
+
+def test_two_workers_in_any_merge_order_equal_one_worker(episodes):
+    whole = stats_of([episodes])[0].finalize()
+    first, second = stats_of([episodes[::2], episodes[1::2]])
+    assert merge_all([first, second]).finalize() == whole
+    first, second = stats_of([episodes[::2], episodes[1::2]])
+    assert merge_all([second, first]).finalize() == whole
+
+
+def test_any_three_way_split_and_order_gives_identical_statistics(episodes):
+    whole = stats_of([episodes])[0].finalize()
+    for order in itertools.permutations(range(3)):
+        parts = stats_of([episodes[:50], episodes[50:220], episodes[220:]])
+        assert merge_all(parts[i] for i in order).finalize() == whole
+
+
+def test_quantiles_are_within_the_relative_error_bound_of_exact_ranks():
+    values = np.random.default_rng(1).normal(0, 1, (200_000, 1))
+    sketch = QuantileSketch(1, relative_accuracy=1e-3)
+    sketch.add(values)
+    ordered = np.sort(values[:, 0])
+    for q in (0.01, 0.5, 0.99):
+        exact = ordered[int(np.floor(q * (len(ordered) - 1)))]
+        assert abs(sketch.quantile(q)[0] - exact) <= 1e-3 * abs(exact) + 1e-12
+
+
+def test_moments_and_extremes(episodes):
+    stats = stats_of([episodes])[0].finalize()
+    actions = np.concatenate([a for _, a in episodes]).astype(np.float64)
+    np.testing.assert_allclose(stats.actions.mean, actions.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(stats.actions.std, actions.std(axis=0), rtol=1e-9)
+    assert stats.actions.min == actions.min(axis=0).tolist()
+    assert stats.actions.count == len(actions)
+
+
+def test_sketch_round_trips_through_json():
+    sketch = QuantileSketch(2)
+    sketch.add(np.random.default_rng(2).normal(size=(1000, 2)))
+    again = QuantileSketch.from_json(sketch.to_json())
+    np.testing.assert_array_equal(again.quantile(0.3), sketch.quantile(0.3))
+
+
+def dim_stats(**values) -> DimStats:
+    base = dict(count=10, mean=[0.0, 5.0], std=[1.0, 0.0], min=[-3.0, 5.0], max=[3.0, 5.0], q01=[-2.0, 5.0], q99=[2.0, 5.0])
+    base.update(values)
+    return DimStats(**base)
+
+
+@pytest.mark.parametrize("mode", ["quantile", "mean_std"])
+def test_normalize_round_trips_and_passes_zero_range_dimensions_through(mode):
+    stats = dim_stats()
+    values = np.array([[-2.0, 5.0], [2.0, 5.0], [0.5, 7.0]])
+    normalized = normalize(values, stats, mode)
+    np.testing.assert_array_equal(normalized[:, 1], values[:, 1])
+    if mode == "quantile":
+        np.testing.assert_allclose(normalized[:2, 0], [-1.0, 1.0])
+    np.testing.assert_allclose(unnormalize(normalized, stats, mode), values)
+
+
+def test_suspicious_dimensions_are_flagged():
+    stats = dim_stats(max=[300.0, 5.0])
+    flags = stats.suspicious()
+    assert flags[0].startswith("extreme outliers") and flags[1].startswith("near-zero range")
+
+
+def test_norm_stats_save_and_load(tmp_path, episodes):
+    stats = stats_of([episodes[:10]])[0].finalize()
+    stats.save(tmp_path / "stats.json")
+    assert NormStats.load(tmp_path / "stats.json") == stats
