@@ -174,8 +174,8 @@ def test_dimension_change_within_a_dataset_is_quarantined(tmp_path):
 
     F = tfds.features
     features = F.FeaturesDict({"steps": F.Dataset({
-        "observation": F.FeaturesDict({"state": F.Tensor(shape=(None,), dtype=np.float32)}),
-        "action": F.Tensor(shape=(None,), dtype=np.float32),
+        "observation": F.FeaturesDict({"state": F.Tensor(shape=(None,), dtype=np.float32, encoding="zlib")}),
+        "action": F.Tensor(shape=(None,), dtype=np.float32, encoding="zlib"),
         "language_instruction": F.Text(),
     })})
     def episode(dims):

@@ -20,7 +20,9 @@ from kidata.schema import Episode, Frames, episode_defect
 from kidata.sources.base import ReadReport, WorkUnit, load_annotations, split_range
 from kidata.sources.spec import DatasetSpec
 
-_ALL_STEPS = 1 << 30  # batch size that puts a whole episode's steps into one element
+# Steps are stacked in batches of this many (a huge single batch stalls TensorFlow on features of
+# unknown shape); longer episodes are concatenated from several batches.
+_STEP_BATCH = 4096
 
 
 def _tfds():
@@ -174,11 +176,12 @@ class RldsSource:
         if self.spec.episode_filter == "success_in_path" and "success" not in str(info.get("file_path", "")):
             report.notices["filtered_unsuccessful"] += 1
             return None
-        steps = next(iter(element["steps"].batch(_ALL_STEPS)), None)
-        if steps is None:
+        batches = [tf.nest.map_structure(lambda t: t.numpy(), b) for b in element["steps"].batch(_STEP_BATCH)]
+        if not batches:
             report.quarantined.add("too_short")
             return None
-        steps = tf.nest.map_structure(lambda tensor: tensor.numpy(), steps)
+        steps = batches[0] if len(batches) == 1 else tf.nest.map_structure(
+            lambda *parts: np.concatenate(parts), *batches)
         state = np.concatenate([p.take(_lookup(steps, p.key)) for p in self.spec.state], axis=1) if self.spec.state \
             else np.zeros((len(steps["is_first"]), 0), np.float32)
         actions = np.concatenate([p.take(_lookup(steps, p.key)) for p in self.spec.action], axis=1)

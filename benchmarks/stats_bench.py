@@ -1,0 +1,75 @@
+"""Statistics pass speed: steps/s of ``source_stats`` next to plainly iterating the tfrecords.
+
+    python benchmarks/stats_bench.py [--episodes 200 --steps 40]
+
+Two datasets: the real Bridge fixture in ../shared (25 episodes, 64x64 images) and a generated
+DROID-layout dataset (3 cameras at 180x320 JPEG) written with tfds into a temporary folder. The
+floor is reading every tfrecord record without parsing (tf.data.TFRecordDataset): the statistics
+pass cannot be faster than reading the bytes. Record results in benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from kidata.pipelines.stats import source_stats  # noqa: E402
+from kidata.sources.oxe import lookup  # noqa: E402
+from kidata.sources.rlds import RldsSource  # noqa: E402
+
+BRIDGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rlds" / "bridge_dataset" / "1.0.0"
+
+
+def raw_read_seconds(path: Path) -> float:
+    import tensorflow as tf
+
+    files = sorted(str(p) for p in path.glob("*.tfrecord*"))
+    start = time.perf_counter()
+    for _ in tf.data.TFRecordDataset(files):
+        pass
+    return time.perf_counter() - start
+
+
+def measure(label: str, source: RldsSource, path: Path) -> None:
+    raw_read_seconds(path)  # warm the file cache and TensorFlow
+    raw = min(raw_read_seconds(path) for _ in range(3))
+    best = None
+    for _ in range(3):
+        start = time.perf_counter()
+        stats, _ = source_stats(source, workers=1, progress=False)
+        elapsed = time.perf_counter() - start
+        best = elapsed if best is None else min(best, elapsed)
+    steps = stats.actions.sketch.count
+    print(f"{label}: {stats.episodes} episodes, {steps} steps")
+    print(f"  stats pass (1 process): {steps / best:10.0f} steps/s  ({best:.2f} s)")
+    print(f"  raw tfrecord read:      {steps / raw:10.0f} steps/s  ({raw:.2f} s)  -> stats pass takes {best / raw:.1f}x the raw read")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+    print(f"kidata stats benchmark, {platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}")
+    if BRIDGE.is_dir():
+        measure("Bridge fixture", RldsSource(str(BRIDGE), lookup("bridge_dataset")), BRIDGE)
+    import rlds_fixtures as fx
+
+    with tempfile.TemporaryDirectory() as root:
+        start = time.perf_counter()
+        path = fx.write_dataset(Path(root), "droid_100", fx.droid_features(),
+                                {"train": [fx.droid_episode(i, args.steps) for i in range(args.episodes)]})
+        print(f"(generated {args.episodes} DROID-layout episodes in {time.perf_counter() - start:.0f} s)")
+        measure(f"generated DROID layout", RldsSource(str(path), lookup("droid_100")), path)
+
+
+if __name__ == "__main__":
+    main()
