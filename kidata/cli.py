@@ -77,6 +77,34 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+    from kidata.sources.synthetic import action_chunks
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.inspect import describe_sample
+    from kidata.tokenizers.prompt import SampleEncoder
+    from kidata.tokenizers.text import TextTokenizer
+
+    text = TextTokenizer.load(args.text_tokenizer)
+    chunks = action_chunks(2000, args.horizon, args.action_dim, seed=0)
+    fast = FastTokenizer.load(args.fast_tokenizer) if args.fast_tokenizer else FastTokenizer.fit(chunks, vocab_size=1024)
+    encoder = SampleEncoder(text, fast, prompt_format=args.prompt_format, state_encoding=args.state_encoding,
+                            max_tokens=args.max_tokens)
+    state = np.linspace(-0.9, 0.9, 8)
+    examples = {
+        "robot": lambda: encoder.robot("pick up the red block", state, chunks[0], np.ones(args.horizon, bool)),
+        "subtask": lambda: encoder.robot("clean the table", state, chunks[0], np.ones(args.horizon, bool),
+                                         subtask="pick up the sponge"),
+        "caption": lambda: encoder.caption("a robot arm above a table"),
+        "vqa": lambda: encoder.vqa("what color is the cup", "blue"),
+        "point": lambda: encoder.point("cup", [(0.25, 0.5)]),
+        "detect": lambda: encoder.detect("cup", [(0.1, 0.2, 0.5, 0.6)]),
+    }
+    for name in args.example:
+        print(describe_sample(examples[name](), encoder))
+        print()
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kidata.demo import run_demo
 
@@ -131,6 +159,18 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--out", help="write the statistics JSON here")
     stats.add_argument("--quiet", action="store_true", help="no progress bar")
     stats.set_defaults(handler=_stats)
+
+    inspect = commands.add_parser("inspect", help="show samples as text pieces with masks and decoded actions")
+    inspect.add_argument("--example", nargs="+", default=["robot", "subtask", "vqa", "detect"],
+                         choices=["robot", "subtask", "caption", "vqa", "point", "detect"])
+    inspect.add_argument("--text-tokenizer", default=str(Path(__file__).resolve().parents[1] / "tokenizers" / "demo-text"))
+    inspect.add_argument("--fast-tokenizer", help="FAST directory (default: fit one on generated chunks)")
+    inspect.add_argument("--prompt-format", default="pi05", choices=["pi05", "pi0fast"])
+    inspect.add_argument("--state-encoding", default="text", choices=["text", "special", "continuous"])
+    inspect.add_argument("--max-tokens", type=int, default=256)
+    inspect.add_argument("--horizon", type=int, default=10)
+    inspect.add_argument("--action-dim", type=int, default=7)
+    inspect.set_defaults(handler=_inspect)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")

@@ -179,3 +179,47 @@ def merge_quarantines(parts: Iterable[Quarantine]) -> Quarantine:
     for part in parts:
         total.update(part)
     return total
+
+
+@dataclass
+class Sample:
+    """One training sample: a token stream for the backbone plus what the action expert needs.
+
+    tokens int32 [L]; ar bool [L] (False = prefix with full attention, True = causal postfix);
+    loss bool [L] (language loss mask); prefix_length: number of prefix tokens (all ar False);
+    has_actions: whether the flow-matching action loss applies (action mask);
+    fast_span: [start, stop) of the action tokens in ``tokens`` or None; state float32 [S]
+    (normalized) or None; state_slot: for continuous state, the index in ``tokens`` before which
+    the model inserts the projected state; actions float32 [H, A] (normalized chunk) and
+    action_valid bool [H], or None; images: camera -> uint8 [H, W, 3] or encoded bytes.
+    """
+
+    kind: str
+    tokens: np.ndarray
+    ar: np.ndarray
+    loss: np.ndarray
+    prefix_length: int
+    has_actions: bool = False
+    fast_span: tuple[int, int] | None = None
+    state: np.ndarray | None = None
+    state_slot: int | None = None
+    actions: np.ndarray | None = None
+    action_valid: np.ndarray | None = None
+    images: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        length = len(self.tokens)
+        if self.tokens.dtype != np.int32 or self.ar.dtype != np.bool_ or self.loss.dtype != np.bool_:
+            raise ValueError("tokens must be int32, ar and loss bool")
+        if len(self.ar) != length or len(self.loss) != length:
+            raise ValueError(f"tokens/ar/loss lengths differ: {length}, {len(self.ar)}, {len(self.loss)}")
+        if self.ar[: self.prefix_length].any() or not self.ar[self.prefix_length :].all():
+            raise ValueError("ar must be False on the prefix and True on the postfix")
+        if self.loss[: self.prefix_length].any():
+            raise ValueError("the prefix carries no loss")
+        if self.fast_span is not None and not self.prefix_length <= self.fast_span[0] <= self.fast_span[1] <= length:
+            raise ValueError(f"fast span {self.fast_span} outside the postfix")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
