@@ -105,6 +105,18 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_images(args: argparse.Namespace) -> int:
+    from kidata.sources.fetch import fetch_images, summarize, write_report
+
+    report = fetch_images(args.parquet, args.mirror, workers=args.workers, timeout=args.timeout,
+                          progress=not args.quiet)
+    print(summarize(report))
+    report_path = args.report or str(Path(args.mirror) / "fetch_report.json")
+    write_report(report, report_path)
+    print(f"report written to {report_path}")
+    return 0 if report.failed == 0 else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kidata.demo import run_demo
 
@@ -171,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--horizon", type=int, default=10)
     inspect.add_argument("--action-dim", type=int, default=7)
     inspect.set_defaults(handler=_inspect)
+
+    fetch = commands.add_parser("fetch-images", help="download PixMo images into a local mirror (resumable, verified)")
+    fetch.add_argument("--parquet", nargs="+", required=True, help="PixMo parquet files")
+    fetch.add_argument("--mirror", required=True, help="mirror folder (files named by sha256)")
+    fetch.add_argument("--workers", type=int, default=16)
+    fetch.add_argument("--timeout", type=float, default=30.0)
+    fetch.add_argument("--report", help="failure report JSON (default: MIRROR/fetch_report.json)")
+    fetch.add_argument("--quiet", action="store_true")
+    fetch.set_defaults(handler=_fetch_images)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")

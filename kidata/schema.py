@@ -223,3 +223,39 @@ class Sample:
 
     def __len__(self) -> int:
         return len(self.tokens)
+
+
+VLM_TASKS = ("caption", "vqa", "point", "detect")
+
+
+@dataclass
+class VlmExample:
+    """A vision-language example, image already resized with padding to a square.
+
+    task: caption | vqa | point | detect; image: uint8 [S, S, 3]; prompt: the question or label
+    (None for captions); targets: candidate texts (captions, answers; one is chosen per sample);
+    points: float32 [N, 2] (y, x) and boxes: float32 [N, 4] (ymin, xmin, ymax, xmax), both in
+    [0, 1] of the padded image; labels: one per box or point.
+    """
+
+    example_id: str
+    source: str
+    task: str
+    image: np.ndarray
+    prompt: str | None = None
+    targets: tuple[str, ...] = ()
+    points: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    labels: tuple[str, ...] = ()
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        where = f"source {self.source!r}, example {self.example_id!r}"
+        if self.task not in VLM_TASKS:
+            raise EpisodeError(f"{where}: task {self.task!r} is not one of {VLM_TASKS}")
+        if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:
+            raise EpisodeError(f"{where}: image must be uint8 [S, S, 3], got {self.image.dtype} {self.image.shape}")
+        for name, width in (("points", 2), ("boxes", 4)):
+            value = getattr(self, name)
+            if value is not None and (value.ndim != 2 or value.shape[1] != width):
+                raise EpisodeError(f"{where}: {name} must be [N, {width}], got {value.shape}")

@@ -36,11 +36,24 @@ class ReadReport:
     quarantined: Quarantine = field(default_factory=Quarantine)
     notices: Counter = field(default_factory=Counter)
     failed_units: list[str] = field(default_factory=list)
+    examples: dict[str, list[str]] = field(default_factory=dict)  # a few record ids per reason
+
+    EXAMPLES_PER_REASON = 5
+
+    def quarantine(self, reason: str, record_id: str) -> None:
+        """Counts a quarantined record and remembers the first few ids of each reason."""
+        self.quarantined.add(reason)
+        ids = self.examples.setdefault(reason, [])
+        if len(ids) < self.EXAMPLES_PER_REASON:
+            ids.append(record_id)
 
     def merge(self, other: "ReadReport") -> "ReadReport":
         self.quarantined.update(other.quarantined)
         self.notices.update(other.notices)
         self.failed_units.extend(other.failed_units)
+        for reason, ids in other.examples.items():
+            mine = self.examples.setdefault(reason, [])
+            mine.extend(ids[: self.EXAMPLES_PER_REASON - len(mine)])
         return self
 
 
