@@ -117,6 +117,40 @@ def _fetch_images(args: argparse.Namespace) -> int:
     return 0 if report.failed == 0 else 1
 
 
+def _build(args: argparse.Namespace) -> int:
+    import json
+
+    from kidata.pipelines.build import BuildError, build
+    from kidata.pipelines.recipe import RecipeError, load_recipe
+
+    try:
+        recipe = load_recipe(args.recipe)
+        manifest = build(recipe, args.out, engine=args.engine, workers=args.workers, force=args.force,
+                         progress=not args.quiet, ray_address=args.ray_address)
+    except (RecipeError, BuildError) as error:
+        print(f"kidata build: {error}", file=sys.stderr)
+        return 2
+    for source in manifest["sources"]:
+        print(f"{source['name']:>24}: {source['episodes']} {'episodes' if source['kind'] == 'robot' else 'examples'}, "
+              f"{source['samples']} samples, {len(source['shards'])} shards, quarantined {source['quarantined']}, "
+              f"rejected {source['rejected']}")
+    report = json.loads(Path(args.out, "build_report.json").read_text()) if "://" not in args.out else {}
+    if report:
+        print(f"{report['samples']} samples in {report['seconds']:.1f} s ({report['samples_per_second']:.0f} samples/s)")
+    print(f"manifest: {args.out}/manifest.json; report: {args.out}/build_report.json")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from kidata.pipelines.verify import verify
+
+    problems = verify(args.out)
+    for problem in problems:
+        print(problem)
+    print("all shards verify" if not problems else f"{len(problems)} problem(s)")
+    return 0 if not problems else 1
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kidata.demo import run_demo
 
@@ -192,6 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--report", help="failure report JSON (default: MIRROR/fetch_report.json)")
     fetch.add_argument("--quiet", action="store_true")
     fetch.set_defaults(handler=_fetch_images)
+
+    build = commands.add_parser("build", help="build a mixture: recipe -> webdataset shards + manifest")
+    build.add_argument("recipe", help="recipe TOML (pipelines/*.toml)")
+    build.add_argument("--out", required=True, help="output folder or fsspec URL (s3://, gs://, memory://)")
+    build.add_argument("--engine", default="local", choices=["local", "ray"])
+    build.add_argument("--workers", type=int, default=1, help="worker processes (local engine)")
+    build.add_argument("--ray-address", default=None, help="Ray cluster address (ray engine; default: local)")
+    build.add_argument("--force", action="store_true", help="replace a build of a different recipe in OUT")
+    build.add_argument("--quiet", action="store_true")
+    build.set_defaults(handler=_build)
+
+    verify = commands.add_parser("verify", help="re-hash every shard of a build against its manifest")
+    verify.add_argument("out")
+    verify.set_defaults(handler=_verify)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")

@@ -1,0 +1,445 @@
+"""``kidata build RECIPE --out OUT``: recipe -> statistics -> FAST -> samples -> shards + manifest.
+
+Pass 1 (robot sources, no image decoding): per-source statistics and a deterministic bottom-k
+sample of raw action chunks (each chunk ranked by a hash of source, episode and step, so the
+sample does not depend on how units were split or in which order they finished); FAST is fitted
+on the normalized sample, or loaded. Pass 2: every unit of every source becomes samples written
+into its own shards; a unit's record is written only after its shards are in place, so a killed
+build resumes by skipping recorded units. The manifest is written last. Work units are fixed by
+the recipe (``units_per_source``), not by the number of workers, so any engine and worker count
+gives byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kidata import __version__
+from kidata.pipelines.recipe import Recipe, SourceConfig
+from kidata.pipelines.shards import ShardWriter, jpeg_bytes, sample_key, sample_members
+from kidata.pipelines.stats import EpisodeStats, NormStats, normalize
+from kidata.sources.base import ReadReport, WorkUnit
+
+STATE_DIR = "_state"
+FAST_DIR = "fast_tokenizer"
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------- helpers
+def stable_fraction(*parts: Any) -> float:
+    """A number in [0, 1) fixed by its inputs (sha256), the same on every machine and run."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def in_holdout(source: str, record_id: str, fraction: float) -> bool:
+    """Held-out by a hash of the source and record id only: the split never moves between builds."""
+    return fraction > 0 and stable_fraction("holdout", source, record_id) < fraction
+
+
+def open_source(recipe: Recipe, source: SourceConfig):
+    """The reader of one recipe source."""
+    options = dict(source.options)
+    size = recipe.mixture.image_size
+    if source.reader == "rlds":
+        from kidata.sources.open import open_robot_source
+
+        return open_robot_source(
+            "rlds", path=options["path"], name=source.name, dataset=options.get("dataset"),
+            mapping=options.get("mapping"), split=options.get("split", "train"),
+            action_space=options.get("action_space"), annotations=options.get("language_annotations"),
+            skip_corrupt=bool(options.get("skip_corrupt", False)))
+    if source.reader == "libero_hdf5":
+        from kidata.sources.libero import LiberoHdf5Source
+
+        return LiberoHdf5Source(options["path"], name=source.name, annotations=options.get("language_annotations"))
+    if source.reader == "coco_captions":
+        from kidata.sources.coco import CocoCaptions
+
+        return CocoCaptions(options["annotations"], options["images"], name=source.name, image_size=size)
+    if source.reader == "coco_detection":
+        from kidata.sources.coco import CocoDetection
+
+        return CocoDetection(options["instances"], options["images"], name=source.name, image_size=size)
+    if source.reader == "vqav2":
+        from kidata.sources.vqav2 import Vqav2
+
+        return Vqav2(options["questions"], options["annotations"], options["images"], name=source.name,
+                     answer=options.get("answer", "multiple_choice"), image_size=size)
+    from kidata.sources.pixmo import PixmoSource
+
+    return PixmoSource(source.reader.split("_", 1)[1], options["parquet"], options["mirror"], name=source.name,
+                       image_size=size)
+
+
+def output_fs(out: str):
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(out)
+    return fs, root.rstrip("/")
+
+
+def write_text(fs, path: str, text: str) -> None:
+    """Atomic small-file write: temporary name, then rename."""
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(path + ".tmp", "w") as handle:
+        handle.write(text)
+    fs.mv(path + ".tmp", path)
+
+
+# ---------------------------------------------------------------------------------- pass 1
+def stats_unit(recipe: Recipe, source_name: str, unit: WorkUnit) -> tuple[EpisodeStats, ReadReport, list]:
+    """Statistics and the bottom-k (by hash) raw action chunks of one unit."""
+    source_config = recipe.source(source_name)
+    source = open_source(recipe, source_config)
+    horizon, keep = recipe.mixture.action_horizon, recipe.mixture.reservoir_size
+    stats, report, reservoir = EpisodeStats(), ReadReport(), []
+    for episode in source.read(unit, images=False, report=report):
+        stats.add(episode.state, episode.actions)
+        for step in range(episode.steps):
+            rank = stable_fraction(recipe.mixture.seed, source_name, episode.episode_id, step)
+            reservoir.append((rank, episode.action_chunk(step, horizon)[0]))
+        if len(reservoir) > 2 * keep:
+            reservoir = sorted(reservoir, key=lambda item: item[0])[:keep]
+    return stats, report, sorted(reservoir, key=lambda item: item[0])[:keep]
+
+
+# ---------------------------------------------------------------------------------- pass 2
+@dataclass(frozen=True)
+class EncodeContext:
+    """Everything a worker needs to encode units; picklable, independent of the engine."""
+
+    recipe: Recipe
+    out: str
+    fast_files: dict[str, str]
+    norm_stats: dict[str, dict]
+    action_dim: int
+
+
+_WORKER_CACHE: dict[str, Any] = {}
+
+
+def materialize(files: dict[str, str]) -> Path:
+    """Writes tokenizer files (name -> text) into a fresh local folder: workers and remote
+    outputs get the FAST tokenizer by value, not by a path they may not see."""
+    directory = Path(tempfile.mkdtemp(prefix="kidata-fast-"))
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory
+
+
+def _encoder(context: EncodeContext):
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.prompt import SampleEncoder
+    from kidata.tokenizers.ranges import ActionIdMap
+    from kidata.tokenizers.text import TextTokenizer
+
+    key = hashlib.sha256(json.dumps(context.fast_files, sort_keys=True).encode()).hexdigest() + context.recipe.sha256
+    if _WORKER_CACHE.get("key") != key:
+        mixture = context.recipe.mixture
+        fast = FastTokenizer.load(materialize(context.fast_files))
+        text = TextTokenizer.load(context.recipe.resolve_asset(mixture.text_tokenizer))
+        id_map = ActionIdMap(text.vocab_size, fast.vocab_size, rule=mixture.fast_token_rule,
+                             skip=mixture.fast_token_skip, offset=mixture.fast_token_offset)
+        uses_loc = any(s.reader in ("coco_detection", "pixmo_points") for s in context.recipe.sources)
+        encoder = SampleEncoder(text, fast, prompt_format=mixture.prompt_format, state_encoding=mixture.state_encoding,
+                                max_tokens=mixture.max_tokens, id_map=id_map,
+                                special_state_first=mixture.special_state_first, uses_loc_tokens=uses_loc)
+        _WORKER_CACHE.update(key=key, encoder=encoder)
+    return _WORKER_CACHE["encoder"]
+
+
+def encode_unit(context: EncodeContext, source_name: str, unit: WorkUnit, unit_index: int) -> dict:
+    """Writes one unit's shards, then its completion record; returns the record."""
+    from kidata.tokenizers.prompt import SampleRejected
+
+    recipe, mixture = context.recipe, context.recipe.mixture
+    source_config = recipe.source(source_name)
+    source = open_source(recipe, source_config)
+    encoder = _encoder(context)
+    fs, root = output_fs(context.out)
+    holdout = source_config.holdout if source_config.holdout is not None else mixture.holdout
+    target = int(mixture.shard_size_mb * 1024 * 1024)
+    writers = {split: ShardWriter(fs, f"{root}/{source_name}", f"{source_name}-{split}-u{unit_index:04d}", split, target)
+               for split in ("train", "val")}
+    report = ReadReport()
+    counts = {"episodes": 0, "samples": 0}
+    rejected: dict[str, int] = {}
+
+    def emit(split: str, key: str, build_sample, images: dict[str, np.ndarray]) -> None:
+        try:
+            sample = build_sample()
+        except SampleRejected as rejection:
+            rejected[rejection.reason] = rejected.get(rejection.reason, 0) + 1
+            return
+        encoded = {camera: jpeg_bytes(image, mixture.jpeg_quality) for camera, image in images.items()}
+        writers[split].write(key, sample_members(sample, encoded))
+        counts["samples"] += 1
+
+    if source_config.kind == "robot":
+        _encode_robot_unit(context, source, source_name, unit, holdout, encoder, report, counts, emit)
+    else:
+        _encode_vlm_unit(context, source, source_name, unit, holdout, encoder, report, counts, emit)
+    shards = [info.to_json() for split in ("train", "val") for info in writers[split].close()]
+    for shard in shards:
+        shard["path"] = f"{source_name}/{shard['path']}"
+    record = {"source": source_name, "unit": unit.key, "unit_index": unit_index, "shards": shards, **counts,
+              "quarantined": report.quarantined.as_dict(), "quarantine_examples": report.examples,
+              "notices": dict(sorted(report.notices.items())), "rejected": dict(sorted(rejected.items())),
+              "clipped_state_values": encoder.stats.clipped_state_values}
+    write_text(fs, f"{root}/{STATE_DIR}/units/{source_name}-{unit_index:04d}.json", json.dumps(record, sort_keys=True))
+    return record
+
+
+def _encode_robot_unit(context, source, source_name, unit, holdout, encoder, report, counts, emit) -> None:
+    from kidata.sources.images import resize_with_pad
+
+    mixture = context.recipe.mixture
+    stats = NormStats.from_json(context.norm_stats[source_name])
+    horizon = mixture.action_horizon
+    for episode in source.read(unit, images=True, report=report):
+        counts["episodes"] += 1
+        split = "val" if in_holdout(source_name, episode.episode_id, holdout) else "train"
+        state = normalize(episode.state, stats.state, mixture.normalization).astype(np.float32)
+        actions = normalize(episode.actions, stats.actions, mixture.normalization).astype(np.float32)
+        for step in range(0, episode.steps, mixture.step_stride):
+            index = np.minimum(np.arange(step, step + horizon), episode.steps - 1)
+            chunk = np.zeros((horizon, context.action_dim), dtype=np.float32)
+            chunk[:, : actions.shape[1]] = actions[index]
+            valid = np.arange(step, step + horizon) < episode.steps
+            choice = int(stable_fraction(mixture.seed, "instruction", episode.episode_id, step)
+                         * max(1, len(episode.instructions)))
+            instruction = episode.instructions[choice] if episode.instructions else ""
+            meta = {"source": source_name, "episode": episode.episode_id, "step": step,
+                    "action_dim": int(actions.shape[1])}
+
+            def build(step=step, chunk=chunk, valid=valid, instruction=instruction, meta=meta):
+                sample = encoder.robot(instruction, state[step], chunk, valid, subtask=episode.annotation_at(step),
+                                       meta=meta)
+                sample.actions = chunk[:, : actions.shape[1]]  # stored at the source's own dimension
+                return sample
+
+            images = {camera: resize_with_pad(frames.frame(step), mixture.image_size)
+                      for camera, frames in episode.images.items()}
+            emit(split, sample_key(episode.episode_id, step), build, images)
+
+
+def _encode_vlm_unit(context, source, source_name, unit, holdout, encoder, report, counts, emit) -> None:
+    mixture = context.recipe.mixture
+    for example in source.read(unit, report=report):
+        counts["episodes"] += 1
+        split = "val" if in_holdout(source_name, example.example_id, holdout) else "train"
+        meta = {"source": source_name, "example": example.example_id}
+        images = {"base_0": example.image}
+        if example.task == "caption":
+            if mixture.caption_choice == "all":
+                choices = list(enumerate(example.targets))
+            else:
+                pick = int(stable_fraction(mixture.seed, "caption", example.example_id) * len(example.targets))
+                choices = [(pick, example.targets[pick])]
+            for index, caption in choices:
+                emit(split, sample_key(example.example_id, index),
+                     lambda caption=caption: encoder.caption(caption, meta=meta), images)
+        elif example.task == "vqa":
+            emit(split, sample_key(example.example_id), lambda: encoder.vqa(example.prompt, example.targets[0], meta=meta),
+                 images)
+        elif example.task == "point":
+            points = [tuple(p) for p in example.points.tolist()]
+            emit(split, sample_key(example.example_id), lambda: encoder.point(example.prompt, points, meta=meta), images)
+        else:
+            boxes = [tuple(b) for b in example.boxes.tolist()]
+            emit(split, sample_key(example.example_id),
+                 lambda: encoder.detect(example.prompt, boxes, example.labels, meta=meta), images)
+
+
+# ---------------------------------------------------------------------------------- the build
+def build(recipe: Recipe, out: str, *, engine: str = "local", workers: int = 1, force: bool = False,
+          progress: bool = True, ray_address: str | None = None, fast_override: str | None = None) -> dict:
+    """Runs (or resumes) a build and returns the manifest."""
+    from kidata.pipelines.engine import run_jobs
+
+    fs, root = output_fs(out)
+    state_file = f"{root}/{STATE_DIR}/recipe.json"
+    if fs.exists(state_file):
+        previous = json.loads(fs.cat_file(state_file).decode())
+        if previous["recipe_sha256"] != recipe.sha256:
+            if not force:
+                raise BuildError(f"{out} holds a build of a different recipe (sha256 {previous['recipe_sha256'][:12]}, "
+                                 f"this one {recipe.sha256[:12]}); use --force to replace it")
+            fs.rm(root, recursive=True)
+    write_text(fs, state_file, json.dumps({"recipe_sha256": recipe.sha256, "recipe": recipe.canonical()}, sort_keys=True))
+    started = time.perf_counter()
+    units = {s.name: open_source(recipe, s).list_units(recipe.mixture.units_per_source) for s in recipe.sources}
+    robot = [s for s in recipe.sources if s.kind == "robot"]
+
+    # pass 1 -----------------------------------------------------------------------------
+    norm_stats, pass1_reports, episodes = _pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_address)
+    action_dim = recipe.mixture.action_dim or max((len(norm_stats[s.name]["actions"]["mean"]) for s in robot), default=1)
+    fast_files = _fast_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, engine, workers, progress,
+                                 ray_address, fast_override)
+
+    # pass 2 -----------------------------------------------------------------------------
+    context = EncodeContext(recipe, out, fast_files, norm_stats, action_dim)
+    jobs = []
+    for source in recipe.sources:
+        for index, unit in enumerate(units[source.name]):
+            record_path = f"{root}/{STATE_DIR}/units/{source.name}-{index:04d}.json"
+            if not fs.exists(record_path):
+                jobs.append(((context, source.name, unit, index), f"{source.name}:{index}"))
+    results, failures = run_jobs(encode_unit, jobs, engine=engine, workers=workers, progress=progress,
+                                 label="encode", ray_address=ray_address)
+    if failures:
+        raise BuildError("units failed (completed units are kept; run the build again to resume): "
+                         + "; ".join(f"{name}: {error}" for name, error in failures))
+    manifest = _manifest(recipe, context, fs, root, units, norm_stats)
+    write_text(fs, f"{root}/manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    report = _report(manifest, time.perf_counter() - started, pass1_reports)
+    write_text(fs, f"{root}/build_report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def _pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_address):
+    from kidata.pipelines.engine import run_jobs
+
+    norm_stats, reports, counts = {}, {}, {}
+    todo = [s for s in robot if not fs.exists(f"{root}/{STATE_DIR}/stats/{s.name}.json")]
+    jobs = [((recipe, s.name, unit), f"{s.name}:{i}") for s in todo for i, unit in enumerate(units[s.name])]
+    results, failures = run_jobs(stats_unit, jobs, engine=engine, workers=workers, progress=progress,
+                                 label="stats", ray_address=ray_address)
+    if failures:
+        raise BuildError("statistics units failed: " + "; ".join(f"{n}: {e}" for n, e in failures))
+    merged: dict[str, tuple[EpisodeStats, ReadReport, list]] = {}
+    for (args, name), (stats, report, reservoir) in zip(jobs, results):
+        source = args[1]
+        total = merged.setdefault(source, (EpisodeStats(), ReadReport(), []))
+        total[0].merge(stats), total[1].merge(report), total[2].extend(reservoir)
+    keep = recipe.mixture.reservoir_size
+    for source, (stats, report, reservoir) in merged.items():
+        if stats.episodes == 0:
+            raise BuildError(f"source {source!r} yielded no usable episode (quarantined: {report.quarantined.as_dict()})")
+        reservoir = sorted(reservoir, key=lambda item: item[0])[:keep]
+        payload = {"norm_stats": stats.finalize().to_json(), "episodes": stats.episodes,
+                   "quarantined": report.quarantined.as_dict()}
+        chunks = np.stack([chunk for _, chunk in reservoir]).astype(np.float32)
+        fs.makedirs(f"{root}/{STATE_DIR}/stats", exist_ok=True)
+        with fs.open(f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy.tmp", "wb") as handle:
+            np.save(handle, chunks, allow_pickle=False)
+        fs.mv(f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy.tmp", f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy")
+        write_text(fs, f"{root}/{STATE_DIR}/stats/{source}.json", json.dumps(payload, sort_keys=True))
+    for source in robot:
+        payload = json.loads(fs.cat_file(f"{root}/{STATE_DIR}/stats/{source.name}.json").decode())
+        norm_stats[source.name] = payload["norm_stats"]
+        reports[source.name] = payload["quarantined"]
+        counts[source.name] = payload["episodes"]
+    return norm_stats, reports, counts
+
+
+def _fast_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, engine, workers, progress, ray_address,
+                    fast_override) -> dict[str, str]:
+    """FAST files (name -> text): fitted on the normalized reservoir, or loaded from a path."""
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.report import evaluate, write_report
+
+    directory = f"{root}/{FAST_DIR}"
+    setting = fast_override or recipe.mixture.fast_tokenizer
+    if not fs.exists(f"{directory}/tokenizer.json"):
+        if isinstance(setting, str):
+            tokenizer = FastTokenizer.load(recipe.resolve_asset(setting))
+            chunks = None
+        else:
+            if not robot:
+                raise BuildError("fast_tokenizer.fit needs at least one robot source")
+            chunks = _normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root)
+            options = {k: v for k, v in setting.items() if k != "fit"}
+            tokenizer = FastTokenizer.fit(chunks, **options)
+        with tempfile.TemporaryDirectory() as local:
+            tokenizer.save(local)
+            if chunks is not None:
+                write_report(evaluate(tokenizer, chunks), Path(local) / "report")
+            for path in sorted(Path(local).rglob("*")):
+                if path.is_file():
+                    target = f"{directory}/{path.relative_to(local).as_posix()}"
+                    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                    fs.put_file(str(path), target + ".tmp")
+                    fs.mv(target + ".tmp", target)
+    names = ("processor_config.json", "tokenizer.json", "kidata_fast.json")
+    return {name: fs.cat_file(f"{directory}/{name}").decode() for name in names if fs.exists(f"{directory}/{name}")}
+
+
+def _normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root) -> np.ndarray:
+    parts = []
+    for source in robot:
+        with fs.open(f"{root}/{STATE_DIR}/stats/{source.name}-reservoir.npy", "rb") as handle:
+            raw = np.load(handle, allow_pickle=False)
+        stats = NormStats.from_json(norm_stats[source.name])
+        normalized = normalize(raw, stats.actions, recipe.mixture.normalization)
+        padded = np.zeros((len(raw), recipe.mixture.action_horizon, action_dim))
+        padded[:, :, : raw.shape[2]] = normalized
+        parts.append(padded)
+    return np.concatenate(parts)
+
+
+def _manifest(recipe, context, fs, root, units, norm_stats) -> dict:
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.text import TextTokenizer
+
+    encoder = _encoder(context)
+    text = TextTokenizer.load(recipe.resolve_asset(recipe.mixture.text_tokenizer))
+    sources = []
+    for source in recipe.sources:
+        records = [json.loads(fs.cat_file(f"{root}/{STATE_DIR}/units/{source.name}-{i:04d}.json").decode())
+                   for i in range(len(units[source.name]))]
+        quarantined: dict[str, int] = {}
+        rejected: dict[str, int] = {}
+        for record in records:
+            for reason, count in record["quarantined"].items():
+                quarantined[reason] = quarantined.get(reason, 0) + count
+            for reason, count in record["rejected"].items():
+                rejected[reason] = rejected.get(reason, 0) + count
+        entry = {
+            "name": source.name, "kind": source.kind, "weight": source.weight, "reader": source.reader,
+            "episodes": sum(r["episodes"] for r in records), "samples": sum(r["samples"] for r in records),
+            "quarantined": dict(sorted(quarantined.items())), "rejected": dict(sorted(rejected.items())),
+            "shards": [shard for record in records for shard in record["shards"]],
+        }
+        if source.kind == "robot":
+            entry["norm_stats"] = norm_stats[source.name]
+        sources.append(entry)
+    fast = FastTokenizer.load(materialize(context.fast_files))
+    mixture = recipe.mixture
+    return {
+        "kidata_version": __version__,
+        "recipe": recipe.canonical(),
+        "recipe_sha256": recipe.sha256,
+        "tokenizers": {"text": {"path": mixture.text_tokenizer, "sha256": text.sha256},
+                       "fast": {"path": FAST_DIR, "sha256": fast.sha256}},
+        "encoding": {"state_encoding": mixture.state_encoding, "prompt_format": mixture.prompt_format,
+                     "action_horizon": mixture.action_horizon, "action_dim": context.action_dim,
+                     "image_size": mixture.image_size, "max_tokens": mixture.max_tokens,
+                     "normalization": mixture.normalization, "fast_token_rule": mixture.fast_token_rule,
+                     "text_vocab_size": text.vocab_size, **encoder.ranges},
+        "sources": sources,
+    }
+
+
+def _report(manifest: dict, seconds: float, pass1_quarantine: dict) -> dict:
+    sources = []
+    for source in manifest["sources"]:
+        sizes = [shard["bytes"] for shard in source["shards"]]
+        sources.append({"name": source["name"], "episodes": source["episodes"], "samples": source["samples"],
+                        "quarantined": source["quarantined"], "rejected": source["rejected"],
+                        "shards": len(sizes), "shard_bytes": {"total": sum(sizes), "max": max(sizes, default=0)}})
+    samples = sum(s["samples"] for s in sources)
+    return {"seconds": round(seconds, 3), "samples": samples, "samples_per_second": round(samples / max(seconds, 1e-9), 1),
+            "sources": sources}

@@ -1,0 +1,200 @@
+"""Recipes: a TOML file with one ``[mixture]`` table and one ``[[sources]]`` table per source.
+
+Parsed into frozen dataclasses; an unknown key is an error naming the key and the nearest valid
+one; relative paths resolve against the recipe file's folder. ``canonical()`` is the recipe as the
+build sees it (defaults filled in, paths resolved), which the manifest records and hashes.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROBOT_READERS = ("rlds", "libero_hdf5")
+VLM_READERS = ("coco_captions", "coco_detection", "vqav2", "pixmo_cap", "pixmo_points", "pixmo_ask")
+
+# Reader -> its source keys beyond the common ones, and which of them are paths.
+_READER_KEYS: dict[str, tuple[str, ...]] = {
+    "rlds": ("path", "dataset", "mapping", "split", "action_space", "language_annotations", "skip_corrupt"),
+    "libero_hdf5": ("path", "language_annotations"),
+    "coco_captions": ("annotations", "images"),
+    "coco_detection": ("instances", "images"),
+    "vqav2": ("questions", "annotations", "images", "answer"),
+    "pixmo_cap": ("parquet", "mirror"),
+    "pixmo_points": ("parquet", "mirror"),
+    "pixmo_ask": ("parquet", "mirror"),
+}
+_PATH_KEYS = {"path", "language_annotations", "annotations", "images", "instances", "questions", "parquet", "mirror"}
+_COMMON_SOURCE_KEYS = ("name", "reader", "weight", "holdout")
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be built as written."""
+
+
+def _nearest(key: str, valid: list[str] | tuple[str, ...]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {match[0]!r}?)" if match else f" (valid keys: {sorted(valid)})"
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    name: str
+    seed: int = 0
+    action_horizon: int = 10
+    action_dim: int | None = None  # default: the largest action dimension among the robot sources
+    image_size: int = 224
+    jpeg_quality: int = 95
+    state_encoding: str = "text"
+    prompt_format: str = "pi05"
+    max_tokens: int = 256
+    text_tokenizer: str = "tokenizers/demo-text"
+    fast_tokenizer: Any = field(default_factory=lambda: {"fit": True, "vocab_size": 1024, "scale": 10.0})
+    fast_token_rule: str = "openpi"
+    fast_token_skip: int = 128
+    fast_token_offset: int = 0
+    special_state_first: int | None = None
+    normalization: str = "quantile"
+    holdout: float = 0.0
+    step_stride: int = 1
+    shard_size_mb: float = 256.0
+    units_per_source: int = 16
+    reservoir_size: int = 20_000
+    caption_choice: str = "one"
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    reader: str
+    weight: float = 1.0
+    holdout: float | None = None  # default: the mixture's
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return "robot" if self.reader in ROBOT_READERS else "vlm"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    mixture: MixtureConfig
+    sources: tuple[SourceConfig, ...]
+    base_dir: str
+
+    def canonical(self) -> dict[str, Any]:
+        return {"mixture": asdict(self.mixture),
+                "sources": [{"name": s.name, "reader": s.reader, "weight": s.weight, "holdout": s.holdout,
+                             **dict(sorted(s.options.items()))} for s in self.sources]}
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True).encode()).hexdigest()
+
+    def source(self, name: str) -> SourceConfig:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(f"recipe has no source {name!r} (sources: {[s.name for s in self.sources]})")
+
+    def resolve_asset(self, value: str) -> str:
+        """A tokenizer reference: relative to the recipe folder, else to the kidata checkout (where
+        ``tokenizers/`` ships), else left as is (a hub id or URL)."""
+        if "://" in value or Path(value).is_absolute():
+            return value
+        for base in (Path(self.base_dir), PROJECT_ROOT):
+            if (base / value).exists():
+                return str((base / value).resolve())
+        return value
+
+
+def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Recipe:
+    for key in data:
+        if key not in ("mixture", "sources"):
+            raise RecipeError(f"unknown top-level table {key!r}{_nearest(key, ['mixture', 'sources'])}")
+    if "mixture" not in data:
+        raise RecipeError("recipe lacks the [mixture] table")
+    valid = [f.name for f in fields(MixtureConfig)]
+    mixture_table = dict(data["mixture"])
+    for key in mixture_table:
+        if key not in valid:
+            raise RecipeError(f"[mixture]: unknown key {key!r}{_nearest(key, valid)}")
+    if "name" not in mixture_table:
+        raise RecipeError("[mixture]: 'name' is required")
+    mixture = MixtureConfig(**mixture_table)
+    _check_mixture(mixture)
+    base = Path(base_dir).resolve()
+    sources = []
+    for index, table in enumerate(data.get("sources", [])):
+        table = dict(table)
+        where = f"[[sources]] #{index + 1} ({table.get('name', '?')})"
+        if "name" not in table or "reader" not in table:
+            raise RecipeError(f"{where}: 'name' and 'reader' are required")
+        reader = table["reader"]
+        if reader not in _READER_KEYS:
+            raise RecipeError(f"{where}: unknown reader {reader!r}{_nearest(reader, tuple(_READER_KEYS))}")
+        allowed = _COMMON_SOURCE_KEYS + _READER_KEYS[reader]
+        options = {}
+        for key, value in table.items():
+            if key not in allowed:
+                raise RecipeError(f"{where}: unknown key {key!r} for reader {reader!r}{_nearest(key, allowed)}")
+            if key in _COMMON_SOURCE_KEYS:
+                continue
+            if key in _PATH_KEYS:
+                value = [_resolve(base, v) for v in value] if isinstance(value, list) else _resolve(base, value)
+            options[key] = value
+        if "." in table["name"] or "/" in table["name"]:
+            raise RecipeError(f"{where}: source names may not contain '.' or '/'")
+        sources.append(SourceConfig(table["name"], reader, float(table.get("weight", 1.0)), table.get("holdout"), options))
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"duplicate source names in {names}")
+    if not sources:
+        raise RecipeError("recipe has no [[sources]]")
+    return Recipe(mixture, tuple(sources), str(base))
+
+
+def _resolve(base: Path, value: str) -> str:
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return str((base / value).resolve())
+
+
+def _check_mixture(mixture: MixtureConfig) -> None:
+    choices = {"state_encoding": ("text", "special", "continuous"), "prompt_format": ("pi05", "pi0fast"),
+               "normalization": ("quantile", "mean_std"), "fast_token_rule": ("openpi", "offset"),
+               "caption_choice": ("one", "all")}
+    for key, allowed in choices.items():
+        if getattr(mixture, key) not in allowed:
+            raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r}, expected one of {allowed}")
+    if not 0 <= mixture.holdout < 1:
+        raise RecipeError("[mixture]: holdout must lie in [0, 1)")
+    if isinstance(mixture.fast_tokenizer, dict):
+        unknown = set(mixture.fast_tokenizer) - {"fit", "vocab_size", "scale", "target_rmse", "min_frequency"}
+        if unknown:
+            key = sorted(unknown)[0]
+            raise RecipeError(f"[mixture].fast_tokenizer: unknown key {key!r}"
+                              f"{_nearest(key, ['fit', 'vocab_size', 'scale', 'target_rmse', 'min_frequency'])}")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(f"{path}: not valid TOML ({error})") from error
+    try:
+        return parse_recipe(data, base_dir=path.parent)
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from error

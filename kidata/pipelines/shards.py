@@ -1,0 +1,146 @@
+"""Webdataset shards: deterministic tar bytes, written atomically, local or any fsspec URL.
+
+A sample is a dict of members (``tokens.npy``, ``base_0.jpg``, ``meta.json``, ...) under a key
+``<episode>_<step>`` with no dots. Tar headers carry fixed metadata (mtime 0, fixed owner) so the
+same samples give byte-identical shards on any machine and any engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+from kidata.schema import Sample
+
+_KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def sample_key(record_id: str, step: int | None = None) -> str:
+    """``<record>_<step>``: webdataset splits member names at the first dot, so keys have none."""
+    base = _KEY_SAFE.sub("-", record_id)
+    return base if step is None else f"{base}_{step:06d}"
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
+
+
+def json_bytes(value: Any) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_jsonable).encode("utf-8")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in meta.json")
+
+
+def jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
+    """JPEG of a uint8 [H, W, 3] image (libjpeg-turbo through simplejpeg)."""
+    import simplejpeg
+
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=quality, colorspace="RGB")
+
+
+def sample_members(sample: Sample, images: dict[str, bytes]) -> dict[str, bytes]:
+    """The shard members of a sample (images already JPEG-encoded, by camera name)."""
+    members = {f"{camera}.jpg": data for camera, data in sorted(images.items())}
+    members["tokens.npy"] = npy_bytes(sample.tokens)
+    members["ar.npy"] = npy_bytes(sample.ar)
+    members["loss.npy"] = npy_bytes(sample.loss)
+    if sample.state is not None:
+        members["state.npy"] = npy_bytes(sample.state.astype(np.float32))
+    if sample.actions is not None:
+        members["actions.npy"] = npy_bytes(sample.actions.astype(np.float32))
+        members["action_valid.npy"] = npy_bytes(sample.action_valid.astype(bool))
+    meta = {"kind": sample.kind, "prefix_length": sample.prefix_length, "has_actions": sample.has_actions,
+            "fast_span": list(sample.fast_span) if sample.fast_span else None, "state_slot": sample.state_slot,
+            **sample.meta}
+    members["meta.json"] = json_bytes(meta)
+    return members
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: str  # relative to the build's output root
+    sha256: str
+    samples: int
+    bytes: int
+    split: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class ShardWriter:
+    """Writes ``<prefix>-00000.tar``, ``-00001`` ... of about ``target_bytes`` each under ``root``."""
+
+    def __init__(self, fs, root: str, prefix: str, split: str, target_bytes: int) -> None:
+        self.fs, self.root, self.prefix, self.split = fs, root.rstrip("/"), prefix, split
+        self.target_bytes = max(1, int(target_bytes))
+        self.shards: list[ShardInfo] = []
+        self._buffer: io.BytesIO | None = None
+        self._writer = None
+        self._count = 0
+
+    def write(self, key: str, members: dict[str, bytes]) -> None:
+        import webdataset as wds
+
+        if self._writer is None:
+            self._buffer = io.BytesIO()
+            self._writer = wds.TarWriter(self._buffer, user="kidata", group="kidata", encoder=False, mtime=0)
+            self._count = 0
+        self._writer.write({"__key__": key, **members})
+        self._count += 1
+        if self._buffer.tell() >= self.target_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._writer is None:
+            return
+        self._writer.close()
+        data = self._buffer.getvalue()
+        relative = f"{self.prefix}-{len(self.shards):05d}.tar"
+        final = f"{self.root}/{relative}"
+        temporary = f"{final}.tmp"
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        with self.fs.open(temporary, "wb") as handle:
+            handle.write(data)
+        self.fs.mv(temporary, final)
+        self.shards.append(ShardInfo(relative, hashlib.sha256(data).hexdigest(), self._count, len(data), self.split))
+        self._writer, self._buffer = None, None
+
+    def close(self) -> list[ShardInfo]:
+        self._flush()
+        return self.shards
+
+
+def iter_shard(data: bytes) -> Iterable[tuple[str, dict[str, bytes]]]:
+    """(key, members) of each sample in a shard's bytes, in order."""
+    import tarfile
+
+    current, members = None, {}
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        for info in archive:
+            key, member = info.name.split(".", 1)
+            if key != current and current is not None:
+                yield current, members
+                members = {}
+            current = key
+            members[member] = archive.extractfile(info).read()
+    if current is not None:
+        yield current, members
+
+
+def load_npy(data: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(data), allow_pickle=False)
