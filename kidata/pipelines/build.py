@@ -167,7 +167,10 @@ def encode_unit(context: EncodeContext, source_name: str, unit: WorkUnit, unit_i
     recipe, mixture = context.recipe, context.recipe.mixture
     source_config = recipe.source(source_name)
     source = open_source(recipe, source_config)
+    from kidata.tokenizers.prompt import EncodingStats
+
     encoder = _encoder(context)
+    encoder.stats = EncodingStats()  # counts per unit, whatever ran before in this worker
     fs, root = output_fs(context.out)
     holdout = source_config.holdout if source_config.holdout is not None else mixture.holdout
     target = int(mixture.shard_size_mb * 1024 * 1024)
@@ -291,6 +294,7 @@ def build(recipe: Recipe, out: str, *, engine: str = "local", workers: int = 1, 
 
     # pass 2 -----------------------------------------------------------------------------
     context = EncodeContext(recipe, out, fast_files, norm_stats, action_dim)
+    _encoder(context)  # token-range collisions and tokenizer problems surface here, before any unit runs
     jobs = []
     for source in recipe.sources:
         for index, unit in enumerate(units[source.name]):

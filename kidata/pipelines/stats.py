@@ -67,7 +67,7 @@ class QuantileSketch:
         self.maximum = np.maximum(self.maximum, values.max(axis=0))
         magnitude = np.abs(values)
         small = magnitude < MIN_MAGNITUDE
-        self.zeros += small.sum(axis=0)
+        self.zeros = self.zeros + small.sum(axis=0)  # not in place: arrays may arrive read-only (Ray)
         keys = np.ceil(np.log(np.where(small, 1.0, magnitude)) / self._log_gamma).astype(np.int64)
         for dim in range(self.dims):
             for store, selector in ((self.positive, values[:, dim] > 0), (self.negative, values[:, dim] < 0)):
@@ -86,7 +86,7 @@ class QuantileSketch:
         for mine, theirs in zip(self.positive + self.negative, other.positive + other.negative):
             for key, count in theirs.items():
                 mine[key] = mine.get(key, 0) + count
-        self.zeros += other.zeros
+        self.zeros = self.zeros + other.zeros
         self.count += other.count
         self.minimum = np.minimum(self.minimum, other.minimum)
         self.maximum = np.maximum(self.maximum, other.maximum)
