@@ -22,6 +22,10 @@ def _fast_fit(args: argparse.Namespace) -> int:
     from kidata.tokenizers.fast import FastTokenizer
     from kidata.tokenizers.report import evaluate, write_report
 
+    if args.recipe:
+        return _fast_fit_recipe(args)
+    if not args.chunks:
+        raise SystemExit("kidata fast fit: give --chunks FILE.npy or --recipe RECIPE.toml")
     chunks = _load_chunks(args.chunks)
     print(f"fitting FAST on {chunks.shape[0]} chunks of shape {chunks.shape[1:]} ...", flush=True)
     tokenizer = FastTokenizer.fit(
@@ -37,6 +41,18 @@ def _fast_fit(args: argparse.Namespace) -> int:
     report_dir = write_report(report, out / "report")
     print(report.summary())
     print(f"tokenizer written to {out} (sha256 {tokenizer.sha256[:12]}); report in {report_dir}")
+    return 0
+
+
+def _fast_fit_recipe(args: argparse.Namespace) -> int:
+    from kidata.pipelines.build import fit_fast_from_recipe
+    from kidata.pipelines.recipe import load_recipe
+
+    tokenizer, report = fit_fast_from_recipe(load_recipe(args.recipe), args.out, sources=args.source,
+                                             workers=args.workers, progress=not args.quiet)
+    print(report.summary())
+    print(f"tokenizer written to {args.out} (sha256 {tokenizer.sha256[:12]}), statistics in {args.out}/stats.json, "
+          f"report in {args.out}/report")
     return 0
 
 
@@ -78,6 +94,12 @@ def _stats(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
+    if args.out:
+        from kidata.pipelines.inspect_build import inspect_build
+
+        save = args.save or (str(Path(args.out) / "inspect") if "://" not in args.out else None)
+        print(inspect_build(args.out, samples=args.samples, save=save))
+        return 0
     from kidata.sources.synthetic import action_chunks
     from kidata.tokenizers.fast import FastTokenizer
     from kidata.tokenizers.inspect import describe_sample
@@ -172,7 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     fast_commands = fast.add_subparsers(dest="fast_command", metavar="ACTION", required=True)
 
     fit = fast_commands.add_parser("fit", help="fit a FAST tokenizer on normalized chunks [N, H, D]")
-    fit.add_argument("--chunks", required=True, help=".npy file of normalized chunks [N, H, D]")
+    fit.add_argument("--chunks", help=".npy file of normalized chunks [N, H, D]")
+    fit.add_argument("--recipe", help="fit on the robot sources of a recipe (pass 1 of a build)")
+    fit.add_argument("--source", nargs="+", help="with --recipe: only these sources")
+    fit.add_argument("--workers", type=int, default=1, help="with --recipe: worker processes")
     fit.add_argument("--vocab-size", type=int, default=1024)
     fit.add_argument("--scale", type=float, default=10.0, help="DCT coefficient scale before rounding")
     fit.add_argument(
@@ -207,6 +232,9 @@ def build_parser() -> argparse.ArgumentParser:
     stats.set_defaults(handler=_stats)
 
     inspect = commands.add_parser("inspect", help="show samples as text pieces with masks and decoded actions")
+    inspect.add_argument("out", nargs="?", help="a build's output folder (omit to see example samples)")
+    inspect.add_argument("--samples", type=int, default=3, help="samples shown per source")
+    inspect.add_argument("--save", help="folder for the PNG contact sheet and action plot (default OUT/inspect)")
     inspect.add_argument("--example", nargs="+", default=["robot", "subtask", "vqa", "detect"],
                          choices=["robot", "subtask", "caption", "vqa", "point", "detect"])
     inspect.add_argument("--text-tokenizer", default=str(Path(__file__).resolve().parents[1] / "tokenizers" / "demo-text"))

@@ -313,34 +313,54 @@ def build(recipe: Recipe, out: str, *, engine: str = "local", workers: int = 1, 
     return manifest
 
 
-def _pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_address):
+def collect_pass1(recipe, robot, units, *, engine="local", workers=1, progress=True, ray_address=None) -> dict:
+    """Pass 1 over robot sources: {name: (EpisodeStats, ReadReport, bottom-k reservoir)}."""
     from kidata.pipelines.engine import run_jobs
 
-    norm_stats, reports, counts = {}, {}, {}
-    todo = [s for s in robot if not fs.exists(f"{root}/{STATE_DIR}/stats/{s.name}.json")]
-    jobs = [((recipe, s.name, unit), f"{s.name}:{i}") for s in todo for i, unit in enumerate(units[s.name])]
+    jobs = [((recipe, s.name, unit), f"{s.name}:{i}") for s in robot for i, unit in enumerate(units[s.name])]
     results, failures = run_jobs(stats_unit, jobs, engine=engine, workers=workers, progress=progress,
                                  label="stats", ray_address=ray_address)
     if failures:
         raise BuildError("statistics units failed: " + "; ".join(f"{n}: {e}" for n, e in failures))
-    merged: dict[str, tuple[EpisodeStats, ReadReport, list]] = {}
-    for (args, name), (stats, report, reservoir) in zip(jobs, results):
-        source = args[1]
-        total = merged.setdefault(source, (EpisodeStats(), ReadReport(), []))
+    merged: dict[str, tuple[EpisodeStats, ReadReport, list]] = {s.name: (EpisodeStats(), ReadReport(), []) for s in robot}
+    for (args, _), (stats, report, reservoir) in zip(jobs, results):
+        total = merged[args[1]]
         total[0].merge(stats), total[1].merge(report), total[2].extend(reservoir)
     keep = recipe.mixture.reservoir_size
     for source, (stats, report, reservoir) in merged.items():
         if stats.episodes == 0:
             raise BuildError(f"source {source!r} yielded no usable episode (quarantined: {report.quarantined.as_dict()})")
-        reservoir = sorted(reservoir, key=lambda item: item[0])[:keep]
+        reservoir.sort(key=lambda item: item[0])
+        del reservoir[keep:]
+    return merged
+
+
+def normalized_chunks(recipe, reservoirs: dict[str, np.ndarray], norm_stats: dict, action_dim: int) -> np.ndarray:
+    """Raw reservoir chunks normalized with their source's statistics, zero-padded to action_dim."""
+    parts = []
+    for source, raw in reservoirs.items():
+        stats = NormStats.from_json(norm_stats[source])
+        padded = np.zeros((len(raw), recipe.mixture.action_horizon, action_dim))
+        padded[:, :, : raw.shape[2]] = normalize(raw, stats.actions, recipe.mixture.normalization)
+        parts.append(padded)
+    return np.concatenate(parts)
+
+
+def _pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_address):
+    todo = [s for s in robot if not fs.exists(f"{root}/{STATE_DIR}/stats/{s.name}.json")]
+    merged = collect_pass1(recipe, todo, units, engine=engine, workers=workers, progress=progress,
+                           ray_address=ray_address)
+    fs.makedirs(f"{root}/{STATE_DIR}/stats", exist_ok=True)
+    for source, (stats, report, reservoir) in merged.items():
+        chunks = np.stack([chunk for _, chunk in reservoir]).astype(np.float32)
+        temporary = f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy.tmp"
+        with fs.open(temporary, "wb") as handle:
+            np.save(handle, chunks, allow_pickle=False)
+        fs.mv(temporary, f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy")
         payload = {"norm_stats": stats.finalize().to_json(), "episodes": stats.episodes,
                    "quarantined": report.quarantined.as_dict()}
-        chunks = np.stack([chunk for _, chunk in reservoir]).astype(np.float32)
-        fs.makedirs(f"{root}/{STATE_DIR}/stats", exist_ok=True)
-        with fs.open(f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy.tmp", "wb") as handle:
-            np.save(handle, chunks, allow_pickle=False)
-        fs.mv(f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy.tmp", f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy")
         write_text(fs, f"{root}/{STATE_DIR}/stats/{source}.json", json.dumps(payload, sort_keys=True))
+    norm_stats, reports, counts = {}, {}, {}
     for source in robot:
         payload = json.loads(fs.cat_file(f"{root}/{STATE_DIR}/stats/{source.name}.json").decode())
         norm_stats[source.name] = payload["norm_stats"]
@@ -382,16 +402,38 @@ def _fast_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, engi
 
 
 def _normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root) -> np.ndarray:
-    parts = []
+    reservoirs = {}
     for source in robot:
         with fs.open(f"{root}/{STATE_DIR}/stats/{source.name}-reservoir.npy", "rb") as handle:
-            raw = np.load(handle, allow_pickle=False)
-        stats = NormStats.from_json(norm_stats[source.name])
-        normalized = normalize(raw, stats.actions, recipe.mixture.normalization)
-        padded = np.zeros((len(raw), recipe.mixture.action_horizon, action_dim))
-        padded[:, :, : raw.shape[2]] = normalized
-        parts.append(padded)
-    return np.concatenate(parts)
+            reservoirs[source.name] = np.load(handle, allow_pickle=False)
+    return normalized_chunks(recipe, reservoirs, norm_stats, action_dim)
+
+
+def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[str] | None = None,
+                         engine: str = "local", workers: int = 1, progress: bool = True):
+    """``kidata fast fit --recipe``: pass 1 alone, then FAST fitted on the normalized chunks of the
+    chosen robot sources; writes the tokenizer, its report and the statistics (stats.json)."""
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.report import evaluate, write_report
+
+    robot = [s for s in recipe.sources if s.kind == "robot" and (not sources or s.name in sources)]
+    if not robot:
+        raise BuildError(f"no robot source selected (robot sources: {[s.name for s in recipe.sources if s.kind == 'robot']})")
+    units = {s.name: open_source(recipe, s).list_units(recipe.mixture.units_per_source) for s in robot}
+    merged = collect_pass1(recipe, robot, units, engine=engine, workers=workers, progress=progress)
+    norm_stats = {name: stats.finalize().to_json() for name, (stats, _, _) in merged.items()}
+    action_dim = recipe.mixture.action_dim or max(len(s["actions"]["mean"]) for s in norm_stats.values())
+    reservoirs = {name: np.stack([c for _, c in reservoir]) for name, (_, _, reservoir) in merged.items()}
+    chunks = normalized_chunks(recipe, reservoirs, norm_stats, action_dim)
+    setting = recipe.mixture.fast_tokenizer if isinstance(recipe.mixture.fast_tokenizer, dict) else {}
+    options = {k: v for k, v in setting.items() if k != "fit"}
+    tokenizer = FastTokenizer.fit(chunks, show_progress=progress, **options)
+    out = tokenizer.save(out_dir)
+    report = evaluate(tokenizer, chunks, progress=progress)
+    write_report(report, out / "report")
+    (out / "stats.json").write_text(json.dumps({"normalization": recipe.mixture.normalization,
+                                                "sources": norm_stats}, indent=2, sort_keys=True) + "\n")
+    return tokenizer, report
 
 
 def _manifest(recipe, context, fs, root, units, norm_stats) -> dict:

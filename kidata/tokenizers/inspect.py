@@ -3,6 +3,8 @@ action span decoded back to actions, and the state bins."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from kidata.schema import Sample
@@ -24,7 +26,10 @@ def describe_sample(sample: Sample, encoder: SampleEncoder) -> str:
             pieces.append(f"[<{span[1] - span[0]} action tokens {token}..{sample.tokens[span[1] - 1]}>]")
         if span[0] <= index < span[1]:
             continue
-        piece = text.id_to_piece(token).replace("▁", " ").replace("\n", "\\n")
+        piece = text.id_to_piece(token)
+        if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", piece):  # SentencePiece byte fallback
+            piece = chr(int(piece[3:5], 16))
+        piece = piece.replace("▁", " ").replace("\n", "\\n")
         pieces.append(f"[{piece}]" if sample.loss[index] else piece)
     if sample.state_slot is not None and sample.state_slot == len(sample.tokens):
         pieces.append("<STATE>")
@@ -38,7 +43,9 @@ def describe_sample(sample: Sample, encoder: SampleEncoder) -> str:
         lines.append(f"state bins: {encoder.state_bins(sample).tolist()}")
     if sample.fast_span is not None and sample.actions is not None:
         horizon, dim = sample.actions.shape
-        decoded, ok = encoder.actions.decode([encoder.action_tokens_of(sample)], horizon=horizon, dim=dim)
+        full_dim = getattr(encoder.actions, "action_dim", None) or dim  # chunks were padded to it
+        decoded, ok = encoder.actions.decode([encoder.action_tokens_of(sample)], horizon=horizon, dim=full_dim)
+        decoded = decoded[:, :, :dim]
         error = float(np.abs(decoded[0] - sample.actions).max())
         lines.append(f"action span {sample.fast_span}: decodes ok={bool(ok[0])}, max abs error vs chunk {error:.4f}")
         lines.append(f"decoded first step: {np.round(decoded[0, 0], 3).tolist()}")
