@@ -176,7 +176,7 @@ def _verify(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from kidata.demo import run_demo
 
-    run_demo(Path(args.out))
+    run_demo(Path(args.out), workers=args.workers)
     return 0
 
 
@@ -271,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")
+    demo.add_argument("--workers", type=int, default=2)
     demo.set_defaults(handler=_demo)
     return parser
 
