@@ -226,3 +226,32 @@ def test_ray_engine_gives_the_same_bytes_as_the_local_pool(built, tmp_path):
     finally:
         ray.shutdown()
     assert tree_bytes(tmp_path / "ray") == tree_bytes(out)
+
+
+def test_detection_and_robot_data_build_with_the_action_range_moved_off_the_loc_tokens(tmp_path):
+    coco = shared_path("data", "coco_detection")
+    bridge = shared_path("data", "rlds", "bridge_dataset", "1.0.0")
+    sources = f"""
+[[sources]]
+name = "bridge"
+reader = "rlds"
+path = "{bridge}"
+dataset = "bridge_dataset"
+
+[[sources]]
+name = "coco"
+reader = "coco_detection"
+instances = "{coco / 'annotations' / 'instances_val2017.json'}"
+images = "{coco / 'images' / 'val2017'}"
+"""
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", sources=sources, units=2,
+                                      extra_mixture='fast_token_rule = "offset"\nfast_token_offset = 300'))
+    manifest = build(recipe, str(tmp_path / "out"), progress=False)
+    coco_entry = manifest["sources"][1]
+    assert manifest["encoding"]["fast_token_range"] == [300, 599]
+    assert coco_entry["episodes"] == 37 and coco_entry["samples"] + sum(coco_entry["rejected"].values()) == 37
+    for shard in coco_entry["shards"]:
+        for key, members in iter_shard((tmp_path / "out" / shard["path"]).read_bytes()):
+            tokens, loss = load_npy(members["tokens.npy"]), load_npy(members["loss.npy"])
+            target = tokens[loss]
+            assert ((target >= 896) & (target <= 1919)).sum() % 4 == 0  # four <loc> per box

@@ -161,3 +161,9 @@ def test_inspect_shows_boundary_loss_and_decoded_actions(text, chunk_and_fast):
     shown = describe_sample(encoder.robot("wave", STATE, chunk, np.ones(10, bool)), encoder)
     assert "Task: wave, State: 140 64 255 0;\\nAction:  || [<" in shown
     assert "[|][<eos>]" in shown and "decodes ok=True" in shown and "state bins: [140, 64, 255, 0]" in shown
+
+
+def test_action_range_may_not_cover_bos_eos_pad_or_image(text, chunk_and_fast):
+    _, fast = chunk_and_fast
+    with pytest.raises(RangeCollision, match="the BOS token"):
+        SampleEncoder(text, fast, id_map=ActionIdMap(text.vocab_size, 1024, rule="offset", offset=0))

@@ -106,6 +106,10 @@ class SampleEncoder:
             first = special_state_first if special_state_first is not None else self.id_map.range.first - 256
             self.special_state = SpecialStateTokens(first)
             ranges.append(self.special_state.range)
+        for label, token in (("BOS", text.bos_id), ("EOS", text.eos_id), ("PAD", text.pad_id),
+                             ("<image>", text.image_id)):
+            if token is not None and token >= 0:
+                ranges.append(TokenRange(f"the {label} token", token, token))
         if uses_loc_tokens:
             loc = text.loc_range()
             if loc is None:
