@@ -1,0 +1,128 @@
+"""Batches for the model: padded token streams, masked cameras, padded state and actions.
+
+``collate(samples, max_tokens=..., action_dim=..., action_horizon=..., state_dim=..., cameras=...)``
+returns torch tensors (B = batch, L = max_tokens, N = cameras, H = horizon):
+
+=================  ==================  ==========================================================
+images             float32 [B,N,3,S,S]  in [-1, 1]; zeros where a camera is absent
+image_mask         bool [B, N]          camera present
+tokens             int64 [B, L]         padded with 0
+ar                 bool [B, L]          causal (postfix) tokens
+loss               bool [B, L]          language loss mask
+token_mask         bool [B, L]          real (non-padding) tokens
+prefix_length      int64 [B]
+state              float32 [B, state_dim] normalized, zero-padded
+state_dim_mask     bool [B, state_dim]
+actions            float32 [B, H, action_dim] normalized, zero-padded
+action_valid       bool [B, H]          False past the episode end (and for VLM samples)
+action_dim_mask    bool [B, action_dim]
+has_actions        bool [B]             the flow-matching loss applies
+source_index       int64 [B]            index into the manifest's sources
+=================  ==================  ==========================================================
+
+Mixed robot + VLM batches work: VLM rows have no state, actions or action mask.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+DEFAULT_CAMERAS = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
+
+
+def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action_horizon: int, state_dim: int,
+            cameras: Sequence[str] = DEFAULT_CAMERAS, image_size: int | None = None) -> dict[str, torch.Tensor]:
+    batch = len(samples)
+    if image_size is None:
+        image_size = next((img.shape[0] for s in samples for img in s["images"].values()), 224)
+    images = torch.zeros(batch, len(cameras), 3, image_size, image_size)
+    image_mask = torch.zeros(batch, len(cameras), dtype=torch.bool)
+    tokens = torch.zeros(batch, max_tokens, dtype=torch.int64)
+    ar = torch.zeros(batch, max_tokens, dtype=torch.bool)
+    loss = torch.zeros(batch, max_tokens, dtype=torch.bool)
+    token_mask = torch.zeros(batch, max_tokens, dtype=torch.bool)
+    prefix_length = torch.zeros(batch, dtype=torch.int64)
+    state = torch.zeros(batch, state_dim)
+    state_dim_mask = torch.zeros(batch, state_dim, dtype=torch.bool)
+    actions = torch.zeros(batch, action_horizon, action_dim)
+    action_valid = torch.zeros(batch, action_horizon, dtype=torch.bool)
+    action_dim_mask = torch.zeros(batch, action_dim, dtype=torch.bool)
+    has_actions = torch.zeros(batch, dtype=torch.bool)
+    source_index = torch.zeros(batch, dtype=torch.int64)
+    for row, sample in enumerate(samples):
+        length = len(sample["tokens"])
+        if length > max_tokens:
+            raise ValueError(f"sample {sample.get('__key__')} has {length} tokens > max_tokens {max_tokens}")
+        tokens[row, :length] = torch.from_numpy(sample["tokens"].astype(np.int64))
+        ar[row, :length] = torch.from_numpy(sample["ar"])
+        loss[row, :length] = torch.from_numpy(sample["loss"])
+        token_mask[row, :length] = True
+        prefix_length[row] = sample["meta"]["prefix_length"]
+        for column, camera in enumerate(cameras):
+            image = sample["images"].get(camera)
+            if image is None:
+                continue
+            if not torch.is_tensor(image):
+                image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 127.5 - 1.0
+            images[row, column] = image
+            image_mask[row, column] = True
+        if sample.get("state") is not None:
+            values = torch.from_numpy(sample["state"].astype(np.float32))[:state_dim]
+            state[row, : len(values)] = values
+            state_dim_mask[row, : len(values)] = True
+        if sample.get("actions") is not None:
+            chunk = torch.from_numpy(sample["actions"].astype(np.float32))
+            horizon, dims = min(chunk.shape[0], action_horizon), min(chunk.shape[1], action_dim)
+            actions[row, :horizon, :dims] = chunk[:horizon, :dims]
+            action_valid[row, :horizon] = torch.from_numpy(sample["action_valid"][:horizon])
+            action_dim_mask[row, :dims] = True
+            has_actions[row] = bool(sample["meta"].get("has_actions", True))
+        source_index[row] = sample["source_index"]
+    return {"images": images, "image_mask": image_mask, "tokens": tokens, "ar": ar, "loss": loss,
+            "token_mask": token_mask, "prefix_length": prefix_length, "state": state, "state_dim_mask": state_dim_mask,
+            "actions": actions, "action_valid": action_valid, "action_dim_mask": action_dim_mask,
+            "has_actions": has_actions, "source_index": source_index}
+
+
+class Augment:
+    """openpi-style training augmentation, seeded per sample: random crop to 95% and resize back
+    plus a small rotation (non-wrist cameras), colour jitter (brightness, contrast, saturation) on
+    all cameras. Returns float32 [3, S, S] in [-1, 1]."""
+
+    def __init__(self, crop: float = 0.95, degrees: float = 5.0, brightness: float = 0.3, contrast: float = 0.4,
+                 saturation: float = 0.5) -> None:
+        self.crop, self.degrees = crop, degrees
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+
+    def __call__(self, camera: str, image: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        size = tensor.shape[-1]
+        if "wrist" not in camera:
+            tensor = self._crop_rotate(tensor, size, rng)
+        tensor = self._jitter(tensor, rng)
+        return tensor.clamp(0, 1) * 2.0 - 1.0
+
+    def _crop_rotate(self, tensor: torch.Tensor, size: int, rng: np.random.Generator) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        scale = self.crop
+        shift_x, shift_y = (rng.uniform(-(1 - scale), 1 - scale, 2)).tolist()
+        angle = math.radians(rng.uniform(-self.degrees, self.degrees))
+        cos, sin = math.cos(angle) * scale, math.sin(angle) * scale
+        theta = torch.tensor([[cos, -sin, shift_x], [sin, cos, shift_y]], dtype=torch.float32)[None]
+        grid = F.affine_grid(theta, (1, 3, size, size), align_corners=False)
+        return F.grid_sample(tensor[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+
+    def _jitter(self, tensor: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        brightness = 1 + rng.uniform(-self.brightness, self.brightness)
+        contrast = 1 + rng.uniform(-self.contrast, self.contrast)
+        saturation = 1 + rng.uniform(-self.saturation, self.saturation)
+        tensor = tensor * brightness
+        mean = tensor.mean()
+        tensor = (tensor - mean) * contrast + mean
+        gray = (0.299 * tensor[0] + 0.587 * tensor[1] + 0.114 * tensor[2])[None]
+        return (tensor - gray) * saturation + gray

@@ -1,0 +1,306 @@
+"""Weighted streaming of a built mixture into training samples (torch IterableDataset).
+
+Design, so that every guarantee is a property of arithmetic rather than of timing:
+
+* Consumers. Each (rank, dataloader worker) pair is consumer ``g = rank * workers + worker`` of
+  ``G = world_size * workers``. In every epoch a source's shards are visited in a seeded order; with
+  at least G shards consumer g reads the shards at positions g, g + G, ...; with fewer it reads
+  them all and keeps samples g, g + G, ... Either way the consumers' streams are disjoint and none
+  starves (no hang with one shard and many workers).
+* Shuffling. A consumer's stream of a source is cut into blocks of ``shuffle_buffer`` samples and
+  each block is permuted by a seeded permutation: a shuffle buffer whose state is a position.
+* Mixing. Draw i of a consumer picks its source from a counter-based random number (seed,
+  consumer, i), so the source of every draw is known without reading data.
+* Resume. The state is the number of draws per consumer. Restoring recomputes how many samples
+  each source gave (from the mixing draws) and seeks there (manifest sample counts locate the
+  shard), so a resumed run sees exactly the samples an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from kidata.pipelines.shards import load_npy
+
+_DRAW_BLOCK = 4096
+
+
+class ManifestMismatch(ValueError):
+    """The build does not match what the trainer expects (tokenizers or encoding settings)."""
+
+
+def _open(url: str):
+    import fsspec
+
+    return fsspec.open(url, "rb").open()
+
+
+def read_manifest(path: str) -> tuple[dict, str]:
+    """(manifest, root URL of the build)."""
+    with _open(path) as handle:
+        manifest = json.loads(handle.read())
+    return manifest, path.rsplit("/", 1)[0] if "/" in path else "."
+
+
+def check_expectations(manifest: Mapping, expect: Mapping[str, Any]) -> None:
+    """``expect`` may hold ``text_sha256``, ``fast_sha256`` and any ``encoding`` field."""
+    problems = []
+    tokenizers = manifest["tokenizers"]
+    for key, actual in (("text_sha256", tokenizers["text"]["sha256"]), ("fast_sha256", tokenizers["fast"]["sha256"])):
+        if key in expect and expect[key] != actual:
+            problems.append(f"{key}: build has {actual[:12]}, expected {str(expect[key])[:12]}")
+    for key, value in expect.get("encoding", {}).items():
+        if manifest["encoding"].get(key) != value:
+            problems.append(f"encoding.{key}: build has {manifest['encoding'].get(key)!r}, expected {value!r}")
+    if problems:
+        raise ManifestMismatch("the mixture does not match this model: " + "; ".join(problems))
+
+
+def _stable_seed(*parts: Any) -> list[int]:
+    import hashlib
+
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
+
+
+def iter_tar(fileobj) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, members) of each sample, streaming (shards are never held whole in memory)."""
+    current, members = None, {}
+    with tarfile.open(fileobj=fileobj, mode="r|") as archive:
+        for info in archive:
+            key, member = info.name.split(".", 1)
+            if key != current and current is not None:
+                yield current, members
+                members = {}
+            current = key
+            members[member] = archive.extractfile(info).read()
+    if current is not None:
+        yield current, members
+
+
+@dataclass(frozen=True)
+class _SourcePlan:
+    index: int
+    name: str
+    root: str
+    shards: tuple[tuple[str, int], ...]  # (path, samples)
+
+
+class _SourceStream:
+    """One consumer's endless, block-shuffled stream of one source, seekable by position."""
+
+    def __init__(self, plan: _SourcePlan, consumer: int, consumers: int, seed: int, block: int) -> None:
+        total = sum(count for _, count in plan.shards)
+        if total < consumers:  # fewer samples than consumers: disjointness is impossible, share them
+            consumer, consumers = consumer % total, total
+        self.plan, self.consumer, self.consumers, self.seed, self.block = plan, consumer, consumers, seed, block
+        self.position = 0
+        self._iterator: Iterator | None = None
+
+    def _epoch_order(self, epoch: int) -> list[tuple[str, int, int | None]]:
+        """(shard, samples, keep-residue or None) this consumer reads in an epoch, in order."""
+        shards = list(self.plan.shards)
+        order = np.random.default_rng(_stable_seed(self.seed, self.plan.name, "epoch", epoch)).permutation(len(shards))
+        shards = [shards[i] for i in order]
+        if len(shards) >= self.consumers:
+            return [(path, count, None) for path, count in shards[self.consumer :: self.consumers]]
+        return [(path, count, self.consumer) for path, count in shards]
+
+    def _epoch_length(self, epoch: int) -> int:
+        total, seen = 0, 0
+        for _, count, residue in self._epoch_order(epoch):
+            if residue is None:
+                total += count
+            else:
+                total += len(range((residue - seen) % self.consumers, count, self.consumers))
+                seen += count
+        return total
+
+    def _ordered(self, epoch: int, skip: int) -> Iterator[tuple[str, dict]]:
+        """The epoch's samples for this consumer, unshuffled, starting at ``skip``."""
+        seen = 0  # samples of the epoch's concatenated shards, for residue selection
+        produced = 0
+        for path, count, residue in self._epoch_order(epoch):
+            mine = count if residue is None else len(range((residue - seen) % self.consumers, count, self.consumers))
+            if produced + mine <= skip:
+                produced += mine
+                seen += count
+                continue
+            with _open(f"{self.plan.root}/{path}") as handle:
+                for local, item in enumerate(iter_tar(handle)):
+                    if residue is not None and (seen + local) % self.consumers != residue:
+                        continue
+                    if produced >= skip:
+                        yield item
+                    produced += 1
+            seen += count
+
+    def _stream(self, start: int) -> Iterator[tuple[str, dict]]:
+        epoch, offset = 0, start
+        while True:
+            length = self._epoch_length(epoch)
+            if length == 0:
+                raise ValueError(f"source {self.plan.name!r} has no samples for consumer {self.consumer}")
+            if offset >= length:
+                offset -= length
+                epoch += 1
+                continue
+            block_start = offset - offset % self.block
+            items = self._ordered(epoch, block_start)
+            for first in range(block_start, length, self.block):
+                chunk = [next(items) for _ in range(min(self.block, length - first))]
+                order = np.random.default_rng(_stable_seed(self.seed, self.plan.name, epoch, first, self.consumer)).permutation(len(chunk))
+                for index in range(len(chunk)):
+                    if first + index >= offset:
+                        yield chunk[order[index]]
+            epoch, offset = epoch + 1, 0
+
+    def seek(self, position: int) -> None:
+        self.position = position
+        self._iterator = None
+
+    def next(self) -> tuple[str, dict]:
+        if self._iterator is None:
+            self._iterator = self._stream(self.position)
+        self.position += 1
+        return next(self._iterator)
+
+
+class MixtureDataset(torch.utils.data.IterableDataset):
+    """Samples of a built mixture as dicts (decoded images, token/mask arrays, meta)."""
+
+    def __init__(self, manifest_path: str, *, split: str = "train", weights: Mapping[str, float] | None = None,
+                 balance: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 shuffle_buffer: int = 256, expect: Mapping[str, Any] | None = None,
+                 augment: Any = None, decode_images: bool = True) -> None:
+        super().__init__()
+        self.manifest, root = read_manifest(manifest_path)
+        if expect:
+            check_expectations(self.manifest, expect)
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.split, self.seed, self.rank, self.world_size = split, seed, rank, world_size
+        self.shuffle_buffer, self.augment, self.decode_images = shuffle_buffer, augment, decode_images
+        self.sources = [s["name"] for s in self.manifest["sources"]]
+        self.plans = []
+        base = {}
+        for index, source in enumerate(self.manifest["sources"]):
+            shards = tuple((s["path"], s["samples"]) for s in source["shards"] if s["split"] == split and s["samples"])
+            if shards:
+                self.plans.append(_SourcePlan(index, source["name"], root, shards))
+                base[source["name"]] = source["weight"] * (sum(c for _, c in shards) if balance else 1.0)
+        if not self.plans:
+            raise ValueError(f"no {split!r} shards in {manifest_path}")
+        if weights is not None:
+            unknown = set(weights) - set(base)
+            if unknown:
+                raise KeyError(f"weights for unknown sources {sorted(unknown)} (sources: {sorted(base)})")
+            base = {name: float(weights.get(name, 0.0)) for name in base}
+        total = sum(base.values())
+        if total <= 0:
+            raise ValueError("mixture weights sum to zero")
+        self.weights = {name: value / total for name, value in base.items()}
+        self._cumulative = np.cumsum([self.weights[p.name] for p in self.plans])
+        self._start: dict[int, int] = {}
+        self._consumed: dict[int, int] = {}
+        self._rotation = 0
+
+    # ------------------------------------------------------------ consumers and draws
+    def _consumer(self) -> tuple[int, int]:
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        # A resumed DataLoader starts with worker 0, but the next batch belongs to the worker whose
+        # turn it was: the workers take over the consumers rotated by that offset.
+        worker = (worker + self._rotation) % workers
+        return self.rank * workers + worker, self.world_size * workers
+
+    def _choices(self, consumer: int, start: int, count: int) -> np.ndarray:
+        """Source plan indices of draws [start, start + count) of a consumer."""
+        if count <= 0:
+            return np.zeros(0, dtype=np.int64)
+        parts = []
+        for block in range(start // _DRAW_BLOCK, (start + count - 1) // _DRAW_BLOCK + 1):
+            uniforms = np.random.default_rng(_stable_seed(self.seed, "mix", consumer, block)).random(_DRAW_BLOCK)
+            parts.append(np.searchsorted(self._cumulative, uniforms * self._cumulative[-1], side="right"))
+        chosen = np.concatenate(parts)[start % _DRAW_BLOCK : start % _DRAW_BLOCK + count]
+        return np.minimum(chosen, len(self.plans) - 1)
+
+    def __iter__(self) -> Iterator[dict]:
+        consumer, consumers = self._consumer()
+        start = self._start.get(consumer, 0)
+        streams = [_SourceStream(p, consumer, consumers, self.seed, self.shuffle_buffer) for p in self.plans]
+        if start:
+            past = np.bincount(self._choices(consumer, 0, start), minlength=len(self.plans))
+            for stream, position in zip(streams, past):
+                stream.seek(int(position))
+        draw = start
+        upcoming: list[int] = []
+        while True:
+            if not upcoming:
+                upcoming = self._choices(consumer, draw, _DRAW_BLOCK - draw % _DRAW_BLOCK).tolist()[::-1]
+            chosen = upcoming.pop()
+            key, members = streams[chosen].next()
+            sample = self._decode(self.plans[chosen], key, members, consumer, draw)
+            draw += 1
+            self._consumed[consumer] = draw
+            yield sample
+
+    def _decode(self, plan: _SourcePlan, key: str, members: dict[str, bytes], consumer: int, draw: int) -> dict:
+        meta = json.loads(members["meta.json"])
+        sample: dict[str, Any] = {"__key__": key, "source": plan.name, "source_index": plan.index, "meta": meta,
+                                  "draw": (consumer, draw)}
+        for name in ("tokens", "ar", "loss", "state", "actions", "action_valid"):
+            if f"{name}.npy" in members:
+                sample[name] = load_npy(members[f"{name}.npy"])
+        images = {}
+        for member, data in members.items():
+            if member.endswith(".jpg"):
+                images[member[:-4]] = _decode_jpeg(data) if self.decode_images else data
+        if self.augment is not None and self.decode_images:
+            rng = np.random.default_rng(_stable_seed(self.seed, "augment", consumer, draw))
+            images = {camera: self.augment(camera, image, rng) for camera, image in images.items()}
+        sample["images"] = images
+        return sample
+
+    # ------------------------------------------------------------ resume
+    def state_dict(self) -> dict:
+        """Draws per consumer so far (in-process iteration, or set from the loader helper)."""
+        return {"seed": self.seed, "world_size": self.world_size, "rank": self.rank,
+                "draws": {str(k): v for k, v in sorted({**self._start, **self._consumed}.items())}}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state.get("seed", self.seed) != self.seed or state.get("world_size", self.world_size) != self.world_size:
+            raise ValueError("state was saved with a different seed or world size")
+        self._start = {int(k): int(v) for k, v in state["draws"].items()}
+        self._rotation = int(state.get("rotation", 0))
+        self._consumed = {}
+
+    def state_after_batches(self, batches: int, batch_size: int, num_workers: int) -> dict:
+        """State after ``batches`` batches from a DataLoader with ``num_workers`` workers.
+
+        torch's DataLoader takes batches from its workers in turn (in order), so worker w has
+        produced ceil((batches - w) / num_workers) batches of this rank's stream.
+        """
+        workers = max(1, num_workers)
+        draws = {}
+        for worker in range(workers):
+            # batch b of this loader came from worker b % workers, which served consumer (b + rotation) % workers
+            consumer = (worker + self._rotation) % workers
+            produced = max(0, -(-(batches - worker) // workers))
+            key = self.rank * workers + consumer
+            draws[str(key)] = self._start.get(key, 0) + produced * batch_size
+        return {"seed": self.seed, "world_size": self.world_size, "rank": self.rank, "draws": draws,
+                "rotation": (self._rotation + batches) % workers}
+
+
+
+def _decode_jpeg(data: bytes) -> np.ndarray:
+    import simplejpeg
+
+    return simplejpeg.decode_jpeg(data, colorspace="RGB")
