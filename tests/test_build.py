@@ -59,6 +59,24 @@ fast_tokenizer = {{ fit = true, vocab_size = 300, scale = 10.0 }}
     return path
 
 
+def bridge_and_coco_detection_sources() -> str:
+    coco = shared_path("data", "coco_detection")
+    bridge = shared_path("data", "rlds", "bridge_dataset", "1.0.0")
+    return f"""
+[[sources]]
+name = "bridge"
+reader = "rlds"
+path = "{bridge}"
+dataset = "bridge_dataset"
+
+[[sources]]
+name = "coco"
+reader = "coco_detection"
+instances = "{coco / 'annotations' / 'instances_val2017.json'}"
+images = "{coco / 'images' / 'val2017'}"
+"""
+
+
 def tree_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
             if p.is_file() and p.name != "build_report.json" and p.suffix != ".png"}
@@ -195,21 +213,7 @@ def test_unknown_recipe_keys_name_the_nearest_valid_key(tmp_path):
 def test_fast_range_colliding_with_detection_loc_tokens_is_refused(tmp_path):
     from kidata.tokenizers.ranges import RangeCollision
 
-    coco = shared_path("data", "coco_detection")
-    bridge = shared_path("data", "rlds", "bridge_dataset", "1.0.0")
-    sources = f"""
-[[sources]]
-name = "bridge"
-reader = "rlds"
-path = "{bridge}"
-dataset = "bridge_dataset"
-
-[[sources]]
-name = "coco"
-reader = "coco_detection"
-instances = "{coco / 'annotations' / 'instances_val2017.json'}"
-images = "{coco / 'images' / 'val2017'}"
-"""
+    sources = bridge_and_coco_detection_sources()
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", sources=sources, units=1))
     with pytest.raises(RangeCollision, match="<loc> tokens"):
         build(recipe, str(tmp_path / "out"), progress=False)
@@ -229,21 +233,7 @@ def test_ray_engine_gives_the_same_bytes_as_the_local_pool(built, tmp_path):
 
 
 def test_detection_and_robot_data_build_with_the_action_range_moved_off_the_loc_tokens(tmp_path):
-    coco = shared_path("data", "coco_detection")
-    bridge = shared_path("data", "rlds", "bridge_dataset", "1.0.0")
-    sources = f"""
-[[sources]]
-name = "bridge"
-reader = "rlds"
-path = "{bridge}"
-dataset = "bridge_dataset"
-
-[[sources]]
-name = "coco"
-reader = "coco_detection"
-instances = "{coco / 'annotations' / 'instances_val2017.json'}"
-images = "{coco / 'images' / 'val2017'}"
-"""
+    sources = bridge_and_coco_detection_sources()
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", sources=sources, units=2,
                                       extra_mixture='fast_token_rule = "offset"\nfast_token_offset = 300'))
     manifest = build(recipe, str(tmp_path / "out"), progress=False)

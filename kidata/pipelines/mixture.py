@@ -19,14 +19,13 @@ Design, so that every guarantee is a property of arithmetic rather than of timin
 from __future__ import annotations
 
 import json
-import tarfile
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from kidata.pipelines.shards import load_npy
+from kidata.pipelines.shards import iter_tar, load_npy
 
 _DRAW_BLOCK = 4096
 
@@ -67,21 +66,6 @@ def _stable_seed(*parts: Any) -> list[int]:
 
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
-
-
-def iter_tar(fileobj) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, members) of each sample, streaming (shards are never held whole in memory)."""
-    current, members = None, {}
-    with tarfile.open(fileobj=fileobj, mode="r|") as archive:
-        for info in archive:
-            key, member = info.name.split(".", 1)
-            if key != current and current is not None:
-                yield current, members
-                members = {}
-            current = key
-            members[member] = archive.extractfile(info).read()
-    if current is not None:
-        yield current, members
 
 
 @dataclass(frozen=True)

@@ -125,12 +125,12 @@ class ShardWriter:
         return self.shards
 
 
-def iter_shard(data: bytes) -> Iterable[tuple[str, dict[str, bytes]]]:
-    """(key, members) of each sample in a shard's bytes, in order."""
+def iter_tar(fileobj) -> Iterable[tuple[str, dict[str, bytes]]]:
+    """(key, members) of each sample of a shard, streaming (a shard is never held whole)."""
     import tarfile
 
     current, members = None, {}
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+    with tarfile.open(fileobj=fileobj, mode="r|") as archive:
         for info in archive:
             key, member = info.name.split(".", 1)
             if key != current and current is not None:
@@ -140,6 +140,11 @@ def iter_shard(data: bytes) -> Iterable[tuple[str, dict[str, bytes]]]:
             members[member] = archive.extractfile(info).read()
     if current is not None:
         yield current, members
+
+
+def iter_shard(data: bytes) -> Iterable[tuple[str, dict[str, bytes]]]:
+    """(key, members) of each sample in a shard's bytes, in order."""
+    return iter_tar(io.BytesIO(data))
 
 
 def load_npy(data: bytes) -> np.ndarray:
