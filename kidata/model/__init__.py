@@ -1,0 +1,1 @@
+"""The knowledge-insulated VLA model: PaliGemma-style backbone + flow-matching action expert."""

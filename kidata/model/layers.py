@@ -1,0 +1,93 @@
+"""Building blocks: Gemma's RMSNorm, rotary embeddings, GeGLU MLP, the SigLIP-style vision tower,
+and the adaptive RMSNorm that brings flow time into the action expert."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class RMSNorm(nn.Module):
+    """Gemma's RMSNorm: x / rms(x) * (1 + weight), weight initialized at zero."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (1.0 + self.weight.float())).type_as(x)
+
+
+class AdaRMSNorm(nn.Module):
+    """RMSNorm whose scale and shift come from the time embedding, plus a residual gate (pi0.5).
+
+    The modulation layer is zero-initialized, so at initialization the norm is a plain RMSNorm and
+    every gated residual branch is closed."""
+
+    def __init__(self, dim: int, cond_dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.modulation = nn.Linear(cond_dim, 3 * dim)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scale, shift, gate = self.modulation(cond)[:, None, :].chunk(3, dim=-1)
+        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return normed * (1.0 + scale) + shift, gate
+
+
+class GeGLU(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.gate = nn.Linear(dim, hidden, bias=False)
+        self.up = nn.Linear(dim, hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.gate(x), approximate="tanh") * self.up(x))
+
+
+def rotary(x: torch.Tensor, positions: torch.Tensor, theta: float) -> torch.Tensor:
+    """Rotary position embedding of x [B, heads, L, head_dim] at integer positions [B, L]."""
+    half = x.shape[-1] // 2
+    frequencies = theta ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+    angles = positions[:, None, :, None].float() * frequencies
+    cos, sin = angles.cos(), angles.sin()
+    first, second = x[..., :half].float(), x[..., half:].float()
+    return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1).type_as(x)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
+    """Sinusoidal embedding [B, dim] of flow time t in [0, 1] (periods from 4e-3 to 4, as openpi)."""
+    fraction = torch.linspace(0.0, 1.0, dim // 2, device=t.device)
+    period = min_period * (max_period / min_period) ** fraction
+    angle = t[:, None].float() / period * 2 * math.pi
+    return torch.cat([angle.sin(), angle.cos()], dim=-1)
+
+
+class VisionTower(nn.Module):
+    """SigLIP-style ViT: patch embedding, learned positions, pre-norm blocks, final LayerNorm."""
+
+    def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, width, patch, stride=patch)
+        self.positions = nn.Parameter(torch.randn(1, (image_size // patch) ** 2, width) * 0.02)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(width, heads, mlp, dropout=0.0, activation=lambda x: F.gelu(x, approximate="tanh"),
+                                       batch_first=True, norm_first=True)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(width)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """images float [B, 3, S, S] in [-1, 1] -> patch features [B, P, width]."""
+        x = self.patch(images).flatten(2).transpose(1, 2) + self.positions
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)

@@ -1,0 +1,132 @@
+"""The KI model's claims made checkable on the tiny preset: insulation, masks, cached sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from kidata.model.config import ModelConfig  # noqa: E402
+from kidata.model.ki_model import KIModel  # noqa: E402
+
+TINY = Path(__file__).resolve().parents[1] / "model" / "ki_tiny.toml"
+
+
+def make_batch(seed: int = 0, batch: int = 2, length: int = 12, prefix: int = 6) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(3, 2000, (batch, length), generator=g)
+    ar = torch.zeros(batch, length, dtype=torch.bool)
+    ar[:, prefix:] = True
+    token_mask = torch.ones(batch, length, dtype=torch.bool)
+    token_mask[1, -2:] = False  # padding
+    return {
+        "images": torch.rand(batch, 2, 3, 32, 32, generator=g) * 2 - 1,
+        "image_mask": torch.tensor([[True, True], [True, False]]),
+        "tokens": tokens, "ar": ar & token_mask, "loss": ar & token_mask, "token_mask": token_mask,
+        "actions": torch.randn(batch, 4, 8, generator=g), "action_valid": torch.ones(batch, 4, dtype=torch.bool),
+        "action_dim_mask": torch.ones(batch, 8, dtype=torch.bool), "has_actions": torch.ones(batch, dtype=torch.bool),
+    }
+
+
+def model(variant: str = "ki", seed: int = 0) -> KIModel:
+    torch.manual_seed(seed)
+    net = KIModel(ModelConfig.load(TINY, variant=variant))
+    for parameter in net.parameters():  # open the zero-initialized gates so every path carries signal
+        if parameter.dim() >= 1 and parameter.abs().sum() == 0:
+            torch.nn.init.normal_(parameter, std=0.05)
+    return net
+
+
+def fixed(batch):
+    g = torch.Generator().manual_seed(1)
+    return {"noise": torch.randn(batch["actions"].shape, generator=g), "t": torch.tensor([0.3, 0.7])}
+
+
+def grads(net, loss):
+    net.zero_grad()
+    loss.backward()
+    return ([p.grad for p in net.backbone_parameters()], [p.grad for p in net.expert_parameters()])
+
+
+def test_flow_loss_gradient_never_reaches_the_backbone_under_ki():
+    net, batch = model("ki"), make_batch()
+    backbone, expert = grads(net, net(batch, **fixed(batch))["flow_loss"])
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in backbone)
+    assert any(g is not None and torch.count_nonzero(g) > 0 for g in expert)
+
+
+def test_fast_loss_reaches_the_backbone_under_ki():
+    net, batch = model("ki"), make_batch()
+    backbone, _ = grads(net, net(batch, **fixed(batch))["fast_loss"])
+    assert any(g is not None and torch.count_nonzero(g) > 0 for g in backbone)
+
+
+@pytest.mark.parametrize("variant", ["joint", "pi0"])
+def test_without_insulation_the_flow_loss_reaches_the_backbone(variant):
+    net, batch = model(variant), make_batch()
+    backbone, _ = grads(net, net(batch, **fixed(batch))["flow_loss"])
+    assert any(g is not None and torch.count_nonzero(g) > 0 for g in backbone)
+
+
+def test_ki_and_joint_have_identical_forward_passes():
+    batch = make_batch()
+    ki, joint = model("ki"), model("joint")
+    joint.load_state_dict(ki.state_dict())
+    a, b = ki(batch, **fixed(batch)), joint(batch, **fixed(batch))
+    for key in ("loss", "flow_loss", "fast_loss", "logits", "velocity"):
+        assert torch.equal(a[key], b[key])
+
+
+def test_changing_fast_tokens_leaves_the_expert_output_unchanged():
+    net, batch = model(), make_batch()
+    changed = {**batch, "tokens": batch["tokens"].clone()}
+    changed["tokens"][:, 8:] = 5
+    assert torch.equal(net(batch, **fixed(batch))["velocity"], net(changed, **fixed(batch))["velocity"])
+
+
+def test_changing_noisy_actions_leaves_the_backbone_logits_unchanged():
+    net, batch = model(), make_batch()
+    other = fixed(batch)
+    other["noise"] = other["noise"] + 1.0
+    assert torch.equal(net(batch, **fixed(batch))["logits"], net(batch, **other)["logits"])
+
+
+def test_a_later_fast_token_does_not_change_earlier_logits():
+    net, batch = model(), make_batch()
+    changed = {**batch, "tokens": batch["tokens"].clone()}
+    changed["tokens"][0, 10] = 7
+    a, b = net(batch, **fixed(batch))["logits"], net(changed, **fixed(batch))["logits"]
+    assert torch.allclose(a[0, :10], b[0, :10], atol=1e-6) and not torch.allclose(a[0, 10:], b[0, 10:])
+
+
+def test_cached_sampling_equals_uncached_sampling():
+    net, batch = model(), make_batch()
+    prefix = {**batch, "ar": torch.zeros_like(batch["ar"])}
+    noise = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(2))
+    cached = net.sample_actions(prefix, num_steps=5, noise=noise)
+    uncached = net.sample_actions(prefix, num_steps=5, noise=noise, use_cache=False)
+    assert cached.shape == (2, 4, 8) and torch.allclose(cached, uncached, atol=1e-6)
+
+
+def test_unknown_config_keys_are_refused(tmp_path):
+    path = tmp_path / "m.toml"
+    path.write_text("[model]\nwidht = 3\n")
+    with pytest.raises(ValueError, match="did you mean 'width'"):
+        ModelConfig.load(path)
+
+
+@pytest.mark.slow
+def test_the_tiny_model_overfits_one_batch():
+    net, batch = model(), make_batch()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    first = None
+    for step in range(300):
+        out = net(batch, **fixed(batch))
+        if first is None:
+            first = (out["flow_loss"].item(), out["fast_loss"].item())
+        optimizer.zero_grad()
+        out["loss"].backward()
+        optimizer.step()
+    assert out["flow_loss"].item() < first[0] / 10 and out["fast_loss"].item() < first[1] / 10
