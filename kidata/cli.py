@@ -173,6 +173,16 @@ def _verify(args: argparse.Namespace) -> int:
     return 0 if not problems else 1
 
 
+def _model_params(args: argparse.Namespace) -> int:
+    from kidata.model.checkpoint import parameter_counts
+    from kidata.model.config import ModelConfig
+
+    for preset in args.presets:
+        counts = parameter_counts(ModelConfig.load(preset))
+        print(f"{preset}: " + ", ".join(f"{name} {value / 1e6:,.1f}M" for name, value in counts.items()))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kidata.demo import run_demo
 
@@ -268,6 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="re-hash every shard of a build against its manifest")
     verify.add_argument("out")
     verify.set_defaults(handler=_verify)
+
+    model = commands.add_parser("model", help="model presets")
+    model_commands = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    params = model_commands.add_parser("params", help="parameter count per part of model presets")
+    params.add_argument("presets", nargs="+", help="model/*.toml")
+    params.set_defaults(handler=_model_params)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")

@@ -130,3 +130,22 @@ def test_the_tiny_model_overfits_one_batch():
         out["loss"].backward()
         optimizer.step()
     assert out["flow_loss"].item() < first[0] / 10 and out["fast_loss"].item() < first[1] / 10
+
+
+def test_weights_round_trip_through_safetensors(tmp_path):
+    pytest.importorskip("safetensors")
+    from kidata.model.checkpoint import load_weights, save_weights
+
+    net, batch = model(seed=1), make_batch()
+    save_weights(net, tmp_path / "model.safetensors")
+    again = load_weights(model(seed=2), tmp_path / "model.safetensors")
+    assert torch.equal(net(batch, **fixed(batch))["loss"], again(batch, **fixed(batch))["loss"])
+
+
+def test_the_2b_preset_has_the_papers_part_sizes():
+    from kidata.model.checkpoint import parameter_counts
+
+    counts = parameter_counts(ModelConfig.load(TINY.parent / "ki_2b.toml"))
+    assert 390e6 < counts["vision"] < 430e6  # SigLIP So400m/14
+    assert 2.4e9 < counts["decoder"] + counts["embedding"] < 2.6e9  # Gemma 2B with its embeddings
+    assert counts["expert"] < counts["decoder"] / 4
