@@ -149,3 +149,19 @@ def test_the_2b_preset_has_the_papers_part_sizes():
     assert 390e6 < counts["vision"] < 430e6  # SigLIP So400m/14
     assert 2.4e9 < counts["decoder"] + counts["embedding"] < 2.6e9  # Gemma 2B with its embeddings
     assert counts["expert"] < counts["decoder"] / 4
+
+
+def test_cached_greedy_generation_equals_recomputing_everything():
+    net, batch = model(), make_batch()
+    prefix = {**batch, "ar": torch.zeros_like(batch["ar"])}
+    cached = net.generate(prefix, 5)
+    uncached = net.generate(prefix, 5, use_cache=False)
+    assert cached.shape == (2, 5) and torch.equal(cached, uncached)
+
+
+def test_generation_stops_at_a_stop_token():
+    net, batch = model(), make_batch()
+    prefix = {**batch, "ar": torch.zeros_like(batch["ar"])}
+    first = net.generate(prefix, 1)[:, 0]
+    stopped = net.generate(prefix, 4, stop_ids=(int(first[0]),))
+    assert (stopped[0] == first[0]).all()

@@ -175,6 +175,51 @@ class KIModel(nn.Module):
             x = x + dt * self.run_expert(x, t, cache, valid, ar)
         return x
 
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new_tokens: int, *, stop_ids: tuple[int, ...] = (), use_cache: bool = True
+                 ) -> torch.Tensor:
+        """Greedy decoding after the prefix (text answers, or FAST tokens on the pi0-FAST path).
+
+        ``batch`` holds only the prefix, left-aligned (padding after it). Returns int64
+        [B, max_new_tokens]; rows stop after a token in ``stop_ids`` (EOS, "|") and are padded
+        with that token. The prefix keys/values are computed once and grown by one per step."""
+        b = batch["tokens"].shape[0]
+        hidden, cache, valid, ar, image_count = self.run_backbone(batch)
+        last = valid.long().cumsum(dim=1).argmax(dim=1)  # index of each row's last real token
+        next_logits = (hidden[torch.arange(b), last] @ self.embed.weight.T)
+        position = valid.long().sum(dim=1)  # next position to fill
+        keys = [k for k, _ in cache]
+        values = [v for _, v in cache]
+        visible = valid.clone()
+        out = torch.zeros(b, max_new_tokens, dtype=torch.int64)
+        done = torch.zeros(b, dtype=torch.bool)
+        tokens = batch["tokens"]
+        for step in range(max_new_tokens):
+            token = torch.where(done, out[:, step - 1] if step else next_logits.argmax(-1), next_logits.argmax(-1))
+            out[:, step] = token
+            done |= torch.isin(token, torch.tensor(stop_ids, dtype=torch.int64)) if stop_ids else done
+            if not use_cache:  # recompute everything with the new token appended (checks the cache)
+                tokens = torch.cat([tokens, token[:, None]], dim=1)
+                grown = {**batch, "tokens": tokens,
+                         "token_mask": torch.cat([batch["token_mask"], torch.ones(b, step + 1, dtype=torch.bool)], 1),
+                         "ar": torch.cat([batch["ar"], torch.ones(b, step + 1, dtype=torch.bool)], 1)}
+                hidden, _, grown_valid, _, _ = self.run_backbone(_compact(grown))
+                next_logits = hidden[torch.arange(b), grown_valid.long().cumsum(1).argmax(1)] @ self.embed.weight.T
+                continue
+            h = self.embed(token)[:, None] * self.config.width**0.5
+            visible = torch.cat([visible, torch.ones(b, 1, dtype=torch.bool)], dim=1)
+            for index, layer in enumerate(self.layers):
+                q, k, v = self._split(layer, layer.norm(h))
+                q = rotary(q, position[:, None], self.config.rope_theta)
+                k = rotary(k, position[:, None], self.config.rope_theta)
+                keys[index] = torch.cat([keys[index], k], dim=2)
+                values[index] = torch.cat([values[index], v], dim=2)
+                h = h + layer.o(self._attend(q, keys[index], values[index], visible[:, None, :]))
+                h = h + layer.mlp(layer.mlp_norm(h))
+            next_logits = self.final_norm(h)[:, 0] @ self.embed.weight.T
+            position = position + 1
+        return out
+
     def backbone_parameters(self):
         for module in (self.vision, self.projector, self.embed, self.layers, self.final_norm):
             yield from module.parameters()
@@ -182,3 +227,9 @@ class KIModel(nn.Module):
     def expert_parameters(self):
         for module in (self.expert_layers, self.expert_final_norm, self.action_in, self.action_out, self.time_mlp):
             yield from module.parameters()
+
+
+def _compact(batch: dict) -> dict:
+    """Moves each row's padding after its generated tokens (left-aligns real tokens)."""
+    order = torch.argsort((~batch["token_mask"]).long(), dim=1, stable=True)
+    return {**batch, **{key: torch.gather(batch[key], 1, order) for key in ("tokens", "token_mask", "ar")}}
