@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -26,7 +27,7 @@ def read_json(path: str | Path, required: tuple[str, ...]) -> dict[str, Any]:
     return data
 
 
-class VlmSource:
+class VlmSource(ABC):
     """Base reader: subclasses index cheap records in ``_records`` and build examples in ``_example``.
 
     Records are indexed once, in a deterministic order; units are contiguous record ranges.
@@ -39,14 +40,17 @@ class VlmSource:
         self.image_size = image_size
         self._cache: list[Any] | None = None
 
+    @abstractmethod
     def _records(self) -> list[Any]:
-        raise NotImplementedError
+        """Cheap per-example records (annotations, no images), in a deterministic order."""
 
+    @abstractmethod
     def _example(self, record: Any, report: ReadReport) -> VlmExample | None:
-        raise NotImplementedError
+        """The example of a record (decodes its image), or None after counting a quarantine."""
 
+    @abstractmethod
     def _record_id(self, record: Any) -> str:
-        raise NotImplementedError
+        """The id quarantine reports list for a record."""
 
     @property
     def records(self) -> list[Any]:
