@@ -21,24 +21,25 @@ from kidata.model.config import ModelConfig
 from kidata.model.layers import AdaRMSNorm, GeGLU, RMSNorm, VisionTower, rotary, timestep_embedding
 
 
-class _BackboneLayer(nn.Module):
-    def __init__(self, c: ModelConfig) -> None:
+class _Layer(nn.Module):
+    """One stream's weights in one layer: attention projections, MLP and their norms. Both
+    streams use the same heads and head dim, so their attention can be joined."""
+
+    def __init__(self, c: ModelConfig, width: int, mlp: int, norm) -> None:
         super().__init__()
-        self.norm, self.mlp_norm = RMSNorm(c.width), RMSNorm(c.width)
-        self.q = nn.Linear(c.width, c.heads * c.head_dim, bias=False)
-        self.kv = nn.Linear(c.width, 2 * c.kv_heads * c.head_dim, bias=False)
-        self.o = nn.Linear(c.heads * c.head_dim, c.width, bias=False)
-        self.mlp = GeGLU(c.width, c.mlp)
+        self.norm, self.mlp_norm = norm(), norm()
+        self.q = nn.Linear(width, c.heads * c.head_dim, bias=False)
+        self.kv = nn.Linear(width, 2 * c.kv_heads * c.head_dim, bias=False)
+        self.o = nn.Linear(c.heads * c.head_dim, width, bias=False)
+        self.mlp = GeGLU(width, mlp)
 
 
-class _ExpertLayer(nn.Module):
-    def __init__(self, c: ModelConfig) -> None:
-        super().__init__()
-        self.norm, self.mlp_norm = AdaRMSNorm(c.expert_width, c.expert_width), AdaRMSNorm(c.expert_width, c.expert_width)
-        self.q = nn.Linear(c.expert_width, c.heads * c.head_dim, bias=False)
-        self.kv = nn.Linear(c.expert_width, 2 * c.kv_heads * c.head_dim, bias=False)
-        self.o = nn.Linear(c.heads * c.head_dim, c.expert_width, bias=False)
-        self.mlp = GeGLU(c.expert_width, c.expert_mlp)
+def _backbone_layer(c: ModelConfig) -> _Layer:
+    return _Layer(c, c.width, c.mlp, lambda: RMSNorm(c.width))
+
+
+def _expert_layer(c: ModelConfig) -> _Layer:
+    return _Layer(c, c.expert_width, c.expert_mlp, lambda: AdaRMSNorm(c.expert_width, c.expert_width))
 
 
 class KIModel(nn.Module):
@@ -48,9 +49,9 @@ class KIModel(nn.Module):
         self.vision = VisionTower(c.image_size, c.patch_size, c.vision_width, c.vision_depth, c.vision_heads, c.vision_mlp)
         self.projector = nn.Linear(c.vision_width, c.width)
         self.embed = nn.Embedding(c.vocab_size, c.width)
-        self.layers = nn.ModuleList(_BackboneLayer(c) for _ in range(c.depth))
+        self.layers = nn.ModuleList(_backbone_layer(c) for _ in range(c.depth))
         self.final_norm = RMSNorm(c.width)
-        self.expert_layers = nn.ModuleList(_ExpertLayer(c) for _ in range(c.depth))
+        self.expert_layers = nn.ModuleList(_expert_layer(c) for _ in range(c.depth))
         self.expert_final_norm = AdaRMSNorm(c.expert_width, c.expert_width)
         self.action_in = nn.Linear(c.action_dim, c.expert_width)
         self.action_out = nn.Linear(c.expert_width, c.action_dim)

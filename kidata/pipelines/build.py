@@ -437,11 +437,8 @@ def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[s
 
 
 def _manifest(recipe, context, fs, root, units, norm_stats) -> dict:
-    from kidata.tokenizers.fast import FastTokenizer
-    from kidata.tokenizers.text import TextTokenizer
-
-    encoder = _encoder(context)
-    text = TextTokenizer.load(recipe.resolve_asset(recipe.mixture.text_tokenizer))
+    encoder = _encoder(context)  # cached: its tokenizers are the ones the units used
+    text = encoder.text
     sources = []
     for source in recipe.sources:
         records = [json.loads(fs.cat_file(f"{root}/{STATE_DIR}/units/{source.name}-{i:04d}.json").decode())
@@ -462,14 +459,13 @@ def _manifest(recipe, context, fs, root, units, norm_stats) -> dict:
         if source.kind == "robot":
             entry["norm_stats"] = norm_stats[source.name]
         sources.append(entry)
-    fast = FastTokenizer.load(materialize(context.fast_files))
     mixture = recipe.mixture
     return {
         "kidata_version": __version__,
         "recipe": recipe.canonical(),
         "recipe_sha256": recipe.sha256,
         "tokenizers": {"text": {"path": mixture.text_tokenizer, "sha256": text.sha256},
-                       "fast": {"path": FAST_DIR, "sha256": fast.sha256}},
+                       "fast": {"path": FAST_DIR, "sha256": encoder.actions.sha256}},
         "encoding": {"state_encoding": mixture.state_encoding, "prompt_format": mixture.prompt_format,
                      "action_horizon": mixture.action_horizon, "action_dim": context.action_dim,
                      "image_size": mixture.image_size, "max_tokens": mixture.max_tokens,

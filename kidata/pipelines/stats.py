@@ -334,34 +334,19 @@ def _unit_stats(source, unit) -> tuple[EpisodeStats, "ReadReport"]:
 def source_stats(source, *, workers: int = 1, progress: bool = True):
     """Statistics of a robot source from a pass that decodes no image: (EpisodeStats, ReadReport).
 
-    Units run in a process pool when ``workers`` > 1; the result does not depend on the number of
-    units or workers (per-episode moment parts, exact sketch counts)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-    import multiprocessing
-
-    from tqdm import tqdm
-
+    Units run on the local engine (a process pool when ``workers`` > 1); the result does not
+    depend on the number of units or workers (per-episode moment parts, exact sketch counts)."""
+    from kidata.pipelines.engine import run_jobs
     from kidata.sources.base import ReadReport
 
     units = source.list_units(max(1, workers) * 4)
+    jobs = [((source, unit), unit.key) for unit in units]
+    results, failures = run_jobs(_unit_stats, jobs, workers=workers, progress=progress, label=f"stats {source.name}")
+    if failures:
+        raise RuntimeError("statistics units failed: " + "; ".join(f"{name}: {error}" for name, error in failures))
     total, report = EpisodeStats(), ReadReport()
-    bar = tqdm(total=len(units), desc=f"stats {source.name}", unit="unit", disable=not progress)
-    if workers <= 1:
-        results = (_unit_stats(source, unit) for unit in units)
-        for stats, part in results:
-            total.merge(stats), report.merge(part)
-            bar.update(1)
-            bar.set_postfix(episodes=total.episodes)
-    else:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            futures = [pool.submit(_unit_stats, source, unit) for unit in units]
-            for future in as_completed(futures):
-                stats, part = future.result()
-                total.merge(stats), report.merge(part)
-                bar.update(1)
-                bar.set_postfix(episodes=total.episodes)
-    bar.close()
+    for stats, part in results:
+        total.merge(stats), report.merge(part)
     return total, report
 
 
