@@ -27,12 +27,13 @@ def make_batch(seed: int = 0, batch: int = 2, length: int = 12, prefix: int = 6)
         "tokens": tokens, "ar": ar & token_mask, "loss": ar & token_mask, "token_mask": token_mask,
         "actions": torch.randn(batch, 4, 8, generator=g), "action_valid": torch.ones(batch, 4, dtype=torch.bool),
         "action_dim_mask": torch.ones(batch, 8, dtype=torch.bool), "has_actions": torch.ones(batch, dtype=torch.bool),
+        "state": torch.randn(batch, 8, generator=g), "state_dim_mask": torch.ones(batch, 8, dtype=torch.bool),
     }
 
 
-def model(variant: str = "ki", seed: int = 0) -> KIModel:
+def model(variant: str = "ki", seed: int = 0, **overrides) -> KIModel:
     torch.manual_seed(seed)
-    net = KIModel(ModelConfig.load(TINY, variant=variant))
+    net = KIModel(ModelConfig.load(TINY, variant=variant, **overrides))
     for parameter in net.parameters():  # open the zero-initialized gates so every path carries signal
         if parameter.dim() >= 1 and parameter.abs().sum() == 0:
             torch.nn.init.normal_(parameter, std=0.05)
@@ -165,3 +166,63 @@ def test_generation_stops_at_a_stop_token():
     first = net.generate(prefix, 1)[:, 0]
     stopped = net.generate(prefix, 4, stop_ids=(int(first[0]),))
     assert (stopped[0] == first[0]).all()
+
+
+def test_pi0_fast_has_no_expert_and_trains_on_tokens_alone():
+    net, batch = model("pi0_fast"), make_batch()
+    assert not hasattr(net, "expert_layers") and list(net.expert_parameters()) == []
+    out = net(batch)
+    assert torch.equal(out["loss"], out["fast_loss"]) and "flow_loss" not in out
+    with pytest.raises(ValueError, match="generate"):
+        net.sample_actions(batch)
+
+
+def test_frozen_backbone_takes_no_gradient_and_trains_the_expert_on_flow():
+    net, batch = model("frozen"), make_batch()
+    assert not any(p.requires_grad for p in net.backbone_parameters())
+    out = net(batch, **fixed(batch))
+    assert torch.equal(out["loss"], out["flow_loss"])
+    backbone, expert = grads(net, out["loss"])
+    assert all(g is None for g in backbone) and any(g is not None and torch.count_nonzero(g) > 0 for g in expert)
+
+
+def test_hybrid_targets_see_the_noisy_actions_and_the_prefix_does_not():
+    net, batch = model("hybrid"), make_batch()
+    other = fixed(batch)
+    other["noise"] = other["noise"] + 1.0
+    a, b = net(batch, **fixed(batch))["logits"], net(batch, **other)["logits"]
+    prefix_logits = slice(0, 5)  # logits of prefix positions (targets start at token 6)
+    assert torch.equal(a[:, prefix_logits], b[:, prefix_logits])
+    assert not torch.allclose(a[:, 6:], b[:, 6:])
+    backbone, _ = grads(net, net(batch, **fixed(batch))["flow_loss"])
+    assert any(g is not None and torch.count_nonzero(g) > 0 for g in backbone)
+
+
+def test_continuous_state_prefix_token_reaches_both_streams_and_only_robot_rows():
+    net, batch = model(state_input="prefix"), make_batch()
+    changed = {**batch, "state": batch["state"] + 1.0}
+    a, b = net(batch, **fixed(batch)), net(changed, **fixed(batch))
+    assert not torch.allclose(a["velocity"], b["velocity"]) and not torch.allclose(a["logits"], b["logits"])
+    no_state = {**batch, "state_dim_mask": torch.zeros_like(batch["state_dim_mask"])}
+    c = net(no_state, **fixed(batch))
+    d = net({**no_state, "state": batch["state"] + 1.0}, **fixed(batch))
+    assert torch.equal(c["logits"], d["logits"])  # a row without state ignores the state values
+
+
+def test_pi0_style_state_token_in_the_expert_leaves_the_backbone_alone():
+    net, batch = model("pi0", state_input="expert", time_conditioning="concat"), make_batch()
+    changed = {**batch, "state": batch["state"] + 1.0}
+    a, b = net(batch, **fixed(batch)), net(changed, **fixed(batch))
+    assert a["velocity"].shape == (2, 4, 8)
+    assert torch.equal(a["logits"], b["logits"]) and not torch.allclose(a["velocity"], b["velocity"])
+    prefix = {**batch, "ar": torch.zeros_like(batch["ar"])}
+    noise = torch.randn(2, 4, 8, generator=torch.Generator().manual_seed(2))
+    assert torch.allclose(net.sample_actions(prefix, num_steps=3, noise=noise),
+                          net.sample_actions(prefix, num_steps=3, noise=noise, use_cache=False), atol=1e-6)
+
+
+def test_config_rejects_unknown_choices():
+    with pytest.raises(ValueError, match="variant"):
+        ModelConfig(variant="ki2")
+    with pytest.raises(ValueError, match="action_tokens"):
+        ModelConfig(action_tokens="vq")

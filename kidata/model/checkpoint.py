@@ -32,10 +32,7 @@ def parameter_counts(config: ModelConfig) -> dict[str, int]:
     """Parameters per part, counted on the meta device (no memory, any preset size)."""
     with torch.device("meta"):
         model = KIModel(config)
-    parts = {"vision": model.vision, "projector": model.projector, "embedding": model.embed,
-             "decoder": torch.nn.ModuleList([model.layers, model.final_norm]),
-             "expert": torch.nn.ModuleList([model.expert_layers, model.expert_final_norm, model.action_in,
-                                            model.action_out, model.time_mlp])}
-    counts = {name: sum(p.numel() for p in part.parameters()) for name, part in parts.items()}
+    counts = {name: sum(p.numel() for m in modules for p in m.parameters())
+              for name, modules in model.part_modules().items()}
     counts["total"] = sum(counts.values())
     return counts

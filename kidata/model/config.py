@@ -12,15 +12,29 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-VARIANTS = ("ki", "joint", "pi0")
+VARIANTS = ("ki", "joint", "pi0", "pi0_fast", "frozen", "hybrid")
+ACTION_TOKENS = ("fast", "bins")  # the discrete objective the manifest's action tokenizer must match
+STATE_INPUTS = ("tokens", "prefix", "expert")
+TIME_CONDITIONINGS = ("adarms", "concat")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Widths and depths of the three parts, the action space, and which recipe to train.
 
-    variant: ``ki`` (FAST + flow, expert sees the backbone through a stop-gradient: the paper's
-    method), ``joint`` (FAST + flow, gradients flow), ``pi0`` (flow only, no FAST loss).
+    variant (the paper's comparisons, section 6):
+      ``ki``       FAST cross-entropy + flow; expert reads the backbone through a stop-gradient.
+      ``joint``    same losses, gradients of the flow loss flow into the backbone.
+      ``pi0``      flow only, gradients into the backbone, no token loss.
+      ``pi0_fast`` token loss only, no expert (actions decoded autoregressively at inference).
+      ``frozen``   backbone frozen (no gradients, not trained), expert trained on the flow loss.
+      ``hybrid``   as ``joint``, and target tokens also attend to the noisy actions (HybridVLA).
+    action_tokens: ``fast`` or ``bins`` (naive / strided bins): checked against the manifest.
+    state_input: ``tokens`` (state is in the text, discrete), ``prefix`` (a learned projection of
+      the continuous state as one prefix token), ``expert`` (pi0: a state token heading the
+      expert stream).
+    time_conditioning: ``adarms`` (pi0.5: adaptive RMSNorm in every expert layer) or ``concat``
+      (pi0: an MLP of [action embedding, time embedding]).
     """
 
     # vision encoder (SigLIP-style ViT) and projector
@@ -45,15 +59,21 @@ class ModelConfig:
     action_dim: int = 32
     action_horizon: int = 10
     state_dim: int = 32
-    continuous_state: bool = False
+    state_input: str = "tokens"
+    time_conditioning: str = "adarms"
     # training recipe
     variant: str = "ki"
+    action_tokens: str = "fast"
     flow_weight: float = 1.0  # alpha of the paper's combined loss
     rope_theta: float = 10000.0
 
     def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {self.variant!r}")
+        for name, allowed in (("variant", VARIANTS), ("action_tokens", ACTION_TOKENS),
+                              ("state_input", STATE_INPUTS), ("time_conditioning", TIME_CONDITIONINGS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.variant == "pi0_fast" and self.state_input == "expert":
+            raise ValueError("state_input='expert' needs an expert; pi0_fast has none")
         if self.width % self.heads or self.heads % self.kv_heads:
             raise ValueError("heads must divide width and kv_heads must divide heads")
 
@@ -62,8 +82,25 @@ class ModelConfig:
         return self.variant == "ki"
 
     @property
+    def has_expert(self) -> bool:
+        return self.variant != "pi0_fast"
+
+    @property
     def fast_loss(self) -> bool:
-        return self.variant in ("ki", "joint")
+        """The token cross-entropy is part of the training loss."""
+        return self.variant in ("ki", "joint", "pi0_fast", "hybrid")
+
+    @property
+    def flow_loss(self) -> bool:
+        return self.has_expert
+
+    @property
+    def backbone_frozen(self) -> bool:
+        return self.variant == "frozen"
+
+    @property
+    def targets_see_actions(self) -> bool:
+        return self.variant == "hybrid"
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> "ModelConfig":

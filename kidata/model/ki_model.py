@@ -29,17 +29,25 @@ class _Layer(nn.Module):
         super().__init__()
         self.norm, self.mlp_norm = norm(), norm()
         self.q = nn.Linear(width, c.heads * c.head_dim, bias=False)
-        self.kv = nn.Linear(width, 2 * c.kv_heads * c.head_dim, bias=False)
+        self.k = nn.Linear(width, c.kv_heads * c.head_dim, bias=False)
+        self.v = nn.Linear(width, c.kv_heads * c.head_dim, bias=False)
         self.o = nn.Linear(c.heads * c.head_dim, width, bias=False)
         self.mlp = GeGLU(width, mlp)
 
 
-def _backbone_layer(c: ModelConfig) -> _Layer:
-    return _Layer(c, c.width, c.mlp, lambda: RMSNorm(c.width))
+def _expert_norm(c: ModelConfig):
+    if c.time_conditioning == "adarms":
+        return lambda: AdaRMSNorm(c.expert_width, c.expert_width)
+    return lambda: RMSNorm(c.expert_width)
 
 
-def _expert_layer(c: ModelConfig) -> _Layer:
-    return _Layer(c, c.expert_width, c.expert_mlp, lambda: AdaRMSNorm(c.expert_width, c.expert_width))
+def _normalize(norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None):
+    """(normed, gate): adaptive norms return a residual gate, plain norms none."""
+    return norm(x, cond) if isinstance(norm, AdaRMSNorm) else (norm(x), None)
+
+
+def _residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    return x + (branch if gate is None else gate * branch)
 
 
 class KIModel(nn.Module):
@@ -49,29 +57,67 @@ class KIModel(nn.Module):
         self.vision = VisionTower(c.image_size, c.patch_size, c.vision_width, c.vision_depth, c.vision_heads, c.vision_mlp)
         self.projector = nn.Linear(c.vision_width, c.width)
         self.embed = nn.Embedding(c.vocab_size, c.width)
-        self.layers = nn.ModuleList(_backbone_layer(c) for _ in range(c.depth))
+        self.layers = nn.ModuleList(_Layer(c, c.width, c.mlp, lambda: RMSNorm(c.width)) for _ in range(c.depth))
         self.final_norm = RMSNorm(c.width)
-        self.expert_layers = nn.ModuleList(_expert_layer(c) for _ in range(c.depth))
-        self.expert_final_norm = AdaRMSNorm(c.expert_width, c.expert_width)
-        self.action_in = nn.Linear(c.action_dim, c.expert_width)
-        self.action_out = nn.Linear(c.expert_width, c.action_dim)
-        self.time_mlp = nn.Sequential(nn.Linear(c.expert_width, c.expert_width), nn.SiLU(),
-                                      nn.Linear(c.expert_width, c.expert_width), nn.SiLU())
+        if c.state_input == "prefix":
+            self.state_proj = nn.Linear(c.state_dim, c.width)
+        if c.has_expert:
+            self.expert_layers = nn.ModuleList(_Layer(c, c.expert_width, c.expert_mlp, _expert_norm(c))
+                                               for _ in range(c.depth))
+            self.expert_final_norm = _expert_norm(c)()
+            self.action_in = nn.Linear(c.action_dim, c.expert_width)
+            self.action_out = nn.Linear(c.expert_width, c.action_dim)
+            if c.time_conditioning == "adarms":
+                self.time_mlp_in = nn.Linear(c.expert_width, c.expert_width)
+                self.time_mlp_out = nn.Linear(c.expert_width, c.expert_width)
+            else:
+                self.action_time_mlp_in = nn.Linear(2 * c.expert_width, c.expert_width)
+                self.action_time_mlp_out = nn.Linear(c.expert_width, c.expert_width)
+            if c.state_input == "expert":
+                self.state_proj = nn.Linear(c.state_dim, c.expert_width)
+        if c.backbone_frozen:
+            for parameter in self.backbone_parameters():
+                parameter.requires_grad_(False)
 
     # ------------------------------------------------------------------ inputs
     def backbone_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """Embeddings [B, Lb, W], valid [B, Lb], causal-block flags [B, Lb], image token count."""
+        """Embeddings [B, Lb, W], valid [B, Lb], causal-block flags [B, Lb], index of the first
+        text token. Order: image tokens per camera, the state token (``state_input='prefix'``),
+        text tokens. The prefix is bidirectional, so the state token's place only sets its
+        position id."""
         images = batch["images"]
         b, n = images.shape[:2]
         patches = self.projector(self.vision(images.flatten(0, 1))).unflatten(0, (b, n))  # [B, N, P, W]
-        patch_count = patches.shape[2]
-        image_tokens = patches.flatten(1, 2)
-        image_valid = batch["image_mask"][:, :, None].expand(b, n, patch_count).flatten(1)
-        text = self.embed(batch["tokens"]) * self.config.width**0.5
-        embeddings = torch.cat([image_tokens, text], dim=1)
-        valid = torch.cat([image_valid, batch["token_mask"]], dim=1)
-        ar = torch.cat([torch.zeros_like(image_valid), batch["ar"] & batch["token_mask"]], dim=1)
-        return embeddings, valid, ar, image_tokens.shape[1]
+        parts = [patches.flatten(1, 2)]
+        valid = [batch["image_mask"][:, :, None].expand(b, n, patches.shape[2]).flatten(1)]
+        if self.config.state_input == "prefix":
+            parts.append(self.state_proj(batch["state"])[:, None])
+            valid.append(batch["state_dim_mask"].any(dim=1, keepdim=True))
+        text_start = sum(part.shape[1] for part in parts)
+        parts.append(self.embed(batch["tokens"]) * self.config.width**0.5)
+        valid.append(batch["token_mask"])
+        valid = torch.cat(valid, dim=1)
+        ar = torch.cat([torch.zeros(b, text_start, dtype=torch.bool, device=valid.device),
+                        batch["ar"] & batch["token_mask"]], dim=1)
+        return torch.cat(parts, dim=1), valid, ar, text_start
+
+    def expert_inputs(self, noisy: torch.Tensor, t: torch.Tensor, batch: dict):
+        """Expert embeddings [B, He, We], time conditioning [B, We] (adaRMS) or None, and the
+        expert's own attention mask [B, He, He] (a pi0 state token does not see the actions)."""
+        c = self.config
+        time = timestep_embedding(t, c.expert_width)
+        h = self.action_in(noisy)
+        if c.time_conditioning == "adarms":
+            cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time))))
+        else:
+            fused = torch.cat([h, time[:, None].expand_as(h)], dim=-1)
+            h, cond = self.action_time_mlp_out(F.silu(self.action_time_mlp_in(fused))), None
+        blocks = torch.ones(h.shape[1], dtype=torch.long, device=h.device)
+        if c.state_input == "expert":
+            h = torch.cat([self.state_proj(batch["state"])[:, None], h], dim=1)
+            blocks = torch.cat([blocks.new_zeros(1), blocks])
+        own = (blocks[None, :] <= blocks[:, None])[None].expand(h.shape[0], -1, -1)
+        return h, cond, own
 
     @staticmethod
     def backbone_mask(valid: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
@@ -79,12 +125,18 @@ class KIModel(nn.Module):
         blocks = torch.cumsum(ar.long(), dim=1)
         return (blocks[:, None, :] <= blocks[:, :, None]) & valid[:, None, :] & valid[:, :, None]
 
+    @staticmethod
+    def prefix_visible(valid: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
+        """bool [B, Lb]: the tokens expert tokens may see (valid prefix, never targets)."""
+        return valid & (torch.cumsum(ar.long(), dim=1) == 0)
+
     # ------------------------------------------------------------------ attention
-    def _split(self, layer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _qkv(self, layer, x: torch.Tensor, positions: torch.Tensor):
         c = self.config
         q = layer.q(x).unflatten(-1, (c.heads, c.head_dim)).transpose(1, 2)
-        k, v = layer.kv(x).unflatten(-1, (2, c.kv_heads, c.head_dim)).permute(2, 0, 3, 1, 4)
-        return q, k, v
+        k = layer.k(x).unflatten(-1, (c.kv_heads, c.head_dim)).transpose(1, 2)
+        v = layer.v(x).unflatten(-1, (c.kv_heads, c.head_dim)).transpose(1, 2)
+        return rotary(q, positions, c.rope_theta), rotary(k, positions, c.rope_theta), v
 
     def _attend(self, q, k, v, mask) -> torch.Tensor:
         repeat = self.config.heads // self.config.kv_heads
@@ -92,70 +144,102 @@ class KIModel(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
         return out.transpose(1, 2).flatten(2)
 
-    def _backbone_layer(self, layer, h, positions, mask):
-        q, k, v = self._split(layer, layer.norm(h))
-        q, k = rotary(q, positions, self.config.rope_theta), rotary(k, positions, self.config.rope_theta)
-        h = h + layer.o(self._attend(q, k, v, mask))
-        return h + layer.mlp(layer.mlp_norm(h)), (k, v)
+    def _finish(self, layer, h, attended, gate, cond):
+        """Output projection, residual, MLP and residual of one stream in one layer."""
+        h = _residual(h, layer.o(attended), gate)
+        normed, gate = _normalize(layer.mlp_norm, h, cond)
+        return _residual(h, layer.mlp(normed), gate)
 
-    def _expert_layer(self, layer, h, cond, positions, prefix_kv, prefix_visible):
-        normed, gate = layer.norm(h, cond)
-        q, k, v = self._split(layer, normed)
-        q, k = rotary(q, positions, self.config.rope_theta), rotary(k, positions, self.config.rope_theta)
+    def _expert_attend(self, layer, h, cond, qkv, gate, prefix_kv, prefix_visible, own):
+        q, k, v = qkv
         prefix_k, prefix_v = prefix_kv
         if self.config.stop_gradient:  # knowledge insulation: no gradient into the backbone's keys/values
             prefix_k, prefix_v = prefix_k.detach(), prefix_v.detach()
-        keys, values = torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2)
-        own = torch.ones(h.shape[0], h.shape[1], h.shape[1], dtype=torch.bool, device=h.device)
         mask = torch.cat([prefix_visible[:, None, :].expand(-1, h.shape[1], -1), own], dim=2)
-        h = h + gate * layer.o(self._attend(q, keys, values, mask))
-        normed, gate = layer.mlp_norm(h, cond)
-        return h + gate * layer.mlp(normed)
+        attended = self._attend(q, torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2), mask)
+        return self._finish(layer, h, attended, gate, cond)
+
+    def _expert_positions(self, prefix_visible: torch.Tensor, length: int) -> torch.Tensor:
+        start = prefix_visible.sum(dim=1, keepdim=True)  # expert positions continue after the prefix
+        return start + torch.arange(length, device=prefix_visible.device)[None]
 
     # ------------------------------------------------------------------ passes
     def run_backbone(self, batch: dict):
-        """Backbone hidden states [B, Lb, W], per-layer (k, v), valid, ar, image token count."""
-        embeddings, valid, ar, image_count = self.backbone_inputs(batch)
+        """Backbone alone (inference): hidden states [B, Lb, W], per-layer (k, v), valid, ar and
+        the index of the first text token."""
+        embeddings, valid, ar, text_start = self.backbone_inputs(batch)
         positions = torch.cumsum(valid.long(), dim=1) - 1
         mask = self.backbone_mask(valid, ar)
         h, cache = embeddings, []
         for layer in self.layers:
-            h, kv = self._backbone_layer(layer, h, positions, mask)
-            cache.append(kv)
-        return self.final_norm(h), cache, valid, ar, image_count
+            q, k, v = self._qkv(layer, layer.norm(h), positions)
+            h = self._finish(layer, h, self._attend(q, k, v, mask), None, None)
+            cache.append((k, v))
+        return self.final_norm(h), cache, valid, ar, text_start
 
-    def run_expert(self, noisy: torch.Tensor, t: torch.Tensor, cache, valid, ar) -> torch.Tensor:
+    def run_expert(self, noisy: torch.Tensor, t: torch.Tensor, batch: dict, cache, valid, ar) -> torch.Tensor:
         """Velocity [B, H, A] of noisy actions at time t, attending to the prefix in ``cache``."""
-        prefix_visible = valid & ~ar & (torch.cumsum(ar.long(), dim=1) == 0)
-        start = prefix_visible.sum(dim=1, keepdim=True)  # expert positions continue after the prefix
-        positions = start + torch.arange(noisy.shape[1], device=noisy.device)[None]
-        cond = self.time_mlp(timestep_embedding(t, self.config.expert_width))
-        h = self.action_in(noisy)
+        h, cond, own = self.expert_inputs(noisy, t, batch)
+        prefix_visible = self.prefix_visible(valid, ar)
+        positions = self._expert_positions(prefix_visible, h.shape[1])
         for layer, kv in zip(self.expert_layers, cache):
-            h = self._expert_layer(layer, h, cond, positions, kv, prefix_visible)
-        normed, _ = self.expert_final_norm(h, cond)
-        return self.action_out(normed)
+            normed, gate = _normalize(layer.norm, h, cond)
+            qkv = self._qkv(layer, normed, positions)
+            h = self._expert_attend(layer, h, cond, qkv, gate, kv, prefix_visible, own)
+        normed, _ = _normalize(self.expert_final_norm, h, cond)
+        return self.action_out(normed[:, -noisy.shape[1]:])
 
     def forward(self, batch: dict, *, noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> dict:
-        """Losses (FAST cross-entropy on loss-masked tokens, flow MSE) and outputs for a batch."""
-        hidden, cache, valid, ar, image_count = self.run_backbone(batch)
-        text_hidden = hidden[:, image_count:]
-        logits = text_hidden @ self.embed.weight.T  # tied embeddings, as Gemma
+        """Losses (token cross-entropy on loss-masked tokens, flow MSE) and outputs for a batch.
+
+        Both streams advance layer by layer together: each layer's backbone keys/values feed the
+        expert's attention in the same layer (and, for ``hybrid``, the expert's feed the targets')."""
+        c = self.config
+        h, valid, ar, text_start = self.backbone_inputs(batch)
+        positions = torch.cumsum(valid.long(), dim=1) - 1
+        mask = self.backbone_mask(valid, ar)
+        out: dict = {}
+        if c.has_expert:
+            actions = batch["actions"]
+            if noise is None:
+                noise = torch.randn_like(actions)
+            if t is None:
+                t = torch.distributions.Beta(1.5, 1.0).sample((actions.shape[0],)).to(actions) * 0.999 + 0.001
+            noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+            e, cond, own = self.expert_inputs(noisy, t, batch)
+            prefix_visible = self.prefix_visible(valid, ar)
+            expert_positions = self._expert_positions(prefix_visible, e.shape[1])
+            if c.targets_see_actions:  # hybrid: target tokens of robot rows also see the expert tokens
+                sees = valid & ~prefix_visible & batch["has_actions"][:, None]
+                mask = torch.cat([mask, sees[:, :, None].expand(-1, -1, e.shape[1])], dim=2)
+        for index, layer in enumerate(self.layers):
+            q, k, v = self._qkv(layer, layer.norm(h), positions)
+            if not c.has_expert:
+                h = self._finish(layer, h, self._attend(q, k, v, mask), None, None)
+                continue
+            expert_layer = self.expert_layers[index]
+            normed, gate = _normalize(expert_layer.norm, e, cond)
+            expert_qkv = self._qkv(expert_layer, normed, expert_positions)
+            keys, values = (k, v) if not c.targets_see_actions else (torch.cat([k, expert_qkv[1]], 2),
+                                                                   torch.cat([v, expert_qkv[2]], 2))
+            e = self._expert_attend(expert_layer, e, cond, expert_qkv, gate, (k, v), prefix_visible, own)
+            h = self._finish(layer, h, self._attend(q, keys, values, mask), None, None)
+        logits = self.final_norm(h)[:, text_start:] @ self.embed.weight.T  # tied embeddings, as Gemma
         targets, target_mask = batch["tokens"][:, 1:], batch["loss"][:, 1:]
         token_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="none")
         ce = (token_loss * target_mask.flatten()).sum() / target_mask.sum().clamp(min=1)
-        actions = batch["actions"]
-        if noise is None:
-            noise = torch.randn_like(actions)
-        if t is None:
-            t = torch.distributions.Beta(1.5, 1.0).sample((actions.shape[0],)).to(actions) * 0.999 + 0.001
-        noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
-        velocity = self.run_expert(noisy, t, cache, valid, ar)
-        weight = (batch["action_valid"][:, :, None] & batch["action_dim_mask"][:, None, :]
-                  & batch["has_actions"][:, None, None]).float()
-        flow = (((velocity - (noise - actions)) ** 2) * weight).sum() / weight.sum().clamp(min=1)
-        loss = flow * self.config.flow_weight + (ce if self.config.fast_loss else 0.0)
-        return {"loss": loss, "flow_loss": flow, "fast_loss": ce, "logits": logits, "velocity": velocity}
+        out.update(fast_loss=ce, logits=logits)
+        loss = ce if c.fast_loss else ce.new_zeros(())
+        if c.has_expert:
+            normed, _ = _normalize(self.expert_final_norm, e, cond)
+            velocity = self.action_out(normed[:, -actions.shape[1]:])
+            weight = (batch["action_valid"][:, :, None] & batch["action_dim_mask"][:, None, :]
+                      & batch["has_actions"][:, None, None]).float()
+            flow = (((velocity - (noise - actions)) ** 2) * weight).sum() / weight.sum().clamp(min=1)
+            loss = loss + c.flow_weight * flow
+            out.update(flow_loss=flow, velocity=velocity)
+        out["loss"] = loss
+        return out
 
     @torch.no_grad()
     def sample_actions(self, batch: dict, *, num_steps: int = 10, noise: torch.Tensor | None = None,
@@ -164,16 +248,19 @@ class KIModel(nn.Module):
 
         ``batch`` holds only the prefix (no FAST tokens). ``use_cache=False`` recomputes the
         backbone every step (for checking the cache)."""
+        if not self.config.has_expert:
+            raise ValueError("pi0_fast has no action expert: decode actions with generate() and the FAST tokenizer")
         b = batch["tokens"].shape[0]
+        device = batch["tokens"].device
         shape = (b, self.config.action_horizon, self.config.action_dim)
-        x = torch.randn(shape) if noise is None else noise.clone()
+        x = torch.randn(shape, device=device) if noise is None else noise.clone()
         _, cache, valid, ar, _ = self.run_backbone(batch)
         dt = -1.0 / num_steps
         for step in range(num_steps):
-            t = torch.full((b,), 1.0 + step * dt)
+            t = torch.full((b,), 1.0 + step * dt, device=device)
             if not use_cache:
                 _, cache, valid, ar, _ = self.run_backbone(batch)
-            x = x + dt * self.run_expert(x, t, cache, valid, ar)
+            x = x + dt * self.run_expert(x, t, batch, cache, valid, ar)
         return x
 
     @torch.no_grad()
@@ -185,48 +272,61 @@ class KIModel(nn.Module):
         [B, max_new_tokens]; rows stop after a token in ``stop_ids`` (EOS, "|") and are padded
         with that token. The prefix keys/values are computed once and grown by one per step."""
         b = batch["tokens"].shape[0]
-        hidden, cache, valid, ar, image_count = self.run_backbone(batch)
+        device = batch["tokens"].device
+        hidden, cache, valid, ar, _ = self.run_backbone(batch)
         last = valid.long().cumsum(dim=1).argmax(dim=1)  # index of each row's last real token
         next_logits = (hidden[torch.arange(b), last] @ self.embed.weight.T)
         position = valid.long().sum(dim=1)  # next position to fill
         keys = [k for k, _ in cache]
         values = [v for _, v in cache]
         visible = valid.clone()
-        out = torch.zeros(b, max_new_tokens, dtype=torch.int64)
-        done = torch.zeros(b, dtype=torch.bool)
+        out = torch.zeros(b, max_new_tokens, dtype=torch.int64, device=device)
+        done = torch.zeros(b, dtype=torch.bool, device=device)
+        stop = torch.tensor(stop_ids, dtype=torch.int64, device=device)
         tokens = batch["tokens"]
         for step in range(max_new_tokens):
             token = torch.where(done, out[:, step - 1] if step else next_logits.argmax(-1), next_logits.argmax(-1))
             out[:, step] = token
-            done |= torch.isin(token, torch.tensor(stop_ids, dtype=torch.int64)) if stop_ids else done
+            done |= torch.isin(token, stop)
             if not use_cache:  # recompute everything with the new token appended (checks the cache)
                 tokens = torch.cat([tokens, token[:, None]], dim=1)
                 grown = {**batch, "tokens": tokens,
-                         "token_mask": torch.cat([batch["token_mask"], torch.ones(b, step + 1, dtype=torch.bool)], 1),
-                         "ar": torch.cat([batch["ar"], torch.ones(b, step + 1, dtype=torch.bool)], 1)}
+                         "token_mask": torch.cat([batch["token_mask"], torch.ones(b, step + 1, dtype=torch.bool, device=device)], 1),
+                         "ar": torch.cat([batch["ar"], torch.ones(b, step + 1, dtype=torch.bool, device=device)], 1)}
                 hidden, _, grown_valid, _, _ = self.run_backbone(_compact(grown))
                 next_logits = hidden[torch.arange(b), grown_valid.long().cumsum(1).argmax(1)] @ self.embed.weight.T
                 continue
             h = self.embed(token)[:, None] * self.config.width**0.5
-            visible = torch.cat([visible, torch.ones(b, 1, dtype=torch.bool)], dim=1)
+            visible = torch.cat([visible, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1)
             for index, layer in enumerate(self.layers):
-                q, k, v = self._split(layer, layer.norm(h))
-                q = rotary(q, position[:, None], self.config.rope_theta)
-                k = rotary(k, position[:, None], self.config.rope_theta)
+                q, k, v = self._qkv(layer, layer.norm(h), position[:, None])
                 keys[index] = torch.cat([keys[index], k], dim=2)
                 values[index] = torch.cat([values[index], v], dim=2)
-                h = h + layer.o(self._attend(q, keys[index], values[index], visible[:, None, :]))
-                h = h + layer.mlp(layer.mlp_norm(h))
+                h = self._finish(layer, h, self._attend(q, keys[index], values[index], visible[:, None, :]), None, None)
             next_logits = self.final_norm(h)[:, 0] @ self.embed.weight.T
             position = position + 1
         return out
 
+    def part_modules(self) -> dict[str, list[nn.Module]]:
+        """The model's parts (for counts, freezing and optimizer groups)."""
+        c = self.config
+        parts = {"vision": [self.vision], "projector": [self.projector], "embedding": [self.embed],
+                 "decoder": [self.layers, self.final_norm] + ([self.state_proj] if c.state_input == "prefix" else [])}
+        if c.has_expert:
+            time = (["time_mlp_in", "time_mlp_out"] if c.time_conditioning == "adarms"
+                    else ["action_time_mlp_in", "action_time_mlp_out"])
+            parts["expert"] = ([self.expert_layers, self.expert_final_norm, self.action_in, self.action_out]
+                               + [getattr(self, name) for name in time]
+                               + ([self.state_proj] if c.state_input == "expert" else []))
+        return parts
+
     def backbone_parameters(self):
-        for module in (self.vision, self.projector, self.embed, self.layers, self.final_norm):
-            yield from module.parameters()
+        for name in ("vision", "projector", "embedding", "decoder"):
+            for module in self.part_modules()[name]:
+                yield from module.parameters()
 
     def expert_parameters(self):
-        for module in (self.expert_layers, self.expert_final_norm, self.action_in, self.action_out, self.time_mlp):
+        for module in self.part_modules().get("expert", []):
             yield from module.parameters()
 
 

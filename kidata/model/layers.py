@@ -71,19 +71,34 @@ def timestep_embedding(t: torch.Tensor, dim: int, min_period: float = 4e-3, max_
     return torch.cat([angle.sin(), angle.cos()], dim=-1)
 
 
+class VisionBlock(nn.Module):
+    """A SigLIP encoder block: pre-LayerNorm attention and GELU(tanh) MLP, biases everywhere."""
+
+    def __init__(self, width: int, heads: int, mlp: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width, eps=eps), nn.LayerNorm(width, eps=eps)
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+        self.fc1, self.fc2 = nn.Linear(width, mlp), nn.Linear(mlp, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = self.norm1(x)
+        q, k, v = (proj(normed).unflatten(-1, (self.heads, -1)).transpose(1, 2) for proj in (self.q, self.k, self.v))
+        x = x + self.o(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+        return x + self.fc2(F.gelu(self.fc1(self.norm2(x)), approximate="tanh"))
+
+
 class VisionTower(nn.Module):
-    """SigLIP-style ViT: patch embedding, learned positions, pre-norm blocks, final LayerNorm."""
+    """SigLIP ViT as PaliGemma uses it (no pooling head): patch embedding, learned positions,
+    pre-norm blocks, final LayerNorm. Layout mirrors Hugging Face's SiglipVisionModel so that
+    checkpoints map one tensor to one tensor."""
 
     def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, mlp: int) -> None:
         super().__init__()
         self.patch = nn.Conv2d(3, width, patch, stride=patch)
-        self.positions = nn.Parameter(torch.randn(1, (image_size // patch) ** 2, width) * 0.02)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(width, heads, mlp, dropout=0.0, activation=lambda x: F.gelu(x, approximate="tanh"),
-                                       batch_first=True, norm_first=True)
-            for _ in range(depth)
-        )
-        self.norm = nn.LayerNorm(width)
+        self.positions = nn.Parameter(torch.randn((image_size // patch) ** 2, width) * 0.02)
+        self.blocks = nn.ModuleList(VisionBlock(width, heads, mlp) for _ in range(depth))
+        self.norm = nn.LayerNorm(width, eps=1e-6)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images float [B, 3, S, S] in [-1, 1] -> patch features [B, P, width]."""

@@ -1,0 +1,212 @@
+"""Pretrained weights: Hugging Face PaliGemma checkpoints (backbone) and openpi's PyTorch pi0 /
+pi0.5 checkpoints (backbone + action expert), translated tensor by tensor into ``KIModel``.
+
+Checkpoint key layouts understood (prefixes are normalized before translation):
+
+=====================================================  =========================================
+Hugging Face hub (``google/paligemma-*``)               ``vision_tower.vision_model.*``,
+                                                        ``multi_modal_projector.linear.*``,
+                                                        ``language_model.model.*``
+transformers 4.52-4.57 in memory / openpi            ``model.vision_tower.vision_model.*``,
+                                                        ``model.multi_modal_projector.*``,
+                                                        ``model.language_model.*``, ``lm_head``
+transformers 5 ``save_pretrained``                      ``vision_tower.*`` (no ``vision_model``),
+                                                        ``language_model.model.*``
+openpi ``model.safetensors`` (JAX -> PyTorch convert)   ``paligemma_with_expert.paligemma.`` + the
+                                                        line above; ``paligemma_with_expert.
+                                                        gemma_expert.model.*`` (expert);
+                                                        ``action_in_proj``, ``action_out_proj``,
+                                                        ``time_mlp_in/out`` (pi0.5) or
+                                                        ``state_proj``, ``action_time_mlp_in/out``
+                                                        (pi0)
+=====================================================  =========================================
+
+Inside those prefixes (N = layer index):
+
+=========================================================  =======================================
+theirs                                                      ours
+=========================================================  =======================================
+vision: embeddings.patch_embedding.{weight,bias}            vision.patch.*
+vision: embeddings.position_embedding.weight                vision.positions
+vision: encoder.layers.N.layer_norm{1,2}.*                  vision.blocks.N.norm{1,2}.*
+vision: encoder.layers.N.self_attn.{q,k,v,out}_proj.*       vision.blocks.N.{q,k,v,o}.*
+vision: encoder.layers.N.mlp.fc{1,2}.*                      vision.blocks.N.fc{1,2}.*
+vision: post_layernorm.*                                    vision.norm.*
+projector: linear.*                                         projector.*
+text: embed_tokens.weight                                   embed.weight (lm_head is tied to it)
+text/expert: layers.N.self_attn.{q,k,v,o}_proj.weight       (expert_)layers.N.{q,k,v,o}.weight
+text/expert: layers.N.mlp.{gate,up,down}_proj.weight        (expert_)layers.N.mlp.{gate,up,down}.weight
+text/expert: layers.N.input_layernorm.weight                (expert_)layers.N.norm.weight
+text/expert: layers.N.post_attention_layernorm.weight       (expert_)layers.N.mlp_norm.weight
+expert (pi0.5): layers.N.*_layernorm.dense.*                expert_layers.N.{norm,mlp_norm}.modulation.*
+text/expert: norm.weight / expert norm.dense.*              final_norm.weight / expert_final_norm.*
+action_in_proj.* / action_out_proj.*                        action_in.* / action_out.*
+=========================================================  =======================================
+
+Dropped on purpose: the SigLIP pooling head (PaliGemma does not use it), ``lm_head`` (tied) and the
+expert's unused ``lm_head``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from kidata.model.config import ModelConfig
+from kidata.model.ki_model import KIModel
+
+_PREFIXES = (  # (pattern, canonical part) tried in order; the rest of the key follows
+    (r"^(?:paligemma_with_expert\.paligemma\.)?(?:model\.)?vision_tower\.(?:vision_model\.)?", "vision."),
+    (r"^(?:paligemma_with_expert\.paligemma\.)?(?:model\.)?multi_modal_projector\.", "projector."),
+    (r"^(?:paligemma_with_expert\.paligemma\.)?(?:model\.)?language_model\.(?:model\.)?", "text."),
+    (r"^paligemma_with_expert\.gemma_expert\.model\.", "expert."),
+)
+_DROPPED = re.compile(r"(^|\.)lm_head\.|(vision_model|vision_tower)\.head\.")
+
+_RULES = (  # (canonical regex, our name)
+    (r"vision\.embeddings\.patch_embedding\.(weight|bias)", r"vision.patch.\1"),
+    (r"vision\.embeddings\.position_embedding\.weight", "vision.positions"),
+    (r"vision\.encoder\.layers\.(\d+)\.layer_norm([12])\.(weight|bias)", r"vision.blocks.\1.norm\2.\3"),
+    (r"vision\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", r"vision.blocks.\1.\2.\3"),
+    (r"vision\.encoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)", r"vision.blocks.\1.o.\2"),
+    (r"vision\.encoder\.layers\.(\d+)\.mlp\.(fc[12])\.(weight|bias)", r"vision.blocks.\1.\2.\3"),
+    (r"vision\.post_layernorm\.(weight|bias)", r"vision.norm.\1"),
+    (r"projector\.linear\.(weight|bias)", r"projector.\1"),
+    (r"text\.embed_tokens\.weight", "embed.weight"),
+    (r"text\.norm\.weight", "final_norm.weight"),
+    (r"expert\.norm\.weight", "expert_final_norm.weight"),
+    (r"expert\.norm\.dense\.(weight|bias)", r"expert_final_norm.modulation.\1"),
+    (r"(text|expert)\.layers\.(\d+)\.self_attn\.([qkvo])_proj\.weight", r"\1.\2.\3.weight"),
+    (r"(text|expert)\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", r"\1.\2.mlp.\3.weight"),
+    (r"(text|expert)\.layers\.(\d+)\.input_layernorm\.weight", r"\1.\2.norm.weight"),
+    (r"(text|expert)\.layers\.(\d+)\.post_attention_layernorm\.weight", r"\1.\2.mlp_norm.weight"),
+    (r"expert\.layers\.(\d+)\.input_layernorm\.dense\.(weight|bias)", r"expert.\1.norm.modulation.\2"),
+    (r"expert\.layers\.(\d+)\.post_attention_layernorm\.dense\.(weight|bias)", r"expert.\1.mlp_norm.modulation.\2"),
+    (r"action_in_proj\.(weight|bias)", r"action_in.\1"),
+    (r"action_out_proj\.(weight|bias)", r"action_out.\1"),
+    (r"(time_mlp_in|time_mlp_out|action_time_mlp_in|action_time_mlp_out|state_proj)\.(weight|bias)", r"\1.\2"),
+)
+_STREAMS = {"text.": "layers.", "expert.": "expert_layers."}
+
+
+class WeightsError(KeyError):
+    """A checkpoint that does not fit the model it is loaded into."""
+
+
+def translate(key: str) -> str | None:
+    """Our parameter name for a checkpoint key, or None for keys dropped on purpose; a key that
+    matches no rule raises ``WeightsError`` naming it."""
+    if _DROPPED.search(key):
+        return None
+    canonical = key
+    for pattern, part in _PREFIXES:
+        canonical, count = re.subn(pattern, part, key)
+        if count:
+            break
+    for pattern, replacement in _RULES:
+        if re.fullmatch(pattern, canonical):
+            ours = re.sub(pattern, replacement, canonical)
+            for stream, modules in _STREAMS.items():
+                if ours.startswith(stream):
+                    ours = modules + ours[len(stream):]
+            return ours
+    raise WeightsError(f"unrecognized checkpoint key {key!r}")
+
+
+def resolve(location: str | Path) -> Path:
+    """A local checkpoint directory or file for a local path, an fsspec URL (gs://, s3://, ...)
+    or a Hugging Face hub id (``google/paligemma-3b-pt-224``; uses the local HF cache offline)."""
+    text = str(location)
+    if Path(text).exists():
+        return Path(text)
+    if "://" in text:
+        import fsspec
+
+        fs, root = fsspec.core.url_to_fs(text)
+        local = Path.home() / ".cache" / "kidata" / "checkpoints" / re.sub(r"[^A-Za-z0-9._-]+", "_", text)
+        if not local.exists():
+            fs.get(root.rstrip("/") + "/", str(local) + "/", recursive=True)
+        return local
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", text):
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors"]))
+    raise FileNotFoundError(f"checkpoint not found: {text!r} (a directory, a .safetensors file, a URL or a hub id)")
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a ``.safetensors`` file or of a directory (single file or sharded index)."""
+    from safetensors.torch import load_file
+
+    if path.is_file():
+        return load_file(str(path))
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    tensors: dict[str, torch.Tensor] = {}
+    for name in files:
+        tensors.update(load_file(str(path / name)))
+    return tensors
+
+
+def config_from_paligemma(location: str | Path, **overrides) -> ModelConfig:
+    """A ``ModelConfig`` whose backbone matches a PaliGemma checkpoint's ``config.json``. Keys the
+    file leaves out take our defaults, which are PaliGemma-3B's (Gemma 2B + SigLIP So400m/14)."""
+    data = json.loads((resolve(location) / "config.json").read_text())
+    vision, text = data.get("vision_config", {}), data.get("text_config", {})
+    fields = {
+        "image_size": vision.get("image_size"), "patch_size": vision.get("patch_size"),
+        "vision_width": vision.get("hidden_size"), "vision_depth": vision.get("num_hidden_layers"),
+        "vision_heads": vision.get("num_attention_heads"), "vision_mlp": vision.get("intermediate_size"),
+        "vocab_size": text.get("vocab_size"), "width": text.get("hidden_size"),
+        "depth": text.get("num_hidden_layers"), "heads": text.get("num_attention_heads"),
+        "kv_heads": text.get("num_key_value_heads"), "head_dim": text.get("head_dim"),
+        "mlp": text.get("intermediate_size"), "rope_theta": text.get("rope_theta"),
+    }
+    return ModelConfig(**{**{k: v for k, v in fields.items() if v is not None}, **overrides})
+
+
+def load_checkpoint(model: KIModel, location: str | Path, *, require_expert: bool) -> dict[str, int]:
+    """Copies a checkpoint's tensors into ``model`` (shapes must match). Every backbone tensor must
+    be present; expert tensors too when ``require_expert``, else the expert keeps its fresh
+    initialization. Returns counts of loaded and dropped tensors."""
+    path = resolve(location)
+    tensors = read_tensors(path / "model.safetensors" if (path / "model.safetensors").exists() else path)
+    ours = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    dropped = 0
+    for key, tensor in tensors.items():
+        name = translate(key)
+        if name is None:
+            dropped += 1
+            continue
+        if name not in ours:
+            raise WeightsError(f"{key!r} -> {name!r}: the model has no such parameter (check the model config)")
+        if tuple(ours[name].shape) != tuple(tensor.shape):
+            raise WeightsError(f"{key!r}: shape {tuple(tensor.shape)} does not fit {name!r} {tuple(ours[name].shape)}")
+        mapped[name] = tensor.to(ours[name].dtype)
+    backbone = {name for name, _ in _named(model, model.backbone_parameters())}
+    expert = {name for name, _ in _named(model, model.expert_parameters())}
+    missing = sorted((backbone | (expert if require_expert else set())) - set(mapped))
+    if missing:
+        raise WeightsError(f"{path}: checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:4]}")
+    model.load_state_dict(mapped, strict=False)
+    return {"loaded": len(mapped), "dropped": dropped}
+
+
+def load_paligemma(model: KIModel, location: str | Path) -> dict[str, int]:
+    """Backbone from a PaliGemma checkpoint (directory, URL or hub id); the expert stays fresh."""
+    return load_checkpoint(model, location, require_expert=False)
+
+
+def load_openpi(model: KIModel, location: str | Path) -> dict[str, int]:
+    """Backbone and expert from openpi's PyTorch pi0 (``time_conditioning='concat'``,
+    ``state_input='expert'``) or pi0.5 (``time_conditioning='adarms'``) ``model.safetensors``."""
+    return load_checkpoint(model, location, require_expert=True)
+
+
+def _named(model: torch.nn.Module, parameters) -> list[tuple[str, torch.nn.Parameter]]:
+    wanted = {id(p) for p in parameters}
+    return [(name, p) for name, p in model.named_parameters() if id(p) in wanted]

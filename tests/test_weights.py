@@ -1,0 +1,159 @@
+"""Pretrained weights: a tiny random PaliGemma saved by transformers gives our backbone the same
+logits; openpi's pi0 / pi0.5 key layouts load tensor for tensor."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from safetensors.torch import save_file  # noqa: E402
+
+from kidata.model.config import ModelConfig  # noqa: E402
+from kidata.model.ki_model import KIModel  # noqa: E402
+from kidata.model.weights import (WeightsError, config_from_paligemma, load_openpi, load_paligemma,  # noqa: E402
+                                  translate)
+
+IMAGE_TOKEN = 2047
+
+
+def tiny_paligemma(directory):
+    config = transformers.PaliGemmaConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8, "projection_dim": 64, "vision_use_head": False},
+        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 2048, "model_type": "gemma"},
+        image_token_id=IMAGE_TOKEN, projection_dim=64, hidden_size=64)
+    torch.manual_seed(0)
+    model = transformers.PaliGemmaForConditionalGeneration(config).eval()
+    with torch.no_grad():  # Gemma norms start at zero; make them count
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.normal_(0, 0.1)
+    model.save_pretrained(directory, safe_serialization=True)
+    return model
+
+
+def test_backbone_logits_equal_transformers_paligemma(tmp_path):
+    reference = tiny_paligemma(tmp_path)
+    ours = KIModel(config_from_paligemma(tmp_path, action_dim=8, action_horizon=4, expert_width=32,
+                                         expert_mlp=64, state_dim=8)).eval()
+    report = load_paligemma(ours, tmp_path)
+    assert report["loaded"] == sum(1 for _ in ours.backbone_parameters())
+
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    text = torch.randint(3, 2000, (2, 9), generator=g)
+    prefix = 5  # 5 prompt tokens (bidirectional with the image), then 4 causal target tokens
+    patches = 16
+    input_ids = torch.cat([torch.full((2, patches), IMAGE_TOKEN), text], dim=1)
+    token_type_ids = torch.cat([torch.zeros(2, patches + prefix, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)], 1)
+    with torch.no_grad():
+        expected = reference(input_ids=input_ids, pixel_values=pixels, token_type_ids=token_type_ids).logits[:, patches:]
+    ar = torch.zeros(2, 9, dtype=torch.bool)
+    ar[:, prefix:] = True
+    batch = {"images": pixels[:, None], "image_mask": torch.ones(2, 1, dtype=torch.bool), "tokens": text, "ar": ar,
+             "token_mask": torch.ones(2, 9, dtype=torch.bool)}
+    with torch.no_grad():
+        hidden, _, _, _, text_start = ours.run_backbone(batch)
+        logits = hidden[:, text_start:] @ ours.embed.weight.T
+    assert logits.shape == expected.shape
+    torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
+
+
+def test_paligemma_config_is_read_into_the_model_config(tmp_path):
+    tiny_paligemma(tmp_path)
+    config = config_from_paligemma(tmp_path)
+    assert (config.width, config.depth, config.heads, config.kv_heads, config.head_dim, config.mlp) == (64, 2, 4, 1, 16, 128)
+    assert (config.vision_width, config.vision_depth, config.image_size, config.patch_size) == (32, 2, 32, 8)
+    assert config.vocab_size == 2048
+
+
+def openpi_checkpoint(path, reference: KIModel, pi05: bool) -> None:
+    """Writes ``reference``'s tensors under openpi's names, spelled out here by hand."""
+    names = {
+        "vision.patch.weight": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.patch_embedding.weight",
+        "vision.patch.bias": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.patch_embedding.bias",
+        "vision.positions": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.position_embedding.weight",
+        "vision.norm.weight": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.post_layernorm.weight",
+        "vision.norm.bias": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.post_layernorm.bias",
+        "projector.weight": "paligemma_with_expert.paligemma.model.multi_modal_projector.linear.weight",
+        "projector.bias": "paligemma_with_expert.paligemma.model.multi_modal_projector.linear.bias",
+        "embed.weight": "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight",
+        "final_norm.weight": "paligemma_with_expert.paligemma.model.language_model.norm.weight",
+        "action_in.weight": "action_in_proj.weight", "action_in.bias": "action_in_proj.bias",
+        "action_out.weight": "action_out_proj.weight", "action_out.bias": "action_out_proj.bias",
+    }
+    vision = "paligemma_with_expert.paligemma.model.vision_tower.vision_model.encoder.layers"
+    for i in range(reference.config.vision_depth):
+        for ours, theirs in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("q", "self_attn.q_proj"),
+                             ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"), ("o", "self_attn.out_proj"),
+                             ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")):
+            for kind in ("weight", "bias"):
+                names[f"vision.blocks.{i}.{ours}.{kind}"] = f"{vision}.{i}.{theirs}.{kind}"
+    streams = (("layers", "paligemma_with_expert.paligemma.model.language_model.layers", False),
+               ("expert_layers", "paligemma_with_expert.gemma_expert.model.layers", pi05))
+    for i in range(reference.config.depth):
+        for ours_prefix, theirs_prefix, adaptive in streams:
+            for ours, theirs in (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
+                                 ("o", "self_attn.o_proj"), ("mlp.gate", "mlp.gate_proj"), ("mlp.up", "mlp.up_proj"),
+                                 ("mlp.down", "mlp.down_proj")):
+                names[f"{ours_prefix}.{i}.{ours}.weight"] = f"{theirs_prefix}.{i}.{theirs}.weight"
+            for ours, theirs in (("norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm")):
+                if adaptive:
+                    for kind in ("weight", "bias"):
+                        names[f"{ours_prefix}.{i}.{ours}.modulation.{kind}"] = f"{theirs_prefix}.{i}.{theirs}.dense.{kind}"
+                else:
+                    names[f"{ours_prefix}.{i}.{ours}.weight"] = f"{theirs_prefix}.{i}.{theirs}.weight"
+    expert_norm = "paligemma_with_expert.gemma_expert.model.norm"
+    extra = ("time_mlp_in", "time_mlp_out") if pi05 else ("state_proj", "action_time_mlp_in", "action_time_mlp_out")
+    for module in extra:
+        for kind in ("weight", "bias"):
+            names[f"{module}.{kind}"] = f"{module}.{kind}"
+    if pi05:
+        names.update({"expert_final_norm.modulation.weight": f"{expert_norm}.dense.weight",
+                      "expert_final_norm.modulation.bias": f"{expert_norm}.dense.bias"})
+    else:
+        names["expert_final_norm.weight"] = f"{expert_norm}.weight"
+    state = reference.state_dict()
+    assert set(names) == set(state), set(names) ^ set(state)
+    tensors = {theirs: state[ours].clone() for ours, theirs in names.items()}
+    tensors["paligemma_with_expert.gemma_expert.lm_head.weight"] = torch.zeros(7, reference.config.expert_width)
+    save_file(tensors, str(path))
+
+
+@pytest.mark.parametrize("pi05", [True, False], ids=["pi05", "pi0"])
+def test_openpi_checkpoint_loads_every_tensor(tmp_path, pi05):
+    style = {} if pi05 else {"time_conditioning": "concat", "state_input": "expert"}
+    config = ModelConfig(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2, vision_mlp=64,
+                         vocab_size=300, width=64, depth=2, heads=4, kv_heads=1, head_dim=16, mlp=128,
+                         expert_width=32, expert_mlp=64, action_dim=8, action_horizon=4, state_dim=8, **style)
+    torch.manual_seed(1)
+    reference = KIModel(config)
+    for parameter in reference.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    openpi_checkpoint(tmp_path / "model.safetensors", reference, pi05)
+    torch.manual_seed(2)
+    ours = KIModel(config)
+    report = load_openpi(ours, tmp_path)
+    assert report == {"loaded": len(reference.state_dict()), "dropped": 1}
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name
+
+
+def test_openpi_pi05_checkpoint_into_a_pi0_config_is_refused(tmp_path):
+    config = ModelConfig(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2, vision_mlp=64,
+                         vocab_size=300, width=64, depth=1, heads=4, kv_heads=1, head_dim=16, mlp=128,
+                         expert_width=32, expert_mlp=64, action_dim=8, action_horizon=4, state_dim=8)
+    openpi_checkpoint(tmp_path / "model.safetensors", KIModel(config), pi05=True)
+    with pytest.raises(WeightsError, match="no such parameter"):
+        load_openpi(KIModel(ModelConfig(**{**config.__dict__, "time_conditioning": "concat",
+                                           "state_input": "expert"})), tmp_path)
+
+
+def test_unknown_checkpoint_keys_are_named():
+    with pytest.raises(WeightsError, match="mystery"):
+        translate("paligemma_with_expert.mystery.weight")
+    assert translate("language_model.model.layers.3.mlp.up_proj.weight") == "layers.3.mlp.up.weight"
+    assert translate("language_model.lm_head.weight") is None
