@@ -245,3 +245,38 @@ def test_detection_and_robot_data_build_with_the_action_range_moved_off_the_loc_
             tokens, loss = load_npy(members["tokens.npy"]), load_npy(members["loss.npy"])
             target = tokens[loss]
             assert ((target >= 896) & (target <= 1919)).sum() % 4 == 0  # four <loc> per box
+
+
+def test_naive_bin_tokens_build_decodes_back_to_the_actions(tmp_path):
+    """The paper's naive-token ablation as a recipe setting: 256 bins, every 2nd step kept."""
+    from kidata.tokenizers import BinTokenizer, load_action_tokenizer
+
+    path = write_recipe(tmp_path / "recipe.toml", units=2)
+    path.write_text(path.read_text().replace("fast_tokenizer = { fit = true, vocab_size = 300, scale = 10.0 }",
+                                             "fast_tokenizer = { bins = 256, stride = 2 }"))
+    manifest = build(load_recipe(path), str(tmp_path / "out"), progress=False)
+    assert manifest["tokenizers"]["fast"]["kind"] == "bins"
+    tokenizer = load_action_tokenizer(tmp_path / "out" / "fast_tokenizer")
+    assert tokenizer == BinTokenizer(n_bins=256, stride=2)
+    bridge = manifest["sources"][0]
+    first, hi = manifest["encoding"]["fast_token_range"]
+    checked = 0
+    for shard in bridge["shards"][:1]:
+        for _, members in iter_shard((tmp_path / "out" / shard["path"]).read_bytes()):
+            tokens, meta = load_npy(members["tokens.npy"]), json.loads(members["meta.json"])
+            start, stop = meta["fast_span"]
+            assert stop - start == 2 * 7  # 2 kept steps x 7 dims
+            ids = hi - tokens[start:stop]  # openpi rule: ids counted down from the top of the range
+            decoded, ok = tokenizer.decode([ids], horizon=4, dim=7)
+            actions = load_npy(members["actions.npy"])
+            assert ok.all() and np.abs(decoded[0, [0, 2]] - np.clip(actions[[0, 2]], -1, 1)).max() <= 1 / 256 + 1e-6
+            checked += 1
+    assert checked > 0
+
+
+def test_bins_with_fast_fit_keys_are_refused(tmp_path):
+    path = write_recipe(tmp_path / "recipe.toml")
+    path.write_text(path.read_text().replace("fast_tokenizer = { fit = true, vocab_size = 300, scale = 10.0 }",
+                                             "fast_tokenizer = { bins = 256, vocab_size = 300 }"))
+    with pytest.raises(RecipeError, match="vocab_size"):
+        load_recipe(path)

@@ -140,7 +140,7 @@ def materialize(files: dict[str, str]) -> Path:
 
 
 def _encoder(context: EncodeContext):
-    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers import load_action_tokenizer
     from kidata.tokenizers.prompt import SampleEncoder
     from kidata.tokenizers.ranges import ActionIdMap
     from kidata.tokenizers.text import TextTokenizer
@@ -148,7 +148,7 @@ def _encoder(context: EncodeContext):
     key = hashlib.sha256(json.dumps(context.fast_files, sort_keys=True).encode()).hexdigest() + context.recipe.sha256
     if _WORKER_CACHE.get("key") != key:
         mixture = context.recipe.mixture
-        fast = FastTokenizer.load(materialize(context.fast_files))
+        fast = load_action_tokenizer(materialize(context.fast_files))
         text = TextTokenizer.load(context.recipe.resolve_asset(mixture.text_tokenizer))
         id_map = ActionIdMap(text.vocab_size, fast.vocab_size, rule=mixture.fast_token_rule,
                              skip=mixture.fast_token_skip, offset=mixture.fast_token_offset)
@@ -371,15 +371,20 @@ def _pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_addres
 
 def _fast_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, engine, workers, progress, ray_address,
                     fast_override) -> dict[str, str]:
-    """FAST files (name -> text): fitted on the normalized reservoir, or loaded from a path."""
+    """Action tokenizer files (name -> text): FAST fitted on the normalized reservoir or loaded
+    from a path, or naive bins (``{bins = 256, stride = 5}``: the paper's ablation)."""
+    from kidata.tokenizers import BinTokenizer, load_action_tokenizer
     from kidata.tokenizers.fast import FastTokenizer
     from kidata.tokenizers.report import evaluate, write_report
 
     directory = f"{root}/{FAST_DIR}"
     setting = fast_override or recipe.mixture.fast_tokenizer
-    if not fs.exists(f"{directory}/tokenizer.json"):
+    if not (fs.exists(f"{directory}/tokenizer.json") or fs.exists(f"{directory}/kidata_bins.json")):
         if isinstance(setting, str):
-            tokenizer = FastTokenizer.load(recipe.resolve_asset(setting))
+            tokenizer = load_action_tokenizer(recipe.resolve_asset(setting))
+            chunks = None
+        elif "bins" in setting:
+            tokenizer = BinTokenizer(n_bins=setting["bins"], stride=setting.get("stride", 1))
             chunks = None
         else:
             if not robot:
@@ -397,8 +402,16 @@ def _fast_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, engi
                     fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
                     fs.put_file(str(path), target + ".tmp")
                     fs.mv(target + ".tmp", target)
-    names = ("processor_config.json", "tokenizer.json", "kidata_fast.json")
-    return {name: fs.cat_file(f"{directory}/{name}").decode() for name in names if fs.exists(f"{directory}/{name}")}
+    return action_tokenizer_files(fs, directory)
+
+
+ACTION_TOKENIZER_FILES = ("processor_config.json", "tokenizer.json", "kidata_fast.json", "kidata_bins.json")
+
+
+def action_tokenizer_files(fs, directory: str) -> dict[str, str]:
+    """The files that define a build's action tokenizer (FAST or bins), name -> text."""
+    return {name: fs.cat_file(f"{directory}/{name}").decode()
+            for name in ACTION_TOKENIZER_FILES if fs.exists(f"{directory}/{name}")}
 
 
 def _normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root) -> np.ndarray:
@@ -437,6 +450,8 @@ def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[s
 
 
 def _manifest(recipe, context, fs, root, units, norm_stats) -> dict:
+    from kidata.tokenizers import action_tokenizer_kind
+
     encoder = _encoder(context)  # cached: its tokenizers are the ones the units used
     text = encoder.text
     sources = []
@@ -465,7 +480,8 @@ def _manifest(recipe, context, fs, root, units, norm_stats) -> dict:
         "recipe": recipe.canonical(),
         "recipe_sha256": recipe.sha256,
         "tokenizers": {"text": {"path": mixture.text_tokenizer, "sha256": text.sha256},
-                       "fast": {"path": FAST_DIR, "sha256": encoder.actions.sha256}},
+                       "fast": {"path": FAST_DIR, "sha256": encoder.actions.sha256,
+                                "kind": action_tokenizer_kind(encoder.actions)}},
         "encoding": {"state_encoding": mixture.state_encoding, "prompt_format": mixture.prompt_format,
                      "action_horizon": mixture.action_horizon, "action_dim": context.action_dim,
                      "image_size": mixture.image_size, "max_tokens": mixture.max_tokens,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kidata.pipelines.build import EncodeContext, _encoder, output_fs
+from kidata.pipelines.build import EncodeContext, _encoder, action_tokenizer_files, output_fs
 from kidata.pipelines.recipe import parse_recipe
 from kidata.pipelines.shards import iter_shard, load_npy
 from kidata.schema import Sample
@@ -36,8 +36,7 @@ def inspect_build(out: str, *, samples: int = 3, save: str | None = None) -> str
     fs, root = output_fs(out)
     manifest = json.loads(fs.cat_file(f"{root}/manifest.json").decode())
     recipe = parse_recipe(manifest["recipe"], base_dir=".")
-    files = {name: fs.cat_file(f"{root}/fast_tokenizer/{name}").decode()
-             for name in ("processor_config.json", "tokenizer.json", "kidata_fast.json")}
+    files = action_tokenizer_files(fs, f"{root}/fast_tokenizer")
     encoder = _encoder(EncodeContext(recipe, out, files, {}, manifest["encoding"]["action_dim"]))
     lines = [f"build {manifest['recipe']['mixture']['name']!r} (kidata {manifest['kidata_version']}, recipe "
              f"{manifest['recipe_sha256'][:12]}); encoding: {json.dumps(manifest['encoding'], sort_keys=True)}"]

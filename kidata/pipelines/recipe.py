@@ -181,11 +181,12 @@ def _check_mixture(mixture: MixtureConfig) -> None:
     if not 0 <= mixture.holdout < 1:
         raise RecipeError("[mixture]: holdout must lie in [0, 1)")
     if isinstance(mixture.fast_tokenizer, dict):
-        unknown = set(mixture.fast_tokenizer) - {"fit", "vocab_size", "scale", "target_rmse", "min_frequency"}
+        valid = (["bins", "stride"] if "bins" in mixture.fast_tokenizer
+                 else ["fit", "vocab_size", "scale", "target_rmse", "min_frequency"])
+        unknown = set(mixture.fast_tokenizer) - set(valid)
         if unknown:
             key = sorted(unknown)[0]
-            raise RecipeError(f"[mixture].fast_tokenizer: unknown key {key!r}"
-                              f"{_nearest(key, ['fit', 'vocab_size', 'scale', 'target_rmse', 'min_frequency'])}")
+            raise RecipeError(f"[mixture].fast_tokenizer: unknown key {key!r}{_nearest(key, valid)}")
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -7,13 +7,19 @@ stride 5) and decoding interpolates linearly between kept steps, holding the las
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from kidata.tokenizers.base import ClipWarning, DecodeError, as_chunk_batch, as_token_lists
+
+
+BINS_FILE = "kidata_bins.json"
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,20 @@ class BinTokenizer:
     @property
     def vocab_size(self) -> int:
         return self.n_bins
+
+    def save(self, path: str | Path) -> Path:
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / BINS_FILE).write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, path: str | Path) -> "BinTokenizer":
+        return cls(**json.loads((Path(path) / BINS_FILE).read_text()))
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
 
     def kept_steps(self, horizon: int) -> np.ndarray:
         return np.arange(0, horizon, self.stride)

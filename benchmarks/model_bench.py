@@ -1,0 +1,122 @@
+"""Training-step cost of the paper's recipes, and action sampling latency.
+
+    python benchmarks/model_bench.py [--preset model/ki_tiny.toml --batch 8 --steps 20]
+    python benchmarks/model_bench.py --preset model/ki_2b.toml --device cuda --dtype bfloat16 --batch 8
+
+Prints, in one run and for the same weights and batch: forward+backward ms per step for ``ki``,
+``joint``, ``pi0``, ``pi0_fast`` (KI's cost relative to flow-only training is the figure the paper
+reports as ~1.2x), tokens/s, MFU on CUDA (6 * parameters * tokens / s over the GPU's peak), and the
+latency of ``sample_actions`` (two cameras, 10 Euler steps, KV cache) next to recomputing the
+prefix every step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from kidata.model.checkpoint import parameter_counts
+from kidata.model.config import ModelConfig
+from kidata.model.ki_model import KIModel
+
+ROOT = Path(__file__).resolve().parents[1]
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def make_batch(config: ModelConfig, batch: int, text: int, prefix: int, device, cameras: int = 2) -> dict:
+    g = torch.Generator().manual_seed(0)
+    ar = torch.zeros(batch, text, dtype=torch.bool)
+    ar[:, prefix:] = True
+    out = {
+        "images": torch.rand(batch, cameras, 3, config.image_size, config.image_size, generator=g) * 2 - 1,
+        "image_mask": torch.ones(batch, cameras, dtype=torch.bool),
+        "tokens": torch.randint(3, config.vocab_size - 1, (batch, text), generator=g), "ar": ar, "loss": ar.clone(),
+        "token_mask": torch.ones(batch, text, dtype=torch.bool),
+        "state": torch.randn(batch, config.state_dim, generator=g),
+        "state_dim_mask": torch.ones(batch, config.state_dim, dtype=torch.bool),
+        "actions": torch.randn(batch, config.action_horizon, config.action_dim, generator=g),
+        "action_valid": torch.ones(batch, config.action_horizon, dtype=torch.bool),
+        "action_dim_mask": torch.ones(batch, config.action_dim, dtype=torch.bool),
+        "has_actions": torch.ones(batch, dtype=torch.bool),
+    }
+    return {key: value.to(device) for key, value in out.items()}
+
+
+def timed(fn, steps: int, device) -> float:
+    fn()  # warm-up
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--preset", default=str(ROOT / "model" / "ki_tiny.toml"))
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--text", type=int, default=64, help="text tokens per sample (prompt + targets)")
+    parser.add_argument("--prefix", type=int, default=24, help="prompt tokens among them")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    base = ModelConfig.load(args.preset)
+    print(f"kidata model benchmark, {platform.machine()}, torch {torch.__version__}, device {device}"
+          + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", {torch.get_num_threads()} threads"))
+    print(f"preset {Path(args.preset).name}: batch {args.batch}, 2 cameras, {args.text} text tokens "
+          f"({args.prefix} prompt), horizon {base.action_horizon}, dtype {args.dtype}")
+    batch = make_batch(base, args.batch, args.text, args.prefix, device)
+    patches = (base.image_size // base.patch_size) ** 2
+    tokens = args.batch * (2 * patches + args.text + base.action_horizon)
+    results = {}
+    for variant in ("ki", "joint", "pi0", "pi0_fast"):
+        config = ModelConfig.load(args.preset, variant=variant)
+        torch.manual_seed(0)
+        model = KIModel(config).to(device)
+        params = sum(p.numel() for p in model.parameters())
+
+        def step():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                loss = model(batch)["loss"]
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+
+        seconds = timed(step, args.steps, device)
+        results[variant] = seconds
+        line = f"  {variant:9s} fwd+bwd {seconds * 1e3:9.1f} ms/step  {tokens / seconds:10.0f} tokens/s"
+        if device.type == "cuda":
+            peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
+            if peak:
+                line += f"  MFU {6 * params * tokens / seconds / (peak * 1e12):6.1%}"
+        print(line)
+        del model
+    print(f"ki / pi0 step time: {results['ki'] / results['pi0']:.2f}x (paper: ~1.2x for KI over flow-only)"
+          f"; ki / pi0_fast: {results['ki'] / results['pi0_fast']:.2f}x")
+
+    model = KIModel(base).to(device).eval()
+    prefix = {**batch, "tokens": batch["tokens"][:1, : args.prefix], "ar": batch["ar"][:1, : args.prefix],
+              "token_mask": batch["token_mask"][:1, : args.prefix],
+              **{k: batch[k][:1] for k in ("images", "image_mask", "state", "state_dim_mask")}}
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        cached = timed(lambda: model.sample_actions(prefix, num_steps=10), max(3, args.steps // 4), device)
+        uncached = timed(lambda: model.sample_actions(prefix, num_steps=10, use_cache=False), max(3, args.steps // 4),
+                         device)
+    print(f"sample_actions (1 observation, 2 cameras, 10 steps): {cached * 1e3:.1f} ms with the prefix KV cache, "
+          f"{uncached * 1e3:.1f} ms recomputing the prefix each step ({uncached / cached:.2f}x)")
+    counts = parameter_counts(base)
+    print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    main()
