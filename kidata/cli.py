@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -183,6 +184,26 @@ def _model_params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from kidata.model.train import TrainingDiverged, train
+    from kidata.model.train_config import TrainConfig
+    from kidata.pipelines.mixture import ManifestMismatch
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides += ["--data.manifest", json.dumps(args.data)]
+    try:
+        config = TrainConfig.load(args.model, overrides)
+        report = train(config, args.out, resume=args.resume)
+    except (ManifestMismatch, TrainingDiverged, FileExistsError, ValueError) as error:
+        print(f"kidata train: {error}", file=sys.stderr)
+        return 2
+    if report:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        print(f"run: {args.out} (metrics.jsonl, loss_curves.png, checkpoints/)")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kidata.demo import run_demo
 
@@ -285,6 +306,16 @@ def build_parser() -> argparse.ArgumentParser:
     params.add_argument("presets", nargs="+", help="model/*.toml")
     params.set_defaults(handler=_model_params)
 
+    train = commands.add_parser(
+        "train", help="train a model on a built mixture (torchrun-ready)",
+        description="Any config field can be overridden: --optim.lr 5e-5 --train.steps 200 --model.variant joint",
+    )
+    train.add_argument("--model", required=True, help="preset, model/*.toml ([model], [train], [optim], ...)")
+    train.add_argument("--data", help="the build's manifest.json (path or URL)")
+    train.add_argument("--out", default="runs/default", help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.set_defaults(handler=_train, overrides=[])
+
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")
     demo.add_argument("--workers", type=int, default=2)
@@ -293,7 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "train":
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = extra
     return args.handler(args)
 
 

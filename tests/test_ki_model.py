@@ -33,7 +33,8 @@ def make_batch(seed: int = 0, batch: int = 2, length: int = 12, prefix: int = 6)
 
 def model(variant: str = "ki", seed: int = 0, **overrides) -> KIModel:
     torch.manual_seed(seed)
-    net = KIModel(ModelConfig.load(TINY, variant=variant, **overrides))
+    shape = {"image_size": 32, "patch_size": 8, "action_horizon": 4}  # make_batch's sizes
+    net = KIModel(ModelConfig.load(TINY, variant=variant, **{**shape, **overrides}))
     for parameter in net.parameters():  # open the zero-initialized gates so every path carries signal
         if parameter.dim() >= 1 and parameter.abs().sum() == 0:
             torch.nn.init.normal_(parameter, std=0.05)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from kidata.model.config import ModelConfig
@@ -54,9 +55,11 @@ class KIModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         c = self.config = config
+        self.activation_checkpointing = False  # recompute each layer in backward (trainer option)
         self.vision = VisionTower(c.image_size, c.patch_size, c.vision_width, c.vision_depth, c.vision_heads, c.vision_mlp)
         self.projector = nn.Linear(c.vision_width, c.width)
         self.embed = nn.Embedding(c.vocab_size, c.width)
+        nn.init.normal_(self.embed.weight, std=0.02)  # Gemma's initializer range; N(0, 1) would give huge tied logits
         self.layers = nn.ModuleList(_Layer(c, c.width, c.mlp, lambda: RMSNorm(c.width)) for _ in range(c.depth))
         self.final_norm = RMSNorm(c.width)
         if c.state_input == "prefix":
@@ -163,6 +166,22 @@ class KIModel(nn.Module):
         start = prefix_visible.sum(dim=1, keepdim=True)  # expert positions continue after the prefix
         return start + torch.arange(length, device=prefix_visible.device)[None]
 
+    def _joint_layer(self, index, h, e, cond, positions, expert_positions, mask, prefix_visible, own):
+        """One layer of both streams (training): backbone keys/values feed the expert's attention
+        (detached under ``ki``); under ``hybrid`` the expert's feed the targets'."""
+        layer = self.layers[index]
+        q, k, v = self._qkv(layer, layer.norm(h), positions)
+        if e is None:
+            return self._finish(layer, h, self._attend(q, k, v, mask), None, None), None
+        expert_layer = self.expert_layers[index]
+        normed, gate = _normalize(expert_layer.norm, e, cond)
+        expert_qkv = self._qkv(expert_layer, normed, expert_positions)
+        keys, values = (k, v)
+        if self.config.targets_see_actions:
+            keys, values = torch.cat([k, expert_qkv[1]], 2), torch.cat([v, expert_qkv[2]], 2)
+        e = self._expert_attend(expert_layer, e, cond, expert_qkv, gate, (k, v), prefix_visible, own)
+        return self._finish(layer, h, self._attend(q, keys, values, mask), None, None), e
+
     # ------------------------------------------------------------------ passes
     def run_backbone(self, batch: dict):
         """Backbone alone (inference): hidden states [B, Lb, W], per-layer (k, v), valid, ar and
@@ -212,18 +231,14 @@ class KIModel(nn.Module):
             if c.targets_see_actions:  # hybrid: target tokens of robot rows also see the expert tokens
                 sees = valid & ~prefix_visible & batch["has_actions"][:, None]
                 mask = torch.cat([mask, sees[:, :, None].expand(-1, -1, e.shape[1])], dim=2)
-        for index, layer in enumerate(self.layers):
-            q, k, v = self._qkv(layer, layer.norm(h), positions)
-            if not c.has_expert:
-                h = self._finish(layer, h, self._attend(q, k, v, mask), None, None)
-                continue
-            expert_layer = self.expert_layers[index]
-            normed, gate = _normalize(expert_layer.norm, e, cond)
-            expert_qkv = self._qkv(expert_layer, normed, expert_positions)
-            keys, values = (k, v) if not c.targets_see_actions else (torch.cat([k, expert_qkv[1]], 2),
-                                                                   torch.cat([v, expert_qkv[2]], 2))
-            e = self._expert_attend(expert_layer, e, cond, expert_qkv, gate, (k, v), prefix_visible, own)
-            h = self._finish(layer, h, self._attend(q, keys, values, mask), None, None)
+        else:
+            e = cond = own = prefix_visible = expert_positions = None
+        for index in range(c.depth):
+            args = (index, h, e, cond, positions, expert_positions, mask, prefix_visible, own)
+            if self.activation_checkpointing and self.training:
+                h, e = torch.utils.checkpoint.checkpoint(self._joint_layer, *args, use_reentrant=False)
+            else:
+                h, e = self._joint_layer(*args)
         logits = self.final_norm(h)[:, text_start:] @ self.embed.weight.T  # tied embeddings, as Gemma
         targets, target_mask = batch["tokens"][:, 1:], batch["loss"][:, 1:]
         token_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="none")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from kidata import __version__
-from kidata.pipelines.recipe import Recipe, SourceConfig
+from kidata.pipelines.recipe import Recipe, SourceConfig, parse_recipe
 from kidata.pipelines.shards import ShardWriter, jpeg_bytes, sample_key, sample_members
 from kidata.pipelines.stats import EpisodeStats, NormStats, normalize
 from kidata.sources.base import ReadReport, WorkUnit
@@ -158,6 +158,16 @@ def _encoder(context: EncodeContext):
                                 special_state_first=mixture.special_state_first, uses_loc_tokens=uses_loc)
         _WORKER_CACHE.update(key=key, encoder=encoder)
     return _WORKER_CACHE["encoder"]
+
+
+def sample_encoder(manifest: dict, action_tokenizer_dir: str):
+    """The SampleEncoder a build used, rebuilt from its manifest and action tokenizer files
+    (for inspection, evaluation and inference)."""
+    fs, root = output_fs(action_tokenizer_dir)
+    recipe = parse_recipe(manifest["recipe"], base_dir=".")
+    context = EncodeContext(recipe, action_tokenizer_dir, action_tokenizer_files(fs, root), {},
+                            manifest["encoding"]["action_dim"])
+    return _encoder(context)
 
 
 def encode_unit(context: EncodeContext, source_name: str, unit: WorkUnit, unit_index: int) -> dict:

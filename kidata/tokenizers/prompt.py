@@ -158,6 +158,18 @@ class SampleEncoder:
             meta={"instruction": task, **({"subtask": subtask} if subtask else {}), **(meta or {})},
         )
 
+    def robot_prompt(self, instruction: str, state: np.ndarray, *, images: dict[str, Any] | None = None) -> Sample:
+        """The model input at inference: a robot sample's prompt without targets (pi0-FAST's
+        "Action: " follows as a causal token run, as in training)."""
+        task = clean_instruction(instruction, self.prompt_format)
+        state = np.asarray(state, dtype=np.float32).reshape(-1)
+        prefix, state_slot = self._robot_prefix(task, state, action_part=self.prompt_format == "pi05")
+        postfix = self.text.encode("Action: ") if self.prompt_format == "pi0fast" else []
+        sample = self._assemble("robot", prefix, postfix, has_actions=True, state=state, state_slot=state_slot,
+                                images=images, meta={"instruction": task})
+        sample.loss[:] = False
+        return sample
+
     def _robot_prefix(self, task: str, state: np.ndarray, *, action_part: bool) -> tuple[list[int], int | None]:
         tail = ";\nAction: " if action_part else ";\n"
         if self.state_encoding == "text":

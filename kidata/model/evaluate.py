@@ -1,0 +1,111 @@
+"""Held-out evaluation: does the policy act well, and does the backbone keep its knowledge?
+
+On batches of the build's ``val`` split (episodes / examples held out by the recipe):
+
+* ``action_mse`` (and ``action_mse_dim``: per dimension): ``sample_actions`` vs the ground-truth
+  chunk, both unnormalized with the source's statistics, over valid steps and real dimensions.
+* ``fast_decode_rate`` and ``fast_action_mse``: greedy ``generate`` of the action tokens, mapped
+  back and decoded by the build's action tokenizer (the pi0-FAST path), vs ground truth.
+* ``vlm_token_accuracy``: teacher-forced next-token accuracy on the VLM rows' target tokens, and
+  ``vlm_exact_match``: the greedy answer equals the target answer token for token (VQA accuracy
+  for short answers) — the paper's retention question.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from kidata.model.ki_model import KIModel
+from kidata.pipelines.stats import NormStats, unnormalize
+
+
+def prefix_only(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch cut to each row's prompt (inference input): targets become padding."""
+    positions = torch.arange(batch["tokens"].shape[1], device=batch["tokens"].device)[None]
+    keep = batch["token_mask"] & (positions < batch["prefix_length"][:, None])
+    return {**batch, "token_mask": keep, "ar": torch.zeros_like(keep), "loss": torch.zeros_like(keep),
+            "tokens": torch.where(keep, batch["tokens"], torch.zeros_like(batch["tokens"]))}
+
+
+class Evaluator:
+    """Accumulates metrics over batches; ``result()`` returns plain floats."""
+
+    def __init__(self, manifest: Mapping[str, Any], encoder: Any, *, num_steps: int = 10, max_new_tokens: int = 64,
+                 eos_id: int | None = None, bar_ids: Iterable[int] = ()) -> None:
+        self.encoder = encoder
+        self.num_steps, self.max_new_tokens = num_steps, max_new_tokens
+        self.normalization = manifest["encoding"]["normalization"]
+        self.stats = {index: NormStats.from_json(s["norm_stats"]) for index, s in enumerate(manifest["sources"])
+                      if s["kind"] == "robot"}
+        self.stop_ids = tuple(i for i in (eos_id, *bar_ids) if i is not None)
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
+        self.dim_sq: np.ndarray | None = None
+        self.dim_n: np.ndarray | None = None
+
+    def _add(self, name: str, total: float, count: float) -> None:
+        self.sums[name] = self.sums.get(name, 0.0) + total
+        self.counts[name] = self.counts.get(name, 0.0) + count
+
+    def _unnormalized(self, actions: np.ndarray, source_index: int) -> np.ndarray:
+        stats = self.stats[source_index].actions
+        dims = len(stats.mean)
+        return unnormalize(actions[..., :dims].astype(np.float64), stats, self.normalization)
+
+    @torch.no_grad()
+    def update(self, model: KIModel, batch: Mapping[str, torch.Tensor], noise: torch.Tensor | None = None) -> None:
+        robot = batch["has_actions"]
+        prompt = prefix_only(batch)
+        if robot.any() and model.config.has_expert:
+            predicted = model.sample_actions(prompt, num_steps=self.num_steps, noise=noise).float().cpu().numpy()
+            self._action_error("action_mse", predicted, batch, np.ones(len(predicted), dtype=bool))
+        if robot.any() and model.config.fast_loss:
+            generated = model.generate(prompt, self.max_new_tokens, stop_ids=self.stop_ids).cpu().numpy()
+            decoded, ok = self._decode_actions(generated, batch)
+            self._add("fast_decode_rate", float(ok[robot.cpu().numpy()].sum()), float(robot.sum()))
+            self._action_error("fast_action_mse", decoded, batch, ok)
+        vlm = ~robot & batch["loss"].any(dim=1)
+        if vlm.any():
+            logits = model(batch)["logits"]
+            predicted = logits[:, :-1].argmax(-1)
+            targets, mask = batch["tokens"][:, 1:], batch["loss"][:, 1:] & vlm[:, None]
+            self._add("vlm_token_accuracy", float(((predicted == targets) & mask).sum()), float(mask.sum()))
+            answers = model.generate(prompt, int(batch["loss"].sum(1).max()), stop_ids=self.stop_ids).cpu()
+            for row in torch.nonzero(vlm).flatten().tolist():
+                target = batch["tokens"][row][batch["loss"][row]].cpu()
+                self._add("vlm_exact_match", float(torch.equal(answers[row, : len(target)], target)), 1.0)
+
+    def _action_error(self, name: str, predicted: np.ndarray, batch, ok: np.ndarray) -> None:
+        truth = batch["actions"].float().cpu().numpy()
+        valid = batch["action_valid"].cpu().numpy()
+        for row in np.flatnonzero(batch["has_actions"].cpu().numpy() & ok):
+            source = int(batch["source_index"][row])
+            error = (self._unnormalized(predicted[row], source) - self._unnormalized(truth[row], source)) ** 2
+            error = error[valid[row]]
+            self._add(name, float(error.sum()), float(error.size))
+            if name == "action_mse":
+                if self.dim_sq is None or len(self.dim_sq) < error.shape[1]:
+                    self.dim_sq, self.dim_n = np.zeros(error.shape[1]), np.zeros(error.shape[1])
+                self.dim_sq[: error.shape[1]] += error.sum(0)
+                self.dim_n[: error.shape[1]] += error.shape[0]
+
+    def _decode_actions(self, generated: np.ndarray, batch) -> tuple[np.ndarray, np.ndarray]:
+        horizon, dim = batch["actions"].shape[1], batch["actions"].shape[2]
+        first, last = self.encoder.id_map.range.first, self.encoder.id_map.range.last
+        rows = []
+        for tokens in generated:
+            inside = (tokens >= first) & (tokens <= last)
+            stop = np.argmin(inside) if not inside.all() else len(tokens)  # the leading run of action ids
+            rows.append(self.encoder.id_map.to_action(tokens[:stop]))
+        decoded, ok = self.encoder.actions.decode(rows, horizon=horizon, dim=dim)
+        ok &= np.array([len(r) > 0 for r in rows])
+        return decoded, ok
+
+    def result(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: self.sums[name] / max(self.counts[name], 1.0) for name in sorted(self.sums)}
+        if self.dim_sq is not None:
+            out["action_mse_dim"] = (self.dim_sq / np.maximum(self.dim_n, 1)).round(6).tolist()
+        return out

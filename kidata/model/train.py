@@ -1,0 +1,437 @@
+"""``kidata train``: a built mixture -> a trained KI policy, on one CPU or under torchrun.
+
+Run directory (``RUN``): ``config.json`` (the resolved config), ``manifest.json`` and
+``fast_tokenizer/`` (copies of what the data was built with: the policy needs them),
+``metrics.jsonl``, ``tensorboard/``, ``checkpoints/step_NNNNNNN/`` + ``checkpoints/latest``,
+``eval.json``, ``report.json`` and ``loss_curves.png`` at the end.
+
+Determinism: the model's initialization, the data streams (per rank, resumable by position), the
+flow noise and time of every (rank, step, micro-batch) and augmentation are all seeded, so a
+resumed run repeats an uninterrupted run's losses step for step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from kidata.model.evaluate import Evaluator
+from kidata.model.ki_model import KIModel
+from kidata.model.train_config import TrainConfig
+from kidata.model.train_state import latest_checkpoint, load_checkpoint, save_checkpoint
+from kidata.pipelines.collate import Augment, collate
+from kidata.pipelines.mixture import ManifestMismatch, MixtureDataset, read_manifest
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss: the run stops, naming the step and the last good checkpoint."""
+
+
+def check_compatible(manifest: dict, config: TrainConfig) -> None:
+    """Refuses a mixture whose encoding does not fit the model, naming every difference."""
+    model, encoding = config.model, manifest["encoding"]
+    problems = []
+    if encoding["action_horizon"] != model.action_horizon:
+        problems.append(f"action_horizon: data {encoding['action_horizon']}, model {model.action_horizon}")
+    if encoding["action_dim"] > model.action_dim:
+        problems.append(f"action_dim: data {encoding['action_dim']} > model {model.action_dim}")
+    if encoding["image_size"] != model.image_size:
+        problems.append(f"image_size: data {encoding['image_size']}, model {model.image_size}")
+    if encoding["text_vocab_size"] > model.vocab_size:
+        problems.append(f"text vocabulary: data {encoding['text_vocab_size']} > model vocab_size {model.vocab_size}")
+    kind = manifest["tokenizers"]["fast"].get("kind", "fast")
+    if kind != model.action_tokens:
+        problems.append(f"action tokens: data {kind!r}, model action_tokens {model.action_tokens!r}")
+    continuous = encoding["state_encoding"] == "continuous"
+    if continuous != (model.state_input in ("prefix", "expert")):
+        problems.append(f"state: data state_encoding {encoding['state_encoding']!r}, model state_input {model.state_input!r}")
+    widest_state = max((len(s["norm_stats"]["state"]["mean"]) for s in manifest["sources"] if s["kind"] == "robot"),
+                       default=0)
+    if continuous and widest_state > model.state_dim:
+        problems.append(f"state_dim: data {widest_state} > model {model.state_dim}")
+    if problems:
+        raise ManifestMismatch("the mixture does not fit the model config: " + "; ".join(problems))
+
+
+def flow_inputs(seed: int, rank: int, step: int, micro: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise [B, H, A] and time [B] of one micro-batch, a function of its coordinates only.
+    t ~ Beta(1.5, 1) by inversion (CDF t^1.5), scaled into [0.001, 1] as openpi."""
+    digest = hashlib.sha256(f"{seed}/{rank}/{step}/{micro}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+    noise = torch.randn(shape, generator=generator)
+    uniform = torch.rand(shape[0], generator=generator)
+    return noise, uniform.pow(1 / 1.5) * 0.999 + 0.001
+
+
+def learning_rate(config: TrainConfig, step: int) -> float:
+    """Linear warm-up to lr, cosine decay to final_lr_fraction x lr (step counts from 0)."""
+    peak, schedule = config.optim.lr, config.schedule
+    if step < schedule.warmup_steps:
+        return peak * (step + 1) / schedule.warmup_steps
+    decay = (schedule.decay_steps or config.train.steps) - schedule.warmup_steps
+    progress = min(1.0, (step - schedule.warmup_steps) / max(1, decay))
+    floor = peak * schedule.final_lr_fraction
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class _Distributed:
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.rank = dist.get_rank() if self.world > 1 else 0
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+
+    def mean(self, value: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            value = value.detach().clone()
+            dist.all_reduce(value)
+            value /= self.world
+        return value
+
+    def gather(self, item: Any) -> list:
+        if self.world == 1:
+            return [item]
+        out = [None] * self.world
+        dist.all_gather_object(out, item)
+        return out
+
+
+def _prepare_run(run: Path, config: TrainConfig, manifest: dict, root: str, resume: bool) -> None:
+    """Copies the build's manifest and action tokenizer into RUN; refuses a resume on other data."""
+    import fsspec
+
+    saved = run / "manifest.json"
+    if resume and saved.exists():
+        before = json.loads(saved.read_text())
+        for key in ("tokenizers", "encoding"):
+            if before[key] != manifest[key]:
+                raise ManifestMismatch(f"--resume on a different mixture: {key} changed since this run started")
+    run.mkdir(parents=True, exist_ok=True)
+    config.save(run / "config.json")
+    saved.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    fs, base = fsspec.core.url_to_fs(f"{root}/fast_tokenizer")
+    target = run / "fast_tokenizer"
+    target.mkdir(exist_ok=True)
+    for path in fs.ls(base, detail=False):
+        if fs.isfile(path):
+            (target / Path(path).name).write_bytes(fs.cat_file(path))
+
+
+def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, world: int, manifest: dict,
+            *, batch_size: int, workers: int, augment: bool, state: dict | None = None):
+    encoding = manifest["encoding"]
+    dataset = MixtureDataset(manifest_path, split=split, weights=dict(config.data.weights) or None,
+                             balance=config.data.balance, seed=config.train.seed, rank=rank, world_size=world,
+                             shuffle_buffer=config.data.shuffle_buffer, augment=Augment() if augment else None)
+    if state is not None:
+        dataset.load_state_dict(state)
+    collate_fn = functools.partial(collate, max_tokens=encoding["max_tokens"], action_dim=config.model.action_dim,
+                                   action_horizon=config.model.action_horizon, state_dim=config.model.state_dim,
+                                   cameras=config.data.cameras, image_size=config.model.image_size)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn)
+    return dataset, loader
+
+
+def _build_model(config: TrainConfig, device: torch.device, world: int):
+    torch.manual_seed(config.train.seed)
+    model = KIModel(config.model)
+    if config.train.init_from:
+        from kidata.model.weights import load_openpi, load_paligemma
+
+        (load_openpi if config.train.init_format == "openpi" else load_paligemma)(model, config.train.init_from)
+    model.activation_checkpointing = config.train.activation_checkpointing
+    model.to(device)
+    wrapped = model
+    if world > 1 and config.train.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in list(model.layers) + list(getattr(model, "expert_layers", [])):
+            fully_shard(layer)
+        wrapped = fully_shard(model)
+    elif world > 1:
+        # pi0 trains no token loss, so the final norm's output reaches no loss term
+        wrapped = torch.nn.parallel.DistributedDataParallel(
+            model, find_unused_parameters=config.model.variant in ("pi0", "frozen"))
+    if config.train.compile:
+        wrapped = torch.compile(wrapped)
+    return model, wrapped
+
+
+def _optimizer(model: KIModel, config: TrainConfig) -> torch.optim.Optimizer:
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    groups = [{"params": [p for n, p in trainable if p.dim() >= 2], "weight_decay": config.optim.weight_decay},
+              {"params": [p for n, p in trainable if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps)
+
+
+def _state_dicts(model: KIModel, optimizer) -> tuple[dict, dict]:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
+
+
+def _restore(model: KIModel, optimizer, checkpoint: dict) -> None:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, checkpoint["model"], options=options)
+    for group in checkpoint["optimizer"]["param_groups"]:
+        group["betas"] = tuple(group["betas"])
+    set_optimizer_state_dict(model, optimizer, checkpoint["optimizer"], options=options)
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def train(config: TrainConfig, run: str | Path, *, resume: bool = False) -> dict:
+    """Trains ``config.train.steps`` optimizer steps; returns the final report (rank 0's view)."""
+    run = Path(run)
+    env = _Distributed()
+    manifest_path = config.data.manifest
+    if not manifest_path:
+        raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
+    manifest, root = read_manifest(manifest_path)
+    check_compatible(manifest, config)
+    if not resume and latest_checkpoint(run) is not None:
+        raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or another --out")
+    if env.rank == 0:
+        _prepare_run(run, config, manifest, root, resume)
+    if env.world > 1:
+        dist.barrier()
+
+    model, wrapped = _build_model(config, env.device, env.world)
+    optimizer = _optimizer(model, config)
+    ema = ({n: _local(p).detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
+           if config.optim.ema_decay > 0 else None)
+    start, data_state, last_good = 0, None, None
+    checkpoint_path = latest_checkpoint(run) if resume else None
+    if checkpoint_path is not None:
+        checkpoint = load_checkpoint(checkpoint_path)
+        _restore(model, optimizer, checkpoint)
+        if ema is not None and checkpoint["ema"] is not None:
+            ema = {n: t.to(env.device) for n, t in checkpoint["ema"].items()}
+        start, last_good = checkpoint["trainer"]["step"], checkpoint_path
+        states = checkpoint["trainer"]["data_state"]
+        if len(states) != env.world:
+            raise ValueError(f"checkpoint has data streams for {len(states)} ranks, this run has {env.world}")
+        data_state = states[env.rank]
+
+    data, loader = _loader(config, manifest_path, "train", env.rank, env.world, manifest,
+                           batch_size=config.data.batch_size, workers=config.data.num_workers,
+                           augment=config.data.augment, state=data_state)
+    has_val = any(s["split"] == "val" and s["samples"] for src in manifest["sources"] for s in src["shards"])
+    logger = _Logger(run, config, manifest, enabled=env.rank == 0, start=start)
+    precision = config.train.precision
+    use_bf16 = precision == "bf16" or (precision == "auto" and env.device.type == "cuda")
+    autocast = functools.partial(torch.autocast, env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    accum = config.optim.grad_accum
+    batches = iter(loader)
+    fed = 0  # batches taken from the loader in this process
+    wrapped.train()
+    for step in range(start, config.train.steps):
+        began = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, step)
+        totals: dict[str, float] = {}
+        mix = torch.zeros(len(manifest["sources"]))
+        for micro in range(accum):
+            batch = {k: v.to(env.device, non_blocking=True) for k, v in next(batches).items()}
+            fed += 1
+            noise, t = flow_inputs(config.train.seed, env.rank, step, micro, tuple(batch["actions"].shape))
+            sync = (contextlib.nullcontext() if micro == accum - 1 or not hasattr(wrapped, "no_sync")
+                    else wrapped.no_sync())
+            with sync, autocast():
+                out = wrapped(batch, noise=noise.to(env.device), t=t.to(env.device))
+            with sync:
+                (out["loss"] / accum).backward()
+            for key in ("loss", "flow_loss", "fast_loss"):
+                if key in out:
+                    totals[key] = totals.get(key, 0.0) + float(env.mean(out[key].detach().float())) / accum
+            mix += torch.bincount(batch["source_index"].cpu(), minlength=len(mix)).float()
+        if not all(math.isfinite(v) for v in totals.values()):
+            raise TrainingDiverged(f"non-finite loss at step {step + 1} ({totals}); last good checkpoint: "
+                                   f"{last_good if last_good else 'none (no checkpoint written yet)'}")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                         config.optim.clip_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            with torch.no_grad():
+                for name, parameter in model.named_parameters():
+                    if name in ema:
+                        ema[name].lerp_(_local(parameter).float(), 1 - config.optim.ema_decay)
+        done = step + 1
+        samples = config.data.batch_size * accum * env.world
+        logger.step(done, {**totals, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]},
+                    seconds=time.perf_counter() - began, samples=samples, mix=mix)
+        if config.eval.every and done % config.eval.every == 0 and done < config.train.steps and has_val:
+            logger.evaluation(done, evaluate(wrapped, model, config, manifest_path, manifest, run, env, autocast))
+            wrapped.train()
+        if done % config.checkpoint.every == 0 or done == config.train.steps:
+            last_good = _checkpoint(run, done, model, optimizer, ema, data, fed, config, env)
+    result = evaluate(wrapped, model, config, manifest_path, manifest, run, env, autocast) if has_val else {}
+    return logger.finish(config.train.steps, result)
+
+
+def evaluate(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: dict, run: Path,
+             env: _Distributed, autocast) -> dict:
+    """Metrics on the first ``eval.batches`` held-out batches of this rank, averaged over ranks."""
+    from kidata.pipelines.build import sample_encoder
+
+    encoder = sample_encoder(manifest, str(run / "fast_tokenizer"))
+    text = encoder.text
+    evaluator = Evaluator(manifest, encoder, num_steps=config.eval.num_steps, max_new_tokens=config.eval.max_new_tokens,
+                          eos_id=text.eos_id, bar_ids=text.encode("|"))
+    _, loader = _loader(config, manifest_path, "val", env.rank, env.world, manifest,
+                        batch_size=config.eval.batch_size, workers=0, augment=False)
+    model.eval()
+    if hasattr(model, "unshard"):  # FSDP2: sample_actions / generate run outside forward's hooks
+        model.unshard()
+    with torch.no_grad(), autocast():
+        for index, batch in zip(range(config.eval.batches), loader):
+            batch = {k: v.to(env.device) for k, v in batch.items()}
+            noise, _ = flow_inputs(config.train.seed, env.rank, -1, index, tuple(batch["actions"].shape))
+            evaluator.update(model, batch, noise=noise.to(env.device))
+    if hasattr(model, "reshard"):
+        model.reshard()
+    results = env.gather(evaluator.result())
+    merged = {}
+    for key in results[0]:
+        values = [r[key] for r in results if key in r]
+        merged[key] = (np.mean(values, axis=0).round(6).tolist() if isinstance(values[0], list)
+                       else round(float(np.mean(values)), 6))
+    return merged
+
+
+def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDataset, fed: int, config: TrainConfig,
+                env: _Distributed) -> Path | None:
+    model_state, optimizer_state = _state_dicts(model, optimizer)
+    streams = env.gather(data.state_after_batches(fed, config.data.batch_size, config.data.num_workers))
+    if env.rank != 0:
+        return None
+    trainer = {"step": step, "data_state": streams, "world_size": env.world,
+               "config_sha256": hashlib.sha256(json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()}
+    try:
+        return save_checkpoint(run, step, model=model_state, optimizer=optimizer_state, ema=ema, trainer=trainer,
+                               keep=config.checkpoint.keep)
+    except OSError as error:
+        previous = latest_checkpoint(run)
+        raise OSError(error.errno, f"checkpoint at step {step} failed ({error.strerror or error}); the previous "
+                                   f"checkpoint is intact: {previous}") from error
+
+
+class _Logger:
+    """metrics.jsonl, TensorBoard, a progress bar; loss curves and a report at the end."""
+
+    def __init__(self, run: Path, config: TrainConfig, manifest: dict, *, enabled: bool, start: int) -> None:
+        self.run, self.config, self.enabled = run, config, enabled
+        self.sources = [s["name"] for s in manifest["sources"]]
+        self.writer = self.bar = None
+        self.window: list[tuple[float, int]] = []
+        self.mix = torch.zeros(len(self.sources))
+        self.began = time.perf_counter()
+        self.last_eval: dict = {}
+        if not enabled:
+            return
+        if config.log.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run / "tensorboard"))
+            except ImportError:  # tensorboard is in the 'train' extra
+                self.writer = None
+        if config.log.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=config.train.steps, initial=start, desc="train", unit="step")
+
+    def step(self, step: int, metrics: dict, *, seconds: float, samples: int, mix: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        self.window = (self.window + [(seconds, samples)])[-50:]
+        self.mix += mix
+        elapsed = sum(s for s, _ in self.window)
+        rates = {"steps_per_s": len(self.window) / elapsed, "samples_per_s": sum(n for _, n in self.window) / elapsed}
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{rates['samples_per_s']:.1f}")
+        if step % self.config.log.every and step != self.config.train.steps:
+            return
+        total = float(self.mix.sum()) or 1.0
+        record = {"step": step, **{k: round(v, 6) for k, v in metrics.items()}, **{k: round(v, 3) for k, v in rates.items()},
+                  "source_mix": {name: round(float(c) / total, 4) for name, c in zip(self.sources, self.mix)}}
+        self.mix.zero_()
+        with open(self.run / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"train/{key}", value, step)
+
+    def evaluation(self, step: int, result: dict) -> None:
+        self.last_eval = result
+        if not self.enabled:
+            return
+        with open(self.run / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, "eval": result}) + "\n")
+        if self.writer is not None:
+            for key, value in result.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"eval/{key}", value, step)
+
+    def finish(self, step: int, result: dict) -> dict:
+        if result:
+            self.evaluation(step, result)
+        if not self.enabled:
+            return {}
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        records = [json.loads(line) for line in (self.run / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in records if "loss" in r]
+        plot_losses(train, self.run / "loss_curves.png")
+        report = {"steps": step, "final": train[-1] if train else {}, "eval": result,
+                  "seconds_this_process": round(time.perf_counter() - self.began, 1),
+                  "checkpoint": str(latest_checkpoint(self.run)), "loss_curves": str(self.run / "loss_curves.png")}
+        (self.run / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        (self.run / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        return report
+
+
+def plot_losses(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for key in ("loss", "flow_loss", "fast_loss"):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            axis.plot(*zip(*points), label=key)
+    axis.set_xlabel("step")
+    axis.set_yscale("log")
+    axis.legend()
+    axis.set_title("training losses")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+

@@ -1,0 +1,194 @@
+"""Trainer configuration: frozen dataclasses filled from a TOML preset (``model/*.toml``: tables
+``[model]``, ``[train]``, ``[optim]``, ``[schedule]``, ``[data]``, ``[eval]``, ``[log]``,
+``[checkpoint]``) and then from command-line overrides (``--optim.lr 5e-5``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from kidata.model.config import ModelConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """steps: optimizer steps. precision: ``auto`` = bf16 autocast on CUDA, fp32 on CPU (master
+    weights stay fp32 either way). init_from: a PaliGemma checkpoint (directory, URL or hub id)
+    for the backbone, or an openpi pi0/pi0.5 ``model.safetensors`` when ``init_format='openpi'``."""
+
+    steps: int = 1000
+    seed: int = 0
+    precision: str = "auto"
+    compile: bool = False
+    activation_checkpointing: bool = False
+    fsdp: bool = False
+    init_from: str = ""
+    init_format: str = "paligemma"
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW; ``ema_decay`` 0 turns the weight EMA off; gradients are clipped to ``clip_norm``."""
+
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    weight_decay: float = 1e-4
+    clip_norm: float = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Linear warm-up from 0, then cosine decay to ``final_lr_fraction`` x lr at ``decay_steps``
+    (0 = the run's steps)."""
+
+    warmup_steps: int = 100
+    decay_steps: int = 0
+    final_lr_fraction: float = 0.1
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The mixture: ``manifest`` path or URL; ``weights`` overrides the manifest's source weights."""
+
+    manifest: str = ""
+    batch_size: int = 32
+    num_workers: int = 2
+    weights: Mapping[str, float] = field(default_factory=dict)
+    balance: bool = False
+    shuffle_buffer: int = 256
+    augment: bool = True
+    cameras: tuple[str, ...] = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Every ``every`` steps (0 = only at the end) on ``batches`` batches of the held-out split."""
+
+    every: int = 500
+    batches: int = 2
+    batch_size: int = 8
+    num_steps: int = 10
+    max_new_tokens: int = 64
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    every: int = 10
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = 1000
+    keep: int = 3
+
+
+SECTIONS = {"train": RunConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "data": DataConfig,
+            "eval": EvalConfig, "log": LogConfig, "checkpoint": CheckpointConfig}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig
+    train: RunConfig = RunConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+
+    def __post_init__(self) -> None:
+        if self.train.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.train.precision!r}")
+        if self.train.init_format not in ("paligemma", "openpi"):
+            raise ValueError(f"train.init_format must be paligemma or openpi, got {self.train.init_format!r}")
+        for name, value in (("train.steps", self.train.steps), ("data.batch_size", self.data.batch_size),
+                            ("optim.grad_accum", self.optim.grad_accum), ("checkpoint.keep", self.checkpoint.keep)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, origin: str = "config") -> "TrainConfig":
+        sections = {"model": ModelConfig, **SECTIONS}
+        for name in data:
+            if name not in sections:
+                raise ValueError(f"{origin}: unknown table [{name}]{_nearest(name, list(sections))}")
+        built = {}
+        for name, kind in sections.items():
+            values = dict(data.get(name, {}))
+            valid = {f.name: f for f in fields(kind)}
+            for key in values:
+                if key not in valid:
+                    raise ValueError(f"{origin}: unknown key {name}.{key}{_nearest(key, list(valid))}")
+            built[name] = kind(**{k: _coerce(valid[k], v) for k, v in values.items()})
+        return cls(**built)
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> "TrainConfig":
+        """A preset plus ``--section.key value`` overrides (values read as TOML literals, bare
+        words as strings)."""
+        data = tomllib.loads(Path(path).read_text())
+        data = {name: dict(table) for name, table in data.items()}
+        for key, value in parse_overrides(overrides).items():
+            section, _, name = key.partition(".")
+            data.setdefault(section, {})[name] = value
+        return cls.from_mapping(data, origin=str(path))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
+    """``["--optim.lr", "5e-5", "--data.weights", "{droid = 1.0}"]`` -> {"optim.lr": 5e-05, ...}."""
+    out: dict[str, Any] = {}
+    items = list(arguments)
+    while items:
+        flag = items.pop(0)
+        if not flag.startswith("--") or "." not in flag:
+            raise ValueError(f"expected --section.key, got {flag!r}")
+        key, _, inline = flag[2:].partition("=")
+        if not inline:
+            if not items:
+                raise ValueError(f"{flag} needs a value")
+            inline = items.pop(0)
+        out[key] = _literal(inline)
+    return out
+
+
+def _literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _coerce(spec: dataclasses.Field, value: Any) -> Any:
+    kind = str(spec.type)
+    if kind.startswith("tuple") and isinstance(value, list):
+        return tuple(value)
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {match[0]!r}?)" if match else f" (valid: {sorted(valid)})"

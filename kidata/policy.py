@@ -1,0 +1,113 @@
+"""A trained run as a robot policy: raw observation in, unnormalized action chunk out.
+
+    policy = kidata.policy.load("runs/libero")
+    chunk = policy.sample_actions({"images": {"base_0": rgb, "left_wrist_0": wrist},   # uint8 [H, W, 3]
+                                   "state": proprio,                                    # float [S]
+                                   "prompt": "put the bowl on the plate"})              # -> float64 [H, A]
+
+Everything between comes from the run: images resized with padding to the model's size, state
+normalized with the source's statistics from the manifest, the prompt encoded exactly as in the
+build, actions sampled (flow expert; or greedy FAST tokens for ``pi0_fast``) and unnormalized.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from kidata.model.checkpoint import load_weights
+from kidata.model.ki_model import KIModel
+from kidata.model.train_config import TrainConfig
+from kidata.model.train_state import latest_checkpoint
+from kidata.pipelines.collate import collate
+from kidata.pipelines.stats import NormStats, normalize, unnormalize
+
+
+class Policy:
+    def __init__(self, model: KIModel, config: TrainConfig, manifest: dict, encoder: Any, *, source: str | None = None,
+                 device: str | torch.device = "cpu") -> None:
+        self.model, self.config, self.manifest, self.encoder = model.eval(), config, manifest, encoder
+        self.device = torch.device(device)
+        robots = [s for s in manifest["sources"] if s["kind"] == "robot"]
+        if not robots:
+            raise ValueError("the run's mixture has no robot source: nothing to unnormalize actions with")
+        chosen = next((s for s in robots if s["name"] == source), None) if source else robots[0]
+        if chosen is None:
+            raise KeyError(f"no robot source {source!r} in the run (sources: {[s['name'] for s in robots]})")
+        self.source = chosen["name"]
+        self.source_index = manifest["sources"].index(chosen)
+        self.stats = NormStats.from_json(chosen["norm_stats"])
+        self.normalization = manifest["encoding"]["normalization"]
+        self.action_horizon = manifest["encoding"]["action_horizon"]
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.stats.actions.mean)
+
+    def batch(self, observation: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        from kidata.sources.images import resize_with_pad
+
+        size = self.config.model.image_size
+        images = {camera: resize_with_pad(np.asarray(image, dtype=np.uint8), size)
+                  for camera, image in observation["images"].items()}
+        state = normalize(np.asarray(observation["state"], dtype=np.float64), self.stats.state, self.normalization)
+        sample = self.encoder.robot_prompt(observation["prompt"], state, images=images)
+        record = {"tokens": sample.tokens, "ar": sample.ar, "loss": sample.loss, "images": sample.images,
+                  "state": sample.state, "meta": {"prefix_length": sample.prefix_length}, "source_index": self.source_index}
+        batch = collate([record], max_tokens=len(sample.tokens), action_dim=self.config.model.action_dim,
+                        action_horizon=self.config.model.action_horizon, state_dim=self.config.model.state_dim,
+                        cameras=self.config.data.cameras, image_size=size)
+        return {key: value.to(self.device) for key, value in batch.items()}
+
+    @torch.no_grad()
+    def sample_actions(self, observation: Mapping[str, Any], *, num_steps: int = 10,
+                       noise: torch.Tensor | None = None) -> np.ndarray:
+        """float64 [action_horizon, action_dim] in the robot's own units."""
+        batch = self.batch(observation)
+        if self.config.model.has_expert:
+            normalized = self.model.sample_actions(batch, num_steps=num_steps, noise=noise)[0].float().cpu().numpy()
+        else:
+            normalized = self._fast_actions(batch)
+        return unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)
+
+    def _fast_actions(self, batch: dict) -> np.ndarray:
+        text = self.encoder.text
+        budget = self.manifest["encoding"]["max_tokens"]
+        generated = self.model.generate(batch, budget, stop_ids=(text.eos_id, *text.encode("|")))[0].cpu().numpy()
+        token_range = self.encoder.id_map.range
+        inside = (generated >= token_range.first) & (generated <= token_range.last)
+        stop = len(generated) if inside.all() else int(np.argmin(inside))
+        ids = self.encoder.id_map.to_action(generated[:stop])
+        decoded, ok = self.encoder.actions.decode([ids], horizon=self.action_horizon,
+                                                  dim=self.manifest["encoding"]["action_dim"])
+        return decoded[0]
+
+
+def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
+         device: str | torch.device = "cpu") -> Policy:
+    """The policy of a run directory (latest checkpoint unless ``checkpoint`` names one; its weight
+    EMA when the run kept one and ``use_ema``)."""
+    from kidata.pipelines.build import sample_encoder
+
+    run = Path(run)
+    config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
+    manifest = json.loads((run / "manifest.json").read_text())
+    path = Path(checkpoint) if checkpoint else latest_checkpoint(run)
+    if path is None:
+        raise FileNotFoundError(f"{run} has no checkpoint yet")
+    model = KIModel(config.model)
+    weights = path / "ema.safetensors" if use_ema and (path / "ema.safetensors").exists() else path / "model.safetensors"
+    if weights.name == "ema.safetensors":
+        from safetensors.torch import load_file
+
+        state = model.state_dict()
+        state.update(load_file(str(weights)))
+        model.load_state_dict(state)
+    else:
+        load_weights(model, weights)
+    encoder = sample_encoder(manifest, str(run / "fast_tokenizer"))
+    return Policy(model.to(device), config, manifest, encoder, source=source, device=device)
