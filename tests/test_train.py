@@ -1,0 +1,229 @@
+"""``kidata train`` end to end on the real Bridge + VQAv2 fixtures: build -> train -> checkpoint
+-> resume -> eval -> policy, plus refusals, faults and a 2-process gloo run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
+
+from conftest import shared_path  # noqa: E402
+from kidata.model import train as train_module  # noqa: E402
+from kidata.model.train import TrainingDiverged, train  # noqa: E402
+from kidata.model.train_config import TrainConfig, parse_overrides  # noqa: E402
+from kidata.pipelines.build import build  # noqa: E402
+from kidata.pipelines.mixture import ManifestMismatch  # noqa: E402
+from kidata.pipelines.recipe import load_recipe  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "model" / "ki_tiny.toml"
+SHAPE = ["--model.image_size", "64", "--model.action_horizon", "4", "--data.cameras", '["base_0", "base_1"]',
+         "--data.num_workers", "0", "--data.batch_size", "8", "--log.progress", "false", "--log.every", "1",
+         "--eval.batches", "1", "--eval.batch_size", "4", "--eval.max_new_tokens", "24", "--schedule.warmup_steps", "5"]
+
+
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("mixture")
+    bridge = shared_path("data", "rlds", "bridge_dataset", "1.0.0")
+    vqa = shared_path("data", "vqav2_allennlp")
+    (root / "recipe.toml").write_text(f"""
+[mixture]
+name = "train-test"
+action_horizon = 4
+image_size = 64
+max_tokens = 128
+holdout = 0.2
+units_per_source = 2
+fast_tokenizer = {{ fit = true, vocab_size = 300, scale = 10.0 }}
+
+[[sources]]
+name = "bridge"
+reader = "rlds"
+path = "{bridge}"
+dataset = "bridge_dataset"
+
+[[sources]]
+name = "vqav2"
+reader = "vqav2"
+questions = "{vqa / 'questions.json'}"
+annotations = "{vqa / 'annotations.json'}"
+images = "{vqa / 'images'}"
+weight = 0.3
+holdout = 0.34
+""")
+    build(load_recipe(root / "recipe.toml"), str(root / "out"), progress=False)
+    return str(root / "out" / "manifest.json")
+
+
+def config(mixture: str, *extra: str) -> TrainConfig:
+    return TrainConfig.load(TINY, [*SHAPE, "--data.manifest", json.dumps(mixture), *extra])
+
+
+def losses(run: Path) -> dict[int, float]:
+    out = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "loss" in record:
+            out[record["step"]] = record["loss"]  # a resumed run rewrites steps after its checkpoint
+    return out
+
+
+@pytest.fixture(scope="module")
+def straight_run(mixture, tmp_path_factory) -> tuple[Path, dict]:
+    run = tmp_path_factory.mktemp("runs") / "straight"
+    report = train(config(mixture, "--train.steps", "50", "--checkpoint.every", "25", "--eval.every", "25",
+                          "--optim.ema_decay", "0.9"), run)
+    return run, report
+
+
+def test_training_writes_metrics_checkpoints_curves_and_a_report(straight_run):
+    run, report = straight_run
+    assert report["steps"] == 50 and report["final"]["step"] == 50
+    assert {"loss", "flow_loss", "fast_loss", "grad_norm", "lr", "samples_per_s", "source_mix"} <= set(report["final"])
+    assert set(report["final"]["source_mix"]) == {"bridge", "vqav2"}
+    assert (run / "loss_curves.png").stat().st_size > 0 and (run / "config.json").exists()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000025", "step_0000050"]
+    assert list((run / "tensorboard").iterdir())
+    recorded = losses(run)
+    assert sorted(recorded) == list(range(1, 51))
+    assert np.mean([recorded[s] for s in range(41, 51)]) < np.mean([recorded[s] for s in range(1, 11)])
+
+
+def test_evaluation_reports_action_fast_and_vlm_retention_metrics(straight_run):
+    _, report = straight_run
+    result = report["eval"]
+    assert {"action_mse", "action_mse_dim", "fast_decode_rate", "vlm_token_accuracy", "vlm_exact_match"} <= set(result)
+    assert len(result["action_mse_dim"]) == 7 and result["action_mse"] >= 0
+    assert 0 <= result["fast_decode_rate"] <= 1 and 0 <= result["vlm_token_accuracy"] <= 1
+
+
+def test_checkpoints_hold_no_pickle(straight_run):
+    run, _ = straight_run
+    for path in (run / "checkpoints").rglob("*"):
+        if path.is_file() and path.name != "latest":
+            assert path.suffix in (".safetensors", ".json"), path
+            if path.suffix == ".safetensors":
+                header = int.from_bytes(path.read_bytes()[:8], "little")
+                json.loads(path.read_bytes()[8 : 8 + header])  # a safetensors JSON header, not a pickle
+    assert {p.name for p in (run / "checkpoints" / "step_0000050").iterdir()} == {
+        "model.safetensors", "optimizer.safetensors", "ema.safetensors", "trainer.json"}
+
+
+def test_a_resumed_run_repeats_the_uninterrupted_losses(mixture, straight_run, tmp_path):
+    straight, _ = straight_run
+    run = tmp_path / "resumed"
+    common = ("--checkpoint.every", "25", "--eval.every", "25", "--optim.ema_decay", "0.9")
+    train(config(mixture, "--train.steps", "25", "--schedule.decay_steps", "50", *common), run)
+    train(config(mixture, "--train.steps", "50", *common), run, resume=True)
+    expected, actual = losses(straight), losses(run)
+    assert sorted(actual) == list(range(1, 51))
+    for step in range(26, 51):
+        assert actual[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+
+
+def test_the_policy_maps_a_raw_observation_to_an_unnormalized_chunk(straight_run):
+    from kidata import policy
+    from kidata.sources.oxe import lookup
+    from kidata.sources.rlds import RldsSource
+
+    run, _ = straight_run
+    episode = next(RldsSource(str(shared_path("data", "rlds", "bridge_dataset", "1.0.0")), lookup("bridge_dataset")).episodes())
+    loaded = policy.load(run)
+    observation = {"images": {camera: frames.frame(0) for camera, frames in episode.images.items()},
+                   "state": episode.state[0], "prompt": episode.instructions[0]}
+    noise = torch.zeros(1, 4, 8)
+    first = loaded.sample_actions(observation, noise=noise)
+    assert first.shape == (4, 7) and np.isfinite(first).all()
+    np.testing.assert_array_equal(first, loaded.sample_actions(observation, noise=noise))
+    stats = loaded.stats.actions  # the chunk is in the robot's units, inside a sane band of the data
+    assert (np.abs(first - np.asarray(stats.mean)) < 20 * np.asarray(stats.std) + 1).all()
+
+
+def test_a_mixture_that_does_not_fit_the_model_is_refused_before_training(mixture, tmp_path):
+    with pytest.raises(ManifestMismatch, match="action_horizon: data 4, model 5"):
+        train(config(mixture, "--model.action_horizon", "5"), tmp_path / "run")
+    with pytest.raises(ManifestMismatch, match="action tokens: data 'fast', model action_tokens 'bins'"):
+        train(config(mixture, "--model.action_tokens", "bins"), tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_non_finite_loss_stops_the_run_naming_the_step_and_last_checkpoint(mixture, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = train_module.KIModel.forward
+
+    def forward(self, batch, **kwargs):
+        out = original(self, batch, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 4:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(train_module.KIModel, "forward", forward)
+    with pytest.raises(TrainingDiverged, match=r"step 4 .*step_0000002"):
+        train(config(mixture, "--train.steps", "10", "--checkpoint.every", "2", "--eval.every", "0"), tmp_path / "run")
+
+
+def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(mixture, tmp_path, monkeypatch):
+    import safetensors.torch
+
+    from kidata.model.train_state import latest_checkpoint, load_checkpoint
+
+    original = safetensors.torch.save_file
+    seen = {"optimizer": 0}
+
+    def save_file(tensors, path, *args, **kwargs):
+        if path.endswith("optimizer.safetensors"):
+            seen["optimizer"] += 1
+            if seen["optimizer"] == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return original(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    run = tmp_path / "run"
+    with pytest.raises(OSError, match="previous checkpoint is intact: .*step_0000002"):
+        train(config(mixture, "--train.steps", "6", "--checkpoint.every", "2", "--eval.every", "0"), run)
+    assert latest_checkpoint(run).name == "step_0000002"
+    assert load_checkpoint(latest_checkpoint(run))["trainer"]["step"] == 2
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+def test_overrides_are_typed_and_unknown_keys_name_the_nearest():
+    assert parse_overrides(["--optim.lr", "5e-5", "--data.weights", "{droid = 1.0}", "--model.variant=joint"]) == {
+        "optim.lr": 5e-5, "data.weights": {"droid": 1.0}, "model.variant": "joint"}
+    with pytest.raises(ValueError, match="did you mean 'lr'"):
+        TrainConfig.load(TINY, ["--optim.lrr", "1e-3"])
+    with pytest.raises(ValueError, match=r"unknown table \[optimizer\].*did you mean 'optim'"):
+        TrainConfig.from_mapping({"model": {}, "optimizer": {}})
+    assert TrainConfig.load(TINY, ["--optim.betas", "[0.9, 0.99]"]).optim.betas == (0.9, 0.99)
+
+
+def test_a_second_run_into_the_same_directory_needs_resume(straight_run, mixture):
+    run, _ = straight_run
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config(mixture, "--train.steps", "2"), run)
+
+
+@pytest.mark.slow
+def test_two_process_gloo_ddp_run(mixture, tmp_path):
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run),
+               *SHAPE, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    trainer = json.loads((run / "checkpoints" / "step_0000006" / "trainer.json").read_text())
+    assert trainer["world_size"] == 2 and len(trainer["data_state"]) == 2
+    assert [s["rank"] for s in trainer["data_state"]] == [0, 1]
+    report = json.loads((run / "report.json").read_text())
+    assert report["final"]["samples_per_s"] > 0 and sorted(losses(run)) == list(range(1, 7))
