@@ -204,10 +204,54 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_rlds(args: argparse.Namespace) -> int:
+    from kidata.pipelines.build import open_source
+    from kidata.pipelines.export import export_rlds
+    from kidata.pipelines.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    source = recipe.source(args.source)
+    if source.kind != "robot":
+        raise SystemExit(f"{args.source} is a {source.kind} source; only robot episodes export to RLDS")
+    directory = export_rlds(open_source(recipe, source).episodes(), args.out, name=args.name or args.source)
+    print(f"RLDS dataset: {directory} (read it back with reader = \"rlds\", mapping from kidata_mapping.json)")
+    return 0
+
+
+def _eval_metaworld(args: argparse.Namespace) -> int:
+    from kidata.model.metaworld_eval import ExpertPolicy, RandomPolicy, evaluate_metaworld
+
+    image_size = args.image_size
+    if args.run:
+        from kidata import policy as policies
+
+        policy = policies.load(args.run, source=args.source)
+        image_size = image_size or policy.config.model.image_size
+        chunk_policy = _NumSteps(policy, args.num_steps)
+    else:
+        chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
+    result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes, replan=args.replan,
+                                max_steps=args.max_steps, image_size=image_size or 96, out=args.out)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    if args.out:
+        print(f"contact sheets and metaworld_eval.json in {args.out}")
+    return 0
+
+
+class _NumSteps:
+    """A trained policy with the chosen number of flow integration steps."""
+
+    def __init__(self, policy, num_steps: int) -> None:
+        self.policy, self.num_steps = policy, num_steps
+
+    def sample_actions(self, observation):
+        return self.policy.sample_actions(observation, num_steps=self.num_steps)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from kidata.demo import run_demo
 
-    run_demo(Path(args.out), workers=args.workers)
+    run_demo(Path(args.out), workers=args.workers, train_steps=args.train_steps)
     return 0
 
 
@@ -316,9 +360,36 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     train.set_defaults(handler=_train, overrides=[])
 
+    export = commands.add_parser("export", help="write a source's episodes in another layout")
+    export_commands = export.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
+    rlds = export_commands.add_parser("rlds", help="a robot source of a recipe as an RLDS/TFDS dataset")
+    rlds.add_argument("--recipe", required=True)
+    rlds.add_argument("--source", required=True, help="the recipe source to export")
+    rlds.add_argument("--out", required=True, help="TFDS data_dir to write into")
+    rlds.add_argument("--name", help="dataset name (default: the source name)")
+    rlds.set_defaults(handler=_export_rlds)
+
+    evaluate = commands.add_parser("eval", help="closed-loop evaluation of policies")
+    eval_commands = evaluate.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
+    metaworld = eval_commands.add_parser("metaworld", help="success rates in Meta-World")
+    chooser = metaworld.add_mutually_exclusive_group(required=True)
+    chooser.add_argument("--run", help="a kidata train run directory")
+    chooser.add_argument("--policy", choices=("expert", "random"), help="a reference policy")
+    metaworld.add_argument("--tasks", nargs="+", default=["MT10"], help="task names or MT10 / MT50")
+    metaworld.add_argument("--episodes", type=int, default=5, help="episodes per task")
+    metaworld.add_argument("--replan", type=int, default=5, help="actions executed per predicted chunk")
+    metaworld.add_argument("--max-steps", type=int, default=300)
+    metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps")
+    metaworld.add_argument("--image-size", type=int, help="render size (default: the model's)")
+    metaworld.add_argument("--source", help="the run's robot source whose statistics apply")
+    metaworld.add_argument("--seed", type=int, default=0)
+    metaworld.add_argument("--out", help="folder for contact sheets and metaworld_eval.json")
+    metaworld.set_defaults(handler=_eval_metaworld)
+
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")
     demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--train-steps", type=int, help="override the tiny preset's steps")
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -18,7 +18,9 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -352,6 +354,8 @@ class _Logger:
             return
         if config.log.tensorboard:
             try:
+                if "tensorflow" not in sys.modules:  # tensorboard's own no-TensorFlow switch: training never needs TF
+                    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.writer = SummaryWriter(str(run / "tensorboard"))

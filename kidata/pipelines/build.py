@@ -77,6 +77,20 @@ def open_source(recipe: Recipe, source: SourceConfig):
 
         return Vqav2(options["questions"], options["annotations"], options["images"], name=source.name,
                      answer=options.get("answer", "multiple_choice"), image_size=size)
+    if source.reader == "metaworld":
+        from kidata.sources.metaworld import MetaWorldSource
+
+        return MetaWorldSource(options["tasks"], episodes_per_task=int(options.get("episodes_per_task", 10)),
+                               seed=int(options.get("seed", recipe.mixture.seed)), cameras=options.get("cameras"),
+                               image_size=int(options.get("image_size", size)),
+                               max_steps=int(options.get("max_steps", 300)), name=source.name)
+    if source.reader == "metaworld_scenes":
+        from kidata.sources.metaworld import MetaWorldSceneSource
+
+        return MetaWorldSceneSource(options["tasks"], scenes_per_task=int(options.get("scenes_per_task", 10)),
+                                    seed=int(options.get("seed", recipe.mixture.seed)),
+                                    camera=options.get("camera", "corner"), image_size=int(options.get("image_size", size)),
+                                    pointing=bool(options.get("pointing", False)), name=source.name)
     from kidata.sources.pixmo import PixmoSource
 
     return PixmoSource(source.reader.split("_", 1)[1], options["parquet"], options["mirror"], name=source.name,
@@ -152,7 +166,8 @@ def _encoder(context: EncodeContext):
         text = TextTokenizer.load(context.recipe.resolve_asset(mixture.text_tokenizer))
         id_map = ActionIdMap(text.vocab_size, fast.vocab_size, rule=mixture.fast_token_rule,
                              skip=mixture.fast_token_skip, offset=mixture.fast_token_offset)
-        uses_loc = any(s.reader in ("coco_detection", "pixmo_points") for s in context.recipe.sources)
+        uses_loc = any(s.reader in ("coco_detection", "pixmo_points") or s.options.get("pointing")
+                       for s in context.recipe.sources)
         encoder = SampleEncoder(text, fast, prompt_format=mixture.prompt_format, state_encoding=mixture.state_encoding,
                                 max_tokens=mixture.max_tokens, id_map=id_map,
                                 special_state_first=mixture.special_state_first, uses_loc_tokens=uses_loc)

@@ -20,8 +20,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-ROBOT_READERS = ("rlds", "libero_hdf5")
-VLM_READERS = ("coco_captions", "coco_detection", "vqav2", "pixmo_cap", "pixmo_points", "pixmo_ask")
+ROBOT_READERS = ("rlds", "libero_hdf5", "metaworld")
+VLM_READERS = ("coco_captions", "coco_detection", "vqav2", "pixmo_cap", "pixmo_points", "pixmo_ask", "metaworld_scenes")
 
 # Reader -> its source keys beyond the common ones, and which of them are paths.
 _READER_KEYS: dict[str, tuple[str, ...]] = {
@@ -33,6 +33,8 @@ _READER_KEYS: dict[str, tuple[str, ...]] = {
     "pixmo_cap": ("parquet", "mirror"),
     "pixmo_points": ("parquet", "mirror"),
     "pixmo_ask": ("parquet", "mirror"),
+    "metaworld": ("tasks", "episodes_per_task", "seed", "cameras", "image_size", "max_steps"),
+    "metaworld_scenes": ("tasks", "scenes_per_task", "seed", "camera", "image_size", "pointing"),
 }
 _PATH_KEYS = {"path", "language_annotations", "annotations", "images", "instances", "questions", "parquet", "mirror"}
 _COMMON_SOURCE_KEYS = ("name", "reader", "weight", "holdout")

@@ -1,0 +1,330 @@
+"""Meta-World (PyPI ``metaworld``, MuJoCo; extra ``kidata[sim]``): real demonstrations from the
+benchmark's scripted expert policies, as standard Episodes, and VLM questions about the same scenes
+answered from simulator state.
+
+An episode: the expert acts from a seeded task variation until it succeeds (plus a few settling
+steps) or ``max_steps`` pass; failed rollouts are kept out and counted (``expert_failed``).
+
+* state float32 [T, 4]: hand position (x, y, z) and gripper opening (the proprioceptive part of
+  the 39-d observation; object and goal positions stay out).
+* actions float32 [T, 4]: the expert's (dx, dy, dz) and gripper in kidata's convention
+  (1 = open; Meta-World's effort is +1 = close), clipped to the action space as the env does.
+* images: rendered offscreen (``MUJOCO_GL=egl`` on CPUs) with shadows and reflections off, which
+  roughly halves the cost of a frame; ``corner*`` cameras are rotated 180 degrees (they render
+  upside down).
+* fps = 1 / env.dt = 80. Work units are (task, episode range); everything is a function of
+  (seed, task, episode index), so pass 1 (no rendering) and pass 2 see the same rollouts.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from kidata.schema import Episode, Frames, VlmExample
+from kidata.sources.base import ReadReport, WorkUnit, split_range
+from kidata.sources.vlm import VlmSource
+
+# task (without its version suffix) -> (instruction, what obs[4:7] is)
+TASKS: dict[str, tuple[str, str]] = {
+    "assembly": ("put the ring on the peg", "the ring"),
+    "basketball": ("dunk the ball into the basket", "the ball"),
+    "bin-picking": ("move the puck from the left bin to the right bin", "the puck"),
+    "box-close": ("put the lid on the box", "the lid"),
+    "button-press-topdown": ("press the button from the top", "the button"),
+    "button-press-topdown-wall": ("press the button from the top past the wall", "the button"),
+    "button-press": ("press the button", "the button"),
+    "button-press-wall": ("press the button past the wall", "the button"),
+    "coffee-button": ("push the button on the coffee machine", "the coffee machine button"),
+    "coffee-pull": ("pull the mug out from the coffee machine", "the mug"),
+    "coffee-push": ("push the mug under the coffee machine", "the mug"),
+    "dial-turn": ("turn the dial", "the dial"),
+    "disassemble": ("take the ring off the peg", "the ring"),
+    "door-close": ("close the door", "the door handle"),
+    "door-lock": ("lock the door by turning the lock", "the lock"),
+    "door-open": ("open the door", "the door handle"),
+    "door-unlock": ("unlock the door by turning the lock", "the lock"),
+    "hand-insert": ("put the gripper into the hole", "the puck"),
+    "drawer-close": ("close the drawer", "the drawer handle"),
+    "drawer-open": ("open the drawer", "the drawer handle"),
+    "faucet-open": ("turn the faucet on", "the faucet handle"),
+    "faucet-close": ("turn the faucet off", "the faucet handle"),
+    "hammer": ("hammer the nail into the wall", "the hammer"),
+    "handle-press-side": ("press the handle down from the side", "the handle"),
+    "handle-press": ("press the handle down", "the handle"),
+    "handle-pull-side": ("pull the handle up from the side", "the handle"),
+    "handle-pull": ("pull the handle up", "the handle"),
+    "lever-pull": ("pull the lever up", "the lever"),
+    "pick-place-wall": ("pick up the puck and place it at the goal past the wall", "the puck"),
+    "pick-out-of-hole": ("pick the peg out of the hole", "the peg"),
+    "pick-place": ("pick up the puck and place it at the goal", "the puck"),
+    "plate-slide": ("slide the plate into the cabinet", "the plate"),
+    "plate-slide-side": ("slide the plate sideways into the cabinet", "the plate"),
+    "plate-slide-back": ("slide the plate out of the cabinet", "the plate"),
+    "plate-slide-back-side": ("slide the plate sideways out of the cabinet", "the plate"),
+    "peg-insert-side": ("insert the peg into the hole from the side", "the peg"),
+    "peg-unplug-side": ("unplug the peg from the side", "the peg"),
+    "soccer": ("kick the ball into the goal", "the ball"),
+    "stick-push": ("grasp the stick and push the bottle with it", "the stick"),
+    "stick-pull": ("grasp the stick and pull the bottle with it", "the stick"),
+    "push": ("push the puck to the goal", "the puck"),
+    "push-wall": ("push the puck to the goal past the wall", "the puck"),
+    "push-back": ("push the puck back to the goal", "the puck"),
+    "reach": ("reach the goal", "the puck"),
+    "reach-wall": ("reach the goal past the wall", "the puck"),
+    "shelf-place": ("put the block on the shelf", "the block"),
+    "sweep-into": ("sweep the puck into the hole", "the puck"),
+    "sweep": ("sweep the puck off the table", "the puck"),
+    "window-open": ("open the window", "the window handle"),
+    "window-close": ("close the window", "the window handle"),
+}
+BENCHMARKS = {
+    "MT10": ("reach", "push", "pick-place", "door-open", "drawer-open", "drawer-close", "button-press-topdown",
+             "peg-insert-side", "window-open", "window-close"),
+    "MT50": tuple(TASKS),
+}
+VERSION = "v3"
+DEFAULT_CAMERAS = {"base_0": "corner", "left_wrist_0": "gripperPOV"}
+SETTLE_STEPS = 5
+
+
+def task_key(task: str) -> str:
+    """'pick-place-v3' -> 'pick-place' (instructions hold for every version of a task)."""
+    return re.sub(r"-v\d+$", "", task)
+
+
+def instruction(task: str) -> str:
+    try:
+        return TASKS[task_key(task)][0]
+    except KeyError:
+        raise KeyError(f"unknown Meta-World task {task!r} (tasks: {sorted(TASKS)})") from None
+
+
+def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
+    """A benchmark name ('MT10', 'MT50') or task names -> versioned env names ('reach-v3')."""
+    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    names = [task for name in names for task in (BENCHMARKS.get(name) or (name,))]
+    out = []
+    for name in names:
+        instruction(name)  # validates
+        out.append(name if re.search(r"-v\d+$", name) else f"{name}-{VERSION}")
+    return out
+
+
+def to_env_action(action: np.ndarray) -> np.ndarray:
+    """kidata's standard action (gripper 1 = open) -> Meta-World's (gripper effort +1 = close)."""
+    action = np.asarray(action, dtype=np.float64).copy()
+    action[..., 3] = 1.0 - 2.0 * action[..., 3]
+    return np.clip(action, -1.0, 1.0)
+
+
+def from_env_action(action: np.ndarray) -> np.ndarray:
+    action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+    out = action.copy()
+    out[..., 3] = (1.0 - action[..., 3]) / 2.0
+    return out
+
+
+class Scene:
+    """One task's environment at a seeded variation, with an offscreen renderer."""
+
+    def __init__(self, task: str, *, seed: int, image_size: int = 128) -> None:
+        os.environ.setdefault("MUJOCO_GL", "egl")
+        import metaworld
+        import mujoco
+
+        self.task, self.seed, self.image_size = task, seed, image_size
+        self._benchmark = metaworld.MT1(task, seed=seed)
+        self.env = self._benchmark.train_classes[task]()
+        self.variations = self._benchmark.train_tasks
+        self._renderer = None
+        self._mujoco = mujoco
+
+    def reset(self, episode: int) -> np.ndarray:
+        """Observation float64 [39] at the start of episode ``episode`` (variation + seed)."""
+        self.env.set_task(self.variations[episode % len(self.variations)])
+        observation, _ = self.env.reset(seed=self.seed * 100_003 + episode)
+        return observation
+
+    def step(self, env_action: np.ndarray) -> tuple[np.ndarray, bool]:
+        observation, _, _, _, info = self.env.step(np.asarray(env_action, dtype=np.float32))
+        return observation, bool(info.get("success", False))
+
+    @property
+    def dt(self) -> float:
+        return float(self.env.dt)
+
+    def render(self, camera: str) -> np.ndarray:
+        """uint8 [S, S, 3] upright."""
+        if self._renderer is None:
+            self._renderer = self._mujoco.Renderer(self.env.model, self.image_size, self.image_size)
+            flags = self._renderer.scene.flags
+            flags[self._mujoco.mjtRndFlag.mjRND_SHADOW] = 0
+            flags[self._mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        self._renderer.update_scene(self.env.data, camera=camera)
+        image = self._renderer.render()
+        return np.ascontiguousarray(image[::-1, ::-1]) if camera.startswith("corner") else image.copy()
+
+    def project(self, point: np.ndarray, camera: str) -> tuple[float, float] | None:
+        """(y, x) in [0, 1] of a world point in ``camera``'s upright image, None when behind it."""
+        model, data = self.env.model, self.env.data
+        index = model.camera(camera).id
+        relative = data.cam_xmat[index].reshape(3, 3).T @ (np.asarray(point) - data.cam_xpos[index])
+        if relative[2] >= 0:  # MuJoCo cameras look down their -z axis
+            return None
+        focal = 0.5 / np.tan(np.deg2rad(model.cam_fovy[index]) / 2)
+        x = 0.5 + focal * relative[0] / -relative[2]
+        y = 0.5 - focal * relative[1] / -relative[2]
+        if camera.startswith("corner"):
+            x, y = 1.0 - x, 1.0 - y
+        return float(y), float(x)
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+        self.env.close()
+
+
+def expert(task: str):
+    from metaworld.policies import ENV_POLICY_MAP
+
+    return ENV_POLICY_MAP[task]()
+
+
+@dataclass(frozen=True)
+class MetaWorldSource:
+    """``reader = "metaworld"``: tasks (names or a benchmark), episodes per task, cameras
+    (standard camera -> Meta-World camera), render size, step budget."""
+
+    tasks: tuple[str, ...]
+    episodes_per_task: int = 10
+    seed: int = 0
+    cameras: Mapping[str, str] = None  # type: ignore[assignment]
+    image_size: int = 128
+    max_steps: int = 300
+    name: str = "metaworld"
+    kind: str = "robot"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tasks", tuple(resolve_tasks(self.tasks)))
+        object.__setattr__(self, "cameras", dict(self.cameras or DEFAULT_CAMERAS))
+
+    def list_units(self, count: int) -> list[WorkUnit]:
+        per_task = max(1, -(-count // len(self.tasks)))
+        return [WorkUnit(self.name, task, a, b) for task in self.tasks
+                for a, b in split_range(self.episodes_per_task, per_task)]
+
+    def read(self, unit: WorkUnit, *, images: bool = True, report: ReadReport | None = None) -> Iterator[Episode]:
+        report = report if report is not None else ReadReport()
+        scene = Scene(unit.part, seed=self.seed, image_size=self.image_size)
+        try:
+            for episode in range(unit.start, unit.stop):
+                result = self.rollout(scene, episode, images=images)
+                if result is None:
+                    report.quarantine("expert_failed", f"{unit.part}/{episode}")
+                else:
+                    yield result
+        finally:
+            scene.close()
+
+    def episodes(self, *, images: bool = True, report: ReadReport | None = None) -> Iterator[Episode]:
+        for unit in self.list_units(1):
+            yield from self.read(unit, images=images, report=report)
+
+    def rollout(self, scene: Scene, episode: int, *, images: bool = True) -> Episode | None:
+        policy = expert(scene.task)
+        observation = scene.reset(episode)
+        states, actions, frames = [], [], {camera: [] for camera in self.cameras}
+        success_at = None
+        for step in range(self.max_steps):
+            env_action = np.clip(policy.get_action(observation), -1.0, 1.0)
+            states.append(observation[:4].astype(np.float32))
+            actions.append(from_env_action(env_action).astype(np.float32))
+            if images:
+                for camera, name in self.cameras.items():
+                    frames[camera].append(scene.render(name))
+            observation, success = scene.step(env_action)
+            if success and success_at is None:
+                success_at = step + 1
+            if success_at is not None and step + 1 >= success_at + SETTLE_STEPS:
+                break
+        if success_at is None:
+            return None
+        return Episode(
+            episode_id=f"{scene.task}-s{self.seed}-e{episode:05d}", source=self.name,
+            state=np.stack(states), actions=np.stack(actions), instructions=(instruction(scene.task),),
+            fps=1.0 / scene.dt,
+            images={camera: Frames(np.stack(f)) for camera, f in frames.items()} if images else {},
+            metadata={"task": scene.task, "success": True, "steps_to_success": success_at,
+                      "variation": episode % len(scene.variations)},
+        )
+
+
+class MetaWorldSceneSource(VlmSource):
+    """``reader = "metaworld_scenes"``: questions about simulated scenes answered from simulator
+    state, no download. Per scene (a task variation, an expert-driven moment of its rollout):
+
+    * vqa "what should the robot do?" -> the task's instruction;
+    * vqa "is the gripper open or closed?" -> open / closed (from the finger opening);
+    * vqa "is <object> left or right of the gripper?" -> left / right (in the image);
+    * point "<object>" -> its projected (y, x) when ``pointing`` (needs <loc> tokens, so the build
+      must keep FAST ids off them)."""
+
+    def __init__(self, tasks: str | Sequence[str], *, scenes_per_task: int = 10, seed: int = 0,
+                 camera: str = "corner", image_size: int = 128, pointing: bool = False,
+                 name: str = "metaworld_scenes") -> None:
+        super().__init__(name, image_size=image_size)
+        self.tasks = resolve_tasks(tasks)
+        self.scenes_per_task, self.seed, self.camera, self.pointing = scenes_per_task, seed, camera, pointing
+
+    def _records(self) -> list[tuple[str, int]]:
+        return [(task, index) for task in self.tasks for index in range(self.scenes_per_task)]
+
+    def _record_id(self, record: tuple[str, int]) -> str:
+        return f"{record[0]}-s{self.seed}-q{record[1]:05d}"
+
+    def read(self, unit: WorkUnit, *, report: ReadReport | None = None, **_: Any) -> Iterator[VlmExample]:
+        report = report if report is not None else ReadReport()
+        scenes: dict[str, Scene] = {}
+        try:
+            for record in self.records[unit.start : unit.stop]:
+                if record[0] not in scenes:
+                    scenes[record[0]] = Scene(record[0], seed=self.seed + 7919, image_size=self.image_size)
+                yield from self._scene_examples(scenes[record[0]], record, report)
+        finally:
+            for scene in scenes.values():
+                scene.close()
+
+    def _example(self, record, report):  # pragma: no cover - read() renders whole scenes instead
+        raise NotImplementedError
+
+    def _scene_examples(self, scene: Scene, record: tuple[str, int], report: ReadReport) -> Iterator[VlmExample]:
+        task, index = record
+        observation = scene.reset(index)
+        policy = expert(task)
+        rng = np.random.default_rng([self.seed, index, len(task)])
+        for _ in range(int(rng.integers(0, 40))):  # a moment of the expert's rollout
+            observation, _ = scene.step(np.clip(policy.get_action(observation), -1, 1))
+        image = scene.render(self.camera)
+        base = self._record_id(record)
+        label = TASKS[task_key(task)][1]
+        yield VlmExample(f"{base}-task", self.name, "vqa", image, prompt="what should the robot do?",
+                         targets=(instruction(task),))
+        opening = "open" if observation[3] > 0.5 else "closed"
+        yield VlmExample(f"{base}-gripper", self.name, "vqa", image, prompt="is the gripper open or closed?",
+                         targets=(opening,))
+        hand, thing = scene.project(observation[:3], self.camera), scene.project(observation[4:7], self.camera)
+        if hand is None or thing is None or not all(0 <= v <= 1 for v in (*hand, *thing)):
+            report.quarantine("object_out_of_view", base)
+            return
+        side = "left" if thing[1] < hand[1] else "right"
+        yield VlmExample(f"{base}-side", self.name, "vqa", image, prompt=f"is {label} left or right of the gripper?",
+                         targets=(side,))
+        if self.pointing:
+            yield VlmExample(f"{base}-point", self.name, "point", image, prompt=label.removeprefix("the "),
+                             points=np.asarray([thing], dtype=np.float32), labels=(label,))
