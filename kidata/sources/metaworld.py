@@ -130,7 +130,80 @@ def from_env_action(action: np.ndarray) -> np.ndarray:
 
 
 class Scene:
-    """One task's environment at a seeded variation, with an offscreen renderer."""
+    """One task's environment at seeded variations, simulated and rendered in a spawned child
+    process. MuJoCo's EGL renderer and TensorFlow crash when they share a process (measured here:
+    rendering, then importing TensorFlow, segfaults; so does the reverse order), and a build may
+    read RLDS (TensorFlow) and Meta-World in one worker, so the renderer always lives apart. A call
+    costs a pipe round trip (~0.1 ms) next to ~1 ms of simulation and ~25 ms of rendering."""
+
+    def __init__(self, task: str, *, seed: int, image_size: int = 128) -> None:
+        import multiprocessing
+
+        self.task, self.seed, self.image_size = task, seed, image_size
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child, task, seed, image_size), daemon=True)
+        self._process.start()
+        child.close()
+        self.dt, self.variation_count = self._call("info")
+
+    def _call(self, command: str, *args: Any) -> Any:
+        self._connection.send((command, args))
+        status, value = self._connection.recv()
+        if status == "error":
+            raise RuntimeError(f"Meta-World scene {self.task!r} ({command}): {value}")
+        return value
+
+    def reset(self, episode: int) -> np.ndarray:
+        """Observation float64 [39] at the start of episode ``episode`` (variation + seed)."""
+        return self._call("reset", episode)
+
+    def step(self, env_action: np.ndarray) -> tuple[np.ndarray, bool]:
+        return self._call("step", np.asarray(env_action, dtype=np.float32))
+
+    def render(self, camera: str) -> np.ndarray:
+        """uint8 [S, S, 3] upright."""
+        return self._call("render", camera)
+
+    def project(self, point: np.ndarray, camera: str) -> tuple[float, float] | None:
+        """(y, x) in [0, 1] of a world point in ``camera``'s upright image, None when behind it."""
+        return self._call("project", np.asarray(point, dtype=np.float64), camera)
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            try:
+                self._call("close")
+            except (EOFError, OSError, RuntimeError):
+                pass
+            self._process.join(timeout=10)
+            if self._process.is_alive():
+                self._process.terminate()
+        self._connection.close()
+
+
+def _serve(connection, task: str, seed: int, image_size: int) -> None:
+    """The child process behind a ``Scene``: answers (command, args) messages until "close"."""
+    import traceback
+
+    scene = _LocalScene(task, seed=seed, image_size=image_size)
+    while True:
+        command, args = connection.recv()
+        try:
+            if command == "info":
+                value = (scene.dt, len(scene.variations))
+            elif command == "close":
+                scene.close()
+                connection.send(("ok", None))
+                return
+            else:
+                value = getattr(scene, command)(*args)
+            connection.send(("ok", value))
+        except Exception:  # noqa: BLE001 - reported to the parent, which raises
+            connection.send(("error", traceback.format_exc(limit=4)))
+
+
+class _LocalScene:
+    """The environment and renderer themselves (inside the child process)."""
 
     def __init__(self, task: str, *, seed: int, image_size: int = 128) -> None:
         os.environ.setdefault("MUJOCO_GL", "egl")
@@ -239,6 +312,7 @@ class MetaWorldSource:
     def rollout(self, scene: Scene, episode: int, *, images: bool = True) -> Episode | None:
         policy = expert(scene.task)
         observation = scene.reset(episode)
+        variation = episode % scene.variation_count
         states, actions, frames = [], [], {camera: [] for camera in self.cameras}
         success_at = None
         for step in range(self.max_steps):
@@ -261,7 +335,7 @@ class MetaWorldSource:
             fps=1.0 / scene.dt,
             images={camera: Frames(np.stack(f)) for camera, f in frames.items()} if images else {},
             metadata={"task": scene.task, "success": True, "steps_to_success": success_at,
-                      "variation": episode % len(scene.variations)},
+                      "variation": variation},
         )
 
 
@@ -323,8 +397,9 @@ class MetaWorldSceneSource(VlmSource):
             report.quarantine("object_out_of_view", base)
             return
         side = "left" if thing[1] < hand[1] else "right"
+        where = {"hand_yx": hand, "object_yx": thing}
         yield VlmExample(f"{base}-side", self.name, "vqa", image, prompt=f"is {label} left or right of the gripper?",
-                         targets=(side,))
+                         targets=(side,), metadata=where)
         if self.pointing:
             yield VlmExample(f"{base}-point", self.name, "point", image, prompt=label.removeprefix("the "),
-                             points=np.asarray([thing], dtype=np.float32), labels=(label,))
+                             points=np.asarray([thing], dtype=np.float32), labels=(label,), metadata=where)
