@@ -7,6 +7,7 @@ same samples give byte-identical shards on any machine and any engine.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -125,21 +126,62 @@ class ShardWriter:
         return self.shards
 
 
-def iter_tar(fileobj) -> Iterable[tuple[str, dict[str, bytes]]]:
-    """(key, members) of each sample of a shard, streaming (a shard is never held whole)."""
-    import tarfile
+_BLOCK = 512
 
+
+def iter_tar(fileobj) -> Iterable[tuple[str, dict[str, bytes]]]:
+    """(key, members) of each sample of a shard, streaming (a shard is never held whole).
+
+    Reads the tar stream directly (ustar / GNU long names / pax ``path`` records): ``tarfile``'s
+    per-member objects cost more than the loader's JPEG decoding (benchmarks/loader_bench.py)."""
     current, members = None, {}
-    with tarfile.open(fileobj=fileobj, mode="r|") as archive:
-        for info in archive:
-            key, member = info.name.split(".", 1)
-            if key != current and current is not None:
-                yield current, members
-                members = {}
-            current = key
-            members[member] = archive.extractfile(info).read()
+    for name, data in _tar_members(fileobj):
+        key, member = name.split(".", 1)
+        if key != current and current is not None:
+            yield current, members
+            members = {}
+        current = key
+        members[member] = data
     if current is not None:
         yield current, members
+
+
+def _tar_members(fileobj) -> Iterable[tuple[str, bytes]]:
+    """(name, bytes) of each regular file in a tar stream."""
+    pending_name = None
+    while True:
+        header = fileobj.read(_BLOCK)
+        if len(header) < _BLOCK or header.count(0) == _BLOCK:
+            return
+        if sum(header[:148]) + sum(header[156:]) + 8 * 32 != int(header[148:156].strip(b"\0 ") or b"0", 8):
+            raise ValueError("corrupt tar header (checksum mismatch)")
+        size_field = header[124:136]
+        size = int.from_bytes(size_field[1:], "big") if size_field[0] & 0x80 else int(size_field.strip(b"\0 ") or b"0", 8)
+        data = fileobj.read(size)
+        if len(data) < size:
+            raise ValueError("truncated tar member")
+        fileobj.read((-size) % _BLOCK)
+        kind = header[156:157]
+        if kind == b"L":  # GNU long name for the next member
+            pending_name = data.rstrip(b"\0").decode("utf-8")
+            continue
+        if kind in (b"x", b"g"):  # pax records: "<length> <key>=<value>\n"
+            for line in data.decode("utf-8").splitlines():
+                field = line.split(" ", 1)[1] if " " in line else ""
+                if field.startswith("path="):
+                    pending_name = field[len("path="):]
+            continue
+        if kind not in (b"0", b"\0"):
+            pending_name = None
+            continue
+        name = pending_name
+        if name is None:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+            prefix = header[345:500].split(b"\0", 1)[0]
+            if header[257:262] == b"ustar" and prefix:
+                name = prefix.decode("utf-8") + "/" + name
+        pending_name = None
+        yield name, data
 
 
 def iter_shard(data: bytes) -> Iterable[tuple[str, dict[str, bytes]]]:
@@ -148,4 +190,25 @@ def iter_shard(data: bytes) -> Iterable[tuple[str, dict[str, bytes]]]:
 
 
 def load_npy(data: bytes) -> np.ndarray:
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    """An array from .npy bytes (a writable copy). The header of each distinct layout is parsed
+    once; ``np.load`` re-parses it every time, which is most of the cost for the small arrays
+    of a sample."""
+    if data[:6] != b"\x93NUMPY":
+        raise ValueError("not .npy data")
+    length_bytes = 2 if data[6] == 1 else 4
+    header_length = int.from_bytes(data[8 : 8 + length_bytes], "little")
+    start = 8 + length_bytes + header_length
+    dtype, shape, fortran = _npy_header(bytes(data[8 + length_bytes : start]))
+    array = np.frombuffer(data, dtype=dtype, offset=start, count=int(np.prod(shape)) if shape else 1)
+    return array.reshape(shape, order="F" if fortran else "C").copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _npy_header(header: bytes) -> tuple[np.dtype, tuple[int, ...], bool]:
+    import ast
+
+    fields = ast.literal_eval(header.decode("latin1"))
+    dtype = np.dtype(fields["descr"])
+    if dtype.hasobject:
+        raise ValueError("object arrays are not loaded (no pickle)")
+    return dtype, tuple(fields["shape"]), bool(fields["fortran_order"])

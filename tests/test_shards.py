@@ -1,0 +1,55 @@
+"""The shard reader: kidata's own tar parser and .npy loader agree with tarfile and numpy."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import numpy as np
+import pytest
+
+from kidata.pipelines.shards import iter_shard, load_npy, npy_bytes
+
+
+def tar_of(members: list[tuple[str, bytes]], fmt: int) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_members_group_into_samples_in_every_tar_dialect(fmt):
+    long_key = "episode-" + "x" * 120 if fmt != tarfile.USTAR_FORMAT else "episode-b"
+    members = [("a_000000.tokens.npy", b"1" * 700), ("a_000000.meta.json", b"{}"), (f"{long_key}.base_0.jpg", b"")]
+    assert list(iter_shard(tar_of(members, fmt))) == [("a_000000", {"tokens.npy": b"1" * 700, "meta.json": b"{}"}),
+                                                      (long_key, {"base_0.jpg": b""})]
+
+
+def test_truncated_and_corrupt_tars_are_errors():
+    data = tar_of([("a_0.tokens.npy", b"1" * 700)], tarfile.PAX_FORMAT)
+    with pytest.raises(ValueError, match="truncated"):
+        list(iter_shard(data[:900]))
+    corrupt = bytearray(data)
+    corrupt[10] ^= 0xFF
+    with pytest.raises(ValueError, match="checksum"):
+        list(iter_shard(bytes(corrupt)))
+
+
+@pytest.mark.parametrize("array", [np.arange(5, dtype=np.int32), np.zeros((3, 4), bool), np.ones((2, 3, 4), np.float32),
+                                   np.zeros((0, 7), np.float32), np.asfortranarray(np.arange(6.0).reshape(2, 3))])
+def test_npy_round_trip_equals_numpy(array):
+    loaded = load_npy(npy_bytes(array))
+    expected = np.load(io.BytesIO(npy_bytes(array)))
+    assert loaded.dtype == expected.dtype and loaded.shape == expected.shape and loaded.flags.writeable
+    np.testing.assert_array_equal(loaded, expected)
+
+
+def test_object_arrays_are_refused():
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="no pickle"):
+        load_npy(buffer.getvalue())
