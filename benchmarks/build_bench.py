@@ -69,7 +69,7 @@ name = "bench"
 action_horizon = 10
 image_size = 224
 max_tokens = 256
-units_per_source = 8
+units_per_source = 2
 fast_tokenizer = {{ fit = true, vocab_size = 512, scale = 10.0 }}
 
 [[sources]]

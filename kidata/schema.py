@@ -52,10 +52,8 @@ class Frames:
     def frame(self, step: int) -> np.ndarray:
         """uint8 [H, W, 3] of one step, decoded and rotated as needed."""
         if self.encoded:
-            from PIL import Image
-
-            with Image.open(io.BytesIO(bytes(self._frames[step]))) as image:
-                array = np.asarray(image.convert("RGB"))
+            data = bytes(self._frames[step])
+            array = _decode_image(data)
         else:
             array = self._frames[step]
         return array[::-1, ::-1] if self.rotate_180 else array
@@ -65,6 +63,21 @@ class Frames:
         if not self.encoded and not self.rotate_180:
             return self._frames
         return np.stack([self.frame(step) for step in range(len(self))])
+
+
+def _decode_image(data: bytes) -> np.ndarray:
+    """uint8 [H, W, 3]: JPEG through libjpeg-turbo (simplejpeg, ~3x PIL), anything else through PIL."""
+    if data[:2] == b"\xff\xd8":
+        import simplejpeg
+
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except ValueError:  # CMYK and other layouts libjpeg-turbo's fast path refuses
+            pass
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 @dataclass(frozen=True)

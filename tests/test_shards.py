@@ -53,3 +53,29 @@ def test_object_arrays_are_refused():
     np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError, match="no pickle"):
         load_npy(buffer.getvalue())
+
+
+def test_written_shards_are_standard_tars_with_fixed_metadata():
+    import fsspec
+    import webdataset as wds
+
+    from kidata.pipelines.shards import ShardWriter
+
+    fs = fsspec.filesystem("memory")
+    writer = ShardWriter(fs, "/shards", "src-train", "train", target_bytes=10**9)
+    long_key = "episode-" + "y" * 120
+    writer.write("a_000000", {"tokens.npy": b"abc", "base_0.jpg": b"x" * 1000})
+    writer.write(long_key, {"meta.json": b"{}"})
+    info = writer.close()[0]
+    data = fs.cat_file(f"/shards/{info.path}")
+    assert len(data) % 10240 == 0 and info.samples == 2
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        members = archive.getmembers()
+        assert [m.name for m in members] == ["a_000000.base_0.jpg", "a_000000.tokens.npy", f"{long_key}.meta.json"]
+        assert {(m.mode, m.uname, m.gname, m.mtime) for m in members} == {(0o444, "kidata", "kidata", 0)}
+        assert archive.extractfile(members[1]).read() == b"abc"
+    fs.pipe_file("/copy.tar", data)
+    local = io.BytesIO(data)
+    samples = list(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"stream": local, "url": "x"}])))
+    assert [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in samples] == [
+        ("a_000000", ["base_0.jpg", "tokens.npy"]), (long_key, ["meta.json"])]

@@ -123,20 +123,31 @@ class RldsSource:
         return sorted({str(i.filename) for i in instructions})
 
     # ------------------------------------------------------------------ reading
-    def _dataset(self, unit: WorkUnit):
-        _, tfds = _tfds()
+    def _dataset(self, unit: WorkUnit, images: bool = True):
+        """Episodes with their steps stacked inside the tf.data graph (one element per episode,
+        steps as [T, ...] tensors); without ``images`` the frames are dropped in the graph too.
+        Stacking per episode in eager mode cost ~10 eager ops (~4 ms each) per episode."""
+        tf, tfds = _tfds()
         observation = self.builder.info.features["steps"].feature["observation"]
-        skip = {
-            key: tfds.decode.SkipDecoding()
-            for key, feature in observation.items()
-            if isinstance(feature, tfds.features.Image)
-        }
-        return self.builder.as_dataset(
+        image_keys = [key for key, feature in observation.items() if isinstance(feature, tfds.features.Image)]
+        dataset = self.builder.as_dataset(
             split=f"{unit.part}[{unit.start}:{unit.stop}]",
             shuffle_files=False,
-            decoders={"steps": {"observation": skip}} if skip else None,
+            decoders={"steps": {"observation": {k: tfds.decode.SkipDecoding() for k in image_keys}}} if image_keys else None,
             read_config=tfds.ReadConfig(try_autocache=False),
         )
+
+        def stack(episode):
+            steps = episode["steps"]
+            if not images and image_keys:
+                steps = steps.map(lambda step: {**step, "observation": {
+                    k: v for k, v in step["observation"].items() if k not in image_keys}})
+            batched = steps.batch(_STEP_BATCH)
+            empty = tf.nest.map_structure(
+                lambda spec: tf.zeros([0] + [d or 0 for d in spec.shape[1:]], spec.dtype), batched.element_spec)
+            return {**episode, "steps": batched.concatenate(tf.data.Dataset.from_tensors(empty)).take(1).get_single_element()}
+
+        return dataset.map(stack).prefetch(2)
 
     def read(self, unit: WorkUnit, *, images: bool = True, report: ReadReport | None = None) -> Iterator[Episode]:
         """Episodes of one unit in order. ``images=False`` skips building frames (statistics)."""
@@ -145,7 +156,7 @@ class RldsSource:
         index = unit.start
         dims = None
         try:
-            for element in self._dataset(unit):
+            for element in self._dataset(unit, images):
                 episode = self._episode(tf, element, index, images, report)
                 index += 1
                 if episode is None:
@@ -176,14 +187,12 @@ class RldsSource:
         if self.spec.episode_filter == "success_in_path" and "success" not in str(info.get("file_path", "")):
             report.notices["filtered_unsuccessful"] += 1
             return None
-        batches = [tf.nest.map_structure(lambda t: t.numpy(), b) for b in element["steps"].batch(_STEP_BATCH)]
-        if not batches:
+        steps = tf.nest.map_structure(lambda t: t.numpy(), element["steps"])
+        if not len(tf.nest.flatten(steps)[0]):
             report.quarantined.add("too_short")
             return None
-        steps = batches[0] if len(batches) == 1 else tf.nest.map_structure(
-            lambda *parts: np.concatenate(parts), *batches)
         state = np.concatenate([p.take(_lookup(steps, p.key)) for p in self.spec.state], axis=1) if self.spec.state \
-            else np.zeros((len(steps["is_first"]), 0), np.float32)
+            else np.zeros((len(tf.nest.flatten(steps)[0]), 0), np.float32)
         actions = np.concatenate([p.take(_lookup(steps, p.key)) for p in self.spec.action], axis=1)
         defect = episode_defect(state, actions, min_steps=self.min_steps)
         if defect is not None:
