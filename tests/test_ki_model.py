@@ -227,3 +227,17 @@ def test_config_rejects_unknown_choices():
         ModelConfig(variant="ki2")
     with pytest.raises(ValueError, match="action_tokens"):
         ModelConfig(action_tokens="vq")
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    batch = make_batch()
+    plain, recomputed = model("ki"), model("ki")
+    recomputed.activation_checkpointing = True
+    a, b = plain(batch, **fixed(batch)), recomputed(batch, **fixed(batch))
+    assert torch.equal(a["loss"], b["loss"])
+    a["loss"].backward()
+    b["loss"].backward()
+    for (name, p), q in zip(plain.named_parameters(), recomputed.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)

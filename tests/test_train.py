@@ -227,3 +227,35 @@ def test_two_process_gloo_ddp_run(mixture, tmp_path):
     assert [s["rank"] for s in trainer["data_state"]] == [0, 1]
     report = json.loads((run / "report.json").read_text())
     assert report["final"]["samples_per_s"] > 0 and sorted(losses(run)) == list(range(1, 7))
+
+
+def test_initialization_from_a_paligemma_checkpoint(mixture, tmp_path):
+    """train.init_from loads the backbone before step 1 (lr 0 keeps it through one step)."""
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    from kidata.model.weights import translate
+
+    hf = transformers.PaliGemmaConfig(
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 64, "patch_size": 16, "projection_dim": 64, "vision_use_head": False},
+        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                     "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 2048, "model_type": "gemma"},
+        image_token_id=2047, projection_dim=64, hidden_size=64)
+    torch.manual_seed(5)
+    transformers.PaliGemmaForConditionalGeneration(hf).save_pretrained(tmp_path / "paligemma")
+    run = tmp_path / "run"
+    train(config(mixture, "--train.steps", "1", "--train.init_from", json.dumps(str(tmp_path / "paligemma")),
+                 "--optim.lr", "0.0", "--eval.every", "0"), run)
+    trained = load_file(str(run / "checkpoints" / "step_0000001" / "model.safetensors"))
+    source = load_file(str(tmp_path / "paligemma" / "model.safetensors"))
+    checked = 0
+    for key, tensor in source.items():
+        name = translate(key)
+        if name is not None:
+            torch.testing.assert_close(trained[name], tensor)
+            checked += 1
+    from kidata.model.ki_model import KIModel
+
+    backbone = sum(1 for _ in KIModel(config(mixture).model).backbone_parameters())
+    assert checked == backbone  # every backbone tensor came from the checkpoint
