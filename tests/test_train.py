@@ -214,11 +214,14 @@ def test_a_second_run_into_the_same_directory_needs_resume(straight_run, mixture
 
 
 @pytest.mark.slow
-def test_two_process_gloo_ddp_run(mixture, tmp_path):
-    run = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_two_process_gloo_run(mixture, tmp_path, sharding):
+    run = tmp_path / sharding
+    port = "29533" if sharding == "ddp" else "29534"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run),
-               *SHAPE, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0"]
+               *SHAPE, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
+               "--train.fsdp", "true" if sharding == "fsdp" else "false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -227,6 +230,7 @@ def test_two_process_gloo_ddp_run(mixture, tmp_path):
     assert [s["rank"] for s in trainer["data_state"]] == [0, 1]
     report = json.loads((run / "report.json").read_text())
     assert report["final"]["samples_per_s"] > 0 and sorted(losses(run)) == list(range(1, 7))
+    assert "action_mse" in report["eval"]  # the final evaluation ran on every rank
 
 
 def test_initialization_from_a_paligemma_checkpoint(mixture, tmp_path):

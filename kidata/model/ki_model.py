@@ -34,6 +34,24 @@ class _Layer(nn.Module):
         self.v = nn.Linear(width, c.kv_heads * c.head_dim, bias=False)
         self.o = nn.Linear(c.heads * c.head_dim, width, bias=False)
         self.mlp = GeGLU(width, mlp)
+        self.heads, self.kv_heads, self.head_dim, self.rope_theta = c.heads, c.kv_heads, c.head_dim, c.rope_theta
+
+    def project(self, h: torch.Tensor, cond: torch.Tensor | None, positions: torch.Tensor):
+        """Pre-attention norm and rotary q [B, heads, L, hd], k, v [B, kv_heads, L, hd], and the
+        residual gate (adaptive norms) or None. A method of the layer, so that FSDP2 (which
+        hooks a module's calls) gathers this layer's weights for it."""
+        normed, gate = _normalize(self.norm, h, cond)
+        q = self.q(normed).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
+        k = self.k(normed).unflatten(-1, (self.kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v(normed).unflatten(-1, (self.kv_heads, self.head_dim)).transpose(1, 2)
+        return rotary(q, positions, self.rope_theta), rotary(k, positions, self.rope_theta), v, gate
+
+    def finish(self, h: torch.Tensor, attended: torch.Tensor, gate: torch.Tensor | None,
+               cond: torch.Tensor | None) -> torch.Tensor:
+        """Output projection, residual, MLP and residual."""
+        h = _residual(h, self.o(attended), gate)
+        normed, gate = _normalize(self.mlp_norm, h, cond)
+        return _residual(h, self.mlp(normed), gate)
 
 
 def _expert_norm(c: ModelConfig):
@@ -134,33 +152,20 @@ class KIModel(nn.Module):
         return valid & (torch.cumsum(ar.long(), dim=1) == 0)
 
     # ------------------------------------------------------------------ attention
-    def _qkv(self, layer, x: torch.Tensor, positions: torch.Tensor):
-        c = self.config
-        q = layer.q(x).unflatten(-1, (c.heads, c.head_dim)).transpose(1, 2)
-        k = layer.k(x).unflatten(-1, (c.kv_heads, c.head_dim)).transpose(1, 2)
-        v = layer.v(x).unflatten(-1, (c.kv_heads, c.head_dim)).transpose(1, 2)
-        return rotary(q, positions, c.rope_theta), rotary(k, positions, c.rope_theta), v
-
     def _attend(self, q, k, v, mask) -> torch.Tensor:
         repeat = self.config.heads // self.config.kv_heads
         k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
         return out.transpose(1, 2).flatten(2)
 
-    def _finish(self, layer, h, attended, gate, cond):
-        """Output projection, residual, MLP and residual of one stream in one layer."""
-        h = _residual(h, layer.o(attended), gate)
-        normed, gate = _normalize(layer.mlp_norm, h, cond)
-        return _residual(h, layer.mlp(normed), gate)
-
     def _expert_attend(self, layer, h, cond, qkv, gate, prefix_kv, prefix_visible, own):
-        q, k, v = qkv
+        q, k, v = qkv[:3]
         prefix_k, prefix_v = prefix_kv
         if self.config.stop_gradient:  # knowledge insulation: no gradient into the backbone's keys/values
             prefix_k, prefix_v = prefix_k.detach(), prefix_v.detach()
         mask = torch.cat([prefix_visible[:, None, :].expand(-1, h.shape[1], -1), own], dim=2)
         attended = self._attend(q, torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2), mask)
-        return self._finish(layer, h, attended, gate, cond)
+        return layer.finish(h, attended, gate, cond)
 
     def _expert_positions(self, prefix_visible: torch.Tensor, length: int) -> torch.Tensor:
         start = prefix_visible.sum(dim=1, keepdim=True)  # expert positions continue after the prefix
@@ -170,17 +175,17 @@ class KIModel(nn.Module):
         """One layer of both streams (training): backbone keys/values feed the expert's attention
         (detached under ``ki``); under ``hybrid`` the expert's feed the targets'."""
         layer = self.layers[index]
-        q, k, v = self._qkv(layer, layer.norm(h), positions)
+        q, k, v, _ = layer.project(h, None, positions)
         if e is None:
-            return self._finish(layer, h, self._attend(q, k, v, mask), None, None), None
+            return layer.finish(h, self._attend(q, k, v, mask), None, None), None
         expert_layer = self.expert_layers[index]
-        normed, gate = _normalize(expert_layer.norm, e, cond)
-        expert_qkv = self._qkv(expert_layer, normed, expert_positions)
+        expert_qkv = expert_layer.project(e, cond, expert_positions)
+        gate = expert_qkv[3]
         keys, values = (k, v)
         if self.config.targets_see_actions:
             keys, values = torch.cat([k, expert_qkv[1]], 2), torch.cat([v, expert_qkv[2]], 2)
         e = self._expert_attend(expert_layer, e, cond, expert_qkv, gate, (k, v), prefix_visible, own)
-        return self._finish(layer, h, self._attend(q, keys, values, mask), None, None), e
+        return layer.finish(h, self._attend(q, keys, values, mask), None, None), e
 
     # ------------------------------------------------------------------ passes
     def run_backbone(self, batch: dict):
@@ -191,8 +196,8 @@ class KIModel(nn.Module):
         mask = self.backbone_mask(valid, ar)
         h, cache = embeddings, []
         for layer in self.layers:
-            q, k, v = self._qkv(layer, layer.norm(h), positions)
-            h = self._finish(layer, h, self._attend(q, k, v, mask), None, None)
+            q, k, v, _ = layer.project(h, None, positions)
+            h = layer.finish(h, self._attend(q, k, v, mask), None, None)
             cache.append((k, v))
         return self.final_norm(h), cache, valid, ar, text_start
 
@@ -202,9 +207,8 @@ class KIModel(nn.Module):
         prefix_visible = self.prefix_visible(valid, ar)
         positions = self._expert_positions(prefix_visible, h.shape[1])
         for layer, kv in zip(self.expert_layers, cache):
-            normed, gate = _normalize(layer.norm, h, cond)
-            qkv = self._qkv(layer, normed, positions)
-            h = self._expert_attend(layer, h, cond, qkv, gate, kv, prefix_visible, own)
+            qkv = layer.project(h, cond, positions)
+            h = self._expert_attend(layer, h, cond, qkv, qkv[3], kv, prefix_visible, own)
         normed, _ = _normalize(self.expert_final_norm, h, cond)
         return self.action_out(normed[:, -noisy.shape[1]:])
 
@@ -314,10 +318,10 @@ class KIModel(nn.Module):
             h = self.embed(token)[:, None] * self.config.width**0.5
             visible = torch.cat([visible, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1)
             for index, layer in enumerate(self.layers):
-                q, k, v = self._qkv(layer, layer.norm(h), position[:, None])
+                q, k, v, _ = layer.project(h, None, position[:, None])
                 keys[index] = torch.cat([keys[index], k], dim=2)
                 values[index] = torch.cat([values[index], v], dim=2)
-                h = self._finish(layer, h, self._attend(q, keys[index], values[index], visible[:, None, :]), None, None)
+                h = layer.finish(h, self._attend(q, keys[index], values[index], visible[:, None, :]), None, None)
             next_logits = self.final_norm(h)[:, 0] @ self.embed.weight.T
             position = position + 1
         return out

@@ -162,8 +162,9 @@ def _build_model(config: TrainConfig, device: torch.device, world: int):
     if world > 1 and config.train.fsdp:
         from torch.distributed.fsdp import fully_shard
 
-        for layer in list(model.layers) + list(getattr(model, "expert_layers", [])):
-            fully_shard(layer)
+        # One FSDP2 unit: parameters, gradients and optimizer state sharded across ranks, the
+        # weights gathered for each forward/backward. (Per-layer units need both streams' layers
+        # grouped behind one module call; the joint layer touches two modules' weights.)
         wrapped = fully_shard(model)
     elif world > 1:
         # pi0 trains no token loss, so the final norm's output reaches no loss term
