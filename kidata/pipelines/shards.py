@@ -84,40 +84,51 @@ class ShardInfo:
 
 
 class ShardWriter:
-    """Writes ``<prefix>-00000.tar``, ``-00001`` ... of about ``target_bytes`` each under ``root``."""
+    """Writes ``<prefix>-00000.tar``, ``-00001`` ... of about ``target_bytes`` each under ``root``.
+
+    Members stream into ``<shard>.tmp`` as they come (memory stays flat whatever the shard size),
+    hashed on the way; a complete shard is renamed into place."""
 
     def __init__(self, fs, root: str, prefix: str, split: str, target_bytes: int) -> None:
         self.fs, self.root, self.prefix, self.split = fs, root.rstrip("/"), prefix, split
         self.target_bytes = max(1, int(target_bytes))
         self.shards: list[ShardInfo] = []
-        self._buffer: io.BytesIO | None = None
+        self._handle = None
+        self._hash = None
+        self._size = 0
         self._count = 0
 
+    def _path(self) -> tuple[str, str]:
+        relative = f"{self.prefix}-{len(self.shards):05d}.tar"
+        return relative, f"{self.root}/{relative}"
+
+    def _emit(self, data: bytes) -> None:
+        self._handle.write(data)
+        self._hash.update(data)
+        self._size += len(data)
+
     def write(self, key: str, members: dict[str, bytes]) -> None:
-        if self._buffer is None:
-            self._buffer = io.BytesIO()
-            self._count = 0
+        if self._handle is None:
+            _, final = self._path()
+            self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+            self._handle = self.fs.open(f"{final}.tmp", "wb")
+            self._hash, self._size, self._count = hashlib.sha256(), 0, 0
         for name in sorted(members):
-            self._buffer.write(tar_member(f"{key}.{name}", members[name]))
+            self._emit(tar_member(f"{key}.{name}", members[name]))
         self._count += 1
-        if self._buffer.tell() >= self.target_bytes:
+        if self._size >= self.target_bytes:
             self._flush()
 
     def _flush(self) -> None:
-        if self._buffer is None:
+        if self._handle is None:
             return
-        end = self._buffer.tell() + 2 * _BLOCK  # two zero blocks, then padding to tar's 10 KiB records
-        self._buffer.write(b"\0" * (2 * _BLOCK + (-end) % _RECORD))
-        data = self._buffer.getvalue()
-        relative = f"{self.prefix}-{len(self.shards):05d}.tar"
-        final = f"{self.root}/{relative}"
-        temporary = f"{final}.tmp"
-        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
-        with self.fs.open(temporary, "wb") as handle:
-            handle.write(data)
-        self.fs.mv(temporary, final)
-        self.shards.append(ShardInfo(relative, hashlib.sha256(data).hexdigest(), self._count, len(data), self.split))
-        self._buffer = None
+        end = self._size + 2 * _BLOCK  # two zero blocks, then padding to tar's 10 KiB records
+        self._emit(b"\0" * (2 * _BLOCK + (-end) % _RECORD))
+        self._handle.close()
+        relative, final = self._path()
+        self.fs.mv(f"{final}.tmp", final)
+        self.shards.append(ShardInfo(relative, self._hash.hexdigest(), self._count, self._size, self.split))
+        self._handle = None
 
     def close(self) -> list[ShardInfo]:
         self._flush()
