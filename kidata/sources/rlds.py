@@ -134,7 +134,8 @@ class RldsSource:
             split=f"{unit.part}[{unit.start}:{unit.stop}]",
             shuffle_files=False,
             decoders={"steps": {"observation": {k: tfds.decode.SkipDecoding() for k in image_keys}}} if image_keys else None,
-            read_config=tfds.ReadConfig(try_autocache=False),
+            # a unit is one contiguous range: its files in order, no autotuned prefetch of whole episodes
+            read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True, interleave_cycle_length=1),
         )
 
         def stack(episode):
