@@ -33,35 +33,13 @@ SHAPE = ["--model.image_size", "64", "--model.action_horizon", "4", "--data.came
 
 @pytest.fixture(scope="module")
 def mixture(tmp_path_factory) -> str:
+    """test_build's Bridge + VQAv2 recipe, with a third of the VQA examples held out for evaluation."""
+    from test_build import write_recipe
+
     root = tmp_path_factory.mktemp("mixture")
-    bridge = shared_path("data", "rlds", "bridge_dataset", "1.0.0")
-    vqa = shared_path("data", "vqav2_allennlp")
-    (root / "recipe.toml").write_text(f"""
-[mixture]
-name = "train-test"
-action_horizon = 4
-image_size = 64
-max_tokens = 128
-holdout = 0.2
-units_per_source = 2
-fast_tokenizer = {{ fit = true, vocab_size = 300, scale = 10.0 }}
-
-[[sources]]
-name = "bridge"
-reader = "rlds"
-path = "{bridge}"
-dataset = "bridge_dataset"
-
-[[sources]]
-name = "vqav2"
-reader = "vqav2"
-questions = "{vqa / 'questions.json'}"
-annotations = "{vqa / 'annotations.json'}"
-images = "{vqa / 'images'}"
-weight = 0.3
-holdout = 0.34
-""")
-    build(load_recipe(root / "recipe.toml"), str(root / "out"), progress=False)
+    path = write_recipe(root / "recipe.toml", units=2)
+    path.write_text(path.read_text().replace("weight = 0.2", "weight = 0.3\nholdout = 0.34"))
+    build(load_recipe(path), str(root / "out"), progress=False)
     return str(root / "out" / "manifest.json")
 
 
