@@ -79,3 +79,11 @@ def test_written_shards_are_standard_tars_with_fixed_metadata():
     samples = list(wds.tariterators.group_by_keys(wds.tariterators.tar_file_expander([{"stream": local, "url": "x"}])))
     assert [(s["__key__"], sorted(k for k in s if not k.startswith("__"))) for s in samples] == [
         ("a_000000", ["base_0.jpg", "tokens.npy"]), (long_key, ["meta.json"])]
+
+
+@pytest.mark.parametrize("array", [np.arange(5, dtype=np.int32), np.zeros((3, 4), bool), np.ones((2, 3, 4), np.float32),
+                                   np.zeros((0, 7), np.float32), np.array(2.0), np.array(["ab"])])
+def test_npy_bytes_equal_numpy_save(array):
+    reference = io.BytesIO()
+    np.save(reference, np.ascontiguousarray(array), allow_pickle=False)
+    assert npy_bytes(array) == reference.getvalue()

@@ -29,9 +29,19 @@ def sample_key(record_id: str, step: int | None = None) -> str:
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
+    """.npy (version 1.0) bytes of an array, byte-identical to ``np.save``'s; the header of each
+    (dtype, shape) is built once — ``np.save`` rebuilds it per call, ~50 us of a sample's time."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.hasobject:
+        raise ValueError("object arrays are not stored (no pickle)")
+    return _npy_prefix(array.dtype.str, array.shape) + array.tobytes()
+
+
+@functools.lru_cache(maxsize=1024)
+def _npy_prefix(dtype: str, shape: tuple[int, ...]) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    return buffer.getvalue()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return buffer.getvalue()  # magic, version, header length, header
 
 
 def json_bytes(value: Any) -> bytes:

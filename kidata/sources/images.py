@@ -71,8 +71,12 @@ def decode_image(data: bytes, *, name: str = "image") -> np.ndarray:
 
 
 def resize_with_pad(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [size, size, 3]: aspect-preserving resize (bilinear), centred on black."""
+    """uint8 [size, size, 3]: aspect-preserving resize (bilinear), centred on black. An image
+    already at the target size comes back as is (PIL's resize would return the same pixels)."""
     from PIL import Image
+
+    if image.shape[0] == size and image.shape[1] == size and image.dtype == np.uint8:
+        return image
 
     geometry = PadGeometry(image.shape[1], image.shape[0], size)
     new_width, new_height = geometry.resized
