@@ -49,52 +49,11 @@ def in_holdout(source: str, record_id: str, fraction: float) -> bool:
 
 
 def open_source(recipe: Recipe, source: SourceConfig):
-    """The reader of one recipe source."""
-    options = dict(source.options)
-    size = recipe.mixture.image_size
-    if source.reader == "rlds":
-        from kidata.sources.open import open_robot_source
+    """The reader of one recipe source (kidata.sources.open builds it from the source's options)."""
+    from kidata.sources.open import open_reader
 
-        return open_robot_source(
-            "rlds", path=options["path"], name=source.name, dataset=options.get("dataset"),
-            mapping=options.get("mapping"), split=options.get("split", "train"),
-            action_space=options.get("action_space"), annotations=options.get("language_annotations"),
-            skip_corrupt=bool(options.get("skip_corrupt", False)))
-    if source.reader == "libero_hdf5":
-        from kidata.sources.libero import LiberoHdf5Source
-
-        return LiberoHdf5Source(options["path"], name=source.name, annotations=options.get("language_annotations"))
-    if source.reader == "coco_captions":
-        from kidata.sources.coco import CocoCaptions
-
-        return CocoCaptions(options["annotations"], options["images"], name=source.name, image_size=size)
-    if source.reader == "coco_detection":
-        from kidata.sources.coco import CocoDetection
-
-        return CocoDetection(options["instances"], options["images"], name=source.name, image_size=size)
-    if source.reader == "vqav2":
-        from kidata.sources.vqav2 import Vqav2
-
-        return Vqav2(options["questions"], options["annotations"], options["images"], name=source.name,
-                     answer=options.get("answer", "multiple_choice"), image_size=size)
-    if source.reader == "metaworld":
-        from kidata.sources.metaworld import MetaWorldSource
-
-        return MetaWorldSource(options["tasks"], episodes_per_task=int(options.get("episodes_per_task", 10)),
-                               seed=int(options.get("seed", recipe.mixture.seed)), cameras=options.get("cameras"),
-                               image_size=int(options.get("image_size", size)),
-                               max_steps=int(options.get("max_steps", 300)), name=source.name)
-    if source.reader == "metaworld_scenes":
-        from kidata.sources.metaworld import MetaWorldSceneSource
-
-        return MetaWorldSceneSource(options["tasks"], scenes_per_task=int(options.get("scenes_per_task", 10)),
-                                    seed=int(options.get("seed", recipe.mixture.seed)),
-                                    camera=options.get("camera", "corner"), image_size=int(options.get("image_size", size)),
-                                    pointing=bool(options.get("pointing", False)), name=source.name)
-    from kidata.sources.pixmo import PixmoSource
-
-    return PixmoSource(source.reader.split("_", 1)[1], options["parquet"], options["mirror"], name=source.name,
-                       image_size=size)
+    return open_reader(source.reader, source.options, name=source.name, image_size=recipe.mixture.image_size,
+                       seed=recipe.mixture.seed)
 
 
 def output_fs(out: str):

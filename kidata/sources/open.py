@@ -1,5 +1,6 @@
 """One entry point from a reader name and options (as a recipe or the command line gives them) to a
-robot source."""
+source: ``open_robot_source`` for robot readers with keyword options, ``open_reader`` for any
+reader with a recipe source's option table."""
 
 from __future__ import annotations
 
@@ -47,3 +48,46 @@ def open_robot_source(
 
         return LiberoHdf5Source(path, name=name or "libero", annotations=annotations)
     raise ValueError(f"unknown robot reader {reader!r}; known: {ROBOT_READERS}")
+
+
+def open_reader(reader: str, options: Mapping[str, Any], *, name: str, image_size: int, seed: int = 0):
+    """Any reader (robot or VLM) from a recipe source's options; ``image_size`` is the mixture's,
+    ``seed`` its default for simulated sources."""
+    if reader in ROBOT_READERS:
+        return open_robot_source(
+            reader, path=options["path"], name=name, dataset=options.get("dataset"), mapping=options.get("mapping"),
+            split=options.get("split", "train"), action_space=options.get("action_space"),
+            annotations=options.get("language_annotations"), skip_corrupt=bool(options.get("skip_corrupt", False)))
+    if reader == "metaworld":
+        from kidata.sources.metaworld import MetaWorldSource
+
+        return MetaWorldSource(options["tasks"], episodes_per_task=int(options.get("episodes_per_task", 10)),
+                               seed=int(options.get("seed", seed)), cameras=options.get("cameras"),
+                               image_size=int(options.get("image_size", image_size)),
+                               max_steps=int(options.get("max_steps", 300)), name=name)
+    if reader == "metaworld_scenes":
+        from kidata.sources.metaworld import MetaWorldSceneSource
+
+        return MetaWorldSceneSource(options["tasks"], scenes_per_task=int(options.get("scenes_per_task", 10)),
+                                    seed=int(options.get("seed", seed)), camera=options.get("camera", "corner"),
+                                    image_size=int(options.get("image_size", image_size)),
+                                    pointing=bool(options.get("pointing", False)), name=name)
+    if reader == "coco_captions":
+        from kidata.sources.coco import CocoCaptions
+
+        return CocoCaptions(options["annotations"], options["images"], name=name, image_size=image_size)
+    if reader == "coco_detection":
+        from kidata.sources.coco import CocoDetection
+
+        return CocoDetection(options["instances"], options["images"], name=name, image_size=image_size)
+    if reader == "vqav2":
+        from kidata.sources.vqav2 import Vqav2
+
+        return Vqav2(options["questions"], options["annotations"], options["images"], name=name,
+                     answer=options.get("answer", "multiple_choice"), image_size=image_size)
+    if reader.startswith("pixmo_"):
+        from kidata.sources.pixmo import PixmoSource
+
+        return PixmoSource(reader.split("_", 1)[1], options["parquet"], options["mirror"], name=name,
+                           image_size=image_size)
+    raise ValueError(f"unknown reader {reader!r}")
