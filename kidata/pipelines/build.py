@@ -254,6 +254,15 @@ def _encode_vlm_unit(context, source, source_name, unit, holdout, encoder, repor
 def build(recipe: Recipe, out: str, *, engine: str = "local", workers: int = 1, force: bool = False,
           progress: bool = True, ray_address: str | None = None, fast_override: str | None = None) -> dict:
     """Runs (or resumes) a build and returns the manifest."""
+    from kidata.pipelines.engine import shared_pool
+
+    with shared_pool(workers if engine == "local" else 1):
+        return _build(recipe, out, engine=engine, workers=workers, force=force, progress=progress,
+                      ray_address=ray_address, fast_override=fast_override)
+
+
+def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, progress: bool,
+           ray_address: str | None, fast_override: str | None) -> dict:
     from kidata.pipelines.engine import run_jobs
 
     fs, root = output_fs(out)

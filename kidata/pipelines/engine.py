@@ -7,12 +7,30 @@ on, so completed units stay in place for a resume.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import traceback
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 ENGINES = ("local", "ray")
+_SHARED_POOL: dict[int, ProcessPoolExecutor] = {}
+
+
+@contextlib.contextmanager
+def shared_pool(workers: int) -> Iterator[None]:
+    """One local process pool for every ``run_jobs`` call inside the block (a build's two passes):
+    spawned workers import their libraries (TensorFlow: seconds) once instead of once per pass."""
+    if workers <= 1 or workers in _SHARED_POOL:
+        yield
+        return
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    _SHARED_POOL[workers] = pool
+    try:
+        yield
+    finally:
+        del _SHARED_POOL[workers]
+        pool.shutdown()
 
 
 def _describe(error: BaseException) -> str:
@@ -54,7 +72,9 @@ def run_jobs(
                         traceback.print_exc()
             bar.update(1)
     else:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        shared = _SHARED_POOL.get(workers)
+        with contextlib.nullcontext(shared) if shared else ProcessPoolExecutor(
+                workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(function, *args): (index, args, name, 1) for index, (args, name) in enumerate(jobs)}
             while futures:
                 done = next(iter(_as_completed(futures)))
