@@ -75,15 +75,10 @@ class Policy:
         return unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)
 
     def _fast_actions(self, batch: dict) -> np.ndarray:
-        text = self.encoder.text
         budget = self.manifest["encoding"]["max_tokens"]
-        generated = self.model.generate(batch, budget, stop_ids=(text.eos_id, *text.encode("|")))[0].cpu().numpy()
-        token_range = self.encoder.id_map.range
-        inside = (generated >= token_range.first) & (generated <= token_range.last)
-        stop = len(generated) if inside.all() else int(np.argmin(inside))
-        ids = self.encoder.id_map.to_action(generated[:stop])
-        decoded, ok = self.encoder.actions.decode([ids], horizon=self.action_horizon,
-                                                  dim=self.manifest["encoding"]["action_dim"])
+        generated = self.model.generate(batch, budget, stop_ids=self.encoder.stop_ids).cpu().numpy()
+        decoded, _ = self.encoder.decode_generated_actions(generated, horizon=self.action_horizon,
+                                                           dim=self.manifest["encoding"]["action_dim"])
         return decoded[0]
 
 

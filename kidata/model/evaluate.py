@@ -13,7 +13,7 @@ On batches of the build's ``val`` split (episodes / examples held out by the rec
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -33,14 +33,15 @@ def prefix_only(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class Evaluator:
     """Accumulates metrics over batches; ``result()`` returns plain floats."""
 
-    def __init__(self, manifest: Mapping[str, Any], encoder: Any, *, num_steps: int = 10, max_new_tokens: int = 64,
-                 eos_id: int | None = None, bar_ids: Iterable[int] = ()) -> None:
+    def __init__(self, manifest: Mapping[str, Any], encoder: Any, *, num_steps: int = 10,
+                 max_new_tokens: int = 64) -> None:
         self.encoder = encoder
+        self.horizon, self.action_dim = manifest["encoding"]["action_horizon"], manifest["encoding"]["action_dim"]
         self.num_steps, self.max_new_tokens = num_steps, max_new_tokens
         self.normalization = manifest["encoding"]["normalization"]
         self.stats = {index: NormStats.from_json(s["norm_stats"]) for index, s in enumerate(manifest["sources"])
                       if s["kind"] == "robot"}
-        self.stop_ids = tuple(i for i in (eos_id, *bar_ids) if i is not None)
+        self.stop_ids = encoder.stop_ids
         self.sums: dict[str, float] = {}
         self.counts: dict[str, float] = {}
         self.dim_sq: np.ndarray | None = None
@@ -64,7 +65,8 @@ class Evaluator:
             self._action_error("action_mse", predicted, batch, np.ones(len(predicted), dtype=bool))
         if robot.any() and model.config.fast_loss:
             generated = model.generate(prompt, self.max_new_tokens, stop_ids=self.stop_ids).cpu().numpy()
-            decoded, ok = self._decode_actions(generated, batch)
+            # decoded at the build's own width (FAST was fitted there), not the model's padded one
+            decoded, ok = self.encoder.decode_generated_actions(generated, horizon=self.horizon, dim=self.action_dim)
             self._add("fast_decode_rate", float(ok[robot.cpu().numpy()].sum()), float(robot.sum()))
             self._action_error("fast_action_mse", decoded, batch, ok)
         vlm = ~robot & batch["loss"].any(dim=1)
@@ -91,18 +93,6 @@ class Evaluator:
                     self.dim_sq, self.dim_n = np.zeros(error.shape[1]), np.zeros(error.shape[1])
                 self.dim_sq[: error.shape[1]] += error.sum(0)
                 self.dim_n[: error.shape[1]] += error.shape[0]
-
-    def _decode_actions(self, generated: np.ndarray, batch) -> tuple[np.ndarray, np.ndarray]:
-        horizon, dim = batch["actions"].shape[1], batch["actions"].shape[2]
-        first, last = self.encoder.id_map.range.first, self.encoder.id_map.range.last
-        rows = []
-        for tokens in generated:
-            inside = (tokens >= first) & (tokens <= last)
-            stop = np.argmin(inside) if not inside.all() else len(tokens)  # the leading run of action ids
-            rows.append(self.encoder.id_map.to_action(tokens[:stop]))
-        decoded, ok = self.encoder.actions.decode(rows, horizon=horizon, dim=dim)
-        ok &= np.array([len(r) > 0 for r in rows])
-        return decoded, ok
 
     def result(self) -> dict[str, Any]:
         out: dict[str, Any] = {name: self.sums[name] / max(self.counts[name], 1.0) for name in sorted(self.sums)}

@@ -299,9 +299,7 @@ def evaluate(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, m
     from kidata.pipelines.build import sample_encoder
 
     encoder = sample_encoder(manifest, str(run / "fast_tokenizer"))
-    text = encoder.text
-    evaluator = Evaluator(manifest, encoder, num_steps=config.eval.num_steps, max_new_tokens=config.eval.max_new_tokens,
-                          eos_id=text.eos_id, bar_ids=text.encode("|"))
+    evaluator = Evaluator(manifest, encoder, num_steps=config.eval.num_steps, max_new_tokens=config.eval.max_new_tokens)
     _, loader = _loader(config, manifest_path, "val", env.rank, env.world, manifest,
                         batch_size=config.eval.batch_size, workers=0, augment=False)
     model.eval()

@@ -249,5 +249,25 @@ class SampleEncoder:
         start, stop = sample.fast_span
         return self.id_map.to_action(sample.tokens[start:stop])
 
+    @property
+    def stop_ids(self) -> tuple[int, ...]:
+        """Token ids that end generation: EOS and the "|" that closes an action span."""
+        return tuple(i for i in (self.text.eos_id, *self.text.encode("|")) if i is not None)
+
+    def decode_generated_actions(self, generated: Sequence[np.ndarray] | np.ndarray, *, horizon: int,
+                                 dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """Actions float64 [B, horizon, dim] and ok bool [B] from greedily generated token rows:
+        each row's leading run of ids in the action range (the pi0-FAST output) mapped back and
+        decoded; a row that starts with no action id is not ok."""
+        token_range = self.id_map.range
+        rows = []
+        for tokens in generated:
+            tokens = np.asarray(tokens)
+            inside = (tokens >= token_range.first) & (tokens <= token_range.last)
+            stop = len(tokens) if inside.all() else int(np.argmin(inside))
+            rows.append(self.id_map.to_action(tokens[:stop]))
+        decoded, ok = self.actions.decode(rows, horizon=horizon, dim=dim)
+        return decoded, ok & np.array([len(row) > 0 for row in rows])
+
     def state_bins(self, sample: Sample) -> np.ndarray | None:
         return None if sample.state is None else discretize_state(sample.state)[0]
