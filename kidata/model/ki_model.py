@@ -22,6 +22,15 @@ from kidata.model.config import ModelConfig
 from kidata.model.layers import AdaRMSNorm, GeGLU, RMSNorm, VisionTower, rotary, timestep_embedding
 
 
+def sample_flow_inputs(shape: tuple[int, ...], generator: torch.Generator | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flow-matching noise [B, H, A] ~ N(0, 1) and time [B] ~ Beta(1.5, 1) scaled into
+    [0.001, 1] (openpi's convention); Beta(1.5, 1) by inversion of its CDF t^1.5."""
+    noise = torch.randn(shape, generator=generator)
+    uniform = torch.rand(shape[0], generator=generator)
+    return noise, uniform.pow(1 / 1.5) * 0.999 + 0.001
+
+
 class _Layer(nn.Module):
     """One stream's weights in one layer: attention projections, MLP and their norms. Both
     streams use the same heads and head dim, so their attention can be joined."""
@@ -224,10 +233,10 @@ class KIModel(nn.Module):
         out: dict = {}
         if c.has_expert:
             actions = batch["actions"]
-            if noise is None:
-                noise = torch.randn_like(actions)
-            if t is None:
-                t = torch.distributions.Beta(1.5, 1.0).sample((actions.shape[0],)).to(actions) * 0.999 + 0.001
+            if noise is None or t is None:
+                drawn_noise, drawn_t = sample_flow_inputs(tuple(actions.shape))
+                noise = drawn_noise.to(actions) if noise is None else noise
+                t = drawn_t.to(actions) if t is None else t
             noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
             e, cond, own = self.expert_inputs(noisy, t, batch)
             prefix_visible = self.prefix_visible(valid, ar)

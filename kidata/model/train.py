@@ -29,11 +29,11 @@ import torch
 import torch.distributed as dist
 
 from kidata.model.evaluate import Evaluator
-from kidata.model.ki_model import KIModel
+from kidata.model.ki_model import KIModel, sample_flow_inputs
 from kidata.model.train_config import TrainConfig
 from kidata.model.train_state import latest_checkpoint, load_checkpoint, save_checkpoint
 from kidata.pipelines.collate import Augment, collate
-from kidata.pipelines.mixture import ManifestMismatch, MixtureDataset, read_manifest
+from kidata.pipelines.mixture import ManifestMismatch, MixtureDataset, check_expectations, read_manifest
 
 
 class TrainingDiverged(RuntimeError):
@@ -67,13 +67,9 @@ def check_compatible(manifest: dict, config: TrainConfig) -> None:
 
 
 def flow_inputs(seed: int, rank: int, step: int, micro: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise [B, H, A] and time [B] of one micro-batch, a function of its coordinates only.
-    t ~ Beta(1.5, 1) by inversion (CDF t^1.5), scaled into [0.001, 1] as openpi."""
+    """Noise [B, H, A] and time [B] of one micro-batch, a function of its coordinates only."""
     digest = hashlib.sha256(f"{seed}/{rank}/{step}/{micro}".encode()).digest()
-    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
-    noise = torch.randn(shape, generator=generator)
-    uniform = torch.rand(shape[0], generator=generator)
-    return noise, uniform.pow(1 / 1.5) * 0.999 + 0.001
+    return sample_flow_inputs(shape, torch.Generator().manual_seed(int.from_bytes(digest[:8], "little")))
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -120,9 +116,9 @@ def _prepare_run(run: Path, config: TrainConfig, manifest: dict, root: str, resu
     saved = run / "manifest.json"
     if resume and saved.exists():
         before = json.loads(saved.read_text())
-        for key in ("tokenizers", "encoding"):
-            if before[key] != manifest[key]:
-                raise ManifestMismatch(f"--resume on a different mixture: {key} changed since this run started")
+        check_expectations(manifest, {"text_sha256": before["tokenizers"]["text"]["sha256"],
+                                      "fast_sha256": before["tokenizers"]["fast"]["sha256"],
+                                      "encoding": before["encoding"]})
     run.mkdir(parents=True, exist_ok=True)
     config.save(run / "config.json")
     saved.write_text(json.dumps(manifest, indent=2, sort_keys=True))
