@@ -160,6 +160,10 @@ def _build(args: argparse.Namespace) -> int:
     report = json.loads(Path(args.out, "build_report.json").read_text()) if "://" not in args.out else {}
     if report:
         print(f"{report['samples']} samples in {report['seconds']:.1f} s ({report['samples_per_second']:.0f} samples/s)")
+        cost = report["cost"]
+        print(f"pass 1 {cost['pass1']['wall_seconds']:.1f} s, FAST {cost['fast_seconds']:.1f} s, pass 2 "
+              f"{cost['pass2']['wall_seconds']:.1f} s ({cost['pass2']['job_seconds']:.1f} s inside units); peak RSS "
+              f"{cost['coordinator_peak_rss_mib']:.0f} MiB here, {cost['pass2']['worker_peak_rss_mib']:.0f} MiB per worker")
     print(f"manifest: {args.out}/manifest.json; report: {args.out}/build_report.json")
     return 0
 

@@ -280,3 +280,14 @@ def test_bins_with_fast_fit_keys_are_refused(tmp_path):
                                              "fast_tokenizer = { bins = 256, vocab_size = 300 }"))
     with pytest.raises(RecipeError, match="vocab_size"):
         load_recipe(path)
+
+
+def test_build_report_records_what_each_pass_cost(built):
+    _, out, _ = built
+    cost = json.loads((out / "build_report.json").read_text())["cost"]
+    assert cost["pass1"]["jobs"] == 3 and cost["pass2"]["jobs"] == 6  # 3 bridge units; 3 bridge + 3 vqav2
+    assert cost["pass1"]["workers"] == cost["pass2"]["workers"] == 1  # one worker: this process
+    for phase in ("pass1", "pass2"):
+        assert 0 < cost[phase]["job_seconds"] <= cost[phase]["wall_seconds"]
+        assert 0 < cost[phase]["worker_peak_rss_mib"] <= cost["coordinator_peak_rss_mib"]
+    assert cost["fast_seconds"] > 0

@@ -263,7 +263,7 @@ def build(recipe: Recipe, out: str, *, engine: str = "local", workers: int = 1, 
 
 def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, progress: bool,
            ray_address: str | None, fast_override: str | None) -> dict:
-    from kidata.pipelines.engine import run_jobs
+    from kidata.pipelines.engine import JobTimes, peak_rss_mib, run_jobs
 
     fs, root = output_fs(out)
     state_file = f"{root}/{STATE_DIR}/recipe.json"
@@ -280,10 +280,14 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
     robot = [s for s in recipe.sources if s.kind == "robot"]
 
     # pass 1 -----------------------------------------------------------------------------
-    norm_stats, pass1_reports, episodes = _pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_address)
+    pass1_times, pass2_times = JobTimes(), JobTimes()
+    norm_stats, pass1_reports, episodes = _pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_address,
+                                                 pass1_times)
     action_dim = recipe.mixture.action_dim or max((len(norm_stats[s.name]["actions"]["mean"]) for s in robot), default=1)
+    fast_started = time.perf_counter()
     fast_files = _fast_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, engine, workers, progress,
                                  ray_address, fast_override)
+    fast_seconds = time.perf_counter() - fast_started
 
     # pass 2 -----------------------------------------------------------------------------
     context = EncodeContext(recipe, out, fast_files, norm_stats, action_dim)
@@ -295,24 +299,27 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
             if not fs.exists(record_path):
                 jobs.append(((context, source.name, unit, index), f"{source.name}:{index}"))
     results, failures = run_jobs(encode_unit, jobs, engine=engine, workers=workers, progress=progress,
-                                 label="encode", ray_address=ray_address)
+                                 label="encode", ray_address=ray_address, times=pass2_times)
     if failures:
         raise BuildError("units failed (completed units are kept; run the build again to resume): "
                          + "; ".join(f"{name}: {error}" for name, error in failures))
     manifest = _manifest(recipe, context, fs, root, units, norm_stats)
     write_text(fs, f"{root}/manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     report = _report(manifest, time.perf_counter() - started, pass1_reports)
+    report["cost"] = {"pass1": pass1_times.as_dict(), "fast_seconds": round(fast_seconds, 3),
+                      "pass2": pass2_times.as_dict(), "coordinator_peak_rss_mib": round(peak_rss_mib(), 1)}
     write_text(fs, f"{root}/build_report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
-def collect_pass1(recipe, robot, units, *, engine="local", workers=1, progress=True, ray_address=None) -> dict:
+def collect_pass1(recipe, robot, units, *, engine="local", workers=1, progress=True, ray_address=None,
+                  times=None) -> dict:
     """Pass 1 over robot sources: {name: (EpisodeStats, ReadReport, bottom-k reservoir)}."""
     from kidata.pipelines.engine import run_jobs
 
     jobs = [((recipe, s.name, unit), f"{s.name}:{i}") for s in robot for i, unit in enumerate(units[s.name])]
     results, failures = run_jobs(stats_unit, jobs, engine=engine, workers=workers, progress=progress,
-                                 label="stats", ray_address=ray_address)
+                                 label="stats", ray_address=ray_address, times=times)
     if failures:
         raise BuildError("statistics units failed: " + "; ".join(f"{n}: {e}" for n, e in failures))
     merged: dict[str, tuple[EpisodeStats, ReadReport, list]] = {s.name: (EpisodeStats(), ReadReport(), []) for s in robot}
@@ -339,10 +346,10 @@ def normalized_chunks(recipe, reservoirs: dict[str, np.ndarray], norm_stats: dic
     return np.concatenate(parts)
 
 
-def _pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_address):
+def _pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_address, times):
     todo = [s for s in robot if not fs.exists(f"{root}/{STATE_DIR}/stats/{s.name}.json")]
     merged = collect_pass1(recipe, todo, units, engine=engine, workers=workers, progress=progress,
-                           ray_address=ray_address)
+                           ray_address=ray_address, times=times)
     fs.makedirs(f"{root}/{STATE_DIR}/stats", exist_ok=True)
     for source, (stats, report, reservoir) in merged.items():
         chunks = np.stack([chunk for _, chunk in reservoir]).astype(np.float32)

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
+import resource
+import sys
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 ENGINES = ("local", "ray")
@@ -33,6 +38,41 @@ def shared_pool(workers: int) -> Iterator[None]:
         pool.shutdown()
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+@dataclass
+class JobTimes:
+    """What a ``run_jobs`` call cost: its wall time, the seconds spent inside the jobs (summed over
+    workers: the work itself, without process start-up and imports), and each worker process's
+    peak RSS. Filled by ``run_jobs(..., times=JobTimes())``; the build report is made of these."""
+
+    wall_seconds: float = 0.0
+    job_seconds: float = 0.0
+    jobs: int = 0
+    peak_rss_mib: dict[int, float] = field(default_factory=dict)  # pid -> MiB
+
+    def add(self, seconds: float, pid: int, rss_mib: float) -> None:
+        self.job_seconds += seconds
+        self.jobs += 1
+        self.peak_rss_mib[pid] = max(rss_mib, self.peak_rss_mib.get(pid, 0.0))
+
+    def as_dict(self) -> dict:
+        return {"wall_seconds": round(self.wall_seconds, 3), "job_seconds": round(self.job_seconds, 3),
+                "jobs": self.jobs, "workers": len(self.peak_rss_mib),
+                "worker_peak_rss_mib": round(max(self.peak_rss_mib.values(), default=0.0), 1)}
+
+
+def _measured(function: Callable[..., Any], *args: Any) -> tuple[Any, float, int, float]:
+    """Runs one job where it is scheduled; returns (result, seconds, pid, peak RSS in MiB)."""
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start, os.getpid(), peak_rss_mib()
+
+
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
@@ -46,9 +86,10 @@ def run_jobs(
     progress: bool = True,
     label: str = "units",
     ray_address: str | None = None,
+    times: JobTimes | None = None,
 ) -> tuple[list[Any], list[tuple[str, str]]]:
     """Runs ``function(*args)`` for each (args, name); returns results in job order (None for a
-    failed job) and the (name, error) of jobs that failed twice."""
+    failed job) and the (name, error) of jobs that failed twice. ``times`` collects the cost."""
     from tqdm import tqdm
 
     if engine not in ENGINES:
@@ -57,14 +98,17 @@ def run_jobs(
     failures: list[tuple[str, str]] = []
     if not jobs:
         return results, failures
+    times = times if times is not None else JobTimes()
+    started = time.perf_counter()
+    measured = [((function, *args), name) for args, name in jobs]
     bar = tqdm(total=len(jobs), desc=label, unit="unit", disable=not progress)
     if engine == "ray":
-        _run_ray(function, jobs, results, failures, bar, ray_address)
+        _run_ray(_measured, measured, results, failures, bar, ray_address)
     elif workers <= 1:
-        for index, (args, name) in enumerate(jobs):
+        for index, (args, name) in enumerate(measured):
             for attempt in (1, 2):
                 try:
-                    results[index] = function(*args)
+                    results[index] = _measured(*args)
                     break
                 except Exception as error:  # noqa: BLE001 - retried once, then reported
                     if attempt == 2:
@@ -75,7 +119,7 @@ def run_jobs(
         shared = _SHARED_POOL.get(workers)
         with contextlib.nullcontext(shared) if shared else ProcessPoolExecutor(
                 workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(function, *args): (index, args, name, 1) for index, (args, name) in enumerate(jobs)}
+            futures = {pool.submit(_measured, *args): (index, args, name, 1) for index, (args, name) in enumerate(measured)}
             while futures:
                 done = next(iter(_as_completed(futures)))
                 index, args, name, attempt = futures.pop(done)
@@ -84,11 +128,17 @@ def run_jobs(
                     bar.update(1)
                 except Exception as error:  # noqa: BLE001
                     if attempt == 1:
-                        futures[pool.submit(function, *args)] = (index, args, name, 2)
+                        futures[pool.submit(_measured, *args)] = (index, args, name, 2)
                     else:
                         failures.append((name, _describe(error)))
                         bar.update(1)
     bar.close()
+    for index, outcome in enumerate(results):
+        if outcome is not None:
+            result, seconds, pid, rss = outcome
+            times.add(seconds, pid, rss)
+            results[index] = result
+    times.wall_seconds += time.perf_counter() - started
     return results, failures
 
 

@@ -1,0 +1,38 @@
+"""The local engine: results in job order, one retry, and the cost it reports (job seconds and
+per-worker peak RSS, measured inside the worker processes)."""
+
+from __future__ import annotations
+
+import os
+
+from kidata.pipelines.engine import JobTimes, run_jobs
+
+
+def _pid_of(value: int) -> tuple[int, int]:
+    return value, os.getpid()
+
+
+def _fails_on_three(value: int) -> int:
+    if value == 3:
+        raise ValueError("three is refused")
+    return value * 10
+
+
+def test_in_process_results_come_in_job_order_and_failures_are_named():
+    times = JobTimes()
+    results, failures = run_jobs(_fails_on_three, [((v,), f"unit:{v}") for v in range(5)], progress=False, times=times)
+    assert results == [0, 10, 20, None, 40]
+    assert failures == [("unit:3", "ValueError: three is refused")]
+    assert times.jobs == 4 and list(times.peak_rss_mib) == [os.getpid()]
+
+
+def test_pool_times_are_measured_inside_the_worker_processes():
+    times = JobTimes()
+    results, failures = run_jobs(_pid_of, [((v,), f"unit:{v}") for v in range(6)], workers=2, progress=False, times=times)
+    assert failures == [] and [value for value, _ in results] == list(range(6))
+    worker_pids = {pid for _, pid in results}
+    assert os.getpid() not in worker_pids and set(times.peak_rss_mib) == worker_pids
+    assert times.jobs == 6 and 0 < times.job_seconds <= times.wall_seconds * len(worker_pids)
+    assert all(rss > 10 for rss in times.peak_rss_mib.values())  # a Python interpreter's resident pages
+    summary = times.as_dict()
+    assert summary["jobs"] == 6 and summary["workers"] == len(worker_pids)
