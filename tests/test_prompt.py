@@ -167,3 +167,22 @@ def test_action_range_may_not_cover_bos_eos_pad_or_image(text, chunk_and_fast):
     _, fast = chunk_and_fast
     with pytest.raises(RangeCollision, match="the BOS token"):
         SampleEncoder(text, fast, id_map=ActionIdMap(text.vocab_size, 1024, rule="offset", offset=0))
+
+
+def test_an_episodes_chunks_tokenized_together_equal_one_by_one(text, chunk_and_fast):
+    _, fast = chunk_and_fast
+    chunks = action_chunks(40, 10, 7, seed=2)
+    encoder = SampleEncoder(text, fast)
+    together = encoder.action_ids_batch(chunks)
+    assert [ids.tolist() for ids in together] == [encoder._action_ids(chunk).tolist() for chunk in chunks]
+    assert encoder.stats.clipped_action_chunks == 0 and encoder.action_ids_batch(chunks[:0]) == []
+
+
+def test_chunks_tokenized_together_count_each_clipped_chunk(text, chunk_and_fast):
+    _, fast = chunk_and_fast
+    chunks = action_chunks(6, 10, 7, seed=3)
+    chunks[[1, 4]] *= 1000.0  # far outside the fitted range: DCT coefficients clip
+    encoder = SampleEncoder(text, fast)
+    together = encoder.action_ids_batch(chunks)
+    assert encoder.stats.clipped_action_chunks == 2
+    assert [ids.tolist() for ids in together] == [SampleEncoder(text, fast)._action_ids(c).tolist() for c in chunks]

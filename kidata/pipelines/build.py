@@ -63,6 +63,15 @@ def output_fs(out: str):
     return fs, root.rstrip("/")
 
 
+def warm_up_sources(recipe: Recipe) -> None:
+    """Opens every source of the recipe in this worker process (TensorFlow import, tfds builder,
+    traced parsers) before its first unit arrives."""
+    for source in recipe.sources:
+        warm_up = getattr(open_source(recipe, source), "warm_up", None)
+        if warm_up is not None:
+            warm_up()
+
+
 def write_text(fs, path: str, text: str) -> None:
     """Atomic small-file write: temporary name, then rename."""
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -200,10 +209,13 @@ def _encode_robot_unit(context, source, source_name, unit, holdout, encoder, rep
         split = "val" if in_holdout(source_name, episode.episode_id, holdout) else "train"
         state = normalize(episode.state, stats.state, mixture.normalization).astype(np.float32)
         actions = normalize(episode.actions, stats.actions, mixture.normalization).astype(np.float32)
-        for step in range(0, episode.steps, mixture.step_stride):
-            index = np.minimum(np.arange(step, step + horizon), episode.steps - 1)
-            chunk = np.zeros((horizon, context.action_dim), dtype=np.float32)
-            chunk[:, : actions.shape[1]] = actions[index]
+        steps = range(0, episode.steps, mixture.step_stride)
+        index = np.minimum(np.arange(horizon)[None, :] + np.asarray(steps)[:, None], episode.steps - 1)  # [N, H]
+        chunks = np.zeros((len(steps), horizon, context.action_dim), dtype=np.float32)
+        chunks[:, :, : actions.shape[1]] = actions[index]
+        action_ids = encoder.action_ids_batch(chunks)
+        for row, step in enumerate(steps):
+            chunk, ids = chunks[row], action_ids[row]
             valid = np.arange(step, step + horizon) < episode.steps
             choice = int(stable_fraction(mixture.seed, "instruction", episode.episode_id, step)
                          * max(1, len(episode.instructions)))
@@ -211,9 +223,9 @@ def _encode_robot_unit(context, source, source_name, unit, holdout, encoder, rep
             meta = {"source": source_name, "episode": episode.episode_id, "step": step,
                     "action_dim": int(actions.shape[1])}
 
-            def build(step=step, chunk=chunk, valid=valid, instruction=instruction, meta=meta):
+            def build(step=step, chunk=chunk, valid=valid, instruction=instruction, meta=meta, ids=ids):
                 sample = encoder.robot(instruction, state[step], chunk, valid, subtask=episode.annotation_at(step),
-                                       meta=meta)
+                                       meta=meta, action_ids=ids)
                 sample.actions = chunk[:, : actions.shape[1]]  # stored at the source's own dimension
                 return sample
 
@@ -256,7 +268,7 @@ def build(recipe: Recipe, out: str, *, engine: str = "local", workers: int = 1, 
     """Runs (or resumes) a build and returns the manifest."""
     from kidata.pipelines.engine import shared_pool
 
-    with shared_pool(workers if engine == "local" else 1):
+    with shared_pool(workers if engine == "local" else 1, warm_up_sources, (recipe,)):
         return _build(recipe, out, engine=engine, workers=workers, force=force, progress=progress,
                       ray_address=ray_address, fast_override=fast_override)
 

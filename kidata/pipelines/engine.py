@@ -23,13 +23,17 @@ _SHARED_POOL: dict[int, ProcessPoolExecutor] = {}
 
 
 @contextlib.contextmanager
-def shared_pool(workers: int) -> Iterator[None]:
+def shared_pool(workers: int, warm_up: Callable[..., None] | None = None, warm_up_args: tuple = ()) -> Iterator[None]:
     """One local process pool for every ``run_jobs`` call inside the block (a build's two passes):
-    spawned workers import their libraries (TensorFlow: seconds) once instead of once per pass."""
+    spawned workers import their libraries (TensorFlow: seconds) once instead of once per pass.
+    The workers start at once and run ``warm_up(*warm_up_args)`` (imports, opening datasets)
+    while the coordinator lists units, so that cost overlaps instead of delaying the first jobs."""
     if workers <= 1 or workers in _SHARED_POOL:
         yield
         return
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_warm_up if warm_up else None, initargs=(warm_up, *warm_up_args))
+    pool.submit(int)  # a spawn pool starts all its workers with the first submission
     _SHARED_POOL[workers] = pool
     try:
         yield
@@ -38,8 +42,26 @@ def shared_pool(workers: int) -> Iterator[None]:
         pool.shutdown()
 
 
+def _warm_up(function: Callable[..., None], *args: Any) -> None:
+    """Pool initializer. Never raises: a failing initializer breaks the whole pool, and whatever
+    failed here fails again, with its real error, in the job that needs it."""
+    try:
+        function(*args)
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def peak_rss_mib() -> float:
-    """This process's peak resident set size so far, in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    """This process's peak resident set size so far, in MiB. On Linux from /proc's VmHWM: Linux
+    carries ``ru_maxrss`` across exec, so a spawned worker (fork + exec) would report at least its
+    parent's size at spawn time. Elsewhere ru_maxrss (KiB on Linux, bytes on macOS)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
@@ -52,25 +74,28 @@ class JobTimes:
 
     wall_seconds: float = 0.0
     job_seconds: float = 0.0
+    job_cpu_seconds: float = 0.0  # CPU time of the worker processes (all their threads) during jobs
     jobs: int = 0
     peak_rss_mib: dict[int, float] = field(default_factory=dict)  # pid -> MiB
 
-    def add(self, seconds: float, pid: int, rss_mib: float) -> None:
+    def add(self, seconds: float, cpu_seconds: float, pid: int, rss_mib: float) -> None:
         self.job_seconds += seconds
+        self.job_cpu_seconds += cpu_seconds
         self.jobs += 1
         self.peak_rss_mib[pid] = max(rss_mib, self.peak_rss_mib.get(pid, 0.0))
 
     def as_dict(self) -> dict:
         return {"wall_seconds": round(self.wall_seconds, 3), "job_seconds": round(self.job_seconds, 3),
+                "job_cpu_seconds": round(self.job_cpu_seconds, 3),
                 "jobs": self.jobs, "workers": len(self.peak_rss_mib),
                 "worker_peak_rss_mib": round(max(self.peak_rss_mib.values(), default=0.0), 1)}
 
 
-def _measured(function: Callable[..., Any], *args: Any) -> tuple[Any, float, int, float]:
-    """Runs one job where it is scheduled; returns (result, seconds, pid, peak RSS in MiB)."""
-    start = time.perf_counter()
+def _measured(function: Callable[..., Any], *args: Any) -> tuple[Any, float, float, int, float]:
+    """Runs one job where it is scheduled; returns (result, seconds, CPU seconds, pid, peak RSS in MiB)."""
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = function(*args)
-    return result, time.perf_counter() - start, os.getpid(), peak_rss_mib()
+    return result, time.perf_counter() - start, time.process_time() - cpu_start, os.getpid(), peak_rss_mib()
 
 
 def _describe(error: BaseException) -> str:
@@ -135,8 +160,8 @@ def run_jobs(
     bar.close()
     for index, outcome in enumerate(results):
         if outcome is not None:
-            result, seconds, pid, rss = outcome
-            times.add(seconds, pid, rss)
+            result, seconds, cpu_seconds, pid, rss = outcome
+            times.add(seconds, cpu_seconds, pid, rss)
             results[index] = result
     times.wall_seconds += time.perf_counter() - started
     return results, failures

@@ -123,8 +123,8 @@ class ShardWriter:
             self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
             self._handle = self.fs.open(f"{final}.tmp", "wb")
             self._hash, self._size, self._count = hashlib.sha256(), 0, 0
-        for name in sorted(members):
-            self._emit(tar_member(f"{key}.{name}", members[name]))
+        # one write and one hash update per sample, not per member
+        self._emit(b"".join(tar_member(f"{key}.{name}", members[name]) for name in sorted(members)))
         self._count += 1
         if self._size >= self.target_bytes:
             self._flush()

@@ -20,11 +20,6 @@ from kidata.schema import Episode, Frames, episode_defect
 from kidata.sources.base import ReadReport, WorkUnit, load_annotations, split_range
 from kidata.sources.spec import DatasetSpec
 
-# Steps are stacked in batches of this many (a huge single batch stalls TensorFlow on features of
-# unknown shape); longer episodes are concatenated from several batches.
-_STEP_BATCH = 4096
-
-
 def _tfds():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
@@ -33,6 +28,65 @@ def _tfds():
     except ImportError as error:  # pragma: no cover - depends on the extra
         raise ImportError("reading RLDS needs the optional extra: pip install 'kidata[rlds]'") from error
     return tf, tfds
+
+
+def _image_decoders(builder) -> dict | None:
+    """Images stay encoded bytes (decoded only when a frame is used, never in the statistics pass)."""
+    _, tfds = _tfds()
+    observation = builder.info.features["steps"].feature["observation"]
+    keys = [key for key, feature in observation.items() if isinstance(feature, tfds.features.Image)]
+    return {"steps": {"observation": {key: tfds.decode.SkipDecoding() for key in keys}}} if keys else None
+
+
+def _is_tfrecord(builder) -> bool:
+    return str(getattr(builder.info.file_format, "value", builder.info.file_format) or "tfrecord") == "tfrecord"
+
+
+class _EpisodeParser:
+    """Serialized RLDS episode -> dict of tensors with the steps stacked to [T, ...] in the graph
+    (stacking per episode eagerly cost ~10 eager ops, ~4 ms each, per episode)."""
+
+    def __init__(self, builder) -> None:
+        tf, _ = _tfds()
+        features, decoders = builder.info.features, _image_decoders(builder)
+
+        def stack_steps(episode: dict) -> dict:
+            steps = episode["steps"]
+            # tfds builds the nested steps dataset from slices, so its length is known: one batch
+            # of exactly that size (a fixed huge batch size stalls TensorFlow on unknown-shape
+            # features). The empty element stands in for an episode with no steps.
+            count = steps.cardinality()
+            with tf.control_dependencies([tf.debugging.assert_non_negative(count, message="RLDS steps of unknown length")]):
+                count = tf.identity(count)
+            batched = steps.batch(tf.maximum(count, 1))
+            empty = tf.nest.map_structure(
+                lambda spec: tf.zeros([0] + [d or 0 for d in spec.shape[1:]], spec.dtype), batched.element_spec)
+            return {**episode, "steps": batched.concatenate(tf.data.Dataset.from_tensors(empty)).take(1).get_single_element()}
+
+        self.stack_steps = stack_steps
+        self._parse = tf.function(lambda serialized: stack_steps(features.deserialize_example(serialized, decoders=decoders)),
+                                  autograph=False)  # no Python control flow to convert; autograph parsing cost 0.2 s
+        self._concrete = None
+
+    def concrete(self):
+        if self._concrete is None:
+            tf, _ = _tfds()
+            self._concrete = self._parse.get_concrete_function(tf.TensorSpec([], tf.string))
+        return self._concrete
+
+    def __call__(self, serialized):
+        return self.concrete()(serialized)
+
+
+_PARSERS: dict[str, _EpisodeParser] = {}
+
+
+def _episode_parser(builder) -> _EpisodeParser:
+    """One parser (one trace) per dataset directory and process."""
+    key = str(builder.data_dir)
+    if key not in _PARSERS:
+        _PARSERS[key] = _EpisodeParser(builder)
+    return _PARSERS[key]
 
 
 def _flat_keys(features: Any, prefix: str = "") -> list[str]:
@@ -111,6 +165,11 @@ class RldsSource:
         if self.spec.episode_filter == "success_in_path" and "file_path" not in metadata:
             raise KeyError(f"dataset {self.spec.name!r}: the success filter needs episode_metadata/file_path")
 
+    def warm_up(self) -> None:
+        """Imports TensorFlow, opens the builder and traces the episode parser (build workers call
+        this when they start)."""
+        _episode_parser(self.builder).concrete()
+
     def num_episodes(self) -> int:
         return int(self.builder.info.splits[self.split].num_examples)
 
@@ -123,32 +182,26 @@ class RldsSource:
         return sorted({str(i.filename) for i in instructions})
 
     # ------------------------------------------------------------------ reading
-    def _dataset(self, unit: WorkUnit, images: bool = True):
-        """Episodes with their steps stacked inside the tf.data graph (one element per episode,
-        steps as [T, ...] tensors); without ``images`` the frames are dropped in the graph too.
-        Stacking per episode in eager mode cost ~10 eager ops (~4 ms each) per episode."""
+    def _episodes_tf(self, unit: WorkUnit) -> Iterator[dict]:
+        """One unit's episodes as dicts of tensors, steps stacked to [T, ...], images as encoded bytes.
+
+        tfrecord data: the unit's records read straight from its files (tfds file instructions)
+        and parsed by a function traced once per process (``_episode_parser``). Building a tfds
+        input pipeline per unit instead traces its decoding graph every time, ~0.3 s per unit,
+        which was most of the statistics pass. Other file formats go through ``as_dataset``."""
         tf, tfds = _tfds()
-        observation = self.builder.info.features["steps"].feature["observation"]
-        image_keys = [key for key, feature in observation.items() if isinstance(feature, tfds.features.Image)]
-        dataset = self.builder.as_dataset(
-            split=f"{unit.part}[{unit.start}:{unit.stop}]",
-            shuffle_files=False,
-            decoders={"steps": {"observation": {k: tfds.decode.SkipDecoding() for k in image_keys}}} if image_keys else None,
-            # a unit is one contiguous range: its files in order, no autotuned prefetch of whole episodes
-            read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True, interleave_cycle_length=1),
-        )
-
-        def stack(episode):
-            steps = episode["steps"]
-            if not images and image_keys:
-                steps = steps.map(lambda step: {**step, "observation": {
-                    k: v for k, v in step["observation"].items() if k not in image_keys}})
-            batched = steps.batch(_STEP_BATCH)
-            empty = tf.nest.map_structure(
-                lambda spec: tf.zeros([0] + [d or 0 for d in spec.shape[1:]], spec.dtype), batched.element_spec)
-            return {**episode, "steps": batched.concatenate(tf.data.Dataset.from_tensors(empty)).take(1).get_single_element()}
-
-        return dataset.map(stack).prefetch(2)
+        parse = _episode_parser(self.builder)
+        split = f"{unit.part}[{unit.start}:{unit.stop}]"
+        if _is_tfrecord(self.builder):
+            for instruction in self.builder.info.splits[split].file_instructions:
+                for serialized in tf.data.TFRecordDataset(str(instruction.filename)).skip(instruction.skip).take(
+                        instruction.take):
+                    yield parse(serialized)
+            return
+        dataset = self.builder.as_dataset(  # pragma: no cover - array_record datasets; RLDS ships tfrecord
+            split=split, shuffle_files=False, decoders=_image_decoders(self.builder),
+            read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True, interleave_cycle_length=1))
+        yield from dataset.map(parse.stack_steps)  # pragma: no cover
 
     def read(self, unit: WorkUnit, *, images: bool = True, report: ReadReport | None = None) -> Iterator[Episode]:
         """Episodes of one unit in order. ``images=False`` skips building frames (statistics)."""
@@ -157,7 +210,7 @@ class RldsSource:
         index = unit.start
         dims = None
         try:
-            for element in self._dataset(unit, images):
+            for element in self._episodes_tf(unit):
                 episode = self._episode(tf, element, index, images, report)
                 index += 1
                 if episode is None:

@@ -138,8 +138,11 @@ class SampleEncoder:
         subtask: str | None = None,
         images: dict[str, Any] | None = None,
         meta: dict[str, Any] | None = None,
+        action_ids: np.ndarray | None = None,
     ) -> Sample:
-        """state: normalized float [S]; chunk: normalized float [H, A]; action_valid: bool [H]."""
+        """state: normalized float [S]; chunk: normalized float [H, A]; action_valid: bool [H];
+        action_ids: the chunk's ids from ``action_ids_batch`` when an episode's chunks were
+        tokenized together."""
         task = clean_instruction(instruction, self.prompt_format)
         state = np.asarray(state, dtype=np.float32).reshape(-1)
         prefix, state_slot = self._robot_prefix(task, state, action_part=self.prompt_format == "pi05" and subtask is None)
@@ -148,7 +151,7 @@ class SampleEncoder:
             postfix += self.text.encode(f"Subtask: {clean_instruction(subtask, self.prompt_format)};\nAction: ")
         elif self.prompt_format == "pi0fast":
             postfix += self.text.encode("Action: ")
-        action_ids = self._action_ids(chunk)
+        action_ids = self._action_ids(chunk) if action_ids is None else action_ids
         fast_start = len(prefix) + len(postfix)
         postfix += action_ids.tolist() + self._bar_eos
         return self._assemble(
@@ -183,6 +186,23 @@ class SampleEncoder:
             return prefix, None
         prefix = self.text.encode(f"Task: {task}{tail}", add_bos=True)
         return prefix, len(prefix)
+
+    def action_ids_batch(self, chunks: np.ndarray) -> list[np.ndarray]:
+        """Text-vocabulary action ids of each normalized chunk of ``chunks`` [N, H, A]: one DCT and
+        one batched BPE call for an episode instead of one per step. Equal to ``_action_ids`` per
+        chunk; a batch with clipping is redone chunk by chunk so clipped chunks are counted."""
+        import warnings
+
+        from kidata.tokenizers.base import ClipWarning
+
+        if len(chunks) == 0:
+            return []
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ClipWarning)
+            ids = self.actions.encode(np.asarray(chunks))
+        if caught:
+            return [self._action_ids(chunk) for chunk in chunks]
+        return [self.id_map.to_text(row) for row in ids]
 
     def _action_ids(self, chunk: np.ndarray) -> np.ndarray:
         import warnings
