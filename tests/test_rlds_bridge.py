@@ -68,3 +68,26 @@ def test_stats_from_two_worker_processes_equal_one_pass(bridge_path, tmp_path, c
 
     saved = json.loads(out.read_text())
     assert saved["episodes"] == 25 and saved["actions"] == serial.finalize().actions.to_json()
+
+
+def test_feature_keys_from_plain_json_equal_tensorflows(bridge_path):
+    from kidata.sources.rlds import _flat_keys, _json_flat_keys
+
+    source = RldsSource(bridge_path, lookup("bridge_dataset"))
+    _, features = source._metadata_json()
+    tf_features = source.builder.info.features
+    steps = sorted(_json_flat_keys(features["steps"]["sequence"]["feature"]))
+    assert steps == sorted(_flat_keys(tf_features["steps"].feature)) and "observation/image_0" in steps
+    assert sorted(_json_flat_keys(features["episode_metadata"])) == sorted(_flat_keys(tf_features["episode_metadata"]))
+
+
+def test_listing_units_and_checking_keys_do_not_import_tensorflow(bridge_path):
+    """A multi-worker build's coordinator only lists units: TensorFlow stays in the workers."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from kidata.sources.oxe import lookup; from kidata.sources.rlds import RldsSource; "
+              f"units = RldsSource({bridge_path!r}, lookup('bridge_dataset'), split='val').list_units(4); "
+              "print(len(units), sum(u.stop - u.start for u in units), 'tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["4", "25", "False"]

@@ -268,7 +268,8 @@ def build(recipe: Recipe, out: str, *, engine: str = "local", workers: int = 1, 
     """Runs (or resumes) a build and returns the manifest."""
     from kidata.pipelines.engine import shared_pool
 
-    with shared_pool(workers if engine == "local" else 1, warm_up_sources, (recipe,)):
+    local = engine == "local"
+    with shared_pool(workers if local else 1, warm_up_sources if local else None, (recipe,)):
         return _build(recipe, out, engine=engine, workers=workers, force=force, progress=progress,
                       ray_address=ray_address, fast_override=fast_override)
 

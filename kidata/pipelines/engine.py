@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
-import resource
 import sys
 import time
 import traceback
@@ -29,6 +28,8 @@ def shared_pool(workers: int, warm_up: Callable[..., None] | None = None, warm_u
     The workers start at once and run ``warm_up(*warm_up_args)`` (imports, opening datasets)
     while the coordinator lists units, so that cost overlaps instead of delaying the first jobs."""
     if workers <= 1 or workers in _SHARED_POOL:
+        if workers <= 1 and warm_up is not None:
+            _warm_up(warm_up, *warm_up_args)  # in-process: before the first job, as a pool's workers do
         yield
         return
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
@@ -62,6 +63,8 @@ def peak_rss_mib() -> float:
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
+    import resource  # POSIX only
+
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
@@ -75,18 +78,21 @@ class JobTimes:
     wall_seconds: float = 0.0
     job_seconds: float = 0.0
     job_cpu_seconds: float = 0.0  # CPU time of the worker processes (all their threads) during jobs
+    slowest_job_seconds: float = 0.0
     jobs: int = 0
     peak_rss_mib: dict[int, float] = field(default_factory=dict)  # pid -> MiB
 
     def add(self, seconds: float, cpu_seconds: float, pid: int, rss_mib: float) -> None:
         self.job_seconds += seconds
         self.job_cpu_seconds += cpu_seconds
+        self.slowest_job_seconds = max(self.slowest_job_seconds, seconds)
         self.jobs += 1
         self.peak_rss_mib[pid] = max(rss_mib, self.peak_rss_mib.get(pid, 0.0))
 
     def as_dict(self) -> dict:
         return {"wall_seconds": round(self.wall_seconds, 3), "job_seconds": round(self.job_seconds, 3),
                 "job_cpu_seconds": round(self.job_cpu_seconds, 3),
+                "slowest_job_seconds": round(self.slowest_job_seconds, 3),
                 "jobs": self.jobs, "workers": len(self.peak_rss_mib),
                 "worker_peak_rss_mib": round(max(self.peak_rss_mib.values(), default=0.0), 1)}
 

@@ -11,6 +11,7 @@ as encoded bytes and decoded only when a frame is used.
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Iterator
 
@@ -101,6 +102,15 @@ def _flat_keys(features: Any, prefix: str = "") -> list[str]:
     return keys
 
 
+def _json_flat_keys(feature: dict, prefix: str = "") -> list[str]:
+    """``_flat_keys`` over a features.json node (nested FeaturesDicts are folders, the rest leaves)."""
+    keys = []
+    for key, child in feature["featuresDict"]["features"].items():
+        path = f"{prefix}{key}"
+        keys.extend(_json_flat_keys(child, path + "/") if "featuresDict" in child else [path])
+    return keys
+
+
 def _lookup(tree: dict, path: str) -> Any:
     node = tree
     for part in path.split("/"):
@@ -132,6 +142,7 @@ class RldsSource:
         self.min_steps = min_steps
         self._annotations = load_annotations(annotations)
         self._builder = None
+        self._json: tuple[dict, dict] | bool | None = None
 
     def __getstate__(self) -> dict:
         # Worker processes open their own builder; TensorFlow objects do not travel.
@@ -145,20 +156,41 @@ class RldsSource:
             self._builder = tfds.builder_from_directory(self.path)
             if self.split not in self._builder.info.splits:
                 raise KeyError(f"{self.path}: no split {self.split!r} (splits: {sorted(self._builder.info.splits)})")
-            self._check_keys()
+            features = self._builder.info.features
+            self._check_keys(_flat_keys(features["steps"].feature),
+                             _flat_keys(features["episode_metadata"]) if "episode_metadata" in features else [])
         return self._builder
 
-    def _check_keys(self) -> None:
-        features = self._builder.info.features
-        steps = features["steps"].feature
-        existing = set(_flat_keys(steps))
+    def _metadata_json(self) -> tuple[dict, dict] | None:
+        """(dataset_info.json, features.json) read as plain JSON, or None where they cannot be read
+        or have another layout. A build's coordinator lists units and checks keys from them
+        without importing TensorFlow (seconds per process, while its workers import it too)."""
+        if self._json is None:
+            self._json = False
+            try:
+                import fsspec
+
+                def load(name: str) -> dict:
+                    with fsspec.open(f"{self.path.rstrip('/')}/{name}", "r") as handle:
+                        return json.load(handle)
+
+                info, features = load("dataset_info.json"), load("features.json")["featuresDict"]["features"]
+                splits = {split["name"]: split for split in info["splits"]}
+                steps = features["steps"]["sequence"]["feature"]["featuresDict"]["features"]
+                if self.split in splits and "shardLengths" in splits[self.split] and isinstance(steps, dict):
+                    self._json = (info, features)
+            except Exception:  # noqa: BLE001 - any problem: TensorFlow's builder decides
+                self._json = False
+        return self._json or None
+
+    def _check_keys(self, step_keys: list[str], metadata_keys: list[str]) -> None:
+        existing, metadata = set(step_keys), set(metadata_keys)
         for key in sorted(self.spec.raw_keys):
             if key not in existing:
                 raise KeyError(
                     f"dataset {self.spec.name!r} ({self.path}): key {key!r} not in its steps; "
                     f"keys that exist: {sorted(existing)}"
                 )
-        metadata = set(_flat_keys(features["episode_metadata"])) if "episode_metadata" in features else set()
         for flag in self.spec.camera_flags.values():
             if flag not in metadata:
                 raise KeyError(f"dataset {self.spec.name!r}: episode_metadata lacks {flag!r} (has {sorted(metadata)})")
@@ -171,7 +203,14 @@ class RldsSource:
         _episode_parser(self.builder).concrete()
 
     def num_episodes(self) -> int:
-        return int(self.builder.info.splits[self.split].num_examples)
+        metadata = self._metadata_json()
+        if metadata is None:
+            return int(self.builder.info.splits[self.split].num_examples)
+        info, features = metadata
+        self._check_keys(_json_flat_keys(features["steps"]["sequence"]["feature"]),
+                         _json_flat_keys(features["episode_metadata"]) if "episode_metadata" in features else [])
+        split = next(split for split in info["splits"] if split["name"] == self.split)
+        return sum(int(length) for length in split["shardLengths"])
 
     def list_units(self, count: int) -> list[WorkUnit]:
         """``count`` disjoint episode ranges covering the split (fewer if it has fewer episodes)."""
