@@ -31,42 +31,45 @@ def _tfds():
     return tf, tfds
 
 
-def _image_decoders(builder) -> dict | None:
-    """Images stay encoded bytes (decoded only when a frame is used, never in the statistics pass)."""
-    _, tfds = _tfds()
-    observation = builder.info.features["steps"].feature["observation"]
-    keys = [key for key, feature in observation.items() if isinstance(feature, tfds.features.Image)]
-    return {"steps": {"observation": {key: tfds.decode.SkipDecoding() for key in keys}}} if keys else None
-
-
-def _is_tfrecord(builder) -> bool:
-    return str(getattr(builder.info.file_format, "value", builder.info.file_format) or "tfrecord") == "tfrecord"
-
-
 class _EpisodeParser:
-    """Serialized RLDS episode -> dict of tensors with the steps stacked to [T, ...] in the graph
-    (stacking per episode eagerly cost ~10 eager ops, ~4 ms each, per episode)."""
+    """Serialized RLDS episode -> {"steps": {key: [T, ...] tensor}, "episode_metadata": {...}}.
 
-    def __init__(self, builder) -> None:
-        tf, _ = _tfds()
-        features, decoders = builder.info.features, _image_decoders(builder)
+    The proto is parsed once and each used step feature decoded as a whole [T, ...] column
+    (``decode_batch_example``); images stay encoded bytes, features the spec does not use are
+    not decoded at all. tfds's own decoding slices an episode into a nested dataset of steps,
+    decodes them one at a time in a parallel map (threads that compete with the other build
+    workers) and needs batching back; it also decoded every unused feature, such as 512-float
+    language embeddings. Traced once per process and key set (``_episode_parser``)."""
 
-        def stack_steps(episode: dict) -> dict:
-            steps = episode["steps"]
-            # tfds builds the nested steps dataset from slices, so its length is known: one batch
-            # of exactly that size (a fixed huge batch size stalls TensorFlow on unknown-shape
-            # features). The empty element stands in for an episode with no steps.
-            count = steps.cardinality()
-            with tf.control_dependencies([tf.debugging.assert_non_negative(count, message="RLDS steps of unknown length")]):
-                count = tf.identity(count)
-            batched = steps.batch(tf.maximum(count, 1))
-            empty = tf.nest.map_structure(
-                lambda spec: tf.zeros([0] + [d or 0 for d in spec.shape[1:]], spec.dtype), batched.element_spec)
-            return {**episode, "steps": batched.concatenate(tf.data.Dataset.from_tensors(empty)).take(1).get_single_element()}
+    def __init__(self, builder, step_keys: frozenset[str]) -> None:
+        tf, tfds = _tfds()
+        from tensorflow_datasets.core import example_parser
 
-        self.stack_steps = stack_steps
-        self._parse = tf.function(lambda serialized: stack_steps(features.deserialize_example(serialized, decoders=decoders)),
-                                  autograph=False)  # no Python control flow to convert; autograph parsing cost 0.2 s
+        features = builder.info.features
+        parser = example_parser.ExampleParser(features.get_serialized_info())
+
+        def select(feature, raw: dict, prefix: str) -> dict:
+            out = {}
+            for key, child in feature.items():
+                path = prefix + key
+                if isinstance(child, tfds.features.FeaturesDict):
+                    inner = select(child, raw[key], path + "/")
+                    if inner:
+                        out[key] = inner
+                elif path in step_keys:
+                    image = isinstance(child, tfds.features.Image)
+                    out[key] = raw[key] if image else child.decode_batch_example(raw[key])
+            return out
+
+        def parse(serialized):
+            raw = parser.parse_example(serialized)
+            episode = {"steps": select(features["steps"].feature, raw["steps"], "")}
+            if "episode_metadata" in features:
+                episode["episode_metadata"] = features["episode_metadata"].decode_example(raw["episode_metadata"])
+            return episode
+
+        # no Python control flow to convert: autograph's source parsing cost 0.2 s per trace
+        self._parse = tf.function(parse, autograph=False)
         self._concrete = None
 
     def concrete(self):
@@ -79,14 +82,14 @@ class _EpisodeParser:
         return self.concrete()(serialized)
 
 
-_PARSERS: dict[str, _EpisodeParser] = {}
+_PARSERS: dict[tuple[str, frozenset[str]], _EpisodeParser] = {}
 
 
-def _episode_parser(builder) -> _EpisodeParser:
-    """One parser (one trace) per dataset directory and process."""
-    key = str(builder.data_dir)
+def _episode_parser(builder, step_keys: frozenset[str]) -> _EpisodeParser:
+    """One parser (one trace) per dataset directory, key set and process."""
+    key = (str(builder.data_dir), step_keys)
     if key not in _PARSERS:
-        _PARSERS[key] = _EpisodeParser(builder)
+        _PARSERS[key] = _EpisodeParser(builder, step_keys)
     return _PARSERS[key]
 
 
@@ -200,7 +203,8 @@ class RldsSource:
     def warm_up(self) -> None:
         """Imports TensorFlow, opens the builder and traces the episode parser (build workers call
         this when they start)."""
-        _episode_parser(self.builder).concrete()
+        for images in (False, True):
+            _episode_parser(self.builder, self._step_keys(images)).concrete()
 
     def num_episodes(self) -> int:
         metadata = self._metadata_json()
@@ -221,26 +225,25 @@ class RldsSource:
         return sorted({str(i.filename) for i in instructions})
 
     # ------------------------------------------------------------------ reading
-    def _episodes_tf(self, unit: WorkUnit) -> Iterator[dict]:
+    def _step_keys(self, images: bool) -> frozenset[str]:
+        cameras = {f"observation/{key}" for key in self.spec.cameras.values()}
+        return frozenset(self.spec.raw_keys if images else self.spec.raw_keys - cameras)
+
+    def _episodes_tf(self, unit: WorkUnit, images: bool) -> Iterator[dict]:
         """One unit's episodes as dicts of tensors, steps stacked to [T, ...], images as encoded bytes.
 
-        tfrecord data: the unit's records read straight from its files (tfds file instructions)
-        and parsed by a function traced once per process (``_episode_parser``). Building a tfds
-        input pipeline per unit instead traces its decoding graph every time, ~0.3 s per unit,
-        which was most of the statistics pass. Other file formats go through ``as_dataset``."""
-        tf, tfds = _tfds()
-        parse = _episode_parser(self.builder)
-        split = f"{unit.part}[{unit.start}:{unit.stop}]"
-        if _is_tfrecord(self.builder):
-            for instruction in self.builder.info.splits[split].file_instructions:
-                for serialized in tf.data.TFRecordDataset(str(instruction.filename)).skip(instruction.skip).take(
-                        instruction.take):
-                    yield parse(serialized)
-            return
-        dataset = self.builder.as_dataset(  # pragma: no cover - array_record datasets; RLDS ships tfrecord
-            split=split, shuffle_files=False, decoders=_image_decoders(self.builder),
-            read_config=tfds.ReadConfig(try_autocache=False, skip_prefetch=True, interleave_cycle_length=1))
-        yield from dataset.map(parse.stack_steps)  # pragma: no cover
+        The unit's records are read straight from its files (tfds file instructions, through
+        tfds's adapter for the file format) and parsed by ``_episode_parser``: building a tfds
+        input pipeline per unit instead traced its decoding graph every time, ~0.3 s per unit,
+        which was most of the statistics pass."""
+        from tensorflow_datasets.core import file_adapters
+
+        parse = _episode_parser(self.builder, self._step_keys(images))
+        adapter = file_adapters.ADAPTER_FOR_FORMAT[self.builder.info.file_format]
+        for instruction in self.builder.info.splits[f"{unit.part}[{unit.start}:{unit.stop}]"].file_instructions:
+            records = adapter.make_tf_data(instruction.filename).skip(instruction.skip).take(instruction.take)
+            for serialized in records:
+                yield parse(serialized)
 
     def read(self, unit: WorkUnit, *, images: bool = True, report: ReadReport | None = None) -> Iterator[Episode]:
         """Episodes of one unit in order. ``images=False`` skips building frames (statistics)."""
@@ -249,7 +252,7 @@ class RldsSource:
         index = unit.start
         dims = None
         try:
-            for element in self._episodes_tf(unit):
+            for element in self._episodes_tf(unit, images):
                 episode = self._episode(tf, element, index, images, report)
                 index += 1
                 if episode is None:
