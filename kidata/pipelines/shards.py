@@ -164,12 +164,18 @@ def _padded(data: bytes) -> bytes:
 
 
 def _header(name: bytes, size: int, kind: bytes) -> bytes:
-    fields = [name.ljust(100, b"\0"), b"0000444\0", b"0000000\0", b"0000000\0", b"%011o\0" % size,
-              b"00000000000\0", b" " * 8, kind, b"\0" * 100, b"ustar\x0000", b"kidata".ljust(32, b"\0"),
-              b"kidata".ljust(32, b"\0"), b"0000000\0", b"0000000\0", b"\0" * 155]
-    header = b"".join(fields).ljust(_BLOCK, b"\0")
-    checksum = b"%06o\0 " % sum(header)
-    return header[:148] + checksum + header[156:]
+    """A ustar header: name, size and type vary, every other field is fixed (``_HEADER_PARTS``).
+    The checksum is the byte sum of the header with its own field read as spaces."""
+    size_field = b"%011o\0" % size
+    checksum = _HEADER_SUM + sum(name) + sum(size_field) + kind[0]
+    return b"".join((name.ljust(100, b"\0"), _HEADER_PARTS[0], size_field, _HEADER_PARTS[1], b"%06o\0 " % checksum,
+                     kind, _HEADER_PARTS[2]))
+
+
+# mode, uid, gid | mtime | link name, magic + version, owner, group, device numbers, prefix, padding
+_HEADER_PARTS = (b"0000444\0" + b"0000000\0" * 2, b"00000000000\0",
+                 b"\0" * 100 + b"ustar\x0000" + b"kidata".ljust(32, b"\0") * 2 + b"0000000\0" * 2 + b"\0" * 167)
+_HEADER_SUM = sum(b"".join(_HEADER_PARTS)) + sum(b" " * 8)
 
 
 _BLOCK = 512
