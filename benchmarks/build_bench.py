@@ -8,7 +8,10 @@ Prints, in one run:
   once, which is the most two workers can gain on this machine;
 * per-worker steps/s of ``kidata build`` with 1 and 2 worker processes: the dataset's steps over
   the seconds the workers spent inside units (pass 1 + pass 2, from build_report.json's "cost";
-  interpreter start-up and imports excluded, per-unit set-up included), next to the floor;
+  interpreter start-up and imports excluded, per-unit set-up included), next to the floor; and
+  the share of that unit time the floor's own work took inside the build (the report's
+  ``image_seconds``), which is the same ratio measured at the same moment, immune to the VM's
+  speed changing between the floor's run and the build's;
 * the 2-worker speed-up of the two passes' wall time, and of the whole command;
 * peak RSS of a build's workers and coordinator (VmHWM, from the report) and of a statistics pass,
   at two dataset sizes 4x apart (--episodes / 4 and --episodes).
@@ -186,10 +189,17 @@ def main() -> None:
             }
             figures = best[workers]
             per_worker = steps / figures["units"]  # the units' seconds are summed over the workers
+            # the floor's own work (decode + resize + encode) timed inside the same units: its share
+            # of the unit time is the build's rate relative to the floor at that very moment,
+            # whatever the VM's speed then
+            shares = sorted(c["pass2"]["image_seconds"] / (c["pass1"]["job_seconds"] + c["pass2"]["job_seconds"])
+                            for c in costs)
             print(f"  kidata build, {workers} worker(s): {per_worker:6.1f} steps/s per worker "
                   f"({per_worker / floor_rate * 100:.0f}% of the floor); pass 1 {figures['pass1']:.1f} s, "
                   f"FAST fit {figures['fast']:.1f} s, pass 2 {figures['pass2']:.1f} s; "
                   f"whole command {figures['whole']:.1f} s ({steps / figures['whole']:.0f} steps/s)")
+            print(f"      the floor's work inside the units: {shares[len(shares) // 2] * 100:.0f}% of their time "
+                  f"(median; {shares[0] * 100:.0f}-{shares[-1] * 100:.0f}% over the runs)")
         print(f"  speed-up with 2 workers: pass 2 {best[1]['pass2'] / best[2]['pass2']:.2f}x, "
               f"pass 1 {best[1]['pass1'] / best[2]['pass1']:.2f}x (it waits for the workers' start-up), "
               f"whole command {best[1]['whole'] / best[2]['whole']:.2f}x")

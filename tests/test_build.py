@@ -291,3 +291,4 @@ def test_build_report_records_what_each_pass_cost(built):
         assert 0 < cost[phase]["job_seconds"] <= cost[phase]["wall_seconds"]
         assert 0 < cost[phase]["worker_peak_rss_mib"] <= cost["coordinator_peak_rss_mib"]
     assert cost["fast_seconds"] > 0
+    assert 0 < cost["pass2"]["image_seconds"] < cost["pass2"]["job_seconds"] and "image_seconds" not in cost["pass1"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import os
 
-from kidata.pipelines.engine import JobTimes, run_jobs
+from kidata.pipelines.engine import JobTimes, count, run_jobs
 
 
 def _pid_of(value: int) -> tuple[int, int]:
+    count("items", value)
     return value, os.getpid()
 
 
@@ -36,3 +37,4 @@ def test_pool_times_are_measured_inside_the_worker_processes():
     assert all(rss > 10 for rss in times.peak_rss_mib.values())  # a Python interpreter's resident pages
     summary = times.as_dict()
     assert summary["jobs"] == 6 and summary["workers"] == len(worker_pids)
+    assert summary["items"] == 0 + 1 + 2 + 3 + 4 + 5  # counters are per job, summed over jobs

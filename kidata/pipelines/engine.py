@@ -81,8 +81,11 @@ class JobTimes:
     slowest_job_seconds: float = 0.0
     jobs: int = 0
     peak_rss_mib: dict[int, float] = field(default_factory=dict)  # pid -> MiB
+    counters: dict[str, float] = field(default_factory=dict)  # what jobs reported through ``count``
 
-    def add(self, seconds: float, cpu_seconds: float, pid: int, rss_mib: float) -> None:
+    def add(self, seconds: float, cpu_seconds: float, pid: int, rss_mib: float, counters: dict[str, float]) -> None:
+        for name, amount in counters.items():
+            self.counters[name] = self.counters.get(name, 0.0) + amount
         self.job_seconds += seconds
         self.job_cpu_seconds += cpu_seconds
         self.slowest_job_seconds = max(self.slowest_job_seconds, seconds)
@@ -94,14 +97,27 @@ class JobTimes:
                 "job_cpu_seconds": round(self.job_cpu_seconds, 3),
                 "slowest_job_seconds": round(self.slowest_job_seconds, 3),
                 "jobs": self.jobs, "workers": len(self.peak_rss_mib),
-                "worker_peak_rss_mib": round(max(self.peak_rss_mib.values(), default=0.0), 1)}
+                "worker_peak_rss_mib": round(max(self.peak_rss_mib.values(), default=0.0), 1),
+                **{name: round(amount, 3) for name, amount in sorted(self.counters.items())}}
 
 
-def _measured(function: Callable[..., Any], *args: Any) -> tuple[Any, float, float, int, float]:
-    """Runs one job where it is scheduled; returns (result, seconds, CPU seconds, pid, peak RSS in MiB)."""
+_COUNTERS: dict[str, float] = {}
+
+
+def count(name: str, amount: float) -> None:
+    """Adds ``amount`` to a named figure of the job running in this process; ``run_jobs`` sums
+    them over jobs into its JobTimes (e.g. the seconds a build unit spent on image codecs)."""
+    _COUNTERS[name] = _COUNTERS.get(name, 0.0) + amount
+
+
+def _measured(function: Callable[..., Any], *args: Any) -> tuple[Any, float, float, int, float, dict[str, float]]:
+    """Runs one job where it is scheduled; returns (result, seconds, CPU seconds, pid, peak RSS in
+    MiB, the job's counters)."""
+    _COUNTERS.clear()
     start, cpu_start = time.perf_counter(), time.process_time()
     result = function(*args)
-    return result, time.perf_counter() - start, time.process_time() - cpu_start, os.getpid(), peak_rss_mib()
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    return result, seconds, cpu_seconds, os.getpid(), peak_rss_mib(), dict(_COUNTERS)
 
 
 def _describe(error: BaseException) -> str:
@@ -166,8 +182,8 @@ def run_jobs(
     bar.close()
     for index, outcome in enumerate(results):
         if outcome is not None:
-            result, seconds, cpu_seconds, pid, rss = outcome
-            times.add(seconds, cpu_seconds, pid, rss)
+            result, seconds, cpu_seconds, pid, rss, counters = outcome
+            times.add(seconds, cpu_seconds, pid, rss, counters)
             results[index] = result
     times.wall_seconds += time.perf_counter() - started
     return results, failures
