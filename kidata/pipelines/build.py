@@ -66,18 +66,26 @@ def output_fs(out: str):
 def warm_up_worker(recipe: Recipe) -> None:
     """Pool worker start: TensorFlow's thread pools limited to one thread each (a worker is one
     core's worth of work; pools sized to the machine spin on the cores of the other workers;
-    ~5% of a 2-worker build's pass 2 here), then ``warm_up_sources``. Settings already in the
+    ~5% of a 2-worker build's pass 2 here), then ``warm_up_build``. Settings already in the
     environment win."""
     import os
 
     os.environ.setdefault("TF_NUM_INTEROP_THREADS", "1")
     os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-    warm_up_sources(recipe)
+    warm_up_build(recipe)
 
 
-def warm_up_sources(recipe: Recipe) -> None:
-    """Opens every source of the recipe in this worker process (TensorFlow import, tfds builder,
-    traced parsers) before its first unit arrives."""
+def warm_up_build(recipe: Recipe) -> None:
+    """Loads what units need before the first one arrives: the encoding stack (tokenizers, scipy's
+    DCT, the JPEG codec: imported inside the first pass-2 unit they took ~8% of a 2-worker pass 2)
+    and every source of the recipe (TensorFlow, tfds builders, traced parsers)."""
+    import scipy.fft  # noqa: F401
+    import simplejpeg  # noqa: F401
+
+    import kidata.tokenizers.fast  # noqa: F401
+    import kidata.tokenizers.prompt  # noqa: F401
+    import kidata.tokenizers.text  # noqa: F401
+
     for source in recipe.sources:
         warm_up = getattr(open_source(recipe, source), "warm_up", None)
         if warm_up is not None:
@@ -289,7 +297,7 @@ def build(recipe: Recipe, out: str, *, engine: str = "local", workers: int = 1, 
     from kidata.pipelines.engine import shared_pool
 
     local = engine == "local"
-    warm_up = None if not local else warm_up_worker if workers > 1 else warm_up_sources
+    warm_up = None if not local else warm_up_worker if workers > 1 else warm_up_build
     with shared_pool(workers if local else 1, warm_up, (recipe,)):
         return _build(recipe, out, engine=engine, workers=workers, force=force, progress=progress,
                       ray_address=ray_address, fast_override=fast_override)
