@@ -95,13 +95,14 @@ mapping = {{ cameras = {{ base_0 = "image", left_wrist_0 = "wrist_image" }}, sta
     return path
 
 
-def _floor_worker(dataset: str, queue) -> None:
-    queue.put(floor_seconds(Path(dataset))[0])
+def _floor_worker(dataset: str, queue, barrier) -> None:
+    queue.put(floor_seconds(Path(dataset), barrier)[0])
 
 
-def floor_seconds(dataset: Path) -> tuple[float, int]:
+def floor_seconds(dataset: Path, barrier=None) -> tuple[float, int]:
     """Decode source JPEG + resize with padding + encode JPEG, for every image of the dataset
-    (frames read beforehand, as encoded bytes, outside the timing)."""
+    (frames read beforehand, as encoded bytes, outside the timing; with a barrier, the timing
+    starts when every process sharing it has read its frames)."""
     from kidata.pipelines.shards import jpeg_bytes
     from kidata.sources.images import resize_with_pad
     from kidata.sources.rlds import RldsSource
@@ -111,6 +112,8 @@ def floor_seconds(dataset: Path) -> tuple[float, int]:
                                        "state": ["observation/state"], "action": ["action"], "fps": 10})
     cameras = [frames for episode in RldsSource(str(dataset), spec).episodes() for frames in episode.images.values()]
     steps = sum(len(frames) for frames in cameras) // 2
+    if barrier is not None:
+        barrier.wait()
     start = time.perf_counter()
     for frames in cameras:
         for step in range(len(frames)):
@@ -119,10 +122,11 @@ def floor_seconds(dataset: Path) -> tuple[float, int]:
 
 
 def two_process_floor(dataset: Path) -> float:
-    """Wall seconds for two processes doing the floor's work at once (each on the whole dataset)."""
+    """Wall seconds for two processes doing the floor's work at once (each on the whole dataset,
+    started together: both read their frames first, then meet at a barrier)."""
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    processes = [context.Process(target=_floor_worker, args=(str(dataset), queue)) for _ in range(2)]
+    queue, barrier = context.Queue(), context.Barrier(2)
+    processes = [context.Process(target=_floor_worker, args=(str(dataset), queue, barrier)) for _ in range(2)]
     for process in processes:
         process.start()
     seconds = max(queue.get() for _ in processes)
