@@ -15,8 +15,9 @@ Prints, in one run:
 * the 2-worker speed-up of the two passes' wall time, and of the whole command;
 * peak RSS of a build's workers and coordinator (VmHWM, from the report) and of a statistics pass,
   at two dataset sizes 4x apart (--episodes / 4 and --episodes).
-Every timing is the best of --repeat runs (this is a shared VM; the best run is the one least
-disturbed). Record results in benchmarks/RESULTS.md.
+Every timing is the best of --repeat runs, taken interleaved (this is a shared VM; the best run is
+the one least disturbed); the speed-up ratios are also printed per repeat, from measurements taken
+one after the other, with their median and range. Record results in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
