@@ -79,9 +79,15 @@ def warm_up_build(recipe: Recipe) -> None:
     """Loads what units need before the first one arrives: the encoding stack (tokenizers, scipy's
     DCT, the JPEG codec: imported inside the first pass-2 unit they took ~8% of a 2-worker pass 2)
     and every source of the recipe (TensorFlow, tfds builders, traced parsers)."""
+    import fsspec  # noqa: F401
+    import regex  # noqa: F401
     import scipy.fft  # noqa: F401
+    import sentencepiece  # noqa: F401
     import simplejpeg  # noqa: F401
+    import tiktoken  # noqa: F401
+    import tokenizers  # noqa: F401
 
+    import kidata.sources.images  # noqa: F401
     import kidata.tokenizers.fast  # noqa: F401
     import kidata.tokenizers.prompt  # noqa: F401
     import kidata.tokenizers.text  # noqa: F401
