@@ -183,7 +183,7 @@ def encode_unit(context: EncodeContext, source_name: str, unit: WorkUnit, unit_i
     """Writes one unit's shards, then its completion record; returns the record. Counts
     ``image_seconds``: decoding and resizing robot frames and encoding every output JPEG (VLM
     readers decode their images themselves), the build's share of the benchmark's floor."""
-    from kidata.pipelines.engine import count
+    from kidata.pipelines.engine import counted_seconds
     from kidata.tokenizers.prompt import SampleRejected
 
     recipe, mixture = context.recipe, context.recipe.mixture
@@ -208,9 +208,8 @@ def encode_unit(context: EncodeContext, source_name: str, unit: WorkUnit, unit_i
         except SampleRejected as rejection:
             rejected[rejection.reason] = rejected.get(rejection.reason, 0) + 1
             return
-        started = time.perf_counter()
-        encoded = {camera: jpeg_bytes(image, mixture.jpeg_quality) for camera, image in images.items()}
-        count("image_seconds", time.perf_counter() - started)
+        with counted_seconds("image_seconds"):
+            encoded = {camera: jpeg_bytes(image, mixture.jpeg_quality) for camera, image in images.items()}
         writers[split].write(key, sample_members(sample, encoded))
         counts["samples"] += 1
 
@@ -230,7 +229,7 @@ def encode_unit(context: EncodeContext, source_name: str, unit: WorkUnit, unit_i
 
 
 def _encode_robot_unit(context, source, source_name, unit, holdout, encoder, report, counts, emit) -> None:
-    from kidata.pipelines.engine import count
+    from kidata.pipelines.engine import counted_seconds
     from kidata.sources.images import resize_with_pad
 
     mixture = context.recipe.mixture
@@ -261,10 +260,9 @@ def _encode_robot_unit(context, source, source_name, unit, holdout, encoder, rep
                 sample.actions = chunk[:, : actions.shape[1]]  # stored at the source's own dimension
                 return sample
 
-            started = time.perf_counter()
-            images = {camera: resize_with_pad(frames.frame(step), mixture.image_size)
-                      for camera, frames in episode.images.items()}
-            count("image_seconds", time.perf_counter() - started)
+            with counted_seconds("image_seconds"):
+                images = {camera: resize_with_pad(frames.frame(step), mixture.image_size)
+                          for camera, frames in episode.images.items()}
             emit(split, sample_key(episode.episode_id, step), build, images)
 
 

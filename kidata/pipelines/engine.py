@@ -110,6 +110,16 @@ def count(name: str, amount: float) -> None:
     _COUNTERS[name] = _COUNTERS.get(name, 0.0) + amount
 
 
+@contextlib.contextmanager
+def counted_seconds(name: str) -> Iterator[None]:
+    """Adds the block's wall seconds to the running job's counter ``name`` (see ``count``)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        count(name, time.perf_counter() - started)
+
+
 def _measured(function: Callable[..., Any], *args: Any) -> tuple[Any, float, float, int, float, dict[str, float]]:
     """Runs one job where it is scheduled; returns (result, seconds, CPU seconds, pid, peak RSS in
     MiB, the job's counters)."""

@@ -284,11 +284,12 @@ class RldsSource:
             report.notices["filtered_unsuccessful"] += 1
             return None
         steps = tf.nest.map_structure(lambda t: t.numpy(), element["steps"])
-        if not len(tf.nest.flatten(steps)[0]):
+        length = len(tf.nest.flatten(steps)[0])
+        if not length:
             report.quarantined.add("too_short")
             return None
         state = np.concatenate([p.take(_lookup(steps, p.key)) for p in self.spec.state], axis=1) if self.spec.state \
-            else np.zeros((len(tf.nest.flatten(steps)[0]), 0), np.float32)
+            else np.zeros((length, 0), np.float32)
         actions = np.concatenate([p.take(_lookup(steps, p.key)) for p in self.spec.action], axis=1)
         defect = episode_defect(state, actions, min_steps=self.min_steps)
         if defect is not None:

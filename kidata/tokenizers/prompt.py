@@ -189,32 +189,25 @@ class SampleEncoder:
 
     def action_ids_batch(self, chunks: np.ndarray) -> list[np.ndarray]:
         """Text-vocabulary action ids of each normalized chunk of ``chunks`` [N, H, A]: one DCT and
-        one batched BPE call for an episode instead of one per step. Equal to ``_action_ids`` per
-        chunk; a batch with clipping is redone chunk by chunk so clipped chunks are counted."""
+        one batched BPE call for an episode instead of one per step. A batch with clipping is
+        redone chunk by chunk, so that ``stats.clipped_action_chunks`` counts chunks."""
         import warnings
 
         from kidata.tokenizers.base import ClipWarning
 
+        chunks = np.asarray(chunks)
         if len(chunks) == 0:
             return []
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", ClipWarning)
-            ids = self.actions.encode(np.asarray(chunks))
-        if caught:
-            return [self._action_ids(chunk) for chunk in chunks]
+            ids = self.actions.encode(chunks)
+        if caught and len(chunks) > 1:
+            return [self.action_ids_batch(chunk[None])[0] for chunk in chunks]
+        self.stats.clipped_action_chunks += bool(caught)
         return [self.id_map.to_text(row) for row in ids]
 
     def _action_ids(self, chunk: np.ndarray) -> np.ndarray:
-        import warnings
-
-        from kidata.tokenizers.base import ClipWarning
-
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ClipWarning)
-            ids = self.actions.encode(np.asarray(chunk)[None])[0]
-        if caught:
-            self.stats.clipped_action_chunks += 1
-        return self.id_map.to_text(ids)
+        return self.action_ids_batch(np.asarray(chunk)[None])[0]
 
     # ------------------------------------------------------------------ VLM
     def caption(self, caption: str, **kwargs: Any) -> Sample:
