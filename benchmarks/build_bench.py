@@ -27,6 +27,8 @@ import json
 import multiprocessing
 import os
 import platform
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -138,18 +140,12 @@ def two_process_floor(dataset: Path) -> float:
 
 def build(kidata: list[str], recipe_path: Path, out: Path, workers: int) -> tuple[float, dict]:
     """(whole-command wall seconds, the report's cost) of one fresh build."""
-    subprocess.run(["rm", "-rf", str(out)], check=True)
+    shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run(kidata + ["build", str(recipe_path), "--out", str(out), "--workers", str(workers), "--quiet"],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     seconds = time.perf_counter() - start
     return seconds, json.loads((out / "build_report.json").read_text())["cost"]
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def peak_rss_of_command(command: list[str]) -> float:
@@ -190,7 +186,7 @@ def main() -> None:
         # drifts between repeats, so a best-of-each ratio can mix a slow and a fast moment
         ceilings = sorted(2 * one / two for (one, _), two in zip(floors, pairs))
         print(f"  floor in 2 processes at once: {2 * floor / min(pairs):.2f}x one process (best of each); "
-              f"per repeat {_median(ceilings):.2f}x median, {ceilings[0]:.2f}-{ceilings[-1]:.2f}x "
+              f"per repeat {statistics.median(ceilings):.2f}x median, {ceilings[0]:.2f}-{ceilings[-1]:.2f}x "
               "(this machine's ceiling for 2 workers)")
         best: dict[int, dict] = {}
         for workers in (1, 2):
@@ -213,11 +209,11 @@ def main() -> None:
                   f"({per_worker / floor_rate * 100:.0f}% of the floor); pass 1 {figures['pass1']:.1f} s, "
                   f"FAST fit {figures['fast']:.1f} s, pass 2 {figures['pass2']:.1f} s; "
                   f"whole command {figures['whole']:.1f} s ({steps / figures['whole']:.0f} steps/s)")
-            print(f"      the floor's work inside the units: {_median(shares) * 100:.0f}% of their time "
+            print(f"      the floor's work inside the units: {statistics.median(shares) * 100:.0f}% of their time "
                   f"(median; {shares[0] * 100:.0f}-{shares[-1] * 100:.0f}% over the runs)")
         speedups = sorted(one["pass2"]["wall_seconds"] / two["pass2"]["wall_seconds"]
                           for (_, one), (_, two) in zip(runs[1], runs[2]))
-        print(f"  pass 2 speed-up per repeat: {_median(speedups):.2f}x median, {speedups[0]:.2f}-{speedups[-1]:.2f}x")
+        print(f"  pass 2 speed-up per repeat: {statistics.median(speedups):.2f}x median, {speedups[0]:.2f}-{speedups[-1]:.2f}x")
         print(f"  speed-up with 2 workers: pass 2 {best[1]['pass2'] / best[2]['pass2']:.2f}x, "
               f"pass 1 {best[1]['pass1'] / best[2]['pass1']:.2f}x (it waits for the workers' start-up), "
               f"whole command {best[1]['whole'] / best[2]['whole']:.2f}x")

@@ -167,8 +167,9 @@ class KIModel(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
         return out.transpose(1, 2).flatten(2)
 
-    def _expert_attend(self, layer, h, cond, qkv, gate, prefix_kv, prefix_visible, own):
-        q, k, v = qkv[:3]
+    def _expert_attend(self, layer, h, cond, projected, prefix_kv, prefix_visible, own):
+        """``projected``: the expert layer's ``project`` output (q, k, v, residual gate)."""
+        q, k, v, gate = projected
         prefix_k, prefix_v = prefix_kv
         if self.config.stop_gradient:  # knowledge insulation: no gradient into the backbone's keys/values
             prefix_k, prefix_v = prefix_k.detach(), prefix_v.detach()
@@ -189,11 +190,10 @@ class KIModel(nn.Module):
             return layer.finish(h, self._attend(q, k, v, mask), None, None), None
         expert_layer = self.expert_layers[index]
         expert_qkv = expert_layer.project(e, cond, expert_positions)
-        gate = expert_qkv[3]
         keys, values = (k, v)
         if self.config.targets_see_actions:
             keys, values = torch.cat([k, expert_qkv[1]], 2), torch.cat([v, expert_qkv[2]], 2)
-        e = self._expert_attend(expert_layer, e, cond, expert_qkv, gate, (k, v), prefix_visible, own)
+        e = self._expert_attend(expert_layer, e, cond, expert_qkv, (k, v), prefix_visible, own)
         return layer.finish(h, self._attend(q, keys, values, mask), None, None), e
 
     # ------------------------------------------------------------------ passes
@@ -217,7 +217,7 @@ class KIModel(nn.Module):
         positions = self._expert_positions(prefix_visible, h.shape[1])
         for layer, kv in zip(self.expert_layers, cache):
             qkv = layer.project(h, cond, positions)
-            h = self._expert_attend(layer, h, cond, qkv, qkv[3], kv, prefix_visible, own)
+            h = self._expert_attend(layer, h, cond, qkv, kv, prefix_visible, own)
         normed, _ = _normalize(self.expert_final_norm, h, cond)
         return self.action_out(normed[:, -noisy.shape[1]:])
 
