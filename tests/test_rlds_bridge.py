@@ -91,3 +91,13 @@ def test_listing_units_and_checking_keys_do_not_import_tensorflow(bridge_path):
               "print(len(units), sum(u.stop - u.start for u in units), 'tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["4", "25", "False"]
+
+
+def test_unit_records_cover_every_episode_once_without_tf_data_autotuning(bridge_path):
+    # autotuning made pool workers stall for seconds at a unit's end (see record_datasets)
+    source = RldsSource(bridge_path, lookup("bridge_dataset"))
+    units = source.list_units(3)
+    datasets = [dataset for unit in units for dataset in source.record_datasets(unit)]
+    assert all(dataset.options().autotune.enabled is False for dataset in datasets)
+    records = [record.numpy() for dataset in datasets for record in dataset]
+    assert len(records) == len(set(records)) == source.num_episodes() == 25

@@ -229,19 +229,31 @@ class RldsSource:
         cameras = {f"observation/{key}" for key in self.spec.cameras.values()}
         return frozenset(self.spec.raw_keys if images else self.spec.raw_keys - cameras)
 
-    def _episodes_tf(self, unit: WorkUnit, images: bool) -> Iterator[dict]:
-        """One unit's episodes as dicts of tensors, steps stacked to [T, ...], images as encoded bytes.
+    def record_datasets(self, unit: WorkUnit) -> Iterator[Any]:
+        """The unit's serialized episodes as one ``tf.data.Dataset`` per file it touches, read
+        straight from the files (tfds file instructions, through tfds's adapter for the file
+        format), in episode order.
 
-        The unit's records are read straight from its files (tfds file instructions, through
-        tfds's adapter for the file format) and parsed by ``_episode_parser``: building a tfds
-        input pipeline per unit instead traced its decoding graph every time, ~0.3 s per unit,
-        which was most of the statistics pass."""
+        Autotuning is off: with it, pool workers stalled in an iterator's teardown at a unit's
+        end (py-spy: EagerTensor dealloc waiting on a lock, the process idle) for up to ~2 s, a
+        2-worker job's wall 5.2 s against 3.3 s of CPU; without it wall == CPU. A sequential read
+        has nothing to tune."""
         from tensorflow_datasets.core import file_adapters
 
-        parse = _episode_parser(self.builder, self._step_keys(images))
+        tf, _ = _tfds()
         adapter = file_adapters.ADAPTER_FOR_FORMAT[self.builder.info.file_format]
+        options = tf.data.Options()
+        options.autotune.enabled = False
         for instruction in self.builder.info.splits[f"{unit.part}[{unit.start}:{unit.stop}]"].file_instructions:
             records = adapter.make_tf_data(instruction.filename).skip(instruction.skip).take(instruction.take)
+            yield records.with_options(options)
+
+    def _episodes_tf(self, unit: WorkUnit, images: bool) -> Iterator[dict]:
+        """One unit's episodes as dicts of tensors, steps stacked to [T, ...], images as encoded
+        bytes, parsed by ``_episode_parser``: building a tfds input pipeline per unit instead
+        traced its decoding graph every time, ~0.3 s per unit, most of the statistics pass."""
+        parse = _episode_parser(self.builder, self._step_keys(images))
+        for records in self.record_datasets(unit):
             for serialized in records:
                 yield parse(serialized)
 
