@@ -408,5 +408,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.handler(args)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The ``kidata`` command (``main`` returns its exit code, for tests and scripts)."""
+    from kidata.pipelines.engine import exit_without_final_collection
+
+    exit_without_final_collection()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -38,3 +38,29 @@ def test_pool_times_are_measured_inside_the_worker_processes():
     summary = times.as_dict()
     assert summary["jobs"] == 6 and summary["workers"] == len(worker_pids)
     assert summary["items"] == 0 + 1 + 2 + 3 + 4 + 5  # counters are per job, summed over jobs
+
+
+
+_CYCLE_AT_EXIT = """
+import gc, sys
+from kidata.pipelines.engine import exit_without_final_collection
+class Cycle:
+    def __del__(self):
+        print("collected")
+gc.disable()  # so that only the interpreter's final collection could find it
+cycle = Cycle(); cycle.itself = cycle; del cycle
+if sys.argv[1] == "quick":
+    exit_without_final_collection()
+"""
+
+
+def test_a_quick_exit_leaves_cyclic_garbage_to_the_os():
+    import subprocess
+    import sys
+
+    def run(mode: str) -> str:
+        return subprocess.run([sys.executable, "-c", _CYCLE_AT_EXIT, mode], capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    assert run("normal") == "collected"
+    assert run("quick") == ""
