@@ -8,7 +8,8 @@ Prints, in one run:
   once, which is the most two workers can gain on this machine;
 * per-worker steps/s of ``kidata build`` with 1 and 2 worker processes: the dataset's steps over
   the seconds the workers spent inside units (pass 1 + pass 2, from build_report.json's "cost";
-  interpreter start-up and imports excluded, per-unit set-up included), next to the floor; and
+  interpreter start-up and imports excluded, per-unit set-up included), next to the floor (best
+  of each, and repeat by repeat against the floor run just before the build); and
   the share of that unit time the floor's own work took inside the build (the report's
   ``image_seconds``), which is the same ratio measured at the same moment, immune to the VM's
   speed changing between the floor's run and the build's;
@@ -211,6 +212,11 @@ def main() -> None:
                   f"whole command {figures['whole']:.1f} s ({steps / figures['whole']:.0f} steps/s)")
             print(f"      the floor's work inside the units: {statistics.median(shares) * 100:.0f}% of their time "
                   f"(median; {shares[0] * 100:.0f}-{shares[-1] * 100:.0f}% over the runs)")
+            # the same rate against the floor run just before it, repeat by repeat
+            adjacent = sorted(floor_time / (c["pass1"]["job_seconds"] + c["pass2"]["job_seconds"])
+                              for (floor_time, _), c in zip(floors, costs))
+            print(f"      per repeat, against the floor run just before: {statistics.median(adjacent) * 100:.0f}% "
+                  f"median, {adjacent[0] * 100:.0f}-{adjacent[-1] * 100:.0f}%")
         speedups = sorted(one["pass2"]["wall_seconds"] / two["pass2"]["wall_seconds"]
                           for (_, one), (_, two) in zip(runs[1], runs[2]))
         print(f"  pass 2 speed-up per repeat: {statistics.median(speedups):.2f}x median, {speedups[0]:.2f}-{speedups[-1]:.2f}x")
