@@ -165,6 +165,15 @@ def test_engines_and_worker_counts_give_byte_identical_builds(built, tmp_path):
     assert tree_bytes(tmp_path / "two") == tree_bytes(out)
 
 
+def test_the_encode_block_size_does_not_change_the_bytes(built, tmp_path, monkeypatch):
+    import kidata.pipelines.build as build_module
+
+    recipe, out, _ = built
+    monkeypatch.setattr(build_module, "ENCODE_BLOCK_STEPS", 5)  # blocks end mid-episode and at its end
+    build(recipe, str(tmp_path / "blocks"), progress=False)
+    assert tree_bytes(tmp_path / "blocks") == tree_bytes(out)
+
+
 def test_memory_filesystem_output(built):
     import fsspec
 
