@@ -86,13 +86,22 @@ def learning_rate(config: TrainConfig, step: int) -> float:
 class _Distributed:
     def __init__(self) -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        if self.world > 1 and not dist.is_initialized():
+        self.owns_group = self.world > 1 and not dist.is_initialized()
+        if self.owns_group:
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
         self.rank = dist.get_rank() if self.world > 1 else 0
         local = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
+
+    def close(self) -> None:
+        """Destroys the process group this run created: left to interpreter exit, gloo's threads
+        could still be running when C++ static destructors ran (a rank aborted with "terminate
+        called without an active exception" after a finished FSDP run)."""
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+            self.owns_group = False
 
     def mean(self, value: torch.Tensor) -> torch.Tensor:
         if self.world > 1:
@@ -201,8 +210,14 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
 
 def train(config: TrainConfig, run: str | Path, *, resume: bool = False) -> dict:
     """Trains ``config.train.steps`` optimizer steps; returns the final report (rank 0's view)."""
-    run = Path(run)
     env = _Distributed()
+    try:
+        return _train(config, Path(run), env, resume)
+    finally:
+        env.close()
+
+
+def _train(config: TrainConfig, run: Path, env: _Distributed, resume: bool) -> dict:
     manifest_path = config.data.manifest
     if not manifest_path:
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")

@@ -58,14 +58,20 @@ def _start_worker(warm_up: Callable[..., None] | None, *args: Any) -> None:
 
 
 def exit_without_final_collection() -> None:
-    """At this process's exit, skip the interpreter's final garbage collections: a process that
-    imported TensorFlow spends ~0.8 s in them walking its ~350k objects (a build's workers and a
-    1-worker ``kidata build`` each paid that after their work was done). Only for processes
-    whose outputs are all closed explicitly (pool workers, the ``kidata`` command)."""
+    """At this process's exit, if it imported TensorFlow, skip the interpreter's final garbage
+    collections: they spend ~0.8 s walking TensorFlow's ~350k objects (a build's workers and a
+    1-worker ``kidata build`` each paid that after their work was done). Only for processes whose
+    outputs are all closed explicitly (pool workers, the ``kidata`` command); processes without
+    TensorFlow (training) exit as usual."""
     global _EXIT_WITHOUT_FINAL_COLLECTION
     if not _EXIT_WITHOUT_FINAL_COLLECTION:
-        atexit.register(gc.freeze)
+        atexit.register(_freeze_if_tensorflow_loaded)
         _EXIT_WITHOUT_FINAL_COLLECTION = True
+
+
+def _freeze_if_tensorflow_loaded() -> None:
+    if "tensorflow" in sys.modules:
+        gc.freeze()
 
 
 def _warm_up(function: Callable[..., None], *args: Any) -> None:
