@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterator, Sequence
 
 ENGINES = ("local", "ray")
 _SHARED_POOL: dict[int, ProcessPoolExecutor] = {}
-_EXIT_WITHOUT_FINAL_COLLECTION = False
 
 
 @contextlib.contextmanager
@@ -63,10 +62,8 @@ def exit_without_final_collection() -> None:
     1-worker ``kidata build`` each paid that after their work was done). Only for processes whose
     outputs are all closed explicitly (pool workers, the ``kidata`` command); processes without
     TensorFlow (training) exit as usual."""
-    global _EXIT_WITHOUT_FINAL_COLLECTION
-    if not _EXIT_WITHOUT_FINAL_COLLECTION:
-        atexit.register(_freeze_if_tensorflow_loaded)
-        _EXIT_WITHOUT_FINAL_COLLECTION = True
+    atexit.unregister(_freeze_if_tensorflow_loaded)  # registered once, however often asked
+    atexit.register(_freeze_if_tensorflow_loaded)
 
 
 def _freeze_if_tensorflow_loaded() -> None:

@@ -149,19 +149,12 @@ class ShardWriter:
         return self.shards
 
 
-def tar_member(name: str, data: bytes) -> bytes:
-    """One regular-file member in POSIX ustar form with fixed metadata (mode 0444, owner kidata,
-    mtime 0), a GNU long-name entry first when the name exceeds 99 bytes. Written by hand because
-    ``tarfile`` (under webdataset's TarWriter) spent ~0.13 ms per member building and parsing
-    TarInfo objects, a tenth of a build's time (benchmarks/RESULTS.md); the output is a standard
-    tar that ``tarfile``, webdataset and GNU tar read (tested)."""
-    out = bytearray()
-    append_tar_member(out, name, data)
-    return bytes(out)
-
-
 def append_tar_member(out: bytearray, name: str, data: bytes) -> None:
-    """``tar_member(name, data)`` appended to ``out``."""
+    """Appends one regular-file member in POSIX ustar form with fixed metadata (mode 0444, owner
+    kidata, mtime 0), a GNU long-name entry first when the name exceeds 99 bytes. Written by hand
+    because ``tarfile`` (under webdataset's TarWriter) spent ~0.13 ms per member building and
+    parsing TarInfo objects, a tenth of a build's time (benchmarks/RESULTS.md); the output is a
+    standard tar that ``tarfile``, webdataset and GNU tar read (tested)."""
     encoded = name.encode("utf-8")
     if len(encoded) > 99:
         out += _header(b"././@LongLink", len(encoded) + 1, b"L")
