@@ -223,22 +223,50 @@ def _export_rlds(args: argparse.Namespace) -> int:
 
 
 def _eval_metaworld(args: argparse.Namespace) -> int:
-    from kidata.model.metaworld_eval import ExpertPolicy, RandomPolicy, evaluate_metaworld
+    from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, SceneSettings, evaluate_metaworld
 
-    image_size = args.image_size
     if args.run:
         from kidata import policy as policies
 
         policy = policies.load(args.run, source=args.source)
-        image_size = image_size or policy.config.model.image_size
+        if args.check_parity:
+            from kidata.eval.parity import check_parity
+
+            report = check_parity(policy, samples=args.episodes)
+            print(json.dumps(report, indent=1, sort_keys=True))
+            print("parity: the model sees the same inputs in training and in the simulator" if report["ok"] else
+                  "parity: MISMATCH - the tensors marked ok=false differ between the data path and the live policy")
+            return 0 if report["ok"] else 1
+        try:
+            scene = SceneSettings.from_manifest(policy.manifest, policy.source)
+        except ValueError:  # a run trained on other data: the model's size, the default cameras
+            scene = SceneSettings(image_size=policy.config.model.image_size)
         chunk_policy = _NumSteps(policy, args.num_steps)
     else:
+        if args.check_parity:
+            raise SystemExit("kidata eval metaworld: --check-parity needs --run")
+        scene = SceneSettings(goal_marker_scale=args.goal_marker_scale)
         chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
+    if args.image_size:
+        scene = SceneSettings(scene.cameras, args.image_size, scene.goal_marker_scale)
     result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes, replan=args.replan,
-                                max_steps=args.max_steps, image_size=image_size or 96, out=args.out)
-    print(json.dumps(result, indent=2, sort_keys=True))
+                                max_steps=args.max_steps, scene=scene, out=args.out)
+    print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=2, sort_keys=True))
     if args.out:
-        print(f"contact sheets and metaworld_eval.json in {args.out}")
+        print(f"contact sheets, action plots and metaworld_eval.json in {args.out}")
+    return 0
+
+
+def _eval_privileged(args: argparse.Namespace) -> int:
+    from kidata.eval.privileged import run_baseline
+
+    report = run_baseline(args.recipe, episodes=args.episodes, replan=args.replan, max_steps=args.max_steps,
+                          steps=args.steps, source_name=args.source, out=args.out)
+    result = report["closed_loop"]
+    print(json.dumps({"episodes_trained": report["episodes_trained"], "samples": report["samples"],
+                      "seconds_collect_and_train": report["seconds_collect_and_train"],
+                      "success_rate": result["success_rate"], "mean_success_rate": result["mean_success_rate"]},
+                     indent=2, sort_keys=True))
     return 0
 
 
@@ -387,8 +415,24 @@ def build_parser() -> argparse.ArgumentParser:
     metaworld.add_argument("--image-size", type=int, help="render size (default: the model's)")
     metaworld.add_argument("--source", help="the run's robot source whose statistics apply")
     metaworld.add_argument("--seed", type=int, default=0)
-    metaworld.add_argument("--out", help="folder for contact sheets and metaworld_eval.json")
+    metaworld.add_argument("--goal-marker-scale", type=float, default=1.0,
+                           help="goal marker size for --policy runs (a --run takes its recipe's)")
+    metaworld.add_argument("--check-parity", action="store_true",
+                           help="compare the model inputs of held-out samples (data path) with the live policy's; "
+                                "--episodes samples")
+    metaworld.add_argument("--out", help="folder for contact sheets, action plots and metaworld_eval.json")
     metaworld.set_defaults(handler=_eval_metaworld)
+    privileged = eval_commands.add_parser(
+        "privileged", help="an MLP on the simulator's full state, trained on a recipe's Meta-World episodes: "
+                           "what the demonstrations support without perception")
+    privileged.add_argument("--recipe", required=True)
+    privileged.add_argument("--source", help="the recipe's metaworld source (default: the first)")
+    privileged.add_argument("--steps", type=int, default=3000, help="training steps of the MLP")
+    privileged.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
+    privileged.add_argument("--replan", type=int, default=5)
+    privileged.add_argument("--max-steps", type=int, default=300)
+    privileged.add_argument("--out", help="folder for privileged.json and the evaluator's files")
+    privileged.set_defaults(handler=_eval_privileged)
 
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")

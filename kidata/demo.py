@@ -20,7 +20,7 @@ TINY_PRESET = Path(__file__).resolve().parents[1] / "model" / "ki_tiny.toml"
 
 def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eval_episodes: int = 3) -> dict:
     from kidata import policy as policies
-    from kidata.model.metaworld_eval import ExpertPolicy, evaluate_metaworld
+    from kidata.eval.metaworld import ExpertPolicy, evaluate_metaworld
     from kidata.model.train import train
     from kidata.model.train_config import TrainConfig
     from kidata.pipelines.build import build

@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 metaworld = pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' extra")
 
-from kidata.model.metaworld_eval import ExpertPolicy, RandomPolicy, evaluate_metaworld  # noqa: E402
+from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, evaluate_metaworld  # noqa: E402
 from kidata.sources.base import ReadReport  # noqa: E402
 from kidata.sources.metaworld import (TASKS, MetaWorldSceneSource, MetaWorldSource, from_env_action,  # noqa: E402
                                       instruction, resolve_tasks, to_env_action)

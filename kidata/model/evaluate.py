@@ -2,8 +2,11 @@
 
 On batches of the build's ``val`` split (episodes / examples held out by the recipe):
 
-* ``action_mse`` (and ``action_mse_dim``: per dimension): ``sample_actions`` vs the ground-truth
-  chunk, both unnormalized with the source's statistics, over valid steps and real dimensions.
+* ``action_mse`` (and ``action_mse_dim``: per dimension, ``action_mse_step``: per step of the
+  chunk): ``sample_actions`` vs the ground-truth chunk, both unnormalized with the source's
+  statistics, over valid steps and real dimensions. Error that grows along the chunk points at the
+  horizon; one dimension far above the others at that dimension (a gripper convention, a
+  normalization).
 * ``fast_decode_rate`` and ``fast_action_mse``: greedy ``generate`` of the action tokens, mapped
   back and decoded by the build's action tokenizer (the pi0-FAST path), vs ground truth.
 * ``vlm_token_accuracy``: teacher-forced next-token accuracy on the VLM rows' target tokens, and
@@ -46,6 +49,8 @@ class Evaluator:
         self.counts: dict[str, float] = {}
         self.dim_sq: np.ndarray | None = None
         self.dim_n: np.ndarray | None = None
+        self.step_sq = np.zeros(self.horizon)
+        self.step_n = np.zeros(self.horizon)
 
     def _add(self, name: str, total: float, count: float) -> None:
         self.sums[name] = self.sums.get(name, 0.0) + total
@@ -86,6 +91,10 @@ class Evaluator:
         for row in np.flatnonzero(batch["has_actions"].cpu().numpy() & ok):
             source = int(batch["source_index"][row])
             error = (self._unnormalized(predicted[row], source) - self._unnormalized(truth[row], source)) ** 2
+            if name == "action_mse":
+                steps = min(self.horizon, len(error))
+                self.step_sq[:steps] += np.where(valid[row][:steps], error[:steps].sum(1), 0.0)
+                self.step_n[:steps] += valid[row][:steps] * error.shape[1]
             error = error[valid[row]]
             self._add(name, float(error.sum()), float(error.size))
             if name == "action_mse":
@@ -98,4 +107,6 @@ class Evaluator:
         out: dict[str, Any] = {name: self.sums[name] / max(self.counts[name], 1.0) for name in sorted(self.sums)}
         if self.dim_sq is not None:
             out["action_mse_dim"] = (self.dim_sq / np.maximum(self.dim_n, 1)).round(6).tolist()
+        if self.step_n.any():
+            out["action_mse_step"] = (self.step_sq / np.maximum(self.step_n, 1)).round(6).tolist()
         return out

@@ -295,13 +295,69 @@ def _train(config: TrainConfig, run: Path, env: _Distributed, resume: bool) -> d
         samples = config.data.batch_size * accum * env.world
         logger.step(done, {**totals, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]},
                     seconds=time.perf_counter() - began, samples=samples, mix=mix)
-        if config.eval.every and done % config.eval.every == 0 and done < config.train.steps and has_val:
-            logger.evaluation(done, evaluate(wrapped, model, config, manifest_path, manifest, run, env, autocast))
+        if config.eval.every and done % config.eval.every == 0 and done < config.train.steps:
+            logger.evaluation(done, _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env,
+                                                 autocast, has_val))
             wrapped.train()
         if done % config.checkpoint.every == 0 or done == config.train.steps:
             last_good = _checkpoint(run, done, model, optimizer, ema, data, fed, config, env)
-    result = evaluate(wrapped, model, config, manifest_path, manifest, run, env, autocast) if has_val else {}
+    result = _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast, has_val)
     return logger.finish(config.train.steps, result)
+
+
+def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_path: str, manifest: dict, run: Path,
+                 env: _Distributed, autocast, has_val: bool) -> dict:
+    """Held-out metrics (when the mixture has a val split) and, with ``[eval] metaworld``,
+    closed-loop success rates."""
+    result = evaluate(wrapped, model, config, manifest_path, manifest, run, env, autocast) if has_val else {}
+    if config.eval.metaworld:
+        if env.rank == 0:
+            result.update(closed_loop(model, ema, config, manifest, run, env))
+        if env.world > 1:
+            dist.barrier()
+    return result
+
+
+def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest: dict, run: Path,
+                env: _Distributed) -> dict:
+    """``[eval] metaworld``: the current weights (the EMA's, when kept, as ``kidata.policy.load``
+    would pick) run closed-loop; ``metaworld_success`` is the mean over tasks."""
+    from kidata.eval.metaworld import SceneSettings, evaluate_metaworld
+    from kidata.pipelines.build import sample_encoder
+    from kidata.policy import Policy
+
+    settings = dict(config.eval.metaworld)
+    if env.world > 1 and config.train.fsdp:
+        raise ValueError("[eval] metaworld runs on rank 0 with whole weights: not under FSDP (use kidata eval metaworld)")
+    live = None
+    if ema is not None:
+        live = {n: p.detach().clone() for n, p in model.named_parameters() if n in ema}
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name in ema:
+                    parameter.copy_(ema[name].to(parameter.dtype))
+    try:
+        encoder = sample_encoder(manifest, str(run / "fast_tokenizer"))
+        policy = _WithSteps(Policy(model, config, manifest, encoder, device=env.device), config.eval.num_steps)
+        outcome = evaluate_metaworld(policy, settings["tasks"], episodes=settings.get("episodes", 5),
+                                     replan=settings.get("replan", 5), max_steps=settings.get("max_steps", 300),
+                                     scene=SceneSettings.from_manifest(manifest, policy.policy.source))
+    finally:
+        if live is not None:
+            with torch.no_grad():
+                for name, parameter in model.named_parameters():
+                    if name in live:
+                        parameter.copy_(live[name])
+    return {"metaworld_success": round(outcome["mean_success_rate"], 4),
+            **{f"metaworld_success/{task}": round(rate, 4) for task, rate in outcome["success_rate"].items()}}
+
+
+class _WithSteps:
+    def __init__(self, policy, num_steps: int) -> None:
+        self.policy, self.num_steps = policy, num_steps
+
+    def sample_actions(self, observation):
+        return self.policy.sample_actions(observation, num_steps=self.num_steps)
 
 
 def evaluate(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: dict, run: Path,
@@ -421,7 +477,7 @@ class _Logger:
             self.writer.close()
         records = [json.loads(line) for line in (self.run / "metrics.jsonl").read_text().splitlines()]
         train = [r for r in records if "loss" in r]
-        plot_losses(train, self.run / "loss_curves.png")
+        plot_losses(train, self.run / "loss_curves.png", evaluations=[r for r in records if "eval" in r])
         report = {"steps": step, "final": train[-1] if train else {}, "eval": result,
                   "seconds_this_process": round(time.perf_counter() - self.began, 1),
                   "checkpoint": str(latest_checkpoint(self.run)), "loss_curves": str(self.run / "loss_curves.png")}
@@ -430,13 +486,16 @@ class _Logger:
         return report
 
 
-def plot_losses(records: list[dict], path: Path) -> None:
+def plot_losses(records: list[dict], path: Path, evaluations: list[dict] = ()) -> None:
+    """Training losses (log scale); with closed-loop evaluations, a second panel of success rates."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(7, 4))
+    success = sorted({k for r in evaluations for k in r["eval"] if k.startswith("metaworld_success")})
+    figure, axes = plt.subplots(2 if success else 1, 1, figsize=(7, 7 if success else 4), squeeze=False)
+    axis = axes[0][0]
     for key in ("loss", "flow_loss", "fast_loss"):
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
@@ -445,7 +504,16 @@ def plot_losses(records: list[dict], path: Path) -> None:
     axis.set_yscale("log")
     axis.legend()
     axis.set_title("training losses")
+    if success:
+        axis = axes[1][0]
+        for key in success:
+            points = [(r["step"], r["eval"][key]) for r in evaluations if key in r["eval"]]
+            axis.plot(*zip(*points), marker="o", label=key.split("/")[-1] if "/" in key else "mean",
+                      linewidth=2.5 if "/" not in key else 1)
+        axis.set_xlabel("step")
+        axis.set_ylim(-0.05, 1.05)
+        axis.legend(fontsize=8)
+        axis.set_title("closed-loop success (Meta-World)")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
-

@@ -73,15 +73,31 @@ class DataConfig:
     cameras: tuple[str, ...] = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
 
 
+METAWORLD_EVAL_KEYS = {"tasks": (list, str), "episodes": int, "max_steps": int, "replan": int}
+
+
 @dataclass(frozen=True)
 class EvalConfig:
-    """Every ``every`` steps (0 = only at the end) on ``batches`` batches of the held-out split."""
+    """Every ``every`` steps (0 = only at the end) on ``batches`` batches of the held-out split.
+    ``metaworld = { tasks = [...], episodes = N, max_steps = 300, replan = 5 }`` also runs the
+    policy closed-loop in Meta-World at each evaluation (rank 0; the run's scene settings), so
+    success rates land in metrics.jsonl, TensorBoard and the loss-curve plot."""
 
     every: int = 500
     batches: int = 2
     batch_size: int = 8
     num_steps: int = 10
     max_new_tokens: int = 64
+    metaworld: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key, value in self.metaworld.items():
+            if key not in METAWORLD_EVAL_KEYS:
+                raise ValueError(f"unknown key eval.metaworld.{key}{_nearest(key, list(METAWORLD_EVAL_KEYS))}")
+            if not isinstance(value, METAWORLD_EVAL_KEYS[key]) or isinstance(value, bool):
+                raise ValueError(f"eval.metaworld.{key} must be {METAWORLD_EVAL_KEYS[key]}, got {value!r}")
+        if self.metaworld and "tasks" not in self.metaworld:
+            raise ValueError("eval.metaworld needs tasks (names or MT10 / MT50)")
 
 
 @dataclass(frozen=True)

@@ -136,13 +136,14 @@ class Scene:
     read RLDS (TensorFlow) and Meta-World in one worker, so the renderer always lives apart. A call
     costs a pipe round trip (~0.1 ms) next to ~1 ms of simulation and ~25 ms of rendering."""
 
-    def __init__(self, task: str, *, seed: int, image_size: int = 128) -> None:
+    def __init__(self, task: str, *, seed: int, image_size: int = 128, goal_marker_scale: float = 1.0) -> None:
         import multiprocessing
 
         self.task, self.seed, self.image_size = task, seed, image_size
         context = multiprocessing.get_context("spawn")
         self._connection, child = context.Pipe()
-        self._process = context.Process(target=_serve, args=(child, task, seed, image_size), daemon=True)
+        self._process = context.Process(target=_serve, args=(child, task, seed, image_size, goal_marker_scale),
+                                        daemon=True)
         self._process.start()
         child.close()
         self.dt, self.variation_count = self._call("info")
@@ -181,11 +182,11 @@ class Scene:
         self._connection.close()
 
 
-def _serve(connection, task: str, seed: int, image_size: int) -> None:
+def _serve(connection, task: str, seed: int, image_size: int, goal_marker_scale: float = 1.0) -> None:
     """The child process behind a ``Scene``: answers (command, args) messages until "close"."""
     import traceback
 
-    scene = _LocalScene(task, seed=seed, image_size=image_size)
+    scene = _LocalScene(task, seed=seed, image_size=image_size, goal_marker_scale=goal_marker_scale)
     while True:
         command, args = connection.recv()
         try:
@@ -203,9 +204,15 @@ def _serve(connection, task: str, seed: int, image_size: int) -> None:
 
 
 class _LocalScene:
-    """The environment and renderer themselves (inside the child process)."""
+    """The environment and renderer themselves (inside the child process).
 
-    def __init__(self, task: str, *, seed: int, image_size: int = 128) -> None:
+    ``goal_marker_scale`` enlarges the task's goal marker (the ``goal`` site: a 2 cm ball in
+    reach, push, pick-place, ...), which only the renderer sees: sites take no part in contacts,
+    and success is computed from positions. At 96-112 px Meta-World's own marker covers 1-2 pixels
+    of the ``corner`` view, less than a patch of the vision tower sees as a feature; a policy that
+    must find the goal in the image (reach, push) cannot (measured: README, Meta-World)."""
+
+    def __init__(self, task: str, *, seed: int, image_size: int = 128, goal_marker_scale: float = 1.0) -> None:
         os.environ.setdefault("MUJOCO_GL", "egl")
         import metaworld
         import mujoco
@@ -216,6 +223,11 @@ class _LocalScene:
         self.variations = self._benchmark.train_tasks
         self._renderer = None
         self._mujoco = mujoco
+        if goal_marker_scale != 1.0:
+            model = self.env.model
+            goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+            if goal >= 0:
+                model.site_size[goal] *= goal_marker_scale
 
     def reset(self, episode: int) -> np.ndarray:
         """Observation float64 [39] at the start of episode ``episode`` (variation + seed)."""
@@ -272,7 +284,7 @@ def expert(task: str):
 @dataclass(frozen=True)
 class MetaWorldSource:
     """``reader = "metaworld"``: tasks (names or a benchmark), episodes per task, cameras
-    (standard camera -> Meta-World camera), render size, step budget."""
+    (standard camera -> Meta-World camera), render size, step budget, goal marker size."""
 
     tasks: tuple[str, ...]
     episodes_per_task: int = 10
@@ -280,6 +292,7 @@ class MetaWorldSource:
     cameras: Mapping[str, str] = None  # type: ignore[assignment]
     image_size: int = 128
     max_steps: int = 300
+    goal_marker_scale: float = 1.0
     name: str = "metaworld"
     kind: str = "robot"
 
@@ -294,7 +307,7 @@ class MetaWorldSource:
 
     def read(self, unit: WorkUnit, *, images: bool = True, report: ReadReport | None = None) -> Iterator[Episode]:
         report = report if report is not None else ReadReport()
-        scene = Scene(unit.part, seed=self.seed, image_size=self.image_size)
+        scene = Scene(unit.part, seed=self.seed, image_size=self.image_size, goal_marker_scale=self.goal_marker_scale)
         try:
             for episode in range(unit.start, unit.stop):
                 result = self.rollout(scene, episode, images=images)
@@ -309,15 +322,18 @@ class MetaWorldSource:
         for unit in self.list_units(1):
             yield from self.read(unit, images=images, report=report)
 
-    def rollout(self, scene: Scene, episode: int, *, images: bool = True) -> Episode | None:
+    def rollout(self, scene: Scene, episode: int, *, images: bool = True, env_observations: bool = False) -> Episode | None:
+        """One expert episode; with ``env_observations`` its metadata also holds the simulator's
+        full observations float64 [T, 39] (hand, objects, goal: what privileged baselines read)."""
         policy = expert(scene.task)
         observation = scene.reset(episode)
         variation = episode % scene.variation_count
-        states, actions, frames = [], [], {camera: [] for camera in self.cameras}
+        states, actions, frames, full = [], [], {camera: [] for camera in self.cameras}, []
         success_at = None
         for step in range(self.max_steps):
             env_action = np.clip(policy.get_action(observation), -1.0, 1.0)
             states.append(observation[:4].astype(np.float32))
+            full.append(observation)
             actions.append(from_env_action(env_action).astype(np.float32))
             if images:
                 for camera, name in self.cameras.items():
@@ -335,7 +351,7 @@ class MetaWorldSource:
             fps=1.0 / scene.dt,
             images={camera: Frames(np.stack(f)) for camera, f in frames.items()} if images else {},
             metadata={"task": scene.task, "success": True, "steps_to_success": success_at,
-                      "variation": variation},
+                      "variation": variation, **({"env_obs": np.stack(full)} if env_observations else {})},
         )
 
 

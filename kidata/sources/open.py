@@ -64,7 +64,8 @@ def open_reader(reader: str, options: Mapping[str, Any], *, name: str, image_siz
         return MetaWorldSource(options["tasks"], episodes_per_task=int(options.get("episodes_per_task", 10)),
                                seed=int(options.get("seed", seed)), cameras=options.get("cameras"),
                                image_size=int(options.get("image_size", image_size)),
-                               max_steps=int(options.get("max_steps", 300)), name=name)
+                               max_steps=int(options.get("max_steps", 300)),
+                               goal_marker_scale=float(options.get("goal_marker_scale", 1.0)), name=name)
     if reader == "metaworld_scenes":
         from kidata.sources.metaworld import MetaWorldSceneSource
 

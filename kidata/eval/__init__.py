@@ -1,0 +1,1 @@
+"""Closed-loop evaluation in simulators and the diagnostics that explain a policy's failures."""

@@ -1,0 +1,194 @@
+"""``kidata eval metaworld``: closed-loop success rates of a policy in Meta-World.
+
+A policy is any object with ``sample_actions(observation) -> float [H, 4]`` over raw observations
+({"images": {camera: uint8 [S, S, 3]}, "state": float [4], "prompt": str}, plus "env_obs", the
+simulator's 39-d observation, and "task", for privileged baselines) returning actions in kidata's
+convention (gripper 1 = open). Each task runs ``episodes`` seeded variations (seeds apart from the
+training rollouts'); the first ``replan`` actions of every chunk are executed before asking again.
+Two reference policies bound the evaluator: the scripted expert (~100%) and uniform random actions.
+
+The scene a trained policy is evaluated in must be the one its data was rendered in (cameras,
+render size, goal marker): ``SceneSettings.from_manifest`` reads them from the run's recipe.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from kidata.sources.metaworld import DEFAULT_CAMERAS, Scene, expert, from_env_action, instruction, resolve_tasks, to_env_action
+
+EVAL_SEED = 10_000  # variations and resets apart from the default training seeds
+
+
+@dataclass(frozen=True)
+class SceneSettings:
+    """How the simulator is rendered: standard camera -> Meta-World camera, render size (pixels),
+    goal marker scale (1 = Meta-World's own)."""
+
+    cameras: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CAMERAS))
+    image_size: int = 96
+    goal_marker_scale: float = 1.0
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any], source: str | None = None) -> "SceneSettings":
+        """The settings of the run's ``metaworld`` source (the first one unless ``source`` names
+        it); a mixture without one is refused, naming its sources."""
+        recipe = manifest["recipe"]
+        sources = [s for s in recipe["sources"] if s["reader"] == "metaworld"]
+        chosen = next((s for s in sources if s["name"] == source), None) if source else (sources or [None])[0]
+        if chosen is None:
+            names = [s["name"] for s in recipe["sources"]]
+            raise ValueError(f"the run's mixture has no metaworld source{f' named {source!r}' if source else ''} "
+                             f"(sources: {names}): pass --image-size / scene settings explicitly")
+        return cls(cameras=dict(chosen.get("cameras") or DEFAULT_CAMERAS),
+                   image_size=int(chosen.get("image_size", recipe["mixture"]["image_size"])),
+                   goal_marker_scale=float(chosen.get("goal_marker_scale", 1.0)))
+
+
+class ExpertPolicy:
+    """The benchmark's scripted policy for the task (reads the privileged ``env_obs``)."""
+
+    needs_images = False
+
+    def __init__(self) -> None:
+        self._policies: dict[str, Any] = {}
+
+    def sample_actions(self, observation: Mapping[str, Any]) -> np.ndarray:
+        task = observation["task"]
+        if task not in self._policies:
+            self._policies[task] = expert(task)
+        return from_env_action(np.clip(self._policies[task].get_action(observation["env_obs"]), -1, 1))[None]
+
+
+class RandomPolicy:
+    """Uniform random actions over the action space (the lower bound)."""
+
+    needs_images = False
+
+    def __init__(self, seed: int = 0, horizon: int = 10) -> None:
+        self.rng, self.horizon = np.random.default_rng(seed), horizon
+
+    def sample_actions(self, observation: Mapping[str, Any]) -> np.ndarray:
+        return from_env_action(self.rng.uniform(-1, 1, size=(self.horizon, 4)))
+
+
+@dataclass
+class _Trace:
+    """What one episode did: executed actions [T, 4], each chunk's start step and prediction, and
+    the first camera's frame at every query (for the contact sheet)."""
+
+    executed: list = field(default_factory=list)
+    chunks: list = field(default_factory=list)
+    frames: list = field(default_factory=list)
+
+
+def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int = 5, replan: int = 5,
+                       max_steps: int = 300, seed: int = EVAL_SEED, cameras: Mapping[str, str] | None = None,
+                       image_size: int = 96, goal_marker_scale: float = 1.0, scene: SceneSettings | None = None,
+                       out: str | Path | None = None, sheets: int = 1) -> dict:
+    """Success rate per task and their mean, each episode's outcome; with ``out``, for the first
+    ``sheets`` episodes of each task a contact sheet and a plot of the executed actions with every
+    predicted chunk, and ``metaworld_eval.json``. ``scene`` (or cameras / image_size /
+    goal_marker_scale) must match the training data's rendering."""
+    scene = scene or SceneSettings(dict(cameras or DEFAULT_CAMERAS), image_size, goal_marker_scale)
+    needs_images = getattr(policy, "needs_images", True)
+    per_task, lengths, outcomes = {}, {}, {}
+    for task in resolve_tasks(tasks):
+        simulator = Scene(task, seed=seed, image_size=scene.image_size, goal_marker_scale=scene.goal_marker_scale)
+        results = []
+        try:
+            for episode in range(episodes):
+                keep = out is not None and episode < sheets
+                trace = _Trace()
+                success, steps = _episode(policy, simulator, task, episode, scene.cameras, replan, max_steps,
+                                          needs_images, keep, trace)
+                results.append({"episode": episode, "success": success, "steps": steps})
+                if keep:
+                    _contact_sheet(trace.frames, Path(out) / f"{task}-episode{episode}.png", success)
+                    plot_chunks(trace, Path(out) / f"{task}-episode{episode}-actions.png", f"{task} episode {episode}")
+        finally:
+            simulator.close()
+        per_task[task] = sum(r["success"] for r in results) / episodes
+        lengths[task] = float(np.mean([r["steps"] for r in results]))
+        outcomes[task] = results
+    result = {"success_rate": per_task, "mean_success_rate": float(np.mean(list(per_task.values()))),
+              "episodes_per_task": episodes, "replan": replan, "max_steps": max_steps, "seed": seed,
+              "mean_steps": lengths, "episodes": outcomes,
+              "scene": {"cameras": dict(scene.cameras), "image_size": scene.image_size,
+                        "goal_marker_scale": scene.goal_marker_scale}}
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "metaworld_eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+def _episode(policy, scene: Scene, task: str, episode: int, cameras, replan: int, max_steps: int, needs_images: bool,
+             keep: bool, trace: _Trace) -> tuple[bool, int]:
+    observation = scene.reset(episode)
+    queue: list[np.ndarray] = []
+    for step in range(max_steps):
+        if not queue:
+            images = {camera: scene.render(name) for camera, name in cameras.items()} if needs_images or keep else {}
+            chunk = np.asarray(policy.sample_actions({"images": images, "state": observation[:4],
+                                                      "prompt": instruction(task), "env_obs": observation,
+                                                      "task": task}))
+            if keep:
+                trace.frames.append(images[next(iter(cameras))])
+                trace.chunks.append((step, chunk))
+            queue = list(chunk[:replan])
+        action = queue.pop(0)
+        if keep:
+            trace.executed.append(np.asarray(action, dtype=np.float64))
+        observation, success = scene.step(to_env_action(action))
+        if success:
+            return True, step + 1
+    return False, max_steps
+
+
+def plot_chunks(trace: _Trace, path: Path, title: str) -> None:
+    """One panel per action dimension: the executed actions (black) and every predicted chunk
+    (coloured, from the step it was asked at) — where a policy's chunks disagree with what it then
+    does, or jump between queries, shows here."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not trace.executed:
+        return
+    executed = np.stack(trace.executed)
+    dims = executed.shape[1]
+    names = ["dx", "dy", "dz", "gripper (1 = open)"] + [f"a{i}" for i in range(4, dims)]
+    figure, axes = plt.subplots(dims, 1, figsize=(8, 1.6 * dims), sharex=True)
+    for dim, axis in enumerate(np.atleast_1d(axes)):
+        for start, chunk in trace.chunks:
+            axis.plot(range(start, start + len(chunk)), chunk[:, dim], alpha=0.5, linewidth=1)
+        axis.plot(executed[:, dim], color="black", linewidth=1.5)
+        axis.set_ylabel(names[dim], fontsize=8)
+    np.atleast_1d(axes)[-1].set_xlabel("step")
+    figure.suptitle(f"{title}: executed (black) and predicted chunks", fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+
+
+def _contact_sheet(frames: list[np.ndarray], path: Path, success: bool, columns: int = 8) -> None:
+    from PIL import Image, ImageDraw
+
+    if not frames:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picked = frames[:: max(1, len(frames) // (columns * 2))][: columns * 2]
+    size = picked[0].shape[0]
+    rows = -(-len(picked) // columns)
+    sheet = Image.new("RGB", (columns * size, rows * size + 14), "white")
+    for index, frame in enumerate(picked):
+        sheet.paste(Image.fromarray(frame), ((index % columns) * size, 14 + (index // columns) * size))
+    ImageDraw.Draw(sheet).text((2, 1), f"{path.stem}: {'success' if success else 'failure'}", fill="black")
+    sheet.save(path)
