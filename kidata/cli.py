@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -191,6 +192,7 @@ def _model_params(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from kidata.model.train import TrainingDiverged, train
     from kidata.model.train_config import TrainConfig
+    from kidata.model.train_state import CheckpointError
     from kidata.pipelines.mixture import ManifestMismatch
 
     overrides = list(args.overrides)
@@ -198,8 +200,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides += ["--data.manifest", json.dumps(args.data)]
     try:
         config = TrainConfig.load(args.model, overrides)
-        report = train(config, args.out, resume=args.resume)
-    except (ManifestMismatch, TrainingDiverged, FileExistsError, ValueError) as error:
+        report = train(config, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
+    except (ManifestMismatch, TrainingDiverged, CheckpointError, FileExistsError, ValueError) as error:
         print(f"kidata train: {error}", file=sys.stderr)
         return 2
     if report:
@@ -295,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     from kidata import __version__
 
     parser.add_argument("--version", action="version", version=f"kidata {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a failure's traceback (or KIDATA_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     fast = commands.add_parser("fast", help="fit and inspect FAST action tokenizers")
@@ -389,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--model", required=True, help="preset, model/*.toml ([model], [train], [optim], ...)")
     train.add_argument("--data", help="the build's manifest.json (path or URL)")
     train.add_argument("--out", default="runs/default", help="run directory")
-    train.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint")
+    train.add_argument("--allow-config-change", action="store_true",
+                       help="on --resume, accept changes to train.steps and the eval / log / checkpoint tables")
     train.set_defaults(handler=_train, overrides=[])
 
     export = commands.add_parser("export", help="write a source's episodes in another layout")
@@ -443,13 +448,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs one command. A failure ends in one line naming what went wrong (exit code 2); with
+    ``--debug`` or ``KIDATA_DEBUG=1`` the exception propagates with its traceback."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
         if args.command != "train":
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra
-    return args.handler(args)
+    if args.debug or os.environ.get("KIDATA_DEBUG", "") not in ("", "0"):
+        return args.handler(args)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        raise
+    except Exception as error:  # noqa: BLE001 - the one place errors become a sentence
+        message = str(error) or type(error).__name__
+        if isinstance(error, KeyError):  # str(KeyError) adds quotes around the message
+            message = str(error.args[0]) if error.args else message
+        print(f"kidata {args.command}: {message} [{type(error).__name__}; --debug shows the traceback]",
+              file=sys.stderr)
+        return 2
 
 
 def run() -> None:

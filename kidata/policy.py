@@ -27,6 +27,10 @@ from kidata.pipelines.collate import collate
 from kidata.pipelines.stats import NormStats, normalize, unnormalize
 
 
+class ObservationError(ValueError):
+    """An observation the policy would misread; names the key and what is expected."""
+
+
 class Policy:
     def __init__(self, model: KIModel, config: TrainConfig, manifest: dict, encoder: Any, *, source: str | None = None,
                  device: str | torch.device = "cpu") -> None:
@@ -48,12 +52,49 @@ class Policy:
     def action_dim(self) -> int:
         return len(self.stats.actions.mean)
 
+    def check(self, observation: Mapping[str, Any]) -> None:
+        """Refuses an observation the model would silently misread (``ObservationError`` naming
+        the key, what was given and what is expected): images must be uint8 [H, W, 3] RGB for
+        each of the run's cameras (None for a camera this robot lacks), the state a finite
+        float vector of the source's width, the prompt a non-empty string."""
+        for key in ("images", "state", "prompt"):
+            if key not in observation:
+                raise ObservationError(f"observation lacks {key!r} (keys: {sorted(observation)})")
+        if not isinstance(observation["prompt"], str) or not observation["prompt"].strip():
+            raise ObservationError(f"prompt must be a non-empty string, got {observation['prompt']!r}")
+        images = observation["images"]
+        cameras = tuple(self.config.data.cameras)
+        unknown = sorted(set(images) - set(cameras))
+        missing = [camera for camera in cameras if camera not in images]
+        if unknown or missing:
+            raise ObservationError(f"images: the run's cameras are {list(cameras)}; unknown {unknown}, missing "
+                                   f"{missing} (pass None for a camera this robot does not have)")
+        if all(image is None for image in images.values()):
+            raise ObservationError("images: every camera is None; the policy needs at least one image")
+        for camera, image in images.items():
+            if image is None:
+                continue
+            array = np.asarray(image)
+            if array.dtype != np.uint8:
+                raise ObservationError(f"images[{camera!r}] is {array.dtype}; expected uint8 RGB in [0, 255] "
+                                       "(a float image in [0, 1]: multiply by 255 and cast)")
+            if array.ndim != 3 or array.shape[2] != 3:
+                hint = " (channel-first? transpose to [H, W, 3])" if array.ndim == 3 and array.shape[0] == 3 else ""
+                raise ObservationError(f"images[{camera!r}] has shape {array.shape}; expected [H, W, 3] RGB{hint}")
+        state = np.asarray(observation["state"])
+        width = len(self.stats.state.mean)
+        if state.shape != (width,):
+            raise ObservationError(f"state has shape {state.shape}; source {self.source!r} has state [{width}]")
+        if not np.issubdtype(state.dtype, np.number) or not np.isfinite(state.astype(np.float64)).all():
+            raise ObservationError(f"state must be finite numbers, got {state.tolist()}")
+
     def batch(self, observation: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         from kidata.sources.images import resize_with_pad
 
+        self.check(observation)
         size = self.config.model.image_size
         images = {camera: resize_with_pad(np.asarray(image, dtype=np.uint8), size)
-                  for camera, image in observation["images"].items()}
+                  for camera, image in observation["images"].items() if image is not None}
         state = normalize(np.asarray(observation["state"], dtype=np.float64), self.stats.state, self.normalization)
         sample = self.encoder.robot_prompt(observation["prompt"], state, images=images)
         record = {"tokens": sample.tokens, "ar": sample.ar, "loss": sample.loss, "images": sample.images,

@@ -117,7 +117,8 @@ def test_the_policy_maps_a_raw_observation_to_an_unnormalized_chunk(straight_run
     run, _ = straight_run
     episode = next(RldsSource(str(shared_path("data", "rlds", "bridge_dataset", "1.0.0")), lookup("bridge_dataset")).episodes())
     loaded = policy.load(run)
-    observation = {"images": {camera: frames.frame(0) for camera, frames in episode.images.items()},
+    images = {camera: frames.frame(0) for camera, frames in episode.images.items()}
+    observation = {"images": {camera: images.get(camera) for camera in ("base_0", "base_1")},
                    "state": episode.state[0], "prompt": episode.instructions[0]}
     noise = torch.zeros(1, 4, 8)
     first = loaded.sample_actions(observation, noise=noise)

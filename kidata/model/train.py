@@ -31,13 +31,64 @@ import torch.distributed as dist
 from kidata.model.evaluate import Evaluator
 from kidata.model.ki_model import KIModel, sample_flow_inputs
 from kidata.model.train_config import TrainConfig
-from kidata.model.train_state import latest_checkpoint, load_checkpoint, save_checkpoint
+from kidata.model.train_state import (CheckpointError, holds_checkpoints, latest_checkpoint, load_checkpoint,
+                                      newest_complete, save_checkpoint)
 from kidata.pipelines.collate import Augment, collate
 from kidata.pipelines.mixture import ManifestMismatch, MixtureDataset, check_expectations, read_manifest
 
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss: the run stops, naming the step and the last good checkpoint."""
+
+
+class ResumeRefused(ValueError):
+    """A ``--resume`` that would not continue the run it names: nothing in the run was changed."""
+
+
+# Settings a resumed run may change with ``allow_config_change``: they decide how long to train
+# and what to write, never what the weights, optimizer state or data streams mean.
+RESUMABLE_CHANGES = ("train.steps", "eval.", "log.", "checkpoint.", "data.num_workers")
+
+
+def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """``section.key: old -> new`` for every value that differs between two resolved configs."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return out
+
+
+def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_change: bool = False) -> Path | None:
+    """The checkpoint to continue from (None for a fresh run), decided before anything in ``run``
+    is written: a fresh run into a directory with checkpoints, a resume with nothing to resume, a
+    resume whose config differs (model fields never; others only the ``RESUMABLE_CHANGES`` with
+    ``allow_config_change``), and a run whose checkpoints are all damaged are refused."""
+    if not resume:
+        if holds_checkpoints(run):
+            raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or another --out")
+        return None
+    if not holds_checkpoints(run):
+        raise ResumeRefused(f"--resume: {run} holds no checkpoint to continue; drop --resume to start a new run there")
+    saved = run / "config.json"
+    if saved.exists():
+        changes = config_changes(json.loads(saved.read_text()), config.to_json())
+        refused = [c for c in changes if c.startswith("model.") or not allow_config_change
+                   or not c.startswith(RESUMABLE_CHANGES)]
+        if refused:
+            unsafe = any(c.startswith("model.") or not c.startswith(RESUMABLE_CHANGES) for c in refused)
+            hint = (f" (only {', '.join(RESUMABLE_CHANGES)} may change on resume, with --allow-config-change)"
+                    if unsafe else " (pass --allow-config-change to accept them)")
+            raise ResumeRefused(f"--resume: the config differs from {saved}: " + "; ".join(refused) + hint)
+    path, notices = newest_complete(run)
+    for notice in notices:
+        print(f"resume: skipping a damaged checkpoint: {notice}", file=sys.stderr)
+    if path is None:
+        raise CheckpointError(f"--resume: {run} holds no complete checkpoint: " + "; ".join(notices))
+    return path
 
 
 def check_compatible(manifest: dict, config: TrainConfig) -> None:
@@ -208,25 +259,26 @@ def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
 
 
-def train(config: TrainConfig, run: str | Path, *, resume: bool = False) -> dict:
+def train(config: TrainConfig, run: str | Path, *, resume: bool = False, allow_config_change: bool = False) -> dict:
     """Trains ``config.train.steps`` optimizer steps; returns the final report (rank 0's view)."""
     env = _Distributed()
     try:
-        return _train(config, Path(run), env, resume)
+        return _train(config, Path(run), env, resume, allow_config_change)
     finally:
         env.close()
 
 
-def _train(config: TrainConfig, run: Path, env: _Distributed, resume: bool) -> dict:
+def _train(config: TrainConfig, run: Path, env: _Distributed, resume: bool, allow_config_change: bool) -> dict:
     manifest_path = config.data.manifest
     if not manifest_path:
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
     manifest, root = read_manifest(manifest_path)
     check_compatible(manifest, config)
-    if not resume and latest_checkpoint(run) is not None:
-        raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or another --out")
+    checkpoint_path = resume_point(run, config, resume=resume, allow_config_change=allow_config_change)
     if env.rank == 0:
         _prepare_run(run, config, manifest, root, resume)
+        if checkpoint_path is not None:
+            _truncate_metrics(run / "metrics.jsonl", int(checkpoint_path.name.split("_")[1]))
     if env.world > 1:
         dist.barrier()
 
@@ -235,7 +287,6 @@ def _train(config: TrainConfig, run: Path, env: _Distributed, resume: bool) -> d
     ema = ({n: _local(p).detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
            if config.optim.ema_decay > 0 else None)
     start, data_state, last_good = 0, None, None
-    checkpoint_path = latest_checkpoint(run) if resume else None
     if checkpoint_path is not None:
         checkpoint = load_checkpoint(checkpoint_path)
         _restore(model, optimizer, checkpoint)
@@ -388,6 +439,17 @@ def evaluate(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, m
     return merged
 
 
+def _truncate_metrics(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: their old records go, so that
+    metrics.jsonl holds each step once."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(line + "\n" for line in kept))
+    os.replace(temporary, path)
+
+
 def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDataset, fed: int, config: TrainConfig,
                 env: _Distributed) -> Path | None:
     model_state, optimizer_state = _state_dicts(model, optimizer)
@@ -400,7 +462,7 @@ def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDatase
         return save_checkpoint(run, step, model=model_state, optimizer=optimizer_state, ema=ema, trainer=trainer,
                                keep=config.checkpoint.keep)
     except OSError as error:
-        previous = latest_checkpoint(run)
+        previous = newest_complete(run)[0]
         raise OSError(error.errno, f"checkpoint at step {step} failed ({error.strerror or error}); the previous "
                                    f"checkpoint is intact: {previous}") from error
 

@@ -8,15 +8,21 @@ optimizer.safetensors      AdamW moments per parameter: ``<name>.exp_avg``, ``<n
 ema.safetensors            weight EMA (when ``optim.ema_decay > 0``)
 trainer.json               step, optimizer hyper-parameters and per-parameter step counts,
                            the data streams' state (one per rank), the config's hash
+checksums.json             sha256 and size of every file above, written last
 =========================  =================================================================
 
 It is written into ``step_NNNNNNN.tmp`` and renamed when complete, then ``latest`` (a one-line
 file) is replaced atomically; older checkpoints beyond ``keep`` are removed only after that. A
 failure half-way (a full disk) leaves the previous checkpoint and ``latest`` untouched.
+
+Reading back (``newest_complete``) trusts nothing: ``latest`` may name a directory that is gone,
+a file may be truncated or flipped. Checkpoints are tried newest first, each verified against its
+checksums; a damaged one is skipped with a notice naming the file, never silently.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -26,18 +32,89 @@ from typing import Any, Mapping
 import torch
 
 LATEST = "latest"
+CHECKSUMS = "checksums.json"
+REQUIRED = ("model.safetensors", "optimizer.safetensors", "trainer.json")
+
+
+class CheckpointError(RuntimeError):
+    """No complete checkpoint to resume from or load: names each damaged one and why."""
 
 
 def checkpoint_dir(run: Path, step: int) -> Path:
     return run / "checkpoints" / f"step_{step:07d}"
 
 
-def latest_checkpoint(run: Path) -> Path | None:
-    pointer = run / "checkpoints" / LATEST
-    if not pointer.exists():
+def step_dirs(run: Path) -> list[Path]:
+    """Every finished checkpoint directory (not ``.tmp``), newest first."""
+    folder = Path(run) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")), reverse=True)
+
+
+def holds_checkpoints(run: Path) -> bool:
+    """Any trace of a checkpoint (a step directory or the ``latest`` pointer), damaged or not."""
+    return bool(step_dirs(run)) or (Path(run) / "checkpoints" / LATEST).exists()
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete checkpoint (None when it is): a missing file, or a file
+    whose size or sha256 differs from ``checksums.json``. Checkpoints written before checksums
+    existed are checked for their files only."""
+    if not path.is_dir():
+        return f"{path} does not exist"
+    missing = [name for name in REQUIRED if not (path / name).is_file()]
+    if missing:
+        return f"{path} lacks {missing}"
+    if not (path / CHECKSUMS).is_file():
         return None
-    path = run / "checkpoints" / pointer.read_text().strip()
-    return path if path.exists() else None
+    try:
+        expected = json.loads((path / CHECKSUMS).read_text())
+    except ValueError:
+        return f"{path / CHECKSUMS} is not valid JSON"
+    for name, entry in sorted(expected.items()):
+        file = path / name
+        if not file.is_file():
+            return f"{file} is missing"
+        if file.stat().st_size != entry["bytes"]:
+            return f"{file} has {file.stat().st_size} bytes, {entry['bytes']} were written (truncated?)"
+        if _sha256(file) != entry["sha256"]:
+            return f"{file} does not match its sha256 (damaged)"
+    return None
+
+
+def newest_complete(run: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that verifies, and a notice for each newer one passed over (the
+    ``latest`` pointer naming a missing directory, a truncated file, ...)."""
+    notices = []
+    pointer = Path(run) / "checkpoints" / LATEST
+    if pointer.exists():
+        named = Path(run) / "checkpoints" / pointer.read_text().strip()
+        if not named.is_dir():
+            notices.append(f"{pointer} names {named.name}, which does not exist")
+    for path in step_dirs(run):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path, notices
+        notices.append(problem)
+    return None, notices
+
+
+def latest_checkpoint(run: Path) -> Path | None:
+    """The newest complete checkpoint; raises ``CheckpointError`` when checkpoints exist but none
+    verifies (the caller must not mistake a damaged run for a fresh one)."""
+    path, notices = newest_complete(run)
+    if path is None and holds_checkpoints(run):
+        raise CheckpointError(f"{run} holds no complete checkpoint: " + "; ".join(notices))
+    return path
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def optimizer_tensors(optimizer_state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -79,6 +156,8 @@ def save_checkpoint(run: Path, step: int, *, model: Mapping[str, torch.Tensor], 
         if ema is not None:
             save_file({k: v.detach().to("cpu").contiguous() for k, v in ema.items()}, str(temporary / "ema.safetensors"))
         (temporary / "trainer.json").write_text(json.dumps({**trainer, "optimizer": rest}, indent=2, sort_keys=True))
+        sums = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(temporary.iterdir())}
+        (temporary / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True))
         _fsync_dir(temporary)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)

@@ -19,6 +19,7 @@ Design, so that every guarantee is a property of arithmetic rather than of timin
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -186,6 +187,9 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             if unknown:
                 raise KeyError(f"weights for unknown sources {sorted(unknown)} (sources: {sorted(base)})")
             base = {name: float(weights.get(name, 0.0)) for name in base}
+        for name, value in base.items():
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"weight of source {name!r} is {value!r}; weights are finite numbers >= 0")
         total = sum(base.values())
         if total <= 0:
             raise ValueError("mixture weights sum to zero")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -158,13 +159,23 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
             options[key] = value
         if "." in table["name"] or "/" in table["name"]:
             raise RecipeError(f"{where}: source names may not contain '.' or '/'")
-        sources.append(SourceConfig(table["name"], reader, float(table.get("weight", 1.0)), table.get("holdout"), options))
+        sources.append(SourceConfig(table["name"], reader, _weight(where, table.get("weight", 1.0)),
+                                    table.get("holdout"), options))
     names = [s.name for s in sources]
     if len(set(names)) != len(names):
         raise RecipeError(f"duplicate source names in {names}")
     if not sources:
         raise RecipeError("recipe has no [[sources]]")
     return Recipe(mixture, tuple(sources), str(base))
+
+
+def _weight(where: str, value: Any) -> float:
+    """A finite, non-negative sampling weight (0 builds the source but never samples it)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RecipeError(f"{where}: weight = {value!r} is not a number")
+    if not math.isfinite(value) or value < 0:
+        raise RecipeError(f"{where}: weight = {value!r}; weights are finite numbers >= 0")
+    return float(value)
 
 
 def _resolve(base: Path, value: str) -> str:

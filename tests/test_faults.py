@@ -1,0 +1,199 @@
+"""Fault injection: a run of days never restarts from step 0 by accident, a damaged checkpoint is
+skipped with a notice naming the file, and a refused resume changes nothing in the run.
+
+Each test plants one fault in a real run (the Bridge + VQAv2 fixture build, tiny preset) and
+states what kidata must do about it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
+
+from test_train import config, mixture  # noqa: E402,F401 - the module-scoped build fixture
+
+from kidata.model.train import ResumeRefused, train  # noqa: E402
+from kidata.model.train_state import CheckpointError, latest_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def finished(mixture, tmp_path_factory) -> Path:  # noqa: F811
+    """A 4-step run with checkpoints at steps 2 and 4 (kept: both), copied by each test."""
+    run = tmp_path_factory.mktemp("faults") / "run"
+    train(config(mixture, "--train.steps", "4", "--checkpoint.every", "2", "--eval.every", "0"), run)
+    return run
+
+
+@pytest.fixture
+def run(finished, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def steps_logged(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(line)]
+
+
+def test_latest_naming_a_missing_directory_resumes_from_the_newest_complete_checkpoint(run, mixture, capsys):  # noqa: F811
+    shutil.rmtree(run / "checkpoints" / "step_0000004")
+    train(config(mixture, "--train.steps", "5", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True,
+          allow_config_change=True)
+    assert "names step_0000004, which does not exist" in capsys.readouterr().err
+    assert steps_logged(run) == [1, 2, 3, 4, 5]  # continued after step 2, each step logged once
+
+
+def test_a_fresh_start_is_refused_in_a_directory_with_only_a_dangling_pointer(run, mixture):  # noqa: F811
+    for step in ("step_0000002", "step_0000004"):
+        shutil.rmtree(run / "checkpoints" / step)
+    with pytest.raises(FileExistsError, match="already holds checkpoints"):
+        train(config(mixture, "--train.steps", "4", "--eval.every", "0"), run)
+
+
+def test_a_truncated_weights_file_falls_back_to_the_previous_checkpoint_naming_it(run, mixture, capsys):  # noqa: F811
+    weights = run / "checkpoints" / "step_0000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert latest_checkpoint(run).name == "step_0000002"
+    train(config(mixture, "--train.steps", "4", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True)
+    err = capsys.readouterr().err
+    assert "model.safetensors has 1000 bytes" in err and "truncated" in err
+
+
+def test_a_flipped_byte_is_caught_by_the_checksum(run):
+    weights = run / "checkpoints" / "step_0000004" / "optimizer.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    assert latest_checkpoint(run).name == "step_0000002"
+
+
+def test_when_every_checkpoint_is_damaged_loading_and_resuming_refuse_naming_each(run, mixture):  # noqa: F811
+    for step in ("step_0000002", "step_0000004"):
+        (run / "checkpoints" / step / "trainer.json").unlink()
+    with pytest.raises(CheckpointError, match=r"step_0000004 lacks \['trainer.json'\].*step_0000002 lacks"):
+        latest_checkpoint(run)
+    with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
+        train(config(mixture, "--train.steps", "6", "--eval.every", "0"), run, resume=True)
+
+
+def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(run, mixture):  # noqa: F811
+    from kidata import policy as policies
+
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ResumeRefused, match=r"model.variant: 'ki' -> 'pi0_fast'.*only train.steps"):
+        train(config(mixture, "--train.steps", "4", "--checkpoint.every", "2", "--eval.every", "0",
+                     "--model.variant", "pi0_fast"), run, resume=True, allow_config_change=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    policies.load(run)  # still loadable
+
+
+def test_longer_training_on_resume_needs_the_explicit_flag(run, mixture):  # noqa: F811
+    longer = config(mixture, "--train.steps", "6", "--checkpoint.every", "2", "--eval.every", "0")
+    with pytest.raises(ResumeRefused, match=r"train.steps: 4 -> 6 \(pass --allow-config-change"):
+        train(longer, run, resume=True)
+    train(longer, run, resume=True, allow_config_change=True)
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 6
+
+
+def test_resume_on_an_empty_directory_is_an_error_not_a_fresh_run(mixture, tmp_path):  # noqa: F811
+    with pytest.raises(ResumeRefused, match="holds no checkpoint to continue; drop --resume"):
+        train(config(mixture, "--train.steps", "2", "--eval.every", "0"), tmp_path / "empty", resume=True)
+    assert not (tmp_path / "empty").exists()
+
+
+def test_metrics_hold_each_step_once_after_resuming_from_an_earlier_checkpoint(run, mixture):  # noqa: F811
+    shutil.rmtree(run / "checkpoints" / "step_0000004")
+    (run / "checkpoints" / "latest").write_text("step_0000002\n")
+    train(config(mixture, "--train.steps", "4", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True)
+    assert steps_logged(run) == [1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def loaded(finished):
+    from kidata import policy as policies
+
+    return policies.load(finished)
+
+
+def observation(loaded, **changes):
+    width = len(loaded.stats.state.mean)
+    base = {"images": {"base_0": np.zeros((64, 64, 3), dtype=np.uint8), "base_1": None},
+            "state": np.zeros(width), "prompt": "put the spoon in the pot"}
+    return {**base, **changes}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"images": {"base_0": np.zeros((64, 64, 3), dtype=np.float32), "base_1": None}},
+     r"images\['base_0'\] is float32; expected uint8"),
+    ({"images": {"base_0": np.zeros((3, 64, 64), dtype=np.uint8), "base_1": None}},
+     r"shape \(3, 64, 64\); expected \[H, W, 3\] RGB \(channel-first"),
+    ({"images": {"base_0": np.zeros((64, 64, 4), dtype=np.uint8), "base_1": None}}, r"shape \(64, 64, 4\)"),
+    ({"images": {"base_0": np.zeros((64, 64), dtype=np.uint8), "base_1": None}}, r"shape \(64, 64\)"),
+    ({"images": {"base_O": np.zeros((64, 64, 3), dtype=np.uint8), "base_1": None}},
+     r"unknown \['base_O'\], missing \['base_0'\]"),
+    ({"images": {"base_0": None, "base_1": None}}, "every camera is None"),
+    ({"images": {}}, r"missing \['base_0', 'base_1'\]"),
+    ({"state": np.array([np.nan] * 7)}, "state must be finite"),
+    ({"state": np.zeros(3)}, r"state has shape \(3,\); source 'bridge' has state \[7\]"),
+    ({"prompt": ""}, "prompt must be a non-empty string"),
+    ({"prompt": None}, "prompt must be a non-empty string"),
+])
+def test_the_policy_refuses_observations_it_would_misread(loaded, change, message):
+    from kidata.policy import ObservationError
+
+    with pytest.raises(ObservationError, match=message):
+        loaded.sample_actions(observation(loaded, **change))
+
+
+def test_a_well_formed_observation_with_an_absent_camera_is_accepted(loaded):
+    assert loaded.sample_actions(observation(loaded)).shape == (4, 7)
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "-1.0", '"abc"', "true"])
+def test_a_weight_that_is_not_a_finite_non_negative_number_is_refused_naming_the_source(weight):
+    import tomllib
+
+    from kidata.pipelines.recipe import RecipeError, parse_recipe
+
+    data = tomllib.loads(f"""
+[mixture]
+name = "m"
+[[sources]]
+name = "scenes"
+reader = "metaworld_scenes"
+tasks = ["reach"]
+weight = {weight}
+""")
+    with pytest.raises(RecipeError, match=r"\(scenes\): weight = .*(not a number|finite numbers >= 0)"):
+        parse_recipe(data)
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), -0.5])
+def test_loader_weights_must_be_finite_and_non_negative(mixture, weight):  # noqa: F811
+    from kidata.pipelines.mixture import MixtureDataset
+
+    with pytest.raises(ValueError, match="weight of source 'bridge' is"):
+        MixtureDataset(mixture, weights={"bridge": weight, "vqav2": 1.0})
+
+
+def test_a_failing_command_ends_in_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    from kidata.cli import main
+
+    monkeypatch.delenv("KIDATA_DEBUG", raising=False)
+    missing = tmp_path / "missing.toml"
+    assert main(["build", str(missing), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing.toml" in err[0] and err[0].startswith("kidata build: ")
+    with pytest.raises(OSError):
+        main(["--debug", "build", str(missing), "--out", str(tmp_path / "out")])
+    monkeypatch.setenv("KIDATA_DEBUG", "1")
+    with pytest.raises(OSError):
+        main(["build", str(missing), "--out", str(tmp_path / "out")])

@@ -1,0 +1,236 @@
+"""The diagnostics a user reaches for when a Meta-World policy fails: train/eval parity (each
+planted mismatch named), the privileged baseline's data and policy, per-step open-loop error,
+closed-loop success during training, and the goal marker. Their machinery only: no success
+threshold is asserted anywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' extra")
+torch = pytest.importorskip("torch")
+
+from kidata.eval.metaworld import ExpertPolicy, SceneSettings, evaluate_metaworld  # noqa: E402
+from kidata.model.train_config import TrainConfig  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = """
+[mixture]
+name = "mw"
+action_horizon = 4
+image_size = 64
+state_encoding = "continuous"
+max_tokens = 64
+holdout = 0.5
+units_per_source = 1
+fast_tokenizer = { fit = true, vocab_size = 300, scale = 10.0 }
+
+[[sources]]
+name = "metaworld"
+reader = "metaworld"
+tasks = ["reach"]
+episodes_per_task = 4
+cameras = { base_0 = "corner", left_wrist_0 = "gripperPOV" }
+goal_marker_scale = 2.0
+"""
+MODEL = ["--model.image_size", "64", "--model.action_horizon", "4", "--model.action_dim", "4",
+         "--model.state_dim", "4", "--model.state_input", "prefix", "--data.cameras", '["base_0", "left_wrist_0"]',
+         "--data.num_workers", "0", "--data.batch_size", "4", "--log.progress", "false", "--log.every", "1",
+         "--eval.batches", "1", "--eval.batch_size", "4", "--eval.max_new_tokens", "8", "--schedule.warmup_steps", "1",
+         "--checkpoint.every", "2"]
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipe") / "recipe.toml"
+    path.write_text(RECIPE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(recipe, tmp_path_factory) -> Path:
+    """A 2-step run on a 4-episode reach build (3 held out), with closed-loop evaluation at every eval."""
+    from kidata.model.train import train
+    from kidata.pipelines.build import build
+    from kidata.pipelines.recipe import load_recipe
+
+    out = tmp_path_factory.mktemp("build")
+    build(load_recipe(recipe), str(out), progress=False)
+    run = tmp_path_factory.mktemp("runs") / "run"
+    config = TrainConfig.load(ROOT / "model" / "ki_tiny.toml", [
+        *MODEL, "--data.manifest", json.dumps(str(out / "manifest.json")), "--train.steps", "2", "--eval.every", "1",
+        "--eval.metaworld", '{ tasks = ["reach"], episodes = 1, max_steps = 10 }'])
+    train(config, run)
+    return run
+
+
+@pytest.fixture(scope="module")
+def policy(run):
+    from kidata import policy as policies
+
+    return policies.load(run)
+
+
+def test_parity_holds_between_the_data_path_and_the_live_policy(policy):
+    from kidata.eval.parity import check_parity
+
+    report = check_parity(policy, samples=2)
+    assert report["ok"] and len(report["samples"]) == 2
+    for sample in report["samples"]:
+        assert set(sample["tensors"]) == {"image_mask", "tokens", "token_mask", "ar", "prefix_length",
+                                          "state_dim_mask", "state", "images"}
+        assert sample["tensors"]["state"]["max_abs_diff"] < 1e-5
+        assert max(sample["tensors"]["images"]["mean_abs_diff_per_camera"]) < 0.02  # JPEG coding only
+
+
+def test_parity_names_swapped_cameras(policy, monkeypatch):
+    from kidata.eval import parity
+
+    swapped = SceneSettings(cameras={"base_0": "gripperPOV", "left_wrist_0": "corner"}, image_size=64,
+                            goal_marker_scale=2.0)
+    monkeypatch.setattr(SceneSettings, "from_manifest", classmethod(lambda cls, manifest, source=None: swapped))
+    report = parity.check_parity(policy, samples=1)
+    tensors = report["samples"][0]["tensors"]
+    assert not report["ok"] and not tensors["images"]["ok"]
+    assert all(t["ok"] for name, t in tensors.items() if name != "images")
+
+
+def test_parity_names_a_state_normalized_differently(policy, monkeypatch):
+    from kidata.eval.parity import check_parity
+
+    stats = policy.stats
+    lowered = [value - 0.1 for value in stats.state.q01]  # another normalization of the same state
+    shifted = dataclasses.replace(stats, state=dataclasses.replace(stats.state, q01=lowered))
+    monkeypatch.setattr(policy, "stats", shifted)
+    report = check_parity(policy, samples=1)
+    tensors = report["samples"][0]["tensors"]
+    assert not report["ok"] and not tensors["state"]["ok"] and tensors["images"]["ok"] and tensors["tokens"]["ok"]
+
+
+def test_parity_names_a_prompt_that_differs(policy, monkeypatch):
+    from kidata.eval import parity
+
+    import kidata.sources.metaworld as source
+
+    monkeypatch.setattr(source, "instruction", lambda task: "reach the goal now")  # the policy is told another task
+    report = parity.check_parity(policy, samples=1)
+    tensors = report["samples"][0]["tensors"]
+    assert not report["ok"] and not tensors["tokens"]["ok"] and tensors["state"]["ok"]
+
+
+def test_closed_loop_success_lands_in_metrics_at_every_evaluation(run):
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if "eval" in r]
+    assert [r["step"] for r in evaluations] == [1, 2]
+    for record in evaluations:
+        assert set(record["eval"]) >= {"metaworld_success", "metaworld_success/reach-v3", "action_mse",
+                                       "action_mse_step"}
+        assert record["eval"]["metaworld_success"] in (0.0, 1.0)  # one episode
+        assert len(record["eval"]["action_mse_step"]) == 4
+    assert (run / "loss_curves.png").exists()
+
+
+def test_the_metaworld_eval_table_refuses_unknown_keys_and_missing_tasks():
+    with pytest.raises(ValueError, match="unknown key eval.metaworld.episode .*'episodes'"):
+        TrainConfig.load(ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", '{ tasks = ["reach"], episode = 3 }'])
+    with pytest.raises(ValueError, match="needs tasks"):
+        TrainConfig.load(ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", "{ episodes = 3 }"])
+
+
+def test_scene_settings_come_from_the_runs_recipe_and_a_mixture_without_metaworld_is_refused(policy):
+    settings = SceneSettings.from_manifest(policy.manifest)
+    assert settings == SceneSettings(cameras={"base_0": "corner", "left_wrist_0": "gripperPOV"}, image_size=64,
+                                     goal_marker_scale=2.0)
+    manifest = {"recipe": {"mixture": {"image_size": 64}, "sources": [{"name": "bridge", "reader": "rlds"}]}}
+    with pytest.raises(ValueError, match=r"no metaworld source \(sources: \['bridge'\]\)"):
+        SceneSettings.from_manifest(manifest)
+
+
+def test_privileged_demonstrations_are_the_recipes_training_episodes(recipe):
+    from kidata.eval.privileged import OBSERVATION_DIM, collect
+    from kidata.pipelines.build import in_holdout
+
+    data = collect(recipe)
+    kept = [e for e in range(4) if not in_holdout("metaworld", f"reach-v3-s0-e{e:05d}", 0.5)]
+    assert 0 < data.episodes == len(kept) < 4  # the build's held-out episodes stay out
+    assert data.tasks == ("reach-v3",)
+    assert data.features.shape == (len(data.chunks), OBSERVATION_DIM + 1) and data.chunks.shape[1:] == (4, 4)
+    assert (data.features[:, -1] == 1).all()
+    # a chunk is the next four actions; the last action repeats past the end, marked invalid
+    np.testing.assert_array_equal(data.chunks[1:, 0][:3], data.chunks[:3, 1])
+    assert data.valid[-1].tolist() == [True, False, False, False]
+
+
+def test_the_privileged_mlp_fits_its_demonstrations_and_refuses_unknown_tasks(recipe):
+    from kidata.eval.privileged import PrivilegedPolicy, collect, train_mlp
+
+    data = collect(recipe)
+    model, losses = train_mlp(data, steps=300, batch_size=64)
+    assert losses[-1] < losses[0] / 3
+    policy = PrivilegedPolicy(model, data.tasks)
+    chunk = policy.sample_actions({"env_obs": data.features[0, :39], "task": "reach-v3"})
+    assert chunk.shape == (4, 4) and np.abs(chunk - data.chunks[0]).mean() < np.abs(data.chunks[0]).mean()
+    with pytest.raises(KeyError, match="trained on \\['reach-v3'\\], not 'push-v3'"):
+        policy.sample_actions({"env_obs": data.features[0, :39], "task": "push-v3"})
+
+
+def test_the_evaluator_records_each_episode_and_plots_its_predicted_chunks(tmp_path):
+    result = evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=2, replan=1, max_steps=200, out=tmp_path)
+    assert [e["episode"] for e in result["episodes"]["reach-v3"]] == [0, 1]
+    assert all(e["success"] and 0 < e["steps"] < 200 for e in result["episodes"]["reach-v3"])
+    assert (tmp_path / "reach-v3-episode0-actions.png").exists() and not (tmp_path / "reach-v3-episode1.png").exists()
+    assert json.loads((tmp_path / "metaworld_eval.json").read_text())["scene"]["goal_marker_scale"] == 1.0
+
+
+def test_the_goal_marker_scale_enlarges_only_the_rendered_marker():
+    from kidata.sources.metaworld import Scene
+
+    green = {}
+    observations = {}
+    for scale in (1.0, 2.0):
+        scene = Scene("push-v3", seed=0, image_size=96, goal_marker_scale=scale)
+        try:
+            observations[scale] = scene.reset(0)
+            image = scene.render("corner").astype(int)
+        finally:
+            scene.close()
+        green[scale] = int(((image[..., 1] > 120) & (image[..., 0] < 80) & (image[..., 2] < 80)).sum())
+    np.testing.assert_array_equal(observations[1.0], observations[2.0])
+    assert green[1.0] > 0 and green[2.0] >= 3 * green[1.0]  # a ball twice the radius: ~4x the pixels
+
+
+def test_per_step_open_loop_error_puts_an_error_at_its_step():
+    from types import SimpleNamespace
+
+    from kidata.model.evaluate import Evaluator
+
+    stats = {"count": 10, "mean": [0.0, 0.0], "std": [1.0, 1.0], "q01": [-1.0, -1.0], "q99": [1.0, 1.0], "min": [-1.0, -1.0],
+             "max": [1.0, 1.0]}
+    manifest = {"encoding": {"action_horizon": 3, "action_dim": 2, "normalization": "mean_std"},
+                "sources": [{"kind": "robot", "norm_stats": {"state": stats, "actions": stats}}]}
+    truth = torch.zeros(1, 3, 2)
+    predicted = truth.clone()
+    predicted[0, 1, 0] = 2.0  # one error of 2 at step 1, dimension 0
+
+    class Model:
+        config = SimpleNamespace(has_expert=True, fast_loss=False)
+
+        def sample_actions(self, batch, num_steps, noise=None):
+            return predicted
+
+    batch = {"has_actions": torch.tensor([True]), "actions": truth, "action_valid": torch.ones(1, 3, dtype=torch.bool),
+             "source_index": torch.tensor([0]), "tokens": torch.zeros(1, 4, dtype=torch.long),
+             "token_mask": torch.ones(1, 4, dtype=torch.bool), "prefix_length": torch.tensor([4]),
+             "loss": torch.zeros(1, 4, dtype=torch.bool), "ar": torch.zeros(1, 4, dtype=torch.bool)}
+    evaluator = Evaluator(manifest, SimpleNamespace(stop_ids=[]))
+    evaluator.update(Model(), batch)
+    result = evaluator.result()
+    assert result["action_mse_step"] == [0.0, 2.0, 0.0]  # 4 / 2 dimensions at step 1
+    assert result["action_mse_dim"] == [round(4 / 3, 6), 0.0]  # over 3 steps, rounded as reported
