@@ -157,7 +157,7 @@ def _build(args: argparse.Namespace) -> int:
     for source in manifest["sources"]:
         print(f"{source['name']:>24}: {source['episodes']} {'episodes' if source['kind'] == 'robot' else 'examples'}, "
               f"{source['samples']} samples, {len(source['shards'])} shards, quarantined {source['quarantined']}, "
-              f"rejected {source['rejected']}")
+              f"rejected {source['rejected']}" + (f", SKIPPED {source['skipped']}" if source.get("skipped") else ""))
     report = json.loads(Path(args.out, "build_report.json").read_text()) if "://" not in args.out else {}
     if report:
         print(f"{report['samples']} samples in {report['seconds']:.1f} s ({report['samples_per_second']:.0f} samples/s)")

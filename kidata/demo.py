@@ -16,11 +16,12 @@ from pathlib import Path
 
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
 TINY_PRESET = Path(__file__).resolve().parents[1] / "model" / "ki_tiny.toml"
+MAX_STEPS = 300  # the same episode budget as `kidata eval metaworld` (the demo used 150)
 
 
 def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eval_episodes: int = 3) -> dict:
     from kidata import policy as policies
-    from kidata.eval.metaworld import ExpertPolicy, evaluate_metaworld
+    from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, SceneSettings, evaluate_metaworld
     from kidata.model.train import train
     from kidata.model.train_config import TrainConfig
     from kidata.pipelines.build import build
@@ -43,15 +44,19 @@ def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eva
 
     tasks = [source.options["tasks"] for source in recipe.sources if source.reader == "metaworld"][0]
     print(f"\n3/3 closed-loop evaluation in Meta-World ({eval_episodes} episodes per task) ...", flush=True)
-    trained = evaluate_metaworld(policies.load(run), tasks, episodes=eval_episodes, replan=5, max_steps=150,
-                                 image_size=config.model.image_size, out=run / "metaworld")
-    upper = evaluate_metaworld(ExpertPolicy(), tasks, episodes=eval_episodes, max_steps=150)
-    print("\nsuccess rate per task (trained tiny policy / scripted expert):")
+    loaded = policies.load(run)
+    scene = SceneSettings.from_manifest(loaded.manifest)
+    trained = evaluate_metaworld(loaded, tasks, episodes=eval_episodes, replan=5, max_steps=MAX_STEPS, scene=scene,
+                                 out=run / "metaworld")
+    upper = evaluate_metaworld(ExpertPolicy(), tasks, episodes=eval_episodes, max_steps=MAX_STEPS, scene=scene)
+    lower = evaluate_metaworld(RandomPolicy(seed=0), tasks, episodes=eval_episodes, max_steps=MAX_STEPS, scene=scene)
+    print(f"\nsuccess rate per task over {eval_episodes} episodes (trained tiny policy / scripted expert / random):")
     for task in trained["success_rate"]:
-        print(f"  {task:28s} {trained['success_rate'][task]:.2f} / {upper['success_rate'][task]:.2f}")
+        print(f"  {task:28s} {trained['success_rate'][task]:.2f} / {upper['success_rate'][task]:.2f} / "
+              f"{lower['success_rate'][task]:.2f}")
     print(f"\nbuild: {out}/manifest.json, report {out}/build_report.json, FAST tokenizer + report in "
           f"{out}/fast_tokenizer/, sample pictures in {out}/inspect/")
     print(f"training: {run}/report.json, loss curves {report.get('loss_curves')}, held-out metrics "
           f"{json.dumps(report.get('eval', {}))}")
     print(f"closed loop: {run}/metaworld/ (metaworld_eval.json, contact sheets)")
-    return {"manifest": manifest, "train": report, "metaworld": trained, "expert": upper}
+    return {"manifest": manifest, "train": report, "metaworld": trained, "expert": upper, "random": lower}

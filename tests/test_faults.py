@@ -80,7 +80,7 @@ def test_when_every_checkpoint_is_damaged_loading_and_resuming_refuse_naming_eac
     with pytest.raises(CheckpointError, match=r"step_0000004 lacks \['trainer.json'\].*step_0000002 lacks"):
         latest_checkpoint(run)
     with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
-        train(config(mixture, "--train.steps", "6", "--eval.every", "0"), run, resume=True)
+        train(config(mixture, "--train.steps", "4", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True)
 
 
 def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(run, mixture):  # noqa: F811
@@ -197,3 +197,106 @@ def test_a_failing_command_ends_in_one_line_and_debug_shows_the_traceback(tmp_pa
     monkeypatch.setenv("KIDATA_DEBUG", "1")
     with pytest.raises(OSError):
         main(["build", str(missing), "--out", str(tmp_path / "out")])
+
+
+def test_fetching_opens_only_http_urls_caps_image_bytes_and_merges_duplicate_urls(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import functools
+    import http.server
+    import threading
+
+    import pyarrow.parquet as pq
+
+    from kidata.sources import fetch
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("local file")
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "big.jpg").write_bytes(b"\xff" * 5000)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    big = f"http://127.0.0.1:{server.server_address[1]}/big.jpg"
+    try:
+        urls = [secret.as_uri(), "data:text/plain,hello", big, big]
+        pq.write_table(pa.table({"image_url": urls, "image_sha256": [None, None, None, "a" * 64]}),
+                       tmp_path / "p.parquet")
+        with pytest.MonkeyPatch.context() as patch:  # a 1000-byte cap for a 5000-byte image
+            patch.setattr(fetch, "_fetch_one", functools.partial(fetch._fetch_one, max_bytes=1000))
+            report = fetch.fetch_images([tmp_path / "p.parquet"], tmp_path / "mirror", workers=2, progress=False)
+    finally:
+        server.shutdown()
+    assert report.to_json()["failures_by_reason"] == {"refused_scheme": 2, "too_large": 1}  # big.jpg once
+    assert list((tmp_path / "mirror").iterdir()) == []
+
+
+def test_a_json_that_is_not_a_manifest_is_named_as_such(tmp_path):
+    from kidata.pipelines.mixture import ManifestMismatch, read_manifest
+
+    (tmp_path / "config.json").write_text('{"model": {}}')
+    with pytest.raises(ManifestMismatch, match=r"config.json is not a kidata manifest \(lacks \['encoding'"):
+        read_manifest(str(tmp_path / "config.json"))
+    (tmp_path / "broken.json").write_text('{"encoding": ')
+    with pytest.raises(ManifestMismatch, match="broken.json is not valid JSON"):
+        read_manifest(str(tmp_path / "broken.json"))
+
+
+def test_a_features_json_naming_a_foreign_class_is_refused_before_tfds_imports_it(tmp_path):
+    from kidata.sources.oxe import lookup
+    from kidata.sources.rlds import RldsSource
+
+    from conftest import shared_path
+
+    crafted = tmp_path / "bridge_dataset" / "1.0.0"
+    shutil.copytree(shared_path("data", "rlds", "bridge_dataset", "1.0.0"), crafted)
+    features = crafted / "features.json"
+    features.write_text(features.read_text().replace(
+        "tensorflow_datasets.core.features.features_dict.FeaturesDict", "this.FeaturesDict", 1))
+    with pytest.raises(ValueError, match=r"names feature class 'this.FeaturesDict', not one of TFDS's own"):
+        RldsSource(str(crafted), lookup("bridge_dataset")).builder
+
+
+def test_units_skipped_by_skip_corrupt_are_counted_in_the_manifest_report_and_console(tmp_path, capsys):
+    from conftest import shared_path
+
+    from kidata.cli import main
+
+    copy = tmp_path / "bridge_dataset" / "1.0.0"
+    shutil.copytree(shared_path("data", "rlds", "bridge_dataset", "1.0.0"), copy)
+    record = next(copy.glob("*-train.tfrecord*"))
+    record.write_bytes(record.read_bytes()[: record.stat().st_size * 3 // 4])
+    (tmp_path / "recipe.toml").write_text(f"""
+[mixture]
+name = "corrupt"
+action_horizon = 4
+image_size = 32
+max_tokens = 128
+units_per_source = 2
+fast_tokenizer = {{ fit = true, vocab_size = 300, scale = 10.0 }}
+
+[[sources]]
+name = "bridge"
+reader = "rlds"
+path = "{copy}"
+dataset = "bridge_dataset"
+skip_corrupt = true
+""")
+    assert main(["build", str(tmp_path / "recipe.toml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    assert "SKIPPED {'failed_units': 1}" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    report = json.loads((tmp_path / "out" / "build_report.json").read_text())
+    assert manifest["sources"][0]["skipped"] == {"failed_units": 1} == report["sources"][0]["skipped"]
+
+
+def test_a_source_that_yields_no_samples_fails_the_build_naming_the_rejections(tmp_path):
+    from test_build import write_recipe
+
+    from kidata.pipelines.build import BuildError, build
+    from kidata.pipelines.recipe import load_recipe
+
+    recipe = write_recipe(tmp_path / "recipe.toml", units=1)
+    recipe.write_text(recipe.read_text().replace("max_tokens = 128", "max_tokens = 12"))
+    with pytest.raises(BuildError, match=r"source 'bridge' produced no samples \(rejected \{'too_long'"):
+        build(load_recipe(recipe), str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out" / "manifest.json").exists() and (tmp_path / "out" / "build_report.json").exists()

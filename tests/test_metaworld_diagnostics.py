@@ -234,3 +234,16 @@ def test_per_step_open_loop_error_puts_an_error_at_its_step():
     result = evaluator.result()
     assert result["action_mse_step"] == [0.0, 2.0, 0.0]  # 4 / 2 dimensions at step 1
     assert result["action_mse_dim"] == [round(4 / 3, 6), 0.0]  # over 3 steps, rounded as reported
+
+
+def test_episodes_past_the_fifty_variations_of_a_seed_are_new_layouts():
+    from kidata.sources.metaworld import Scene
+
+    scene = Scene("reach-v3", seed=0, image_size=16)
+    try:
+        goals = {episode: tuple(scene.reset(episode)[-3:].round(6)) for episode in (0, 1, 50, 51, 100)}
+        again = tuple(scene.reset(50)[-3:].round(6))
+    finally:
+        scene.close()
+    assert len(set(goals.values())) == 5  # episode 50 is not episode 0 again
+    assert again == goals[50]  # and still a function of the episode index

@@ -135,3 +135,12 @@ def test_augmentation_is_seeded_and_spares_wrist_geometry():
     assert torch.allclose(Augment(crop=1.0, degrees=0.0)._jitter(torch.zeros(3, 2, 2), np.random.default_rng(0)),
                           torch.zeros(3, 2, 2))
     assert no_geometry.shape == wrist.shape
+
+
+def test_collate_infers_the_image_size_of_augmented_channel_first_images():
+    augmented = Augment()("base_0", np.zeros((96, 96, 3), dtype=np.uint8), np.random.default_rng(0))
+    sample = {"tokens": np.array([5, 6]), "ar": np.zeros(2, bool), "loss": np.zeros(2, bool),
+              "meta": {"prefix_length": 2}, "images": {"base_0": augmented}, "source_index": 0}
+    batch = collate([sample], max_tokens=4, action_dim=2, action_horizon=3, state_dim=2, cameras=("base_0",))
+    assert tuple(batch["images"].shape) == (1, 1, 3, 96, 96)
+    torch.testing.assert_close(batch["images"][0, 0], augmented)

@@ -75,7 +75,7 @@ def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_c
         raise ResumeRefused(f"--resume: {run} holds no checkpoint to continue; drop --resume to start a new run there")
     saved = run / "config.json"
     if saved.exists():
-        changes = config_changes(json.loads(saved.read_text()), config.to_json())
+        changes = config_changes(json.loads(saved.read_text()), json.loads(json.dumps(config.to_json())))
         refused = [c for c in changes if c.startswith("model.") or not allow_config_change
                    or not c.startswith(RESUMABLE_CHANGES)]
         if refused:
@@ -521,8 +521,9 @@ class _Logger:
         self.last_eval = result
         if not self.enabled:
             return
-        with open(self.run / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps({"step": step, "eval": result}) + "\n")
+        with open(self.run / "metrics.jsonl", "a") as handle:  # elapsed: wall seconds of this process so far
+            handle.write(json.dumps({"step": step, "elapsed_s": round(time.perf_counter() - self.began, 1),
+                                     "eval": result}) + "\n")
         if self.writer is not None:
             for key, value in result.items():
                 if isinstance(value, float):

@@ -368,11 +368,17 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
         raise BuildError("units failed (completed units are kept; run the build again to resume): "
                          + "; ".join(f"{name}: {error}" for name, error in failures))
     manifest = _manifest(recipe, context, fs, root, units, norm_stats)
-    write_text(fs, f"{root}/manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     report = _report(manifest, time.perf_counter() - started, pass1_reports)
     report["cost"] = {"pass1": pass1_times.as_dict(), "fast_seconds": round(fast_seconds, 3),
                       "pass2": pass2_times.as_dict(), "coordinator_peak_rss_mib": round(peak_rss_mib(), 1)}
     write_text(fs, f"{root}/build_report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    empty = [s for s in manifest["sources"] if not s["samples"]]
+    if empty:  # no manifest: training must not start on a mixture that silently lost a source
+        raise BuildError("; ".join(f"source {s['name']!r} produced no samples (rejected {s['rejected']}, "
+                                   f"quarantined {s['quarantined']}, skipped {s['skipped']})" for s in empty)
+                         + f"; no manifest written (details: {root}/build_report.json). Fix the recipe "
+                           "(e.g. max_tokens) and build again with --force")
+    write_text(fs, f"{root}/manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
 
 
@@ -524,15 +530,19 @@ def _manifest(recipe, context, fs, root, units, norm_stats) -> dict:
                    for i in range(len(units[source.name]))]
         quarantined: dict[str, int] = {}
         rejected: dict[str, int] = {}
+        notices: dict[str, int] = {}  # skipped on purpose or by skip_corrupt: failed units, filtered episodes
         for record in records:
             for reason, count in record["quarantined"].items():
                 quarantined[reason] = quarantined.get(reason, 0) + count
             for reason, count in record["rejected"].items():
                 rejected[reason] = rejected.get(reason, 0) + count
+            for reason, count in record.get("notices", {}).items():
+                notices[reason] = notices.get(reason, 0) + count
         entry = {
             "name": source.name, "kind": source.kind, "weight": source.weight, "reader": source.reader,
             "episodes": sum(r["episodes"] for r in records), "samples": sum(r["samples"] for r in records),
             "quarantined": dict(sorted(quarantined.items())), "rejected": dict(sorted(rejected.items())),
+            "skipped": dict(sorted(notices.items())),
             "shards": [shard for record in records for shard in record["shards"]],
         }
         if source.kind == "robot":
@@ -561,6 +571,7 @@ def _report(manifest: dict, seconds: float, pass1_quarantine: dict) -> dict:
         sizes = [shard["bytes"] for shard in source["shards"]]
         sources.append({"name": source["name"], "episodes": source["episodes"], "samples": source["samples"],
                         "quarantined": source["quarantined"], "rejected": source["rejected"],
+                        "skipped": source["skipped"],
                         "shards": len(sizes), "shard_bytes": {"total": sum(sizes), "max": max(sizes, default=0)}})
     samples = sum(s["samples"] for s in sources)
     return {"seconds": round(seconds, 3), "samples": samples, "samples_per_second": round(samples / max(seconds, 1e-9), 1),

@@ -38,7 +38,9 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
             cameras: Sequence[str] = DEFAULT_CAMERAS, image_size: int | None = None) -> dict[str, torch.Tensor]:
     batch = len(samples)
     if image_size is None:
-        image_size = next((img.shape[0] for s in samples for img in s["images"].values()), 224)
+        # numpy images are [S, S, 3] (decoded), tensors [3, S, S] (augmented)
+        image_size = next((img.shape[-1] if torch.is_tensor(img) else img.shape[0]
+                           for s in samples for img in s["images"].values()), 224)
     images = torch.zeros(batch, len(cameras), 3, image_size, image_size)
     image_mask = torch.zeros(batch, len(cameras), dtype=torch.bool)
     tokens = torch.zeros(batch, max_tokens, dtype=torch.int64)

@@ -44,7 +44,15 @@ def _open(url: str):
 def read_manifest(path: str) -> tuple[dict, str]:
     """(manifest, root URL of the build)."""
     with _open(path) as handle:
-        manifest = json.loads(handle.read())
+        text = handle.read()
+    try:
+        manifest = json.loads(text)
+    except ValueError as error:
+        raise ManifestMismatch(f"{path} is not valid JSON ({error}): pass the build's manifest.json") from None
+    missing = [key for key in ("encoding", "sources", "tokenizers") if not isinstance(manifest, dict) or key not in manifest]
+    if missing:
+        raise ManifestMismatch(f"{path} is not a kidata manifest (lacks {missing}): pass OUT/manifest.json of a "
+                               "kidata build")
     return manifest, path.rsplit("/", 1)[0] if "/" in path else "."
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -88,8 +89,12 @@ BENCHMARKS = {
     "MT50": tuple(TASKS),
 }
 VERSION = "v3"
+# The scripted policies warn about their own gains on every action (metaworld/policies/policy.py);
+# the environment clips actions as documented, and a build printed ~20 copies per worker.
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
 DEFAULT_CAMERAS = {"base_0": "corner", "left_wrist_0": "gripperPOV"}
 SETTLE_STEPS = 5
+VARIATION_BLOCK_SEED = 1_000_003  # seed step between blocks of 50 variations (far from EVAL_SEED's blocks)
 
 
 def task_key(task: str) -> str:
@@ -221,6 +226,7 @@ class _LocalScene:
         self._benchmark = metaworld.MT1(task, seed=seed)
         self.env = self._benchmark.train_classes[task]()
         self.variations = self._benchmark.train_tasks
+        self._blocks: dict[int, list] = {}
         self._renderer = None
         self._mujoco = mujoco
         if goal_marker_scale != 1.0:
@@ -231,9 +237,23 @@ class _LocalScene:
 
     def reset(self, episode: int) -> np.ndarray:
         """Observation float64 [39] at the start of episode ``episode`` (variation + seed)."""
-        self.env.set_task(self.variations[episode % len(self.variations)])
+        self.env.set_task(self.variation(episode))
         observation, _ = self.env.reset(seed=self.seed * 100_003 + episode)
         return observation
+
+    def variation(self, episode: int):
+        """Episode e's task variation (object and goal positions). Meta-World's MT1 draws 50 per
+        seed; episodes past them take the next block of 50 from MT1 at another seed, so every
+        episode is a new layout. (Repeating the 50 would repeat the same rollouts: set_task fixes
+        the positions, the reset seed does not move them.)"""
+        block, index = divmod(episode, len(self.variations))
+        if block == 0:
+            return self.variations[index]
+        if block not in self._blocks:
+            import metaworld
+
+            self._blocks[block] = metaworld.MT1(self.task, seed=self.seed + VARIATION_BLOCK_SEED * block).train_tasks
+        return self._blocks[block][index]
 
     def step(self, env_action: np.ndarray) -> tuple[np.ndarray, bool]:
         observation, _, _, _, info = self.env.step(np.asarray(env_action, dtype=np.float32))
@@ -327,7 +347,7 @@ class MetaWorldSource:
         full observations float64 [T, 39] (hand, objects, goal: what privileged baselines read)."""
         policy = expert(scene.task)
         observation = scene.reset(episode)
-        variation = episode % scene.variation_count
+        variation = episode  # its own layout: see _LocalScene.variation
         states, actions, frames, full = [], [], {camera: [] for camera in self.cameras}, []
         success_at = None
         for step in range(self.max_steps):

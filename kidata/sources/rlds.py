@@ -114,6 +114,33 @@ def _json_flat_keys(feature: dict, prefix: str = "") -> list[str]:
     return keys
 
 
+TFDS_FEATURE_MODULE = "tensorflow_datasets.core.features."
+
+
+def check_feature_classes(path: str) -> None:
+    """Refuses a features.json naming a class outside TFDS's own features: tfds imports the module
+    of every ``pythonClassName`` it finds (a crafted file made it import and run any installed
+    module). A file that cannot be read is left for tfds to report."""
+    import fsspec
+
+    try:
+        with fsspec.open(f"{path.rstrip('/')}/features.json", "r") as handle:
+            tree = json.load(handle)
+    except (OSError, ValueError):
+        return
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            name = node.get("pythonClassName")
+            if isinstance(name, str) and not name.startswith(TFDS_FEATURE_MODULE):
+                raise ValueError(f"{path}/features.json names feature class {name!r}, not one of TFDS's own "
+                                 f"({TFDS_FEATURE_MODULE}*): refusing to let tfds import it")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
 def _lookup(tree: dict, path: str) -> Any:
     node = tree
     for part in path.split("/"):
@@ -156,6 +183,7 @@ class RldsSource:
     def builder(self):
         if self._builder is None:
             _, tfds = _tfds()
+            check_feature_classes(self.path)
             self._builder = tfds.builder_from_directory(self.path)
             if self.split not in self._builder.info.splits:
                 raise KeyError(f"{self.path}: no split {self.split!r} (splits: {sorted(self._builder.info.splits)})")
