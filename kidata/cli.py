@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")
     demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--train-steps", type=int, help="override the tiny preset's steps")
+    demo.add_argument("--train-steps", type=int, help="training steps (default: the demo's 1200)")
     demo.set_defaults(handler=_demo)
     return parser
 

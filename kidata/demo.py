@@ -12,14 +12,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 DEMO_RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
 TINY_PRESET = Path(__file__).resolve().parents[1] / "model" / "ki_tiny.toml"
+DEMO_TRAIN_STEPS = 1200  # ~4 min on 2 CPU cores; enough for the tiny preset to start succeeding (RESULTS.md)
 MAX_STEPS = 300  # the same episode budget as `kidata eval metaworld` (the demo used 150)
 
 
-def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eval_episodes: int = 3) -> dict:
+def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eval_episodes: int = 5) -> dict:
     from kidata import policy as policies
     from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, SceneSettings, evaluate_metaworld
     from kidata.model.train import train
@@ -35,12 +37,15 @@ def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eva
     print(json.dumps(json.loads((out / "build_report.json").read_text()), indent=1)[:1500])
 
     run = out / "run"
-    overrides = ["--data.manifest", json.dumps(str(out / "manifest.json"))]
-    if train_steps is not None:
-        overrides += ["--train.steps", str(train_steps)]
+    steps = train_steps if train_steps is not None else DEMO_TRAIN_STEPS
+    overrides = ["--data.manifest", json.dumps(str(out / "manifest.json")), "--train.steps", str(steps),
+                 "--eval.every", str(max(1, steps // 3)), "--checkpoint.every", str(max(1, steps // 3))]
     config = TrainConfig.load(TINY_PRESET, overrides)
+    if run.exists():  # a demo run is disposable: a rerun (other steps, newer code) trains afresh
+        print(f"removing the previous demo run {run}", flush=True)
+        shutil.rmtree(run)
     print(f"\n2/3 training {TINY_PRESET.name} for {config.train.steps} steps into {run} ...", flush=True)
-    report = train(config, run, resume=(run / "checkpoints" / "latest").exists())
+    report = train(config, run)
 
     tasks = [source.options["tasks"] for source in recipe.sources if source.reader == "metaworld"][0]
     print(f"\n3/3 closed-loop evaluation in Meta-World ({eval_episodes} episodes per task) ...", flush=True)

@@ -300,3 +300,100 @@ def test_a_source_that_yields_no_samples_fails_the_build_naming_the_rejections(t
     with pytest.raises(BuildError, match=r"source 'bridge' produced no samples \(rejected \{'too_long'"):
         build(load_recipe(recipe), str(tmp_path / "out"), progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists() and (tmp_path / "out" / "build_report.json").exists()
+
+
+def _shard_path(run_or_manifest: str) -> Path:
+    manifest = json.loads(Path(run_or_manifest).read_text())
+    shard = next(s for s in manifest["sources"][0]["shards"] if s["split"] == "train" and s["samples"])
+    return Path(run_or_manifest).parent / shard["path"]
+
+
+@pytest.fixture
+def damaged_build(mixture, tmp_path) -> Path:  # noqa: F811
+    copy = tmp_path / "build"
+    shutil.copytree(Path(mixture).parent, copy)
+    return copy / "manifest.json"
+
+
+def test_a_token_id_past_the_vocabulary_is_named_with_its_shard_and_sample(damaged_build):
+    from kidata.pipelines.mixture import MixtureDataset, ShardError
+
+    shard = _shard_path(damaged_build)
+    data = bytearray(shard.read_bytes())
+    member = data.index(b".tokens.npy") // 512 * 512 + 512  # the first sample's tokens, after its tar header
+    start = data.index(b"\x93NUMPY", member)
+    assert start == member
+    header = int.from_bytes(data[start + 8 : start + 10], "little")
+    data[start + 10 + header + 3] ^= 0x40  # a high bit of the first token id
+    shard.write_bytes(bytes(data))
+    dataset = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
+    with pytest.raises(ShardError, match=rf"shard .*{shard.name}, sample .*: token id \d+ outside the vocabulary"):
+        for _ in zip(range(2000), dataset):
+            pass
+
+
+def test_a_truncated_shard_is_named_with_the_sample_count_it_lost(damaged_build):
+    from kidata.pipelines.mixture import MixtureDataset, ShardError
+
+    shard = _shard_path(damaged_build)
+    data = shard.read_bytes()
+    shard.write_bytes(data[: (len(data) // 2) // 512 * 512])  # cut at a tar block boundary
+    dataset = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
+    # cut mid-sample: the partial sample is named; cut between samples: the lost count is
+    with pytest.raises(ShardError, match=rf"shard .*{shard.name}(, sample \S+: lacks| holds \d+ samples, the manifest)"):
+        for _ in zip(range(2000), dataset):
+            pass
+
+
+def test_verify_shards_refuses_a_shard_whose_sha256_differs(damaged_build):
+    from kidata.pipelines.mixture import MixtureDataset, ShardError
+
+    shard = _shard_path(damaged_build)
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0x01  # in the tar's zero padding: invisible to every other check
+    shard.write_bytes(bytes(data))
+    plain = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
+    next(iter(plain))
+    checked = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1,
+                             verify_shards=True)
+    with pytest.raises(ShardError, match="does not match the manifest's sha256"):
+        for _ in zip(range(2000), checked):
+            pass
+
+
+def test_a_build_that_failed_before_writing_anything_does_not_lock_its_output(tmp_path):
+    from test_build import write_recipe
+
+    from kidata.pipelines.build import build
+    from kidata.pipelines.recipe import load_recipe
+
+    recipe = write_recipe(tmp_path / "recipe.toml", units=1)
+    good = recipe.read_text()
+    recipe.write_text(good.replace("bridge_dataset/1.0.0", "bridge_datset/1.0.0"))
+    with pytest.raises(Exception, match="bridge_datset"):
+        build(load_recipe(recipe), str(tmp_path / "out"), progress=False)
+    (tmp_path / "out" / "_state").mkdir(parents=True, exist_ok=True)  # as an older kidata left it
+    (tmp_path / "out" / "_state" / "recipe.json").write_text('{"recipe_sha256": "0000", "recipe": {}}')
+    recipe.write_text(good)
+    manifest = build(load_recipe(recipe), str(tmp_path / "out"), progress=False)  # no --force needed
+    assert manifest["sources"][0]["samples"] > 0
+
+
+def test_rebuilding_over_a_missing_or_truncated_shard_rewrites_its_unit_with_the_same_bytes(mixture, tmp_path):  # noqa: F811
+    from test_build import write_recipe
+
+    from kidata.pipelines.build import build
+    from kidata.pipelines.recipe import load_recipe
+    from kidata.pipelines.verify import verify
+
+    recipe = load_recipe(write_recipe(tmp_path / "recipe.toml", units=2))
+    out = tmp_path / "out"
+    build(recipe, str(out), progress=False)
+    shards = sorted(out.glob("bridge/*.tar"))
+    original = {p: p.read_bytes() for p in shards}
+    shards[0].unlink()
+    shards[-1].write_bytes(original[shards[-1]][:1024])
+    assert verify(str(out)) != []
+    build(recipe, str(out), progress=False)
+    assert verify(str(out)) == []
+    assert {p: p.read_bytes() for p in shards} == original

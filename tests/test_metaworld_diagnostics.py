@@ -78,6 +78,7 @@ def policy(run):
     return policies.load(run)
 
 
+@pytest.mark.slow
 def test_parity_holds_between_the_data_path_and_the_live_policy(policy):
     from kidata.eval.parity import check_parity
 
@@ -90,6 +91,7 @@ def test_parity_holds_between_the_data_path_and_the_live_policy(policy):
         assert max(sample["tensors"]["images"]["mean_abs_diff_per_camera"]) < 0.02  # JPEG coding only
 
 
+@pytest.mark.slow
 def test_parity_names_swapped_cameras(policy, monkeypatch):
     from kidata.eval import parity
 
@@ -102,6 +104,7 @@ def test_parity_names_swapped_cameras(policy, monkeypatch):
     assert all(t["ok"] for name, t in tensors.items() if name != "images")
 
 
+@pytest.mark.slow
 def test_parity_names_a_state_normalized_differently(policy, monkeypatch):
     from kidata.eval.parity import check_parity
 
@@ -114,6 +117,7 @@ def test_parity_names_a_state_normalized_differently(policy, monkeypatch):
     assert not report["ok"] and not tensors["state"]["ok"] and tensors["images"]["ok"] and tensors["tokens"]["ok"]
 
 
+@pytest.mark.slow
 def test_parity_names_a_prompt_that_differs(policy, monkeypatch):
     from kidata.eval import parity
 
@@ -125,6 +129,7 @@ def test_parity_names_a_prompt_that_differs(policy, monkeypatch):
     assert not report["ok"] and not tensors["tokens"]["ok"] and tensors["state"]["ok"]
 
 
+@pytest.mark.slow
 def test_closed_loop_success_lands_in_metrics_at_every_evaluation(run):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evaluations = [r for r in records if "eval" in r]
@@ -144,6 +149,7 @@ def test_the_metaworld_eval_table_refuses_unknown_keys_and_missing_tasks():
         TrainConfig.load(ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", "{ episodes = 3 }"])
 
 
+@pytest.mark.slow
 def test_scene_settings_come_from_the_runs_recipe_and_a_mixture_without_metaworld_is_refused(policy):
     settings = SceneSettings.from_manifest(policy.manifest)
     assert settings == SceneSettings(cameras={"base_0": "corner", "left_wrist_0": "gripperPOV"}, image_size=64,

@@ -118,7 +118,7 @@ def train_mlp(data: Demonstrations, *, steps: int = 3000, batch_size: int = 256,
         optimizer.step()
         schedule.step()
         if step % 100 == 0 or step == steps - 1:
-            losses.append(round(float(loss), 6))
+            losses.append(round(loss.item(), 6))
     return model.eval(), losses
 
 

@@ -75,7 +75,9 @@ def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_c
         raise ResumeRefused(f"--resume: {run} holds no checkpoint to continue; drop --resume to start a new run there")
     saved = run / "config.json"
     if saved.exists():
-        changes = config_changes(json.loads(saved.read_text()), json.loads(json.dumps(config.to_json())))
+        # both through the dataclasses: a config.json written before a field existed holds its default
+        before = TrainConfig.from_mapping(json.loads(saved.read_text()), origin=str(saved)).to_json()
+        changes = config_changes(json.loads(json.dumps(before)), json.loads(json.dumps(config.to_json())))
         refused = [c for c in changes if c.startswith("model.") or not allow_config_change
                    or not c.startswith(RESUMABLE_CHANGES)]
         if refused:
@@ -195,7 +197,8 @@ def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, worl
     encoding = manifest["encoding"]
     dataset = MixtureDataset(manifest_path, split=split, weights=dict(config.data.weights) or None,
                              balance=config.data.balance, seed=config.train.seed, rank=rank, world_size=world,
-                             shuffle_buffer=config.data.shuffle_buffer, augment=Augment() if augment else None)
+                             shuffle_buffer=config.data.shuffle_buffer, augment=Augment() if augment else None,
+                             verify_shards=config.data.verify_shards)
     if state is not None:
         dataset.load_state_dict(state)
     collate_fn = functools.partial(collate, max_tokens=encoding["max_tokens"], action_dim=config.model.action_dim,

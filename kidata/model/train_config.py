@@ -61,7 +61,9 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """The mixture: ``manifest`` path or URL; ``weights`` overrides the manifest's source weights."""
+    """The mixture: ``manifest`` path or URL; ``weights`` overrides the manifest's source weights;
+    ``verify_shards`` checks each shard's sha256 against the manifest when it is first opened
+    (the loader always checks token ids, lengths and sample counts)."""
 
     manifest: str = ""
     batch_size: int = 32
@@ -71,6 +73,7 @@ class DataConfig:
     shuffle_buffer: int = 256
     augment: bool = True
     cameras: tuple[str, ...] = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
+    verify_shards: bool = False
 
 
 METAWORLD_EVAL_KEYS = {"tasks": (list, str), "episodes": int, "max_steps": int, "replan": int}

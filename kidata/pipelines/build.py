@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -331,16 +332,18 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
 
     fs, root = output_fs(out)
     state_file = f"{root}/{STATE_DIR}/recipe.json"
+    started = time.perf_counter()
+    # sources are opened before the output is claimed: a wrong path never locks the folder
+    units = {s.name: open_source(recipe, s).list_units(recipe.mixture.units_per_source) for s in recipe.sources}
     if fs.exists(state_file):
         previous = json.loads(fs.cat_file(state_file).decode())
         if previous["recipe_sha256"] != recipe.sha256:
-            if not force:
+            written = [p for p in fs.find(root) if not p.endswith(f"{STATE_DIR}/recipe.json")]
+            if written and not force:
                 raise BuildError(f"{out} holds a build of a different recipe (sha256 {previous['recipe_sha256'][:12]}, "
                                  f"this one {recipe.sha256[:12]}); use --force to replace it")
-            fs.rm(root, recursive=True)
+            fs.rm(root, recursive=True)  # --force, or a build that failed before writing anything
     write_text(fs, state_file, json.dumps({"recipe_sha256": recipe.sha256, "recipe": recipe.canonical()}, sort_keys=True))
-    started = time.perf_counter()
-    units = {s.name: open_source(recipe, s).list_units(recipe.mixture.units_per_source) for s in recipe.sources}
     robot = [s for s in recipe.sources if s.kind == "robot"]
 
     # pass 1 -----------------------------------------------------------------------------
@@ -360,8 +363,13 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
     for source in recipe.sources:
         for index, unit in enumerate(units[source.name]):
             record_path = f"{root}/{STATE_DIR}/units/{source.name}-{index:04d}.json"
-            if not fs.exists(record_path):
-                jobs.append(((context, source.name, unit, index), f"{source.name}:{index}"))
+            if fs.exists(record_path):
+                damaged = _damaged_shards(fs, root, json.loads(fs.cat_file(record_path).decode()))
+                if not damaged:
+                    continue
+                print(f"build: rewriting unit {source.name}:{index}: {damaged}", file=sys.stderr)
+                fs.rm(record_path)  # units are deterministic: the rewrite repeats the lost bytes
+            jobs.append(((context, source.name, unit, index), f"{source.name}:{index}"))
     results, failures = run_jobs(encode_unit, jobs, engine=engine, workers=workers, progress=progress,
                                  label="encode", ray_address=ray_address, times=pass2_times)
     if failures:
@@ -380,6 +388,18 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
                            "(e.g. max_tokens) and build again with --force")
     write_text(fs, f"{root}/manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+def _damaged_shards(fs, root: str, record: dict) -> str:
+    """Why a finished unit's shards cannot be used ('' when they can): a shard missing or of
+    another size than written. (A flipped byte keeps the size: ``kidata verify`` checks hashes.)"""
+    for shard in record["shards"]:
+        path = f"{root}/{shard['path']}"
+        if not fs.exists(path):
+            return f"shard {shard['path']} is missing"
+        if fs.size(path) != shard["bytes"]:
+            return f"shard {shard['path']} has {fs.size(path)} bytes, {shard['bytes']} were written"
+    return ""
 
 
 def collect_pass1(recipe, robot, units, *, engine="local", workers=1, progress=True, ray_address=None,

@@ -77,12 +77,43 @@ def _stable_seed(*parts: Any) -> list[int]:
     return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
 
 
+class ShardError(ValueError):
+    """A shard whose bytes contradict its manifest: names the shard, the sample and what differs."""
+
+
 @dataclass(frozen=True)
 class _SourcePlan:
     index: int
     name: str
     root: str
     shards: tuple[tuple[str, int], ...]  # (path, samples)
+    vocab_size: int = 1 << 62  # token ids must lie in [0, vocab_size)
+    max_tokens: int = 1 << 62
+    sha256: Mapping[str, str] | None = None  # path -> sha256, checked on first open (verify_shards)
+
+
+def check_members(plan: _SourcePlan, path: str, key: str, members: Mapping[str, bytes]) -> None:
+    """The loader trusts no shard: a flipped bit in tokens.npy would become an id past the
+    embedding table (an IndexError steps later, naming nothing). Checks each sample's token
+    stream (integer ids inside the vocabulary, at most max_tokens, masks of the same length)."""
+    where = f"shard {plan.root}/{path}, sample {key}"
+    if "meta.json" not in members or "tokens.npy" not in members:
+        raise ShardError(f"{where}: lacks meta.json or tokens.npy (members: {sorted(members)})")
+    try:
+        tokens = load_npy(members["tokens.npy"])
+        masks = {name: load_npy(members[f"{name}.npy"]) for name in ("ar", "loss") if f"{name}.npy" in members}
+    except Exception as error:  # noqa: BLE001 - any unreadable array is this shard's fault
+        raise ShardError(f"{where}: unreadable array ({error}); run `kidata verify` on the build") from None
+    if tokens.ndim != 1 or tokens.dtype.kind not in "iu" or len(tokens) > plan.max_tokens:
+        raise ShardError(f"{where}: tokens {tokens.dtype} {tokens.shape}, expected 1-D integers of at most "
+                         f"{plan.max_tokens} (manifest max_tokens)")
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= plan.vocab_size):
+        bad = int(tokens.max()) if int(tokens.max()) >= plan.vocab_size else int(tokens.min())
+        raise ShardError(f"{where}: token id {bad} outside the vocabulary [0, {plan.vocab_size}); "
+                         "run `kidata verify` on the build")
+    for name, mask in masks.items():
+        if mask.shape != tokens.shape:
+            raise ShardError(f"{where}: {name} mask {mask.shape} != tokens {tokens.shape}")
 
 
 class _SourceStream:
@@ -125,13 +156,26 @@ class _SourceStream:
                 produced += mine
                 seen += count
                 continue
+            read = 0
             with _open(f"{self.plan.root}/{path}") as handle:
-                for local, item in enumerate(iter_tar(handle)):
-                    if residue is not None and (seen + local) % self.consumers != residue:
-                        continue
-                    if produced >= skip:
-                        yield item
-                    produced += 1
+                if self.plan.sha256 is not None:
+                    handle = _verified_shard(handle, self.plan, path)
+                try:
+                    for local, item in enumerate(iter_tar(handle)):
+                        read += 1
+                        if residue is not None and (seen + local) % self.consumers != residue:
+                            continue
+                        check_members(self.plan, path, *item)
+                        if produced >= skip:
+                            yield item
+                        produced += 1
+                except ValueError as error:
+                    if isinstance(error, ShardError):
+                        raise
+                    raise ShardError(f"shard {self.plan.root}/{path}: {error}; run `kidata verify` on the build") from None
+            if read != count:
+                raise ShardError(f"shard {self.plan.root}/{path} holds {read} samples, the manifest says {count} "
+                                 "(truncated?); run `kidata verify` on the build")
             seen += count
 
     def _stream(self, start: int) -> Iterator[tuple[str, dict]]:
@@ -171,7 +215,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
     def __init__(self, manifest_path: str, *, split: str = "train", weights: Mapping[str, float] | None = None,
                  balance: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
                  shuffle_buffer: int = 256, expect: Mapping[str, Any] | None = None,
-                 augment: Any = None, decode_images: bool = True) -> None:
+                 augment: Any = None, decode_images: bool = True, verify_shards: bool = False) -> None:
         super().__init__()
         self.manifest, root = read_manifest(manifest_path)
         if expect:
@@ -186,7 +230,10 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         for index, source in enumerate(self.manifest["sources"]):
             shards = tuple((s["path"], s["samples"]) for s in source["shards"] if s["split"] == split and s["samples"])
             if shards:
-                self.plans.append(_SourcePlan(index, source["name"], root, shards))
+                encoding = self.manifest["encoding"]
+                sums = {s["path"]: s["sha256"] for s in source["shards"]} if verify_shards else None
+                self.plans.append(_SourcePlan(index, source["name"], root, shards, encoding["text_vocab_size"],
+                                              encoding["max_tokens"], sums))
                 base[source["name"]] = source["weight"] * (sum(c for _, c in shards) if balance else 1.0)
         if not self.plans:
             raise ValueError(f"no {split!r} shards in {manifest_path}")
@@ -294,6 +341,18 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         return {"seed": self.seed, "world_size": self.world_size, "rank": self.rank, "draws": draws,
                 "rotation": (self._rotation + batches) % workers}
 
+
+
+def _verified_shard(handle, plan: _SourcePlan, path: str):
+    """The shard's bytes, checked against the manifest's sha256 before any sample is used."""
+    import hashlib
+    import io
+
+    data = handle.read()
+    if hashlib.sha256(data).hexdigest() != plan.sha256[path]:
+        raise ShardError(f"shard {plan.root}/{path} does not match the manifest's sha256 (damaged or rewritten); "
+                         "run `kidata verify` on the build")
+    return io.BytesIO(data)
 
 
 def _decode_jpeg(data: bytes) -> np.ndarray:
