@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -250,7 +251,7 @@ def _eval_metaworld(args: argparse.Namespace) -> int:
         scene = SceneSettings(goal_marker_scale=args.goal_marker_scale)
         chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
     if args.image_size:
-        scene = SceneSettings(scene.cameras, args.image_size, scene.goal_marker_scale)
+        scene = dataclasses.replace(scene, image_size=args.image_size)
     result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes, replan=args.replan,
                                 max_steps=args.max_steps, scene=scene, out=args.out)
     print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=2, sort_keys=True))
@@ -442,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the main job on the embedded default data")
     demo.add_argument("--out", default="demo-out", help="output directory")
     demo.add_argument("--workers", type=int, default=2)
-    demo.add_argument("--train-steps", type=int, help="training steps (default: the demo's 1200)")
+    demo.add_argument("--train-steps", type=int, help="training steps (default: the demo's 3500)")
     demo.set_defaults(handler=_demo)
     return parser
 

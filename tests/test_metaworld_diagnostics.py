@@ -253,3 +253,15 @@ def test_episodes_past_the_fifty_variations_of_a_seed_are_new_layouts():
         scene.close()
     assert len(set(goals.values())) == 5  # episode 50 is not episode 0 again
     assert again == goals[50]  # and still a function of the episode index
+
+
+def test_privileged_state_adds_the_object_and_goal_positions_for_the_perception_bypass():
+    from kidata.sources.metaworld import robot_state
+
+    observation = np.arange(39, dtype=np.float64)
+    np.testing.assert_array_equal(robot_state(observation), [0, 1, 2, 3])
+    np.testing.assert_array_equal(robot_state(observation, privileged=True), [0, 1, 2, 3, 4, 5, 6, 36, 37, 38])
+    assert robot_state(observation).dtype == np.float32
+    manifest = {"recipe": {"mixture": {"image_size": 64},
+                           "sources": [{"name": "mw", "reader": "metaworld", "privileged_state": True}]}}
+    assert SceneSettings.from_manifest(manifest).privileged_state  # the evaluator gives the policy the same state

@@ -20,7 +20,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kidata.sources.metaworld import DEFAULT_CAMERAS, Scene, expert, from_env_action, instruction, resolve_tasks, to_env_action
+from kidata.sources.metaworld import (DEFAULT_CAMERAS, Scene, expert, from_env_action, instruction, resolve_tasks,
+                                      robot_state, to_env_action)
 
 EVAL_SEED = 10_000  # variations and resets apart from the default training seeds
 
@@ -28,11 +29,13 @@ EVAL_SEED = 10_000  # variations and resets apart from the default training seed
 @dataclass(frozen=True)
 class SceneSettings:
     """How the simulator is rendered: standard camera -> Meta-World camera, render size (pixels),
-    goal marker scale (1 = Meta-World's own)."""
+    goal marker scale (1 = Meta-World's own); and whether the policy's state carries the object and
+    goal positions (``privileged_state``, the perception-bypass diagnostic)."""
 
     cameras: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_CAMERAS))
     image_size: int = 96
     goal_marker_scale: float = 1.0
+    privileged_state: bool = False
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any], source: str | None = None) -> "SceneSettings":
@@ -47,7 +50,8 @@ class SceneSettings:
                              f"(sources: {names}): pass --image-size / scene settings explicitly")
         return cls(cameras=dict(chosen.get("cameras") or DEFAULT_CAMERAS),
                    image_size=int(chosen.get("image_size", recipe["mixture"]["image_size"])),
-                   goal_marker_scale=float(chosen.get("goal_marker_scale", 1.0)))
+                   goal_marker_scale=float(chosen.get("goal_marker_scale", 1.0)),
+                   privileged_state=bool(chosen.get("privileged_state", False)))
 
 
 class ExpertPolicy:
@@ -105,7 +109,7 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
             for episode in range(episodes):
                 keep = out is not None and episode < sheets
                 trace = _Trace()
-                success, steps = _episode(policy, simulator, task, episode, scene.cameras, replan, max_steps,
+                success, steps = _episode(policy, simulator, task, episode, scene, replan, max_steps,
                                           needs_images, keep, trace)
                 results.append({"episode": episode, "success": success, "steps": steps})
                 if keep:
@@ -120,21 +124,23 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
               "episodes_per_task": episodes, "replan": replan, "max_steps": max_steps, "seed": seed,
               "mean_steps": lengths, "episodes": outcomes,
               "scene": {"cameras": dict(scene.cameras), "image_size": scene.image_size,
-                        "goal_marker_scale": scene.goal_marker_scale}}
+                        "goal_marker_scale": scene.goal_marker_scale, "privileged_state": scene.privileged_state}}
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "metaworld_eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
 
 
-def _episode(policy, scene: Scene, task: str, episode: int, cameras, replan: int, max_steps: int, needs_images: bool,
-             keep: bool, trace: _Trace) -> tuple[bool, int]:
+def _episode(policy, scene: Scene, task: str, episode: int, settings: SceneSettings, replan: int, max_steps: int,
+             needs_images: bool, keep: bool, trace: _Trace) -> tuple[bool, int]:
+    cameras = settings.cameras
     observation = scene.reset(episode)
     queue: list[np.ndarray] = []
     for step in range(max_steps):
         if not queue:
             images = {camera: scene.render(name) for camera, name in cameras.items()} if needs_images or keep else {}
-            chunk = np.asarray(policy.sample_actions({"images": images, "state": observation[:4],
+            state = robot_state(observation, settings.privileged_state)
+            chunk = np.asarray(policy.sample_actions({"images": images, "state": state,
                                                       "prompt": instruction(task), "env_obs": observation,
                                                       "task": task}))
             if keep:

@@ -36,7 +36,7 @@ def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_
     from kidata.model.evaluate import prefix_only
     from kidata.pipelines.collate import collate
     from kidata.pipelines.mixture import MixtureDataset
-    from kidata.sources.metaworld import Scene, expert, instruction
+    from kidata.sources.metaworld import Scene, expert, instruction, robot_state
 
     manifest_path = manifest_path or policy.config.data.manifest
     scene_settings = SceneSettings.from_manifest(policy.manifest, policy.source)
@@ -63,7 +63,7 @@ def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_
             for _ in range(meta["step"]):
                 observation, _ = scene.step(np.clip(scripted.get_action(observation), -1.0, 1.0))
             live = {"images": {camera: scene.render(name) for camera, name in scene_settings.cameras.items()},
-                    "state": observation[:4], "prompt": instruction(task)}
+                    "state": robot_state(observation, scene_settings.privileged_state), "prompt": instruction(task)}
             from_policy = policy.batch(live)
             from_data = prefix_only(collate([sample], max_tokens=len(sample["tokens"]), action_dim=model.action_dim,
                                             action_horizon=model.action_horizon, state_dim=model.state_dim,

@@ -34,7 +34,8 @@ _READER_KEYS: dict[str, tuple[str, ...]] = {
     "pixmo_cap": ("parquet", "mirror"),
     "pixmo_points": ("parquet", "mirror"),
     "pixmo_ask": ("parquet", "mirror"),
-    "metaworld": ("tasks", "episodes_per_task", "seed", "cameras", "image_size", "max_steps", "goal_marker_scale"),
+    "metaworld": ("tasks", "episodes_per_task", "seed", "cameras", "image_size", "max_steps", "goal_marker_scale",
+                  "privileged_state"),
     "metaworld_scenes": ("tasks", "scenes_per_task", "seed", "camera", "image_size", "pointing"),
 }
 _PATH_KEYS = {"path", "language_annotations", "annotations", "images", "instances", "questions", "parquet", "mirror"}

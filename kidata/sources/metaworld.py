@@ -120,6 +120,15 @@ def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
     return out
 
 
+def robot_state(observation: np.ndarray, privileged: bool = False) -> np.ndarray:
+    """The state a policy is given, float32: hand position and gripper opening [4]; with
+    ``privileged`` also the first object's and the goal's positions [10] — a diagnostic that
+    bypasses perception (README, Meta-World), never a benchmark setting."""
+    observation = np.asarray(observation)
+    parts = [observation[:4]] + ([observation[4:7], observation[-3:]] if privileged else [])
+    return np.concatenate(parts).astype(np.float32)
+
+
 def to_env_action(action: np.ndarray) -> np.ndarray:
     """kidata's standard action (gripper 1 = open) -> Meta-World's (gripper effort +1 = close)."""
     action = np.asarray(action, dtype=np.float64).copy()
@@ -313,6 +322,7 @@ class MetaWorldSource:
     image_size: int = 128
     max_steps: int = 300
     goal_marker_scale: float = 1.0
+    privileged_state: bool = False
     name: str = "metaworld"
     kind: str = "robot"
 
@@ -352,7 +362,7 @@ class MetaWorldSource:
         success_at = None
         for step in range(self.max_steps):
             env_action = np.clip(policy.get_action(observation), -1.0, 1.0)
-            states.append(observation[:4].astype(np.float32))
+            states.append(robot_state(observation, self.privileged_state))
             full.append(observation)
             actions.append(from_env_action(env_action).astype(np.float32))
             if images:

@@ -65,7 +65,8 @@ def open_reader(reader: str, options: Mapping[str, Any], *, name: str, image_siz
                                seed=int(options.get("seed", seed)), cameras=options.get("cameras"),
                                image_size=int(options.get("image_size", image_size)),
                                max_steps=int(options.get("max_steps", 300)),
-                               goal_marker_scale=float(options.get("goal_marker_scale", 1.0)), name=name)
+                               goal_marker_scale=float(options.get("goal_marker_scale", 1.0)),
+                               privileged_state=bool(options.get("privileged_state", False)), name=name)
     if reader == "metaworld_scenes":
         from kidata.sources.metaworld import MetaWorldSceneSource
 
