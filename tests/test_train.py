@@ -94,7 +94,7 @@ def test_checkpoints_hold_no_pickle(straight_run):
                 header = int.from_bytes(path.read_bytes()[:8], "little")
                 json.loads(path.read_bytes()[8 : 8 + header])  # a safetensors JSON header, not a pickle
     assert {p.name for p in (run / "checkpoints" / "step_0000050").iterdir()} == {
-        "model.safetensors", "optimizer.safetensors", "ema.safetensors", "trainer.json"}
+        "model.safetensors", "optimizer.safetensors", "ema.safetensors", "trainer.json", "checksums.json"}
 
 
 def test_a_resumed_run_repeats_the_uninterrupted_losses(mixture, straight_run, tmp_path):
@@ -102,7 +102,8 @@ def test_a_resumed_run_repeats_the_uninterrupted_losses(mixture, straight_run, t
     run = tmp_path / "resumed"
     common = ("--checkpoint.every", "25", "--eval.every", "25", "--optim.ema_decay", "0.9")
     train(config(mixture, "--train.steps", "25", "--schedule.decay_steps", "50", *common), run)
-    train(config(mixture, "--train.steps", "50", *common), run, resume=True)
+    train(config(mixture, "--train.steps", "50", "--schedule.decay_steps", "50", *common), run, resume=True,
+          allow_config_change=True)  # longer training: the one change a resume may make, and only explicitly
     expected, actual = losses(straight), losses(run)
     assert sorted(actual) == list(range(1, 51))
     for step in range(26, 51):
