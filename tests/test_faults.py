@@ -308,6 +308,12 @@ def _shard_path(run_or_manifest: str) -> Path:
     return Path(run_or_manifest).parent / shard["path"]
 
 
+def drain(dataset, draws: int = 2000) -> None:
+    """Reads enough draws to open every train shard of the fixture build."""
+    for _ in zip(range(draws), dataset):
+        pass
+
+
 @pytest.fixture
 def damaged_build(mixture, tmp_path) -> Path:  # noqa: F811
     copy = tmp_path / "build"
@@ -328,8 +334,7 @@ def test_a_token_id_past_the_vocabulary_is_named_with_its_shard_and_sample(damag
     shard.write_bytes(bytes(data))
     dataset = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
     with pytest.raises(ShardError, match=rf"shard .*{shard.name}, sample .*: token id \d+ outside the vocabulary"):
-        for _ in zip(range(2000), dataset):
-            pass
+        drain(dataset)
 
 
 def test_a_truncated_shard_is_named_with_the_sample_count_it_lost(damaged_build):
@@ -341,8 +346,7 @@ def test_a_truncated_shard_is_named_with_the_sample_count_it_lost(damaged_build)
     dataset = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
     # cut mid-sample: the partial sample is named; cut between samples: the lost count is
     with pytest.raises(ShardError, match=rf"shard .*{shard.name}(, sample \S+: lacks| holds \d+ samples, the manifest)"):
-        for _ in zip(range(2000), dataset):
-            pass
+        drain(dataset)
 
 
 def test_verify_shards_refuses_a_shard_whose_sha256_differs(damaged_build):
@@ -357,8 +361,7 @@ def test_verify_shards_refuses_a_shard_whose_sha256_differs(damaged_build):
     checked = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1,
                              verify_shards=True)
     with pytest.raises(ShardError, match="does not match the manifest's sha256"):
-        for _ in zip(range(2000), checked):
-            pass
+        drain(checked)
 
 
 def test_a_build_that_failed_before_writing_anything_does_not_lock_its_output(tmp_path):
