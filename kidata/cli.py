@@ -18,6 +18,11 @@ def _load_chunks(path: str) -> np.ndarray:
     chunks = np.load(path, mmap_mode="r", allow_pickle=False)
     if chunks.ndim != 3:
         raise SystemExit(f"{path}: expected normalized chunks [N, H, D], got shape {chunks.shape}")
+    if 0 in chunks.shape:
+        raise SystemExit(f"{path}: holds no chunks (shape {chunks.shape}); write at least one [H, D] chunk")
+    if not np.issubdtype(chunks.dtype, np.number) or not np.isfinite(chunks).all():
+        bad = int((~np.isfinite(chunks)).any(axis=(1, 2)).sum()) if np.issubdtype(chunks.dtype, np.number) else len(chunks)
+        raise SystemExit(f"{path}: {bad} of {len(chunks)} chunks hold NaN or inf values; drop them before fitting")
     return chunks
 
 

@@ -400,3 +400,33 @@ def test_rebuilding_over_a_missing_or_truncated_shard_rewrites_its_unit_with_the
     build(recipe, str(out), progress=False)
     assert verify(str(out)) == []
     assert {p: p.read_bytes() for p in shards} == original
+
+
+@pytest.mark.parametrize(("key", "value"), [("action_horizon", "0"), ("image_size", "0"), ("max_tokens", "-5"),
+                                            ("image_size", '"96"')])
+def test_a_mixture_size_that_is_not_a_positive_whole_number_is_refused(key, value):
+    import tomllib
+
+    from kidata.pipelines.recipe import RecipeError, parse_recipe
+
+    data = tomllib.loads(f"""
+[mixture]
+name = "m"
+{key} = {value}
+[[sources]]
+name = "scenes"
+reader = "metaworld_scenes"
+tasks = ["reach"]
+""")
+    with pytest.raises(RecipeError, match=rf"\[mixture\]: {key} = .*; it must be a whole number >= 1"):
+        parse_recipe(data)
+
+
+@pytest.mark.parametrize(("chunks", "message"), [(np.zeros((0, 10, 4)), "holds no chunks"),
+                                                 (np.full((3, 10, 4), np.nan), "3 of 3 chunks hold NaN")])
+def test_fast_commands_refuse_empty_or_non_finite_chunk_files(tmp_path, chunks, message):
+    from kidata.cli import main
+
+    np.save(tmp_path / "chunks.npy", chunks)
+    with pytest.raises(SystemExit, match=message):
+        main(["fast", "fit", "--chunks", str(tmp_path / "chunks.npy"), "--out", str(tmp_path / "tok")])

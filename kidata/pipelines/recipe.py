@@ -194,6 +194,10 @@ def _check_mixture(mixture: MixtureConfig) -> None:
             raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r}, expected one of {allowed}")
     if not 0 <= mixture.holdout < 1:
         raise RecipeError("[mixture]: holdout must lie in [0, 1)")
+    for key in ("action_horizon", "image_size", "max_tokens"):
+        value = getattr(mixture, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise RecipeError(f"[mixture]: {key} = {value!r}; it must be a whole number >= 1")
     if isinstance(mixture.fast_tokenizer, dict):
         valid = (["bins", "stride"] if "bins" in mixture.fast_tokenizer
                  else ["fit", "vocab_size", "scale", "target_rmse", "min_frequency"])
