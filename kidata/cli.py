@@ -249,7 +249,8 @@ def _eval_metaworld(args: argparse.Namespace) -> int:
             scene = SceneSettings.from_manifest(policy.manifest, policy.source)
         except ValueError:  # a run trained on other data: the model's size, the default cameras
             scene = SceneSettings(image_size=policy.config.model.image_size)
-        chunk_policy = _NumSteps(policy, args.num_steps)
+        policy.num_steps = args.num_steps
+        chunk_policy = policy
     else:
         if args.check_parity:
             raise SystemExit("kidata eval metaworld: --check-parity needs --run")
@@ -276,16 +277,6 @@ def _eval_privileged(args: argparse.Namespace) -> int:
                       "success_rate": result["success_rate"], "mean_success_rate": result["mean_success_rate"]},
                      indent=2, sort_keys=True))
     return 0
-
-
-class _NumSteps:
-    """A trained policy with the chosen number of flow integration steps."""
-
-    def __init__(self, policy, num_steps: int) -> None:
-        self.policy, self.num_steps = policy, num_steps
-
-    def sample_actions(self, observation):
-        return self.policy.sample_actions(observation, num_steps=self.num_steps)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -32,8 +32,10 @@ class ObservationError(ValueError):
 
 
 class Policy:
+    """``num_steps``: flow integration steps of ``sample_actions`` unless a call names its own."""
+
     def __init__(self, model: KIModel, config: TrainConfig, manifest: dict, encoder: Any, *, source: str | None = None,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", num_steps: int = 10) -> None:
         self.model, self.config, self.manifest, self.encoder = model.eval(), config, manifest, encoder
         self.device = torch.device(device)
         robots = [s for s in manifest["sources"] if s["kind"] == "robot"]
@@ -47,6 +49,7 @@ class Policy:
         self.stats = NormStats.from_json(chosen["norm_stats"])
         self.normalization = manifest["encoding"]["normalization"]
         self.action_horizon = manifest["encoding"]["action_horizon"]
+        self.num_steps = num_steps
 
     @property
     def action_dim(self) -> int:
@@ -105,12 +108,13 @@ class Policy:
         return {key: value.to(self.device) for key, value in batch.items()}
 
     @torch.no_grad()
-    def sample_actions(self, observation: Mapping[str, Any], *, num_steps: int = 10,
+    def sample_actions(self, observation: Mapping[str, Any], *, num_steps: int | None = None,
                        noise: torch.Tensor | None = None) -> np.ndarray:
         """float64 [action_horizon, action_dim] in the robot's own units."""
         batch = self.batch(observation)
         if self.config.model.has_expert:
-            normalized = self.model.sample_actions(batch, num_steps=num_steps, noise=noise)[0].float().cpu().numpy()
+            steps = num_steps if num_steps is not None else self.num_steps
+            normalized = self.model.sample_actions(batch, num_steps=steps, noise=noise)[0].float().cpu().numpy()
         else:
             normalized = self._fast_actions(batch)
         return unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)

@@ -78,10 +78,9 @@ def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_c
         # both through the dataclasses: a config.json written before a field existed holds its default
         before = TrainConfig.from_mapping(json.loads(saved.read_text()), origin=str(saved)).to_json()
         changes = config_changes(json.loads(json.dumps(before)), json.loads(json.dumps(config.to_json())))
-        refused = [c for c in changes if c.startswith("model.") or not allow_config_change
-                   or not c.startswith(RESUMABLE_CHANGES)]
+        unsafe = [c for c in changes if not c.startswith(RESUMABLE_CHANGES)]  # model.* among them, always
+        refused = unsafe if allow_config_change else changes
         if refused:
-            unsafe = any(c.startswith("model.") or not c.startswith(RESUMABLE_CHANGES) for c in refused)
             hint = (f" (only {', '.join(RESUMABLE_CHANGES)} may change on resume, with --allow-config-change)"
                     if unsafe else " (pass --allow-config-change to accept them)")
             raise ResumeRefused(f"--resume: the config differs from {saved}: " + "; ".join(refused) + hint)
@@ -392,10 +391,10 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
                     parameter.copy_(ema[name].to(parameter.dtype))
     try:
         encoder = sample_encoder(manifest, str(run / "fast_tokenizer"))
-        policy = _WithSteps(Policy(model, config, manifest, encoder, device=env.device), config.eval.num_steps)
+        policy = Policy(model, config, manifest, encoder, device=env.device, num_steps=config.eval.num_steps)
         outcome = evaluate_metaworld(policy, settings["tasks"], episodes=settings.get("episodes", 5),
                                      replan=settings.get("replan", 5), max_steps=settings.get("max_steps", 300),
-                                     scene=SceneSettings.from_manifest(manifest, policy.policy.source))
+                                     scene=SceneSettings.from_manifest(manifest, policy.source))
     finally:
         if live is not None:
             with torch.no_grad():
@@ -404,14 +403,6 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
                         parameter.copy_(live[name])
     return {"metaworld_success": round(outcome["mean_success_rate"], 4),
             **{f"metaworld_success/{task}": round(rate, 4) for task, rate in outcome["success_rate"].items()}}
-
-
-class _WithSteps:
-    def __init__(self, policy, num_steps: int) -> None:
-        self.policy, self.num_steps = policy, num_steps
-
-    def sample_actions(self, observation):
-        return self.policy.sample_actions(observation, num_steps=self.num_steps)
 
 
 def evaluate(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: dict, run: Path,

@@ -169,9 +169,9 @@ class _SourceStream:
                         if produced >= skip:
                             yield item
                         produced += 1
-                except ValueError as error:
-                    if isinstance(error, ShardError):
-                        raise
+                except ShardError:
+                    raise
+                except ValueError as error:  # iter_tar: a corrupt header, a truncated member
                     raise ShardError(f"shard {self.plan.root}/{path}: {error}; run `kidata verify` on the build") from None
             if read != count:
                 raise ShardError(f"shard {self.plan.root}/{path} holds {read} samples, the manifest says {count} "
