@@ -94,7 +94,8 @@ fast_tokenizer = {{ fit = true, vocab_size = 512, scale = 10.0 }}
 name = "bench"
 reader = "rlds"
 path = "{dataset}"
-mapping = {{ cameras = {{ base_0 = "image", left_wrist_0 = "wrist_image" }}, state = ["observation/state"], action = ["action"], fps = 10 }}
+mapping = {{ cameras = {{ base_0 = "image", left_wrist_0 = "wrist_image" }}, state = ["observation/state"],
+            action = ["action"], fps = 10 }}
 """)
     return path
 

@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import build_bench  # noqa: E402
 
+from kidata.loader.mixture import MixtureDataset  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
-from kidata.pipelines.mixture import MixtureDataset  # noqa: E402
-from kidata.pipelines.shards import iter_tar  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
+from kidata.pipelines.shards import iter_tar  # noqa: E402
 
 
 def rss_mib() -> float:

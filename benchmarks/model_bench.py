@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from kidata.model.checkpoint import parameter_counts
 from kidata.model.config import ModelConfig
 from kidata.model.ki_model import KIModel
+from kidata.model.weights import parameter_counts
 
 ROOT = Path(__file__).resolve().parents[1]
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}

@@ -68,7 +68,7 @@ def main() -> None:
         path = fx.write_dataset(Path(root), "droid_100", fx.droid_features(),
                                 {"train": [fx.droid_episode(i, args.steps) for i in range(args.episodes)]})
         print(f"(generated {args.episodes} DROID-layout episodes in {time.perf_counter() - start:.0f} s)")
-        measure(f"generated DROID layout", RldsSource(str(path), lookup("droid_100")), path)
+        measure("generated DROID layout", RldsSource(str(path), lookup("droid_100")), path)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ loader in the loop, next to the same optimizer steps on one pre-collated batch, 
     python benchmarks/train_bench.py [--steps 60 --workers 1]
 
 Builds a 96x96 two-camera mixture from a generated RLDS dataset (build_bench.py's generator),
-trains ``model/ki_tiny.toml`` for ``--steps`` steps through ``kidata.model.train.train`` (loader
+trains ``model/ki_tiny.toml`` for ``--steps`` steps through ``kidata.training.trainer.train`` (loader
 with ``--workers`` DataLoader workers), then times forward + backward + clip + AdamW on a batch
 collated once. The loop is not data-bound when the two rates are close. Record results in
 benchmarks/RESULTS.md.
@@ -27,12 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_bench  # noqa: E402
 import torch  # noqa: E402
 
+from kidata.loader.mixture import read_manifest  # noqa: E402
 from kidata.model.ki_model import KIModel  # noqa: E402
-from kidata.model.train import _loader, flow_inputs, train  # noqa: E402
-from kidata.model.train_config import TrainConfig  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
-from kidata.pipelines.mixture import read_manifest  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
+from kidata.training.config import TrainConfig  # noqa: E402
+from kidata.training.trainer import _loader, flow_inputs, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 

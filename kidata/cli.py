@@ -186,8 +186,8 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _model_params(args: argparse.Namespace) -> int:
-    from kidata.model.checkpoint import parameter_counts
     from kidata.model.config import ModelConfig
+    from kidata.model.weights import parameter_counts
 
     for preset in args.presets:
         counts = parameter_counts(ModelConfig.load(preset))
@@ -196,10 +196,10 @@ def _model_params(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from kidata.model.train import TrainingDiverged, train
-    from kidata.model.train_config import TrainConfig
-    from kidata.model.train_state import CheckpointError
-    from kidata.pipelines.mixture import ManifestMismatch
+    from kidata.loader.mixture import ManifestMismatch
+    from kidata.training.checkpoint import CheckpointError
+    from kidata.training.config import TrainConfig
+    from kidata.training.trainer import TrainingDiverged, train
 
     overrides = list(args.overrides)
     if args.data:

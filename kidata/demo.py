@@ -24,11 +24,11 @@ MAX_STEPS = 300  # the same episode budget as `kidata eval metaworld` (the demo 
 def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eval_episodes: int = 5) -> dict:
     from kidata import policy as policies
     from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, SceneSettings, evaluate_metaworld
-    from kidata.model.train import train
-    from kidata.model.train_config import TrainConfig
     from kidata.pipelines.build import build
     from kidata.pipelines.inspect_build import inspect_build
     from kidata.pipelines.recipe import load_recipe
+    from kidata.training.config import TrainConfig
+    from kidata.training.trainer import train
 
     recipe = load_recipe(DEMO_RECIPE)
     print(f"1/3 building {DEMO_RECIPE.name} into {out} (Meta-World rollouts are rendered on the CPU) ...", flush=True)

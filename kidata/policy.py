@@ -19,12 +19,12 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from kidata.model.checkpoint import load_weights
+from kidata.loader.collate import collate
 from kidata.model.ki_model import KIModel
-from kidata.model.train_config import TrainConfig
-from kidata.model.train_state import latest_checkpoint
-from kidata.pipelines.collate import collate
+from kidata.model.weights import load_weights
 from kidata.pipelines.stats import NormStats, normalize, unnormalize
+from kidata.training.checkpoint import latest_checkpoint
+from kidata.training.config import TrainConfig
 
 
 class ObservationError(ValueError):

@@ -18,7 +18,8 @@ import pytest
 pytest.importorskip("tensorflow_datasets", reason="builds on RLDS need the 'rlds' extra")
 
 from conftest import shared_path  # noqa: E402
-from kidata.pipelines.build import BuildError, build, materialize  # noqa: E402
+
+from kidata.pipelines.build import BuildError, build  # noqa: E402
 from kidata.pipelines.recipe import RecipeError, load_recipe, parse_recipe  # noqa: E402
 from kidata.pipelines.shards import iter_shard, load_npy  # noqa: E402
 from kidata.pipelines.stats import NormStats, normalize  # noqa: E402
@@ -134,8 +135,9 @@ def test_shards_decode_back_to_the_episodes(built):
             decoded, ok = fast.decode([2047 - 128 - tokens[start:stop]], horizon=4, dim=7)
             assert ok.all() and np.abs(decoded[0] - actions[index]).max() < 0.15
             assert load_npy(members["loss.npy"]).sum() == len(tokens) - meta["prefix_length"]
-            from PIL import Image
             import io
+
+            from PIL import Image
 
             for camera in ("base_0", "base_1"):
                 stored = np.asarray(Image.open(io.BytesIO(members[f"{camera}.jpg"])))
@@ -250,7 +252,7 @@ def test_detection_and_robot_data_build_with_the_action_range_moved_off_the_loc_
     assert manifest["encoding"]["fast_token_range"] == [300, 599]
     assert coco_entry["episodes"] == 37 and coco_entry["samples"] + sum(coco_entry["rejected"].values()) == 37
     for shard in coco_entry["shards"]:
-        for key, members in iter_shard((tmp_path / "out" / shard["path"]).read_bytes()):
+        for _key, members in iter_shard((tmp_path / "out" / shard["path"]).read_bytes()):
             tokens, loss = load_npy(members["tokens.npy"]), load_npy(members["loss.npy"])
             target = tokens[loss]
             assert ((target >= 896) & (target <= 1919)).sum() % 4 == 0  # four <loc> per box

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from kidata.sources.synthetic import action_chunks
 from kidata.tokenizers.fast import FastTokenizer
 from kidata.tokenizers.reference import reference_decode, reference_encode

@@ -18,8 +18,8 @@ pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS"
 
 from test_train import config, mixture  # noqa: E402,F401 - the module-scoped build fixture
 
-from kidata.model.train import ResumeRefused, train  # noqa: E402
-from kidata.model.train_state import CheckpointError, latest_checkpoint  # noqa: E402
+from kidata.training.checkpoint import CheckpointError, latest_checkpoint  # noqa: E402
+from kidata.training.trainer import ResumeRefused, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ weight = {weight}
 
 @pytest.mark.parametrize("weight", [float("nan"), float("inf"), -0.5])
 def test_loader_weights_must_be_finite_and_non_negative(mixture, weight):  # noqa: F811
-    from kidata.pipelines.mixture import MixtureDataset
+    from kidata.loader.mixture import MixtureDataset
 
     with pytest.raises(ValueError, match="weight of source 'bridge' is"):
         MixtureDataset(mixture, weights={"bridge": weight, "vqav2": 1.0})
@@ -232,7 +232,7 @@ def test_fetching_opens_only_http_urls_caps_image_bytes_and_merges_duplicate_url
 
 
 def test_a_json_that_is_not_a_manifest_is_named_as_such(tmp_path):
-    from kidata.pipelines.mixture import ManifestMismatch, read_manifest
+    from kidata.loader.mixture import ManifestMismatch, read_manifest
 
     (tmp_path / "config.json").write_text('{"model": {}}')
     with pytest.raises(ManifestMismatch, match=r"config.json is not a kidata manifest \(lacks \['encoding'"):
@@ -243,10 +243,10 @@ def test_a_json_that_is_not_a_manifest_is_named_as_such(tmp_path):
 
 
 def test_a_features_json_naming_a_foreign_class_is_refused_before_tfds_imports_it(tmp_path):
+    from conftest import shared_path
+
     from kidata.sources.oxe import lookup
     from kidata.sources.rlds import RldsSource
-
-    from conftest import shared_path
 
     crafted = tmp_path / "bridge_dataset" / "1.0.0"
     shutil.copytree(shared_path("data", "rlds", "bridge_dataset", "1.0.0"), crafted)
@@ -254,7 +254,7 @@ def test_a_features_json_naming_a_foreign_class_is_refused_before_tfds_imports_i
     features.write_text(features.read_text().replace(
         "tensorflow_datasets.core.features.features_dict.FeaturesDict", "this.FeaturesDict", 1))
     with pytest.raises(ValueError, match=r"names feature class 'this.FeaturesDict', not one of TFDS's own"):
-        RldsSource(str(crafted), lookup("bridge_dataset")).builder
+        _ = RldsSource(str(crafted), lookup("bridge_dataset")).builder
 
 
 def test_units_skipped_by_skip_corrupt_are_counted_in_the_manifest_report_and_console(tmp_path, capsys):
@@ -322,7 +322,7 @@ def damaged_build(mixture, tmp_path) -> Path:  # noqa: F811
 
 
 def test_a_token_id_past_the_vocabulary_is_named_with_its_shard_and_sample(damaged_build):
-    from kidata.pipelines.mixture import MixtureDataset, ShardError
+    from kidata.loader.mixture import MixtureDataset, ShardError
 
     shard = _shard_path(damaged_build)
     data = bytearray(shard.read_bytes())
@@ -338,7 +338,7 @@ def test_a_token_id_past_the_vocabulary_is_named_with_its_shard_and_sample(damag
 
 
 def test_a_truncated_shard_is_named_with_the_sample_count_it_lost(damaged_build):
-    from kidata.pipelines.mixture import MixtureDataset, ShardError
+    from kidata.loader.mixture import MixtureDataset, ShardError
 
     shard = _shard_path(damaged_build)
     data = shard.read_bytes()
@@ -350,7 +350,7 @@ def test_a_truncated_shard_is_named_with_the_sample_count_it_lost(damaged_build)
 
 
 def test_verify_shards_refuses_a_shard_whose_sha256_differs(damaged_build):
-    from kidata.pipelines.mixture import MixtureDataset, ShardError
+    from kidata.loader.mixture import MixtureDataset, ShardError
 
     shard = _shard_path(damaged_build)
     data = bytearray(shard.read_bytes())

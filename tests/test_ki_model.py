@@ -124,7 +124,7 @@ def test_the_tiny_model_overfits_one_batch():
     net, batch = model(), make_batch()
     optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
     first = None
-    for step in range(300):
+    for _ in range(300):
         out = net(batch, **fixed(batch))
         if first is None:
             first = (out["flow_loss"].item(), out["fast_loss"].item())
@@ -136,7 +136,7 @@ def test_the_tiny_model_overfits_one_batch():
 
 def test_weights_round_trip_through_safetensors(tmp_path):
     pytest.importorskip("safetensors")
-    from kidata.model.checkpoint import load_weights, save_weights
+    from kidata.model.weights import load_weights, save_weights
 
     net, batch = model(seed=1), make_batch()
     save_weights(net, tmp_path / "model.safetensors")
@@ -145,7 +145,7 @@ def test_weights_round_trip_through_safetensors(tmp_path):
 
 
 def test_the_2b_preset_has_the_papers_part_sizes():
-    from kidata.model.checkpoint import parameter_counts
+    from kidata.model.weights import parameter_counts
 
     counts = parameter_counts(ModelConfig.load(TINY.parent / "ki_2b.toml"))
     assert 390e6 < counts["vision"] < 430e6  # SigLIP So400m/14

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("h5py", reason="LIBERO HDF5 tests need h5py")
 
 import rlds_fixtures as fx  # noqa: E402
+
 from kidata.sources.base import ReadReport  # noqa: E402
 from kidata.sources.libero import LiberoHdf5Source, instruction_from_filename, noop_mask  # noqa: E402
 

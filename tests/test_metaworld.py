@@ -14,8 +14,15 @@ metaworld = pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' 
 
 from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, evaluate_metaworld  # noqa: E402
 from kidata.sources.base import ReadReport  # noqa: E402
-from kidata.sources.metaworld import (TASKS, MetaWorldSceneSource, MetaWorldSource, from_env_action,  # noqa: E402
-                                      instruction, resolve_tasks, to_env_action)
+from kidata.sources.metaworld import (  # noqa: E402
+    TASKS,
+    MetaWorldSceneSource,
+    MetaWorldSource,
+    from_env_action,
+    instruction,
+    resolve_tasks,
+    to_env_action,
+)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' extra")
 torch = pytest.importorskip("torch")
 
 from kidata.eval.metaworld import ExpertPolicy, SceneSettings, evaluate_metaworld  # noqa: E402
-from kidata.model.train_config import TrainConfig  # noqa: E402
+from kidata.training.config import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = """
@@ -57,9 +57,9 @@ def recipe(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(recipe, tmp_path_factory) -> Path:
     """A 2-step run on a 4-episode reach build (3 held out), with closed-loop evaluation at every eval."""
-    from kidata.model.train import train
     from kidata.pipelines.build import build
     from kidata.pipelines.recipe import load_recipe
+    from kidata.training.trainer import train
 
     out = tmp_path_factory.mktemp("build")
     build(load_recipe(recipe), str(out), progress=False)
@@ -119,9 +119,8 @@ def test_parity_names_a_state_normalized_differently(policy, monkeypatch):
 
 @pytest.mark.slow
 def test_parity_names_a_prompt_that_differs(policy, monkeypatch):
-    from kidata.eval import parity
-
     import kidata.sources.metaworld as source
+    from kidata.eval import parity
 
     monkeypatch.setattr(source, "instruction", lambda task: "reach the goal now")  # the policy is told another task
     report = parity.check_parity(policy, samples=1)
@@ -215,7 +214,7 @@ def test_the_goal_marker_scale_enlarges_only_the_rendered_marker():
 def test_per_step_open_loop_error_puts_an_error_at_its_step():
     from types import SimpleNamespace
 
-    from kidata.model.evaluate import Evaluator
+    from kidata.training.evaluate import Evaluator
 
     stats = {"count": 10, "mean": [0.0, 0.0], "std": [1.0, 1.0], "q01": [-1.0, -1.0], "q99": [1.0, 1.0], "min": [-1.0, -1.0],
              "max": [1.0, 1.0]}

@@ -12,9 +12,10 @@ torch = pytest.importorskip("torch", reason="the loader needs torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
 from test_build import write_recipe  # noqa: E402
+
+from kidata.loader.collate import Augment, collate  # noqa: E402
+from kidata.loader.mixture import ManifestMismatch, MixtureDataset, _SourceStream  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
-from kidata.pipelines.collate import Augment, collate  # noqa: E402
-from kidata.pipelines.mixture import ManifestMismatch, MixtureDataset, _SourceStream  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
 
 

@@ -10,9 +10,9 @@ import pytest
 from kidata.pipelines.recipe import load_recipe, parse_recipe
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
+    pass
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 

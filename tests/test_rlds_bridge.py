@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("tensorflow_datasets", reason="RLDS tests need the 'rlds' extra")
 
 from conftest import shared_path  # noqa: E402
+
 from kidata.sources.base import ReadReport  # noqa: E402
 from kidata.sources.oxe import lookup  # noqa: E402
 from kidata.sources.rlds import RldsSource  # noqa: E402

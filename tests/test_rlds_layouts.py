@@ -9,6 +9,7 @@ pytest.importorskip("tensorflow_datasets", reason="RLDS tests need the 'rlds' ex
 
 import rlds_fixtures as fx  # noqa: E402
 from conftest import shared_path  # noqa: E402
+
 from kidata.sources.base import ReadReport  # noqa: E402
 from kidata.sources.droid import droid_spec  # noqa: E402
 from kidata.sources.oxe import lookup  # noqa: E402

@@ -17,12 +17,13 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
 from conftest import shared_path  # noqa: E402
-from kidata.model import train as train_module  # noqa: E402
-from kidata.model.train import TrainingDiverged, train  # noqa: E402
-from kidata.model.train_config import TrainConfig, parse_overrides  # noqa: E402
+
+from kidata.loader.mixture import ManifestMismatch  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
-from kidata.pipelines.mixture import ManifestMismatch  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
+from kidata.training import trainer as train_module  # noqa: E402
+from kidata.training.config import TrainConfig, parse_overrides  # noqa: E402
+from kidata.training.trainer import TrainingDiverged, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "model" / "ki_tiny.toml"
@@ -156,7 +157,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_last_checkpoint(mix
 def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(mixture, tmp_path, monkeypatch):
     import safetensors.torch
 
-    from kidata.model.train_state import latest_checkpoint, load_checkpoint
+    from kidata.training.checkpoint import latest_checkpoint, load_checkpoint
 
     original = safetensors.torch.save_file
     seen = {"optimizer": 0}

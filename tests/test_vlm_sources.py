@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from kidata.sources.base import ReadReport
 from kidata.sources.coco import CocoCaptions, CocoDetection
 from kidata.sources.images import PadGeometry, decode_image, resize_with_pad
@@ -141,11 +141,11 @@ def test_malformed_annotation_files_are_errors_naming_file_and_key(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json: not valid JSON"):
-        CocoCaptions(bad, tmp_path).records
+        _ = CocoCaptions(bad, tmp_path).records
     partial = tmp_path / "partial.json"
     partial.write_text(json.dumps({"images": []}))
     with pytest.raises(KeyError, match="partial.json: missing top-level key 'annotations'"):
-        CocoCaptions(partial, tmp_path).records
+        _ = CocoCaptions(partial, tmp_path).records
 
 
 def test_corrupt_and_truncated_images_are_quarantined(tmp_path):

@@ -12,8 +12,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 from kidata.model.config import ModelConfig  # noqa: E402
 from kidata.model.ki_model import KIModel  # noqa: E402
-from kidata.model.weights import (WeightsError, config_from_paligemma, load_openpi, load_paligemma,  # noqa: E402
-                                  translate)
+from kidata.model.weights import WeightsError, config_from_paligemma, load_openpi, load_paligemma, translate  # noqa: E402
 
 IMAGE_TOKEN = 2047
 

@@ -20,8 +20,16 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kidata.sources.metaworld import (DEFAULT_CAMERAS, Scene, expert, from_env_action, instruction, resolve_tasks,
-                                      robot_state, to_env_action)
+from kidata.sources.metaworld import (
+    DEFAULT_CAMERAS,
+    Scene,
+    expert,
+    from_env_action,
+    instruction,
+    resolve_tasks,
+    robot_state,
+    to_env_action,
+)
 
 EVAL_SEED = 10_000  # variations and resets apart from the default training seeds
 

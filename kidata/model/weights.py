@@ -1,4 +1,5 @@
-"""Pretrained weights: Hugging Face PaliGemma checkpoints (backbone) and openpi's PyTorch pi0 /
+"""Model weights. Our own files (``save_weights`` / ``load_weights``: safetensors, no pickle), and
+pretrained ones: Hugging Face PaliGemma checkpoints (backbone) and openpi's PyTorch pi0 /
 pi0.5 checkpoints (backbone + action expert), translated tensor by tensor into ``KIModel``.
 
 Checkpoint key layouts understood (prefixes are normalized before translation):
@@ -168,7 +169,7 @@ def config_from_paligemma(location: str | Path, **overrides) -> ModelConfig:
     return ModelConfig(**{**{k: v for k, v in fields.items() if v is not None}, **overrides})
 
 
-def load_checkpoint(model: KIModel, location: str | Path, *, require_expert: bool) -> dict[str, int]:
+def load_pretrained(model: KIModel, location: str | Path, *, require_expert: bool) -> dict[str, int]:
     """Copies a checkpoint's tensors into ``model`` (shapes must match). Every backbone tensor must
     be present; expert tensors too when ``require_expert``, else the expert keeps its fresh
     initialization. Returns counts of loaded and dropped tensors."""
@@ -198,15 +199,42 @@ def load_checkpoint(model: KIModel, location: str | Path, *, require_expert: boo
 
 def load_paligemma(model: KIModel, location: str | Path) -> dict[str, int]:
     """Backbone from a PaliGemma checkpoint (directory, URL or hub id); the expert stays fresh."""
-    return load_checkpoint(model, location, require_expert=False)
+    return load_pretrained(model, location, require_expert=False)
 
 
 def load_openpi(model: KIModel, location: str | Path) -> dict[str, int]:
     """Backbone and expert from openpi's PyTorch pi0 (``time_conditioning='concat'``,
     ``state_input='expert'``) or pi0.5 (``time_conditioning='adarms'``) ``model.safetensors``."""
-    return load_checkpoint(model, location, require_expert=True)
+    return load_pretrained(model, location, require_expert=True)
 
 
 def _named(model: torch.nn.Module, parameters) -> list[tuple[str, torch.nn.Parameter]]:
     wanted = {id(p) for p in parameters}
     return [(name, p) for name, p in model.named_parameters() if id(p) in wanted]
+
+def save_weights(model: KIModel, path: str | Path) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(temporary))
+    temporary.replace(path)
+
+
+def load_weights(model: KIModel, path: str | Path) -> KIModel:
+    from safetensors.torch import load_file
+
+    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    if missing or unexpected:
+        raise KeyError(f"{path}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model
+
+
+def parameter_counts(config: ModelConfig) -> dict[str, int]:
+    """Parameters per part, counted on the meta device (no memory, any preset size)."""
+    with torch.device("meta"):
+        model = KIModel(config)
+    counts = {name: sum(p.numel() for m in modules for p in m.parameters())
+              for name, modules in model.part_modules().items()}
+    counts["total"] = sum(counts.values())
+    return counts

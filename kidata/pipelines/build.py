@@ -94,12 +94,12 @@ def warm_up_build(recipe: Recipe) -> None:
     import sentencepiece  # noqa: F401
     import simplejpeg  # noqa: F401
     import tiktoken  # noqa: F401
-    import tokenizers  # noqa: F401
 
     import kidata.sources.images  # noqa: F401
     import kidata.tokenizers.fast  # noqa: F401
     import kidata.tokenizers.prompt  # noqa: F401
     import kidata.tokenizers.text  # noqa: F401
+    import tokenizers  # noqa: F401
 
     for source in recipe.sources:
         warm_up = getattr(open_source(recipe, source), "warm_up", None)

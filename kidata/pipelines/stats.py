@@ -20,7 +20,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -108,7 +108,7 @@ class QuantileSketch:
             ordered += [(self._value(k), c) for k, c in sorted(self.positive[dim].items())]
             seen = 0
             value = ordered[-1][0]
-            for value, count in ordered:
+            for value, count in ordered:  # noqa: B007  (value: the one where the loop stops)
                 seen += count
                 if seen > rank:
                     break
@@ -321,7 +321,7 @@ def unnormalize(values: np.ndarray, stats: DimStats, mode: str = "quantile") -> 
 
 
 # ---------------------------------------------------------------------------- a source's pass
-def _unit_stats(source, unit) -> tuple[EpisodeStats, "ReadReport"]:
+def _unit_stats(source, unit) -> tuple[EpisodeStats, Any]:  # (stats, ReadReport)
     from kidata.sources.base import ReadReport
 
     report = ReadReport()

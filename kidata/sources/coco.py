@@ -75,11 +75,11 @@ class CocoDetection(VlmSource):
         for annotation in data["annotations"]:
             grouped[(annotation["image_id"], annotation["category_id"])].append(annotation)
         records = []
-        for (image_id, category_id), annotations in sorted(grouped.items()):
+        for (image_id, category_id), group in sorted(grouped.items()):
             if category_id not in names:
                 raise KeyError(f"{self.instances}: annotation category {category_id} not in 'categories'")
             records.append({"image_id": image_id, "file_name": files.get(image_id), "label": names[category_id],
-                            "annotations": sorted(annotations, key=lambda a: a["id"])})
+                            "annotations": sorted(group, key=lambda a: a["id"])})
         return records
 
     def _record_id(self, record: dict) -> str:

@@ -21,6 +21,7 @@ from kidata.schema import Episode, Frames, episode_defect
 from kidata.sources.base import ReadReport, WorkUnit, load_annotations, split_range
 from kidata.sources.spec import DatasetSpec
 
+
 def _tfds():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:

@@ -18,7 +18,6 @@ import numpy as np
 
 from kidata.tokenizers.base import ClipWarning, DecodeError, as_chunk_batch, as_token_lists
 
-
 BINS_FILE = "kidata_bins.json"
 
 

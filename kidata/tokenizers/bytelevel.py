@@ -7,6 +7,7 @@ symbol is a UTF-8 byte shown as a printable character (the GPT-2 table).
 from __future__ import annotations
 
 import functools
+
 import numpy as np
 
 # The GPT-2 pre-tokenization pattern that tokenizers' ByteLevel(use_regex=True) applies.

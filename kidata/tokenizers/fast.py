@@ -31,8 +31,8 @@ import numpy as np
 from scipy.fft import dct, idct
 
 from kidata.tokenizers import bytelevel
-from kidata.tokenizers.rankbpe import RankedBpe
 from kidata.tokenizers.base import ClipWarning, DecodeError, as_chunk_batch, as_token_lists
+from kidata.tokenizers.rankbpe import RankedBpe
 
 PROCESSOR_CONFIG = "processor_config.json"
 TOKENIZER_FILE = "tokenizer.json"

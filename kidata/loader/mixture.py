@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -192,7 +192,8 @@ class _SourceStream:
             items = self._ordered(epoch, block_start)
             for first in range(block_start, length, self.block):
                 chunk = [next(items) for _ in range(min(self.block, length - first))]
-                order = np.random.default_rng(_stable_seed(self.seed, self.plan.name, epoch, first, self.consumer)).permutation(len(chunk))
+                seed = _stable_seed(self.seed, self.plan.name, epoch, first, self.consumer)
+                order = np.random.default_rng(seed).permutation(len(chunk))
                 for index in range(len(chunk)):
                     if first + index >= offset:
                         yield chunk[order[index]]

@@ -17,79 +17,26 @@ import functools
 import hashlib
 import json
 import math
-import os
-import sys
 import time
-import types
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from kidata.model.evaluate import Evaluator
+from kidata.loader.collate import Augment, collate
+from kidata.loader.mixture import ManifestMismatch, MixtureDataset, check_expectations, read_manifest
 from kidata.model.ki_model import KIModel, sample_flow_inputs
-from kidata.model.train_config import TrainConfig
-from kidata.model.train_state import (CheckpointError, holds_checkpoints, latest_checkpoint, load_checkpoint,
-                                      newest_complete, save_checkpoint)
-from kidata.pipelines.collate import Augment, collate
-from kidata.pipelines.mixture import ManifestMismatch, MixtureDataset, check_expectations, read_manifest
+from kidata.training.checkpoint import load_checkpoint, newest_complete, save_checkpoint
+from kidata.training.config import TrainConfig
+from kidata.training.evaluate import Evaluator
+from kidata.training.metrics import MetricsLogger, truncate_metrics
+from kidata.training.parallelize import Distributed, full_state_dicts, local_tensor, parallelize, restore_state_dicts
+from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, config_changes, resume_point  # noqa: F401  (public here)
 
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss: the run stops, naming the step and the last good checkpoint."""
-
-
-class ResumeRefused(ValueError):
-    """A ``--resume`` that would not continue the run it names: nothing in the run was changed."""
-
-
-# Settings a resumed run may change with ``allow_config_change``: they decide how long to train
-# and what to write, never what the weights, optimizer state or data streams mean.
-RESUMABLE_CHANGES = ("train.steps", "eval.", "log.", "checkpoint.", "data.num_workers")
-
-
-def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
-    """``section.key: old -> new`` for every value that differs between two resolved configs."""
-    out = []
-    for key in sorted(set(before) | set(after)):
-        old, new = before.get(key), after.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            out += config_changes(old, new, f"{prefix}{key}.")
-        elif old != new:
-            out.append(f"{prefix}{key}: {old!r} -> {new!r}")
-    return out
-
-
-def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_change: bool = False) -> Path | None:
-    """The checkpoint to continue from (None for a fresh run), decided before anything in ``run``
-    is written: a fresh run into a directory with checkpoints, a resume with nothing to resume, a
-    resume whose config differs (model fields never; others only the ``RESUMABLE_CHANGES`` with
-    ``allow_config_change``), and a run whose checkpoints are all damaged are refused."""
-    if not resume:
-        if holds_checkpoints(run):
-            raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or another --out")
-        return None
-    if not holds_checkpoints(run):
-        raise ResumeRefused(f"--resume: {run} holds no checkpoint to continue; drop --resume to start a new run there")
-    saved = run / "config.json"
-    if saved.exists():
-        # both through the dataclasses: a config.json written before a field existed holds its default
-        before = TrainConfig.from_mapping(json.loads(saved.read_text()), origin=str(saved)).to_json()
-        changes = config_changes(json.loads(json.dumps(before)), json.loads(json.dumps(config.to_json())))
-        unsafe = [c for c in changes if not c.startswith(RESUMABLE_CHANGES)]  # model.* among them, always
-        refused = unsafe if allow_config_change else changes
-        if refused:
-            hint = (f" (only {', '.join(RESUMABLE_CHANGES)} may change on resume, with --allow-config-change)"
-                    if unsafe else " (pass --allow-config-change to accept them)")
-            raise ResumeRefused(f"--resume: the config differs from {saved}: " + "; ".join(refused) + hint)
-    path, notices = newest_complete(run)
-    for notice in notices:
-        print(f"resume: skipping a damaged checkpoint: {notice}", file=sys.stderr)
-    if path is None:
-        raise CheckpointError(f"--resume: {run} holds no complete checkpoint: " + "; ".join(notices))
-    return path
 
 
 def check_compatible(manifest: dict, config: TrainConfig) -> None:
@@ -133,41 +80,6 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     progress = min(1.0, (step - schedule.warmup_steps) / max(1, decay))
     floor = peak * schedule.final_lr_fraction
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-class _Distributed:
-    def __init__(self) -> None:
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.owns_group = self.world > 1 and not dist.is_initialized()
-        if self.owns_group:
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.rank = dist.get_rank() if self.world > 1 else 0
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        self.device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-
-    def close(self) -> None:
-        """Destroys the process group this run created: left to interpreter exit, gloo's threads
-        could still be running when C++ static destructors ran (a rank aborted with "terminate
-        called without an active exception" after a finished FSDP run)."""
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
-
-    def mean(self, value: torch.Tensor) -> torch.Tensor:
-        if self.world > 1:
-            value = value.detach().clone()
-            dist.all_reduce(value)
-            value /= self.world
-        return value
-
-    def gather(self, item: Any) -> list:
-        if self.world == 1:
-            return [item]
-        out = [None] * self.world
-        dist.all_gather_object(out, item)
-        return out
 
 
 def _prepare_run(run: Path, config: TrainConfig, manifest: dict, root: str, resume: bool) -> None:
@@ -216,21 +128,7 @@ def _build_model(config: TrainConfig, device: torch.device, world: int):
         (load_openpi if config.train.init_format == "openpi" else load_paligemma)(model, config.train.init_from)
     model.activation_checkpointing = config.train.activation_checkpointing
     model.to(device)
-    wrapped = model
-    if world > 1 and config.train.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        # One FSDP2 unit: parameters, gradients and optimizer state sharded across ranks, the
-        # weights gathered for each forward/backward. (Per-layer units need both streams' layers
-        # grouped behind one module call; the joint layer touches two modules' weights.)
-        wrapped = fully_shard(model)
-    elif world > 1:
-        # pi0 trains no token loss, so the final norm's output reaches no loss term
-        wrapped = torch.nn.parallel.DistributedDataParallel(
-            model, find_unused_parameters=config.model.variant in ("pi0", "frozen"))
-    if config.train.compile:
-        wrapped = torch.compile(wrapped)
-    return model, wrapped
+    return model, parallelize(model, config, world)
 
 
 def _optimizer(model: KIModel, config: TrainConfig) -> torch.optim.Optimizer:
@@ -240,37 +138,16 @@ def _optimizer(model: KIModel, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps)
 
 
-def _state_dicts(model: KIModel, optimizer) -> tuple[dict, dict]:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
-
-
-def _restore(model: KIModel, optimizer, checkpoint: dict) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, checkpoint["model"], options=options)
-    for group in checkpoint["optimizer"]["param_groups"]:
-        group["betas"] = tuple(group["betas"])
-    set_optimizer_state_dict(model, optimizer, checkpoint["optimizer"], options=options)
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
 def train(config: TrainConfig, run: str | Path, *, resume: bool = False, allow_config_change: bool = False) -> dict:
     """Trains ``config.train.steps`` optimizer steps; returns the final report (rank 0's view)."""
-    env = _Distributed()
+    env = Distributed()
     try:
         return _train(config, Path(run), env, resume, allow_config_change)
     finally:
         env.close()
 
 
-def _train(config: TrainConfig, run: Path, env: _Distributed, resume: bool, allow_config_change: bool) -> dict:
+def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow_config_change: bool) -> dict:
     manifest_path = config.data.manifest
     if not manifest_path:
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
@@ -280,18 +157,18 @@ def _train(config: TrainConfig, run: Path, env: _Distributed, resume: bool, allo
     if env.rank == 0:
         _prepare_run(run, config, manifest, root, resume)
         if checkpoint_path is not None:
-            _truncate_metrics(run / "metrics.jsonl", int(checkpoint_path.name.split("_")[1]))
+            truncate_metrics(run / "metrics.jsonl", int(checkpoint_path.name.split("_")[1]))
     if env.world > 1:
         dist.barrier()
 
     model, wrapped = _build_model(config, env.device, env.world)
     optimizer = _optimizer(model, config)
-    ema = ({n: _local(p).detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
+    ema = ({n: local_tensor(p).detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
            if config.optim.ema_decay > 0 else None)
     start, data_state, last_good = 0, None, None
     if checkpoint_path is not None:
         checkpoint = load_checkpoint(checkpoint_path)
-        _restore(model, optimizer, checkpoint)
+        restore_state_dicts(model, optimizer, checkpoint)
         if ema is not None and checkpoint["ema"] is not None:
             ema = {n: t.to(env.device) for n, t in checkpoint["ema"].items()}
         start, last_good = checkpoint["trainer"]["step"], checkpoint_path
@@ -304,7 +181,7 @@ def _train(config: TrainConfig, run: Path, env: _Distributed, resume: bool, allo
                            batch_size=config.data.batch_size, workers=config.data.num_workers,
                            augment=config.data.augment, state=data_state)
     has_val = any(s["split"] == "val" and s["samples"] for src in manifest["sources"] for s in src["shards"])
-    logger = _Logger(run, config, manifest, enabled=env.rank == 0, start=start)
+    logger = MetricsLogger(run, config, manifest, enabled=env.rank == 0, start=start)
     precision = config.train.precision
     use_bf16 = precision == "bf16" or (precision == "auto" and env.device.type == "cuda")
     autocast = functools.partial(torch.autocast, env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
@@ -343,7 +220,7 @@ def _train(config: TrainConfig, run: Path, env: _Distributed, resume: bool, allo
             with torch.no_grad():
                 for name, parameter in model.named_parameters():
                     if name in ema:
-                        ema[name].lerp_(_local(parameter).float(), 1 - config.optim.ema_decay)
+                        ema[name].lerp_(local_tensor(parameter).float(), 1 - config.optim.ema_decay)
         done = step + 1
         samples = config.data.batch_size * accum * env.world
         logger.step(done, {**totals, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]},
@@ -359,7 +236,7 @@ def _train(config: TrainConfig, run: Path, env: _Distributed, resume: bool, allo
 
 
 def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_path: str, manifest: dict, run: Path,
-                 env: _Distributed, autocast, has_val: bool) -> dict:
+                 env: Distributed, autocast, has_val: bool) -> dict:
     """Held-out metrics (when the mixture has a val split) and, with ``[eval] metaworld``,
     closed-loop success rates."""
     result = evaluate(wrapped, model, config, manifest_path, manifest, run, env, autocast) if has_val else {}
@@ -372,7 +249,7 @@ def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_pat
 
 
 def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest: dict, run: Path,
-                env: _Distributed) -> dict:
+                env: Distributed) -> dict:
     """``[eval] metaworld``: the current weights (the EMA's, when kept, as ``kidata.policy.load``
     would pick) run closed-loop; ``metaworld_success`` is the mean over tasks."""
     from kidata.eval.metaworld import SceneSettings, evaluate_metaworld
@@ -406,7 +283,7 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
 
 
 def evaluate(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: dict, run: Path,
-             env: _Distributed, autocast) -> dict:
+             env: Distributed, autocast) -> dict:
     """Metrics on the first ``eval.batches`` held-out batches of this rank, averaged over ranks."""
     from kidata.pipelines.build import sample_encoder
 
@@ -433,20 +310,9 @@ def evaluate(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, m
     return merged
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """A resumed run repeats the steps after its checkpoint: their old records go, so that
-    metrics.jsonl holds each step once."""
-    if not path.exists():
-        return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(line + "\n" for line in kept))
-    os.replace(temporary, path)
-
-
 def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDataset, fed: int, config: TrainConfig,
-                env: _Distributed) -> Path | None:
-    model_state, optimizer_state = _state_dicts(model, optimizer)
+                env: Distributed) -> Path | None:
+    model_state, optimizer_state = full_state_dicts(model, optimizer)
     streams = env.gather(data.state_after_batches(fed, config.data.batch_size, config.data.num_workers))
     if env.rank != 0:
         return None
@@ -461,116 +327,3 @@ def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDatase
                                    f"checkpoint is intact: {previous}") from error
 
 
-class _Logger:
-    """metrics.jsonl, TensorBoard, a progress bar; loss curves and a report at the end."""
-
-    def __init__(self, run: Path, config: TrainConfig, manifest: dict, *, enabled: bool, start: int) -> None:
-        self.run, self.config, self.enabled = run, config, enabled
-        self.sources = [s["name"] for s in manifest["sources"]]
-        self.writer = self.bar = None
-        self.window: list[tuple[float, int]] = []
-        self.mix = torch.zeros(len(self.sources))
-        self.began = time.perf_counter()
-        self.last_eval: dict = {}
-        if not enabled:
-            return
-        if config.log.tensorboard:
-            try:
-                if "tensorflow" not in sys.modules:  # tensorboard's own no-TensorFlow switch: training never needs TF
-                    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.writer = SummaryWriter(str(run / "tensorboard"))
-            except ImportError:  # tensorboard is in the 'train' extra
-                self.writer = None
-        if config.log.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=config.train.steps, initial=start, desc="train", unit="step")
-
-    def step(self, step: int, metrics: dict, *, seconds: float, samples: int, mix: torch.Tensor) -> None:
-        if not self.enabled:
-            return
-        self.window = (self.window + [(seconds, samples)])[-50:]
-        self.mix += mix
-        elapsed = sum(s for s, _ in self.window)
-        rates = {"steps_per_s": len(self.window) / elapsed, "samples_per_s": sum(n for _, n in self.window) / elapsed}
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{rates['samples_per_s']:.1f}")
-        if step % self.config.log.every and step != self.config.train.steps:
-            return
-        total = float(self.mix.sum()) or 1.0
-        record = {"step": step, **{k: round(v, 6) for k, v in metrics.items()}, **{k: round(v, 3) for k, v in rates.items()},
-                  "source_mix": {name: round(float(c) / total, 4) for name, c in zip(self.sources, self.mix)}}
-        self.mix.zero_()
-        with open(self.run / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, float):
-                    self.writer.add_scalar(f"train/{key}", value, step)
-
-    def evaluation(self, step: int, result: dict) -> None:
-        self.last_eval = result
-        if not self.enabled:
-            return
-        with open(self.run / "metrics.jsonl", "a") as handle:  # elapsed: wall seconds of this process so far
-            handle.write(json.dumps({"step": step, "elapsed_s": round(time.perf_counter() - self.began, 1),
-                                     "eval": result}) + "\n")
-        if self.writer is not None:
-            for key, value in result.items():
-                if isinstance(value, float):
-                    self.writer.add_scalar(f"eval/{key}", value, step)
-
-    def finish(self, step: int, result: dict) -> dict:
-        if result:
-            self.evaluation(step, result)
-        if not self.enabled:
-            return {}
-        if self.bar is not None:
-            self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
-        records = [json.loads(line) for line in (self.run / "metrics.jsonl").read_text().splitlines()]
-        train = [r for r in records if "loss" in r]
-        plot_losses(train, self.run / "loss_curves.png", evaluations=[r for r in records if "eval" in r])
-        report = {"steps": step, "final": train[-1] if train else {}, "eval": result,
-                  "seconds_this_process": round(time.perf_counter() - self.began, 1),
-                  "checkpoint": str(latest_checkpoint(self.run)), "loss_curves": str(self.run / "loss_curves.png")}
-        (self.run / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        (self.run / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-        return report
-
-
-def plot_losses(records: list[dict], path: Path, evaluations: list[dict] = ()) -> None:
-    """Training losses (log scale); with closed-loop evaluations, a second panel of success rates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    success = sorted({k for r in evaluations for k in r["eval"] if k.startswith("metaworld_success")})
-    figure, axes = plt.subplots(2 if success else 1, 1, figsize=(7, 7 if success else 4), squeeze=False)
-    axis = axes[0][0]
-    for key in ("loss", "flow_loss", "fast_loss"):
-        points = [(r["step"], r[key]) for r in records if key in r]
-        if points:
-            axis.plot(*zip(*points), label=key)
-    axis.set_xlabel("step")
-    axis.set_yscale("log")
-    axis.legend()
-    axis.set_title("training losses")
-    if success:
-        axis = axes[1][0]
-        for key in success:
-            points = [(r["step"], r["eval"][key]) for r in evaluations if key in r["eval"]]
-            axis.plot(*zip(*points), marker="o", label=key.split("/")[-1] if "/" in key else "mean",
-                      linewidth=2.5 if "/" not in key else 1)
-        axis.set_xlabel("step")
-        axis.set_ylim(-0.05, 1.05)
-        axis.legend(fontsize=8)
-        axis.set_title("closed-loop success (Meta-World)")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)

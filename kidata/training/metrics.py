@@ -1,0 +1,142 @@
+"""What a run writes about itself: metrics.jsonl, TensorBoard, a progress bar, loss curves and the
+final report."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+from kidata.training.checkpoint import latest_checkpoint
+from kidata.training.config import TrainConfig
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: their old records go, so that
+    metrics.jsonl holds each step once."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(line + "\n" for line in kept))
+    os.replace(temporary, path)
+
+
+class MetricsLogger:
+    """metrics.jsonl, TensorBoard, a progress bar; loss curves and a report at the end."""
+
+    def __init__(self, run: Path, config: TrainConfig, manifest: dict, *, enabled: bool, start: int) -> None:
+        self.run, self.config, self.enabled = run, config, enabled
+        self.sources = [s["name"] for s in manifest["sources"]]
+        self.writer = self.bar = None
+        self.window: list[tuple[float, int]] = []
+        self.mix = torch.zeros(len(self.sources))
+        self.began = time.perf_counter()
+        self.last_eval: dict = {}
+        if not enabled:
+            return
+        if config.log.tensorboard:
+            try:
+                if "tensorflow" not in sys.modules:  # tensorboard's own no-TensorFlow switch: training never needs TF
+                    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run / "tensorboard"))
+            except ImportError:  # tensorboard is in the 'train' extra
+                self.writer = None
+        if config.log.progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=config.train.steps, initial=start, desc="train", unit="step")
+
+    def step(self, step: int, metrics: dict, *, seconds: float, samples: int, mix: torch.Tensor) -> None:
+        if not self.enabled:
+            return
+        self.window = (self.window + [(seconds, samples)])[-50:]
+        self.mix += mix
+        elapsed = sum(s for s, _ in self.window)
+        rates = {"steps_per_s": len(self.window) / elapsed, "samples_per_s": sum(n for _, n in self.window) / elapsed}
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{rates['samples_per_s']:.1f}")
+        if step % self.config.log.every and step != self.config.train.steps:
+            return
+        total = float(self.mix.sum()) or 1.0
+        record = {"step": step, **{k: round(v, 6) for k, v in metrics.items()}, **{k: round(v, 3) for k, v in rates.items()},
+                  "source_mix": {name: round(float(c) / total, 4) for name, c in zip(self.sources, self.mix)}}
+        self.mix.zero_()
+        with open(self.run / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"train/{key}", value, step)
+
+    def evaluation(self, step: int, result: dict) -> None:
+        self.last_eval = result
+        if not self.enabled:
+            return
+        with open(self.run / "metrics.jsonl", "a") as handle:  # elapsed: wall seconds of this process so far
+            handle.write(json.dumps({"step": step, "elapsed_s": round(time.perf_counter() - self.began, 1),
+                                     "eval": result}) + "\n")
+        if self.writer is not None:
+            for key, value in result.items():
+                if isinstance(value, float):
+                    self.writer.add_scalar(f"eval/{key}", value, step)
+
+    def finish(self, step: int, result: dict) -> dict:
+        if result:
+            self.evaluation(step, result)
+        if not self.enabled:
+            return {}
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+        records = [json.loads(line) for line in (self.run / "metrics.jsonl").read_text().splitlines()]
+        train = [r for r in records if "loss" in r]
+        plot_losses(train, self.run / "loss_curves.png", evaluations=[r for r in records if "eval" in r])
+        report = {"steps": step, "final": train[-1] if train else {}, "eval": result,
+                  "seconds_this_process": round(time.perf_counter() - self.began, 1),
+                  "checkpoint": str(latest_checkpoint(self.run)), "loss_curves": str(self.run / "loss_curves.png")}
+        (self.run / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        (self.run / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        return report
+
+
+def plot_losses(records: list[dict], path: Path, evaluations: list[dict] = ()) -> None:
+    """Training losses (log scale); with closed-loop evaluations, a second panel of success rates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    success = sorted({k for r in evaluations for k in r["eval"] if k.startswith("metaworld_success")})
+    figure, axes = plt.subplots(2 if success else 1, 1, figsize=(7, 7 if success else 4), squeeze=False)
+    axis = axes[0][0]
+    for key in ("loss", "flow_loss", "fast_loss"):
+        points = [(r["step"], r[key]) for r in records if key in r]
+        if points:
+            axis.plot(*zip(*points), label=key)
+    axis.set_xlabel("step")
+    axis.set_yscale("log")
+    axis.legend()
+    axis.set_title("training losses")
+    if success:
+        axis = axes[1][0]
+        for key in success:
+            points = [(r["step"], r["eval"][key]) for r in evaluations if key in r["eval"]]
+            axis.plot(*zip(*points), marker="o", label=key.split("/")[-1] if "/" in key else "mean",
+                      linewidth=2.5 if "/" not in key else 1)
+        axis.set_xlabel("step")
+        axis.set_ylim(-0.05, 1.05)
+        axis.legend(fontsize=8)
+        axis.set_title("closed-loop success (Meta-World)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)

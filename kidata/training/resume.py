@@ -1,0 +1,61 @@
+"""Whether and from where a run continues: decided before anything in the run directory is written."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from kidata.training.checkpoint import CheckpointError, holds_checkpoints, newest_complete
+from kidata.training.config import TrainConfig
+
+
+class ResumeRefused(ValueError):
+    """A ``--resume`` that would not continue the run it names: nothing in the run was changed."""
+
+
+# Settings a resumed run may change with ``allow_config_change``: they decide how long to train
+# and what to write, never what the weights, optimizer state or data streams mean.
+RESUMABLE_CHANGES = ("train.steps", "eval.", "log.", "checkpoint.", "data.num_workers")
+
+
+def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
+    """``section.key: old -> new`` for every value that differs between two resolved configs."""
+    out = []
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            out += config_changes(old, new, f"{prefix}{key}.")
+        elif old != new:
+            out.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return out
+
+
+def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_change: bool = False) -> Path | None:
+    """The checkpoint to continue from (None for a fresh run), decided before anything in ``run``
+    is written: a fresh run into a directory with checkpoints, a resume with nothing to resume, a
+    resume whose config differs (model fields never; others only the ``RESUMABLE_CHANGES`` with
+    ``allow_config_change``), and a run whose checkpoints are all damaged are refused."""
+    if not resume:
+        if holds_checkpoints(run):
+            raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or another --out")
+        return None
+    if not holds_checkpoints(run):
+        raise ResumeRefused(f"--resume: {run} holds no checkpoint to continue; drop --resume to start a new run there")
+    saved = run / "config.json"
+    if saved.exists():
+        # both through the dataclasses: a config.json written before a field existed holds its default
+        before = TrainConfig.from_mapping(json.loads(saved.read_text()), origin=str(saved)).to_json()
+        changes = config_changes(json.loads(json.dumps(before)), json.loads(json.dumps(config.to_json())))
+        unsafe = [c for c in changes if not c.startswith(RESUMABLE_CHANGES)]  # model.* among them, always
+        refused = unsafe if allow_config_change else changes
+        if refused:
+            hint = (f" (only {', '.join(RESUMABLE_CHANGES)} may change on resume, with --allow-config-change)"
+                    if unsafe else " (pass --allow-config-change to accept them)")
+            raise ResumeRefused(f"--resume: the config differs from {saved}: " + "; ".join(refused) + hint)
+    path, notices = newest_complete(run)
+    for notice in notices:
+        print(f"resume: skipping a damaged checkpoint: {notice}", file=sys.stderr)
+    if path is None:
+        raise CheckpointError(f"--resume: {run} holds no complete checkpoint: " + "; ".join(notices))
+    return path
