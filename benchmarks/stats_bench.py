@@ -22,7 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from kidata.pipelines.stats import source_stats  # noqa: E402
-from kidata.sources.oxe import lookup  # noqa: E402
+from kidata.sources.registry import lookup  # noqa: E402
 from kidata.sources.rlds import RldsSource  # noqa: E402
 
 BRIDGE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rlds" / "bridge_dataset" / "1.0.0"

@@ -80,14 +80,13 @@ def _stats(args: argparse.Namespace) -> int:
     import json
 
     from kidata.pipelines.stats import format_table, source_stats
-    from kidata.sources.open import open_robot_source
+    from kidata.sources.registry import open_source
 
     mapping = json.loads(Path(args.mapping).read_text()) if args.mapping else None
-    source = open_robot_source(
-        args.reader, path=args.path if args.reader == "rlds" else args.path.split(","), name=args.name,
-        dataset=args.dataset, mapping=mapping, split=args.split, action_space=args.action_space,
-        skip_corrupt=args.skip_corrupt,
-    )
+    rlds = {"dataset": args.dataset, "mapping": mapping, "split": args.split, "action_space": args.action_space,
+            "skip_corrupt": args.skip_corrupt} if args.reader == "rlds" else {}
+    source = open_source(args.reader, path=args.path if args.reader == "rlds" else args.path.split(","),
+                         name=args.name, **rlds)
     stats, report = source_stats(source, workers=args.workers, progress=not args.quiet)
     result = stats.finalize()
     print(format_table(result))

@@ -104,7 +104,7 @@ def test_manifest_describes_sources_shards_and_encoding(built):
 
 def test_shards_decode_back_to_the_episodes(built):
     from kidata.sources.images import resize_with_pad
-    from kidata.sources.oxe import lookup
+    from kidata.sources.registry import lookup
     from kidata.sources.rlds import RldsSource
     from kidata.tokenizers.fast import FastTokenizer
 

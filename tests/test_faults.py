@@ -245,7 +245,7 @@ def test_a_json_that_is_not_a_manifest_is_named_as_such(tmp_path):
 def test_a_features_json_naming_a_foreign_class_is_refused_before_tfds_imports_it(tmp_path):
     from conftest import shared_path
 
-    from kidata.sources.oxe import lookup
+    from kidata.sources.registry import lookup
     from kidata.sources.rlds import RldsSource
 
     crafted = tmp_path / "bridge_dataset" / "1.0.0"

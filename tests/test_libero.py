@@ -10,7 +10,8 @@ pytest.importorskip("h5py", reason="LIBERO HDF5 tests need h5py")
 import rlds_fixtures as fx  # noqa: E402
 
 from kidata.sources.base import ReadReport  # noqa: E402
-from kidata.sources.libero import LiberoHdf5Source, instruction_from_filename, noop_mask  # noqa: E402
+from kidata.sources.libero_hdf5 import LiberoHdf5Source, instruction_from_filename  # noqa: E402
+from kidata.sources.spec import noop_mask  # noqa: E402
 
 INSTRUCTION = "put the black bowl on the plate"
 FILE_NAME = "KITCHEN_SCENE3_put_the_black_bowl_on_the_plate_demo.hdf5"
@@ -44,7 +45,7 @@ def test_problem_info_attribute_wins_over_the_file_name(tmp_path, demos):
 
 def test_hdf5_and_rlds_forms_yield_the_same_episodes(tmp_path, hdf5_file, demos):
     pytest.importorskip("tensorflow_datasets", reason="needs the 'rlds' extra")
-    from kidata.sources.oxe import lookup
+    from kidata.sources.registry import lookup
     from kidata.sources.rlds import RldsSource
 
     rlds_dir = fx.write_dataset(tmp_path, "libero_goal_no_noops", fx.libero_features(), {

@@ -12,17 +12,10 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 metaworld = pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' extra")
 
+from kidata.envs.metaworld import TASKS, from_env_action, instruction, resolve_tasks, to_env_action  # noqa: E402
 from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, evaluate_metaworld  # noqa: E402
 from kidata.sources.base import ReadReport  # noqa: E402
-from kidata.sources.metaworld import (  # noqa: E402
-    TASKS,
-    MetaWorldSceneSource,
-    MetaWorldSource,
-    from_env_action,
-    instruction,
-    resolve_tasks,
-    to_env_action,
-)
+from kidata.sources.metaworld import MetaWorldSceneSource, MetaWorldSource  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +88,7 @@ def test_scene_questions_are_answered_from_simulator_state():
 
 def test_projection_lands_on_the_rendered_gripper():
     """The hand's projected pixel in the upright corner view is where the (white-fingered) gripper is."""
-    from kidata.sources.metaworld import Scene
+    from kidata.envs.metaworld import Scene
 
     scene = Scene("reach-v3", seed=0, image_size=96)
     try:

@@ -119,10 +119,10 @@ def test_parity_names_a_state_normalized_differently(policy, monkeypatch):
 
 @pytest.mark.slow
 def test_parity_names_a_prompt_that_differs(policy, monkeypatch):
-    import kidata.sources.metaworld as source
+    import kidata.envs.metaworld as env
     from kidata.eval import parity
 
-    monkeypatch.setattr(source, "instruction", lambda task: "reach the goal now")  # the policy is told another task
+    monkeypatch.setattr(env, "instruction", lambda task: "reach the goal now")  # the policy is told another task
     report = parity.check_parity(policy, samples=1)
     tensors = report["samples"][0]["tensors"]
     assert not report["ok"] and not tensors["tokens"]["ok"] and tensors["state"]["ok"]
@@ -195,7 +195,7 @@ def test_the_evaluator_records_each_episode_and_plots_its_predicted_chunks(tmp_p
 
 
 def test_the_goal_marker_scale_enlarges_only_the_rendered_marker():
-    from kidata.sources.metaworld import Scene
+    from kidata.envs.metaworld import Scene
 
     green = {}
     observations = {}
@@ -242,7 +242,7 @@ def test_per_step_open_loop_error_puts_an_error_at_its_step():
 
 
 def test_episodes_past_the_fifty_variations_of_a_seed_are_new_layouts():
-    from kidata.sources.metaworld import Scene
+    from kidata.envs.metaworld import Scene
 
     scene = Scene("reach-v3", seed=0, image_size=16)
     try:
@@ -255,7 +255,7 @@ def test_episodes_past_the_fifty_variations_of_a_seed_are_new_layouts():
 
 
 def test_privileged_state_adds_the_object_and_goal_positions_for_the_perception_bypass():
-    from kidata.sources.metaworld import robot_state
+    from kidata.envs.metaworld import robot_state
 
     observation = np.arange(39, dtype=np.float64)
     np.testing.assert_array_equal(robot_state(observation), [0, 1, 2, 3])

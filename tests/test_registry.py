@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kidata.sources.oxe import lookup
+from kidata.sources.registry import lookup
 from kidata.sources.spec import Part, spec_from_mapping
 
 if sys.version_info >= (3, 11):

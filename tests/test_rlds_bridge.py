@@ -10,7 +10,7 @@ pytest.importorskip("tensorflow_datasets", reason="RLDS tests need the 'rlds' ex
 from conftest import shared_path  # noqa: E402
 
 from kidata.sources.base import ReadReport  # noqa: E402
-from kidata.sources.oxe import lookup  # noqa: E402
+from kidata.sources.registry import lookup  # noqa: E402
 from kidata.sources.rlds import RldsSource  # noqa: E402
 
 
@@ -87,7 +87,7 @@ def test_listing_units_and_checking_keys_do_not_import_tensorflow(bridge_path):
     import subprocess
     import sys
 
-    script = ("import sys; from kidata.sources.oxe import lookup; from kidata.sources.rlds import RldsSource; "
+    script = ("import sys; from kidata.sources.registry import lookup; from kidata.sources.rlds import RldsSource; "
               f"units = RldsSource({bridge_path!r}, lookup('bridge_dataset'), split='val').list_units(4); "
               "print(len(units), sum(u.stop - u.start for u in units), 'tensorflow' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)

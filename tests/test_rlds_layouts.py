@@ -11,8 +11,8 @@ import rlds_fixtures as fx  # noqa: E402
 from conftest import shared_path  # noqa: E402
 
 from kidata.sources.base import ReadReport  # noqa: E402
-from kidata.sources.droid import droid_spec  # noqa: E402
-from kidata.sources.oxe import lookup  # noqa: E402
+from kidata.sources.datasets.droid import droid_spec  # noqa: E402
+from kidata.sources.registry import lookup  # noqa: E402
 from kidata.sources.rlds import RldsSource  # noqa: E402
 from kidata.sources.spec import spec_from_mapping  # noqa: E402
 

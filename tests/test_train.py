@@ -113,7 +113,7 @@ def test_a_resumed_run_repeats_the_uninterrupted_losses(mixture, straight_run, t
 
 def test_the_policy_maps_a_raw_observation_to_an_unnormalized_chunk(straight_run):
     from kidata import policy
-    from kidata.sources.oxe import lookup
+    from kidata.sources.registry import lookup
     from kidata.sources.rlds import RldsSource
 
     run, _ = straight_run

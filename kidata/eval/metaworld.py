@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from kidata.sources.metaworld import (
+from kidata.envs.metaworld import (
     DEFAULT_CAMERAS,
     Scene,
     expert,

@@ -32,10 +32,10 @@ EXACT = ("image_mask", "tokens", "token_mask", "ar", "prefix_length", "state_dim
 
 def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_path: str | None = None) -> dict:
     """{"ok": bool, "samples": [{"key", "tensors": {name: {"max_abs_diff", ...,"ok"}}}]}."""
+    from kidata.envs.metaworld import Scene, expert, instruction, robot_state
     from kidata.eval.metaworld import SceneSettings
     from kidata.loader.collate import collate
     from kidata.loader.mixture import MixtureDataset
-    from kidata.sources.metaworld import Scene, expert, instruction, robot_state
     from kidata.training.evaluate import prefix_only
 
     manifest_path = manifest_path or policy.config.data.manifest

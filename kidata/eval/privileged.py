@@ -39,9 +39,9 @@ class Demonstrations:
 
 def collect(recipe_path: str | Path, *, source_name: str | None = None, horizon: int | None = None) -> Demonstrations:
     """The training episodes of the recipe's ``metaworld`` source, with full observations."""
+    from kidata.envs.metaworld import Scene
     from kidata.pipelines.build import in_holdout, open_source
     from kidata.pipelines.recipe import load_recipe
-    from kidata.sources.metaworld import Scene
 
     recipe = load_recipe(recipe_path)
     configs = [s for s in recipe.sources if s.reader == "metaworld" and (source_name in (None, s.name))]

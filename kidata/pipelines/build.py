@@ -58,8 +58,8 @@ def in_holdout(source: str, record_id: str, fraction: float) -> bool:
 
 
 def open_source(recipe: Recipe, source: SourceConfig):
-    """The reader of one recipe source (kidata.sources.open builds it from the source's options)."""
-    from kidata.sources.open import open_reader
+    """The reader of one recipe source, opened from the source's options (kidata.sources.registry)."""
+    from kidata.sources.registry import open_reader
 
     return open_reader(source.reader, source.options, name=source.name, image_size=recipe.mixture.image_size,
                        seed=recipe.mixture.seed)
@@ -169,8 +169,7 @@ def _encoder(context: EncodeContext):
         text = TextTokenizer.load(context.recipe.resolve_asset(mixture.text_tokenizer))
         id_map = ActionIdMap(text.vocab_size, fast.vocab_size, rule=mixture.fast_token_rule,
                              skip=mixture.fast_token_skip, offset=mixture.fast_token_offset)
-        uses_loc = any(s.reader in ("coco_detection", "pixmo_points") or s.options.get("pointing")
-                       for s in context.recipe.sources)
+        uses_loc = any(s.uses_loc_tokens for s in context.recipe.sources)
         encoder = SampleEncoder(text, fast, prompt_format=mixture.prompt_format, state_encoding=mixture.state_encoding,
                                 max_tokens=mixture.max_tokens, id_map=id_map,
                                 special_state_first=mixture.special_state_first, uses_loc_tokens=uses_loc)

@@ -7,7 +7,6 @@ build sees it (defaults filled in, paths resolved), which the manifest records a
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
@@ -16,40 +15,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from kidata.sources import registry
+from kidata.sources.registry import COMMON_SOURCE_KEYS, nearest
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-ROBOT_READERS = ("rlds", "libero_hdf5", "metaworld")
-VLM_READERS = ("coco_captions", "coco_detection", "vqav2", "pixmo_cap", "pixmo_points", "pixmo_ask", "metaworld_scenes")
-
-# Reader -> its source keys beyond the common ones, and which of them are paths.
-_READER_KEYS: dict[str, tuple[str, ...]] = {
-    "rlds": ("path", "dataset", "mapping", "split", "action_space", "language_annotations", "skip_corrupt"),
-    "libero_hdf5": ("path", "language_annotations"),
-    "coco_captions": ("annotations", "images"),
-    "coco_detection": ("instances", "images"),
-    "vqav2": ("questions", "annotations", "images", "answer"),
-    "pixmo_cap": ("parquet", "mirror"),
-    "pixmo_points": ("parquet", "mirror"),
-    "pixmo_ask": ("parquet", "mirror"),
-    "metaworld": ("tasks", "episodes_per_task", "seed", "cameras", "image_size", "max_steps", "goal_marker_scale",
-                  "privileged_state"),
-    "metaworld_scenes": ("tasks", "scenes_per_task", "seed", "camera", "image_size", "pointing"),
-}
-_PATH_KEYS = {"path", "language_annotations", "annotations", "images", "instances", "questions", "parquet", "mirror"}
-_COMMON_SOURCE_KEYS = ("name", "reader", "weight", "holdout")
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be built as written."""
-
-
-def _nearest(key: str, valid: list[str] | tuple[str, ...]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else f" (valid keys: {sorted(valid)})"
 
 
 @dataclass(frozen=True)
@@ -88,7 +66,12 @@ class SourceConfig:
 
     @property
     def kind(self) -> str:
-        return "robot" if self.reader in ROBOT_READERS else "vlm"
+        """"robot" or "vlm": the reader's."""
+        return registry.reader(self.reader).kind
+
+    @property
+    def uses_loc_tokens(self) -> bool:
+        return registry.reader(self.reader).uses_loc_tokens(self.options)
 
 
 @dataclass(frozen=True)
@@ -126,14 +109,14 @@ class Recipe:
 def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Recipe:
     for key in data:
         if key not in ("mixture", "sources"):
-            raise RecipeError(f"unknown top-level table {key!r}{_nearest(key, ['mixture', 'sources'])}")
+            raise RecipeError(f"unknown top-level table {key!r}{nearest(key, ['mixture', 'sources'])}")
     if "mixture" not in data:
         raise RecipeError("recipe lacks the [mixture] table")
     valid = [f.name for f in fields(MixtureConfig)]
     mixture_table = dict(data["mixture"])
     for key in mixture_table:
         if key not in valid:
-            raise RecipeError(f"[mixture]: unknown key {key!r}{_nearest(key, valid)}")
+            raise RecipeError(f"[mixture]: unknown key {key!r}{nearest(key, valid)}")
     if "name" not in mixture_table:
         raise RecipeError("[mixture]: 'name' is required")
     mixture = MixtureConfig(**mixture_table)
@@ -146,16 +129,18 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
         if "name" not in table or "reader" not in table:
             raise RecipeError(f"{where}: 'name' and 'reader' are required")
         reader = table["reader"]
-        if reader not in _READER_KEYS:
-            raise RecipeError(f"{where}: unknown reader {reader!r}{_nearest(reader, tuple(_READER_KEYS))}")
-        allowed = _COMMON_SOURCE_KEYS + _READER_KEYS[reader]
+        known = registry.readers()
+        if reader not in known:
+            raise RecipeError(f"{where}: unknown reader {reader!r}{nearest(reader, tuple(known))}")
+        entry = known[reader]
+        allowed = COMMON_SOURCE_KEYS + entry.options
         options = {}
         for key, value in table.items():
             if key not in allowed:
-                raise RecipeError(f"{where}: unknown key {key!r} for reader {reader!r}{_nearest(key, allowed)}")
-            if key in _COMMON_SOURCE_KEYS:
+                raise RecipeError(f"{where}: unknown key {key!r} for reader {reader!r}{nearest(key, allowed)}")
+            if key in COMMON_SOURCE_KEYS:
                 continue
-            if key in _PATH_KEYS:
+            if key in entry.path_options:
                 value = [_resolve(base, v) for v in value] if isinstance(value, list) else _resolve(base, value)
             options[key] = value
         if "." in table["name"] or "/" in table["name"]:
@@ -204,7 +189,7 @@ def _check_mixture(mixture: MixtureConfig) -> None:
         unknown = set(mixture.fast_tokenizer) - set(valid)
         if unknown:
             key = sorted(unknown)[0]
-            raise RecipeError(f"[mixture].fast_tokenizer: unknown key {key!r}{_nearest(key, valid)}")
+            raise RecipeError(f"[mixture].fast_tokenizer: unknown key {key!r}{nearest(key, valid)}")
 
 
 def load_recipe(path: str | Path) -> Recipe:

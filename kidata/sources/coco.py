@@ -20,6 +20,7 @@ import numpy as np
 from kidata.schema import VlmExample
 from kidata.sources.base import ReadReport
 from kidata.sources.images import load_image
+from kidata.sources.registry import register_reader
 from kidata.sources.vlm import VlmSource, read_json
 
 
@@ -114,3 +115,14 @@ class CocoDetection(VlmSource):
             labels=(record["label"],) * len(boxes),
             metadata={"file_name": record["file_name"], "width": geometry.width, "height": geometry.height},
         )
+
+
+@register_reader("coco_captions", kind="vlm", options=("annotations", "images"), paths=("annotations", "images"))
+def open_coco_captions(options, *, name: str, image_size: int, seed: int = 0) -> CocoCaptions:
+    return CocoCaptions(options["annotations"], options["images"], name=name, image_size=image_size)
+
+
+@register_reader("coco_detection", kind="vlm", options=("instances", "images"), paths=("instances", "images"),
+                 loc_tokens=True)
+def open_coco_detection(options, *, name: str, image_size: int, seed: int = 0) -> CocoDetection:
+    return CocoDetection(options["instances"], options["images"], name=name, image_size=image_size)

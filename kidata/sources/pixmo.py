@@ -21,6 +21,7 @@ import numpy as np
 from kidata.schema import VlmExample
 from kidata.sources.base import ReadReport
 from kidata.sources.images import ImageDefect, load_image
+from kidata.sources.registry import register_reader
 from kidata.sources.vlm import VlmSource
 
 PIXMO_KINDS = {
@@ -122,3 +123,15 @@ class PixmoSource(VlmSource):
                       "collection_method": record.get("collection_method"),
                       "width": geometry.width, "height": geometry.height},
         )
+
+
+def _register_pixmo(kind: str, *, loc_tokens: bool) -> None:
+    @register_reader(f"pixmo_{kind}", kind="vlm", options=("parquet", "mirror"), paths=("parquet", "mirror"),
+                     loc_tokens=loc_tokens)
+    def open_pixmo(options, *, name: str, image_size: int, seed: int = 0) -> PixmoSource:
+        return PixmoSource(kind, options["parquet"], options["mirror"], name=name, image_size=image_size)
+
+
+_register_pixmo("cap", loc_tokens=False)
+_register_pixmo("points", loc_tokens=True)
+_register_pixmo("ask", loc_tokens=False)

@@ -19,7 +19,8 @@ import numpy as np
 
 from kidata.schema import Episode, Frames, episode_defect
 from kidata.sources.base import ReadReport, WorkUnit, load_annotations, split_range
-from kidata.sources.spec import DatasetSpec
+from kidata.sources.registry import lookup, register_reader
+from kidata.sources.spec import DatasetSpec, noop_mask, spec_from_mapping
 
 
 def _tfds():
@@ -332,6 +333,12 @@ class RldsSource:
         state = np.concatenate([p.take(_lookup(steps, p.key)) for p in self.spec.state], axis=1) if self.spec.state \
             else np.zeros((length, 0), np.float32)
         actions = np.concatenate([p.take(_lookup(steps, p.key)) for p in self.spec.action], axis=1)
+        keep = slice(None)
+        if self.spec.drop_noops:  # judged on the standardized actions (gripper last, 1 = open)
+            noop = noop_mask(actions)
+            report.notices["noop_steps_removed"] += int(noop.sum())
+            keep = np.flatnonzero(~noop)
+            state, actions = state[keep], actions[keep]
         defect = episode_defect(state, actions, min_steps=self.min_steps)
         if defect is not None:
             report.quarantined.add(defect)
@@ -342,7 +349,8 @@ class RldsSource:
                 flag = self.spec.camera_flags.get(camera)
                 if flag is not None and not bool(metadata[flag]):
                     continue
-                camera_frames = Frames(list(steps["observation"][key]))
+                encoded = list(steps["observation"][key])
+                camera_frames = Frames(encoded if isinstance(keep, slice) else [encoded[i] for i in keep])
                 if self.spec.blank_cameras_absent and not camera_frames.frame(0).any():
                     continue
                 frames[camera] = camera_frames
@@ -374,3 +382,26 @@ class RldsSource:
                 if text and text not in found:
                     found.append(text)
         return tuple(found)
+
+
+@register_reader("rlds", kind="robot", paths=("path", "language_annotations"),
+                 options=("path", "dataset", "mapping", "split", "action_space", "language_annotations", "skip_corrupt"))
+def open_rlds(options, *, name: str | None, image_size: int, seed: int = 0) -> RldsSource:
+    """``dataset`` (a registry entry) or ``mapping`` (a user's own key mapping), exactly one;
+    ``action_space`` selects DROID's."""
+    dataset, mapping, action_space = options.get("dataset"), options.get("mapping"), options.get("action_space")
+    if (dataset is None) == (mapping is None):
+        raise ValueError("an rlds source needs exactly one of 'dataset' (registry entry) or 'mapping'")
+    if mapping is not None:
+        spec = spec_from_mapping(name or "custom", mapping)
+    elif action_space is not None:
+        from kidata.sources.datasets.droid import droid_spec
+
+        if not dataset.startswith("droid"):
+            raise ValueError(f"action_space is a DROID option; {dataset!r} has one action space")
+        spec = droid_spec(action_space, name=dataset)
+    else:
+        spec = lookup(dataset)
+    return RldsSource(str(options["path"]), spec, name=name, split=options.get("split", "train"),
+                      annotations=options.get("language_annotations"),
+                      skip_corrupt=bool(options.get("skip_corrupt", False)))

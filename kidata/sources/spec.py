@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -170,5 +170,14 @@ def spec_from_mapping(name: str, mapping: Mapping[str, Any]) -> DatasetSpec:
     )
 
 
-def with_options(spec: DatasetSpec, **changes: Any) -> DatasetSpec:
-    return replace(spec, **changes)
+# A no-op step, as LIBERO's RLDS release removed them: arm action (every value but the last) of norm
+# below NOOP_NORM and the gripper command (the last value) unchanged from the previous step.
+NOOP_NORM = 1e-4
+
+
+def noop_mask(actions: np.ndarray) -> np.ndarray:
+    """bool [T]: True for no-op steps (tiny arm motion, gripper command unchanged)."""
+    arm_still = np.linalg.norm(actions[:, :-1], axis=1) < NOOP_NORM
+    same_gripper = np.zeros(len(actions), dtype=bool)
+    same_gripper[1:] = actions[1:, -1] == actions[:-1, -1]
+    return arm_still & same_gripper

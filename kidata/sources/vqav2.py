@@ -17,6 +17,7 @@ from typing import Any, Sequence
 from kidata.schema import VlmExample
 from kidata.sources.base import ReadReport
 from kidata.sources.images import load_image
+from kidata.sources.registry import register_reader
 from kidata.sources.vlm import VlmSource, read_json
 
 _PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
@@ -121,3 +122,10 @@ class Vqav2(VlmSource):
                       "answer_type": annotation.get("answer_type"), "question_type": annotation.get("question_type"),
                       "width": geometry.width, "height": geometry.height},
         )
+
+
+@register_reader("vqav2", kind="vlm", options=("questions", "annotations", "images", "answer"),
+                 paths=("questions", "annotations", "images"))
+def open_vqav2(options, *, name: str, image_size: int, seed: int = 0) -> Vqav2:
+    return Vqav2(options["questions"], options["annotations"], options["images"], name=name,
+                 answer=options.get("answer", "multiple_choice"), image_size=image_size)

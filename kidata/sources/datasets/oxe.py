@@ -13,7 +13,8 @@ run on their real data here (no download is possible on this machine).
 
 from __future__ import annotations
 
-from kidata.sources.spec import DatasetSpec, make_spec
+from kidata.sources.registry import register_dataset
+from kidata.sources.spec import make_spec
 
 _RT1_LANGUAGE = ("observation/natural_language_instruction",)
 
@@ -263,21 +264,5 @@ _ENTRIES = [
     ),
 ]
 
-REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in _ENTRIES}
-
-
-def register(spec: DatasetSpec) -> DatasetSpec:
-    """Adds (or replaces) an entry; DROID and LIBERO modules register theirs on import."""
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-def lookup(name: str) -> DatasetSpec:
-    import difflib
-
-    from kidata.sources import droid, libero  # noqa: F401  (their entries register on import)
-
-    if name not in REGISTRY:
-        nearest = difflib.get_close_matches(name, REGISTRY, n=3)
-        raise KeyError(f"no standardization entry {name!r}; nearest: {nearest}; or map the keys in the recipe")
-    return REGISTRY[name]
+for _spec in _ENTRIES:
+    register_dataset(_spec)

@@ -9,7 +9,7 @@ DROID's gripper_position is 1 = closed; standardized to 1 = open. Control runs a
 
 from __future__ import annotations
 
-from kidata.sources.oxe import register
+from kidata.sources.registry import register_dataset
 from kidata.sources.spec import DatasetSpec, make_spec
 
 ACTION_SPACES = {
@@ -40,5 +40,5 @@ def droid_spec(action_space: str = "joint_velocity", *, name: str = "droid", suc
     )
 
 
-register(droid_spec(name="droid"))
-register(droid_spec(name="droid_100"))
+register_dataset(droid_spec(name="droid"))
+register_dataset(droid_spec(name="droid_100"))

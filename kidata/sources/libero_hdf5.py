@@ -1,17 +1,10 @@
-"""LIBERO in both published forms, standardized to the same conventions.
-
-* RLDS ``libero_{spatial,object,goal,10}_no_noops``: observation/image and wrist_image (256x256,
-  already rotated 180 degrees), observation/state (8: end-effector position 3, axis-angle 3,
-  gripper joint positions 2), action (7, gripper -1 = open / +1 = close), language_instruction.
-* The original HDF5 demonstrations (robomimic layout): data/demo_N/obs/{agentview_rgb,
-  eye_in_hand_rgb, ee_pos, ee_ori, gripper_states, joint_states}, data/demo_N/actions; the
-  instruction from the ``problem_info`` attribute or the file name. Frames are stored upside down
-  and no-op steps are kept, so this reader rotates the frames by 180 degrees and drops no-op steps
-  the way the RLDS form was made: a step is a no-op when its arm action (first 6 values) has norm
-  below 1e-4 and its gripper command equals the previous step's.
-
-Both give episodes with the same camera names and orientation, state layout, gripper sign (1 =
-open) and steps, at 20 Hz.
+"""LIBERO's original HDF5 demonstrations (robomimic layout), standardized to the conventions of its
+RLDS release (``kidata.sources.datasets.libero``): data/demo_N/obs/{agentview_rgb, eye_in_hand_rgb,
+ee_pos, ee_ori, gripper_states, joint_states}, data/demo_N/actions; the instruction from the
+``problem_info`` attribute or the file name. Frames are stored upside down and no-op steps are
+kept, so this reader rotates the frames by 180 degrees and drops no-op steps the way the RLDS form
+was made (``kidata.sources.spec.noop_mask``). Both forms give episodes with the same camera names
+and orientation, state layout, gripper sign (1 = open) and steps, at 20 Hz.
 """
 
 from __future__ import annotations
@@ -25,32 +18,10 @@ import numpy as np
 
 from kidata.schema import Episode, Frames, episode_defect
 from kidata.sources.base import ReadReport, WorkUnit, load_annotations, split_range
-from kidata.sources.oxe import register
-from kidata.sources.spec import make_spec
+from kidata.sources.registry import register_reader
+from kidata.sources.spec import noop_mask
 
-SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10")
 FPS = 20
-NOOP_NORM = 1e-4
-
-for _suite in SUITES:
-    register(
-        make_spec(
-            f"{_suite}_no_noops",
-            cameras={"base_0": "image", "left_wrist_0": "wrist_image"},
-            state=["observation/state"],
-            action=["action[:6]", "action[6:7]|pm1_close_to_open"],
-            fps=FPS,
-            action_space="eef_delta",
-        )
-    )
-
-
-def noop_mask(actions: np.ndarray) -> np.ndarray:
-    """bool [T]: True for no-op steps (tiny arm motion, gripper command unchanged)."""
-    arm_still = np.linalg.norm(actions[:, :6], axis=1) < NOOP_NORM
-    same_gripper = np.zeros(len(actions), dtype=bool)
-    same_gripper[1:] = actions[1:, 6] == actions[:-1, 6]
-    return arm_still & same_gripper
 
 
 def instruction_from_filename(path: str | Path) -> str:
@@ -162,3 +133,10 @@ class LiberoHdf5Source:
             metadata={"path": file, "demo": demo},
             annotations=self._annotations.get(episode_id, ()),
         )
+
+
+@register_reader("libero_hdf5", kind="robot", options=("path", "language_annotations"),
+                 paths=("path", "language_annotations"))
+def open_libero_hdf5(options, *, name: str | None, image_size: int, seed: int = 0) -> LiberoHdf5Source:
+    """LIBERO demo files or folders (``path``: one or a list)."""
+    return LiberoHdf5Source(options["path"], name=name or "libero", annotations=options.get("language_annotations"))

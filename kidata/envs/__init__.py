@@ -1,0 +1,1 @@
+"""Simulators: the processes, scenes and scripted experts that demonstrations and evaluation share."""
