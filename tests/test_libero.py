@@ -73,3 +73,29 @@ def test_work_units_split_demos_within_files(hdf5_file):
     assert [(u.start, u.stop) for u in units] == [(0, 1), (1, 2)]
     assert [e.episode_id for u in units for e in source.read(u)] == [
         f"{hdf5_file.stem}-demo_0", f"{hdf5_file.stem}-demo_1"]
+
+
+def test_drop_noops_on_an_rlds_mapping_removes_the_steps_the_libero_release_removed(tmp_path, hdf5_file, demos):
+    """The raw demos (no-ops kept) stored as RLDS and read through a user's mapping with
+    ``drop_noops = true`` give the HDF5 reader's episodes: same steps, actions and frames."""
+    pytest.importorskip("tensorflow_datasets", reason="needs the 'rlds' extra")
+    from kidata.sources.rlds import RldsSource
+    from kidata.sources.spec import spec_from_mapping
+
+    with_noops = [{**demo, "keep": np.ones_like(demo["keep"])} for demo in demos]
+    rlds_dir = fx.write_dataset(tmp_path, "libero_with_noops", fx.libero_features(), {
+        "train": [fx.libero_rlds_episode(d, INSTRUCTION, str(hdf5_file)) for d in with_noops]})
+    mapping = {"cameras": {"base_0": "image", "left_wrist_0": "wrist_image"}, "state": ["observation/state"],
+               "action": ["action[:6]", "action[6:7]|pm1_close_to_open"], "fps": 20}
+    kept = list(RldsSource(str(rlds_dir), spec_from_mapping("raw", mapping)).episodes())
+    report = ReadReport()
+    dropped = list(RldsSource(str(rlds_dir), spec_from_mapping("raw", {**mapping, "drop_noops": True})).episodes(
+        report=report))
+    from_hdf5 = list(LiberoHdf5Source(str(hdf5_file)).episodes())
+    assert [e.steps for e in kept] == [10, 12]
+    assert report.notices["noop_steps_removed"] == 4
+    assert [e.steps for e in dropped] == [e.steps for e in from_hdf5] == [8, 10]
+    for a, b in zip(dropped, from_hdf5):
+        np.testing.assert_allclose(a.actions, b.actions, atol=1e-6)
+        np.testing.assert_array_equal(a.images["base_0"].frame(a.steps - 1),  # the RLDS form is stored upright
+                                      b.images["base_0"].frame(b.steps - 1))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from kidata.sources.registry import lookup
+from kidata.sources import registry
+from kidata.sources.registry import lookup, open_source, register_reader
 from kidata.sources.spec import Part, spec_from_mapping
 
 if sys.version_info >= (3, 11):
@@ -58,3 +59,44 @@ def test_part_notation():
 def test_mapping_rejects_unknown_keys_with_a_suggestion():
     with pytest.raises(ValueError, match="unknown key 'camera'.*did you mean 'cameras'"):
         spec_from_mapping("mine", {"camera": {}, "state": [], "action": ["action"], "fps": 10})
+
+
+def test_reader_table_knows_every_shipped_reader_and_its_kind():
+    kinds = {name: entry.kind for name, entry in registry.readers().items()}
+    assert kinds == {"rlds": "robot", "libero_hdf5": "robot", "metaworld": "robot", "coco_captions": "vlm",
+                     "coco_detection": "vlm", "vqav2": "vlm", "pixmo_cap": "vlm", "pixmo_points": "vlm",
+                     "pixmo_ask": "vlm", "metaworld_scenes": "vlm"}
+
+
+def test_loc_tokens_are_declared_by_the_readers_that_emit_them():
+    uses = {name: entry.uses_loc_tokens({}) for name, entry in registry.readers().items()}
+    assert sorted(n for n, used in uses.items() if used) == ["coco_detection", "pixmo_points"]
+    assert registry.reader("metaworld_scenes").uses_loc_tokens({"pointing": True})
+
+
+def test_a_reader_registered_by_its_own_module_is_usable_in_a_recipe(tmp_path):
+    from kidata.pipelines.recipe import parse_recipe
+
+    @register_reader("test_csv_robot", kind="robot", options=("path", "delimiter"), paths=("path",))
+    def open_csv(options, *, name, image_size, seed=0):
+        return ("opened", options["path"], options.get("delimiter", ","), name)
+
+    try:
+        recipe = parse_recipe({"mixture": {"name": "m"}, "sources": [
+            {"name": "mine", "reader": "test_csv_robot", "path": "episodes.csv", "delimiter": ";"}]}, base_dir=tmp_path)
+        source = recipe.sources[0]
+        assert source.kind == "robot" and source.options["path"] == str(tmp_path / "episodes.csv")
+        assert registry.open_reader("test_csv_robot", source.options, name="mine", image_size=64) == (
+            "opened", str(tmp_path / "episodes.csv"), ";", "mine")
+    finally:
+        registry._READERS.pop("test_csv_robot")
+
+
+def test_a_second_reader_of_the_same_name_is_refused():
+    with pytest.raises(ValueError, match="reader 'rlds' is registered twice"):
+        register_reader("rlds", kind="robot", options=("path",))(lambda options, **_: None)
+
+
+def test_opening_a_source_with_an_unknown_option_names_the_nearest():
+    with pytest.raises(KeyError, match="unknown option 'datset' \\(did you mean 'dataset'\\?\\)"):
+        open_source("rlds", path="/nowhere", datset="bridge_dataset")
