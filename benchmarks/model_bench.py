@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from kidata import assets
 from kidata.model.config import ModelConfig
 from kidata.model.ki_model import KIModel
 from kidata.model.weights import parameter_counts
@@ -61,7 +62,7 @@ def timed(fn, steps: int, device) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--preset", default=str(ROOT / "model" / "ki_tiny.toml"))
+    parser.add_argument("--preset", default=str(assets.ROOT / "model" / "ki_tiny.toml"))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--text", type=int, default=64, help="text tokens per sample (prompt + targets)")
     parser.add_argument("--prefix", type=int, default=24, help="prompt tokens among them")

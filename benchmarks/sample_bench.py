@@ -12,19 +12,19 @@ import argparse
 import os
 import platform
 import time
-from pathlib import Path
 
 os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from kidata import assets  # noqa: E402
 from kidata.sources.synthetic import action_chunks  # noqa: E402
 from kidata.tokenizers.fast import FastTokenizer  # noqa: E402
 from kidata.tokenizers.prompt import SampleEncoder  # noqa: E402
 from kidata.tokenizers.text import TextTokenizer  # noqa: E402
 
-DEMO_TEXT = Path(__file__).resolve().parents[1] / "tokenizers" / "demo-text"
+DEMO_TEXT = assets.ROOT / "tokenizers" / "demo-text"
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_bench  # noqa: E402
 import torch  # noqa: E402
 
+from kidata import assets  # noqa: E402
 from kidata.loader.mixture import read_manifest  # noqa: E402
 from kidata.model.ki_model import KIModel  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
@@ -56,7 +57,7 @@ def main() -> None:
                      "--data.num_workers", str(args.workers), "--data.cameras", '["base_0", "left_wrist_0"]',
                      "--eval.every", "0", "--checkpoint.every", str(10 * args.steps), "--log.progress", "false",
                      "--log.tensorboard", "false", "--model.state_dim", "8", "--model.action_dim", "8"]
-        config = TrainConfig.load(ROOT / "model" / "ki_tiny.toml", overrides)
+        config = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", overrides)
         began = time.perf_counter()
         report = train(config, root / "run")
         wall = time.perf_counter() - began

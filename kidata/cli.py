@@ -343,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--save", help="folder for the PNG contact sheet and action plot (default OUT/inspect)")
     inspect.add_argument("--example", nargs="+", default=["robot", "subtask", "vqa", "detect"],
                          choices=["robot", "subtask", "caption", "vqa", "point", "detect"])
-    inspect.add_argument("--text-tokenizer", default=str(Path(__file__).resolve().parents[1] / "tokenizers" / "demo-text"))
+    inspect.add_argument("--text-tokenizer", default="tokenizers/demo-text")
     inspect.add_argument("--fast-tokenizer", help="FAST directory (default: fit one on generated chunks)")
     inspect.add_argument("--prompt-format", default="pi05", choices=["pi05", "pi0fast"])
     inspect.add_argument("--state-encoding", default="text", choices=["text", "special", "continuous"])

@@ -15,8 +15,10 @@ import json
 import shutil
 from pathlib import Path
 
-DEMO_RECIPE = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
-TINY_PRESET = Path(__file__).resolve().parents[1] / "model" / "ki_tiny.toml"
+from kidata import assets
+
+DEMO_RECIPE = assets.ROOT / "pipelines" / "demo.toml"
+TINY_PRESET = assets.ROOT / "model" / "ki_tiny.toml"
 DEMO_TRAIN_STEPS = 3500  # ~5 min at 11 steps/s on 2 CPU cores (1200 steps: reach 0.4, push 0, button 0; RESULTS.md)
 MAX_STEPS = 300  # the same episode budget as `kidata eval metaworld` (the demo used 150)
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 torch = pytest.importorskip("torch")
 
+from kidata import assets  # noqa: E402
 from kidata.model.config import ModelConfig  # noqa: E402
 from kidata.model.ki_model import KIModel  # noqa: E402
 
-TINY = Path(__file__).resolve().parents[1] / "model" / "ki_tiny.toml"
+TINY = assets.ROOT / "model" / "ki_tiny.toml"
 
 
 def make_batch(seed: int = 0, batch: int = 2, length: int = 12, prefix: int = 6) -> dict:

@@ -17,6 +17,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' extra")
 torch = pytest.importorskip("torch")
 
+from kidata import assets  # noqa: E402
 from kidata.eval.metaworld import ExpertPolicy, SceneSettings, evaluate_metaworld  # noqa: E402
 from kidata.training.config import TrainConfig  # noqa: E402
 
@@ -64,7 +65,7 @@ def run(recipe, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("build")
     build(load_recipe(recipe), str(out), progress=False)
     run = tmp_path_factory.mktemp("runs") / "run"
-    config = TrainConfig.load(ROOT / "model" / "ki_tiny.toml", [
+    config = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", [
         *MODEL, "--data.manifest", json.dumps(str(out / "manifest.json")), "--train.steps", "2", "--eval.every", "1",
         "--eval.metaworld", '{ tasks = ["reach"], episodes = 1, max_steps = 10 }'])
     train(config, run)
@@ -143,9 +144,9 @@ def test_closed_loop_success_lands_in_metrics_at_every_evaluation(run):
 
 def test_the_metaworld_eval_table_refuses_unknown_keys_and_missing_tasks():
     with pytest.raises(ValueError, match="unknown key eval.metaworld.episode .*'episodes'"):
-        TrainConfig.load(ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", '{ tasks = ["reach"], episode = 3 }'])
+        TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", '{ tasks = ["reach"], episode = 3 }'])
     with pytest.raises(ValueError, match="needs tasks"):
-        TrainConfig.load(ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", "{ episodes = 3 }"])
+        TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", "{ episodes = 3 }"])
 
 
 @pytest.mark.slow

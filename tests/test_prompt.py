@@ -20,9 +20,8 @@ STATE_BINS = "140 64 255 0"
 
 @pytest.fixture(scope="module")
 def text():
-    from pathlib import Path
 
-    return TextTokenizer.load(Path(__file__).resolve().parents[1] / DEMO_TEXT)
+    return TextTokenizer.load(DEMO_TEXT)  # the shipped asset
 
 
 @pytest.fixture(scope="module")

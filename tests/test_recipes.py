@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
+from kidata import assets
 from kidata.pipelines.recipe import load_recipe, parse_recipe
 
 if sys.version_info >= (3, 11):
@@ -14,7 +14,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     pass
 
-PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+PIPELINES = assets.ROOT / "pipelines"
 
 
 @pytest.mark.parametrize("name", ["demo", "libero", "droid", "oxe_magic_soup", "ki_cotrain"])

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 
+from kidata import assets
 from kidata.sources import registry
 from kidata.sources.registry import lookup, open_source, register_reader
 from kidata.sources.spec import Part, spec_from_mapping
@@ -16,7 +16,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-MAGIC_SOUP = Path(__file__).resolve().parents[1] / "pipelines" / "oxe_magic_soup.toml"
+MAGIC_SOUP = assets.ROOT / "pipelines" / "oxe_magic_soup.toml"
 REQUIRED = [
     "fractal20220817_data", "kuka", "bridge", "taco_play", "jaco_play", "berkeley_cable_routing", "roboturk",
     "viola", "berkeley_autolab_ur5", "toto", "language_table", "stanford_hydra_dataset_converted_externally_to_rlds",

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
+from kidata import assets
 from kidata.tokenizers.demo_text import train
 from kidata.tokenizers.text import TextTokenizer
 
-DEMO = Path(__file__).resolve().parents[1] / "tokenizers" / "demo-text"
+DEMO = assets.ROOT / "tokenizers" / "demo-text"
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,17 @@ pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS"
 
 from conftest import shared_path  # noqa: E402
 
+from kidata import assets  # noqa: E402
+from kidata.config import parse_overrides  # noqa: E402
 from kidata.loader.mixture import ManifestMismatch  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
 from kidata.training import trainer as train_module  # noqa: E402
-from kidata.training.config import TrainConfig, parse_overrides  # noqa: E402
+from kidata.training.config import TrainConfig  # noqa: E402
 from kidata.training.trainer import TrainingDiverged, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "model" / "ki_tiny.toml"
+TINY = assets.ROOT / "model" / "ki_tiny.toml"
 SHAPE = ["--model.image_size", "64", "--model.action_horizon", "4", "--data.cameras", '["base_0", "base_1"]',
          "--data.num_workers", "0", "--data.batch_size", "8", "--log.progress", "false", "--log.every", "1",
          "--eval.batches", "1", "--eval.batch_size", "4", "--eval.max_new_tokens", "24", "--schedule.warmup_steps", "5"]
@@ -183,7 +185,7 @@ def test_overrides_are_typed_and_unknown_keys_name_the_nearest():
         "optim.lr": 5e-5, "data.weights": {"droid": 1.0}, "model.variant": "joint"}
     with pytest.raises(ValueError, match="did you mean 'lr'"):
         TrainConfig.load(TINY, ["--optim.lrr", "1e-3"])
-    with pytest.raises(ValueError, match=r"unknown table \[optimizer\].*did you mean 'optim'"):
+    with pytest.raises(ValueError, match=r"unknown table 'optimizer'.*did you mean 'optim'"):
         TrainConfig.from_mapping({"model": {}, "optimizer": {}})
     assert TrainConfig.load(TINY, ["--optim.betas", "[0.9, 0.99]"]).optim.betas == (0.9, 0.99)
 

@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from kidata.hashing import stable_seed_words
 from kidata.pipelines.shards import iter_tar, load_npy
 
 _DRAW_BLOCK = 4096
@@ -68,13 +69,6 @@ def check_expectations(manifest: Mapping, expect: Mapping[str, Any]) -> None:
             problems.append(f"encoding.{key}: build has {manifest['encoding'].get(key)!r}, expected {value!r}")
     if problems:
         raise ManifestMismatch("the mixture does not match this model: " + "; ".join(problems))
-
-
-def _stable_seed(*parts: Any) -> list[int]:
-    import hashlib
-
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return [int.from_bytes(digest[i : i + 4], "little") for i in range(0, 16, 4)]
 
 
 class ShardError(ValueError):
@@ -130,7 +124,7 @@ class _SourceStream:
     def _epoch_order(self, epoch: int) -> list[tuple[str, int, int | None]]:
         """(shard, samples, keep-residue or None) this consumer reads in an epoch, in order."""
         shards = list(self.plan.shards)
-        order = np.random.default_rng(_stable_seed(self.seed, self.plan.name, "epoch", epoch)).permutation(len(shards))
+        order = np.random.default_rng(stable_seed_words(self.seed, self.plan.name, "epoch", epoch)).permutation(len(shards))
         shards = [shards[i] for i in order]
         if len(shards) >= self.consumers:
             return [(path, count, None) for path, count in shards[self.consumer :: self.consumers]]
@@ -192,7 +186,7 @@ class _SourceStream:
             items = self._ordered(epoch, block_start)
             for first in range(block_start, length, self.block):
                 chunk = [next(items) for _ in range(min(self.block, length - first))]
-                seed = _stable_seed(self.seed, self.plan.name, epoch, first, self.consumer)
+                seed = stable_seed_words(self.seed, self.plan.name, epoch, first, self.consumer)
                 order = np.random.default_rng(seed).permutation(len(chunk))
                 for index in range(len(chunk)):
                     if first + index >= offset:
@@ -270,7 +264,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             return np.zeros(0, dtype=np.int64)
         parts = []
         for block in range(start // _DRAW_BLOCK, (start + count - 1) // _DRAW_BLOCK + 1):
-            uniforms = np.random.default_rng(_stable_seed(self.seed, "mix", consumer, block)).random(_DRAW_BLOCK)
+            uniforms = np.random.default_rng(stable_seed_words(self.seed, "mix", consumer, block)).random(_DRAW_BLOCK)
             parts.append(np.searchsorted(self._cumulative, uniforms * self._cumulative[-1], side="right"))
         chosen = np.concatenate(parts)[start % _DRAW_BLOCK : start % _DRAW_BLOCK + count]
         return np.minimum(chosen, len(self.plans) - 1)
@@ -307,7 +301,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             if member.endswith(".jpg"):
                 images[member[:-4]] = _decode_jpeg(data) if self.decode_images else data
         if self.augment is not None and self.decode_images:
-            rng = np.random.default_rng(_stable_seed(self.seed, "augment", consumer, draw))
+            rng = np.random.default_rng(stable_seed_words(self.seed, "augment", consumer, draw))
             images = {camera: self.augment(camera, image, rng) for camera, image in images.items()}
         sample["images"] = images
         return sample

@@ -1,16 +1,10 @@
-"""Model configuration: a frozen dataclass loaded from TOML presets in the top-level ``model/``."""
+"""Model configuration: a frozen dataclass loaded from TOML presets (shipped: ``model/*.toml``, in
+``kidata/assets/``)."""
 
 from __future__ import annotations
 
-import difflib
-import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 VARIANTS = ("ki", "joint", "pi0", "pi0_fast", "frozen", "hybrid")
 ACTION_TOKENS = ("fast", "bins")  # the discrete objective the manifest's action tokenizer must match
@@ -104,11 +98,8 @@ class ModelConfig:
 
     @classmethod
     def load(cls, path: str | Path, **overrides) -> "ModelConfig":
-        data = tomllib.loads(Path(path).read_text())
-        data = {**data.get("model", data), **overrides}
-        valid = [f.name for f in fields(cls)]
-        for key in data:
-            if key not in valid:
-                nearest = difflib.get_close_matches(key, valid, n=1)
-                raise ValueError(f"{path}: unknown model key {key!r}" + (f" (did you mean {nearest[0]!r}?)" if nearest else ""))
-        return cls(**data)
+        """The ``[model]`` table of a preset (or a file holding only model keys), with overrides."""
+        from kidata.config import from_table, read_toml
+
+        data, found = read_toml(path)
+        return from_table(cls, {**data.get("model", data), **overrides}, f"{found}: ", section="model.")

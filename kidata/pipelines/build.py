@@ -12,7 +12,6 @@ gives byte-identical shards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 import tempfile
@@ -24,6 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from kidata import __version__
+from kidata.hashing import json_sha256, stable_fraction
 from kidata.pipelines.recipe import Recipe, SourceConfig, parse_recipe
 from kidata.pipelines.shards import ShardWriter, jpeg_bytes, sample_key, sample_members
 from kidata.pipelines.stats import EpisodeStats, NormStats, normalize
@@ -46,12 +46,6 @@ class BuildError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------- helpers
-def stable_fraction(*parts: Any) -> float:
-    """A number in [0, 1) fixed by its inputs (sha256), the same on every machine and run."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
-
 def in_holdout(source: str, record_id: str, fraction: float) -> bool:
     """Held-out by a hash of the source and record id only: the split never moves between builds."""
     return fraction > 0 and stable_fraction("holdout", source, record_id) < fraction
@@ -94,12 +88,12 @@ def warm_up_build(recipe: Recipe) -> None:
     import sentencepiece  # noqa: F401
     import simplejpeg  # noqa: F401
     import tiktoken  # noqa: F401
+    import tokenizers  # noqa: F401
 
     import kidata.sources.images  # noqa: F401
     import kidata.tokenizers.fast  # noqa: F401
     import kidata.tokenizers.prompt  # noqa: F401
     import kidata.tokenizers.text  # noqa: F401
-    import tokenizers  # noqa: F401
 
     for source in recipe.sources:
         warm_up = getattr(open_source(recipe, source), "warm_up", None)
@@ -162,7 +156,7 @@ def _encoder(context: EncodeContext):
     from kidata.tokenizers.ranges import ActionIdMap
     from kidata.tokenizers.text import TextTokenizer
 
-    key = hashlib.sha256(json.dumps(context.fast_files, sort_keys=True).encode()).hexdigest() + context.recipe.sha256
+    key = json_sha256(context.fast_files) + context.recipe.sha256
     if _WORKER_CACHE.get("key") != key:
         mixture = context.recipe.mixture
         fast = load_action_tokenizer(materialize(context.fast_files))

@@ -7,24 +7,22 @@ build sees it (defaults filled in, paths resolved), which the manifest records a
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from kidata import assets
+from kidata.config import check_keys, nearest, read_toml
+from kidata.hashing import json_sha256
 from kidata.sources import registry
-from kidata.sources.registry import COMMON_SOURCE_KEYS, nearest
+from kidata.sources.registry import COMMON_SOURCE_KEYS
 
 if sys.version_info >= (3, 11):
-    import tomllib
+    pass
 else:  # pragma: no cover
-    import tomli as tomllib
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
+    pass
 
 class RecipeError(ValueError):
     """A recipe that cannot be built as written."""
@@ -87,7 +85,7 @@ class Recipe:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(self.canonical(), sort_keys=True).encode()).hexdigest()
+        return json_sha256(self.canonical())
 
     def source(self, name: str) -> SourceConfig:
         for source in self.sources:
@@ -96,27 +94,22 @@ class Recipe:
         raise KeyError(f"recipe has no source {name!r} (sources: {[s.name for s in self.sources]})")
 
     def resolve_asset(self, value: str) -> str:
-        """A tokenizer reference: relative to the recipe folder, else to the kidata checkout (where
-        ``tokenizers/`` ships), else left as is (a hub id or URL)."""
+        """A tokenizer reference: relative to the recipe folder, else a shipped asset
+        (``tokenizers/demo-text``), else left as is (a hub id or URL)."""
         if "://" in value or Path(value).is_absolute():
             return value
-        for base in (Path(self.base_dir), PROJECT_ROOT):
-            if (base / value).exists():
-                return str((base / value).resolve())
-        return value
+        if (Path(self.base_dir) / value).exists():
+            return str((Path(self.base_dir) / value).resolve())
+        asset = assets.shipped(value)
+        return str(asset) if asset is not None else value
 
 
 def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Recipe:
-    for key in data:
-        if key not in ("mixture", "sources"):
-            raise RecipeError(f"unknown top-level table {key!r}{nearest(key, ['mixture', 'sources'])}")
+    check_keys(data, ("mixture", "sources"), "", error=RecipeError, noun="top-level table")
     if "mixture" not in data:
         raise RecipeError("recipe lacks the [mixture] table")
-    valid = [f.name for f in fields(MixtureConfig)]
     mixture_table = dict(data["mixture"])
-    for key in mixture_table:
-        if key not in valid:
-            raise RecipeError(f"[mixture]: unknown key {key!r}{nearest(key, valid)}")
+    check_keys(mixture_table, [f.name for f in fields(MixtureConfig)], "[mixture]: ", error=RecipeError)
     if "name" not in mixture_table:
         raise RecipeError("[mixture]: 'name' is required")
     mixture = MixtureConfig(**mixture_table)
@@ -193,11 +186,9 @@ def _check_mixture(mixture: MixtureConfig) -> None:
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as error:
-        raise RecipeError(f"{path}: not valid TOML ({error})") from error
+    """A recipe file; a relative path that does not exist is looked up among the shipped
+    recipes (``pipelines/demo.toml`` works from any folder)."""
+    data, path = read_toml(path, error=RecipeError)
     try:
         return parse_recipe(data, base_dir=path.parent)
     except RecipeError as error:

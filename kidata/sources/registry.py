@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, Mapping
 
+from kidata.config import nearest
 from kidata.sources.spec import DatasetSpec
 
 KINDS = ("robot", "vlm")
@@ -124,12 +125,6 @@ def lookup(name: str) -> DatasetSpec:
         nearest_names = difflib.get_close_matches(name, table, n=3)
         raise KeyError(f"no standardization entry {name!r}; nearest: {nearest_names}; or map the keys in the recipe")
     return table[name]
-
-
-def nearest(key: str, valid: tuple[str, ...] | list[str]) -> str:
-    """' (did you mean X?)' or ' (valid: [...])': the tail of every unknown-key refusal."""
-    match = difflib.get_close_matches(key, valid, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else f" (valid keys: {sorted(valid)})"
 
 
 def _load(package: str, group: str) -> None:

@@ -7,7 +7,6 @@ stride 5) and decoding interpolates linearly between kept steps, holding the las
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import asdict, dataclass
@@ -16,6 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
+from kidata.hashing import json_sha256
 from kidata.tokenizers.base import ClipWarning, DecodeError, as_chunk_batch, as_token_lists
 
 BINS_FILE = "kidata_bins.json"
@@ -50,7 +50,7 @@ class BinTokenizer:
 
     @property
     def sha256(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()
+        return json_sha256(asdict(self))
 
     def kept_steps(self, horizon: int) -> np.ndarray:
         return np.arange(0, horizon, self.stride)

@@ -43,7 +43,8 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, name_or_path: str | Path, *, base_dir: str | Path | None = None) -> "TextTokenizer":
-        """A local directory or file (relative paths resolve against ``base_dir``), else a hub id."""
+        """A local directory or file (relative paths resolve against ``base_dir``), else a shipped
+        asset (``tokenizers/demo-text``), else a hub id."""
         path = Path(name_or_path)
         if not path.is_absolute() and base_dir is not None:
             path = Path(base_dir) / path
@@ -54,6 +55,11 @@ class TextTokenizer:
             raise FileNotFoundError(f"{path} holds neither tokenizer.model nor tokenizer.json")
         if path.is_file():
             return cls._from_file(path)
+        from kidata import assets
+
+        shipped = assets.shipped(name_or_path)
+        if shipped is not None:
+            return cls.load(shipped)
         return cls._from_hub(str(name_or_path))
 
     @classmethod

@@ -22,7 +22,6 @@ checksums; a damaged one is skipped with a notice naming the file, never silentl
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+
+from kidata.hashing import file_sha256
 
 LATEST = "latest"
 CHECKSUMS = "checksums.json"
@@ -78,7 +79,7 @@ def checkpoint_problem(path: Path) -> str | None:
             return f"{file} is missing"
         if file.stat().st_size != entry["bytes"]:
             return f"{file} has {file.stat().st_size} bytes, {entry['bytes']} were written (truncated?)"
-        if _sha256(file) != entry["sha256"]:
+        if file_sha256(file) != entry["sha256"]:
             return f"{file} does not match its sha256 (damaged)"
     return None
 
@@ -107,14 +108,6 @@ def latest_checkpoint(run: Path) -> Path | None:
     if path is None and holds_checkpoints(run):
         raise CheckpointError(f"{run} holds no complete checkpoint: " + "; ".join(notices))
     return path
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def optimizer_tensors(optimizer_state: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -156,7 +149,7 @@ def save_checkpoint(run: Path, step: int, *, model: Mapping[str, torch.Tensor], 
         if ema is not None:
             save_file({k: v.detach().to("cpu").contiguous() for k, v in ema.items()}, str(temporary / "ema.safetensors"))
         (temporary / "trainer.json").write_text(json.dumps({**trainer, "optimizer": rest}, indent=2, sort_keys=True))
-        sums = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in sorted(temporary.iterdir())}
+        sums = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(temporary.iterdir())}
         (temporary / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True))
         _fsync_dir(temporary)
         shutil.rmtree(final, ignore_errors=True)

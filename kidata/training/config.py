@@ -5,19 +5,13 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
-import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from kidata.config import apply_overrides, check_keys, from_table, nearest, read_toml
 from kidata.model.config import ModelConfig
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 
 @dataclass(frozen=True)
@@ -96,7 +90,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         for key, value in self.metaworld.items():
             if key not in METAWORLD_EVAL_KEYS:
-                raise ValueError(f"unknown key eval.metaworld.{key}{_nearest(key, list(METAWORLD_EVAL_KEYS))}")
+                raise ValueError(f"unknown key eval.metaworld.{key}{nearest(key, METAWORLD_EVAL_KEYS)}")
             if not isinstance(value, METAWORLD_EVAL_KEYS[key]) or isinstance(value, bool):
                 raise ValueError(f"eval.metaworld.{key} must be {METAWORLD_EVAL_KEYS[key]}, got {value!r}")
         if self.metaworld and "tasks" not in self.metaworld:
@@ -147,67 +141,17 @@ class TrainConfig:
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, origin: str = "config") -> "TrainConfig":
         sections = {"model": ModelConfig, **SECTIONS}
-        for name in data:
-            if name not in sections:
-                raise ValueError(f"{origin}: unknown table [{name}]{_nearest(name, list(sections))}")
-        built = {}
-        for name, kind in sections.items():
-            values = dict(data.get(name, {}))
-            valid = {f.name: f for f in fields(kind)}
-            for key in values:
-                if key not in valid:
-                    raise ValueError(f"{origin}: unknown key {name}.{key}{_nearest(key, list(valid))}")
-            built[name] = kind(**{k: _coerce(valid[k], v) for k, v in values.items()})
-        return cls(**built)
+        check_keys(data, list(sections), f"{origin}: ", noun="table")
+        return cls(**{name: from_table(kind, dict(data.get(name, {})), f"{origin}: ", section=f"{name}.")
+                      for name, kind in sections.items()})
 
     @classmethod
     def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> "TrainConfig":
         """A preset plus ``--section.key value`` overrides (values read as TOML literals, bare
-        words as strings)."""
-        data = tomllib.loads(Path(path).read_text())
-        data = {name: dict(table) for name, table in data.items()}
-        for key, value in parse_overrides(overrides).items():
-            section, _, name = key.partition(".")
-            data.setdefault(section, {})[name] = value
-        return cls.from_mapping(data, origin=str(path))
+        words as strings). A relative path that does not exist names a shipped preset
+        (``model/ki_tiny.toml``)."""
+        data, found = read_toml(path)
+        return cls.from_mapping(apply_overrides(data, overrides), origin=str(found))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
-
-
-def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
-    """``["--optim.lr", "5e-5", "--data.weights", "{droid = 1.0}"]`` -> {"optim.lr": 5e-05, ...}."""
-    out: dict[str, Any] = {}
-    items = list(arguments)
-    while items:
-        flag = items.pop(0)
-        if not flag.startswith("--") or "." not in flag:
-            raise ValueError(f"expected --section.key, got {flag!r}")
-        key, _, inline = flag[2:].partition("=")
-        if not inline:
-            if not items:
-                raise ValueError(f"{flag} needs a value")
-            inline = items.pop(0)
-        out[key] = _literal(inline)
-    return out
-
-
-def _literal(text: str) -> Any:
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
-
-
-def _coerce(spec: dataclasses.Field, value: Any) -> Any:
-    kind = str(spec.type)
-    if kind.startswith("tuple") and isinstance(value, list):
-        return tuple(value)
-    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
-
-
-def _nearest(key: str, valid: list[str]) -> str:
-    match = difflib.get_close_matches(key, valid, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else f" (valid: {sorted(valid)})"

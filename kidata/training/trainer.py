@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import math
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from kidata.hashing import json_sha256, stable_seed
 from kidata.loader.collate import Augment, collate
 from kidata.loader.mixture import ManifestMismatch, MixtureDataset, check_expectations, read_manifest
 from kidata.model.ki_model import KIModel, sample_flow_inputs
@@ -67,8 +67,7 @@ def check_compatible(manifest: dict, config: TrainConfig) -> None:
 
 def flow_inputs(seed: int, rank: int, step: int, micro: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise [B, H, A] and time [B] of one micro-batch, a function of its coordinates only."""
-    digest = hashlib.sha256(f"{seed}/{rank}/{step}/{micro}".encode()).digest()
-    return sample_flow_inputs(shape, torch.Generator().manual_seed(int.from_bytes(digest[:8], "little")))
+    return sample_flow_inputs(shape, torch.Generator().manual_seed(stable_seed(seed, rank, step, micro)))
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -317,7 +316,7 @@ def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDatase
     if env.rank != 0:
         return None
     trainer = {"step": step, "data_state": streams, "world_size": env.world,
-               "config_sha256": hashlib.sha256(json.dumps(config.to_json(), sort_keys=True).encode()).hexdigest()}
+               "config_sha256": json_sha256(config.to_json())}
     try:
         return save_checkpoint(run, step, model=model_state, optimizer=optimizer_state, ema=ema, trainer=trainer,
                                keep=config.checkpoint.keep)

@@ -1,0 +1,63 @@
+"""The data kidata ships inside the package (this folder, ``kidata/assets/``), found the same way in a checkout,
+an editable install and a wheel:
+
+* ``pipelines/*.toml``: recipes (``kidata build pipelines/demo.toml``);
+* ``model/*.toml``: model + training presets (``kidata train --model model/ki_tiny.toml``);
+* ``tokenizers/demo-text``: the demo SentencePiece text tokenizer recipes name by default.
+
+A relative path that does not exist where it is given is looked up here under the same name, so the
+short names work from any folder. Nothing here is found through ``Path(__file__).parents``
+outside this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+KINDS = ("pipelines", "model", "tokenizers")
+
+
+class AssetNotFound(FileNotFoundError):
+    """A path that exists neither where it was given nor among the shipped assets."""
+
+
+def shipped(name: str | Path) -> Path | None:
+    """The shipped asset of that relative name (``pipelines/demo.toml``), or None."""
+    name = Path(name)
+    if name.is_absolute() or ".." in name.parts:
+        return None
+    candidate = ROOT / name
+    return candidate if candidate.exists() else None
+
+
+def resolve(path: str | Path, *, base: str | Path | None = None) -> Path:
+    """``path`` as given (relative to ``base`` or the working folder) when it exists, else the
+    shipped asset of that name; refuses with both places named and what ships of that kind."""
+    given = Path(path)
+    local = (Path(base) / given) if base is not None and not given.is_absolute() else given
+    if local.exists():
+        return local
+    asset = shipped(given)
+    if asset is not None:
+        return asset
+    kind = given.parts[0] if given.parts and given.parts[0] in KINDS else None
+    hint = f"; shipped {kind}: {listing()[kind]}" if kind else f"; shipped assets: {sorted(_all())}"
+    raise AssetNotFound(f"{path}: no such file (looked in {local.resolve().parent} and {ROOT}){hint}")
+
+
+def listing() -> dict[str, list[str]]:
+    """Shipped assets by kind, as the names ``resolve`` accepts."""
+    out: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    for name in _all():
+        out[name.split("/", 1)[0]].append(name)
+    return out
+
+
+def _all() -> list[str]:
+    names = []
+    for kind in KINDS:
+        folder = ROOT / kind
+        entries = sorted(folder.iterdir()) if folder.is_dir() else []
+        names += [f"{kind}/{entry.name}" for entry in entries if entry.suffix == ".toml" or entry.is_dir()]
+    return names

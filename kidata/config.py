@@ -1,0 +1,103 @@
+"""The one path from TOML to frozen dataclasses, shared by recipes (``pipelines/*.toml``), model
+presets and training configs (``model/*.toml``): reading a file (shipped names resolved), refusing
+unknown keys with the nearest valid one, coercing TOML's types to the fields', and
+``--section.key value`` command-line overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or table that cannot be used as written; the message names file and key."""
+
+
+def nearest(key: str, valid: Iterable[str]) -> str:
+    """' (did you mean X?)', else ' (valid keys: [...])': the tail of every unknown-key refusal."""
+    valid = list(valid)
+    match = difflib.get_close_matches(key, valid, n=1)
+    return f" (did you mean {match[0]!r}?)" if match else f" (valid keys: {sorted(valid)})"
+
+
+def read_toml(path: str | Path, *, error: type[ValueError] = ConfigError) -> tuple[dict[str, Any], Path]:
+    """The parsed file and where it was found (a relative path that does not exist names a shipped
+    asset, ``kidata.assets``)."""
+    from kidata import assets
+
+    found = assets.resolve(path)
+    try:
+        return tomllib.loads(found.read_text()), found
+    except tomllib.TOMLDecodeError as parse_error:
+        raise error(f"{found}: not valid TOML ({parse_error})") from parse_error
+
+
+def check_keys(table: Mapping[str, Any], valid: Sequence[str], where: str, *, section: str = "",
+               error: type[ValueError] = ConfigError, noun: str = "key") -> None:
+    """Refuses the first unknown key of ``table``: "<where>unknown key '<section>x' (did you mean
+    'y'?)"."""
+    for key in table:
+        if key not in valid:
+            raise error(f"{where}unknown {noun} '{section}{key}'{nearest(key, valid)}")
+
+
+def from_table(kind: type[T], table: Mapping[str, Any], where: str, *, section: str = "",
+               error: type[ValueError] = ConfigError) -> T:
+    """``kind(**table)`` after checking the keys against its fields and coercing TOML values
+    (lists to tuple fields, integers to float fields)."""
+    valid = {f.name: f for f in dataclasses.fields(kind)}
+    check_keys(table, list(valid), where, section=section, error=error)
+    return kind(**{key: _coerce(valid[key], value) for key, value in table.items()})
+
+
+def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
+    """``["--optim.lr", "5e-5", "--data.weights", "{droid = 1.0}"]`` -> {"optim.lr": 5e-05, ...}:
+    values read as TOML literals, bare words as strings."""
+    out: dict[str, Any] = {}
+    items = list(arguments)
+    while items:
+        flag = items.pop(0)
+        if not flag.startswith("--") or "." not in flag:
+            raise ValueError(f"expected --section.key, got {flag!r}")
+        key, _, inline = flag[2:].partition("=")
+        if not inline:
+            if not items:
+                raise ValueError(f"{flag} needs a value")
+            inline = items.pop(0)
+        out[key] = _literal(inline)
+    return out
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A copy of a sectioned config with ``--section.key value`` overrides applied."""
+    merged = {name: dict(table) for name, table in data.items()}
+    for key, value in parse_overrides(overrides).items():
+        section, _, name = key.partition(".")
+        merged.setdefault(section, {})[name] = value
+    return merged
+
+
+def _literal(text: str) -> Any:
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _coerce(spec: dataclasses.Field, value: Any) -> Any:
+    kind = str(spec.type)
+    if kind.startswith("tuple") and isinstance(value, list):
+        return tuple(value)
+    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

@@ -1,0 +1,75 @@
+"""The shipped assets resolve from anywhere, and every TOML config refuses unknown keys the same way."""
+
+from __future__ import annotations
+
+import pytest
+
+from kidata import assets
+from kidata.config import ConfigError, apply_overrides, from_table, read_toml
+from kidata.model.config import ModelConfig
+from kidata.pipelines.recipe import load_recipe
+from kidata.training.config import TrainConfig
+
+
+def test_shipped_recipes_and_presets_load_by_their_short_names_from_any_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = load_recipe("pipelines/demo.toml")
+    assert recipe.mixture.name == "demo" and recipe.base_dir == str(assets.ROOT / "pipelines")
+    assert TrainConfig.load("model/ki_tiny.toml").model.image_size == 96
+    assert ModelConfig.load("model/ki_2b.toml").width == 2048
+
+
+def test_a_local_file_wins_over_the_shipped_asset_of_the_same_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "demo.toml").write_text(
+        '[mixture]\nname = "mine"\n[[sources]]\nname = "s"\nreader = "metaworld"\ntasks = ["reach"]\n')
+    assert load_recipe("pipelines/demo.toml").mixture.name == "mine"
+
+
+def test_the_demo_text_tokenizer_resolves_from_a_recipe_outside_the_checkout(tmp_path):
+    recipe_path = tmp_path / "r.toml"
+    recipe_path.write_text('[mixture]\nname = "m"\n[[sources]]\nname = "s"\nreader = "metaworld"\ntasks = ["reach"]\n')
+    recipe = load_recipe(recipe_path)
+    assert recipe.resolve_asset(recipe.mixture.text_tokenizer) == str(assets.ROOT / "tokenizers" / "demo-text")
+
+
+def test_a_missing_file_names_both_places_and_what_ships(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(assets.AssetNotFound, match=r"pipelines/dmeo.toml: no such file .*shipped pipelines: \[.*"
+                                                   r"'pipelines/demo.toml'"):
+        load_recipe("pipelines/dmeo.toml")
+
+
+def test_every_shipped_asset_is_listed():
+    listing = assets.listing()
+    assert "pipelines/oxe_magic_soup.toml" in listing["pipelines"]
+    assert listing["model"] == ["model/ki_2b.toml", "model/ki_metaworld.toml", "model/ki_tiny.toml"]
+    assert listing["tokenizers"] == ["tokenizers/demo-text"]
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\nwidth = 3")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        read_toml(bad)
+
+
+def test_unknown_keys_are_refused_with_the_nearest_in_model_presets(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text("[model]\nwidht = 64\n")
+    with pytest.raises(ConfigError, match=r"p.toml: unknown key 'model.widht' \(did you mean 'width'\?\)"):
+        ModelConfig.load(preset)
+
+
+def test_toml_integers_fill_float_fields_and_lists_fill_tuple_fields():
+    from kidata.training.config import OptimConfig
+
+    optim = from_table(OptimConfig, {"lr": 1, "betas": [0.9, 0.95]}, "")
+    assert optim.lr == 1.0 and isinstance(optim.lr, float) and optim.betas == (0.9, 0.95)
+
+
+def test_overrides_land_in_their_sections_without_touching_the_original():
+    data = {"optim": {"lr": 1e-4}}
+    merged = apply_overrides(data, ["--optim.lr", "5e-5", "--train.steps=7"])
+    assert merged == {"optim": {"lr": 5e-5}, "train": {"steps": 7}} and data == {"optim": {"lr": 1e-4}}
