@@ -28,7 +28,7 @@ import build_bench  # noqa: E402
 import torch  # noqa: E402
 
 from kidata import assets  # noqa: E402
-from kidata.loader.mixture import read_manifest  # noqa: E402
+from kidata.manifest import Manifest  # noqa: E402
 from kidata.model.ki_model import KIModel  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
@@ -52,7 +52,7 @@ def main() -> None:
         recipe_path.write_text(recipe_path.read_text().replace("image_size = 224", "image_size = 96"))
         build(load_recipe(recipe_path), str(root / "out"), progress=False)
         manifest_path = str(root / "out" / "manifest.json")
-        manifest, _ = read_manifest(manifest_path)
+        manifest, _ = Manifest.read(manifest_path)
         overrides = ["--data.manifest", json.dumps(manifest_path), "--train.steps", str(args.steps),
                      "--data.num_workers", str(args.workers), "--data.cameras", '["base_0", "left_wrist_0"]',
                      "--eval.every", "0", "--checkpoint.every", str(10 * args.steps), "--log.progress", "false",

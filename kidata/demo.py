@@ -52,7 +52,7 @@ def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eva
     tasks = [source.options["tasks"] for source in recipe.sources if source.reader == "metaworld"][0]
     print(f"\n3/3 closed-loop evaluation in Meta-World ({eval_episodes} episodes per task) ...", flush=True)
     loaded = policies.load(run)
-    scene = SceneSettings.from_manifest(loaded.manifest)
+    scene = SceneSettings.from_recipe(loaded.manifest.recipe)
     trained = evaluate_metaworld(loaded, tasks, episodes=eval_episodes, replan=5, max_steps=MAX_STEPS, scene=scene,
                                  out=run / "metaworld")
     upper = evaluate_metaworld(ExpertPolicy(), tasks, episodes=eval_episodes, max_steps=MAX_STEPS, scene=scene)

@@ -19,6 +19,11 @@ def stable_fraction(*parts: Any) -> float:
     return int.from_bytes(stable_digest(*parts)[:8], "big") / 2**64
 
 
+def in_holdout(source: str, record_id: str, fraction: float) -> bool:
+    """Held-out by a hash of the source and record id only: the split never moves between builds."""
+    return fraction > 0 and stable_fraction("holdout", source, record_id) < fraction
+
+
 def stable_seed(*parts: Any) -> int:
     """A 64-bit seed (``torch.Generator().manual_seed``) fixed by its inputs."""
     return int.from_bytes(stable_digest(*parts)[:8], "little")

@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from kidata.loader.collate import collate
+from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.model.weights import load_weights
 from kidata.pipelines.stats import NormStats, normalize, unnormalize
+from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.checkpoint import latest_checkpoint
 from kidata.training.config import TrainConfig
 
@@ -34,21 +36,21 @@ class ObservationError(ValueError):
 class Policy:
     """``num_steps``: flow integration steps of ``sample_actions`` unless a call names its own."""
 
-    def __init__(self, model: KIModel, config: TrainConfig, manifest: dict, encoder: Any, *, source: str | None = None,
-                 device: str | torch.device = "cpu", num_steps: int = 10) -> None:
+    def __init__(self, model: KIModel, config: TrainConfig, manifest: Manifest, encoder: Any, *,
+                 source: str | None = None, device: str | torch.device = "cpu", num_steps: int = 10) -> None:
         self.model, self.config, self.manifest, self.encoder = model.eval(), config, manifest, encoder
         self.device = torch.device(device)
-        robots = [s for s in manifest["sources"] if s["kind"] == "robot"]
+        robots = [s for s in manifest.sources if s.kind == "robot"]
         if not robots:
             raise ValueError("the run's mixture has no robot source: nothing to unnormalize actions with")
-        chosen = next((s for s in robots if s["name"] == source), None) if source else robots[0]
+        chosen = next((s for s in robots if s.name == source), None) if source else robots[0]
         if chosen is None:
-            raise KeyError(f"no robot source {source!r} in the run (sources: {[s['name'] for s in robots]})")
-        self.source = chosen["name"]
-        self.source_index = manifest["sources"].index(chosen)
-        self.stats = NormStats.from_json(chosen["norm_stats"])
-        self.normalization = manifest["encoding"]["normalization"]
-        self.action_horizon = manifest["encoding"]["action_horizon"]
+            raise KeyError(f"no robot source {source!r} in the run (sources: {[s.name for s in robots]})")
+        self.source = chosen.name
+        self.source_index = manifest.sources.index(chosen)
+        self.stats = NormStats.from_json(chosen.norm_stats)
+        self.normalization = manifest.encoding.normalization
+        self.action_horizon = manifest.encoding.action_horizon
         self.num_steps = num_steps
 
     @property
@@ -120,10 +122,10 @@ class Policy:
         return unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)
 
     def _fast_actions(self, batch: dict) -> np.ndarray:
-        budget = self.manifest["encoding"]["max_tokens"]
+        budget = self.manifest.encoding.max_tokens
         generated = self.model.generate(batch, budget, stop_ids=self.encoder.stop_ids).cpu().numpy()
         decoded, _ = self.encoder.decode_generated_actions(generated, horizon=self.action_horizon,
-                                                           dim=self.manifest["encoding"]["action_dim"])
+                                                           dim=self.manifest.encoding.action_dim)
         return decoded[0]
 
 
@@ -131,11 +133,9 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
          device: str | torch.device = "cpu") -> Policy:
     """The policy of a run directory (latest checkpoint unless ``checkpoint`` names one; its weight
     EMA when the run kept one and ``use_ema``)."""
-    from kidata.pipelines.build import sample_encoder
-
     run = Path(run)
     config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
-    manifest = json.loads((run / "manifest.json").read_text())
+    manifest, _ = Manifest.read(str(run / "manifest.json"))
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run)
     if path is None:
         raise FileNotFoundError(f"{run} has no checkpoint yet")
@@ -149,5 +149,5 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
         model.load_state_dict(state)
     else:
         load_weights(model, weights)
-    encoder = sample_encoder(manifest, str(run / "fast_tokenizer"))
+    encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
     return Policy(model.to(device), config, manifest, encoder, source=source, device=device)

@@ -93,12 +93,12 @@ def built(tmp_path_factory):
 
 def test_manifest_describes_sources_shards_and_encoding(built):
     _, out, manifest = built
-    assert [s["name"] for s in manifest["sources"]] == ["bridge", "vqav2"]
-    bridge = manifest["sources"][0]
-    assert (bridge["kind"], bridge["episodes"], bridge["samples"]) == ("robot", 25, 250)
-    assert {shard["split"] for shard in bridge["shards"]} == {"train", "val"}
-    assert manifest["encoding"]["action_dim"] == 7 and manifest["encoding"]["fast_token_range"] == [1620, 1919]
-    assert set(bridge["norm_stats"]) == {"state", "actions"}
+    assert manifest.source_names == ["bridge", "vqav2"]
+    bridge = manifest.sources[0]
+    assert (bridge.kind, bridge.episodes, bridge.samples) == ("robot", 25, 250)
+    assert {shard.split for shard in bridge.shards} == {"train", "val"}
+    assert manifest.encoding.action_dim == 7 and manifest.encoding.fast_token_range == (1620, 1919)
+    assert set(bridge.norm_stats) == {"state", "actions"}
     assert verify(str(out)) == []
 
 
@@ -109,14 +109,14 @@ def test_shards_decode_back_to_the_episodes(built):
     from kidata.tokenizers.fast import FastTokenizer
 
     recipe, out, manifest = built
-    bridge = manifest["sources"][0]
+    bridge = manifest.sources[0]
     samples = {}
-    for shard in bridge["shards"]:
-        for key, members in iter_shard((out / shard["path"]).read_bytes()):
-            samples[key] = (members, shard["split"])
+    for shard in bridge.shards:
+        for key, members in iter_shard((out / shard.path).read_bytes()):
+            samples[key] = (members, shard.split)
     episodes = list(RldsSource(str(shared_path("data", "rlds", "bridge_dataset", "1.0.0")), lookup("bridge_dataset")).episodes())
     assert len(samples) == sum(e.steps for e in episodes)
-    stats = NormStats.from_json(bridge["norm_stats"])
+    stats = NormStats.from_json(bridge.norm_stats)
     fast = FastTokenizer.load(out / "fast_tokenizer")
     for episode in episodes[:6]:
         splits = set()
@@ -147,14 +147,13 @@ def test_shards_decode_back_to_the_episodes(built):
 
 
 def test_tokens_equal_the_encoders_output(built):
-    from kidata.pipelines.build import EncodeContext, _encoder
+    from kidata.tokenizers.prompt import SampleEncoder
 
     recipe, out, manifest = built
-    files = {n: (out / "fast_tokenizer" / n).read_text() for n in ("processor_config.json", "tokenizer.json", "kidata_fast.json")}
-    encoder = _encoder(EncodeContext(recipe, str(out), files, {}, 7))
-    vqa = manifest["sources"][1]
-    for shard in vqa["shards"]:
-        for key, members in iter_shard((out / shard["path"]).read_bytes()):
+    encoder = SampleEncoder.from_manifest(manifest, out / "fast_tokenizer")  # what inference rebuilds
+    vqa = manifest.sources[1]
+    for shard in vqa.shards:
+        for key, members in iter_shard((out / shard.path).read_bytes()):
             expected = {"vqa-458752000": ("What is this photo taken looking through?", "net"),
                         "vqa-458752001": ("What position is this man playing?", "pitcher"),
                         "vqa-458752002": ("What color is the players shirt?", "orange")}[key]
@@ -168,10 +167,10 @@ def test_engines_and_worker_counts_give_byte_identical_builds(built, tmp_path):
 
 
 def test_the_encode_block_size_does_not_change_the_bytes(built, tmp_path, monkeypatch):
-    import kidata.pipelines.build as build_module
+    import kidata.pipelines.encode_pass as encode_pass
 
     recipe, out, _ = built
-    monkeypatch.setattr(build_module, "ENCODE_BLOCK_STEPS", 5)  # blocks end mid-episode and at its end
+    monkeypatch.setattr(encode_pass, "ENCODE_BLOCK_STEPS", 5)  # blocks end mid-episode and at its end
     build(recipe, str(tmp_path / "blocks"), progress=False)
     assert tree_bytes(tmp_path / "blocks") == tree_bytes(out)
 
@@ -248,11 +247,11 @@ def test_detection_and_robot_data_build_with_the_action_range_moved_off_the_loc_
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", sources=sources, units=2,
                                       extra_mixture='fast_token_rule = "offset"\nfast_token_offset = 300'))
     manifest = build(recipe, str(tmp_path / "out"), progress=False)
-    coco_entry = manifest["sources"][1]
-    assert manifest["encoding"]["fast_token_range"] == [300, 599]
-    assert coco_entry["episodes"] == 37 and coco_entry["samples"] + sum(coco_entry["rejected"].values()) == 37
-    for shard in coco_entry["shards"]:
-        for _key, members in iter_shard((tmp_path / "out" / shard["path"]).read_bytes()):
+    coco_entry = manifest.sources[1]
+    assert manifest.encoding.fast_token_range == (300, 599)
+    assert coco_entry.episodes == 37 and coco_entry.samples + sum(coco_entry.rejected.values()) == 37
+    for shard in coco_entry.shards:
+        for _key, members in iter_shard((tmp_path / "out" / shard.path).read_bytes()):
             tokens, loss = load_npy(members["tokens.npy"]), load_npy(members["loss.npy"])
             target = tokens[loss]
             assert ((target >= 896) & (target <= 1919)).sum() % 4 == 0  # four <loc> per box
@@ -266,14 +265,14 @@ def test_naive_bin_tokens_build_decodes_back_to_the_actions(tmp_path):
     path.write_text(path.read_text().replace("fast_tokenizer = { fit = true, vocab_size = 300, scale = 10.0 }",
                                              "fast_tokenizer = { bins = 256, stride = 2 }"))
     manifest = build(load_recipe(path), str(tmp_path / "out"), progress=False)
-    assert manifest["tokenizers"]["fast"]["kind"] == "bins"
+    assert manifest.action_tokens == "bins"
     tokenizer = load_action_tokenizer(tmp_path / "out" / "fast_tokenizer")
     assert tokenizer == BinTokenizer(n_bins=256, stride=2)
-    bridge = manifest["sources"][0]
-    first, hi = manifest["encoding"]["fast_token_range"]
+    bridge = manifest.sources[0]
+    first, hi = manifest.encoding.fast_token_range
     checked = 0
-    for shard in bridge["shards"][:1]:
-        for _, members in iter_shard((tmp_path / "out" / shard["path"]).read_bytes()):
+    for shard in bridge.shards[:1]:
+        for _, members in iter_shard((tmp_path / "out" / shard.path).read_bytes()):
             tokens, meta = load_npy(members["tokens.npy"]), json.loads(members["meta.json"])
             start, stop = meta["fast_span"]
             assert stop - start == 2 * 7  # 2 kept steps x 7 dims

@@ -232,14 +232,14 @@ def test_fetching_opens_only_http_urls_caps_image_bytes_and_merges_duplicate_url
 
 
 def test_a_json_that_is_not_a_manifest_is_named_as_such(tmp_path):
-    from kidata.loader.mixture import ManifestMismatch, read_manifest
+    from kidata.manifest import Manifest, ManifestMismatch
 
     (tmp_path / "config.json").write_text('{"model": {}}')
     with pytest.raises(ManifestMismatch, match=r"config.json is not a kidata manifest \(lacks \['encoding'"):
-        read_manifest(str(tmp_path / "config.json"))
+        Manifest.read(str(tmp_path / "config.json"))
     (tmp_path / "broken.json").write_text('{"encoding": ')
     with pytest.raises(ManifestMismatch, match="broken.json is not valid JSON"):
-        read_manifest(str(tmp_path / "broken.json"))
+        Manifest.read(str(tmp_path / "broken.json"))
 
 
 def test_a_features_json_naming_a_foreign_class_is_refused_before_tfds_imports_it(tmp_path):
@@ -379,7 +379,7 @@ def test_a_build_that_failed_before_writing_anything_does_not_lock_its_output(tm
     (tmp_path / "out" / "_state" / "recipe.json").write_text('{"recipe_sha256": "0000", "recipe": {}}')
     recipe.write_text(good)
     manifest = build(load_recipe(recipe), str(tmp_path / "out"), progress=False)  # no --force needed
-    assert manifest["sources"][0]["samples"] > 0
+    assert manifest.sources[0].samples > 0
 
 
 def test_rebuilding_over_a_missing_or_truncated_shard_rewrites_its_unit_with_the_same_bytes(mixture, tmp_path):  # noqa: F811

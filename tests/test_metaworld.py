@@ -135,13 +135,13 @@ scenes_per_task = 2
 weight = 0.2
 """)
     manifest = build(load_recipe(tmp_path / "recipe.toml"), str(tmp_path / "out"), progress=False)
-    robot, scenes = manifest["sources"]
-    assert (robot["episodes"], robot["samples"]) == (4, sum(e.steps for e in items))
-    assert scenes["samples"] >= 4
+    robot, scenes = manifest.sources
+    assert (robot.episodes, robot.samples) == (4, sum(e.steps for e in items))
+    assert scenes.samples >= 4
     assert verify(str(tmp_path / "out")) == []
-    stats = NormStats.from_json(robot["norm_stats"])
-    samples = {key: members for shard in robot["shards"]
-               for key, members in iter_shard((tmp_path / "out" / shard["path"]).read_bytes())}
+    stats = NormStats.from_json(robot.norm_stats)
+    samples = {key: members for shard in robot.shards
+               for key, members in iter_shard((tmp_path / "out" / shard.path).read_bytes())}
     for episode in items:
         actions = normalize(episode.actions, stats.actions).astype(np.float32)
         for step in (0, episode.steps - 1):

@@ -98,7 +98,7 @@ def test_parity_names_swapped_cameras(policy, monkeypatch):
 
     swapped = SceneSettings(cameras={"base_0": "gripperPOV", "left_wrist_0": "corner"}, image_size=64,
                             goal_marker_scale=2.0)
-    monkeypatch.setattr(SceneSettings, "from_manifest", classmethod(lambda cls, manifest, source=None: swapped))
+    monkeypatch.setattr(SceneSettings, "from_recipe", classmethod(lambda cls, recipe, source=None: swapped))
     report = parity.check_parity(policy, samples=1)
     tensors = report["samples"][0]["tensors"]
     assert not report["ok"] and not tensors["images"]["ok"]
@@ -151,17 +151,17 @@ def test_the_metaworld_eval_table_refuses_unknown_keys_and_missing_tasks():
 
 @pytest.mark.slow
 def test_scene_settings_come_from_the_runs_recipe_and_a_mixture_without_metaworld_is_refused(policy):
-    settings = SceneSettings.from_manifest(policy.manifest)
+    settings = SceneSettings.from_recipe(policy.manifest.recipe)
     assert settings == SceneSettings(cameras={"base_0": "corner", "left_wrist_0": "gripperPOV"}, image_size=64,
                                      goal_marker_scale=2.0)
-    manifest = {"recipe": {"mixture": {"image_size": 64}, "sources": [{"name": "bridge", "reader": "rlds"}]}}
+    recipe = {"mixture": {"image_size": 64}, "sources": [{"name": "bridge", "reader": "rlds"}]}
     with pytest.raises(ValueError, match=r"no metaworld source \(sources: \['bridge'\]\)"):
-        SceneSettings.from_manifest(manifest)
+        SceneSettings.from_recipe(recipe)
 
 
 def test_privileged_demonstrations_are_the_recipes_training_episodes(recipe):
     from kidata.eval.privileged import OBSERVATION_DIM, collect
-    from kidata.pipelines.build import in_holdout
+    from kidata.hashing import in_holdout
 
     data = collect(recipe)
     kept = [e for e in range(4) if not in_holdout("metaworld", f"reach-v3-s0-e{e:05d}", 0.5)]
@@ -219,8 +219,14 @@ def test_per_step_open_loop_error_puts_an_error_at_its_step():
 
     stats = {"count": 10, "mean": [0.0, 0.0], "std": [1.0, 1.0], "q01": [-1.0, -1.0], "q99": [1.0, 1.0], "min": [-1.0, -1.0],
              "max": [1.0, 1.0]}
-    manifest = {"encoding": {"action_horizon": 3, "action_dim": 2, "normalization": "mean_std"},
-                "sources": [{"kind": "robot", "norm_stats": {"state": stats, "actions": stats}}]}
+    from kidata.manifest import Encoding, Manifest, SourceEntry, TokenizerRef
+
+    encoding = Encoding(state_encoding="text", prompt_format="pi05", action_horizon=3, action_dim=2, image_size=64,
+                        max_tokens=32, normalization="mean_std", fast_token_rule="openpi", text_vocab_size=100,
+                        fast_token_range=(50, 99))
+    source = SourceEntry(name="s", kind="robot", weight=1.0, reader="rlds", episodes=1, samples=1, quarantined={},
+                         rejected={}, skipped={}, shards=(), norm_stats={"state": stats, "actions": stats})
+    manifest = Manifest("0", {}, "", TokenizerRef("text", "0"), TokenizerRef("fast", "0"), encoding, (source,))
     truth = torch.zeros(1, 3, 2)
     predicted = truth.clone()
     predicted[0, 1, 0] = 2.0  # one error of 2 at step 1, dimension 0
@@ -262,6 +268,5 @@ def test_privileged_state_adds_the_object_and_goal_positions_for_the_perception_
     np.testing.assert_array_equal(robot_state(observation), [0, 1, 2, 3])
     np.testing.assert_array_equal(robot_state(observation, privileged=True), [0, 1, 2, 3, 4, 5, 6, 36, 37, 38])
     assert robot_state(observation).dtype == np.float32
-    manifest = {"recipe": {"mixture": {"image_size": 64},
-                           "sources": [{"name": "mw", "reader": "metaworld", "privileged_state": True}]}}
-    assert SceneSettings.from_manifest(manifest).privileged_state  # the evaluator gives the policy the same state
+    recipe = {"mixture": {"image_size": 64}, "sources": [{"name": "mw", "reader": "metaworld", "privileged_state": True}]}
+    assert SceneSettings.from_recipe(recipe).privileged_state  # the evaluator gives the policy the same state

@@ -14,7 +14,8 @@ pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS"
 from test_build import write_recipe  # noqa: E402
 
 from kidata.loader.collate import Augment, collate  # noqa: E402
-from kidata.loader.mixture import ManifestMismatch, MixtureDataset, _SourceStream  # noqa: E402
+from kidata.loader.mixture import MixtureDataset, _SourceStream  # noqa: E402
+from kidata.manifest import ManifestMismatch  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
 

@@ -20,7 +20,7 @@ from conftest import shared_path  # noqa: E402
 
 from kidata import assets  # noqa: E402
 from kidata.config import parse_overrides  # noqa: E402
-from kidata.loader.mixture import ManifestMismatch  # noqa: E402
+from kidata.manifest import ManifestMismatch  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
 from kidata.training import trainer as train_module  # noqa: E402

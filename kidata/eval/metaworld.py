@@ -8,7 +8,7 @@ training rollouts'); the first ``replan`` actions of every chunk are executed be
 Two reference policies bound the evaluator: the scripted expert (~100%) and uniform random actions.
 
 The scene a trained policy is evaluated in must be the one its data was rendered in (cameras,
-render size, goal marker): ``SceneSettings.from_manifest`` reads them from the run's recipe.
+render size, goal marker): ``SceneSettings.from_recipe`` reads them from the run's recipe.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ class SceneSettings:
     privileged_state: bool = False
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any], source: str | None = None) -> "SceneSettings":
-        """The settings of the run's ``metaworld`` source (the first one unless ``source`` names
-        it); a mixture without one is refused, naming its sources."""
-        recipe = manifest["recipe"]
+    def from_recipe(cls, recipe: Mapping[str, Any], source: str | None = None) -> "SceneSettings":
+        """The settings of a run's ``metaworld`` source (the first one unless ``source`` names
+        it), from its canonical recipe (``Manifest.recipe``); a mixture without one is refused,
+        naming its sources."""
         sources = [s for s in recipe["sources"] if s["reader"] == "metaworld"]
         chosen = next((s for s in sources if s["name"] == source), None) if source else (sources or [None])[0]
         if chosen is None:

@@ -39,7 +39,7 @@ def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_
     from kidata.training.evaluate import prefix_only
 
     manifest_path = manifest_path or policy.config.data.manifest
-    scene_settings = SceneSettings.from_manifest(policy.manifest, policy.source)
+    scene_settings = SceneSettings.from_recipe(policy.manifest.recipe, policy.source)
     dataset = MixtureDataset(manifest_path, split=split, shuffle_buffer=1, augment=None)
     model = policy.config.model
     report, scenes = [], {}

@@ -40,7 +40,7 @@ class Demonstrations:
 def collect(recipe_path: str | Path, *, source_name: str | None = None, horizon: int | None = None) -> Demonstrations:
     """The training episodes of the recipe's ``metaworld`` source, with full observations."""
     from kidata.envs.metaworld import Scene
-    from kidata.pipelines.build import in_holdout, open_source
+    from kidata.hashing import in_holdout
     from kidata.pipelines.recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
@@ -49,7 +49,7 @@ def collect(recipe_path: str | Path, *, source_name: str | None = None, horizon:
         raise ValueError(f"{recipe_path}: no metaworld source{f' named {source_name!r}' if source_name else ''} "
                          f"(sources: {[s.name for s in recipe.sources]})")
     config = configs[0]
-    source = open_source(recipe, config)
+    source = recipe.open(config)
     holdout = config.holdout if config.holdout is not None else recipe.mixture.holdout
     horizon = horizon or recipe.mixture.action_horizon
     features, chunks, valid, count = [], [], [], 0

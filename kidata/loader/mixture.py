@@ -27,48 +27,16 @@ import numpy as np
 import torch
 
 from kidata.hashing import stable_seed_words
+from kidata.manifest import Manifest
 from kidata.pipelines.shards import iter_tar, load_npy
 
 _DRAW_BLOCK = 4096
-
-
-class ManifestMismatch(ValueError):
-    """The build does not match what the trainer expects (tokenizers or encoding settings)."""
 
 
 def _open(url: str):
     import fsspec
 
     return fsspec.open(url, "rb").open()
-
-
-def read_manifest(path: str) -> tuple[dict, str]:
-    """(manifest, root URL of the build)."""
-    with _open(path) as handle:
-        text = handle.read()
-    try:
-        manifest = json.loads(text)
-    except ValueError as error:
-        raise ManifestMismatch(f"{path} is not valid JSON ({error}): pass the build's manifest.json") from None
-    missing = [key for key in ("encoding", "sources", "tokenizers") if not isinstance(manifest, dict) or key not in manifest]
-    if missing:
-        raise ManifestMismatch(f"{path} is not a kidata manifest (lacks {missing}): pass OUT/manifest.json of a "
-                               "kidata build")
-    return manifest, path.rsplit("/", 1)[0] if "/" in path else "."
-
-
-def check_expectations(manifest: Mapping, expect: Mapping[str, Any]) -> None:
-    """``expect`` may hold ``text_sha256``, ``fast_sha256`` and any ``encoding`` field."""
-    problems = []
-    tokenizers = manifest["tokenizers"]
-    for key, actual in (("text_sha256", tokenizers["text"]["sha256"]), ("fast_sha256", tokenizers["fast"]["sha256"])):
-        if key in expect and expect[key] != actual:
-            problems.append(f"{key}: build has {actual[:12]}, expected {str(expect[key])[:12]}")
-    for key, value in expect.get("encoding", {}).items():
-        if manifest["encoding"].get(key) != value:
-            problems.append(f"encoding.{key}: build has {manifest['encoding'].get(key)!r}, expected {value!r}")
-    if problems:
-        raise ManifestMismatch("the mixture does not match this model: " + "; ".join(problems))
 
 
 class ShardError(ValueError):
@@ -212,24 +180,24 @@ class MixtureDataset(torch.utils.data.IterableDataset):
                  shuffle_buffer: int = 256, expect: Mapping[str, Any] | None = None,
                  augment: Any = None, decode_images: bool = True, verify_shards: bool = False) -> None:
         super().__init__()
-        self.manifest, root = read_manifest(manifest_path)
+        self.manifest, root = Manifest.read(manifest_path)
         if expect:
-            check_expectations(self.manifest, expect)
+            self.manifest.check_expectations(expect)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
         self.split, self.seed, self.rank, self.world_size = split, seed, rank, world_size
         self.shuffle_buffer, self.augment, self.decode_images = shuffle_buffer, augment, decode_images
-        self.sources = [s["name"] for s in self.manifest["sources"]]
+        self.sources = self.manifest.source_names
         self.plans = []
         base = {}
-        for index, source in enumerate(self.manifest["sources"]):
-            shards = tuple((s["path"], s["samples"]) for s in source["shards"] if s["split"] == split and s["samples"])
+        encoding = self.manifest.encoding
+        for index, source in enumerate(self.manifest.sources):
+            shards = tuple((s.path, s.samples) for s in source.split_shards(split))
             if shards:
-                encoding = self.manifest["encoding"]
-                sums = {s["path"]: s["sha256"] for s in source["shards"]} if verify_shards else None
-                self.plans.append(_SourcePlan(index, source["name"], root, shards, encoding["text_vocab_size"],
-                                              encoding["max_tokens"], sums))
-                base[source["name"]] = source["weight"] * (sum(c for _, c in shards) if balance else 1.0)
+                sums = {s.path: s.sha256 for s in source.shards} if verify_shards else None
+                self.plans.append(_SourcePlan(index, source.name, root, shards, encoding.text_vocab_size,
+                                              encoding.max_tokens, sums))
+                base[source.name] = source.weight * (sum(c for _, c in shards) if balance else 1.0)
         if not self.plans:
             raise ValueError(f"no {split!r} shards in {manifest_path}")
         if weights is not None:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from kidata.pipelines.build import EncodeContext, _encoder, action_tokenizer_files, output_fs
+from kidata.manifest import Manifest
+from kidata.pipelines.encode_pass import EncodeContext, context_encoder
 from kidata.pipelines.recipe import parse_recipe
 from kidata.pipelines.shards import iter_shard, load_npy
+from kidata.pipelines.storage import output_fs
 from kidata.schema import Sample
+from kidata.tokenizers import action_tokenizer_files
 
 
 def sample_from_members(members: dict[str, bytes]) -> Sample:
@@ -34,26 +37,26 @@ def inspect_build(out: str, *, samples: int = 3, save: str | None = None) -> str
     from kidata.tokenizers.inspect import describe_sample
 
     fs, root = output_fs(out)
-    manifest = json.loads(fs.cat_file(f"{root}/manifest.json").decode())
-    recipe = parse_recipe(manifest["recipe"], base_dir=".")
+    manifest, _ = Manifest.read(fs.unstrip_protocol(f"{root}/manifest.json"))
+    recipe = parse_recipe(manifest.recipe, base_dir=".")
     files = action_tokenizer_files(fs, f"{root}/fast_tokenizer")
-    encoder = _encoder(EncodeContext(recipe, out, files, {}, manifest["encoding"]["action_dim"]))
-    lines = [f"build {manifest['recipe']['mixture']['name']!r} (kidata {manifest['kidata_version']}, recipe "
-             f"{manifest['recipe_sha256'][:12]}); encoding: {json.dumps(manifest['encoding'], sort_keys=True)}"]
+    encoder = context_encoder(EncodeContext(recipe, out, files, {}, manifest.encoding.action_dim))
+    lines = [f"build {manifest.recipe['mixture']['name']!r} (kidata {manifest.kidata_version}, recipe "
+             f"{manifest.recipe_sha256[:12]}); encoding: {json.dumps(manifest.encoding.to_json(), sort_keys=True)}"]
     shown: list[tuple[str, Sample]] = []
-    for source in manifest["sources"]:
-        sizes = [s["bytes"] for s in source["shards"]]
-        splits = {split: sum(s["samples"] for s in source["shards"] if s["split"] == split) for split in ("train", "val")}
-        lines.append(f"- {source['name']} ({source['kind']}, weight {source['weight']}): {source['episodes']} "
-                     f"{'episodes' if source['kind'] == 'robot' else 'examples'}, samples {splits}, "
-                     f"{len(sizes)} shards ({sum(sizes) / 1e6:.1f} MB), quarantined {source['quarantined']}, "
-                     f"rejected {source['rejected']}")
+    for source in manifest.sources:
+        sizes = [s.bytes for s in source.shards]
+        splits = {split: sum(s.samples for s in source.shards if s.split == split) for split in ("train", "val")}
+        lines.append(f"- {source.name} ({source.kind}, weight {source.weight}): {source.episodes} "
+                     f"{'episodes' if source.kind == 'robot' else 'examples'}, samples {splits}, "
+                     f"{len(sizes)} shards ({sum(sizes) / 1e6:.1f} MB), quarantined {dict(source.quarantined)}, "
+                     f"rejected {dict(source.rejected)}")
         taken = 0
-        for shard in source["shards"]:
-            for key, members in iter_shard(fs.cat_file(f"{root}/{shard['path']}")):
+        for shard in source.shards:
+            for key, members in iter_shard(fs.cat_file(f"{root}/{shard.path}")):
                 if taken == samples:
                     break
-                shown.append((f"{source['name']}/{key}", sample_from_members(members)))
+                shown.append((f"{source.name}/{key}", sample_from_members(members)))
                 taken += 1
             if taken == samples:
                 break

@@ -93,6 +93,12 @@ class Recipe:
                 return source
         raise KeyError(f"recipe has no source {name!r} (sources: {[s.name for s in self.sources]})")
 
+    def open(self, source: SourceConfig):
+        """The reader of one of this recipe's sources, opened from its options (the mixture's image
+        size and seed are the defaults of readers that render or simulate)."""
+        return registry.open_reader(source.reader, source.options, name=source.name,
+                                    image_size=self.mixture.image_size, seed=self.mixture.seed)
+
     def resolve_asset(self, value: str) -> str:
         """A tokenizer reference: relative to the recipe folder, else a shipped asset
         (``tokenizers/demo-text``), else left as is (a hub id or URL)."""

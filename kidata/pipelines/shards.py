@@ -12,11 +12,11 @@ import hashlib
 import io
 import json
 import re
-from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import numpy as np
 
+from kidata.manifest import ShardInfo
 from kidata.schema import Sample
 
 _KEY_SAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -79,18 +79,6 @@ def sample_members(sample: Sample, images: dict[str, bytes]) -> dict[str, bytes]
             **sample.meta}
     members["meta.json"] = json_bytes(meta)
     return members
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    path: str  # relative to the build's output root
-    sha256: str
-    samples: int
-    bytes: int
-    split: str
-
-    def to_json(self) -> dict:
-        return asdict(self)
 
 
 class ShardWriter:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import json
 
-from kidata.pipelines.build import output_fs
+from kidata.manifest import Manifest
+from kidata.pipelines.storage import output_fs
 
 
 def verify(out: str) -> list[str]:
@@ -14,15 +14,15 @@ def verify(out: str) -> list[str]:
     manifest_path = f"{root}/manifest.json"
     if not fs.exists(manifest_path):
         return [f"{out}: no manifest.json (the build did not finish)"]
-    manifest = json.loads(fs.cat_file(manifest_path).decode())
+    manifest, _ = Manifest.read(fs.unstrip_protocol(manifest_path))
     problems = []
-    for source in manifest["sources"]:
-        for shard in source["shards"]:
-            path = f"{root}/{shard['path']}"
+    for source in manifest.sources:
+        for shard in source.shards:
+            path = f"{root}/{shard.path}"
             if not fs.exists(path):
-                problems.append(f"{shard['path']}: missing")
+                problems.append(f"{shard.path}: missing")
                 continue
             digest = hashlib.sha256(fs.cat_file(path)).hexdigest()
-            if digest != shard["sha256"]:
-                problems.append(f"{shard['path']}: sha256 {digest[:12]} != manifest {shard['sha256'][:12]}")
+            if digest != shard.sha256:
+                problems.append(f"{shard.path}: sha256 {digest[:12]} != manifest {shard.sha256[:12]}")
     return problems

@@ -5,7 +5,10 @@ from kidata.tokenizers.bins import BinTokenizer
 from kidata.tokenizers.fast import FastTokenizer
 
 __all__ = ["ActionTokenizer", "BinTokenizer", "ClipWarning", "DecodeError", "FastTokenizer", "load_action_tokenizer",
-           "action_tokenizer_kind"]
+           "action_tokenizer_kind", "action_tokenizer_files", "action_tokenizer_from_files", "ACTION_TOKENIZER_FILES"]
+
+# the files that define an action tokenizer (FAST: the first three; naive bins: the last)
+ACTION_TOKENIZER_FILES = ("processor_config.json", "tokenizer.json", "kidata_fast.json", "kidata_bins.json")
 
 
 def action_tokenizer_kind(tokenizer) -> str:
@@ -21,3 +24,21 @@ def load_action_tokenizer(path):
     from kidata.tokenizers.bins import BINS_FILE
 
     return BinTokenizer.load(path) if (Path(path) / BINS_FILE).exists() else FastTokenizer.load(path)
+
+
+def action_tokenizer_files(fs, directory: str) -> dict[str, str]:
+    """An action tokenizer's files (name -> text) from a folder of any fsspec filesystem: workers
+    and remote outputs get the tokenizer by value, not by a path they may not see."""
+    return {name: fs.cat_file(f"{directory}/{name}").decode()
+            for name in ACTION_TOKENIZER_FILES if fs.exists(f"{directory}/{name}")}
+
+
+def action_tokenizer_from_files(files: dict[str, str]):
+    """The tokenizer those files define, written to a fresh local folder and loaded from it."""
+    import tempfile
+    from pathlib import Path
+
+    directory = Path(tempfile.mkdtemp(prefix="kidata-fast-"))
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return load_action_tokenizer(directory)

@@ -29,7 +29,8 @@ VLM samples (PaliGemma): prefix = BOS + "caption en\\n" | "answer en {question}\
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
@@ -37,6 +38,9 @@ from kidata.schema import Sample
 from kidata.tokenizers.ranges import ActionIdMap, TokenRange, check_ranges
 from kidata.tokenizers.state import STATE_ENCODINGS, SpecialStateTokens, discretize_state, state_text
 from kidata.tokenizers.text import TextTokenizer
+
+if TYPE_CHECKING:
+    from kidata.manifest import Manifest
 
 PROMPT_FORMATS = ("pi05", "pi0fast")
 LOC_BINS = 1024
@@ -118,6 +122,34 @@ class SampleEncoder:
         check_ranges(ranges)
         self.stats = EncodingStats()
         self._bar_eos = text.encode("|", add_eos=True)
+
+    @classmethod
+    def from_settings(cls, text: TextTokenizer, action_tokenizer: Any, mixture: Mapping[str, Any], *,
+                      uses_loc_tokens: bool = False) -> "SampleEncoder":
+        """The encoder of a recipe's ``[mixture]`` settings (a mapping of its fields)."""
+        id_map = ActionIdMap(text.vocab_size, action_tokenizer.vocab_size, rule=mixture["fast_token_rule"],
+                             skip=mixture["fast_token_skip"], offset=mixture["fast_token_offset"])
+        return cls(text, action_tokenizer, prompt_format=mixture["prompt_format"],
+                   state_encoding=mixture["state_encoding"], max_tokens=mixture["max_tokens"], id_map=id_map,
+                   special_state_first=mixture["special_state_first"], uses_loc_tokens=uses_loc_tokens)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest, action_tokenizer_dir: str | Path) -> "SampleEncoder":
+        """The encoder a build used, from its manifest and action tokenizer folder (a run's
+        ``fast_tokenizer/``): what inference and evaluation need, without the build. Both
+        tokenizers must be the ones the build recorded (sha256), or nothing is encoded."""
+        from kidata.manifest import ManifestMismatch
+        from kidata.tokenizers import load_action_tokenizer
+
+        text = TextTokenizer.load(manifest.recipe["mixture"]["text_tokenizer"])
+        actions = load_action_tokenizer(action_tokenizer_dir)
+        for label, loaded, recorded, where in (
+                ("text tokenizer", text.sha256, manifest.text_tokenizer.sha256, text.source),
+                ("action tokenizer", actions.sha256, manifest.action_tokenizer.sha256, str(action_tokenizer_dir))):
+            if loaded != recorded:
+                raise ManifestMismatch(f"{label} {where} has sha256 {loaded[:12]}, the build used {recorded[:12]}: "
+                                       "point the mixture's tokenizer at the files the build used")
+        return cls.from_settings(text, actions, manifest.recipe["mixture"])
 
     @property
     def ranges(self) -> dict[str, list[int]]:

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.pipelines.stats import NormStats, unnormalize
 
@@ -36,14 +37,13 @@ def prefix_only(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 class Evaluator:
     """Accumulates metrics over batches; ``result()`` returns plain floats."""
 
-    def __init__(self, manifest: Mapping[str, Any], encoder: Any, *, num_steps: int = 10,
-                 max_new_tokens: int = 64) -> None:
+    def __init__(self, manifest: Manifest, encoder: Any, *, num_steps: int = 10, max_new_tokens: int = 64) -> None:
         self.encoder = encoder
-        self.horizon, self.action_dim = manifest["encoding"]["action_horizon"], manifest["encoding"]["action_dim"]
+        self.horizon, self.action_dim = manifest.encoding.action_horizon, manifest.encoding.action_dim
         self.num_steps, self.max_new_tokens = num_steps, max_new_tokens
-        self.normalization = manifest["encoding"]["normalization"]
-        self.stats = {index: NormStats.from_json(s["norm_stats"]) for index, s in enumerate(manifest["sources"])
-                      if s["kind"] == "robot"}
+        self.normalization = manifest.encoding.normalization
+        self.stats = {index: NormStats.from_json(s.norm_stats) for index, s in enumerate(manifest.sources)
+                      if s.kind == "robot"}
         self.stop_ids = encoder.stop_ids
         self.sums: dict[str, float] = {}
         self.counts: dict[str, float] = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from kidata.manifest import Manifest
 from kidata.training.checkpoint import latest_checkpoint
 from kidata.training.config import TrainConfig
 
@@ -30,9 +31,9 @@ def truncate_metrics(path: Path, step: int) -> None:
 class MetricsLogger:
     """metrics.jsonl, TensorBoard, a progress bar; loss curves and a report at the end."""
 
-    def __init__(self, run: Path, config: TrainConfig, manifest: dict, *, enabled: bool, start: int) -> None:
+    def __init__(self, run: Path, config: TrainConfig, manifest: Manifest, *, enabled: bool, start: int) -> None:
         self.run, self.config, self.enabled = run, config, enabled
-        self.sources = [s["name"] for s in manifest["sources"]]
+        self.sources = manifest.source_names
         self.writer = self.bar = None
         self.window: list[tuple[float, int]] = []
         self.mix = torch.zeros(len(self.sources))

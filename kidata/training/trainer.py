@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import time
 from pathlib import Path
@@ -25,8 +24,10 @@ import torch.distributed as dist
 
 from kidata.hashing import json_sha256, stable_seed
 from kidata.loader.collate import Augment, collate
-from kidata.loader.mixture import ManifestMismatch, MixtureDataset, check_expectations, read_manifest
+from kidata.loader.mixture import MixtureDataset
+from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.ki_model import KIModel, sample_flow_inputs
+from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.checkpoint import load_checkpoint, newest_complete, save_checkpoint
 from kidata.training.config import TrainConfig
 from kidata.training.evaluate import Evaluator
@@ -39,26 +40,25 @@ class TrainingDiverged(RuntimeError):
     """A non-finite loss: the run stops, naming the step and the last good checkpoint."""
 
 
-def check_compatible(manifest: dict, config: TrainConfig) -> None:
+def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
     """Refuses a mixture whose encoding does not fit the model, naming every difference."""
-    model, encoding = config.model, manifest["encoding"]
+    model, encoding = config.model, manifest.encoding
     problems = []
-    if encoding["action_horizon"] != model.action_horizon:
-        problems.append(f"action_horizon: data {encoding['action_horizon']}, model {model.action_horizon}")
-    if encoding["action_dim"] > model.action_dim:
-        problems.append(f"action_dim: data {encoding['action_dim']} > model {model.action_dim}")
-    if encoding["image_size"] != model.image_size:
-        problems.append(f"image_size: data {encoding['image_size']}, model {model.image_size}")
-    if encoding["text_vocab_size"] > model.vocab_size:
-        problems.append(f"text vocabulary: data {encoding['text_vocab_size']} > model vocab_size {model.vocab_size}")
-    kind = manifest["tokenizers"]["fast"].get("kind", "fast")
+    if encoding.action_horizon != model.action_horizon:
+        problems.append(f"action_horizon: data {encoding.action_horizon}, model {model.action_horizon}")
+    if encoding.action_dim > model.action_dim:
+        problems.append(f"action_dim: data {encoding.action_dim} > model {model.action_dim}")
+    if encoding.image_size != model.image_size:
+        problems.append(f"image_size: data {encoding.image_size}, model {model.image_size}")
+    if encoding.text_vocab_size > model.vocab_size:
+        problems.append(f"text vocabulary: data {encoding.text_vocab_size} > model vocab_size {model.vocab_size}")
+    kind = manifest.action_tokens
     if kind != model.action_tokens:
         problems.append(f"action tokens: data {kind!r}, model action_tokens {model.action_tokens!r}")
-    continuous = encoding["state_encoding"] == "continuous"
+    continuous = encoding.state_encoding == "continuous"
     if continuous != (model.state_input in ("prefix", "expert")):
-        problems.append(f"state: data state_encoding {encoding['state_encoding']!r}, model state_input {model.state_input!r}")
-    widest_state = max((len(s["norm_stats"]["state"]["mean"]) for s in manifest["sources"] if s["kind"] == "robot"),
-                       default=0)
+        problems.append(f"state: data state_encoding {encoding.state_encoding!r}, model state_input {model.state_input!r}")
+    widest_state = max((len(s.norm_stats["state"]["mean"]) for s in manifest.sources if s.kind == "robot"), default=0)
     if continuous and widest_state > model.state_dim:
         problems.append(f"state_dim: data {widest_state} > model {model.state_dim}")
     if problems:
@@ -81,19 +81,19 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _prepare_run(run: Path, config: TrainConfig, manifest: dict, root: str, resume: bool) -> None:
+def _prepare_run(run: Path, config: TrainConfig, manifest: Manifest, root: str, resume: bool) -> None:
     """Copies the build's manifest and action tokenizer into RUN; refuses a resume on other data."""
     import fsspec
 
     saved = run / "manifest.json"
     if resume and saved.exists():
-        before = json.loads(saved.read_text())
-        check_expectations(manifest, {"text_sha256": before["tokenizers"]["text"]["sha256"],
-                                      "fast_sha256": before["tokenizers"]["fast"]["sha256"],
-                                      "encoding": before["encoding"]})
+        before, _ = Manifest.read(str(saved))
+        manifest.check_expectations({"text_sha256": before.text_tokenizer.sha256,
+                                     "fast_sha256": before.action_tokenizer.sha256,
+                                     "encoding": before.encoding.to_json()})
     run.mkdir(parents=True, exist_ok=True)
     config.save(run / "config.json")
-    saved.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    saved.write_text(manifest.dumps())
     fs, base = fsspec.core.url_to_fs(f"{root}/fast_tokenizer")
     target = run / "fast_tokenizer"
     target.mkdir(exist_ok=True)
@@ -102,16 +102,16 @@ def _prepare_run(run: Path, config: TrainConfig, manifest: dict, root: str, resu
             (target / Path(path).name).write_bytes(fs.cat_file(path))
 
 
-def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, world: int, manifest: dict,
+def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, world: int, manifest: Manifest,
             *, batch_size: int, workers: int, augment: bool, state: dict | None = None):
-    encoding = manifest["encoding"]
+    encoding = manifest.encoding
     dataset = MixtureDataset(manifest_path, split=split, weights=dict(config.data.weights) or None,
                              balance=config.data.balance, seed=config.train.seed, rank=rank, world_size=world,
                              shuffle_buffer=config.data.shuffle_buffer, augment=Augment() if augment else None,
                              verify_shards=config.data.verify_shards)
     if state is not None:
         dataset.load_state_dict(state)
-    collate_fn = functools.partial(collate, max_tokens=encoding["max_tokens"], action_dim=config.model.action_dim,
+    collate_fn = functools.partial(collate, max_tokens=encoding.max_tokens, action_dim=config.model.action_dim,
                                    action_horizon=config.model.action_horizon, state_dim=config.model.state_dim,
                                    cameras=config.data.cameras, image_size=config.model.image_size)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn)
@@ -150,7 +150,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     manifest_path = config.data.manifest
     if not manifest_path:
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
-    manifest, root = read_manifest(manifest_path)
+    manifest, root = Manifest.read(manifest_path)
     check_compatible(manifest, config)
     checkpoint_path = resume_point(run, config, resume=resume, allow_config_change=allow_config_change)
     if env.rank == 0:
@@ -179,7 +179,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     data, loader = _loader(config, manifest_path, "train", env.rank, env.world, manifest,
                            batch_size=config.data.batch_size, workers=config.data.num_workers,
                            augment=config.data.augment, state=data_state)
-    has_val = any(s["split"] == "val" and s["samples"] for src in manifest["sources"] for s in src["shards"])
+    has_val = manifest.has_split("val")
     logger = MetricsLogger(run, config, manifest, enabled=env.rank == 0, start=start)
     precision = config.train.precision
     use_bf16 = precision == "bf16" or (precision == "auto" and env.device.type == "cuda")
@@ -193,7 +193,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
         totals: dict[str, float] = {}
-        mix = torch.zeros(len(manifest["sources"]))
+        mix = torch.zeros(len(manifest.sources))
         for micro in range(accum):
             batch = {k: v.to(env.device, non_blocking=True) for k, v in next(batches).items()}
             fed += 1
@@ -234,7 +234,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     return logger.finish(config.train.steps, result)
 
 
-def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_path: str, manifest: dict, run: Path,
+def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_path: str, manifest: Manifest, run: Path,
                  env: Distributed, autocast, has_val: bool) -> dict:
     """Held-out metrics (when the mixture has a val split) and, with ``[eval] metaworld``,
     closed-loop success rates."""
@@ -247,12 +247,11 @@ def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_pat
     return result
 
 
-def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest: dict, run: Path,
+def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest: Manifest, run: Path,
                 env: Distributed) -> dict:
     """``[eval] metaworld``: the current weights (the EMA's, when kept, as ``kidata.policy.load``
     would pick) run closed-loop; ``metaworld_success`` is the mean over tasks."""
     from kidata.eval.metaworld import SceneSettings, evaluate_metaworld
-    from kidata.pipelines.build import sample_encoder
     from kidata.policy import Policy
 
     settings = dict(config.eval.metaworld)
@@ -266,11 +265,11 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
                 if name in ema:
                     parameter.copy_(ema[name].to(parameter.dtype))
     try:
-        encoder = sample_encoder(manifest, str(run / "fast_tokenizer"))
+        encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
         policy = Policy(model, config, manifest, encoder, device=env.device, num_steps=config.eval.num_steps)
         outcome = evaluate_metaworld(policy, settings["tasks"], episodes=settings.get("episodes", 5),
                                      replan=settings.get("replan", 5), max_steps=settings.get("max_steps", 300),
-                                     scene=SceneSettings.from_manifest(manifest, policy.source))
+                                     scene=SceneSettings.from_recipe(manifest.recipe, policy.source))
     finally:
         if live is not None:
             with torch.no_grad():
@@ -281,12 +280,10 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
             **{f"metaworld_success/{task}": round(rate, 4) for task, rate in outcome["success_rate"].items()}}
 
 
-def evaluate(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: dict, run: Path,
+def evaluate(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: Manifest, run: Path,
              env: Distributed, autocast) -> dict:
     """Metrics on the first ``eval.batches`` held-out batches of this rank, averaged over ranks."""
-    from kidata.pipelines.build import sample_encoder
-
-    encoder = sample_encoder(manifest, str(run / "fast_tokenizer"))
+    encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
     evaluator = Evaluator(manifest, encoder, num_steps=config.eval.num_steps, max_new_tokens=config.eval.max_new_tokens)
     _, loader = _loader(config, manifest_path, "val", env.rank, env.world, manifest,
                         batch_size=config.eval.batch_size, workers=0, augment=False)

@@ -1,0 +1,21 @@
+"""``kidata demo``: the main job on embedded data (Meta-World rollouts): build, train, evaluate."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(commands) -> None:
+    demo = commands.add_parser("demo", help="the main job on the embedded default data")
+    demo.add_argument("--out", default="demo-out", help="output directory")
+    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--train-steps", type=int, help="training steps (default: the demo's 3500)")
+    demo.set_defaults(handler=demo_command)
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from kidata.demo import run_demo
+
+    run_demo(Path(args.out), workers=args.workers, train_steps=args.train_steps)
+    return 0

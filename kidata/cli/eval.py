@@ -1,0 +1,92 @@
+"""``kidata eval metaworld`` / ``kidata eval privileged``: closed-loop success of a run or a reference
+policy, the inputs parity check, and the privileged-state baseline."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+
+def add_parser(commands) -> None:
+    evaluate = commands.add_parser("eval", help="closed-loop evaluation of policies")
+    eval_commands = evaluate.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
+    metaworld = eval_commands.add_parser("metaworld", help="success rates in Meta-World")
+    chooser = metaworld.add_mutually_exclusive_group(required=True)
+    chooser.add_argument("--run", help="a kidata train run directory")
+    chooser.add_argument("--policy", choices=("expert", "random"), help="a reference policy")
+    metaworld.add_argument("--tasks", nargs="+", default=["MT10"], help="task names or MT10 / MT50")
+    metaworld.add_argument("--episodes", type=int, default=5, help="episodes per task")
+    metaworld.add_argument("--replan", type=int, default=5, help="actions executed per predicted chunk")
+    metaworld.add_argument("--max-steps", type=int, default=300)
+    metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps")
+    metaworld.add_argument("--image-size", type=int, help="render size (default: the model's)")
+    metaworld.add_argument("--source", help="the run's robot source whose statistics apply")
+    metaworld.add_argument("--seed", type=int, default=0)
+    metaworld.add_argument("--goal-marker-scale", type=float, default=1.0,
+                           help="goal marker size for --policy runs (a --run takes its recipe's)")
+    metaworld.add_argument("--check-parity", action="store_true",
+                           help="compare the model inputs of held-out samples (data path) with the live policy's; "
+                                "--episodes samples")
+    metaworld.add_argument("--out", help="folder for contact sheets, action plots and metaworld_eval.json")
+    metaworld.set_defaults(handler=metaworld_command)
+    privileged = eval_commands.add_parser(
+        "privileged", help="an MLP on the simulator's full state, trained on a recipe's Meta-World episodes: "
+                           "what the demonstrations support without perception")
+    privileged.add_argument("--recipe", required=True)
+    privileged.add_argument("--source", help="the recipe's metaworld source (default: the first)")
+    privileged.add_argument("--steps", type=int, default=3000, help="training steps of the MLP")
+    privileged.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
+    privileged.add_argument("--replan", type=int, default=5)
+    privileged.add_argument("--max-steps", type=int, default=300)
+    privileged.add_argument("--out", help="folder for privileged.json and the evaluator's files")
+    privileged.set_defaults(handler=privileged_command)
+
+
+def metaworld_command(args: argparse.Namespace) -> int:
+    from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, SceneSettings, evaluate_metaworld
+
+    if args.run:
+        from kidata import policy as policies
+
+        policy = policies.load(args.run, source=args.source)
+        if args.check_parity:
+            from kidata.eval.parity import check_parity
+
+            report = check_parity(policy, samples=args.episodes)
+            print(json.dumps(report, indent=1, sort_keys=True))
+            print("parity: the model sees the same inputs in training and in the simulator" if report["ok"] else
+                  "parity: MISMATCH - the tensors marked ok=false differ between the data path and the live policy")
+            return 0 if report["ok"] else 1
+        try:
+            scene = SceneSettings.from_recipe(policy.manifest.recipe, policy.source)
+        except ValueError:  # a run trained on other data: the model's size, the default cameras
+            scene = SceneSettings(image_size=policy.config.model.image_size)
+        policy.num_steps = args.num_steps
+        chunk_policy = policy
+    else:
+        if args.check_parity:
+            raise SystemExit("kidata eval metaworld: --check-parity needs --run")
+        scene = SceneSettings(goal_marker_scale=args.goal_marker_scale)
+        chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
+    if args.image_size:
+        scene = dataclasses.replace(scene, image_size=args.image_size)
+    result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes, replan=args.replan,
+                                max_steps=args.max_steps, scene=scene, out=args.out)
+    print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=2, sort_keys=True))
+    if args.out:
+        print(f"contact sheets, action plots and metaworld_eval.json in {args.out}")
+    return 0
+
+
+def privileged_command(args: argparse.Namespace) -> int:
+    from kidata.eval.privileged import run_baseline
+
+    report = run_baseline(args.recipe, episodes=args.episodes, replan=args.replan, max_steps=args.max_steps,
+                          steps=args.steps, source_name=args.source, out=args.out)
+    result = report["closed_loop"]
+    print(json.dumps({"episodes_trained": report["episodes_trained"], "samples": report["samples"],
+                      "seconds_collect_and_train": report["seconds_collect_and_train"],
+                      "success_rate": result["success_rate"], "mean_success_rate": result["mean_success_rate"]},
+                     indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,92 @@
+"""``kidata fast fit`` / ``kidata fast report``: FAST action tokenizers on normalized chunks or a recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+
+def add_parser(commands) -> None:
+    fast = commands.add_parser("fast", help="fit and inspect FAST action tokenizers")
+    actions = fast.add_subparsers(dest="fast_command", metavar="ACTION", required=True)
+
+    fit = actions.add_parser("fit", help="fit a FAST tokenizer on normalized chunks [N, H, D]")
+    fit.add_argument("--chunks", help=".npy file of normalized chunks [N, H, D]")
+    fit.add_argument("--recipe", help="fit on the robot sources of a recipe (pass 1 of a build)")
+    fit.add_argument("--source", nargs="+", help="with --recipe: only these sources")
+    fit.add_argument("--workers", type=int, default=1, help="with --recipe: worker processes")
+    fit.add_argument("--vocab-size", type=int, default=1024)
+    fit.add_argument("--scale", type=float, default=10.0, help="DCT coefficient scale before rounding")
+    fit.add_argument("--target-rmse", type=float, default=None, help="pick the scale for this rounding RMSE")
+    fit.add_argument("--min-frequency", type=int, default=2, help="least count for a BPE merge")
+    fit.add_argument("--out", required=True, help="directory to write the tokenizer into")
+    fit.add_argument("--quiet", action="store_true", help="no progress bars")
+    fit.set_defaults(handler=fit_command)
+
+    report = actions.add_parser("report", help="token lengths, compression and reconstruction error of a "
+                                               "tokenizer on chunks")
+    report.add_argument("tokenizer", help="FAST tokenizer directory (processor_config.json + tokenizer.json)")
+    report.add_argument("--chunks", required=True, help=".npy file of normalized chunks [N, H, D]")
+    report.add_argument("--out", default="fast_report", help="directory for report.json and PNG plots")
+    report.add_argument("--quiet", action="store_true", help="no progress bars")
+    report.set_defaults(handler=report_command)
+
+
+def load_chunks(path: str) -> np.ndarray:
+    """Normalized chunks [N, H, D] from a .npy file (memory-mapped, never unpickled); an empty
+    file, another shape or non-finite values are refused in one sentence."""
+    chunks = np.load(path, mmap_mode="r", allow_pickle=False)
+    if chunks.ndim != 3:
+        raise SystemExit(f"{path}: expected normalized chunks [N, H, D], got shape {chunks.shape}")
+    if 0 in chunks.shape:
+        raise SystemExit(f"{path}: holds no chunks (shape {chunks.shape}); write at least one [H, D] chunk")
+    if not np.issubdtype(chunks.dtype, np.number) or not np.isfinite(chunks).all():
+        bad = int((~np.isfinite(chunks)).any(axis=(1, 2)).sum()) if np.issubdtype(chunks.dtype, np.number) else len(chunks)
+        raise SystemExit(f"{path}: {bad} of {len(chunks)} chunks hold NaN or inf values; drop them before fitting")
+    return chunks
+
+
+def fit_command(args: argparse.Namespace) -> int:
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.report import evaluate, write_report
+
+    if args.recipe:
+        return _fit_on_recipe(args)
+    if not args.chunks:
+        raise SystemExit("kidata fast fit: give --chunks FILE.npy or --recipe RECIPE.toml")
+    chunks = load_chunks(args.chunks)
+    print(f"fitting FAST on {chunks.shape[0]} chunks of shape {chunks.shape[1:]} ...", flush=True)
+    tokenizer = FastTokenizer.fit(np.asarray(chunks), vocab_size=args.vocab_size, scale=args.scale,
+                                  target_rmse=args.target_rmse, min_frequency=args.min_frequency,
+                                  show_progress=not args.quiet)
+    out = tokenizer.save(args.out)
+    report = evaluate(tokenizer, chunks, progress=not args.quiet)
+    report_dir = write_report(report, out / "report")
+    print(report.summary())
+    print(f"tokenizer written to {out} (sha256 {tokenizer.sha256[:12]}); report in {report_dir}")
+    return 0
+
+
+def _fit_on_recipe(args: argparse.Namespace) -> int:
+    from kidata.pipelines.recipe import load_recipe
+    from kidata.pipelines.stats_pass import fit_fast_from_recipe
+
+    tokenizer, report = fit_fast_from_recipe(load_recipe(args.recipe), args.out, sources=args.source,
+                                             workers=args.workers, progress=not args.quiet)
+    print(report.summary())
+    print(f"tokenizer written to {args.out} (sha256 {tokenizer.sha256[:12]}), statistics in {args.out}/stats.json, "
+          f"report in {args.out}/report")
+    return 0
+
+
+def report_command(args: argparse.Namespace) -> int:
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.report import evaluate, write_report
+
+    chunks = load_chunks(args.chunks)
+    report = evaluate(FastTokenizer.load(args.tokenizer), chunks, progress=not args.quiet)
+    report_dir = write_report(report, args.out)
+    print(report.summary())
+    print(f"report written to {report_dir}")
+    return 0

@@ -1,0 +1,29 @@
+"""``kidata fetch-images``: PixMo's images into a local mirror (resumable, verified)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(commands) -> None:
+    fetch = commands.add_parser("fetch-images", help="download PixMo images into a local mirror (resumable, verified)")
+    fetch.add_argument("--parquet", nargs="+", required=True, help="PixMo parquet files")
+    fetch.add_argument("--mirror", required=True, help="mirror folder (files named by sha256)")
+    fetch.add_argument("--workers", type=int, default=16)
+    fetch.add_argument("--timeout", type=float, default=30.0)
+    fetch.add_argument("--report", help="failure report JSON (default: MIRROR/fetch_report.json)")
+    fetch.add_argument("--quiet", action="store_true")
+    fetch.set_defaults(handler=fetch_command)
+
+
+def fetch_command(args: argparse.Namespace) -> int:
+    from kidata.sources.fetch import fetch_images, summarize, write_report
+
+    report = fetch_images(args.parquet, args.mirror, workers=args.workers, timeout=args.timeout,
+                          progress=not args.quiet)
+    print(summarize(report))
+    report_path = args.report or str(Path(args.mirror) / "fetch_report.json")
+    write_report(report, report_path)
+    print(f"report written to {report_path}")
+    return 0 if report.failed == 0 else 1

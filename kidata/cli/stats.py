@@ -1,0 +1,49 @@
+"""``kidata stats``: normalization statistics of one robot source, without decoding images."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(commands) -> None:
+    from kidata.sources.registry import readers
+
+    file_readers = sorted(name for name, entry in readers().items() if entry.kind == "robot" and "path" in entry.options)
+    stats = commands.add_parser("stats", help="normalization statistics of a robot source (no image decoding)")
+    stats.add_argument("--reader", required=True, choices=file_readers)
+    stats.add_argument("--path", required=True,
+                       help="RLDS <name>/<version> dir (local, gs://, s3://) or LIBERO files/dirs, comma-separated")
+    stats.add_argument("--dataset", help="standardization registry entry (rlds), e.g. bridge_dataset, droid")
+    stats.add_argument("--mapping", help="JSON file with your own dataset's key mapping (rlds)")
+    stats.add_argument("--name", help="source name (default: the dataset name)")
+    stats.add_argument("--split", default="train")
+    stats.add_argument("--action-space", help="DROID: joint_velocity | joint_position | cartesian_velocity")
+    stats.add_argument("--workers", type=int, default=1, help="worker processes")
+    stats.add_argument("--skip-corrupt", action="store_true", help="count unreadable units instead of failing")
+    stats.add_argument("--out", help="write the statistics JSON here")
+    stats.add_argument("--quiet", action="store_true", help="no progress bar")
+    stats.set_defaults(handler=stats_command)
+
+
+def stats_command(args: argparse.Namespace) -> int:
+    from kidata.pipelines.stats import format_table, source_stats
+    from kidata.sources.registry import open_source
+
+    mapping = json.loads(Path(args.mapping).read_text()) if args.mapping else None
+    rlds = {"dataset": args.dataset, "mapping": mapping, "split": args.split, "action_space": args.action_space,
+            "skip_corrupt": args.skip_corrupt} if args.reader == "rlds" else {}
+    source = open_source(args.reader, path=args.path if args.reader == "rlds" else args.path.split(","),
+                         name=args.name, **rlds)
+    stats, report = source_stats(source, workers=args.workers, progress=not args.quiet)
+    result = stats.finalize()
+    print(format_table(result))
+    print(f"episodes {stats.episodes}; quarantined {report.quarantined.as_dict()}; notices {dict(report.notices)}")
+    if args.out:
+        payload = {"source": source.name, "episodes": stats.episodes, **result.to_json(),
+                   "quarantined": report.quarantined.as_dict(), "notices": dict(report.notices),
+                   "failed_units": report.failed_units}
+        Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
+        print(f"statistics written to {args.out}")
+    return 0

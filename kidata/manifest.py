@@ -1,0 +1,186 @@
+"""``OUT/manifest.json``, typed: the build's contract with the loader, trainer, policy and tools.
+
+One writer (``Manifest.to_json``, called by the build) and one reader (``Manifest.read`` /
+``Manifest.from_json``): a file that is not a manifest, or lacks a field, is refused in one
+sentence naming the file and the field. Layout (JSON, keys sorted)::
+
+    kidata_version, recipe (the canonical recipe), recipe_sha256,
+    tokenizers: {text: {path, sha256}, fast: {path, sha256, kind}},
+    encoding: {state_encoding, prompt_format, action_horizon, action_dim, image_size, max_tokens,
+               normalization, fast_token_rule, text_vocab_size, fast_token_range,
+               special_state_range (special state only)},
+    sources: [{name, kind, weight, reader, episodes, samples, quarantined, rejected, skipped,
+               shards: [{path, sha256, samples, bytes, split}], norm_stats (robot only)}]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+
+class ManifestMismatch(ValueError):
+    """A mixture that does not fit what reads it (another model, tokenizer or encoding), or a file
+    that is not a kidata manifest."""
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: str  # relative to the build's output root
+    sha256: str
+    samples: int
+    bytes: int
+    split: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TokenizerRef:
+    path: str
+    sha256: str
+    kind: str | None = None  # the action tokenizer's: "fast" or "bins"
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How every sample of the build was encoded; the model and policy must agree with it."""
+
+    state_encoding: str
+    prompt_format: str
+    action_horizon: int
+    action_dim: int
+    image_size: int
+    max_tokens: int
+    normalization: str
+    fast_token_rule: str
+    text_vocab_size: int
+    fast_token_range: tuple[int, int]
+    special_state_range: tuple[int, int] | None = None
+
+    def to_json(self) -> dict:
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if out["special_state_range"] is None:
+            del out["special_state_range"]
+        return out
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    name: str
+    kind: str  # "robot" or "vlm"
+    weight: float
+    reader: str
+    episodes: int
+    samples: int
+    quarantined: Mapping[str, int]
+    rejected: Mapping[str, int]
+    skipped: Mapping[str, int]
+    shards: tuple[ShardInfo, ...]
+    norm_stats: Mapping[str, Any] | None = None  # NormStats.to_json(), robot sources only
+
+    def split_shards(self, split: str) -> list[ShardInfo]:
+        """This split's shards that hold samples."""
+        return [shard for shard in self.shards if shard.split == split and shard.samples]
+
+    def to_json(self) -> dict:
+        out = {**asdict(self), "shards": [shard.to_json() for shard in self.shards]}
+        if self.norm_stats is None:
+            del out["norm_stats"]
+        return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    kidata_version: str
+    recipe: Mapping[str, Any]
+    recipe_sha256: str
+    text_tokenizer: TokenizerRef
+    action_tokenizer: TokenizerRef
+    encoding: Encoding
+    sources: tuple[SourceEntry, ...] = field(default_factory=tuple)
+
+    @property
+    def source_names(self) -> list[str]:
+        return [source.name for source in self.sources]
+
+    def source(self, name: str) -> SourceEntry:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(f"the mixture has no source {name!r} (sources: {self.source_names})")
+
+    def has_split(self, split: str) -> bool:
+        return any(source.split_shards(split) for source in self.sources)
+
+    @property
+    def action_tokens(self) -> str:
+        """The discrete action objective of the build: "fast" or "bins"."""
+        return self.action_tokenizer.kind or "fast"
+
+    def to_json(self) -> dict:
+        return {"kidata_version": self.kidata_version, "recipe": self.recipe, "recipe_sha256": self.recipe_sha256,
+                "tokenizers": {"text": self.text_tokenizer.to_json(), "fast": self.action_tokenizer.to_json()},
+                "encoding": self.encoding.to_json(), "sources": [source.to_json() for source in self.sources]}
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, data: Any, *, origin: str = "manifest") -> "Manifest":
+        missing = [key for key in ("encoding", "sources", "tokenizers") if not isinstance(data, dict) or key not in data]
+        if missing:
+            raise ManifestMismatch(f"{origin} is not a kidata manifest (lacks {missing}): pass OUT/manifest.json of a "
+                                   "kidata build")
+        try:
+            encoding = dict(data["encoding"])
+            for key in ("fast_token_range", "special_state_range"):
+                if encoding.get(key) is not None:
+                    encoding[key] = tuple(encoding[key])
+            sources = tuple(SourceEntry(**{**source, "skipped": source.get("skipped", {}),
+                                           "shards": tuple(ShardInfo(**shard) for shard in source["shards"])})
+                            for source in data["sources"])
+            return cls(kidata_version=data.get("kidata_version", "?"), recipe=data.get("recipe", {}),
+                       recipe_sha256=data.get("recipe_sha256", ""),
+                       text_tokenizer=TokenizerRef(**data["tokenizers"]["text"]),
+                       action_tokenizer=TokenizerRef(**data["tokenizers"]["fast"]),
+                       encoding=Encoding(**encoding), sources=sources)
+        except (KeyError, TypeError) as error:
+            raise ManifestMismatch(f"{origin}: a field of the manifest is missing or unknown ({error}); rebuild "
+                                   "the mixture with this kidata version") from None
+
+    @classmethod
+    def read(cls, path: str) -> tuple["Manifest", str]:
+        """(manifest, root URL of the build) from a local path or fsspec URL."""
+        import fsspec
+
+        try:
+            with fsspec.open(path, "r") as handle:
+                text = handle.read()
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no such manifest (a build writes OUT/manifest.json when it "
+                                    "finishes)") from None
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise ManifestMismatch(f"{path} is not valid JSON ({error}): pass the build's manifest.json") from None
+        return cls.from_json(data, origin=path), path.rsplit("/", 1)[0] if "/" in path else "."
+
+    def check_expectations(self, expect: Mapping[str, Any]) -> None:
+        """``expect`` may hold ``text_sha256``, ``fast_sha256`` and any ``encoding`` field;
+        every difference is named."""
+        problems = []
+        for key, actual in (("text_sha256", self.text_tokenizer.sha256), ("fast_sha256", self.action_tokenizer.sha256)):
+            if key in expect and expect[key] != actual:
+                problems.append(f"{key}: build has {actual[:12]}, expected {str(expect[key])[:12]}")
+        encoding = self.encoding.to_json()
+        for key, value in expect.get("encoding", {}).items():
+            if encoding.get(key) != value:
+                problems.append(f"encoding.{key}: build has {encoding.get(key)!r}, expected {value!r}")
+        if problems:
+            raise ManifestMismatch("the mixture does not match this model: " + "; ".join(problems))

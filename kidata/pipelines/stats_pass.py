@@ -1,0 +1,172 @@
+"""Pass 1 of a build (robot sources, no image decoding): per-source statistics and a deterministic
+bottom-k sample of raw action chunks (each chunk ranked by a hash of source, episode and step, so the
+sample does not depend on how units were split or in which order they finished); then the action
+tokenizer: FAST fitted on the normalized sample, loaded, or naive bins. ``kidata fast fit --recipe``
+runs this pass alone."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from kidata.hashing import stable_fraction
+from kidata.pipelines.recipe import Recipe
+from kidata.pipelines.stats import EpisodeStats, NormStats, normalize
+from kidata.pipelines.storage import write_text
+from kidata.sources.base import ReadReport, WorkUnit
+from kidata.tokenizers import action_tokenizer_files
+
+STATE_DIR = "_state"
+FAST_DIR = "fast_tokenizer"
+
+
+class BuildError(RuntimeError):
+    """A build that cannot go on; the message says what to fix (completed units are kept)."""
+
+
+def stats_unit(recipe: Recipe, source_name: str, unit: WorkUnit) -> tuple[EpisodeStats, ReadReport, list]:
+    """Statistics and the bottom-k (by hash) raw action chunks of one unit."""
+    source_config = recipe.source(source_name)
+    source = recipe.open(source_config)
+    horizon, keep = recipe.mixture.action_horizon, recipe.mixture.reservoir_size
+    stats, report, reservoir = EpisodeStats(), ReadReport(), []
+    for episode in source.read(unit, images=False, report=report):
+        stats.add(episode.state, episode.actions)
+        for step in range(episode.steps):
+            rank = stable_fraction(recipe.mixture.seed, source_name, episode.episode_id, step)
+            reservoir.append((rank, episode.action_chunk(step, horizon)[0]))
+        if len(reservoir) > 2 * keep:
+            reservoir = sorted(reservoir, key=lambda item: item[0])[:keep]
+    return stats, report, sorted(reservoir, key=lambda item: item[0])[:keep]
+
+
+def collect_pass1(recipe, robot, units, *, engine="local", workers=1, progress=True, ray_address=None,
+                  times=None) -> dict:
+    """Pass 1 over robot sources: {name: (EpisodeStats, ReadReport, bottom-k reservoir)}."""
+    from kidata.pipelines.engine import run_jobs
+
+    jobs = [((recipe, s.name, unit), f"{s.name}:{i}") for s in robot for i, unit in enumerate(units[s.name])]
+    results, failures = run_jobs(stats_unit, jobs, engine=engine, workers=workers, progress=progress,
+                                 label="stats", ray_address=ray_address, times=times)
+    if failures:
+        raise BuildError("statistics units failed: " + "; ".join(f"{n}: {e}" for n, e in failures))
+    merged: dict[str, tuple[EpisodeStats, ReadReport, list]] = {s.name: (EpisodeStats(), ReadReport(), []) for s in robot}
+    for (args, _), (stats, report, reservoir) in zip(jobs, results):
+        total = merged[args[1]]
+        total[0].merge(stats), total[1].merge(report), total[2].extend(reservoir)
+    keep = recipe.mixture.reservoir_size
+    for source, (stats, report, reservoir) in merged.items():
+        if stats.episodes == 0:
+            raise BuildError(f"source {source!r} yielded no usable episode (quarantined: {report.quarantined.as_dict()})")
+        reservoir.sort(key=lambda item: item[0])
+        del reservoir[keep:]
+    return merged
+
+
+def normalized_chunks(recipe, reservoirs: dict[str, np.ndarray], norm_stats: dict, action_dim: int) -> np.ndarray:
+    """Raw reservoir chunks normalized with their source's statistics, zero-padded to action_dim."""
+    parts = []
+    for source, raw in reservoirs.items():
+        stats = NormStats.from_json(norm_stats[source])
+        padded = np.zeros((len(raw), recipe.mixture.action_horizon, action_dim))
+        padded[:, :, : raw.shape[2]] = normalize(raw, stats.actions, recipe.mixture.normalization)
+        parts.append(padded)
+    return np.concatenate(parts)
+
+
+def run_pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_address, times):
+    todo = [s for s in robot if not fs.exists(f"{root}/{STATE_DIR}/stats/{s.name}.json")]
+    merged = collect_pass1(recipe, todo, units, engine=engine, workers=workers, progress=progress,
+                           ray_address=ray_address, times=times)
+    fs.makedirs(f"{root}/{STATE_DIR}/stats", exist_ok=True)
+    for source, (stats, report, reservoir) in merged.items():
+        chunks = np.stack([chunk for _, chunk in reservoir]).astype(np.float32)
+        temporary = f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy.tmp"
+        with fs.open(temporary, "wb") as handle:
+            np.save(handle, chunks, allow_pickle=False)
+        fs.mv(temporary, f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy")
+        payload = {"norm_stats": stats.finalize().to_json(), "episodes": stats.episodes,
+                   "quarantined": report.quarantined.as_dict()}
+        write_text(fs, f"{root}/{STATE_DIR}/stats/{source}.json", json.dumps(payload, sort_keys=True))
+    norm_stats, reports, counts = {}, {}, {}
+    for source in robot:
+        payload = json.loads(fs.cat_file(f"{root}/{STATE_DIR}/stats/{source.name}.json").decode())
+        norm_stats[source.name] = payload["norm_stats"]
+        reports[source.name] = payload["quarantined"]
+        counts[source.name] = payload["episodes"]
+    return norm_stats, reports, counts
+
+
+def normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root) -> np.ndarray:
+    reservoirs = {}
+    for source in robot:
+        with fs.open(f"{root}/{STATE_DIR}/stats/{source.name}-reservoir.npy", "rb") as handle:
+            reservoirs[source.name] = np.load(handle, allow_pickle=False)
+    return normalized_chunks(recipe, reservoirs, norm_stats, action_dim)
+
+
+def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[str] | None = None,
+                         engine: str = "local", workers: int = 1, progress: bool = True):
+    """``kidata fast fit --recipe``: pass 1 alone, then FAST fitted on the normalized chunks of the
+    chosen robot sources; writes the tokenizer, its report and the statistics (stats.json)."""
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.report import evaluate, write_report
+
+    robot = [s for s in recipe.sources if s.kind == "robot" and (not sources or s.name in sources)]
+    if not robot:
+        raise BuildError(f"no robot source selected (robot sources: {[s.name for s in recipe.sources if s.kind == 'robot']})")
+    units = {s.name: recipe.open(s).list_units(recipe.mixture.units_per_source) for s in robot}
+    merged = collect_pass1(recipe, robot, units, engine=engine, workers=workers, progress=progress)
+    norm_stats = {name: stats.finalize().to_json() for name, (stats, _, _) in merged.items()}
+    action_dim = recipe.mixture.action_dim or max(len(s["actions"]["mean"]) for s in norm_stats.values())
+    reservoirs = {name: np.stack([c for _, c in reservoir]) for name, (_, _, reservoir) in merged.items()}
+    chunks = normalized_chunks(recipe, reservoirs, norm_stats, action_dim)
+    setting = recipe.mixture.fast_tokenizer if isinstance(recipe.mixture.fast_tokenizer, dict) else {}
+    options = {k: v for k, v in setting.items() if k != "fit"}
+    tokenizer = FastTokenizer.fit(chunks, show_progress=progress, **options)
+    out = tokenizer.save(out_dir)
+    report = evaluate(tokenizer, chunks, progress=progress)
+    write_report(report, out / "report")
+    (out / "stats.json").write_text(json.dumps({"normalization": recipe.mixture.normalization,
+                                                "sources": norm_stats}, indent=2, sort_keys=True) + "\n")
+    return tokenizer, report
+
+
+
+def action_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, engine, workers, progress, ray_address,
+                    fast_override) -> dict[str, str]:
+    """Action tokenizer files (name -> text): FAST fitted on the normalized reservoir or loaded
+    from a path, or naive bins (``{bins = 256, stride = 5}``: the paper's ablation)."""
+    from kidata.tokenizers import BinTokenizer, load_action_tokenizer
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.report import evaluate, write_report
+
+    directory = f"{root}/{FAST_DIR}"
+    setting = fast_override or recipe.mixture.fast_tokenizer
+    if not (fs.exists(f"{directory}/tokenizer.json") or fs.exists(f"{directory}/kidata_bins.json")):
+        if isinstance(setting, str):
+            tokenizer = load_action_tokenizer(recipe.resolve_asset(setting))
+            chunks = None
+        elif "bins" in setting:
+            tokenizer = BinTokenizer(n_bins=setting["bins"], stride=setting.get("stride", 1))
+            chunks = None
+        else:
+            if not robot:
+                raise BuildError("fast_tokenizer.fit needs at least one robot source")
+            chunks = normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root)
+            options = {k: v for k, v in setting.items() if k != "fit"}
+            tokenizer = FastTokenizer.fit(chunks, **options)
+        with tempfile.TemporaryDirectory() as local:
+            tokenizer.save(local)
+            if chunks is not None:
+                write_report(evaluate(tokenizer, chunks), Path(local) / "report")
+            for path in sorted(Path(local).rglob("*")):
+                if path.is_file():
+                    target = f"{directory}/{path.relative_to(local).as_posix()}"
+                    fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+                    fs.put_file(str(path), target + ".tmp")
+                    fs.mv(target + ".tmp", target)
+    return action_tokenizer_files(fs, directory)
