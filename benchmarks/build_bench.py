@@ -108,8 +108,8 @@ def floor_seconds(dataset: Path, barrier=None) -> tuple[float, int]:
     """Decode source JPEG + resize with padding + encode JPEG, for every image of the dataset
     (frames read beforehand, as encoded bytes, outside the timing; with a barrier, the timing
     starts when every process sharing it has read its frames)."""
+    from kidata.images import resize_with_pad
     from kidata.pipelines.shards import jpeg_bytes
-    from kidata.sources.images import resize_with_pad
     from kidata.sources.rlds import RldsSource
     from kidata.sources.spec import spec_from_mapping
 

@@ -23,7 +23,7 @@ from kidata.loader.collate import collate
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.model.weights import load_weights
-from kidata.pipelines.stats import NormStats, normalize, unnormalize
+from kidata.normalize import NormStats, normalize, unnormalize
 from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.checkpoint import latest_checkpoint
 from kidata.training.config import TrainConfig
@@ -94,7 +94,7 @@ class Policy:
             raise ObservationError(f"state must be finite numbers, got {state.tolist()}")
 
     def batch(self, observation: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        from kidata.sources.images import resize_with_pad
+        from kidata.images import resize_with_pad
 
         self.check(observation)
         size = self.config.model.image_size

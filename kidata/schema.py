@@ -7,12 +7,16 @@ module imports nothing else of kidata.
 
 from __future__ import annotations
 
-import io
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, TypedDict
 
 import numpy as np
+
+from kidata.images import decode_frame
+
+if TYPE_CHECKING:
+    import torch
 
 # Standard camera names. A camera a dataset lacks is absent from ``Episode.images``, never a
 # black image passed off as real.
@@ -43,17 +47,12 @@ class Frames:
     def __len__(self) -> int:
         return len(self._frames)
 
-    def raw(self, step: int) -> bytes:
-        """The encoded bytes of one frame (only for encoded frames without a pending rotation)."""
-        if not self.encoded or self.rotate_180:
-            raise ValueError("raw bytes exist only for encoded frames that need no rotation")
-        return bytes(self._frames[step])
 
     def frame(self, step: int) -> np.ndarray:
         """uint8 [H, W, 3] of one step, decoded and rotated as needed."""
         if self.encoded:
             data = bytes(self._frames[step])
-            array = _decode_image(data)
+            array = decode_frame(data)
         else:
             array = self._frames[step]
         return array[::-1, ::-1] if self.rotate_180 else array
@@ -63,21 +62,6 @@ class Frames:
         if not self.encoded and not self.rotate_180:
             return self._frames
         return np.stack([self.frame(step) for step in range(len(self))])
-
-
-def _decode_image(data: bytes) -> np.ndarray:
-    """uint8 [H, W, 3]: JPEG through libjpeg-turbo (simplejpeg, ~3x PIL), anything else through PIL."""
-    if data[:2] == b"\xff\xd8":
-        import simplejpeg
-
-        try:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB")
-        except ValueError:  # CMYK and other layouts libjpeg-turbo's fast path refuses
-            pass
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 @dataclass(frozen=True)
@@ -187,13 +171,6 @@ class Quarantine(Counter):
         return dict(sorted(self.items()))
 
 
-def merge_quarantines(parts: Iterable[Quarantine]) -> Quarantine:
-    total = Quarantine()
-    for part in parts:
-        total.update(part)
-    return total
-
-
 @dataclass
 class Sample:
     """One training sample: a token stream for the backbone plus what the action expert needs.
@@ -272,3 +249,43 @@ class VlmExample:
             value = getattr(self, name)
             if value is not None and (value.ndim != 2 or value.shape[1] != width):
                 raise EpisodeError(f"{where}: {name} must be [N, {width}], got {value.shape}")
+
+
+class Batch(TypedDict):
+    """What the model reads (``KIModel.forward``, ``sample_actions``, ``generate``), as
+    ``kidata.loader.collate`` builds it from samples and ``kidata.policy`` from one observation.
+    B = batch, N = cameras, S = image size, L = max_tokens, H = action horizon.
+
+    =================  ======================  ===================================================
+    images             float32 [B, N, 3, S, S]  in [-1, 1]; zeros where a camera is absent
+    image_mask         bool [B, N]             camera present
+    tokens             int64 [B, L]            padded with 0
+    ar                 bool [B, L]             causal (postfix) tokens
+    loss               bool [B, L]             language loss mask
+    token_mask         bool [B, L]             real (non-padding) tokens
+    prefix_length      int64 [B]
+    state              float32 [B, state_dim]  normalized, zero-padded
+    state_dim_mask     bool [B, state_dim]
+    actions            float32 [B, H, A]       normalized, zero-padded to the model's action_dim A
+    action_valid       bool [B, H]             False past the episode end (and for VLM samples)
+    action_dim_mask    bool [B, A]
+    has_actions        bool [B]                the flow-matching loss applies
+    source_index       int64 [B]               index into the manifest's sources
+    =================  ======================  ===================================================
+    """
+
+    images: torch.Tensor
+    image_mask: torch.Tensor
+    tokens: torch.Tensor
+    ar: torch.Tensor
+    loss: torch.Tensor
+    token_mask: torch.Tensor
+    prefix_length: torch.Tensor
+    state: torch.Tensor
+    state_dim_mask: torch.Tensor
+    actions: torch.Tensor
+    action_valid: torch.Tensor
+    action_dim_mask: torch.Tensor
+    has_actions: torch.Tensor
+    source_index: torch.Tensor
+

@@ -19,10 +19,10 @@ pytest.importorskip("tensorflow_datasets", reason="builds on RLDS need the 'rlds
 
 from conftest import shared_path  # noqa: E402
 
+from kidata.normalize import NormStats, normalize  # noqa: E402
 from kidata.pipelines.build import BuildError, build  # noqa: E402
 from kidata.pipelines.recipe import RecipeError, load_recipe, parse_recipe  # noqa: E402
 from kidata.pipelines.shards import iter_shard, load_npy  # noqa: E402
-from kidata.pipelines.stats import NormStats, normalize  # noqa: E402
 from kidata.pipelines.verify import verify  # noqa: E402
 
 
@@ -103,7 +103,7 @@ def test_manifest_describes_sources_shards_and_encoding(built):
 
 
 def test_shards_decode_back_to_the_episodes(built):
-    from kidata.sources.images import resize_with_pad
+    from kidata.images import resize_with_pad
     from kidata.sources.registry import lookup
     from kidata.sources.rlds import RldsSource
     from kidata.tokenizers.fast import FastTokenizer

@@ -105,10 +105,10 @@ def test_projection_lands_on_the_rendered_gripper():
 
 @pytest.mark.slow
 def test_two_task_two_episode_build_decodes_back_to_the_rollouts(tmp_path, episodes):
+    from kidata.normalize import NormStats, normalize
     from kidata.pipelines.build import build
     from kidata.pipelines.recipe import load_recipe
     from kidata.pipelines.shards import iter_shard, load_npy
-    from kidata.pipelines.stats import NormStats, normalize
     from kidata.pipelines.verify import verify
 
     _, items, _ = episodes

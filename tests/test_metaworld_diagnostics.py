@@ -215,7 +215,7 @@ def test_the_goal_marker_scale_enlarges_only_the_rendered_marker():
 def test_per_step_open_loop_error_puts_an_error_at_its_step():
     from types import SimpleNamespace
 
-    from kidata.training.evaluate import Evaluator
+    from kidata.training.held_out import HeldOutMetrics
 
     stats = {"count": 10, "mean": [0.0, 0.0], "std": [1.0, 1.0], "q01": [-1.0, -1.0], "q99": [1.0, 1.0], "min": [-1.0, -1.0],
              "max": [1.0, 1.0]}
@@ -241,7 +241,7 @@ def test_per_step_open_loop_error_puts_an_error_at_its_step():
              "source_index": torch.tensor([0]), "tokens": torch.zeros(1, 4, dtype=torch.long),
              "token_mask": torch.ones(1, 4, dtype=torch.bool), "prefix_length": torch.tensor([4]),
              "loss": torch.zeros(1, 4, dtype=torch.bool), "ar": torch.zeros(1, 4, dtype=torch.bool)}
-    evaluator = Evaluator(manifest, SimpleNamespace(stop_ids=[]))
+    evaluator = HeldOutMetrics(manifest, SimpleNamespace(stop_ids=[]))
     evaluator.update(Model(), batch)
     result = evaluator.result()
     assert result["action_mse_step"] == [0.0, 2.0, 0.0]  # 4 / 2 dimensions at step 1

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from kidata.pipelines.stats import DimStats, EpisodeStats, NormStats, QuantileSketch, merge_all, normalize, unnormalize
+from kidata.normalize import DimStats, NormStats, normalize, unnormalize
+from kidata.pipelines.stats import EpisodeStats, QuantileSketch, merge_all
 
 
 @pytest.fixture(scope="module")

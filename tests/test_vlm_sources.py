@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from conftest import shared_path
 
+from kidata.images import PadGeometry, decode_image, resize_with_pad
 from kidata.sources.base import ReadReport
 from kidata.sources.coco import CocoCaptions, CocoDetection
-from kidata.sources.images import PadGeometry, decode_image, resize_with_pad
 from kidata.sources.vqav2 import Vqav2, most_frequent_answer, normalize_answer, vqa_accuracy
 
 

@@ -49,7 +49,7 @@ def load_chunks(path: str) -> np.ndarray:
 
 def fit_command(args: argparse.Namespace) -> int:
     from kidata.tokenizers.fast import FastTokenizer
-    from kidata.tokenizers.report import evaluate, write_report
+    from kidata.tokenizers.report import measure_tokenizer, write_report
 
     if args.recipe:
         return _fit_on_recipe(args)
@@ -61,7 +61,7 @@ def fit_command(args: argparse.Namespace) -> int:
                                   target_rmse=args.target_rmse, min_frequency=args.min_frequency,
                                   show_progress=not args.quiet)
     out = tokenizer.save(args.out)
-    report = evaluate(tokenizer, chunks, progress=not args.quiet)
+    report = measure_tokenizer(tokenizer, chunks, progress=not args.quiet)
     report_dir = write_report(report, out / "report")
     print(report.summary())
     print(f"tokenizer written to {out} (sha256 {tokenizer.sha256[:12]}); report in {report_dir}")
@@ -82,10 +82,10 @@ def _fit_on_recipe(args: argparse.Namespace) -> int:
 
 def report_command(args: argparse.Namespace) -> int:
     from kidata.tokenizers.fast import FastTokenizer
-    from kidata.tokenizers.report import evaluate, write_report
+    from kidata.tokenizers.report import measure_tokenizer, write_report
 
     chunks = load_chunks(args.chunks)
-    report = evaluate(FastTokenizer.load(args.tokenizer), chunks, progress=not args.quiet)
+    report = measure_tokenizer(FastTokenizer.load(args.tokenizer), chunks, progress=not args.quiet)
     report_dir = write_report(report, args.out)
     print(report.summary())
     print(f"report written to {report_dir}")

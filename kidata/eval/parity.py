@@ -36,7 +36,7 @@ def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_
     from kidata.eval.metaworld import SceneSettings
     from kidata.loader.collate import collate
     from kidata.loader.mixture import MixtureDataset
-    from kidata.training.evaluate import prefix_only
+    from kidata.training.held_out import prefix_only
 
     manifest_path = manifest_path or policy.config.data.manifest
     scene_settings = SceneSettings.from_recipe(policy.manifest.recipe, policy.source)

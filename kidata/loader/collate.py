@@ -1,24 +1,7 @@
 """Batches for the model: padded token streams, masked cameras, padded state and actions.
 
 ``collate(samples, max_tokens=..., action_dim=..., action_horizon=..., state_dim=..., cameras=...)``
-returns torch tensors (B = batch, L = max_tokens, N = cameras, H = horizon):
-
-=================  ==================  ==========================================================
-images             float32 [B,N,3,S,S]  in [-1, 1]; zeros where a camera is absent
-image_mask         bool [B, N]          camera present
-tokens             int64 [B, L]         padded with 0
-ar                 bool [B, L]          causal (postfix) tokens
-loss               bool [B, L]          language loss mask
-token_mask         bool [B, L]          real (non-padding) tokens
-prefix_length      int64 [B]
-state              float32 [B, state_dim] normalized, zero-padded
-state_dim_mask     bool [B, state_dim]
-actions            float32 [B, H, action_dim] normalized, zero-padded
-action_valid       bool [B, H]          False past the episode end (and for VLM samples)
-action_dim_mask    bool [B, action_dim]
-has_actions        bool [B]             the flow-matching loss applies
-source_index       int64 [B]            index into the manifest's sources
-=================  ==================  ==========================================================
+returns a ``kidata.schema.Batch`` of torch tensors (the table of keys, shapes and dtypes is there).
 
 Mixed robot + VLM batches work: VLM rows have no state, actions or action mask.
 """
@@ -31,11 +14,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from kidata.schema import Batch
+
 DEFAULT_CAMERAS = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
 
 
 def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action_horizon: int, state_dim: int,
-            cameras: Sequence[str] = DEFAULT_CAMERAS, image_size: int | None = None) -> dict[str, torch.Tensor]:
+            cameras: Sequence[str] = DEFAULT_CAMERAS, image_size: int | None = None) -> Batch:
     batch = len(samples)
     if image_size is None:
         # numpy images are [S, S, 3] (decoded), tensors [3, S, S] (augmented)

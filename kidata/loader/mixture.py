@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from kidata.hashing import stable_seed_words
+from kidata.images import decode_frame
 from kidata.manifest import Manifest
 from kidata.pipelines.shards import iter_tar, load_npy
 
@@ -267,7 +268,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         images = {}
         for member, data in members.items():
             if member.endswith(".jpg"):
-                images[member[:-4]] = _decode_jpeg(data) if self.decode_images else data
+                images[member[:-4]] = decode_frame(data) if self.decode_images else data
         if self.augment is not None and self.decode_images:
             rng = np.random.default_rng(stable_seed_words(self.seed, "augment", consumer, draw))
             images = {camera: self.augment(camera, image, rng) for camera, image in images.items()}
@@ -316,9 +317,3 @@ def _verified_shard(handle, plan: _SourcePlan, path: str):
         raise ShardError(f"shard {plan.root}/{path} does not match the manifest's sha256 (damaged or rewritten); "
                          "run `kidata verify` on the build")
     return io.BytesIO(data)
-
-
-def _decode_jpeg(data: bytes) -> np.ndarray:
-    import simplejpeg
-
-    return simplejpeg.decode_jpeg(data, colorspace="RGB")

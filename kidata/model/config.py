@@ -85,10 +85,6 @@ class ModelConfig:
         return self.variant in ("ki", "joint", "pi0_fast", "hybrid")
 
     @property
-    def flow_loss(self) -> bool:
-        return self.has_expert
-
-    @property
     def backbone_frozen(self) -> bool:
         return self.variant == "frozen"
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from kidata.model.config import ModelConfig
 from kidata.model.layers import AdaRMSNorm, GeGLU, RMSNorm, VisionTower, rotary, timestep_embedding
+from kidata.schema import Batch
 
 
 def sample_flow_inputs(shape: tuple[int, ...], generator: torch.Generator | None = None
@@ -221,7 +222,7 @@ class KIModel(nn.Module):
         normed, _ = _normalize(self.expert_final_norm, h, cond)
         return self.action_out(normed[:, -noisy.shape[1]:])
 
-    def forward(self, batch: dict, *, noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> dict:
+    def forward(self, batch: Batch, *, noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> dict:
         """Losses (token cross-entropy on loss-masked tokens, flow MSE) and outputs for a batch.
 
         Both streams advance layer by layer together: each layer's backbone keys/values feed the
@@ -270,7 +271,7 @@ class KIModel(nn.Module):
         return out
 
     @torch.no_grad()
-    def sample_actions(self, batch: dict, *, num_steps: int = 10, noise: torch.Tensor | None = None,
+    def sample_actions(self, batch: Batch, *, num_steps: int = 10, noise: torch.Tensor | None = None,
                        use_cache: bool = True) -> torch.Tensor:
         """Euler integration of the expert from t = 1 to 0; the prefix runs once (KV cache).
 
@@ -292,7 +293,7 @@ class KIModel(nn.Module):
         return x
 
     @torch.no_grad()
-    def generate(self, batch: dict, max_new_tokens: int, *, stop_ids: tuple[int, ...] = (), use_cache: bool = True
+    def generate(self, batch: Batch, max_new_tokens: int, *, stop_ids: tuple[int, ...] = (), use_cache: bool = True
                  ) -> torch.Tensor:
         """Greedy decoding after the prefix (text answers, or FAST tokens on the pi0-FAST path).
 

@@ -19,7 +19,7 @@ from kidata import __version__
 from kidata.manifest import Encoding, Manifest, ShardInfo, SourceEntry, TokenizerRef
 from kidata.pipelines.encode_pass import EncodeContext, context_encoder, encode_unit, warm_up_build, warm_up_worker
 from kidata.pipelines.recipe import Recipe
-from kidata.pipelines.stats_pass import FAST_DIR, STATE_DIR, BuildError, action_tokenizer, run_pass1
+from kidata.pipelines.stats_pass import ACTION_TOKENIZER_DIR, STATE_DIR, BuildError, action_tokenizer, run_pass1
 from kidata.pipelines.storage import output_fs, write_text
 
 __all__ = ["BuildError", "build"]
@@ -144,7 +144,7 @@ def _manifest(recipe, context, fs, root, units, norm_stats) -> Manifest:
     return Manifest(
         kidata_version=__version__, recipe=recipe.canonical(), recipe_sha256=recipe.sha256,
         text_tokenizer=TokenizerRef(mixture.text_tokenizer, text.sha256),
-        action_tokenizer=TokenizerRef(FAST_DIR, encoder.actions.sha256, action_tokenizer_kind(encoder.actions)),
+        action_tokenizer=TokenizerRef(ACTION_TOKENIZER_DIR, encoder.actions.sha256, action_tokenizer_kind(encoder.actions)),
         encoding=Encoding(state_encoding=mixture.state_encoding, prompt_format=mixture.prompt_format,
                           action_horizon=mixture.action_horizon, action_dim=context.action_dim,
                           image_size=mixture.image_size, max_tokens=mixture.max_tokens,

@@ -12,9 +12,9 @@ from typing import Any, Callable
 import numpy as np
 
 from kidata.hashing import in_holdout, json_sha256, stable_fraction
+from kidata.normalize import NormStats, normalize
 from kidata.pipelines.recipe import Recipe
 from kidata.pipelines.shards import ShardWriter, jpeg_bytes, sample_key, sample_members
-from kidata.pipelines.stats import NormStats, normalize
 from kidata.pipelines.stats_pass import STATE_DIR
 from kidata.pipelines.storage import output_fs, write_text
 from kidata.schema import Sample
@@ -86,7 +86,7 @@ def warm_up_build(recipe: Recipe) -> None:
     import tiktoken  # noqa: F401
     import tokenizers  # noqa: F401
 
-    import kidata.sources.images  # noqa: F401
+    import kidata.images  # noqa: F401
     import kidata.tokenizers.fast  # noqa: F401
     import kidata.tokenizers.prompt  # noqa: F401
     import kidata.tokenizers.text  # noqa: F401
@@ -153,7 +153,7 @@ def encode_unit(context: EncodeContext, source_name: str, unit: WorkUnit, unit_i
 
 
 def _encode_robot_unit(context, source, source_name, unit, holdout, encoder, report, counts, write_samples) -> None:
-    from kidata.sources.images import resize_with_pad
+    from kidata.images import resize_with_pad
 
     mixture = context.recipe.mixture
     stats = NormStats.from_json(context.norm_stats[source_name])

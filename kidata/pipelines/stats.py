@@ -16,13 +16,13 @@ splits of the data up to float rounding.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+
+from kidata.normalize import DimStats, NormStats
 
 MIN_MAGNITUDE = 1e-9
 
@@ -194,59 +194,6 @@ class RunningStats:
         )
 
 
-@dataclass(frozen=True)
-class DimStats:
-    """Per-dimension statistics of one key; lists of length D."""
-
-    count: int
-    mean: list[float]
-    std: list[float]
-    min: list[float]
-    max: list[float]
-    q01: list[float]
-    q99: list[float]
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> "DimStats":
-        return cls(**{k: data[k] for k in ("count", "mean", "std", "min", "max", "q01", "q99")})
-
-    def suspicious(self, *, min_range: float = 1e-6, outlier_factor: float = 10.0) -> dict[int, str]:
-        """Dimensions worth a look: near-zero range, or extremes far beyond q01/q99."""
-        flags = {}
-        for dim in range(len(self.mean)):
-            spread = self.q99[dim] - self.q01[dim]
-            if spread < min_range:
-                flags[dim] = "near-zero range (normalization passes it through)"
-            elif self.max[dim] > self.q99[dim] + outlier_factor * spread or self.min[dim] < self.q01[dim] - outlier_factor * spread:
-                flags[dim] = f"extreme outliers (beyond q01/q99 by {outlier_factor:g}x their range)"
-        return flags
-
-
-@dataclass(frozen=True)
-class NormStats:
-    """Statistics of a source's state and actions, as stored in the manifest."""
-
-    state: DimStats
-    actions: DimStats
-
-    def to_json(self) -> dict:
-        return {"state": self.state.to_json(), "actions": self.actions.to_json()}
-
-    @classmethod
-    def from_json(cls, data: Mapping) -> "NormStats":
-        return cls(DimStats.from_json(data["state"]), DimStats.from_json(data["actions"]))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> "NormStats":
-        return cls.from_json(json.loads(Path(path).read_text()))
-
-
 class EpisodeStats:
     """Accumulates state and action statistics over episodes; merge results of many workers."""
 
@@ -283,41 +230,6 @@ def merge_all(parts: Iterable[EpisodeStats]) -> EpisodeStats:
     for part in parts:
         total.merge(part)
     return total
-
-
-# ---------------------------------------------------------------------------- normalization
-def normalize(values: np.ndarray, stats: DimStats, mode: str = "quantile") -> np.ndarray:
-    """Quantile mode maps [q01, q99] to [-1, 1]; mean_std mode standardizes. Dimensions with
-    (near) zero range or std pass through unchanged, in both modes."""
-    values = np.asarray(values, dtype=np.float64)
-    if mode == "quantile":
-        low, high = np.asarray(stats.q01), np.asarray(stats.q99)
-        spread = high - low
-        live = spread > 1e-8
-        scaled = 2.0 * (values - low) / np.where(live, spread, 1.0) - 1.0
-    elif mode == "mean_std":
-        mean, std = np.asarray(stats.mean), np.asarray(stats.std)
-        live = std > 1e-8
-        scaled = (values - mean) / np.where(live, std, 1.0)
-    else:
-        raise ValueError(f"normalization mode must be 'quantile' or 'mean_std', got {mode!r}")
-    return np.where(live, scaled, values)
-
-
-def unnormalize(values: np.ndarray, stats: DimStats, mode: str = "quantile") -> np.ndarray:
-    values = np.asarray(values, dtype=np.float64)
-    if mode == "quantile":
-        low, high = np.asarray(stats.q01), np.asarray(stats.q99)
-        spread = high - low
-        live = spread > 1e-8
-        restored = (values + 1.0) / 2.0 * spread + low
-    elif mode == "mean_std":
-        mean, std = np.asarray(stats.mean), np.asarray(stats.std)
-        live = std > 1e-8
-        restored = values * std + mean
-    else:
-        raise ValueError(f"normalization mode must be 'quantile' or 'mean_std', got {mode!r}")
-    return np.where(live, restored, values)
 
 
 # ---------------------------------------------------------------------------- a source's pass

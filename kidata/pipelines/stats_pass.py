@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from kidata.hashing import stable_fraction
+from kidata.normalize import NormStats, normalize
 from kidata.pipelines.recipe import Recipe
-from kidata.pipelines.stats import EpisodeStats, NormStats, normalize
+from kidata.pipelines.stats import EpisodeStats
 from kidata.pipelines.storage import write_text
 from kidata.sources.base import ReadReport, WorkUnit
 from kidata.tokenizers import action_tokenizer_files
 
 STATE_DIR = "_state"
-FAST_DIR = "fast_tokenizer"
+ACTION_TOKENIZER_DIR = "fast_tokenizer"  # FAST or naive bins; the folder keeps its first name (runs and builds read it)
 
 
 class BuildError(RuntimeError):
@@ -113,7 +114,7 @@ def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[s
     """``kidata fast fit --recipe``: pass 1 alone, then FAST fitted on the normalized chunks of the
     chosen robot sources; writes the tokenizer, its report and the statistics (stats.json)."""
     from kidata.tokenizers.fast import FastTokenizer
-    from kidata.tokenizers.report import evaluate, write_report
+    from kidata.tokenizers.report import measure_tokenizer, write_report
 
     robot = [s for s in recipe.sources if s.kind == "robot" and (not sources or s.name in sources)]
     if not robot:
@@ -128,7 +129,7 @@ def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[s
     options = {k: v for k, v in setting.items() if k != "fit"}
     tokenizer = FastTokenizer.fit(chunks, show_progress=progress, **options)
     out = tokenizer.save(out_dir)
-    report = evaluate(tokenizer, chunks, progress=progress)
+    report = measure_tokenizer(tokenizer, chunks, progress=progress)
     write_report(report, out / "report")
     (out / "stats.json").write_text(json.dumps({"normalization": recipe.mixture.normalization,
                                                 "sources": norm_stats}, indent=2, sort_keys=True) + "\n")
@@ -142,9 +143,9 @@ def action_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, eng
     from a path, or naive bins (``{bins = 256, stride = 5}``: the paper's ablation)."""
     from kidata.tokenizers import BinTokenizer, load_action_tokenizer
     from kidata.tokenizers.fast import FastTokenizer
-    from kidata.tokenizers.report import evaluate, write_report
+    from kidata.tokenizers.report import measure_tokenizer, write_report
 
-    directory = f"{root}/{FAST_DIR}"
+    directory = f"{root}/{ACTION_TOKENIZER_DIR}"
     setting = fast_override or recipe.mixture.fast_tokenizer
     if not (fs.exists(f"{directory}/tokenizer.json") or fs.exists(f"{directory}/kidata_bins.json")):
         if isinstance(setting, str):
@@ -162,7 +163,7 @@ def action_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, eng
         with tempfile.TemporaryDirectory() as local:
             tokenizer.save(local)
             if chunks is not None:
-                write_report(evaluate(tokenizer, chunks), Path(local) / "report")
+                write_report(measure_tokenizer(tokenizer, chunks), Path(local) / "report")
             for path in sorted(Path(local).rglob("*")):
                 if path.is_file():
                     target = f"{directory}/{path.relative_to(local).as_posix()}"

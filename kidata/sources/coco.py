@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from kidata.images import load_image
 from kidata.schema import VlmExample
 from kidata.sources.base import ReadReport
-from kidata.sources.images import load_image
 from kidata.sources.registry import register_reader
 from kidata.sources.vlm import VlmSource, read_json
 

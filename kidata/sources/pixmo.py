@@ -18,9 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kidata.images import ImageDefect, load_image
 from kidata.schema import VlmExample
 from kidata.sources.base import ReadReport
-from kidata.sources.images import ImageDefect, load_image
 from kidata.sources.registry import register_reader
 from kidata.sources.vlm import VlmSource
 

@@ -7,9 +7,9 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Iterator
 
+from kidata.images import ImageDefect
 from kidata.schema import VlmExample
 from kidata.sources.base import ReadReport, WorkUnit, split_range
-from kidata.sources.images import ImageDefect
 
 
 def read_json(path: str | Path, required: tuple[str, ...]) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from kidata.images import load_image
 from kidata.schema import VlmExample
 from kidata.sources.base import ReadReport
-from kidata.sources.images import load_image
 from kidata.sources.registry import register_reader
 from kidata.sources.vlm import VlmSource, read_json
 

@@ -62,7 +62,7 @@ class TokenizerReport:
         return "\n".join(lines)
 
 
-def evaluate(
+def measure_tokenizer(
     tokenizer: FastTokenizer,
     chunks: np.ndarray,
     *,

@@ -126,12 +126,6 @@ class TextTokenizer:
             raise KeyError(f"{self.source} has no <loc{index:04d}> token")
         return found
 
-    def seg_id(self, index: int) -> int:
-        found = self.piece_to_id(f"<seg{index:03d}>")
-        if found is None:
-            raise KeyError(f"{self.source} has no <seg{index:03d}> token")
-        return found
-
     def loc_range(self) -> tuple[int, int] | None:
         """(first, last) ids of <loc0000>..<loc1023> when present and contiguous."""
         return self._contiguous([f"<loc{i:04d}>" for i in range(1024)])

@@ -15,7 +15,7 @@ from kidata.model.config import ModelConfig
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class LoopConfig:
     """steps: optimizer steps. precision: ``auto`` = bf16 autocast on CUDA, fp32 on CPU (master
     weights stay fp32 either way). init_from: a PaliGemma checkpoint (directory, URL or hub id)
     for the backbone, or an openpi pi0/pi0.5 ``model.safetensors`` when ``init_format='openpi'``."""
@@ -110,14 +110,14 @@ class CheckpointConfig:
     keep: int = 3
 
 
-SECTIONS = {"train": RunConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "data": DataConfig,
+SECTIONS = {"train": LoopConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "data": DataConfig,
             "eval": EvalConfig, "log": LogConfig, "checkpoint": CheckpointConfig}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     model: ModelConfig
-    train: RunConfig = RunConfig()
+    train: LoopConfig = LoopConfig()
     optim: OptimConfig = OptimConfig()
     schedule: ScheduleConfig = ScheduleConfig()
     data: DataConfig = DataConfig()

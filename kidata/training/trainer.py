@@ -30,7 +30,7 @@ from kidata.model.ki_model import KIModel, sample_flow_inputs
 from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.checkpoint import load_checkpoint, newest_complete, save_checkpoint
 from kidata.training.config import TrainConfig
-from kidata.training.evaluate import Evaluator
+from kidata.training.held_out import HeldOutMetrics
 from kidata.training.metrics import MetricsLogger, truncate_metrics
 from kidata.training.parallelize import Distributed, full_state_dicts, local_tensor, parallelize, restore_state_dicts
 from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, config_changes, resume_point  # noqa: F401  (public here)
@@ -238,7 +238,7 @@ def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_pat
                  env: Distributed, autocast, has_val: bool) -> dict:
     """Held-out metrics (when the mixture has a val split) and, with ``[eval] metaworld``,
     closed-loop success rates."""
-    result = evaluate(wrapped, model, config, manifest_path, manifest, run, env, autocast) if has_val else {}
+    result = held_out_metrics(wrapped, model, config, manifest_path, manifest, run, env, autocast) if has_val else {}
     if config.eval.metaworld:
         if env.rank == 0:
             result.update(closed_loop(model, ema, config, manifest, run, env))
@@ -280,11 +280,11 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
             **{f"metaworld_success/{task}": round(rate, 4) for task, rate in outcome["success_rate"].items()}}
 
 
-def evaluate(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: Manifest, run: Path,
+def held_out_metrics(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: Manifest, run: Path,
              env: Distributed, autocast) -> dict:
     """Metrics on the first ``eval.batches`` held-out batches of this rank, averaged over ranks."""
     encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
-    evaluator = Evaluator(manifest, encoder, num_steps=config.eval.num_steps, max_new_tokens=config.eval.max_new_tokens)
+    evaluator = HeldOutMetrics(manifest, encoder, num_steps=config.eval.num_steps, max_new_tokens=config.eval.max_new_tokens)
     _, loader = _loader(config, manifest_path, "val", env.rank, env.world, manifest,
                         batch_size=config.eval.batch_size, workers=0, augment=False)
     model.eval()

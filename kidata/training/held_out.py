@@ -23,7 +23,7 @@ import torch
 
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
-from kidata.pipelines.stats import NormStats, unnormalize
+from kidata.normalize import NormStats, unnormalize
 
 
 def prefix_only(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -34,7 +34,7 @@ def prefix_only(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             "tokens": torch.where(keep, batch["tokens"], torch.zeros_like(batch["tokens"]))}
 
 
-class Evaluator:
+class HeldOutMetrics:
     """Accumulates metrics over batches; ``result()`` returns plain floats."""
 
     def __init__(self, manifest: Manifest, encoder: Any, *, num_steps: int = 10, max_new_tokens: int = 64) -> None:

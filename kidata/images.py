@@ -1,4 +1,5 @@
-"""Decoding VLM images and resizing them with padding to a square, keeping the aspect ratio.
+"""Images, in one place: decoding (robot frames and shard images fast, VLM corpus files robustly),
+resizing with padding to a square (aspect ratio kept), and loading files.
 
 Coordinates given in original pixels are mapped to [0, 1] of the padded image with the same
 integer geometry the resize uses, so ``<loc>`` targets land on the pixels the model sees.
@@ -50,8 +51,25 @@ class PadGeometry:
                 (top + np.asarray(y) * new_height / self.height) / self.size)
 
 
+def decode_frame(data: bytes) -> np.ndarray:
+    """uint8 [H, W, 3] of a robot frame or a shard's image: JPEG through libjpeg-turbo (simplejpeg,
+    ~3x PIL), anything else through PIL. Data we wrote or a dataset's own frames: trusted."""
+    if data[:2] == b"\xff\xd8":
+        import simplejpeg
+
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except ValueError:  # CMYK and other layouts libjpeg-turbo's fast path refuses
+            pass
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
 def decode_image(data: bytes, *, name: str = "image") -> np.ndarray:
-    """uint8 [H, W, 3]; grayscale, CMYK, palette and alpha images converted to RGB."""
+    """uint8 [H, W, 3] of an image file from a VLM corpus (untrusted): grayscale, CMYK, palette
+    and alpha images converted to RGB; anything undecodable is an ``ImageDefect`` (quarantined)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
