@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +18,13 @@ $(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
 demo: $(STAMP)
 	$(BIN)/kidata demo --out demo-out
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(BIN)/ruff check kidata tests benchmarks
+
+test: lint
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)

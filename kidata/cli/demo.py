@@ -11,11 +11,12 @@ def add_parser(commands) -> None:
     demo.add_argument("--out", default="demo-out", help="output directory")
     demo.add_argument("--workers", type=int, default=2)
     demo.add_argument("--train-steps", type=int, help="training steps (default: the demo's 3500)")
+    demo.add_argument("--eval-episodes", type=int, default=5, help="closed-loop episodes per task")
     demo.set_defaults(handler=demo_command)
 
 
 def demo_command(args: argparse.Namespace) -> int:
     from kidata.demo import run_demo
 
-    run_demo(Path(args.out), workers=args.workers, train_steps=args.train_steps)
+    run_demo(Path(args.out), workers=args.workers, train_steps=args.train_steps, eval_episodes=args.eval_episodes)
     return 0

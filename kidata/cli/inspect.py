@@ -31,11 +31,40 @@ def inspect_command(args: argparse.Namespace) -> int:
         save = args.save or (str(Path(args.out) / "inspect") if "://" not in args.out else None)
         print(inspect_build(args.out, samples=args.samples, save=save))
         return 0
-    from kidata.tokenizers.inspect import example_samples
-
     for text in example_samples(args.example, text_tokenizer=args.text_tokenizer, fast_tokenizer=args.fast_tokenizer,
                                 prompt_format=args.prompt_format, state_encoding=args.state_encoding,
                                 max_tokens=args.max_tokens, horizon=args.horizon, action_dim=args.action_dim):
         print(text)
         print()
     return 0
+
+
+def example_samples(names: list[str] | tuple[str, ...], *, text_tokenizer: str = "tokenizers/demo-text",
+                    fast_tokenizer: str | None = None, prompt_format: str = "pi05", state_encoding: str = "text",
+                    max_tokens: int = 256, horizon: int = 10, action_dim: int = 7) -> list[str]:
+    """``kidata inspect`` without a build: one described sample per task kind, encoded with these
+    settings (FAST fitted on generated chunks unless a tokenizer folder is given)."""
+    import numpy as np
+
+    from kidata.sources.synthetic import action_chunks
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.inspect import describe_sample
+    from kidata.tokenizers.prompt import SampleEncoder
+    from kidata.tokenizers.text import TextTokenizer
+
+    text = TextTokenizer.load(text_tokenizer)
+    chunks = action_chunks(2000, horizon, action_dim, seed=0)
+    fast = FastTokenizer.load(fast_tokenizer) if fast_tokenizer else FastTokenizer.fit(chunks, vocab_size=1024)
+    encoder = SampleEncoder(text, fast, prompt_format=prompt_format, state_encoding=state_encoding,
+                            max_tokens=max_tokens)
+    state = np.linspace(-0.9, 0.9, 8)
+    valid = np.ones(horizon, bool)
+    examples = {
+        "robot": lambda: encoder.robot("pick up the red block", state, chunks[0], valid),
+        "subtask": lambda: encoder.robot("clean the table", state, chunks[0], valid, subtask="pick up the sponge"),
+        "caption": lambda: encoder.caption("a robot arm above a table"),
+        "vqa": lambda: encoder.vqa("what color is the cup", "blue"),
+        "point": lambda: encoder.point("cup", [(0.25, 0.5)]),
+        "detect": lambda: encoder.detect("cup", [(0.1, 0.2, 0.5, 0.6)]),
+    }
+    return [describe_sample(examples[name](), encoder) for name in names]

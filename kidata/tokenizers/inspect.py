@@ -50,30 +50,3 @@ def describe_sample(sample: Sample, encoder: SampleEncoder) -> str:
         lines.append(f"action span {sample.fast_span}: decodes ok={bool(ok[0])}, max abs error vs chunk {error:.4f}")
         lines.append(f"decoded first step: {np.round(decoded[0, 0], 3).tolist()}")
     return "\n".join(lines)
-
-
-def example_samples(names: list[str] | tuple[str, ...], *, text_tokenizer: str = "tokenizers/demo-text",
-                    fast_tokenizer: str | None = None, prompt_format: str = "pi05", state_encoding: str = "text",
-                    max_tokens: int = 256, horizon: int = 10, action_dim: int = 7) -> list[str]:
-    """``kidata inspect`` without a build: one described sample per task kind, encoded with these
-    settings (FAST fitted on generated chunks unless a tokenizer folder is given)."""
-    from kidata.sources.synthetic import action_chunks
-    from kidata.tokenizers.fast import FastTokenizer
-    from kidata.tokenizers.text import TextTokenizer
-
-    text = TextTokenizer.load(text_tokenizer)
-    chunks = action_chunks(2000, horizon, action_dim, seed=0)
-    fast = FastTokenizer.load(fast_tokenizer) if fast_tokenizer else FastTokenizer.fit(chunks, vocab_size=1024)
-    encoder = SampleEncoder(text, fast, prompt_format=prompt_format, state_encoding=state_encoding,
-                            max_tokens=max_tokens)
-    state = np.linspace(-0.9, 0.9, 8)
-    valid = np.ones(horizon, bool)
-    examples = {
-        "robot": lambda: encoder.robot("pick up the red block", state, chunks[0], valid),
-        "subtask": lambda: encoder.robot("clean the table", state, chunks[0], valid, subtask="pick up the sponge"),
-        "caption": lambda: encoder.caption("a robot arm above a table"),
-        "vqa": lambda: encoder.vqa("what color is the cup", "blue"),
-        "point": lambda: encoder.point("cup", [(0.25, 0.5)]),
-        "detect": lambda: encoder.detect("cup", [(0.1, 0.2, 0.5, 0.6)]),
-    }
-    return [describe_sample(examples[name](), encoder) for name in names]
