@@ -9,13 +9,13 @@ recipe table with the same fields (``spec_from_mapping``); no code.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from kidata.config import nearest
 from kidata.schema import CAMERA_NAMES
 
 # Gripper conventions, each mapped to the standard one: 1 = open, 0 = closed.
@@ -67,9 +67,7 @@ class Part:
             raise ValueError(f"cannot parse vector part {text!r}; write e.g. 'observation/state[:6]|identity'")
         transform = match["transform"] or "identity"
         if transform not in GRIPPER_TRANSFORMS:
-            nearest = difflib.get_close_matches(transform, GRIPPER_TRANSFORMS, n=1)
-            hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
-            raise ValueError(f"unknown transform {transform!r} in {text!r}{hint}; known: {sorted(GRIPPER_TRANSFORMS)}")
+            raise ValueError(f"unknown transform {transform!r} in {text!r}{nearest(transform, GRIPPER_TRANSFORMS)}")
         start = int(match["start"]) if match["start"] else None
         stop = int(match["stop"]) if match["stop"] else None
         return cls(match["key"], start, stop, transform)
@@ -155,9 +153,7 @@ def spec_from_mapping(name: str, mapping: Mapping[str, Any]) -> DatasetSpec:
     unknown = set(mapping) - _MAPPING_KEYS
     if unknown:
         key = sorted(unknown)[0]
-        nearest = difflib.get_close_matches(key, _MAPPING_KEYS, n=1)
-        hint = f" (did you mean {nearest[0]!r}?)" if nearest else ""
-        raise ValueError(f"dataset mapping {name!r}: unknown key {key!r}{hint}")
+        raise ValueError(f"dataset mapping {name!r}: unknown key {key!r}{nearest(key, _MAPPING_KEYS)}")
     for required in ("cameras", "state", "action", "fps"):
         if required not in mapping:
             raise ValueError(f"dataset mapping {name!r}: missing {required!r}")
