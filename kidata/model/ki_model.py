@@ -293,13 +293,15 @@ class KIModel(nn.Module):
         return x
 
     @torch.no_grad()
-    def generate(self, batch: Batch, max_new_tokens: int, *, stop_ids: tuple[int, ...] = (), use_cache: bool = True
-                 ) -> torch.Tensor:
+    def generate(self, batch: Batch, max_new_tokens: int, *, stop_ids: tuple[int, ...] = (), use_cache: bool = True,
+                 return_logits: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Greedy decoding after the prefix (text answers, or FAST tokens on the pi0-FAST path).
 
         ``batch`` holds only the prefix, left-aligned (padding after it). Returns int64
         [B, max_new_tokens]; rows stop after a token in ``stop_ids`` (EOS, "|") and are padded
-        with that token. The prefix keys/values are computed once and grown by one per step."""
+        with that token. The prefix keys/values are computed once and grown by one per step.
+        ``return_logits`` also returns each step's next-token logits float [B, max_new_tokens, V]
+        (what the cache is checked by: logits, not only their argmax)."""
         b = batch["tokens"].shape[0]
         device = batch["tokens"].device
         hidden, cache, valid, ar, _ = self.run_backbone(batch)
@@ -313,7 +315,9 @@ class KIModel(nn.Module):
         done = torch.zeros(b, dtype=torch.bool, device=device)
         stop = torch.tensor(stop_ids, dtype=torch.int64, device=device)
         tokens = batch["tokens"]
+        steps_logits = []
         for step in range(max_new_tokens):
+            steps_logits.append(next_logits)
             token = torch.where(done, out[:, step - 1] if step else next_logits.argmax(-1), next_logits.argmax(-1))
             out[:, step] = token
             done |= torch.isin(token, stop)
@@ -334,7 +338,7 @@ class KIModel(nn.Module):
                 h = layer.finish(h, self._attend(q, keys[index], values[index], visible[:, None, :]), None, None)
             next_logits = self.final_norm(h)[:, 0] @ self.embed.weight.T
             position = position + 1
-        return out
+        return (out, torch.stack(steps_logits, dim=1)) if return_logits else out
 
     def part_modules(self) -> dict[str, list[nn.Module]]:
         """The model's parts (for counts, freezing and optimizer groups)."""
