@@ -198,8 +198,72 @@ def test_a_killed_build_resumes_to_identical_bytes(built, tmp_path):
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (target / "manifest.json").exists()
+    finished = len(list(units.glob("*.json")))
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert tree_bytes(target) == tree_bytes(out)
+    report = json.loads((target / "build_report.json").read_text())
+    assert finished >= 2 and report["cost"]["pass2"]["jobs"] == 6 - finished  # finished units are not redone
+
+
+def held_out_ids(source: str, ids: list[str], fraction: float) -> set[str]:
+    """The split rule, written independently: held out when sha256("holdout/<source>/<id>")'s
+    first 8 bytes, big-endian over 2^64, fall below the fraction."""
+    import hashlib
+
+    return {i for i in ids
+            if int.from_bytes(hashlib.sha256(f"holdout/{source}/{i}".encode()).digest()[:8], "big") / 2**64 < fraction}
+
+
+def episodes_by_split(out: Path, source) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {"train": set(), "val": set()}
+    for shard in source.shards:
+        for _, members in iter_shard((out / shard.path).read_bytes()):
+            meta = json.loads(members["meta.json"])
+            found[shard.split].add(meta.get("episode") or meta.get("example"))
+    return found
+
+
+def test_the_holdout_is_the_hash_rule_at_the_mixtures_fraction(built):
+    _, out, manifest = built
+    found = episodes_by_split(out, manifest.sources[0])
+    everything = sorted(found["train"] | found["val"])
+    assert len(everything) == 25 and found["val"] == held_out_ids("bridge", everything, 0.2)
+    assert 0 < len(found["val"]) < 12  # a fifth of 25, not four fifths
+
+
+def test_a_sources_own_holdout_overrides_the_mixtures(tmp_path):
+    """37 COCO detection examples, the mixture holding out 0.2 and the source 0.6 of them."""
+    coco = shared_path("data", "coco_detection")
+    path = write_recipe(tmp_path / "r.toml", units=1, extra_mixture='fast_token_rule = "offset"\nfast_token_offset = 300',
+                        sources=f"""
+[[sources]]
+name = "coco"
+reader = "coco_detection"
+instances = "{coco / 'annotations' / 'instances_val2017.json'}"
+images = "{coco / 'images' / 'val2017'}"
+holdout = 0.6
+""")
+    path.write_text(path.read_text().replace("fast_tokenizer = { fit = true, vocab_size = 300, scale = 10.0 }",
+                                             "fast_tokenizer = { bins = 16 }"))  # no robot source to fit on
+    recipe = load_recipe(path)
+    manifest = build(recipe, str(tmp_path / "out"), progress=False)
+    found = episodes_by_split(tmp_path / "out", manifest.sources[0])
+    everything = sorted(found["train"] | found["val"])
+    assert found["val"] == held_out_ids("coco", everything, 0.6) != held_out_ids("coco", everything, 0.2)
+
+
+def test_verify_names_a_flipped_and_a_missing_shard(built, tmp_path):
+    _, out, manifest = built
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    flipped, missing = manifest.sources[0].shards[0].path, manifest.sources[1].shards[0].path
+    data = bytearray((copy / flipped).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / flipped).write_bytes(bytes(data))
+    (copy / missing).unlink()
+    problems = verify(str(copy))
+    assert len(problems) == 2
+    assert problems[0].startswith(f"{flipped}: sha256 ") and problems[1] == f"{missing}: missing"
 
 
 def test_a_different_recipe_on_the_same_output_is_refused_unless_forced(built, tmp_path):

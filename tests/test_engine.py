@@ -19,6 +19,33 @@ def _fails_on_three(value: int) -> int:
     return value * 10
 
 
+def _fails_once(marker: str, value: int) -> int:
+    """Fails the first time it runs for ``marker`` (a file, so a retry in another process sees it)."""
+    from pathlib import Path
+
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("failed once")
+        raise OSError("a transient failure")
+    return value * 10
+
+
+def test_a_job_that_fails_once_is_retried_counted_and_succeeds(tmp_path):
+    for workers in (1, 2):
+        times = JobTimes()
+        jobs = [((str(tmp_path / f"w{workers}-{v}"), v), f"unit:{v}") for v in range(3)]
+        (tmp_path / f"w{workers}-0").write_text("already failed")  # job 0 succeeds at once
+        results, failures = run_jobs(_fails_once, jobs, workers=workers, progress=False, times=times)
+        assert results == [0, 10, 20] and failures == []
+        assert times.retries == 2 and times.jobs == 3 and times.as_dict()["retries"] == 2
+
+
+def test_a_job_that_fails_twice_is_reported_after_one_retry():
+    times = JobTimes()
+    _, failures = run_jobs(_fails_on_three, [((3,), "unit:3")], progress=False, times=times)
+    assert failures == [("unit:3", "ValueError: three is refused")] and times.retries == 1 and times.jobs == 0
+
+
 def test_in_process_results_come_in_job_order_and_failures_are_named():
     times = JobTimes()
     results, failures = run_jobs(_fails_on_three, [((v,), f"unit:{v}") for v in range(5)], progress=False, times=times)

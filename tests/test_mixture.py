@@ -38,6 +38,17 @@ def test_realised_source_frequencies_follow_the_weights(manifest_path):
     assert abs(counts["bridge"] / 10_000 - 0.7) < 0.02 and abs(counts["vqav2"] / 10_000 - 0.3) < 0.02
 
 
+def test_balance_scales_each_sources_weight_by_its_sample_count(manifest_path):
+    plain = MixtureDataset(manifest_path, decode_images=False)
+    samples = {p.name: sum(count for _, count in p.shards) for p in plain.plans}
+    balanced = MixtureDataset(manifest_path, balance=True, decode_images=False)
+    raw = {"bridge": 1.0 * samples["bridge"], "vqav2": 0.2 * samples["vqav2"]}
+    expected = {name: value / sum(raw.values()) for name, value in raw.items()}
+    assert balanced.weights == pytest.approx(expected) and expected["vqav2"] < 0.01 < plain.weights["vqav2"]
+    counts = collections.Counter(s["source"] for s in itertools.islice(iter(balanced), 20_000))
+    assert abs(counts["vqav2"] / 20_000 - expected["vqav2"]) < 0.003  # ~3 sigma of 20,000 draws
+
+
 def test_manifest_weights_are_the_default(manifest_path):
     dataset = MixtureDataset(manifest_path, decode_images=False)
     assert dataset.weights == pytest.approx({"bridge": 1 / 1.2, "vqav2": 0.2 / 1.2})

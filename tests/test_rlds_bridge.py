@@ -102,3 +102,22 @@ def test_unit_records_cover_every_episode_once_without_tf_data_autotuning(bridge
     assert all(dataset.options().autotune.enabled is False for dataset in datasets)
     records = [record.numpy() for dataset in datasets for record in dataset]
     assert len(records) == len(set(records)) == source.num_episodes() == 25
+
+
+def test_actions_and_gripper_are_the_raw_tfrecords_values_read_without_kidata(bridge_path):
+    """The first train episode against its record parsed with plain TensorFlow protobufs: the
+    expectation does not come from the reader under test. Bridge's gripper is already 1 = open."""
+    import tensorflow as tf
+
+    records = tf.data.TFRecordDataset(f"{bridge_path}/bridge_dataset-train.tfrecord-00000-of-00001")
+    episodes = {e.episode_id: e for e in RldsSource(bridge_path, lookup("bridge_dataset")).episodes(images=False)}
+    checked_both = 0
+    for index, raw in enumerate(records):
+        feature = tf.train.Example.FromString(raw.numpy()).features.feature
+        actions = np.array(feature["steps/action"].float_list.value, dtype=np.float32).reshape(-1, 7)
+        state = np.array(feature["steps/observation/state"].float_list.value, dtype=np.float32).reshape(-1, 7)
+        episode = episodes[f"train-{index:06d}"]
+        np.testing.assert_array_equal(episode.actions, actions)
+        np.testing.assert_array_equal(episode.state, state)
+        checked_both += set(np.unique(actions[:, 6])) == {0.0, 1.0}
+    assert index == 24 and checked_both > 0  # episodes where the gripper closes and opens: an inversion would show

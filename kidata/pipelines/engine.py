@@ -108,6 +108,7 @@ class JobTimes:
     job_cpu_seconds: float = 0.0  # CPU time of the worker processes (all their threads) during jobs
     slowest_job_seconds: float = 0.0
     jobs: int = 0
+    retries: int = 0  # jobs that failed once and ran again (a second failure is reported, not retried)
     peak_rss_mib: dict[int, float] = field(default_factory=dict)  # pid -> MiB
     counters: dict[str, float] = field(default_factory=dict)  # what jobs reported through ``count``
 
@@ -124,7 +125,7 @@ class JobTimes:
         return {"wall_seconds": round(self.wall_seconds, 3), "job_seconds": round(self.job_seconds, 3),
                 "job_cpu_seconds": round(self.job_cpu_seconds, 3),
                 "slowest_job_seconds": round(self.slowest_job_seconds, 3),
-                "jobs": self.jobs, "workers": len(self.peak_rss_mib),
+                "jobs": self.jobs, "retries": self.retries, "workers": len(self.peak_rss_mib),
                 "worker_peak_rss_mib": round(max(self.peak_rss_mib.values(), default=0.0), 1),
                 **{name: round(amount, 3) for name, amount in sorted(self.counters.items())}}
 
@@ -196,7 +197,9 @@ def run_jobs(
                     results[index] = _measured(*args)
                     break
                 except Exception as error:  # noqa: BLE001 - retried once, then reported
-                    if attempt == 2:
+                    if attempt == 1:
+                        times.retries += 1
+                    else:
                         failures.append((name, _describe(error)))
                         traceback.print_exc()
             bar.update(1)
@@ -212,6 +215,7 @@ def run_jobs(
                     bar.update(1)
                 except Exception as error:  # noqa: BLE001
                     if attempt == 1:
+                        times.retries += 1
                         futures[pool.submit(_measured, *args)] = (index, args, name, 2)
                     else:
                         failures.append((name, _describe(error)))
