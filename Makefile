@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint mutate bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: lint
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
+
+mutate: $(STAMP)
+	$(BIN)/python benchmarks/mutation_check.py
 
 bench: $(STAMP)
 	RAYON_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python benchmarks/fast_bench.py

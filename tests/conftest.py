@@ -7,17 +7,21 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["ci_strict", "pytester"]
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
 def shared_path(*parts: str) -> Path:
-    """A path under ../shared; skips where a user's clone has none, fails under CI=true."""
+    """A path under ../shared; skips where a user's clone has none, fails under CI (any truthy CI)."""
+    from ci_strict import ci_strict
+
     path = SHARED.joinpath(*parts)
     if not path.exists():
         message = f"{path} not found: tests on real data need ../shared beside the checkout"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (CI=true: a missing ../shared is an error)")
+        if ci_strict():
+            pytest.fail(message + f" (CI={os.environ['CI']}: a missing ../shared is an error)")
         pytest.skip(message)
     return path
 

@@ -198,24 +198,56 @@ def test_a_second_run_into_the_same_directory_needs_resume(straight_run, mixture
         train(config(mixture, "--train.steps", "2"), run)
 
 
+@pytest.fixture(scope="module")
+def two_process_runs(mixture, tmp_path_factory) -> dict[str, Path]:
+    """The same 6 steps on 2 gloo processes, once under DDP and once under FSDP2."""
+    runs = {}
+    for sharding, port in (("ddp", "29533"), ("fsdp", "29534")):
+        run = tmp_path_factory.mktemp("two") / sharding
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
+                   "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run),
+                   *SHAPE, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
+                   "--train.fsdp", "true" if sharding == "fsdp" else "false"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+        result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[sharding] = run
+    return runs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
-def test_two_process_gloo_run(mixture, tmp_path, sharding):
-    run = tmp_path / sharding
-    port = "29533" if sharding == "ddp" else "29534"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
-               "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run),
-               *SHAPE, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
-               "--train.fsdp", "true" if sharding == "fsdp" else "false"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_two_process_gloo_run(two_process_runs, sharding):
+    run = two_process_runs[sharding]
     trainer = json.loads((run / "checkpoints" / "step_0000006" / "trainer.json").read_text())
     assert trainer["world_size"] == 2 and len(trainer["data_state"]) == 2
     assert [s["rank"] for s in trainer["data_state"]] == [0, 1]
     report = json.loads((run / "report.json").read_text())
     assert report["final"]["samples_per_s"] > 0 and sorted(losses(run)) == list(range(1, 7))
     assert "action_mse" in report["eval"]  # the final evaluation ran on every rank
+
+
+@pytest.mark.slow
+def test_ddp_keeps_every_replica_equal_while_each_rank_trains_on_its_own_batches(two_process_runs):
+    for step in (3, 6):
+        replicas = json.loads((two_process_runs["ddp"] / "checkpoints" / f"step_{step:07d}" / "trainer.json"
+                               ).read_text())["replicas"]
+        assert [r["rank"] for r in replicas] == [0, 1]
+        assert replicas[0]["parameters_sha256"] == replicas[1]["parameters_sha256"]  # gradients were synchronised
+        assert replicas[0]["last_batch_sha256"] != replicas[1]["last_batch_sha256"]  # on different data
+
+
+@pytest.mark.slow
+def test_fsdp_shards_the_parameters_and_its_gathered_weights_are_ddps(two_process_runs):
+    replicas = json.loads((two_process_runs["fsdp"] / "checkpoints" / "step_0000006" / "trainer.json"
+                           ).read_text())["replicas"]
+    assert replicas[0]["parameters_sha256"] != replicas[1]["parameters_sha256"]  # each rank holds its shard
+    assert replicas[0]["last_batch_sha256"] != replicas[1]["last_batch_sha256"]
+    fsdp = safetensors_at(two_process_runs["fsdp"], 6, "model.safetensors")
+    ddp = safetensors_at(two_process_runs["ddp"], 6, "model.safetensors")
+    assert set(fsdp) == set(ddp)
+    for name in ddp:  # the same seeds, data streams and averaged gradients: the same training
+        torch.testing.assert_close(fsdp[name], ddp[name], atol=2e-5, rtol=1e-4)
 
 
 def test_initialization_from_a_paligemma_checkpoint(mixture, tmp_path):

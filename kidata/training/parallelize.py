@@ -89,3 +89,16 @@ def restore_state_dicts(model: KIModel, optimizer, checkpoint: dict) -> None:
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def local_parameters_sha256(model: torch.nn.Module) -> str:
+    """sha256 of the parameter bytes this process holds (its shard under FSDP2), in name order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, parameter in sorted(model.named_parameters()):
+        local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
+        digest.update(name.encode())
+        digest.update(local.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+

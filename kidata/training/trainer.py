@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -32,7 +33,14 @@ from kidata.training.checkpoint import load_checkpoint, newest_complete, save_ch
 from kidata.training.config import TrainConfig
 from kidata.training.held_out import HeldOutMetrics
 from kidata.training.metrics import MetricsLogger, truncate_metrics
-from kidata.training.parallelize import Distributed, full_state_dicts, local_tensor, parallelize, restore_state_dicts
+from kidata.training.parallelize import (
+    Distributed,
+    full_state_dicts,
+    local_parameters_sha256,
+    local_tensor,
+    parallelize,
+    restore_state_dicts,
+)
 from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, config_changes, resume_point  # noqa: F401  (public here)
 
 
@@ -187,6 +195,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     accum = config.optim.grad_accum
     batches = iter(loader)
     fed = 0  # batches taken from the loader in this process
+    last_batch = ""  # sha256 of the last batch's tokens: the checkpoint records each rank's
     wrapped.train()
     for step in range(start, config.train.steps):
         began = time.perf_counter()
@@ -197,6 +206,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         for micro in range(accum):
             batch = {k: v.to(env.device, non_blocking=True) for k, v in next(batches).items()}
             fed += 1
+            last_batch = hashlib.sha256(batch["tokens"].cpu().numpy().tobytes()).hexdigest()
             noise, t = flow_inputs(config.train.seed, env.rank, step, micro, tuple(batch["actions"].shape))
             sync = (contextlib.nullcontext() if micro == accum - 1 or not hasattr(wrapped, "no_sync")
                     else wrapped.no_sync())
@@ -229,7 +239,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
                                                  autocast, has_val))
             wrapped.train()
         if done % config.checkpoint.every == 0 or done == config.train.steps:
-            last_good = _checkpoint(run, done, model, optimizer, ema, data, fed, config, env)
+            last_good = _checkpoint(run, done, model, optimizer, ema, data, fed, config, env, last_batch)
     result = _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast, has_val)
     return logger.finish(config.train.steps, result)
 
@@ -307,12 +317,16 @@ def held_out_metrics(wrapped, model: KIModel, config: TrainConfig, manifest_path
 
 
 def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDataset, fed: int, config: TrainConfig,
-                env: Distributed) -> Path | None:
+                env: Distributed, last_batch: str) -> Path | None:
     model_state, optimizer_state = full_state_dicts(model, optimizer)
     streams = env.gather(data.state_after_batches(fed, config.data.batch_size, config.data.num_workers))
+    # what each rank holds: under DDP every replica's parameters are the same bytes and every rank's
+    # batch differs; under FSDP each rank holds its own shard (a drifting replica shows here)
+    replicas = env.gather({"rank": env.rank, "parameters_sha256": local_parameters_sha256(model),
+                           "last_batch_sha256": last_batch})
     if env.rank != 0:
         return None
-    trainer = {"step": step, "data_state": streams, "world_size": env.world,
+    trainer = {"step": step, "data_state": streams, "world_size": env.world, "replicas": replicas,
                "config_sha256": json_sha256(config.to_json())}
     try:
         return save_checkpoint(run, step, model=model_state, optimizer=optimizer_state, ema=ema, trainer=trainer,

@@ -1,0 +1,172 @@
+"""Plants known bugs, one at a time, in a scratch copy of the checkout and reports which the test
+suite catches: the suite's own test. A developer tool (``make mutate``), not part of ``make test``.
+
+    python benchmarks/mutation_check.py [--only NAME ...] [--list]
+
+Each mutation names the file, the exact text it replaces (it must occur exactly once, so a
+refactor that moves the code makes the check fail loudly instead of passing vacuously) and the
+tests that must fail. "caught" means those tests fail with the bug in place; every mutation in
+the list must be caught. The scratch copy is imported through PYTHONPATH ahead of the editable
+install, and a sanity run without any mutation must pass first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]  # pytest node ids or -k expressions as "file::name" / "file -k expr"
+
+
+OBJ = "tests/test_objectives.py"
+MUTATIONS = [
+    # objectives
+    Mutation("token loss mask off by one", "kidata/model/ki_model.py",
+             'batch["loss"][:, 1:]', 'batch["loss"][:, :-1]', (OBJ,)),
+    Mutation("token loss without the shift", "kidata/model/ki_model.py",
+             "F.cross_entropy(logits[:, :-1]", "F.cross_entropy(logits[:, 1:]", (OBJ,)),
+    Mutation("flow target sign flipped", "kidata/model/ki_model.py",
+             "(velocity - (noise - actions))", "(velocity - (actions - noise))", (OBJ,)),
+    Mutation("x_t mixes actions and noise the wrong way round", "kidata/model/ki_model.py",
+             "noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * actions",
+             "noisy = t[:, None, None] * actions + (1 - t[:, None, None]) * noise", (OBJ,)),
+    Mutation("flow time uniform instead of Beta(1.5, 1)", "kidata/model/ki_model.py",
+             "uniform.pow(1 / 1.5) * 0.999", "uniform * 0.999", (OBJ,)),
+    Mutation("time embedding halves swapped", "kidata/model/layers.py",
+             "[angle.sin(), angle.cos()]", "[angle.cos(), angle.sin()]", (OBJ,)),
+    # inference
+    Mutation("expert positions at inference differ from training", "kidata/model/ki_model.py",
+             "positions = self._expert_positions(prefix_visible, h.shape[1])\n",
+             "positions = self._expert_positions(prefix_visible, h.shape[1]) + 1\n", (OBJ,)),
+    Mutation("Euler step in the wrong direction", "kidata/model/ki_model.py",
+             "x = x + dt * self.run_expert", "x = x - dt * self.run_expert", (OBJ,)),
+    Mutation("generation ignores stop ids", "kidata/model/ki_model.py",
+             "done |= torch.isin(token, stop)", "done |= False", (OBJ,)),
+    Mutation("generation does not advance positions", "kidata/model/ki_model.py",
+             "position = position + 1\n", "position = position\n", (OBJ,)),
+    Mutation("generation attends to padding", "kidata/model/ki_model.py",
+             "visible = valid.clone()", "visible = torch.ones_like(valid)", (OBJ,)),
+    # data
+    Mutation("holdout fraction inverted", "kidata/hashing.py",
+             'stable_fraction("holdout", source, record_id) < fraction',
+             'stable_fraction("holdout", source, record_id) < 1 - fraction', ("tests/test_build.py -k holdout",)),
+    Mutation("a source's own holdout ignored", "kidata/pipelines/encode_pass.py",
+             "holdout = source_config.holdout if source_config.holdout is not None else mixture.holdout",
+             "holdout = mixture.holdout", ("tests/test_build.py -k holdout",)),
+    Mutation("balance ignored", "kidata/loader/mixture.py",
+             "(sum(c for _, c in shards) if balance else 1.0)", "1.0", ("tests/test_mixture.py -k balance",)),
+    Mutation("a rerun redoes finished units", "kidata/pipelines/build.py",
+             "            if fs.exists(record_path):", "            if False and fs.exists(record_path):",
+             ("tests/test_build.py -k killed",)),
+    Mutation("verify never compares hashes", "kidata/pipelines/verify.py",
+             "if digest != shard.sha256:", "if False:", ("tests/test_build.py -k verify",)),
+    Mutation("the engine's retry removed", "kidata/pipelines/engine.py",
+             "for attempt in (1, 2):", "for attempt in (2,):", ("tests/test_engine.py",)),
+    Mutation("Bridge gripper inverted", "kidata/sources/datasets/oxe.py",
+             '"bridge_dataset",  # Berkeley BridgeData V2 as released in RLDS (image_0..3, 7-d state/action)\n'
+             '        cameras={"base_0": "image_0", "base_1": "image_1", "left_wrist_0": "image_3"},\n'
+             '        blank_cameras_absent=True,\n        state=["observation/state"],\n'
+             '        action=["action[:6]", "action[6:7]"],',
+             '"bridge_dataset",  # Berkeley BridgeData V2 as released in RLDS (image_0..3, 7-d state/action)\n'
+             '        cameras={"base_0": "image_0", "base_1": "image_1", "left_wrist_0": "image_3"},\n'
+             '        blank_cameras_absent=True,\n        state=["observation/state"],\n'
+             '        action=["action[:6]", "action[6:7]|close_to_open"],',
+             ("tests/test_rlds_bridge.py -k raw",)),
+    # training
+    Mutation("EMA weighted the wrong way", "kidata/training/trainer.py",
+             "float(), 1 - config.optim.ema_decay)", "float(), config.optim.ema_decay)", ("tests/test_train.py -k ema",)),
+    Mutation("gradient accumulation sums instead of averaging", "kidata/training/trainer.py",
+             '(out["loss"] / accum).backward()', 'out["loss"].backward()', ("tests/test_train.py -k accumulation",)),
+    Mutation("pruning keeps one too many", "kidata/training/checkpoint.py",
+             '.endswith(".tmp"))[:-keep]', '.endswith(".tmp"))[:-keep - 1]', ("tests/test_train.py -k pruning",)),
+    Mutation("resume on a rebuilt mixture not checked", "kidata/training/trainer.py",
+             "        manifest.check_expectations({", "        (lambda expect: None)({", ("tests/test_train.py -k rebuilt",)),
+    Mutation("policy unnormalizes actions with the state statistics", "kidata/policy.py",
+             "self.stats.actions, self.normalization)", "self.stats.state, self.normalization)",
+             ("tests/test_train.py -k policy_maps",)),
+    Mutation("DDP wrapping dropped (gradients never synchronised)", "kidata/training/parallelize.py",
+             "wrapped = torch.nn.parallel.DistributedDataParallel(\n            model,",
+             "wrapped = (lambda module, **_: module)(\n            model,", ("tests/test_train.py -k ddp_keeps",)),
+    Mutation("FSDP wrapping dropped (parameters not sharded)", "kidata/training/parallelize.py",
+             "wrapped = fully_shard(model)", "wrapped = model", ("tests/test_train.py -k fsdp_shards",)),
+    # CI
+    Mutation("CI=1 not treated as CI", "tests/ci_strict.py",
+             '("1", "true", "yes", "on")', '("true",)', ("tests/test_ci_strict.py",)),
+]
+
+
+def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[bool, float]:
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}", "CI": "", "OMP_NUM_THREADS": "1"}
+    began = time.perf_counter()
+    ok = True
+    for spec in tests:
+        args = spec.split()
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args],
+                                cwd=root, env=env, capture_output=True, text=True)
+        ok = ok and result.returncode == 0
+    return ok, time.perf_counter() - began
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", help="run only the mutations whose name contains one of these")
+    parser.add_argument("--list", action="store_true")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.only or any(word in m.name for word in args.only)]
+    if args.list:
+        for mutation in chosen:
+            print(f"{mutation.name:60s} {mutation.path}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="kidata-mutants-") as scratch:
+        root = Path(scratch) / "kidata-checkout"
+        shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "__pycache__",
+                                                                    "demo-out", ".pytest_cache", ".ruff_cache"))
+        (root.parent / "shared").symlink_to(REPO.parent / "shared")  # tests read ../shared in place
+        probe = subprocess.run([sys.executable, "-c", "import kidata; print(kidata.__file__)"], capture_output=True,
+                               text=True, env={**os.environ, "PYTHONPATH": str(root)})
+        assert probe.stdout.strip().startswith(str(root)), f"the scratch copy is not the one imported: {probe.stdout}"
+        every_test = tuple(sorted({spec for m in chosen for spec in m.tests}))
+        clean, seconds = run_tests(root, every_test)
+        print(f"unmutated: {'pass' if clean else 'FAIL'} ({seconds:.0f} s)")
+        if not clean:
+            print("the tests fail without any mutation: fix them first")
+            return 2
+        missed = []
+        for mutation in chosen:
+            path = root / mutation.path
+            original = path.read_text()
+            if original.count(mutation.old) != 1:
+                print(f"{mutation.name}: the text to replace occurs {original.count(mutation.old)} times in "
+                      f"{mutation.path}; update the mutation")
+                missed.append(mutation.name)
+                continue
+            path.write_text(original.replace(mutation.old, mutation.new))
+            try:
+                passed, seconds = run_tests(root, mutation.tests)
+            finally:
+                path.write_text(original)
+            print(f"{'MISSED' if passed else 'caught'}  {mutation.name} ({seconds:.0f} s)", flush=True)
+            if passed:
+                missed.append(mutation.name)
+        print(f"{len(chosen) - len(missed)} of {len(chosen)} planted bugs caught")
+        return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
