@@ -138,7 +138,7 @@ def main() -> int:
         shutil.copytree(REPO, root, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "__pycache__",
                                                                     "demo-out", ".pytest_cache", ".ruff_cache"))
         (root.parent / "shared").symlink_to(REPO.parent / "shared")  # tests read ../shared in place
-        probe = subprocess.run([sys.executable, "-c", "import kidata; print(kidata.__file__)"], capture_output=True,
+        probe = subprocess.run([sys.executable, "-c", "import kidata; print(kidata.__file__)"], capture_output=True, cwd=root,
                                text=True, env={**os.environ, "PYTHONPATH": str(root)})
         assert probe.stdout.strip().startswith(str(root)), f"the scratch copy is not the one imported: {probe.stdout}"
         every_test = tuple(sorted({spec for m in chosen for spec in m.tests}))

@@ -65,3 +65,20 @@ def test_chunk_files_must_be_three_dimensional(tmp_path):
     np.save(chunk_file, np.zeros((10, 7)))
     with pytest.raises(SystemExit, match="expected normalized chunks"):
         main(["fast", "report", "unused", "--chunks", str(chunk_file)])
+
+
+def test_inspect_without_a_build_shows_example_samples_with_their_boundary(capsys):
+    assert main(["inspect", "--example", "vqa", "robot", "--horizon", "4", "--action-dim", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "what color is the cup" in out and "blue" in out and "pick up the red block" in out
+    assert out.count("||") >= 2  # each sample shows where the prefix ends
+
+
+def test_fetch_images_exits_1_when_any_image_failed(tmp_path, capsys):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image_url": ["file:///etc/hostname"], "image_sha256": [None]}), tmp_path / "p.parquet")
+    code = main(["fetch-images", "--parquet", str(tmp_path / "p.parquet"), "--mirror", str(tmp_path / "mirror"),
+                 "--quiet"])
+    assert code == 1 and "refused_scheme" in (tmp_path / "mirror" / "fetch_report.json").read_text()
