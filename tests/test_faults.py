@@ -163,3 +163,9 @@ def test_loader_weights_must_be_finite_and_non_negative(mixture, weight):  # noq
 
     with pytest.raises(ValueError, match="weight of source 'bridge' is"):
         MixtureDataset(mixture, weights={"bridge": weight, "vqav2": 1.0})
+
+
+def test_an_unwritable_run_directory_is_named(mixture, tmp_path):  # noqa: F811
+    (tmp_path / "a-file").write_text("in the way")
+    with pytest.raises(OSError, match=r"a-file/run: cannot create the run directory there"):
+        train(config(mixture, "--train.steps", "1"), tmp_path / "a-file" / "run")

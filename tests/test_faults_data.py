@@ -93,6 +93,8 @@ def test_a_json_that_is_not_a_manifest_is_named_as_such(tmp_path):
     (tmp_path / "broken.json").write_text('{"encoding": ')
     with pytest.raises(ManifestMismatch, match="broken.json is not valid JSON"):
         Manifest.read(str(tmp_path / "broken.json"))
+    with pytest.raises(FileNotFoundError, match=r"missing.json: no such manifest \(a build writes OUT/manifest.json"):
+        Manifest.read(str(tmp_path / "missing.json"))
 
 
 def test_a_features_json_naming_a_foreign_class_is_refused_before_tfds_imports_it(tmp_path):
@@ -283,3 +285,58 @@ def test_fast_commands_refuse_empty_or_non_finite_chunk_files(tmp_path, chunks, 
     np.save(tmp_path / "chunks.npy", chunks)
     with pytest.raises(SystemExit, match=message):
         main(["fast", "fit", "--chunks", str(tmp_path / "chunks.npy"), "--out", str(tmp_path / "tok")])
+
+
+def test_an_rlds_path_that_is_missing_or_not_a_dataset_folder_is_named(tmp_path):
+    from kidata.sources.registry import open_source
+
+    with pytest.raises(FileNotFoundError, match=r"nowhere: no such folder; an rlds source's path is the dataset's "
+                                                r"<name>/<version> folder"):
+        open_source("rlds", path=str(tmp_path / "nowhere"), dataset="bridge_dataset")
+    (tmp_path / "bridge" / "1.0.0").mkdir(parents=True)
+    (tmp_path / "bridge" / "1.0.0" / "features.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"1.0.0: no dataset_info.json here \(found \['features.json'\]\)"):
+        open_source("rlds", path=str(tmp_path / "bridge" / "1.0.0"), dataset="bridge_dataset")
+
+
+def test_a_text_tokenizer_that_is_neither_a_path_nor_a_loadable_hub_id_is_named(tmp_path, monkeypatch):
+    from kidata.tokenizers.text import TextTokenizer
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"text tokenizer './toks/mine': toks/mine does not exist .*give a "
+                                                r"folder holding tokenizer.model or tokenizer.json"):
+        TextTokenizer.load("./toks/mine")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"text tokenizer 'tokenizers/mine': tokenizers/mine does not exist "
+                                                r".*as a Hugging Face hub id it could not be loaded"):
+        TextTokenizer.load("tokenizers/mine")
+
+
+def test_invalid_annotation_json_names_the_file_and_line(tmp_path):
+    from kidata.sources.base import load_annotations
+
+    bad = tmp_path / "notes.jsonl"
+    bad.write_text('{"episode_id": "e", "start": 0, "stop": 2, "text": "go"}\n{"episode_id": \n')
+    with pytest.raises(ValueError, match=r"notes.jsonl: not valid JSON or JSONL at line 1, column 16"):
+        load_annotations(bad)
+
+
+def test_a_vocabulary_below_the_byte_alphabet_says_what_to_choose():
+    from kidata.tokenizers.fast import FastTokenizer
+
+    chunks = np.random.default_rng(0).normal(size=(50, 4, 2))
+    with pytest.raises(ValueError, match=r"vocab_size 100 is smaller than the \d+-symbol byte alphabet .*choose a "
+                                         r"vocab_size above \d+"):
+        FastTokenizer.fit(chunks, vocab_size=100)
+
+
+def test_an_unwritable_build_output_is_refused_before_any_work(tmp_path):
+    from test_build import write_recipe
+
+    from kidata.pipelines.build import BuildError, build
+    from kidata.pipelines.recipe import load_recipe
+
+    (tmp_path / "a-file").write_text("in the way")
+    recipe = load_recipe(write_recipe(tmp_path / "recipe.toml", units=1))
+    with pytest.raises(BuildError, match=r"a-file/out: cannot write the build there \(NotADirectoryError"):
+        build(recipe, str(tmp_path / "a-file" / "out"), progress=False)

@@ -54,7 +54,12 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
                 raise BuildError(f"{out} holds a build of a different recipe (sha256 {previous['recipe_sha256'][:12]}, "
                                  f"this one {recipe.sha256[:12]}); use --force to replace it")
             fs.rm(root, recursive=True)  # --force, or a build that failed before writing anything
-    write_text(fs, state_file, json.dumps({"recipe_sha256": recipe.sha256, "recipe": recipe.canonical()}, sort_keys=True))
+    try:
+        write_text(fs, state_file, json.dumps({"recipe_sha256": recipe.sha256, "recipe": recipe.canonical()},
+                                              sort_keys=True))
+    except OSError as error:  # read-only, a file in the way, no permission: before any work is done
+        raise BuildError(f"{out}: cannot write the build there ({type(error).__name__}: {error.strerror or error}); "
+                         "choose a writable --out") from error
     robot = [s for s in recipe.sources if s.kind == "robot"]
 
     # pass 1 -----------------------------------------------------------------------------

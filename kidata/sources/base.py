@@ -78,9 +78,13 @@ def load_annotations(path: str | Path | None) -> dict[str, tuple[LanguageAnnotat
     if path is None:
         return {}
     text = Path(path).read_text()
-    records = json.loads(text) if text.lstrip().startswith("[") else [
-        json.loads(line) for line in text.splitlines() if line.strip()
-    ]
+    try:
+        records = json.loads(text) if text.lstrip().startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()
+        ]
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: not valid JSON or JSONL at line {error.lineno}, column {error.colno} ({error.msg}); "
+                         "annotations are a JSON list or one JSON object per line") from None
     grouped: dict[str, list[LanguageAnnotation]] = {}
     for number, record in enumerate(records):
         try:

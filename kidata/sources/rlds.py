@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -150,6 +151,20 @@ def _lookup(tree: dict, path: str) -> Any:
     return node
 
 
+def _check_local_directory(path: str) -> None:
+    """A local dataset folder that cannot be one, refused in a sentence before TFDS sees it (remote
+    URLs are left to tf.io.gfile)."""
+    if "://" in path:
+        return
+    folder = Path(path)
+    hint = "an rlds source's path is the dataset's <name>/<version> folder (dataset_info.json, features.json, tfrecords)"
+    if not folder.exists():
+        raise FileNotFoundError(f"{path}: no such folder; {hint}")
+    if not (folder / "dataset_info.json").is_file():
+        inside = sorted(p.name for p in folder.iterdir())[:8] if folder.is_dir() else []
+        raise FileNotFoundError(f"{path}: no dataset_info.json here (found {inside}); {hint}")
+
+
 class RldsSource:
     """Standard episodes from one split of an RLDS dataset directory."""
 
@@ -175,6 +190,7 @@ class RldsSource:
         self._annotations = load_annotations(annotations)
         self._builder = None
         self._json: tuple[dict, dict] | bool | None = None
+        _check_local_directory(self.path)
 
     def __getstate__(self) -> dict:
         # Worker processes open their own builder; TensorFlow objects do not travel.

@@ -349,7 +349,8 @@ class FastTokenizer:
         alphabet = [symbols[b] for b in bytelevel.reachable_bytes(max_code)]
         if vocab_size < len(alphabet):
             raise ValueError(
-                f"vocab_size {vocab_size} is smaller than the {len(alphabet)}-symbol byte alphabet"
+                f"vocab_size {vocab_size} is smaller than the {len(alphabet)}-symbol byte alphabet these chunks "
+                f"need; choose a vocab_size above {len(alphabet)} (the BPE merges come on top of it)"
             )
         codes = (rounded.reshape(batch.shape[0], -1) - min_token).reshape(-1)
         text = bytelevel.from_code_points(codes)

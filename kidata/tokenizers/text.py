@@ -60,7 +60,17 @@ class TextTokenizer:
         shipped = assets.shipped(name_or_path)
         if shipped is not None:
             return cls.load(shipped)
-        return cls._from_hub(str(name_or_path))
+        name = str(name_or_path)
+        where = f"{path} does not exist (nor a shipped asset of that name)"
+        if _looks_like_a_path(name):
+            raise FileNotFoundError(f"text tokenizer {name!r}: {where}; give a folder holding tokenizer.model or "
+                                    "tokenizer.json, or a Hugging Face hub id (org/name)")
+        try:
+            return cls._from_hub(name)
+        except (FileNotFoundError, ImportError) as error:
+            raise FileNotFoundError(f"text tokenizer {name!r}: {where}, and as a Hugging Face hub id it could not be "
+                                    f"loaded ({str(error)[:160]}); give a local folder holding tokenizer.model or "
+                                    "tokenizer.json, or a hub id reachable from here") from None
 
     @classmethod
     def _from_file(cls, path: Path) -> "TextTokenizer":
@@ -138,3 +148,10 @@ class TextTokenizer:
         if None in ids or ids != list(range(ids[0], ids[0] + len(ids))):
             return None
         return ids[0], ids[-1]
+
+
+def _looks_like_a_path(name: str) -> bool:
+    """A hub id is "org/name" (or "name"); anything else is meant as a file or folder."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+            or name.endswith((".model", ".json")))
+

@@ -99,7 +99,11 @@ def _prepare_run(run: Path, config: TrainConfig, manifest: Manifest, root: str, 
         manifest.check_expectations({"text_sha256": before.text_tokenizer.sha256,
                                      "fast_sha256": before.action_tokenizer.sha256,
                                      "encoding": before.encoding.to_json()})
-    run.mkdir(parents=True, exist_ok=True)
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(error.errno, f"{run}: cannot create the run directory there ({error.strerror or error}); "
+                                   "choose a writable --out") from None
     config.save(run / "config.json")
     saved.write_text(manifest.dumps())
     fs, base = fsspec.core.url_to_fs(f"{root}/fast_tokenizer")
