@@ -30,12 +30,13 @@ def nearest(key: str, valid: Iterable[str]) -> str:
     return f" (did you mean {match[0]!r}?)" if match else f" (valid keys: {sorted(valid)})"
 
 
-def read_toml(path: str | Path, *, error: type[ValueError] = ConfigError) -> tuple[dict[str, Any], Path]:
+def read_toml(path: str | Path, *, error: type[ValueError] = ConfigError, kind: str | None = None
+              ) -> tuple[dict[str, Any], Path]:
     """The parsed file and where it was found (a relative path that does not exist names a shipped
-    asset, ``kidata.assets``)."""
+    asset, and with ``kind`` a bare name does too: ``kidata.assets``)."""
     from kidata import assets
 
-    found = assets.resolve(path)
+    found = assets.resolve(path, kind=kind)
     try:
         return tomllib.loads(found.read_text()), found
     except tomllib.TOMLDecodeError as parse_error:

@@ -82,3 +82,63 @@ def test_fetch_images_exits_1_when_any_image_failed(tmp_path, capsys):
     code = main(["fetch-images", "--parquet", str(tmp_path / "p.parquet"), "--mirror", str(tmp_path / "mirror"),
                  "--quiet"])
     assert code == 1 and "refused_scheme" in (tmp_path / "mirror" / "fetch_report.json").read_text()
+
+
+def _commands(parser, prefix=("kidata",)):
+    import argparse
+
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, prefix + (name,))
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    from kidata.cli import build_parser
+
+    silent = [f"{' '.join(prefix)} {action.option_strings or action.dest}" for prefix, parser in _commands(build_parser())
+              for action in parser._actions if not action.help and action.dest != "help"
+              and type(action).__name__ != "_SubParsersAction"]
+    assert silent == []
+
+
+def test_every_leaf_command_shows_an_example_and_its_defaults():
+    from kidata.cli import build_parser
+
+    leaves = [(prefix, parser) for prefix, parser in _commands(build_parser())
+              if not any(type(a).__name__ == "_SubParsersAction" for a in parser._actions)]
+    assert len(leaves) >= 13
+    for prefix, parser in leaves:
+        text = parser.format_help()
+        assert "example" in text, " ".join(prefix)
+    assert "(default: 5)" in dict((" ".join(p), q) for p, q in leaves)["kidata eval metaworld"].format_help()
+
+
+def test_commands_are_listed_in_the_order_of_the_journey():
+    from kidata.cli import build_parser
+
+    lines = [line.split()[0] for line in build_parser().format_help().splitlines() if line.startswith("    ")
+             and not line.startswith("     ")]
+    journey = [lines.index(name) for name in ("demo", "fast", "build", "inspect", "train", "eval")]
+    assert journey == sorted(journey)
+
+
+def test_fast_fit_refuses_a_scale_it_would_ignore(tmp_path):
+    with pytest.raises(SystemExit, match="give --scale or --target-rmse, not both"):
+        main(["fast", "fit", "--chunks", str(tmp_path / "c.npy"), "--scale", "10", "--target-rmse", "0.01",
+              "--out", str(tmp_path / "f")])
+
+
+def test_a_typo_in_a_command_line_override_is_named_as_the_command_lines(capsys):
+    assert main(["train", "--model", "ki_tiny", "--train.stepz", "3"]) == 2
+    assert "command line: unknown key '--train.stepz' (did you mean 'steps'?)" in capsys.readouterr().err
+
+
+def test_shipped_presets_and_recipes_are_addressable_by_name_from_anywhere(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["model", "params", "ki_tiny"]) == 0 and "ki_tiny: vision" in capsys.readouterr().out
+    from kidata.pipelines.recipe import load_recipe
+    from kidata.training.config import TrainConfig
+
+    assert load_recipe("demo").mixture.name == "demo" and TrainConfig.load("ki_metaworld").model.image_size == 112

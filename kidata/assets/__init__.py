@@ -31,17 +31,21 @@ def shipped(name: str | Path) -> Path | None:
     return candidate if candidate.exists() else None
 
 
-def resolve(path: str | Path, *, base: str | Path | None = None) -> Path:
+def resolve(path: str | Path, *, base: str | Path | None = None, kind: str | None = None) -> Path:
     """``path`` as given (relative to ``base`` or the working folder) when it exists, else the
-    shipped asset of that name; refuses with both places named and what ships of that kind."""
+    shipped asset of that name; with ``kind``, a bare name is a shipped asset of that kind
+    (``demo`` -> ``pipelines/demo.toml``, ``ki_tiny`` -> ``model/ki_tiny.toml``). Refuses with
+    both places named and what ships of that kind."""
     given = Path(path)
     local = (Path(base) / given) if base is not None and not given.is_absolute() else given
     if local.exists():
         return local
     asset = shipped(given)
+    if asset is None and kind is not None and len(given.parts) == 1 and not given.suffix:
+        asset = shipped(Path(kind) / f"{given.name}.toml")
     if asset is not None:
         return asset
-    kind = given.parts[0] if given.parts and given.parts[0] in KINDS else None
+    kind = kind or (given.parts[0] if given.parts and given.parts[0] in KINDS else None)
     hint = f"; shipped {kind}: {listing()[kind]}" if kind else f"; shipped assets: {sorted(_all())}"
     raise AssetNotFound(f"{path}: no such file (looked in {local.resolve().parent} and {ROOT}){hint}")
 

@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 # the order ``kidata --help`` lists the commands in: the user's journey; modules not named here follow
-ORDER = ("demo", "build", "verify", "inspect", "stats", "fast", "train", "eval", "export", "model", "fetch_images",
+ORDER = ("demo", "stats", "fast", "build", "verify", "inspect", "train", "eval", "export", "model", "fetch_images",
          "assets")
 
 
@@ -29,13 +29,34 @@ def build_parser() -> argparse.ArgumentParser:
     from kidata import __version__
 
     parser = argparse.ArgumentParser(
-        prog="kidata", description="Build knowledge-insulated VLA training data: FAST tokenizers, mixtures, training.")
+        prog="kidata", description="Knowledge-insulated VLA training: FAST tokenizers, mixtures, training, evaluation.",
+        epilog="the journey: kidata fast fit --recipe R -> kidata build R -> kidata train -> kidata eval / "
+               "kidata.policy.load (README: Quick start for your own robot)")
     parser.add_argument("--version", action="version", version=f"kidata {__version__}")
     parser.add_argument("--debug", action="store_true", help="show a failure's traceback (or KIDATA_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in command_modules():
         importlib.import_module(f"{__name__}.{name}").add_parser(commands)
+    _teach(parser)
     return parser
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown next to every option that has one; examples (epilogs) kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
+def _teach(parser: argparse.ArgumentParser) -> None:
+    """Every (sub)command's help shows defaults and keeps its examples' line breaks."""
+    parser.formatter_class = HelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _teach(sub)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,8 @@ import argparse
 
 
 def add_parser(commands) -> None:
-    assets = commands.add_parser("assets", help="list the shipped recipes, model presets and tokenizers")
+    assets = commands.add_parser("assets", help="list the shipped recipes, model presets and tokenizers",
+                                 epilog="example:\n  kidata assets")
     assets.set_defaults(handler=assets_command)
 
 

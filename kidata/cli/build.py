@@ -7,14 +7,17 @@ import sys
 
 
 def add_parser(commands) -> None:
-    build = commands.add_parser("build", help="build a mixture: recipe -> webdataset shards + manifest")
+    build = commands.add_parser("build", help="build a mixture: recipe -> webdataset shards + manifest",
+                                epilog="examples:\n  kidata build demo --out demo-out                # a shipped recipe by name\n"
+                                       "  kidata build my_robot.toml --out mix --workers 2")
     build.add_argument("recipe", help="recipe TOML (a file, or a shipped one: pipelines/demo.toml; `kidata assets`)")
     build.add_argument("--out", required=True, help="output folder or fsspec URL (s3://, gs://, memory://)")
-    build.add_argument("--engine", default="local", choices=["local", "ray"])
+    build.add_argument("--engine", default="local", choices=["local", "ray"],
+                       help="local worker processes, or a Ray cluster")
     build.add_argument("--workers", type=int, default=1, help="worker processes (local engine)")
     build.add_argument("--ray-address", default=None, help="Ray cluster address (ray engine; default: local)")
     build.add_argument("--force", action="store_true", help="replace a build of a different recipe in OUT")
-    build.add_argument("--quiet", action="store_true")
+    build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(handler=build_command)
 
 

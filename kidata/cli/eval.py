@@ -11,18 +11,22 @@ import json
 def add_parser(commands) -> None:
     evaluate = commands.add_parser("eval", help="closed-loop evaluation of policies")
     eval_commands = evaluate.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
-    metaworld = eval_commands.add_parser("metaworld", help="success rates in Meta-World")
+    metaworld = eval_commands.add_parser(
+        "metaworld", help="success rates in Meta-World",
+        epilog="examples:\n  kidata eval metaworld --run demo-out/run --tasks reach-v3 push-v3 --episodes 20\n"
+               "  kidata eval metaworld --policy expert --tasks MT10 --episodes 2\n"
+               "  kidata eval metaworld --run demo-out/run --check-parity")
     chooser = metaworld.add_mutually_exclusive_group(required=True)
     chooser.add_argument("--run", help="a kidata train run directory")
     chooser.add_argument("--policy", choices=("expert", "random"), help="a reference policy")
     metaworld.add_argument("--tasks", nargs="+", default=["MT10"], help="task names or MT10 / MT50")
     metaworld.add_argument("--episodes", type=int, default=5, help="episodes per task")
     metaworld.add_argument("--replan", type=int, default=5, help="actions executed per predicted chunk")
-    metaworld.add_argument("--max-steps", type=int, default=300)
+    metaworld.add_argument("--max-steps", type=int, default=300, help="step budget of an episode")
     metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps")
     metaworld.add_argument("--image-size", type=int, help="render size (default: the model's)")
     metaworld.add_argument("--source", help="the run's robot source whose statistics apply")
-    metaworld.add_argument("--seed", type=int, default=0)
+    metaworld.add_argument("--seed", type=int, default=0, help="the random policy's seed")
     metaworld.add_argument("--goal-marker-scale", type=float, default=1.0,
                            help="goal marker size for --policy runs (a --run takes its recipe's)")
     metaworld.add_argument("--check-parity", action="store_true",
@@ -32,13 +36,14 @@ def add_parser(commands) -> None:
     metaworld.set_defaults(handler=metaworld_command)
     privileged = eval_commands.add_parser(
         "privileged", help="an MLP on the simulator's full state, trained on a recipe's Meta-World episodes: "
-                           "what the demonstrations support without perception")
-    privileged.add_argument("--recipe", required=True)
+                           "what the demonstrations support without perception",
+        epilog="example:\n  kidata eval privileged --recipe metaworld --episodes 20 --out privileged")
+    privileged.add_argument("--recipe", required=True, help="the recipe whose Meta-World episodes train the MLP")
     privileged.add_argument("--source", help="the recipe's metaworld source (default: the first)")
     privileged.add_argument("--steps", type=int, default=3000, help="training steps of the MLP")
     privileged.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
-    privileged.add_argument("--replan", type=int, default=5)
-    privileged.add_argument("--max-steps", type=int, default=300)
+    privileged.add_argument("--replan", type=int, default=5, help="actions executed per predicted chunk")
+    privileged.add_argument("--max-steps", type=int, default=300, help="step budget of an episode")
     privileged.add_argument("--out", help="folder for privileged.json and the evaluator's files")
     privileged.set_defaults(handler=privileged_command)
 

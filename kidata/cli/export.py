@@ -8,8 +8,9 @@ import argparse
 def add_parser(commands) -> None:
     export = commands.add_parser("export", help="write a source's episodes in another layout")
     formats = export.add_subparsers(dest="export_command", metavar="FORMAT", required=True)
-    rlds = formats.add_parser("rlds", help="a robot source of a recipe as an RLDS/TFDS dataset")
-    rlds.add_argument("--recipe", required=True)
+    rlds = formats.add_parser("rlds", help="a robot source of a recipe as an RLDS/TFDS dataset",
+                              epilog="example:\n  kidata export rlds --recipe demo --source metaworld --out exported")
+    rlds.add_argument("--recipe", required=True, help="the recipe holding the source")
     rlds.add_argument("--source", required=True, help="the recipe source to export")
     rlds.add_argument("--out", required=True, help="TFDS data_dir to write into")
     rlds.add_argument("--name", help="dataset name (default: the source name)")

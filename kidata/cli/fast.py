@@ -11,13 +11,16 @@ def add_parser(commands) -> None:
     fast = commands.add_parser("fast", help="fit and inspect FAST action tokenizers")
     actions = fast.add_subparsers(dest="fast_command", metavar="ACTION", required=True)
 
-    fit = actions.add_parser("fit", help="fit a FAST tokenizer on normalized chunks [N, H, D]")
+    fit = actions.add_parser("fit", help="fit a FAST tokenizer on a recipe's robot data or normalized chunks",
+                             epilog="examples:\n  kidata fast fit --recipe my_robot.toml --out fast_tokenizer\n"
+                                    "  kidata fast fit --chunks chunks.npy --vocab-size 1024 --out fast_tokenizer")
     fit.add_argument("--chunks", help=".npy file of normalized chunks [N, H, D]")
     fit.add_argument("--recipe", help="fit on the robot sources of a recipe (pass 1 of a build)")
     fit.add_argument("--source", nargs="+", help="with --recipe: only these sources")
     fit.add_argument("--workers", type=int, default=1, help="with --recipe: worker processes")
-    fit.add_argument("--vocab-size", type=int, default=1024)
-    fit.add_argument("--scale", type=float, default=10.0, help="DCT coefficient scale before rounding")
+    fit.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary (byte alphabet + merges)")
+    fit.add_argument("--scale", type=float, default=None, help="DCT coefficient scale before rounding (default 10; "
+                     "not with --target-rmse)")
     fit.add_argument("--target-rmse", type=float, default=None, help="pick the scale for this rounding RMSE")
     fit.add_argument("--min-frequency", type=int, default=2, help="least count for a BPE merge")
     fit.add_argument("--out", required=True, help="directory to write the tokenizer into")
@@ -25,7 +28,8 @@ def add_parser(commands) -> None:
     fit.set_defaults(handler=fit_command)
 
     report = actions.add_parser("report", help="token lengths, compression and reconstruction error of a "
-                                               "tokenizer on chunks")
+                                               "tokenizer on chunks",
+                                epilog="example:\n  kidata fast report fast_tokenizer --chunks chunks.npy --out report")
     report.add_argument("tokenizer", help="FAST tokenizer directory (processor_config.json + tokenizer.json)")
     report.add_argument("--chunks", required=True, help=".npy file of normalized chunks [N, H, D]")
     report.add_argument("--out", default="fast_report", help="directory for report.json and PNG plots")
@@ -55,9 +59,12 @@ def fit_command(args: argparse.Namespace) -> int:
         return _fit_on_recipe(args)
     if not args.chunks:
         raise SystemExit("kidata fast fit: give --chunks FILE.npy or --recipe RECIPE.toml")
+    if args.scale is not None and args.target_rmse is not None:
+        raise SystemExit("kidata fast fit: give --scale or --target-rmse, not both (--target-rmse picks the scale)")
     chunks = load_chunks(args.chunks)
     print(f"fitting FAST on {chunks.shape[0]} chunks of shape {chunks.shape[1:]} ...", flush=True)
-    tokenizer = FastTokenizer.fit(np.asarray(chunks), vocab_size=args.vocab_size, scale=args.scale,
+    scale = args.scale if args.scale is not None else 10.0
+    tokenizer = FastTokenizer.fit(np.asarray(chunks), vocab_size=args.vocab_size, scale=scale,
                                   target_rmse=args.target_rmse, min_frequency=args.min_frequency,
                                   show_progress=not args.quiet)
     out = tokenizer.save(args.out)

@@ -7,13 +7,14 @@ from pathlib import Path
 
 
 def add_parser(commands) -> None:
-    fetch = commands.add_parser("fetch-images", help="download PixMo images into a local mirror (resumable, verified)")
+    fetch = commands.add_parser("fetch-images", help="download PixMo images into a local mirror (resumable, verified)",
+                                epilog="example:\n  kidata fetch-images --parquet pixmo-cap.parquet --mirror pixmo-images")
     fetch.add_argument("--parquet", nargs="+", required=True, help="PixMo parquet files")
     fetch.add_argument("--mirror", required=True, help="mirror folder (files named by sha256)")
-    fetch.add_argument("--workers", type=int, default=16)
-    fetch.add_argument("--timeout", type=float, default=30.0)
+    fetch.add_argument("--workers", type=int, default=16, help="parallel downloads")
+    fetch.add_argument("--timeout", type=float, default=30.0, help="seconds for one image's whole download")
     fetch.add_argument("--report", help="failure report JSON (default: MIRROR/fetch_report.json)")
-    fetch.add_argument("--quiet", action="store_true")
+    fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch.set_defaults(handler=fetch_command)
 
 

@@ -9,18 +9,22 @@ EXAMPLES = ("robot", "subtask", "caption", "vqa", "point", "detect")
 
 
 def add_parser(commands) -> None:
-    inspect = commands.add_parser("inspect", help="show samples as text pieces with masks and decoded actions")
+    inspect = commands.add_parser("inspect", help="show samples as text pieces with masks and decoded actions",
+                                  epilog="examples:\n  kidata inspect demo-out --samples 2\n"
+                                         "  kidata inspect --example robot vqa    # no build: example samples")
     inspect.add_argument("out", nargs="?", help="a build's output folder (omit to see example samples)")
     inspect.add_argument("--samples", type=int, default=3, help="samples shown per source")
     inspect.add_argument("--save", help="folder for the PNG contact sheet and action plot (default OUT/inspect)")
-    inspect.add_argument("--example", nargs="+", default=["robot", "subtask", "vqa", "detect"], choices=EXAMPLES)
-    inspect.add_argument("--text-tokenizer", default="tokenizers/demo-text")
+    inspect.add_argument("--example", nargs="+", default=["robot", "subtask", "vqa", "detect"], choices=EXAMPLES,
+                         help="without a build: which example samples to encode and show")
+    inspect.add_argument("--text-tokenizer", default="tokenizers/demo-text", help="without a build: text tokenizer")
     inspect.add_argument("--fast-tokenizer", help="FAST directory (default: fit one on generated chunks)")
-    inspect.add_argument("--prompt-format", default="pi05", choices=["pi05", "pi0fast"])
-    inspect.add_argument("--state-encoding", default="text", choices=["text", "special", "continuous"])
-    inspect.add_argument("--max-tokens", type=int, default=256)
-    inspect.add_argument("--horizon", type=int, default=10)
-    inspect.add_argument("--action-dim", type=int, default=7)
+    inspect.add_argument("--prompt-format", default="pi05", choices=["pi05", "pi0fast"], help="without a build")
+    inspect.add_argument("--state-encoding", default="text", choices=["text", "special", "continuous"],
+                         help="without a build")
+    inspect.add_argument("--max-tokens", type=int, default=256, help="without a build: token budget per sample")
+    inspect.add_argument("--horizon", type=int, default=10, help="without a build: action chunk length")
+    inspect.add_argument("--action-dim", type=int, default=7, help="without a build: action dimensions")
     inspect.set_defaults(handler=inspect_command)
 
 

@@ -8,8 +8,9 @@ import argparse
 def add_parser(commands) -> None:
     model = commands.add_parser("model", help="model presets")
     actions = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    params = actions.add_parser("params", help="parameter count per part of model presets")
-    params.add_argument("presets", nargs="+", help="model/*.toml")
+    params = actions.add_parser("params", help="parameter count per part of model presets",
+                                epilog="example:\n  kidata model params ki_tiny ki_2b")
+    params.add_argument("presets", nargs="+", help="shipped preset names (ki_2b) or TOML files")
     params.set_defaults(handler=params_command)
 
 

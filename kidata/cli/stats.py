@@ -11,14 +11,16 @@ def add_parser(commands) -> None:
     from kidata.sources.registry import readers
 
     file_readers = sorted(name for name, entry in readers().items() if entry.kind == "robot" and "path" in entry.options)
-    stats = commands.add_parser("stats", help="normalization statistics of a robot source (no image decoding)")
-    stats.add_argument("--reader", required=True, choices=file_readers)
+    stats = commands.add_parser("stats", help="normalization statistics of a robot source (no image decoding)",
+                                epilog="example:\n  kidata stats --reader rlds --path data/bridge_dataset/1.0.0 "
+                                       "--dataset bridge_dataset --out stats.json")
+    stats.add_argument("--reader", required=True, choices=file_readers, help="the source's reader")
     stats.add_argument("--path", required=True,
                        help="RLDS <name>/<version> dir (local, gs://, s3://) or LIBERO files/dirs, comma-separated")
     stats.add_argument("--dataset", help="standardization registry entry (rlds), e.g. bridge_dataset, droid")
     stats.add_argument("--mapping", help="JSON file with your own dataset's key mapping (rlds)")
     stats.add_argument("--name", help="source name (default: the dataset name)")
-    stats.add_argument("--split", default="train")
+    stats.add_argument("--split", default="train", help="the dataset split (rlds)")
     stats.add_argument("--action-space", help="DROID: joint_velocity | joint_position | cartesian_velocity")
     stats.add_argument("--workers", type=int, default=1, help="worker processes")
     stats.add_argument("--skip-corrupt", action="store_true", help="count unreadable units instead of failing")

@@ -8,10 +8,20 @@ import sys
 
 
 def add_parser(commands) -> None:
+    from kidata import assets
+    from kidata.training.config import SECTIONS
+
+    tables = ", ".join(f"[{name}]" for name in ("model", *SECTIONS))
+    presets = ", ".join(name.split("/")[1].removesuffix(".toml") for name in assets.listing()["model"])
     train = commands.add_parser(
         "train", help="train a model on a built mixture (torchrun-ready)",
-        description="Any config field can be overridden: --optim.lr 5e-5 --train.steps 200 --model.variant joint")
-    train.add_argument("--model", required=True, help="preset, model/*.toml ([model], [train], [optim], ...)")
+        description=f"A preset's tables: {tables}. Any field can be overridden on the command line: --optim.lr 5e-5 "
+                    f"--train.steps 200 --model.variant joint. Shipped presets: {presets}.",
+        epilog="examples:\n  kidata train --model ki_tiny --data demo-out/manifest.json --out runs/tiny\n"
+               "  kidata train --model ki_tiny --data mix/manifest.json --out runs/tiny --resume\n"
+               "  torchrun --nproc_per_node 8 -m kidata.cli train --model ki_2b --data gs://b/mix/manifest.json "
+               "--out runs/ki2b")
+    train.add_argument("--model", required=True, help="a preset: a shipped name (ki_tiny) or a TOML file")
     train.add_argument("--data", help="the build's manifest.json (path or URL)")
     train.add_argument("--out", default="runs/default", help="run directory")
     train.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint")

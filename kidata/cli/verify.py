@@ -6,8 +6,9 @@ import argparse
 
 
 def add_parser(commands) -> None:
-    verify = commands.add_parser("verify", help="re-hash every shard of a build against its manifest")
-    verify.add_argument("out")
+    verify = commands.add_parser("verify", help="re-hash every shard of a build against its manifest",
+                                 epilog="example:\n  kidata verify demo-out    # exit 1 naming each bad shard")
+    verify.add_argument("out", help="the build's output folder or URL")
     verify.set_defaults(handler=verify_command)
 
 

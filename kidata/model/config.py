@@ -97,5 +97,5 @@ class ModelConfig:
         """The ``[model]`` table of a preset (or a file holding only model keys), with overrides."""
         from kidata.config import from_table, read_toml
 
-        data, found = read_toml(path)
+        data, found = read_toml(path, kind="model")
         return from_table(cls, {**data.get("model", data), **overrides}, f"{found}: ", section="model.")

@@ -92,10 +92,14 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
         raise BuildError("units failed (completed units are kept; run the build again to resume): "
                          + "; ".join(f"{name}: {error}" for name, error in failures))
     manifest = _manifest(recipe, context, fs, root, units, norm_stats)
-    report = _report(manifest, time.perf_counter() - started, pass1_reports)
-    report["cost"] = {"pass1": pass1_times.as_dict(), "fast_seconds": round(fast_seconds, 3),
-                      "pass2": pass2_times.as_dict(), "coordinator_peak_rss_mib": round(peak_rss_mib(), 1)}
-    write_text(fs, f"{root}/build_report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    report_path = f"{root}/build_report.json"
+    if jobs or pass1_times.jobs or not (fs.exists(report_path) and fs.exists(f"{root}/manifest.json")):
+        report = _report(manifest, time.perf_counter() - started, pass1_reports)
+        report["cost"] = {"pass1": pass1_times.as_dict(), "fast_seconds": round(fast_seconds, 3),
+                          "pass2": pass2_times.as_dict(), "coordinator_peak_rss_mib": round(peak_rss_mib(), 1)}
+        write_text(fs, report_path, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    elif progress:  # a finished build run again: its report keeps the figures of the build that did the work
+        print(f"build: {out} is already built from this recipe; nothing to do", file=sys.stderr)
     empty = [s for s in manifest.sources if not s.samples]
     if empty:  # no manifest: training must not start on a mixture that silently lost a source
         raise BuildError("; ".join(f"source {s.name!r} produced no samples (rejected {dict(s.rejected)}, "

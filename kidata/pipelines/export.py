@@ -10,6 +10,7 @@ reads it back (``reader = "rlds"``, ``mapping = ...``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -25,7 +26,9 @@ MAPPING_FILE = "kidata_mapping.json"
 def export_rlds(episodes: Iterable[Episode], out: str | Path, *, name: str, version: str = "1.0.0",
                 split: str = "train") -> Path:
     """Writes the episodes; returns the ``<out>/<name>/<version>`` dataset directory."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from kidata.sources.rlds import quiet_tensorflow
+
+    quiet_tensorflow()
     import tensorflow_datasets as tfds
 
     episodes = list(episodes)
@@ -66,9 +69,13 @@ def export_rlds(episodes: Iterable[Episode], out: str | Path, *, name: str, vers
         return {"steps": steps, "episode_metadata": {"episode_id": episode.episode_id,
                                                      "file_path": f"{episode.source}/{episode.episode_id}"}}
 
-    builder = tfds.dataset_builders.store_as_tfds_dataset(
-        name=name, version=version, features=features, data_dir=str(out), disable_shuffling=True,
-        split_datasets={split: [(index, record(e)) for index, e in enumerate(episodes)]})
+    # TFDS announces "Downloading and preparing" on stdout and draws progress bars while it writes:
+    # nothing is downloaded here, so both are silenced
+    tfds.disable_progress_bar()
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        builder = tfds.dataset_builders.store_as_tfds_dataset(
+            name=name, version=version, features=features, data_dir=str(out), disable_shuffling=True,
+            split_datasets={split: [(index, record(e)) for index, e in enumerate(episodes)]})
     directory = Path(builder.data_dir)
     mapping = {"cameras": {camera: f"image_{camera}" for camera in cameras}, "state": ["observation/state"],
                "action": ["action"], "fps": float(first.fps), "action_space": "custom"}

@@ -140,7 +140,9 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
             if key in COMMON_SOURCE_KEYS:
                 continue
             if key in entry.path_options:
-                value = [_resolve(base, v) for v in value] if isinstance(value, list) else _resolve(base, value)
+                # a path option may also take an inline table (rlds ``mapping``): only strings are paths
+                value = ([_resolve(base, v) for v in value] if isinstance(value, list)
+                         else _resolve(base, value) if isinstance(value, str) else value)
             options[key] = value
         if "." in table["name"] or "/" in table["name"]:
             raise RecipeError(f"{where}: source names may not contain '.' or '/'")
@@ -194,7 +196,7 @@ def _check_mixture(mixture: MixtureConfig) -> None:
 def load_recipe(path: str | Path) -> Recipe:
     """A recipe file; a relative path that does not exist is looked up among the shipped
     recipes (``pipelines/demo.toml`` works from any folder)."""
-    data, path = read_toml(path, error=RecipeError)
+    data, path = read_toml(path, error=RecipeError, kind="pipelines")
     try:
         return parse_recipe(data, base_dir=path.parent)
     except RecipeError as error:

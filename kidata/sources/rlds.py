@@ -24,8 +24,15 @@ from kidata.sources.registry import lookup, register_reader
 from kidata.sources.spec import DatasetSpec, noop_mask, spec_from_mapping
 
 
-def _tfds():
+def quiet_tensorflow() -> None:
+    """Before TensorFlow's first import: its C++ INFO lines off, and oneDNN's banner with them (we
+    only parse records with TF; oneDNN speeds matmuls we never run). Settings a user made win."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def _tfds():
+    quiet_tensorflow()
     try:
         import tensorflow as tf
         import tensorflow_datasets as tfds
@@ -400,7 +407,7 @@ class RldsSource:
         return tuple(found)
 
 
-@register_reader("rlds", kind="robot", paths=("path", "language_annotations"),
+@register_reader("rlds", kind="robot", paths=("path", "language_annotations", "mapping"),
                  options=("path", "dataset", "mapping", "split", "action_space", "language_annotations", "skip_corrupt"))
 def open_rlds(options, *, name: str | None, image_size: int, seed: int = 0) -> RldsSource:
     """``dataset`` (a registry entry) or ``mapping`` (a user's own key mapping), exactly one;
@@ -408,6 +415,8 @@ def open_rlds(options, *, name: str | None, image_size: int, seed: int = 0) -> R
     dataset, mapping, action_space = options.get("dataset"), options.get("mapping"), options.get("action_space")
     if (dataset is None) == (mapping is None):
         raise ValueError("an rlds source needs exactly one of 'dataset' (registry entry) or 'mapping'")
+    if isinstance(mapping, str):  # a JSON file, e.g. the kidata_mapping.json `kidata export rlds` writes
+        mapping = _read_mapping(mapping)
     if mapping is not None:
         spec = spec_from_mapping(name or "custom", mapping)
     elif action_space is not None:
@@ -421,3 +430,18 @@ def open_rlds(options, *, name: str | None, image_size: int, seed: int = 0) -> R
     return RldsSource(str(options["path"]), spec, name=name, split=options.get("split", "train"),
                       annotations=options.get("language_annotations"),
                       skip_corrupt=bool(options.get("skip_corrupt", False)))
+
+
+def _read_mapping(path: str) -> dict:
+    import json
+
+    try:
+        mapping = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"mapping {path}: no such file (a JSON object with cameras, state, action, fps)") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"mapping {path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(mapping, dict):
+        raise ValueError(f"mapping {path}: expected a JSON object with cameras, state, action, fps")
+    return mapping
+

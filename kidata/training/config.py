@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kidata.config import apply_overrides, check_keys, from_table, nearest, read_toml
+from kidata.config import apply_overrides, check_keys, from_table, nearest, parse_overrides, read_toml
 from kidata.model.config import ModelConfig
 
 
@@ -150,7 +150,13 @@ class TrainConfig:
         """A preset plus ``--section.key value`` overrides (values read as TOML literals, bare
         words as strings). A relative path that does not exist names a shipped preset
         (``model/ki_tiny.toml``)."""
-        data, found = read_toml(path)
+        data, found = read_toml(path, kind="model")
+        sections = {"model": ModelConfig, **SECTIONS}
+        for key in parse_overrides(overrides):  # a typo on the command line is named as the command line's
+            section, _, name = key.partition(".")
+            check_keys({section: None}, list(sections), "command line: ", noun="table")
+            check_keys({name: None}, [f.name for f in dataclasses.fields(sections[section])], "command line: ",
+                       section=f"--{section}.")
         return cls.from_mapping(apply_overrides(data, overrides), origin=str(found))
 
     def save(self, path: str | Path) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import functools
 import hashlib
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -192,6 +193,9 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
                            batch_size=config.data.batch_size, workers=config.data.num_workers,
                            augment=config.data.augment, state=data_state)
     has_val = manifest.has_split("val")
+    if not has_val and env.rank == 0:
+        print(f"train: {manifest_path} has no held-out split (its recipe's holdout is 0): evaluations report no "
+              "held-out metrics; set [mixture] holdout (e.g. 0.05) and rebuild to measure them", file=sys.stderr)
     logger = MetricsLogger(run, config, manifest, enabled=env.rank == 0, start=start)
     precision = config.train.precision
     use_bf16 = precision == "bf16" or (precision == "auto" and env.device.type == "cuda")
