@@ -25,7 +25,7 @@ REQUIRED = [
     "austin_sailor_dataset_converted_externally_to_rlds", "austin_sirius_dataset_converted_externally_to_rlds",
     "dlr_edan_shared_control_converted_externally_to_rlds", "iamlab_cmu_pickup_insert_converted_externally_to_rlds",
     "utaustin_mutex", "berkeley_fanuc_manipulation", "cmu_stretch", "bc_z", "fmb_dataset", "dobbe",
-    "bridge_dataset", "droid", "droid_100", "libero_spatial_no_noops", "libero_object_no_noops",
+    "bridge_dataset", "droid", "droid_100", "nyu_door_opening_surprising_effectiveness", "libero_spatial_no_noops", "libero_object_no_noops",
     "libero_goal_no_noops", "libero_10_no_noops",
 ]
 
@@ -36,9 +36,10 @@ def test_entry_exists_with_cameras_actions_and_a_rate(name):
     assert spec.cameras and spec.action and spec.fps > 0
 
 
-def test_magic_soup_recipe_names_registry_entries_with_positive_weights():
-    recipe = tomllib.loads(MAGIC_SOUP.read_text())
-    assert len(recipe["sources"]) == 26
+@pytest.mark.parametrize("recipe_name,count", [("oxe_magic_soup", 25), ("oxe_magic_soup_plus", 27)])
+def test_magic_soup_recipes_name_registry_entries_with_positive_weights(recipe_name, count):
+    recipe = tomllib.loads((MAGIC_SOUP.parent / f"{recipe_name}.toml").read_text())
+    assert len(recipe["sources"]) == count
     for source in recipe["sources"]:
         assert lookup(source["dataset"]).name == source["dataset"]
         assert source["weight"] > 0

@@ -42,6 +42,9 @@ def stats_command(args: argparse.Namespace) -> int:
     result = stats.finalize()
     print(format_table(result))
     print(f"episodes {stats.episodes}; quarantined {report.quarantined.as_dict()}; notices {dict(report.notices)}")
+    if hasattr(source, "conversion_report"):  # gripper conventions at a glance: 1 = open after conversion
+        for part, (raw, converted) in source.conversion_report().items():
+            print(f"{part}: values {_few(raw)} -> {_few(converted)} (1 = open)")
     if args.out:
         payload = {"source": source.name, "episodes": stats.episodes, **result.to_json(),
                    "quarantined": report.quarantined.as_dict(), "notices": dict(report.notices),
@@ -49,3 +52,8 @@ def stats_command(args: argparse.Namespace) -> int:
         Path(args.out).write_text(json.dumps(payload, indent=2) + "\n")
         print(f"statistics written to {args.out}")
     return 0
+
+
+def _few(values: list[float], shown: int = 8) -> str:
+    return "{" + ", ".join(f"{v:g}" for v in values[:shown]) + (", ..." if len(values) > shown else "") + "}"
+

@@ -152,10 +152,34 @@ def check_feature_classes(path: str) -> None:
 
 
 def _lookup(tree: dict, path: str) -> Any:
-    node = tree
-    for part in path.split("/"):
-        node = node[part]
+    """The value at a "/"-joined path. A feature name may itself contain "/" (kuka's
+    ``clip_function_input/base_pose_tool_reached``, bc_z's ``present/xyz``): at each level the
+    longest run of path segments that is a key wins."""
+    node, parts = tree, path.split("/")
+    while parts:
+        for size in range(len(parts), 0, -1):
+            key = "/".join(parts[:size])
+            if isinstance(node, dict) and key in node:
+                node, parts = node[key], parts[size:]
+                break
+        else:
+            raise KeyError(f"{path!r}: no key {parts[0]!r} at this level (keys: {sorted(node) if isinstance(node, dict) else []})")
     return node
+
+
+def _numeric(value: Any, key: str) -> np.ndarray:
+    """A state or action feature as numbers [T, D]. Byte strings are the ZLIB-compressed float32
+    vectors kuka stores (decoded as Octo and OpenVLA do); other bytes are refused naming the key."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "OSU":
+        return array
+    import zlib
+
+    try:
+        return np.stack([np.frombuffer(zlib.decompress(bytes(item)), dtype=np.float32) for item in array])
+    except (zlib.error, TypeError) as error:
+        raise ValueError(f"{key!r} holds bytes that are not ZLIB-compressed float32 vectors ({error}); map a numeric "
+                         "feature") from None
 
 
 def _check_local_directory(path: str) -> None:
@@ -197,6 +221,7 @@ class RldsSource:
         self._annotations = load_annotations(annotations)
         self._builder = None
         self._json: tuple[dict, dict] | bool | None = None
+        self._watched: dict | None = None  # conversion_report's collection, while it runs
         _check_local_directory(self.path)
 
     def __getstate__(self) -> dict:
@@ -335,6 +360,28 @@ class RldsSource:
             report.failed_units.append(unit.key)
             report.notices["failed_units"] += 1
 
+    def _take(self, part, steps: dict) -> np.ndarray:
+        raw = _numeric(_lookup(steps, part.key), part.key)
+        taken = part.take(raw)
+        if self._watched is not None and part.transform != "identity":
+            values = self._watched.setdefault(part.text, (set(), set()))
+            array = raw[:, None] if raw.ndim == 1 else raw.reshape(len(raw), -1)
+            values[0].update(np.unique(array[:, part.start : part.stop]).round(4).tolist())
+            values[1].update(np.unique(taken).round(4).tolist())
+        return taken
+
+    def conversion_report(self, max_episodes: int = 10) -> dict[str, tuple[list[float], list[float]]]:
+        """Per converted part (gripper conventions), the values seen before and after conversion
+        in the first episodes: an inverted or mis-scaled gripper shows at a glance."""
+        self._watched = {}
+        try:
+            for count, _ in enumerate(self.read(self.list_units(1)[0], images=False)):
+                if count + 1 >= max_episodes:
+                    break
+            return {text: (sorted(raw), sorted(converted)) for text, (raw, converted) in self._watched.items()}
+        finally:
+            self._watched = None
+
     def episodes(self, *, images: bool = True, report: ReadReport | None = None) -> Iterator[Episode]:
         for unit in self.list_units(1):
             yield from self.read(unit, images=images, report=report)
@@ -353,9 +400,9 @@ class RldsSource:
         if not length:
             report.quarantined.add("too_short")
             return None
-        state = np.concatenate([p.take(_lookup(steps, p.key)) for p in self.spec.state], axis=1) if self.spec.state \
+        state = np.concatenate([self._take(p, steps) for p in self.spec.state], axis=1) if self.spec.state \
             else np.zeros((length, 0), np.float32)
-        actions = np.concatenate([p.take(_lookup(steps, p.key)) for p in self.spec.action], axis=1)
+        actions = np.concatenate([self._take(p, steps) for p in self.spec.action], axis=1)
         keep = slice(None)
         if self.spec.drop_noops:  # judged on the standardized actions (gripper last, 1 = open)
             noop = noop_mask(actions)

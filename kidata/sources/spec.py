@@ -31,20 +31,27 @@ GRIPPER_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "bool_open": lambda x: x.astype(np.float32),
     # a boolean "closed" flag
     "bool_closed": lambda x: 1.0 - x.astype(np.float32),
+    # [-1, 1] with +1 = open, clipped into [0, 1] (Octo's and OpenVLA's rule: below 0 is closed)
+    "clip_open": lambda x: np.clip(x, 0.0, 1.0),
     # RT-1 style relative command over time: +1 = close, -1 = open, 0 = keep the last command
     "relative_close_to_open": lambda x: _relative_close_to_open(x),
 }
+RELATIVE_DEADBAND = 0.1  # |command| <= 0.1 is "keep" (Octo's and OpenVLA's rel2abs_gripper_actions)
 
 
 def _relative_close_to_open(commands: np.ndarray) -> np.ndarray:
-    """Absolute openness [T, 1] from relative close/open commands [T, 1]; starts open."""
-    openness = np.empty_like(commands, dtype=np.float32)
-    current = 1.0
-    for step, command in enumerate(commands[:, 0]):
-        if command > 0:
-            current = 0.0
-        elif command < 0:
-            current = 1.0
+    """Absolute openness [T, 1] from relative commands [T, 1] (> 0.1 close, < -0.1 open, else keep).
+    Before the first command the gripper is in the state opposite to it (it must have been, for
+    the command to mean anything); an episode without commands is open throughout. This is the
+    rule of Octo's and OpenVLA's ``rel2abs_gripper_actions``."""
+    flat = commands[:, 0]
+    thresholded = np.where(flat > RELATIVE_DEADBAND, 0.0, np.where(flat < -RELATIVE_DEADBAND, 1.0, np.nan))
+    given = thresholded[~np.isnan(thresholded)]
+    current = 1.0 - given[0] if len(given) else 1.0
+    openness = np.empty((len(flat), 1), dtype=np.float32)
+    for step, value in enumerate(thresholded):
+        if not np.isnan(value):
+            current = value
         openness[step, 0] = current
     return openness
 
@@ -71,6 +78,13 @@ class Part:
         start = int(match["start"]) if match["start"] else None
         stop = int(match["stop"]) if match["stop"] else None
         return cls(match["key"], start, stop, transform)
+
+    @property
+    def text(self) -> str:
+        """The part in the notation it was written in: ``action[6:7]|close_to_open``."""
+        span = f"[{'' if self.start is None else self.start}:{'' if self.stop is None else self.stop}]"
+        return (self.key + (span if (self.start, self.stop) != (None, None) else "")
+                + (f"|{self.transform}" if self.transform != "identity" else ""))
 
     def take(self, value: np.ndarray) -> np.ndarray:
         """float32 [T, n] from a raw feature [T] or [T, k]."""

@@ -101,6 +101,17 @@ _ENTRIES = [
         notes="no proprioceptive state is published: state has 0 dimensions",
     ),
     make_spec(
+        "nyu_door_opening_surprising_effectiveness",  # a wrist camera only; Octo's soup weighs it 1
+        cameras={"left_wrist_0": "image"},
+        state=[],
+        action=["action/world_vector", "action/rotation_delta",
+                "action/gripper_closedness_action|relative_close_to_open"],
+        fps=3,
+        action_space="eef_delta",
+        language=_RT1_LANGUAGE,
+        notes="no proprioceptive state is published: state has 0 dimensions",
+    ),
+    make_spec(
         "viola",
         cameras={"base_0": "agentview_rgb", "left_wrist_0": "eye_in_hand_rgb"},
         state=["observation/joint_states", "observation/gripper_states"],
@@ -143,7 +154,7 @@ _ENTRIES = [
         "stanford_hydra_dataset_converted_externally_to_rlds",
         cameras={"base_0": "image", "left_wrist_0": "wrist_image"},
         state=["observation/state"],
-        action=["action[:6]", "action[6:7]"],
+        action=["action[:6]", "action[6:7]|close_to_open"],  # the dataset's gripper action is 1 = close
         fps=10,
         action_space="eef_delta",
     ),
@@ -159,7 +170,7 @@ _ENTRIES = [
         "nyu_franka_play_dataset_converted_externally_to_rlds",
         cameras={"base_0": "image", "base_1": "image_additional_view"},
         state=["observation/state"],
-        action=["action[7:13]", "action[13:14]|pm1_close_to_open"],
+        action=["action[7:13]", "action[13:14]|clip_open"],  # +1 = open, clipped (as Octo and OpenVLA)
         fps=3,
         action_space="eef_delta",
     ),
@@ -223,17 +234,18 @@ _ENTRIES = [
         "berkeley_fanuc_manipulation",
         cameras={"base_0": "image", "left_wrist_0": "wrist_image"},
         state=["observation/state"],
-        action=["action"],
+        # no gripper action is stored: the gripper state (1 = closed) stands in, as in Octo and OpenVLA
+        action=["action", "observation/state[6:7]|close_to_open"],
         fps=10,
-        action_space="eef_delta_no_gripper",
+        action_space="eef_delta",
     ),
     make_spec(
         "cmu_stretch",
         cameras={"base_0": "image"},
         state=["observation/state"],
-        action=["action[:3]", "action[7:8]"],
+        action=["action[:6]", "action[6:7]"],  # [3 position, 3 rotation, 1 gripper, 1 terminate]: not the flag
         fps=10,
-        action_space="eef_position_delta",
+        action_space="eef_delta",
     ),
     make_spec(
         "bc_z",
