@@ -25,7 +25,8 @@ REQUIRED = [
     "austin_sailor_dataset_converted_externally_to_rlds", "austin_sirius_dataset_converted_externally_to_rlds",
     "dlr_edan_shared_control_converted_externally_to_rlds", "iamlab_cmu_pickup_insert_converted_externally_to_rlds",
     "utaustin_mutex", "berkeley_fanuc_manipulation", "cmu_stretch", "bc_z", "fmb_dataset", "dobbe",
-    "bridge_dataset", "droid", "droid_100", "nyu_door_opening_surprising_effectiveness", "libero_spatial_no_noops", "libero_object_no_noops",
+    "bridge_dataset", "droid", "droid_100", "nyu_door_opening_surprising_effectiveness",
+    "libero_spatial_no_noops", "libero_object_no_noops",
     "libero_goal_no_noops", "libero_10_no_noops",
 ]
 
