@@ -13,6 +13,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	$(BIN)/pip install --quiet -c $(CONSTRAINTS) -e ".[dev]"
+	# openpi's client, to test the server against it; it declares numpy<2 but runs on numpy 2 (tested)
+	$(BIN)/pip install --quiet --no-deps openpi-client==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

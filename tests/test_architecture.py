@@ -32,6 +32,7 @@ ALLOWED = {
                                "kidata.policy", "kidata.eval.metaworld"},
     "kidata.eval": BASE | {"kidata.eval", "kidata.envs", "kidata.policy", "kidata.loader", "kidata.model",
                            "kidata.training", "kidata.tokenizers", "kidata.pipelines.recipe"},
+    "kidata.serving": BASE | {"kidata.serving", "kidata.policy"},
     "kidata.demo": None,  # the journey end to end: may use everything
     "kidata.cli": None,
 }
@@ -135,3 +136,16 @@ def test_the_linter_is_clean():
     result = subprocess.run([ruff, "check", "kidata", "tests", "benchmarks"], capture_output=True, text=True,
                             cwd=PACKAGE.parent)
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_no_package_face_exports_a_name_that_is_also_its_submodule():
+    """``from kidata.loader import collate`` would give the module once it is imported: a face's
+    lazily exported names must not shadow (or be shadowed by) its submodules."""
+    import importlib
+    import pkgutil
+
+    for name in ("model", "loader", "training", "pipelines", "sources", "eval"):
+        package = importlib.import_module(f"kidata.{name}")
+        submodules = {info.name for info in pkgutil.iter_modules(package.__path__)}
+        assert not set(getattr(package, "_EXPORTS", {})) & submodules, name
+

@@ -16,8 +16,8 @@ import sys
 from typing import Sequence
 
 # the order ``kidata --help`` lists the commands in: the user's journey; modules not named here follow
-ORDER = ("demo", "stats", "fast", "build", "verify", "inspect", "train", "eval", "export", "model", "fetch_images",
-         "assets")
+ORDER = ("demo", "stats", "fast", "build", "verify", "inspect", "train", "eval", "serve", "export", "model",
+         "fetch_images", "assets")
 
 
 def command_modules() -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 
 
 def add_parser(commands) -> None:
@@ -18,7 +19,8 @@ def add_parser(commands) -> None:
                "  kidata eval metaworld --run demo-out/run --check-parity")
     chooser = metaworld.add_mutually_exclusive_group(required=True)
     chooser.add_argument("--run", help="a kidata train run directory")
-    chooser.add_argument("--policy", choices=("expert", "random"), help="a reference policy")
+    chooser.add_argument("--policy", help="a reference policy (expert, random) or a server (ws://HOST:PORT, "
+                                          "kidata serve --keys kidata)")
     metaworld.add_argument("--tasks", nargs="+", default=["MT10"], help="task names or MT10 / MT50")
     metaworld.add_argument("--episodes", type=int, default=5, help="episodes per task")
     metaworld.add_argument("--replan", type=int, default=5, help="actions executed per predicted chunk")
@@ -73,7 +75,18 @@ def metaworld_command(args: argparse.Namespace) -> int:
         if args.check_parity:
             raise SystemExit("kidata eval metaworld: --check-parity needs --run")
         scene = SceneSettings(goal_marker_scale=args.goal_marker_scale)
-        chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
+        if args.policy.startswith(("ws://", "wss://")):
+            from kidata.serving.client import RemotePolicy
+
+            chunk_policy = RemotePolicy(args.policy, api_key=os.environ.get("KIDATA_API_KEY"))
+            try:  # the served run's scene, as for --run
+                scene = SceneSettings.from_recipe(chunk_policy.metadata["recipe"], chunk_policy.metadata["source"])
+            except (KeyError, ValueError):
+                pass
+        elif args.policy in ("expert", "random"):
+            chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
+        else:
+            raise SystemExit(f"--policy {args.policy!r}: expert, random or a ws:// server address")
     if args.image_size:
         scene = dataclasses.replace(scene, image_size=args.image_size)
     result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes, replan=args.replan,

@@ -1,4 +1,5 @@
-"""A built mixture as a resumable torch dataset, and batches for the model."""
+"""A built mixture as a resumable torch dataset, and batches for the model (``kidata.loader.collate.collate``:
+the function shares its module's name, so it is imported from the module)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ from typing import Any
 # the package's face, loaded on first use (importing the package stays cheap)
 _EXPORTS = {
     "MixtureDataset": "kidata.loader.mixture",
-    "collate": "kidata.loader.collate",
     "Augment": "kidata.loader.collate",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
-"""Building mixtures: recipes in, webdataset shards and a manifest out."""
+"""Building mixtures: recipes in, webdataset shards and a manifest out (``kidata.pipelines.build.build``;
+names that are also submodules stay in their module: ``build``, ``verify``, ``inspect_build``)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,7 @@ from typing import Any
 # the package's face, loaded on first use (importing the package stays cheap)
 _EXPORTS = {
     "load_recipe": "kidata.pipelines.recipe",
-    "build": "kidata.pipelines.build",
-    "verify": "kidata.pipelines.verify",
-    "inspect_build": "kidata.pipelines.inspect_build",
+    "parse_recipe": "kidata.pipelines.recipe",
     "fit_fast_from_recipe": "kidata.pipelines.stats_pass",
 }
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,42 @@
+"""A policy behind ``kidata serve`` (or any openpi-protocol server) as an in-process policy: the
+Meta-World evaluator runs against it like against ``kidata.policy.load``."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from kidata.serving.protocol import packb, unpackb
+
+
+class RemotePolicy:
+    """``sample_actions(observation)`` over a websocket: kidata's observation layout is sent (the
+    server must use ``--keys kidata``); the server's metadata is ``self.metadata``."""
+
+    needs_images = True
+
+    def __init__(self, uri: str, *, api_key: str | None = None) -> None:
+        import contextlib
+
+        from websockets.sync.client import connect
+
+        headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
+        self._exit = contextlib.ExitStack()
+        self._connection = self._exit.enter_context(
+            connect(uri, compression=None, max_size=None, additional_headers=headers))
+        self.metadata = unpackb(self._connection.recv())
+
+    def sample_actions(self, observation: Mapping[str, Any], *, noise: Any = None) -> np.ndarray:
+        request = {"images": dict(observation["images"]),  # None marks a camera the robot lacks
+                   "state": np.asarray(observation["state"], dtype=np.float64), "prompt": observation["prompt"]}
+        if noise is not None:
+            request["noise"] = np.asarray(noise, dtype=np.float32)
+        self._connection.send(packb(request))
+        reply = self._connection.recv()
+        if isinstance(reply, str):
+            raise RuntimeError(reply)
+        return unpackb(reply)["actions"]
+
+    def close(self) -> None:
+        self._exit.close()

@@ -1,0 +1,120 @@
+"""``kidata serve``: a run's policy over openpi's remote-inference protocol.
+
+On connect the server sends the policy's metadata; each request is a msgpack-numpy observation
+and each reply ``{"actions": float64 [H, A], "server_timing": {"infer_ms": ...}}``, as
+``openpi_client.WebsocketClientPolicy`` expects. A request the policy cannot read (a missing key,
+a mis-shaped image, too many bytes) is answered with an error text naming it, and the connection
+stays open; GET /healthz answers 200. One model serves every client: requests are queued behind a
+lock, so no two inferences interleave. Binds to 127.0.0.1 unless told otherwise; with an API key,
+connections without ``Authorization: Api-Key <key>`` are refused (401).
+"""
+
+from __future__ import annotations
+
+import http
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from kidata.serving.keymaps import KeyMap, RequestError
+from kidata.serving.protocol import packb, unpackb
+
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+
+
+class PolicyServer:
+    """``policy``: a ``kidata.policy.Policy`` (anything with ``sample_actions(observation, noise=)``)."""
+
+    def __init__(self, policy: Any, keys: KeyMap, *, metadata: dict | None = None, api_key: str | None = None,
+                 max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES) -> None:
+        self.policy, self.keys, self.api_key = policy, keys, api_key
+        self.max_request_bytes = max_request_bytes
+        self.metadata = {**(metadata or {}), "keys": keys.describe()}
+        self._lock = threading.Lock()
+        self._server = None
+
+    # ------------------------------------------------------------------ one request
+    def infer(self, request: dict) -> dict:
+        """The reply to one decoded request (kidata's extension: an optional ``noise`` float
+        [H, A] makes the draw reproducible)."""
+        observation = self.keys.observation(request)
+        noise = request.get("noise")
+        began = time.perf_counter()
+        with self._lock:
+            actions = self.policy.sample_actions(
+                observation, noise=None if noise is None else _noise_tensor(noise))
+        return {"actions": np.asarray(actions, dtype=np.float64),
+                "server_timing": {"infer_ms": (time.perf_counter() - began) * 1000}}
+
+    def _reply(self, message: bytes | str) -> bytes | str:
+        if isinstance(message, str):
+            return "kidata serve: requests are msgpack-numpy bytes, not text"
+        if len(message) > self.max_request_bytes:
+            return f"kidata serve: request of {len(message)} bytes exceeds the cap of {self.max_request_bytes}"
+        try:
+            request = unpackb(message)
+            if not isinstance(request, dict):
+                raise RequestError(f"a request is a map of observation keys, got {type(request).__name__}")
+            return packb(self.infer(request))
+        except Exception as error:  # noqa: BLE001 - answered, and the server keeps serving
+            return f"kidata serve: {type(error).__name__}: {error}"
+
+    # ------------------------------------------------------------------ the server
+    def _handler(self, connection) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        connection.send(packb(self.metadata))
+        while True:
+            try:
+                message = connection.recv()
+            except ConnectionClosed:
+                return
+            connection.send(self._reply(message))
+
+    def _process_request(self, connection, request):
+        if request.path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        if self.api_key and request.headers.get("Authorization") != f"Api-Key {self.api_key}":
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong Authorization: Api-Key\n")
+        return None
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8000) -> None:
+        """Serves until ``shutdown`` (or Ctrl-C)."""
+        from websockets.sync.server import serve
+
+        # max_size=None: oversized requests get the error reply above instead of a dropped connection
+        with serve(self._handler, host, port, compression=None, max_size=None,
+                   process_request=self._process_request) as server:
+            self._server = server
+            server.serve_forever()
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serves from a background thread; returns the bound port (``port=0``: a free one)."""
+        from websockets.sync.server import serve
+
+        self._server = serve(self._handler, host, port, compression=None, max_size=None,
+                             process_request=self._process_request)
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return self._server.socket.getsockname()[1]
+
+    def shutdown(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+
+
+def _noise_tensor(noise: Any):
+    import torch
+
+    array = np.array(noise, dtype=np.float32)  # a writable copy: received arrays are read-only views
+    return torch.from_numpy(array if array.ndim == 3 else array[None])
+
+
+def run_metadata(policy: Any, run: str) -> dict:
+    """What a client learns on connect: the run, its action chunk shape and the cameras it reads."""
+    from kidata import __version__
+
+    return {"server": "kidata", "kidata_version": __version__, "run": str(run), "source": policy.source,
+            "action_horizon": policy.action_horizon, "action_dim": policy.action_dim,
+            "cameras": list(policy.config.data.cameras), "recipe": policy.manifest.recipe}
