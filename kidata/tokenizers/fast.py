@@ -35,6 +35,11 @@ from kidata.tokenizers.base import ClipWarning, DecodeError, as_chunk_batch, as_
 from kidata.tokenizers.rankbpe import RankedBpe
 
 PROCESSOR_CONFIG = "processor_config.json"
+# what lets transformers.AutoProcessor load a saved tokenizer: our own processor module, written
+# beside it (kidata/tokenizers/hf_processor.py); these keys never change the ids
+HF_PROCESSOR_FILE = "processing_action_tokenizer.py"
+INTEROP_CONFIG = {"auto_map": {"AutoProcessor": "processing_action_tokenizer.UniversalActionProcessor"},
+                  "processor_class": "UniversalActionProcessor"}
 TOKENIZER_FILE = "tokenizer.json"
 KIDATA_FILE = "kidata_fast.json"  # our additions; the reference loader ignores this file
 
@@ -167,7 +172,8 @@ class FastTokenizer:
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         files = {
-            PROCESSOR_CONFIG: json.dumps(self.config(), indent=2, sort_keys=True) + "\n",
+            PROCESSOR_CONFIG: json.dumps({**self.config(), **INTEROP_CONFIG}, indent=2, sort_keys=True) + "\n",
+            HF_PROCESSOR_FILE: (Path(__file__).with_name("hf_processor.py")).read_text(),
             TOKENIZER_FILE: self._json,
             "tokenizer_config.json": json.dumps(
                 {"clean_up_tokenization_spaces": False, "tokenizer_class": "PreTrainedTokenizerFast"},
@@ -190,7 +196,8 @@ class FastTokenizer:
     def sha256(self) -> str:
         """Identity of what decides the ids: config + BPE, stable across save/load."""
         digest = hashlib.sha256()
-        digest.update(json.dumps(self.config(), sort_keys=True).encode())
+        deciding = {k: v for k, v in self.config().items() if k not in INTEROP_CONFIG}  # not the loader hints
+        digest.update(json.dumps(deciding, sort_keys=True).encode())
         digest.update(self._json.encode())
         digest.update(str(self.max_token).encode())
         return digest.hexdigest()
