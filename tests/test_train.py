@@ -364,3 +364,26 @@ def test_resuming_on_a_rebuilt_mixture_is_refused_naming_what_changed(mixture, t
     with pytest.raises(ManifestMismatch, match="fast_sha256: build has"):
         train(config(str(data / "manifest.json"), "--train.steps", "2", "--eval.every", "0"), run, resume=True,
               allow_config_change=True)
+
+
+def test_wandb_logging_offline_continues_the_same_run_on_resume(mixture, tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="the 'wandb' extra")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "wandb-run"
+    common = ("--log.wandb", "true", "--eval.every", "0", "--checkpoint.every", "1")
+    train(config(mixture, "--train.steps", "1", *common), run)
+    run_id = (run / "wandb_run_id").read_text().strip()
+    offline = sorted((run / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
+    train(config(mixture, "--train.steps", "2", *common), run, resume=True, allow_config_change=True)
+    assert (run / "wandb_run_id").read_text().strip() == run_id
+    assert len(sorted((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # the same run id, continued
+
+
+def test_wandb_without_the_extra_names_the_install_command(mixture, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ImportError, match=r"pip install 'kidata\[wandb\]'"):
+        train(config(mixture, "--train.steps", "1", "--log.wandb", "true", "--eval.every", "0"), tmp_path / "r")

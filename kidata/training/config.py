@@ -99,9 +99,17 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class LogConfig:
+    """``wandb = true`` also logs to Weights & Biases (extra ``kidata[wandb]``; ``WANDB_MODE=offline``
+    works): metrics, evaluations, the loss curves and the config with the mixture's identity; a
+    resumed run continues the same wandb run (its id is kept in RUN/wandb_run_id)."""
+
     every: int = 10
     tensorboard: bool = True
     progress: bool = True
+    wandb: bool = False
+    project: str = "kidata"
+    entity: str | None = None
+    run_name: str | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sys
 import time
 import types
@@ -50,6 +51,7 @@ class MetricsLogger:
                 self.writer = SummaryWriter(str(run / "tensorboard"))
             except ImportError:  # tensorboard is in the 'train' extra
                 self.writer = None
+        self.wandb = _start_wandb(run, config, manifest) if config.log.wandb else None
         if config.log.progress:
             from tqdm import tqdm
 
@@ -77,6 +79,8 @@ class MetricsLogger:
             for key, value in record.items():
                 if isinstance(value, float):
                     self.writer.add_scalar(f"train/{key}", value, step)
+        if self.wandb is not None:
+            self.wandb.log({f"train/{k}": v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
 
     def evaluation(self, step: int, result: dict) -> None:
         self.last_eval = result
@@ -89,6 +93,8 @@ class MetricsLogger:
             for key, value in result.items():
                 if isinstance(value, float):
                     self.writer.add_scalar(f"eval/{key}", value, step)
+        if self.wandb is not None:
+            self.wandb.log({f"eval/{k}": v for k, v in result.items() if isinstance(v, (int, float))}, step=step)
 
     def finish(self, step: int, result: dict) -> dict:
         if result:
@@ -102,6 +108,11 @@ class MetricsLogger:
         records = [json.loads(line) for line in (self.run / "metrics.jsonl").read_text().splitlines()]
         train = [r for r in records if "loss" in r]
         plot_losses(train, self.run / "loss_curves.png", evaluations=[r for r in records if "eval" in r])
+        if self.wandb is not None:
+            import wandb
+
+            self.wandb.log({"loss_curves": wandb.Image(str(self.run / "loss_curves.png"))}, step=step)
+            self.wandb.finish()
         report = {"steps": step, "final": train[-1] if train else {}, "eval": result,
                   "seconds_this_process": round(time.perf_counter() - self.began, 1),
                   "checkpoint": str(latest_checkpoint(self.run)), "loss_curves": str(self.run / "loss_curves.png")}
@@ -141,3 +152,20 @@ def plot_losses(records: list[dict], path: Path, evaluations: list[dict] = ()) -
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _start_wandb(run: Path, config: TrainConfig, manifest: Manifest):
+    """The run's wandb run: a new one, or the one this directory started (resume keeps its id)."""
+    try:
+        import wandb
+    except ImportError:
+        raise ImportError("[log] wandb = true needs Weights & Biases: pip install 'kidata[wandb]'") from None
+    id_file = run / "wandb_run_id"
+    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(6)
+    identity = {"recipe_sha256": manifest.recipe_sha256, "fast_sha256": manifest.action_tokenizer.sha256,
+                "text_sha256": manifest.text_tokenizer.sha256}
+    handle = wandb.init(project=config.log.project, entity=config.log.entity, name=config.log.run_name or run.name,
+                        id=run_id, resume="allow", dir=str(run), config={**config.to_json(), "mixture": identity})
+    id_file.write_text(run_id + "\n")
+    return handle
+
