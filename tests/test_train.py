@@ -340,7 +340,7 @@ def test_gradient_accumulation_steps_on_the_mean_of_the_micro_batch_gradients(mi
         noise, t = flow_inputs(cfg.train.seed, 0, 0, micro, tuple(batch["actions"].shape))
         loss = net(batch, noise=noise, t=t)["loss"]
         (loss / 2).backward()
-        losses_seen.append(float(loss))
+        losses_seen.append(float(loss.detach()))
     norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in net.parameters() if p.grad is not None))
     assert record["loss"] == pytest.approx(np.mean(losses_seen), rel=1e-4)
     assert record["grad_norm"] == pytest.approx(float(norm), rel=1e-4)
