@@ -34,3 +34,64 @@ def test_the_loader_hints_do_not_change_the_tokenizers_identity(saved):
     fitted, directory = saved
     again = FastTokenizer.load(directory)
     assert again.sha256 == fitted.sha256 and (directory / "processing_action_tokenizer.py").exists()
+
+
+def test_a_hub_repo_id_loads_through_huggingface_hub(saved, monkeypatch):
+    """huggingface_hub's snapshot_download stands in for the network (it is what runs online)."""
+    import huggingface_hub
+
+    fitted, directory = saved
+    calls = []
+
+    def snapshot_download(repo_id, allow_patterns):
+        calls.append((repo_id, sorted(allow_patterns)))
+        return str(directory)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    loaded = FastTokenizer.load("my-org/my-robot-fast")
+    assert loaded.sha256 == fitted.sha256 and calls[0][0] == "my-org/my-robot-fast"
+    assert "tokenizer.json" in calls[0][1]
+
+
+def test_an_unreachable_hub_id_is_named_with_the_cache_it_looked_in(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match=r"'my-org/absent-fast': not a local folder, and the hub repo could "
+                                                r"not be fetched .*the hub cache looked in"):
+        FastTokenizer.load("my-org/absent-fast")
+
+
+def test_a_recipe_names_a_tokenizer_by_path_table():
+    from kidata.pipelines.recipe import RecipeError, parse_recipe
+
+    base = {"name": "m", "fast_tokenizer": {"path": "my-org/my-robot-fast"}}
+    sources = [{"name": "s", "reader": "metaworld", "tasks": ["reach"]}]
+    assert parse_recipe({"mixture": base, "sources": sources}).mixture.fast_tokenizer == {"path": "my-org/my-robot-fast"}
+    with pytest.raises(RecipeError, match="unknown key 'vocab_size'"):
+        parse_recipe({"mixture": {**base, "fast_tokenizer": {"path": "x/y", "vocab_size": 3}}, "sources": sources})
+
+
+def test_fast_push_uploads_the_folder_to_the_named_repo(saved, monkeypatch, capsys):
+    """Exercised against a stand-in of huggingface_hub.HfApi (no hub is reachable here)."""
+    import huggingface_hub
+
+    from kidata.cli import main
+
+    _, directory = saved
+    calls = []
+
+    class StandIn:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, repo_id, exist_ok, private):
+            calls.append(("create", repo_id, exist_ok, private))
+
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            calls.append(("upload", folder_path, repo_id))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", StandIn)
+    assert main(["fast", "push", str(directory), "--repo", "my-org/my-robot-fast", "--private"]) == 0
+    assert calls[1:] == [("create", "my-org/my-robot-fast", True, True),
+                         ("upload", str(directory), "my-org/my-robot-fast")]
+    assert "https://huggingface.co/my-org/my-robot-fast" in capsys.readouterr().out
+    assert main(["fast", "push", str(directory.parent), "--repo", "my-org/x"]) == 2  # not a tokenizer folder

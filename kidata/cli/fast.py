@@ -27,6 +27,13 @@ def add_parser(commands) -> None:
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=fit_command)
 
+    push = actions.add_parser("push", help="upload a fitted tokenizer folder to a Hugging Face hub repo",
+                              epilog="example:\n  kidata fast push fast_tokenizer --repo my-org/my-robot-fast")
+    push.add_argument("directory", help="the folder kidata fast fit wrote")
+    push.add_argument("--repo", required=True, help="hub repo id, org/name (created if missing)")
+    push.add_argument("--private", action="store_true", help="create the repo private")
+    push.set_defaults(handler=push_command)
+
     report = actions.add_parser("report", help="token lengths, compression and reconstruction error of a "
                                                "tokenizer on chunks",
                                 epilog="example:\n  kidata fast report fast_tokenizer --chunks chunks.npy --out report")
@@ -97,3 +104,11 @@ def report_command(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"report written to {report_dir}")
     return 0
+
+
+def push_command(args: argparse.Namespace) -> int:
+    from kidata.tokenizers.hub import push
+
+    print(f"uploaded {args.directory} to {push(args.directory, args.repo, private=args.private)}")
+    return 0
+

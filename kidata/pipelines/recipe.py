@@ -186,6 +186,7 @@ def _check_mixture(mixture: MixtureConfig) -> None:
             raise RecipeError(f"[mixture]: {key} = {value!r}; it must be a whole number >= 1")
     if isinstance(mixture.fast_tokenizer, dict):
         valid = (["bins", "stride"] if "bins" in mixture.fast_tokenizer
+                 else ["path"] if "path" in mixture.fast_tokenizer
                  else ["fit", "vocab_size", "scale", "target_rmse", "min_frequency"])
         unknown = set(mixture.fast_tokenizer) - set(valid)
         if unknown:

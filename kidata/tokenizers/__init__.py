@@ -19,11 +19,11 @@ def action_tokenizer_kind(tokenizer) -> str:
 def load_action_tokenizer(path):
     """The action tokenizer saved in a directory: naive bins when ``kidata_bins.json`` is there,
     else FAST."""
-    from pathlib import Path
-
     from kidata.tokenizers.bins import BINS_FILE
+    from kidata.tokenizers.hub import local_or_hub
 
-    return BinTokenizer.load(path) if (Path(path) / BINS_FILE).exists() else FastTokenizer.load(path)
+    directory = local_or_hub(path, files=(*ACTION_TOKENIZER_FILES, "tokenizer_config.json"))
+    return BinTokenizer.load(directory) if (directory / BINS_FILE).exists() else FastTokenizer.load(directory)
 
 
 def action_tokenizer_files(fs, directory: str) -> dict[str, str]:
