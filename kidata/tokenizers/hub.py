@@ -42,7 +42,7 @@ def push(directory: str | Path, repo_id: str, *, private: bool = False, token: s
     if not (directory / "processor_config.json").is_file() and not (directory / "kidata_bins.json").is_file():
         raise FileNotFoundError(f"{directory} is not a saved action tokenizer (no processor_config.json); "
                                 "push what `kidata fast fit` wrote")
-    if not looks_like_hub_id(repo_id) and "/" not in repo_id:
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"--repo {repo_id!r}: a hub repo id is org/name")
     api = HfApi(token=token)
     api.create_repo(repo_id, exist_ok=True, private=private)
