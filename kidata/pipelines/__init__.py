@@ -3,8 +3,7 @@ names that are also submodules stay in their module: ``build``, ``verify``, ``in
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kidata.lazy import lazy_exports
 
 # the package's face, loaded on first use (importing the package stays cheap)
 _EXPORTS = {
@@ -12,10 +11,4 @@ _EXPORTS = {
     "parse_recipe": "kidata.pipelines.recipe",
     "fit_fast_from_recipe": "kidata.pipelines.stats_pass",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

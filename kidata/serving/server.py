@@ -80,24 +80,24 @@ class PolicyServer:
             return connection.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong Authorization: Api-Key\n")
         return None
 
-    def serve(self, host: str = "127.0.0.1", port: int = 8000) -> None:
-        """Serves until ``shutdown`` (or Ctrl-C)."""
+    def _open(self, host: str, port: int):
         from websockets.sync.server import serve
 
         # max_size=None: oversized requests get the error reply above instead of a dropped connection
-        with serve(self._handler, host, port, compression=None, max_size=None,
-                   process_request=self._process_request) as server:
-            self._server = server
+        self._server = serve(self._handler, host, port, compression=None, max_size=None,
+                             process_request=self._process_request)
+        return self._server
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8000) -> None:
+        """Serves until ``shutdown`` (or Ctrl-C)."""
+        with self._open(host, port) as server:
             server.serve_forever()
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serves from a background thread; returns the bound port (``port=0``: a free one)."""
-        from websockets.sync.server import serve
-
-        self._server = serve(self._handler, host, port, compression=None, max_size=None,
-                             process_request=self._process_request)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return self._server.socket.getsockname()[1]
+        server = self._open(host, port)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        return server.socket.getsockname()[1]
 
     def shutdown(self) -> None:
         if self._server is not None:

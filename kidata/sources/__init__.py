@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from kidata.lazy import lazy_exports
 
 # the package's face, loaded on first use (importing the package stays cheap)
 _EXPORTS = {
@@ -14,10 +13,4 @@ _EXPORTS = {
     "make_spec": "kidata.sources.spec",
     "spec_from_mapping": "kidata.sources.spec",
 }
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
