@@ -134,6 +134,8 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     """The policy of a run directory (latest checkpoint unless ``checkpoint`` names one; its weight
     EMA when the run kept one and ``use_ema``)."""
     run = Path(run)
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
     config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
     manifest, _ = Manifest.read(str(run / "manifest.json"))
     path = Path(checkpoint) if checkpoint else latest_checkpoint(run)

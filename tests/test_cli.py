@@ -142,3 +142,36 @@ def test_shipped_presets_and_recipes_are_addressable_by_name_from_anywhere(tmp_p
     from kidata.training.config import TrainConfig
 
     assert load_recipe("demo").mixture.name == "demo" and TrainConfig.load("ki_metaworld").model.image_size == 112
+
+
+def test_serving_a_folder_that_is_not_a_run_is_one_sentence(tmp_path, capsys):
+    pytest.importorskip("torch")
+    assert main(["serve", "--run", str(tmp_path / "no-run")]) == 2
+    assert "no-run: not a kidata run (no config.json); pass the --out folder of `kidata train`" in capsys.readouterr().err
+
+
+def test_a_key_map_that_is_neither_a_preset_nor_a_valid_file_is_named(tmp_path):
+    from kidata.serving.keymaps import keymap
+
+    with pytest.raises(FileNotFoundError, match=r"--keys 'liberoo': neither a preset \(\['droid', 'kidata', 'libero'\]\)"):
+        keymap("liberoo")
+    (tmp_path / "k.json").write_text('{"imgs": {}}')
+    with pytest.raises(ValueError, match=r"k.json: a key map has images .*found \['imgs'\]"):
+        keymap(str(tmp_path / "k.json"))
+
+
+def test_assets_copy_refuses_an_unshipped_name_and_an_existing_target(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match="pipelines/nope.toml is not shipped"):
+        main(["assets", "copy", "pipelines/nope.toml"])
+    assert main(["assets", "copy", "pipelines/my_robot.toml"]) == 0 and (tmp_path / "my_robot.toml").exists()
+    with pytest.raises(SystemExit, match="my_robot.toml exists; give another destination"):
+        main(["assets", "copy", "pipelines/my_robot.toml"])
+
+
+def test_fast_push_refuses_a_repo_id_that_is_not_org_slash_name(tmp_path):
+    from kidata.tokenizers.hub import push
+
+    (tmp_path / "processor_config.json").write_text("{}")
+    with pytest.raises(ValueError, match="--repo 'just-a-name': a hub repo id is org/name"):
+        push(tmp_path, "just-a-name")
