@@ -203,7 +203,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     accum = config.optim.grad_accum
     batches = iter(loader)
     fed = 0  # batches taken from the loader in this process
-    last_batch = ""  # sha256 of the last batch's tokens: the checkpoint records each rank's
+    last_tokens = None  # the last batch's tokens: a checkpoint records each rank's (hashed only then)
     wrapped.train()
     for step in range(start, config.train.steps):
         began = time.perf_counter()
@@ -214,7 +214,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         for micro in range(accum):
             batch = {k: v.to(env.device, non_blocking=True) for k, v in next(batches).items()}
             fed += 1
-            last_batch = hashlib.sha256(batch["tokens"].cpu().numpy().tobytes()).hexdigest()
+            last_tokens = batch["tokens"]
             noise, t = flow_inputs(config.train.seed, env.rank, step, micro, tuple(batch["actions"].shape))
             sync = (contextlib.nullcontext() if micro == accum - 1 or not hasattr(wrapped, "no_sync")
                     else wrapped.no_sync())
@@ -247,7 +247,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
                                                  autocast, has_val))
             wrapped.train()
         if done % config.checkpoint.every == 0 or done == config.train.steps:
-            last_good = _checkpoint(run, done, model, optimizer, ema, data, fed, config, env, last_batch)
+            last_good = _checkpoint(run, done, model, optimizer, ema, data, fed, config, env, last_tokens)
     result = _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast, has_val)
     return logger.finish(config.train.steps, result)
 
@@ -325,13 +325,14 @@ def held_out_metrics(wrapped, model: KIModel, config: TrainConfig, manifest_path
 
 
 def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDataset, fed: int, config: TrainConfig,
-                env: Distributed, last_batch: str) -> Path | None:
+                env: Distributed, last_tokens: torch.Tensor | None) -> Path | None:
     model_state, optimizer_state = full_state_dicts(model, optimizer)
     streams = env.gather(data.state_after_batches(fed, config.data.batch_size, config.data.num_workers))
     # what each rank holds: under DDP every replica's parameters are the same bytes and every rank's
     # batch differs; under FSDP each rank holds its own shard (a drifting replica shows here)
     replicas = env.gather({"rank": env.rank, "parameters_sha256": local_parameters_sha256(model),
-                           "last_batch_sha256": last_batch})
+                           "last_batch_sha256": hashlib.sha256(last_tokens.cpu().numpy().tobytes()).hexdigest()
+                           if last_tokens is not None else ""})
     if env.rank != 0:
         return None
     trainer = {"step": step, "data_state": streams, "world_size": env.world, "replicas": replicas,
