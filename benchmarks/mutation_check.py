@@ -133,6 +133,8 @@ def run_tests(root: Path, tests: tuple[str, ...]) -> tuple[bool, float]:
         result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *args],
                                 cwd=root, env=env, capture_output=True, text=True)
         ok = ok and result.returncode == 0
+        if result.returncode and os.environ.get("MUTATION_CHECK_VERBOSE"):
+            print(f"--- {spec} failed:\n{(result.stdout + result.stderr)[-3000:]}")
     return ok, time.perf_counter() - began
 
 
@@ -158,7 +160,7 @@ def main() -> int:
         clean, seconds = run_tests(root, every_test)
         print(f"unmutated: {'pass' if clean else 'FAIL'} ({seconds:.0f} s)")
         if not clean:
-            print("the tests fail without any mutation: fix them first")
+            print("the tests fail without any mutation: fix them first (MUTATION_CHECK_VERBOSE=1 shows why)")
             return 2
         missed = []
         for mutation in chosen:

@@ -198,11 +198,20 @@ def test_a_second_run_into_the_same_directory_needs_resume(straight_run, mixture
         train(config(mixture, "--train.steps", "2"), run)
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @pytest.fixture(scope="module")
 def two_process_runs(mixture, tmp_path_factory) -> dict[str, Path]:
     """The same 6 steps on 2 gloo processes, once under DDP and once under FSDP2."""
     runs = {}
-    for sharding, port in (("ddp", "29533"), ("fsdp", "29534")):
+    for sharding in ("ddp", "fsdp"):
+        port = str(free_port())  # never a fixed port: a concurrent run on it would join this rendezvous
         run = tmp_path_factory.mktemp("two") / sharding
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                    "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run),
