@@ -6,10 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from scipy.fft import dct, idct
 
 from kidata.sources.synthetic import action_chunks
+from kidata.tokenizers.base import ClipWarning
 from kidata.tokenizers.bytelevel import byte_to_symbol, reachable_bytes, token_bytes
-from kidata.tokenizers.fast import FastTokenizer, quantization_rmse
+from kidata.tokenizers.fast import FastTokenizer, default_margin, quantization_rmse
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +28,39 @@ def vocabulary(tokenizer: FastTokenizer) -> dict[str, int]:
     return json.loads(tokenizer._hf.to_str())["model"]["vocab"]
 
 
+def rounded(chunks: np.ndarray, scale: float = 10.0) -> np.ndarray:
+    return np.rint(dct(chunks, axis=1, norm="ortho") * scale)
+
+
+def test_codes_span_the_training_range_plus_the_margin_on_each_side(fitted, chunks):
+    low, high = int(rounded(chunks).min()), int(rounded(chunks).max())
+    margin = default_margin(high - low, 512)
+    assert margin == 8  # an eighth of the 64-code span
+    assert fitted.min_token == low - margin
+    assert fitted.max_token == high + margin
+
+
 def test_base_alphabet_is_exactly_the_bytes_the_encoder_can_emit(fitted):
     base = sorted(token_bytes(t)[0] for t in vocabulary(fitted) if len(token_bytes(t)) == 1)
     assert base == reachable_bytes(fitted.max_code)
-    assert fitted.max_code == 0x7FF
-    # 0xC0, 0xC1 and every lead byte of a 3- or 4-byte sequence can never be produced.
-    assert not {0xC0, 0xC1, *range(0xE0, 0x100)} & set(base)
-    assert len(base) == 222
+    # The whole code range is below U+0080: every coefficient is one byte, zero included.
+    assert base == list(range(fitted.max_code + 1)) and fitted.max_code == 80
 
 
 def test_vocabulary_size_and_merges_fill_the_request(fitted):
     spec = json.loads(fitted._hf.to_str())
     assert fitted.vocab_size == 512
-    assert len(spec["model"]["merges"]) == 512 - 222
+    assert len(spec["model"]["merges"]) == 512 - 81
+
+
+def test_a_wider_range_adds_only_the_lead_and_continuation_bytes_it_reaches():
+    chunks = np.zeros((4, 10, 1))
+    chunks[0, :, 0], chunks[1, :, 0] = -1.0, 5.0  # DC -31.6 .. 158.1 at scale 10: span 190
+    tokenizer = FastTokenizer.fit(chunks, vocab_size=512, margin=0, min_frequency=1)
+    assert tokenizer.max_code == 190
+    base = sorted(token_bytes(t)[0] for t in vocabulary(tokenizer) if len(token_bytes(t)) == 1)
+    # U+0080..U+00BE: lead byte 0xC2 and continuation bytes 0x80..0xBE
+    assert base == [*range(0x80), *range(0x80, 0xBF), 0xC2]
 
 
 def test_every_entry_is_a_byte_or_a_merge_the_encoder_can_produce(fitted):
@@ -51,14 +73,28 @@ def test_every_entry_is_a_byte_or_a_merge_the_encoder_can_produce(fitted):
 
 def test_coefficients_never_seen_in_training_still_encode_and_decode_exactly(fitted, chunks):
     seen = set(fitted.coefficient_codes(chunks)[0].ravel().tolist())
-    unseen_value = 30.0  # DC 94.9 -> code far above anything in the training chunks
+    # Every code of the range, seen in training or in the margin, round-trips alone.
+    for code in range(fitted.max_code + 1):
+        ids = fitted._hf.encode(chr(code) * 70).ids
+        assert fitted._hf.decode(ids) == chr(code) * 70
     chunk = np.zeros((10, 7))
-    chunk[:, 3] = unseen_value
-    codes, clipped = fitted.coefficient_codes(chunk)
+    chunk[0, 3] = (fitted.max_token - 1) / 10  # a DCT input with one coefficient past the training max
+    coefficients = idct(chunk, axis=0, norm="ortho")
+    codes, clipped = fitted.coefficient_codes(coefficients)
     assert clipped == 0 and codes.max() not in seen
-    actions, ok = fitted.decode(fitted.encode(chunk), horizon=10, dim=7)
+    actions, ok = fitted.decode(fitted.encode(coefficients), horizon=10, dim=7)
     assert ok.tolist() == [True]
-    np.testing.assert_allclose(actions[0, :, 3], round(unseen_value * np.sqrt(10) * 10) / 10 / np.sqrt(10), atol=1e-12)
+    np.testing.assert_allclose(actions[0], coefficients, atol=1e-12)
+
+
+def test_values_beyond_the_margin_are_clipped_counted_and_warned(fitted):
+    chunk = np.zeros((10, 7))
+    chunk[0, 0] = (fitted.max_token + 3) / 10
+    with pytest.warns(ClipWarning, match="clipped 1 DCT coefficient"):
+        ids = fitted.encode(idct(chunk, axis=0, norm="ortho"))
+    actions, ok = fitted.decode(ids, horizon=10, dim=7)
+    assert ok.all()
+    np.testing.assert_allclose(dct(actions[0], axis=0, norm="ortho")[0, 0], fitted.max_token / 10, atol=1e-9)
 
 
 def test_fit_is_deterministic(chunks, fitted):
@@ -114,8 +150,8 @@ def test_fit_works_on_other_shapes(shape):
 
 
 def test_vocab_smaller_than_the_byte_alphabet_is_refused(chunks):
-    with pytest.raises(ValueError, match="byte alphabet"):
-        FastTokenizer.fit(chunks, vocab_size=200)
+    with pytest.raises(ValueError, match="vocab_size 64 is smaller than the 81-symbol byte alphabet"):
+        FastTokenizer.fit(chunks, vocab_size=64, margin=8)
 
 
 def test_unnormalized_data_beyond_the_code_range_is_refused():
@@ -125,23 +161,33 @@ def test_unnormalized_data_beyond_the_code_range_is_refused():
         FastTokenizer.fit(chunks)
 
 
-def test_training_coefficients_land_in_one_run_of_letters(fitted, chunks):
-    import regex
-
-    from kidata.tokenizers.bytelevel import GPT2_SPLIT_PATTERN, from_code_points
-
+def test_a_chunk_is_one_piece_for_the_pre_tokenizer(fitted, chunks):
+    spec = json.loads(fitted._hf.to_str())
+    assert spec["pre_tokenizer"] == {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                                     "use_regex": False}
+    # Codes 32 (space) and digits lie in the range: merges must still cross them.
     codes, _ = fitted.coefficient_codes(chunks)
-    assert 0xF8 <= codes.min() and codes.max() <= 0x2C1
-    # One pre-tokenizer piece per chunk: merges may span every coefficient.
-    for row in codes[:50]:
-        assert len(regex.findall(GPT2_SPLIT_PATTERN, from_code_points(row))) == 1
+    assert {32, *range(48, 58)} <= set(codes.ravel().tolist())
+    crossing = [t for t in vocabulary(fitted) if len(t) > 1 and " " in bytes(token_bytes(t)).decode("latin-1")]
+    assert crossing
+
+
+def test_at_least_as_compact_as_the_published_fit_on_the_same_chunks(chunks):
+    from kidata.tokenizers.reference import reference_encode, reference_fit
+
+    train, heldout = chunks[:2500], chunks[2500:]
+    for vocab_size in (128, 256, 512):
+        published, min_token = reference_fit(train, scale=10.0, vocab_size=vocab_size)
+        theirs = np.mean([len(reference_encode(published, c, scale=10.0, min_token=min_token)) for c in heldout])
+        ours = np.mean([len(ids) for ids in FastTokenizer.fit(train, vocab_size=vocab_size).encode(heldout)])
+        assert ours <= theirs, (vocab_size, ours, theirs)
 
 
 def test_values_somewhat_below_the_training_minimum_are_represented_not_clipped(fitted, chunks):
     codes, _ = fitted.coefficient_codes(chunks)
     lowest = int(codes.min()) + fitted.min_token  # smallest rounded training coefficient
     chunk = np.zeros((10, 7))
-    chunk[:, 0] = (lowest - 50) / 10 / np.sqrt(10)  # DC 5 units below anything seen
+    chunk[:, 0] = (lowest - 5) / 10 / np.sqrt(10)  # DC half a unit below anything seen
     assert fitted.coefficient_codes(chunk)[1] == 0
     actions, ok = fitted.decode(fitted.encode(chunk), horizon=10, dim=7)
     assert ok.all()

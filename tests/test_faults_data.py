@@ -325,9 +325,9 @@ def test_a_vocabulary_below_the_byte_alphabet_says_what_to_choose():
     from kidata.tokenizers.fast import FastTokenizer
 
     chunks = np.random.default_rng(0).normal(size=(50, 4, 2))
-    with pytest.raises(ValueError, match=r"vocab_size 100 is smaller than the \d+-symbol byte alphabet .*choose a "
+    with pytest.raises(ValueError, match=r"vocab_size 16 is smaller than the \d+-symbol byte alphabet .*choose a "
                                          r"vocab_size above \d+"):
-        FastTokenizer.fit(chunks, vocab_size=100)
+        FastTokenizer.fit(chunks, vocab_size=16)
 
 
 def test_an_unwritable_build_output_is_refused_before_any_work(tmp_path):

@@ -23,6 +23,8 @@ def add_parser(commands) -> None:
                      "not with --target-rmse)")
     fit.add_argument("--target-rmse", type=float, default=None, help="pick the scale for this rounding RMSE")
     fit.add_argument("--min-frequency", type=int, default=2, help="least count for a BPE merge")
+    fit.add_argument("--margin", type=int, default=None, help="codes kept beyond the training range on each side "
+                     "(default: an eighth of the span, at most vocab-size/32; values beyond are clipped and counted)")
     fit.add_argument("--out", required=True, help="directory to write the tokenizer into")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=fit_command)
@@ -73,7 +75,7 @@ def fit_command(args: argparse.Namespace) -> int:
     scale = args.scale if args.scale is not None else 10.0
     tokenizer = FastTokenizer.fit(np.asarray(chunks), vocab_size=args.vocab_size, scale=scale,
                                   target_rmse=args.target_rmse, min_frequency=args.min_frequency,
-                                  show_progress=not args.quiet)
+                                  margin=args.margin, show_progress=not args.quiet)
     out = tokenizer.save(args.out)
     report = measure_tokenizer(tokenizer, chunks, progress=not args.quiet)
     report_dir = write_report(report, out / "report")

@@ -187,7 +187,7 @@ def _check_mixture(mixture: MixtureConfig) -> None:
     if isinstance(mixture.fast_tokenizer, dict):
         valid = (["bins", "stride"] if "bins" in mixture.fast_tokenizer
                  else ["path"] if "path" in mixture.fast_tokenizer
-                 else ["fit", "vocab_size", "scale", "target_rmse", "min_frequency"])
+                 else ["fit", "vocab_size", "scale", "target_rmse", "min_frequency", "margin"])
         unknown = set(mixture.fast_tokenizer) - set(valid)
         if unknown:
             key = sorted(unknown)[0]

@@ -45,21 +45,13 @@ KIDATA_FILE = "kidata_fast.json"  # our additions; the reference loader ignores 
 
 Backend = Literal["auto", "tiktoken", "hf"]
 
-# Fitted vocabularies cover code points up to here (two-byte UTF-8) unless the data needs more:
-# at scale 10 this spans 204.7 normalized units, far beyond q01/q99-normalized actions.
-_FIT_MAX_CODE = 0x7FF
-# The longest run of letters (\p{L}) below U+0800. The GPT-2 pre-tokenizer keeps a run of letters
-# in one piece, so a fit places the training coefficients here: BPE merges can then span the whole
-# chunk (with codes at the data minimum, as the reference does, zero lands on control characters,
-# whitespace and digits, and the pre-tokenizer cuts chunks into many pieces that never merge).
-_LETTER_BLOCK = (0x00F8, 0x02C1)
+def default_margin(span: int, vocab_size: int) -> int:
+    """Codes a fit keeps on each side of the training range, for values its sample has not seen.
 
-
-def _first_data_code(span: int) -> int:
-    """Code point of the smallest training coefficient: the data range centred in the letter
-    block when it fits (leaving headroom on both sides for unseen values), else code 0."""
-    block = _LETTER_BLOCK[1] - _LETTER_BLOCK[0]
-    return _LETTER_BLOCK[0] + (block - span) // 2 if span <= block else 0
+    An eighth of the span, at most ``vocab_size // 32``: each margin code costs an id of the base
+    alphabet, and at small vocabularies those ids buy more as merges (benchmarks/fast_fit_bench.py
+    measured both, with the held-out coefficients this margin clips: none on its benchmark set)."""
+    return max(2, min(-(-span // 8), vocab_size // 32))
 
 
 @dataclass(frozen=True)
@@ -331,6 +323,7 @@ class FastTokenizer:
         scale: float = 10.0,
         target_rmse: float | None = None,
         min_frequency: int = 2,
+        margin: int | None = None,
         show_progress: bool = False,
         backend: Backend = "auto",
     ) -> "FastTokenizer":
@@ -347,26 +340,32 @@ class FastTokenizer:
         rounded = np.rint(dct(batch, axis=1, norm="ortho") * scale).astype(np.int64)
         data_min, data_max = int(rounded.min()), int(rounded.max())
         span = data_max - data_min
-        if span > bytelevel.MAX_CODE_POINT:
+        margin = default_margin(span, vocab_size) if margin is None else int(margin)
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0 codes, got {margin}")
+        if span + 2 * margin > bytelevel.MAX_CODE_POINT:
             raise ValueError(
-                f"rounded DCT coefficients span {span} values at scale {scale}, more than the "
-                f"{bytelevel.MAX_CODE_POINT} a byte-level vocabulary can represent: lower the scale "
-                "or check that the chunks are normalized"
+                f"rounded DCT coefficients span {span} values at scale {scale} (+ {margin} margin codes on "
+                f"each side), more than the {bytelevel.MAX_CODE_POINT} a byte-level vocabulary can "
+                "represent: lower the scale or check that the chunks are normalized"
             )
-        min_token = data_min - _first_data_code(span)
-        max_code = _FIT_MAX_CODE if data_max - min_token <= _FIT_MAX_CODE else bytelevel.MAX_CODE_POINT
+        min_token = data_min - margin
+        max_code = span + 2 * margin
         symbols = bytelevel.byte_to_symbol()
         alphabet = [symbols[b] for b in bytelevel.reachable_bytes(max_code)]
         if vocab_size < len(alphabet):
             raise ValueError(
-                f"vocab_size {vocab_size} is smaller than the {len(alphabet)}-symbol byte alphabet these chunks "
-                f"need; choose a vocab_size above {len(alphabet)} (the BPE merges come on top of it)"
+                f"vocab_size {vocab_size} is smaller than the {len(alphabet)}-symbol byte alphabet of codes "
+                f"0..{max_code} (training span {span} + {margin} margin codes on each side); choose a "
+                f"vocab_size above {len(alphabet)} or a smaller margin (the BPE merges come on top of it)"
             )
         codes = (rounded.reshape(batch.shape[0], -1) - min_token).reshape(-1)
         text = bytelevel.from_code_points(codes)
         per_chunk = batch.shape[1] * batch.shape[2]
         tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        # No GPT-2 split: a chunk is one piece whatever its code points, so merges may span it all
+        # and the codes can start at 0, where each is a single UTF-8 byte.
+        tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
         tokenizer.decoder = decoders.ByteLevel()
         tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
         trainer = trainers.BpeTrainer(
@@ -386,6 +385,7 @@ class FastTokenizer:
             "chunks": int(batch.shape[0]),
             "requested_vocab_size": int(vocab_size),
             "min_frequency": int(min_frequency),
+            "margin": margin,
             "target_rmse": target_rmse,
         }
         return cls(

@@ -35,8 +35,8 @@ def _layout_blocker(spec: dict[str, Any]) -> str | None:
     if spec.get("added_tokens"):
         return "tokenizer has added tokens"
     pre = spec.get("pre_tokenizer") or {}
-    if pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
-        return "pre-tokenizer is not ByteLevel with the GPT-2 split"
+    if pre.get("type") != "ByteLevel":
+        return "pre-tokenizer is not ByteLevel"
     if pre.get("add_prefix_space"):
         return "pre-tokenizer adds a prefix space"
     if model.get("dropout") or model.get("continuing_subword_prefix") or model.get(
@@ -61,15 +61,17 @@ def _layout_blocker(spec: dict[str, Any]) -> str | None:
 def _merge_chain(ranks: dict[bytes, int], spare: list[int]) -> list[tuple[bytes, bytes]]:
     """(pattern, replacement) steps for the leading merges that can be applied up front.
 
-    The lowest-ranked merge joins two distinct bytes (its occurrences cannot overlap); each next
-    rank that doubles the previous token is greedy left-to-right pairing of a run, which is what
-    ``bytes.replace`` does. The chain stops at the first merge of another shape.
+    The lowest-ranked merge joins two bytes (the zero coefficient's two UTF-8 bytes, or two zero
+    codes where zero is one byte); both BPE algorithms apply it first, leftmost occurrence first,
+    which is what ``bytes.replace`` does, overlapping runs included. Each next rank that doubles
+    the previous token is the same greedy pairing of a run. The chain stops at the first merge of
+    another shape.
     """
     by_rank = sorted((rank, token) for token, rank in ranks.items() if len(token) > 1)
     if not by_rank or not spare:
         return []
     first_rank, first = by_rank[0]
-    if len(first) != 2 or first[0] == first[1]:
+    if len(first) != 2:
         return []
     steps = [(first, bytes([spare[0]]))]
     previous = first
@@ -85,12 +87,13 @@ def _merge_chain(ranks: dict[bytes, int], spare: list[int]) -> list[tuple[bytes,
 class RankedBpe:
     """Encodes one FAST coefficient string to ids with tiktoken, exactly as the BPE would."""
 
-    def __init__(self, encoding: Any, chain: list[tuple[bytes, bytes]]) -> None:
+    def __init__(self, encoding: Any, chain: list[tuple[bytes, bytes]], *, split: bool = True) -> None:
         import regex
 
         self._encoding = encoding
         self._chain = chain
-        self._split = regex.compile(bytelevel.GPT2_SPLIT_PATTERN)
+        # Without the GPT-2 split (what kidata fits write) a chunk's string is a single piece.
+        self._split = regex.compile(bytelevel.GPT2_SPLIT_PATTERN).findall if split else lambda text: [text]
 
     @classmethod
     def build(cls, spec: dict[str, Any], max_code_point: int) -> tuple["RankedBpe | None", str | None]:
@@ -118,7 +121,7 @@ class RankedBpe:
             "kidata-fast", pat_str=bytelevel.GPT2_SPLIT_PATTERN, mergeable_ranks=rewritten,
             special_tokens={},
         )
-        return cls(encoding, chain), None
+        return cls(encoding, chain, split=spec["pre_tokenizer"].get("use_regex", True)), None
 
     @property
     def chain_length(self) -> int:
@@ -126,7 +129,7 @@ class RankedBpe:
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
-        for piece in self._split.findall(text):
+        for piece in self._split(text):
             data = piece.encode("utf-8")
             for pattern, replacement in self._chain:
                 data = data.replace(pattern, replacement)

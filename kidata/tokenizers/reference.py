@@ -29,3 +29,34 @@ def reference_decode(
     if coefficients.size != horizon * dim:
         coefficients = np.zeros(horizon * dim)
     return idct(coefficients.reshape(horizon, dim) / scale, axis=0, norm="ortho")
+
+
+def reference_fit(chunks: np.ndarray, *, scale: float, vocab_size: int):
+    """The published processor's ``fit``: (``tokenizers.Tokenizer``, ``min_token``).
+
+    As published: ``min_token`` is the smallest rounded training coefficient, so codes start at
+    chr(0); a ``ByteLevelBPETokenizer`` (GPT-2 split) is trained by ``BpeTrainer`` with
+    ``min_frequency=2`` and the raw characters chr(0)..chr(max - min) as initial alphabet (most of
+    them are not byte-level symbols, which is where its dead ids come from). Raises ``ValueError``
+    where the published code asserts (coefficient span above ``vocab_size``).
+    """
+    from tokenizers import ByteLevelBPETokenizer
+    from tokenizers.trainers import BpeTrainer
+
+    rounded = np.around(dct(np.asarray(chunks, dtype=np.float64), axis=1, norm="ortho") * scale)
+    rounded = rounded.reshape(len(rounded), -1)
+    min_token, max_token = int(rounded.min()), int(rounded.max())
+    if max_token - min_token > vocab_size:
+        raise ValueError(f"Vocab size {vocab_size} is too small for the range of tokens {max_token - min_token}")
+    bpe = ByteLevelBPETokenizer()
+    trainer = BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        show_progress=False,
+        special_tokens=[],
+        initial_alphabet=[chr(i) for i in range(max_token - min_token + 1)],
+        max_token_length=10000,
+    )
+    strings = ("".join(map(chr, (row - min_token).astype(int))) for row in rounded)
+    bpe._tokenizer.train_from_iterator(strings, trainer=trainer)
+    return bpe._tokenizer, min_token
