@@ -28,13 +28,18 @@ class DimStats:
     max: list[float]
     q01: list[float]
     q99: list[float]
+    # the middle quantiles LeRobot's stats.json records (None in statistics written before them)
+    q10: list[float] | None = None
+    q50: list[float] | None = None
+    q90: list[float] | None = None
 
     def to_json(self) -> dict:
-        return dict(self.__dict__)
+        return {key: value for key, value in self.__dict__.items() if value is not None}
 
     @classmethod
     def from_json(cls, data: Mapping) -> "DimStats":
-        return cls(**{k: data[k] for k in ("count", "mean", "std", "min", "max", "q01", "q99")})
+        optional = {k: data[k] for k in ("q10", "q50", "q90") if k in data}
+        return cls(**{k: data[k] for k in ("count", "mean", "std", "min", "max", "q01", "q99")}, **optional)
 
     def suspicious(self, *, min_range: float = 1e-6, outlier_factor: float = 10.0) -> dict[int, str]:
         """Dimensions worth a look: near-zero range, or extremes far beyond q01/q99."""

@@ -1,4 +1,5 @@
-"""``kidata export rlds``: a recipe's robot source written as an RLDS/TFDS dataset."""
+"""``kidata export rlds`` / ``kidata export lerobot``: a recipe's robot source written as an RLDS/TFDS
+or a LeRobot v3.0 dataset."""
 
 from __future__ import annotations
 
@@ -16,6 +17,17 @@ def add_parser(commands) -> None:
     rlds.add_argument("--name", help="dataset name (default: the source name)")
     rlds.set_defaults(handler=rlds_command)
 
+    lerobot = formats.add_parser("lerobot", help="a robot source of a recipe as a LeRobot v3.0 dataset",
+                                 epilog="example:\n  kidata export lerobot --recipe demo --source metaworld --out exported")
+    lerobot.add_argument("--recipe", required=True, help="the recipe holding the source")
+    lerobot.add_argument("--source", required=True, help="the recipe source to export")
+    lerobot.add_argument("--out", required=True, help="new folder for the dataset")
+    lerobot.add_argument("--robot-type", default="unknown", help="info.json robot_type")
+    lerobot.add_argument("--codec", default="av1", choices=["av1", "h264"],
+                         help="video codec (av1: libsvtav1, LeRobot's default; h264: libx264)")
+    lerobot.add_argument("--max-episodes", type=int, help="export only the first N episodes")
+    lerobot.set_defaults(handler=lerobot_command)
+
 
 def rlds_command(args: argparse.Namespace) -> int:
     from kidata.pipelines.export import export_rlds
@@ -27,4 +39,24 @@ def rlds_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.source} is a {source.kind} source; only robot episodes export to RLDS")
     directory = export_rlds(recipe.open(source).episodes(), args.out, name=args.name or args.source)
     print(f"RLDS dataset: {directory} (read it back with reader = \"rlds\", mapping from kidata_mapping.json)")
+    return 0
+
+
+def lerobot_command(args: argparse.Namespace) -> int:
+    import itertools
+
+    from kidata.pipelines.export_lerobot import export_lerobot
+    from kidata.pipelines.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe)
+    source = recipe.source(args.source)
+    if source.kind != "robot":
+        raise SystemExit(f"{args.source} is a {source.kind} source; only robot episodes export to LeRobot")
+    episodes = recipe.open(source).episodes()
+    if args.max_episodes:
+        episodes = itertools.islice(episodes, args.max_episodes)
+    root = export_lerobot(episodes, args.out, robot_type=args.robot_type, codec=args.codec)
+    print(f"LeRobot v3.0 dataset: {root}. Read it back with reader = \"lerobot\", path = \"{root}\", mapping = "
+          "{ cameras = { <camera> = \"observation.images.<camera>\" }, state = [\"observation.state\"], "
+          "action = [\"action\"] }")
     return 0

@@ -17,10 +17,15 @@ import time
 
 from kidata import __version__
 from kidata.manifest import Encoding, Manifest, ShardInfo, SourceEntry, TokenizerRef
+from kidata.normalize import NormStats
 from kidata.pipelines.encode_pass import EncodeContext, context_encoder, encode_unit, warm_up_build, warm_up_worker
 from kidata.pipelines.recipe import Recipe
 from kidata.pipelines.stats_pass import ACTION_TOKENIZER_DIR, STATE_DIR, BuildError, action_tokenizer, run_pass1
 from kidata.pipelines.storage import output_fs, write_text
+from kidata.stats_formats import FILE_NAMES, render
+
+# the statistics of each robot source in openpi's and LeRobot's files: <out>/norm_stats/<source>/
+NORM_STATS_DIR = "norm_stats"
 
 __all__ = ["BuildError", "build"]
 
@@ -106,6 +111,9 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
                                    f"quarantined {dict(s.quarantined)}, skipped {dict(s.skipped)})" for s in empty)
                          + f"; no manifest written (details: {root}/build_report.json). Fix the recipe "
                            "(e.g. max_tokens) and build again with --force")
+    for source, stats in norm_stats.items():  # where openpi and LeRobot look for them
+        for format in ("openpi", "lerobot"):
+            write_text(fs, f"{root}/{NORM_STATS_DIR}/{source}/{FILE_NAMES[format]}", render(NormStats.from_json(stats), format))
     write_text(fs, f"{root}/manifest.json", manifest.dumps())
     return manifest
 

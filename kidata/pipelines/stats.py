@@ -191,6 +191,9 @@ class RunningStats:
             max=self.sketch.maximum.tolist(),
             q01=q01.tolist(),
             q99=q99.tolist(),
+            q10=self.sketch.quantile(0.10).tolist(),
+            q50=self.sketch.quantile(0.50).tolist(),
+            q90=self.sketch.quantile(0.90).tolist(),
         )
 
 

@@ -55,7 +55,7 @@ def _relative_close_to_open(commands: np.ndarray) -> np.ndarray:
         openness[step, 0] = current
     return openness
 
-_PART = re.compile(r"^(?P<key>[A-Za-z0-9_/]+)(\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?(\|(?P<transform>\w+))?$")
+_PART = re.compile(r"^(?P<key>[A-Za-z0-9_/.]+)(\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?(\|(?P<transform>\w+))?$")
 
 
 @dataclass(frozen=True)
