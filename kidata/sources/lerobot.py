@@ -121,19 +121,25 @@ class LeRobotSource:
         return sorted(keys)
 
     def _rows(self, meta: EpisodeMeta, images: bool, tables: dict) -> Any:
+        """The episode's rows of its data file (None when the file is missing). v3.0 files hold
+        many episodes in global ``index`` order: the rows are a slice, checked, else a filter."""
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        path = self.root / meta.data_path
         if meta.data_path not in tables:
-            if not path.is_file():
-                tables[meta.data_path] = None
-            else:
-                tables[meta.data_path] = pq.read_table(path, columns=self._columns(images))
+            path = self.root / meta.data_path
+            tables[meta.data_path] = pq.read_table(path, columns=self._columns(images)) if path.is_file() else None
         table = tables[meta.data_path]
-        if table is None:
-            return None
-        return table.filter(pc.equal(table["episode_index"], meta.index)) if meta.rows is not None else table
+        if table is None or meta.rows is None:
+            return table
+        first = table["index"][0].as_py() if table.num_rows else 0
+        start, stop = meta.rows
+        rows = table.slice(start - first, stop - start)
+        index = rows["index"].to_numpy()
+        if (stop > start and rows.num_rows == stop - start and index[0] == start and index[-1] == stop - 1
+                and (rows["episode_index"].to_numpy() == meta.index).all()):
+            return rows
+        return table.filter(pc.equal(table["episode_index"], meta.index))
 
     def _quarantine(self, report: ReadReport, reason: str, meta: EpisodeMeta) -> None:
         report.quarantined.add(reason)
