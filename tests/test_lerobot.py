@@ -192,6 +192,8 @@ def test_a_missing_row_is_a_length_mismatch(copy):
     rewrite_rows(copy, lambda rows: rows[:44] + rows[45:])  # episode 4 loses frame 4
     _, episodes, report = read_all(copy, images=False)
     assert report.quarantined.as_dict() == {"length_mismatch": 1} and len(episodes) == 24
+    assert report.examples["length_mismatch"] == ["episode 4"]
+    assert report.notices["row_range_mismatch"] == 1  # the others' rows are still found by index
 
 
 def test_episode_index_gaps_are_counted(copy):
@@ -227,17 +229,23 @@ def test_a_video_span_that_misses_frames_is_a_frame_count_mismatch(copy):
 
 
 # ------------------------------------------------------------------------------------------- v2.1
-def write_v21(root: Path, episodes: list[dict], *, fps: int = 10, short_video: int | None = None) -> Path:
+def write_v21(root: Path, episodes: list[dict], *, fps: int = 10, short_video: int | None = None,
+              as_images: bool = False) -> Path:
     """A LeRobot v2.1 dataset from the published layout: meta/info.json, tasks.jsonl, episodes.jsonl,
-    data/chunk-000/episode_NNNNNN.parquet and videos/chunk-000/<key>/episode_NNNNNN.mp4."""
+    data/chunk-000/episode_NNNNNN.parquet and videos/chunk-000/<key>/episode_NNNNNN.mp4 (or, with
+    ``as_images``, the camera as an image feature: PNG bytes in the parquet, as datasets stores them)."""
+    import io
+
     import av
+    from PIL import Image
 
     key = "observation.images.top"
     info = {"codebase_version": "v2.1", "robot_type": "test", "fps": fps, "chunks_size": 1000,
             "total_episodes": len(episodes), "splits": {"train": f"0:{len(episodes)}"},
             "data_path": "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet",
             "video_path": "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4",
-            "features": {key: {"dtype": "video", "shape": [64, 64, 3], "names": ["height", "width", "channel"]},
+            "features": {key: {"dtype": "image" if as_images else "video", "shape": [64, 64, 3],
+                               "names": ["height", "width", "channel"]},
                          "observation.state": {"dtype": "float32", "shape": [3], "names": None},
                          "action": {"dtype": "float32", "shape": [2], "names": None},
                          **{k: {"dtype": t, "shape": [1], "names": None} for k, t in
@@ -261,10 +269,21 @@ def write_v21(root: Path, episodes: list[dict], *, fps: int = 10, short_video: i
             "frame_index": pa.array(np.arange(steps)), "episode_index": pa.array(np.full(steps, index)),
             "index": pa.array(np.arange(start, start + steps)),
             "task_index": pa.array(np.full(steps, tasks.index(episode["task"])))})
+        if as_images:
+            def png(image):
+                buffer = io.BytesIO()
+                Image.fromarray(image).save(buffer, format="PNG")
+                return {"bytes": buffer.getvalue(), "path": None}
+
+            images = pa.array([png(image) for image in episode["frames"]],
+                              pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+            table = table.append_column(key, images)
         start += steps
         data = root / "data" / "chunk-000" / f"episode_{index:06d}.parquet"
         data.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(table, data)
+        if as_images:
+            continue
         video = root / "videos" / "chunk-000" / key / f"episode_{index:06d}.mp4"
         video.parent.mkdir(parents=True, exist_ok=True)
         with av.open(str(video), "w") as container:
@@ -311,6 +330,17 @@ def test_a_v21_dataset_reads_with_one_parquet_and_one_mp4_per_episode(tmp_path):
         assert np.abs(frames - truth["frames"]).mean() < 3
 
 
+def test_cameras_stored_as_images_are_read_from_the_parquet_exactly(tmp_path, monkeypatch):
+    written = v21_episodes()
+    root = write_v21(tmp_path / "v21", written, as_images=True)
+    _, episodes, report = read_all(root, {"cameras": {"base_0": "observation.images.top"}})
+    assert report.quarantined.as_dict() == {} and len(episodes) == 3
+    for episode, truth in zip(episodes, written):
+        np.testing.assert_array_equal(episode.images["base_0"].array(), truth["frames"])  # PNG: lossless
+    _, episodes, _ = read_all(root, {"cameras": {"base_0": "observation.images.top"}}, images=False)
+    assert all(not e.images for e in episodes)
+
+
 def test_a_v21_video_shorter_than_its_parquet_is_quarantined(tmp_path):
     root = write_v21(tmp_path / "v21", v21_episodes(), short_video=1)
     _, episodes, report = read_all(root, {"cameras": {"base_0": "observation.images.top"}})
@@ -344,7 +374,7 @@ action = ["action"]
 
 
 @pytest.mark.slow
-def test_builds_of_a_lerobot_source_are_identical_for_one_and_two_workers(fixture_root, tmp_path):
+def test_builds_of_a_lerobot_source_are_identical_for_one_and_two_workers_and_ray(fixture_root, tmp_path):
     from test_build import tree_bytes
 
     from kidata.pipelines.build import build
@@ -357,6 +387,14 @@ def test_builds_of_a_lerobot_source_are_identical_for_one_and_two_workers(fixtur
     assert tree_bytes(tmp_path / "one") == tree_bytes(tmp_path / "two")
     openpi = json.loads((tmp_path / "one" / "norm_stats" / "bridge" / "norm_stats.json").read_text())
     assert sorted(openpi["norm_stats"]) == ["actions", "state"]
+    pytest.importorskip("ray", reason="the ray engine needs the 'ray' extra")
+    import ray
+
+    try:
+        build(recipe, str(tmp_path / "ray"), engine="ray", progress=False)
+    finally:
+        ray.shutdown()
+    assert tree_bytes(tmp_path / "ray") == tree_bytes(tmp_path / "one")
 
 
 # --------------------------------------------------------------------------------- export
@@ -391,6 +429,9 @@ def test_the_export_has_lerobots_info_keys_and_schemas(exported, fixture_root):
     episodes_file = "meta/episodes/chunk-000/file-000.parquet"
     assert pq.read_schema(out / episodes_file).names == [rename(n) for n in pq.read_schema(fixture_root / episodes_file).names]
     assert pq.read_schema(out / "meta/tasks.parquet").names == pq.read_schema(fixture_root / "meta/tasks.parquet").names
+    ours_rows, theirs_rows = (pq.read_table(r / episodes_file, columns=["dataset_from_index", "dataset_to_index", "length"])
+                              .to_pylist() for r in (out, fixture_root))
+    assert ours_rows == theirs_rows
     assert sorted(json.loads((out / "meta" / "stats.json").read_text())) == \
            sorted(rename(k) for k in json.loads((fixture_root / "meta" / "stats.json").read_text()))
 
@@ -399,7 +440,7 @@ def test_the_export_reads_back_to_the_same_episodes(exported):
     episodes, out = exported
     mapping = {"cameras": {"base_0": "observation.images.base_0", "base_1": "observation.images.base_1"}}
     _, back, report = read_all(out, mapping)
-    assert report.quarantined.as_dict() == {} and len(back) == len(episodes)
+    assert report.quarantined.as_dict() == {} and not report.notices and len(back) == len(episodes)
     for original, again in zip(episodes, back):
         np.testing.assert_array_equal(again.state, original.state)
         np.testing.assert_array_equal(again.actions, original.actions)
@@ -416,3 +457,87 @@ def test_export_statistics_equal_lerobots_own_on_the_same_values(exported, fixtu
         for stat in ("min", "max", "mean", "count"):
             np.testing.assert_allclose(ours[key][stat], theirs[key][stat], rtol=1e-5, atol=1e-7, err_msg=f"{key} {stat}")
         np.testing.assert_allclose(ours[key]["std"], theirs[key]["std"], rtol=1e-4, atol=1e-7, err_msg=f"{key} std")
+
+
+# ------------------------------------------------------------------------------- stats formats
+def openpi_norm_stats(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """What openpi.shared.normalize.load reads: {"norm_stats": {key: {mean, std, q01?, q99?}}}."""
+    data = json.loads(path.read_text())["norm_stats"]
+    return {key: {field: np.asarray(value[field]) for field in ("mean", "std", "q01", "q99") if field in value}
+            for key, value in data.items()}
+
+
+def lerobot_stats(path: Path) -> dict[str, dict[str, np.ndarray]]:
+    """What lerobot's load_stats reads from meta/stats.json: per feature, arrays per statistic."""
+    return {key: {stat: np.asarray(value) for stat, value in stats.items()}
+            for key, stats in json.loads(path.read_text()).items()}
+
+
+@pytest.fixture(scope="module")
+def fixture_stats(fixture_root):
+    from kidata.pipelines.stats import source_stats
+
+    source = open_source("lerobot", path=str(fixture_root), mapping={"cameras": {}})
+    return source_stats(source, progress=False)[0].finalize()
+
+
+def test_openpi_norm_stats_hold_kidatas_statistics(fixture_stats, tmp_path):
+    from kidata.stats_formats import render
+
+    (tmp_path / "norm_stats.json").write_text(render(fixture_stats, "openpi"))
+    loaded = openpi_norm_stats(tmp_path / "norm_stats.json")
+    assert sorted(loaded) == ["actions", "state"]
+    for key, part in (("state", fixture_stats.state), ("actions", fixture_stats.actions)):
+        assert sorted(loaded[key]) == ["mean", "q01", "q99", "std"]
+        for field in ("mean", "std", "q01", "q99"):
+            np.testing.assert_array_equal(loaded[key][field], getattr(part, field))
+
+
+def test_lerobot_stats_match_the_ones_lerobot_wrote_for_the_same_data(fixture_stats, fixture_root, tmp_path):
+    from kidata.stats_formats import render
+
+    (tmp_path / "stats.json").write_text(render(fixture_stats, "lerobot"))
+    ours, theirs = lerobot_stats(tmp_path / "stats.json"), lerobot_stats(fixture_root / "meta" / "stats.json")
+    for key in ("observation.state", "action"):
+        assert sorted(ours[key]) == sorted(theirs[key])  # min max mean std count q01 q10 q50 q90 q99
+        for stat in ("min", "max", "mean", "count"):
+            np.testing.assert_allclose(ours[key][stat], theirs[key][stat], rtol=1e-5, atol=1e-7, err_msg=f"{key} {stat}")
+        np.testing.assert_allclose(ours[key]["std"], theirs[key]["std"], rtol=1e-3, atol=1e-7)
+        assert (ours[key]["min"] <= ours[key]["q01"]).all() and (ours[key]["q99"] <= ours[key]["max"]).all()
+        assert (np.diff(np.stack([ours[key][q] for q in ("q01", "q10", "q50", "q90", "q99")]), axis=0) >= 0).all()
+
+
+def test_statistics_written_before_the_middle_quantiles_are_refused_for_lerobot(fixture_stats):
+    from dataclasses import replace
+
+    from kidata.normalize import NormStats
+    from kidata.stats_formats import render
+
+    old = NormStats(replace(fixture_stats.state, q10=None, q50=None, q90=None), fixture_stats.actions)
+    with pytest.raises(ValueError, match=r"lack \['q10', 'q50', 'q90'\].*recompute them"):
+        render(old, "lerobot")
+    assert "q10" not in json.loads(render(old, "kidata"))["state"]
+
+
+def test_kidata_stats_writes_each_format(fixture_root, tmp_path, capsys):
+    from kidata.cli import main
+
+    for format in ("kidata", "openpi", "lerobot"):
+        assert main(["stats", "--reader", "lerobot", "--path", str(fixture_root), "--format", format,
+                     "--out", str(tmp_path / f"{format}.json"), "--quiet"]) == 0
+    assert openpi_norm_stats(tmp_path / "openpi.json")["actions"]["mean"].shape == (7,)
+    assert lerobot_stats(tmp_path / "lerobot.json")["action"]["count"].tolist() == [250]
+    assert json.loads((tmp_path / "kidata.json").read_text())["episodes"] == 25
+
+
+@pytest.mark.slow
+def test_export_lerobot_command_writes_a_dataset_kidata_reads_back(tmp_path, capsys):
+    from kidata.cli import main
+
+    assert main(["export", "lerobot", "--recipe", "demo", "--source", "metaworld", "--out", str(tmp_path / "mw"),
+                 "--max-episodes", "2"]) == 0
+    mapping = {"cameras": {"base_0": "observation.images.base_0", "left_wrist_0": "observation.images.left_wrist_0"}}
+    _, episodes, report = read_all(tmp_path / "mw", mapping)
+    assert len(episodes) == 2 and report.quarantined.as_dict() == {} and episodes[0].fps == 80.0
+    assert main(["export", "lerobot", "--recipe", "demo", "--source", "metaworld", "--out", str(tmp_path / "mw")]) != 0
+    assert "already holds a LeRobot dataset; choose a new --out folder" in capsys.readouterr().err

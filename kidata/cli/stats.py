@@ -45,8 +45,9 @@ def stats_command(args: argparse.Namespace) -> int:
     if args.reader == "lerobot":
         if (args.path is None) == (args.repo_id is None):
             raise SystemExit("kidata stats --reader lerobot: give --path FOLDER or --repo-id ORG/NAME")
+        # statistics read state and actions only: cameras need no mapping here
         source = open_source("lerobot", path=args.path, repo_id=args.repo_id, revision=args.revision,
-                             mapping=mapping, name=args.name)
+                             mapping=mapping or {"cameras": {}}, name=args.name)
     elif args.path is None:
         raise SystemExit(f"kidata stats --reader {args.reader}: --path is required")
     else:

@@ -117,7 +117,7 @@ def export_lerobot(episodes: Iterable[Episode], out: str | Path, *, robot_type: 
             steps = episode.steps
             task = episode.instructions[0] if episode.instructions else ""
             task_index = tasks.setdefault(task, len(tasks))
-            start = len(rows.timestamp)
+            start = sum(map(len, rows.timestamp))  # frames written before this episode
             row = {"episode_index": number, "tasks": [task], "length": steps, "data/chunk_index": 0,
                    "data/file_index": 0, "dataset_from_index": start, "dataset_to_index": start + steps}
             image_stats_columns = {}

@@ -12,6 +12,7 @@ corrupt mp4) and ``video_frame_count`` (the video lacks frames the parquet has).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -22,7 +23,7 @@ from kidata.schema import CAMERA_NAMES, Episode, Frames, episode_defect
 from kidata.sources.base import ReadReport, WorkUnit, split_range
 from kidata.sources.lerobot_meta import INDEX_COLUMNS, EpisodeMeta, LeRobotMeta
 from kidata.sources.registry import register_reader
-from kidata.sources.spec import Part
+from kidata.sources.spec import STATEFUL_TRANSFORMS, Part
 from kidata.sources.video import VideoError, VideoFrames, packet_times
 
 # LeRobot's own default (LeRobotDataset(tolerance_s=1e-4)): how far a timestamp may sit from the
@@ -72,6 +73,7 @@ class LeRobotSource:
         self.state = tuple(Part.parse(p) for p in mapping.get("state", ["observation.state"]))
         self.action = tuple(Part.parse(p) for p in mapping.get("action", ["action"]))
         visual = self.meta.video_keys + self.meta.image_keys
+        self._image_keys = frozenset(self.meta.image_keys)
         if "cameras" not in mapping and visual:
             raise ValueError(f"lerobot source {name!r}: mapping.cameras is missing; this dataset's camera features are "
                              f"{list(visual)}; write e.g. cameras = {{ base_0 = \"{visual[0]}\" }}")
@@ -107,39 +109,61 @@ class LeRobotSource:
         report = report if report is not None else ReadReport()
         if unit.start == 0 and self.index_gaps:
             report.notices["episode_index_gaps"] += self.index_gaps
-        tables: dict[str, Any] = {}  # data file -> its table, read once per unit
+        files: dict[str, Any] = {}  # data file -> its columns, read once per unit
+        exists: dict[str, bool] = {}  # video file -> present, checked once per unit
         for meta in self.meta.episodes[unit.start : unit.stop]:
-            episode = self._episode(meta, images, report, tables)
+            episode = self._episode(meta, images, report, files, exists)
             if episode is not None:
                 yield episode
 
     # ------------------------------------------------------------------------------------------
-    def _columns(self, images: bool) -> list[str]:
-        keys = {part.key for part in self.state + self.action} | set(INDEX_COLUMNS)
-        if images:
-            keys |= {key for key in self.cameras.values() if key in self.meta.image_keys}
-        return sorted(keys)
-
-    def _rows(self, meta: EpisodeMeta, images: bool, tables: dict) -> Any:
-        """The episode's rows of its data file (None when the file is missing). v3.0 files hold
-        many episodes in global ``index`` order: the rows are a slice, checked, else a filter."""
-        import pyarrow.compute as pc
+    def _file(self, data_path: str, images: bool) -> "_DataFile | None":
+        """A data file's columns as numpy arrays (image columns stay arrow), or None if missing."""
         import pyarrow.parquet as pq
 
-        if meta.data_path not in tables:
-            path = self.root / meta.data_path
-            tables[meta.data_path] = pq.read_table(path, columns=self._columns(images)) if path.is_file() else None
-        table = tables[meta.data_path]
-        if table is None or meta.rows is None:
-            return table
-        first = table["index"][0].as_py() if table.num_rows else 0
+        path = self.root / data_path
+        if not path.is_file():
+            return None
+        keys = {part.key for part in self.state + self.action} | set(INDEX_COLUMNS)
+        image_keys = {key for key in self.cameras.values() if key in self._image_keys} if images else set()
+        table = pq.read_table(path, columns=sorted(keys | image_keys))
+        columns = {key: _column(table, key) for key in keys}
+        columns["timestamp"] = columns["timestamp"].astype(np.float64)
+        data = _DataFile(columns, {key: table[key] for key in image_keys})
+        # Whole-file work, so that a clean episode is slices: the mapping (unless a part's transform
+        # runs over time) and the checks (benchmarks/lerobot_bench.py, pass 1, measures the reader).
+        if not any(part.transform in STATEFUL_TRANSFORMS for part in self.state + self.action):
+            data.state = np.concatenate([part.take(columns[part.key]) for part in self.state], axis=1)
+            data.actions = np.concatenate([part.take(columns[part.key]) for part in self.action], axis=1)
+            data.finite = np.isfinite(data.state).all(axis=1) & np.isfinite(data.actions).all(axis=1)
+            on_grid = np.abs(np.diff(columns["timestamp"]) - 1.0 / self.fps) <= self.tolerance_s
+            data.continues = np.concatenate([[False], on_grid & (np.diff(columns["frame_index"]) == 1)])
+        return data
+
+    def _rows(self, meta: EpisodeMeta, images: bool, files: dict,
+              report: ReadReport) -> "tuple[_DataFile, np.ndarray | slice] | None":
+        """The episode's data file and its rows there (None when the file is missing). v3.0 files
+        hold many episodes in global ``index`` order: the rows are a slice, checked; where the
+        metadata's dataset_from_index / dataset_to_index disagree with the file, the rows are found
+        by episode_index instead, and counted (notice ``row_range_mismatch``)."""
+        if meta.data_path not in files:
+            files[meta.data_path] = self._file(meta.data_path, images)
+        data = files[meta.data_path]
+        if data is None:
+            return None
+        episode_index = data.columns["episode_index"]
+        if meta.rows is None:
+            return data, slice(0, len(episode_index))
+        index = data.columns["index"]
         start, stop = meta.rows
-        rows = table.slice(start - first, stop - start)
-        index = rows["index"].to_numpy()
-        if (stop > start and rows.num_rows == stop - start and index[0] == start and index[-1] == stop - 1
-                and (rows["episode_index"].to_numpy() == meta.index).all()):
-            return rows
-        return table.filter(pc.equal(table["episode_index"], meta.index))
+        offset = int(np.searchsorted(index, start))  # rows are in global index order
+        rows = slice(offset, offset + stop - start)
+        held = index[rows]
+        if (stop > start and len(held) == stop - start and held[0] == start and held[-1] == stop - 1
+                and (episode_index[rows] == meta.index).all()):
+            return data, rows
+        report.notices["row_range_mismatch"] += 1
+        return data, np.flatnonzero(episode_index == meta.index)
 
     def _quarantine(self, report: ReadReport, reason: str, meta: EpisodeMeta) -> None:
         report.quarantined.add(reason)
@@ -147,35 +171,28 @@ class LeRobotSource:
         if len(report.examples[reason]) < 5:
             report.examples[reason].append(f"episode {meta.index}")
 
-    def _episode(self, meta: EpisodeMeta, images: bool, report: ReadReport, tables: dict) -> Episode | None:
-        rows = self._rows(meta, images, tables)
-        if rows is None:
+    def _episode(self, meta: EpisodeMeta, images: bool, report: ReadReport, files: dict,
+                 exists: dict) -> Episode | None:
+        located = self._rows(meta, images, files, report)
+        if located is None:
             self._quarantine(report, "data_missing", meta)
             return None
-        if rows.num_rows != meta.length:
-            self._quarantine(report, "length_mismatch", meta)
-            return None
-        frame_index = rows["frame_index"].to_numpy()
-        if not np.array_equal(frame_index, np.arange(meta.length)):
-            self._quarantine(report, "frame_index_gap", meta)
-            return None
-        timestamps = rows["timestamp"].to_numpy().astype(np.float64)
-        if len(timestamps) > 1 and np.abs(np.diff(timestamps) - 1.0 / self.fps).max() > self.tolerance_s:
-            self._quarantine(report, "timestamps_off_grid", meta)
-            return None
-        state = np.concatenate([part.take(_column(rows, part.key)) for part in self.state], axis=1)
-        actions = np.concatenate([part.take(_column(rows, part.key)) for part in self.action], axis=1)
-        defect = episode_defect(state, actions, min_steps=self.min_steps)
-        if defect is not None:
-            self._quarantine(report, defect, meta)
-            return None
-        frames, reason = self._frames(meta, rows, timestamps, images)
+        data, rows = located
+        if isinstance(rows, slice) and data.clean(rows, meta.length, self.min_steps):
+            state, actions, timestamps = data.state[rows], data.actions[rows], data.columns["timestamp"][rows]
+        else:
+            checked = self._checked(meta, data, rows)
+            if isinstance(checked, str):
+                self._quarantine(report, checked, meta)
+                return None
+            state, actions, timestamps = checked
+        frames, reason = self._frames(meta, data, rows, timestamps, images, exists)
         if reason is not None:
             self._quarantine(report, reason, meta)
             return None
-        task_indices = rows["task_index"].to_numpy()
-        instructions = tuple(dict.fromkeys(self.meta.tasks.get(int(i), "") for i in task_indices if int(i) in self.meta.tasks))
-        instructions = tuple(t for t in instructions if t.strip()) or tuple(meta.tasks)
+        task_indices = dict.fromkeys(data.columns["task_index"][rows].tolist())  # distinct, in order of appearance
+        instructions = tuple(t for t in (self.meta.tasks.get(int(i), "") for i in task_indices) if t.strip())
+        instructions = instructions or tuple(meta.tasks)
         if not instructions:
             report.notices["no_task_text"] += 1
         return Episode(
@@ -189,17 +206,36 @@ class LeRobotSource:
             metadata={"path": str(self.root), "episode_index": meta.index},
         )
 
-    def _frames(self, meta: EpisodeMeta, rows, timestamps: np.ndarray, images: bool) -> tuple[dict, str | None]:
+    def _checked(self, meta: EpisodeMeta, data: "_DataFile", rows) -> str | tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(state, actions, timestamps) of an episode, or the reason it is quarantined."""
+        column = lambda key: data.columns[key][rows]  # noqa: E731
+        frame_index = column("frame_index")
+        if len(frame_index) != meta.length:
+            return "length_mismatch"
+        if not np.array_equal(frame_index, np.arange(meta.length)):
+            return "frame_index_gap"
+        timestamps = column("timestamp")
+        if len(timestamps) > 1 and np.abs(np.diff(timestamps) - 1.0 / self.fps).max() > self.tolerance_s:
+            return "timestamps_off_grid"
+        state = np.concatenate([part.take(column(part.key)) for part in self.state], axis=1)
+        actions = np.concatenate([part.take(column(part.key)) for part in self.action], axis=1)
+        return episode_defect(state, actions, min_steps=self.min_steps) or (state, actions, timestamps)
+
+    def _frames(self, meta: EpisodeMeta, data: "_DataFile", rows, timestamps: np.ndarray, images: bool,
+                exists: dict) -> tuple[dict, str | None]:
         frames: dict[str, Any] = {}
         for camera, key in self.cameras.items():
-            if key in self.meta.image_keys:
+            if key in self._image_keys:
                 if images:
-                    frames[camera] = Frames([cell["bytes"] for cell in rows[key].to_pylist()])
+                    picked = np.arange(len(data.columns["index"]))[rows].tolist()
+                    frames[camera] = Frames([data.images[key][i].as_py()["bytes"] for i in picked])
                 continue
             span = meta.videos[key]
-            path = self.root / span.path
-            if not path.is_file():
+            if span.path not in exists:
+                exists[span.path] = (self.root / span.path).is_file()
+            if not exists[span.path]:
                 return {}, "video_missing"
+            path = self.root / span.path
             if not images:
                 continue
             wanted = span.from_timestamp + timestamps
@@ -213,11 +249,32 @@ class LeRobotSource:
         return frames, None
 
 
-def _column(rows, key: str) -> np.ndarray:
-    """A feature column as float [T, n] (vector features) or [T] (scalars)."""
+@dataclass
+class _DataFile:
+    """One data file's columns (numpy arrays [N] or [N, n]; image columns left in arrow) and what
+    the reader derives from them for the whole file: mapped state / actions float32 [N, S] / [N, A]
+    and per-row checks (all None when a part's transform runs over time)."""
+
+    columns: dict[str, np.ndarray]
+    images: dict[str, Any]
+    state: np.ndarray | None = None
+    actions: np.ndarray | None = None
+    finite: np.ndarray | None = None  # bool [N]: the row's state and actions are finite
+    continues: np.ndarray | None = None  # bool [N]: frame_index + 1 and one frame later than the row before
+
+    def clean(self, rows: slice, length: int, min_steps: int) -> bool:
+        """Whether the rows are a whole, finite, on-grid episode (the common case, decided in two
+        vectorized checks; anything else goes through the reader's detailed checks)."""
+        return (self.state is not None and rows.stop - rows.start == length >= min_steps
+                and self.columns["frame_index"][rows.start] == 0 and self.continues[rows.start + 1 : rows.stop].all()
+                and self.finite[rows].all())
+
+
+def _column(table, key: str) -> np.ndarray:
+    """A feature column as [N, n] (vector features) or [N] (scalars)."""
     import pyarrow as pa
 
-    column = rows[key].combine_chunks()
+    column = table[key].combine_chunks()
     kind = column.type
     if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
         return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)

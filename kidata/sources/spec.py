@@ -36,6 +36,8 @@ GRIPPER_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     # RT-1 style relative command over time: +1 = close, -1 = open, 0 = keep the last command
     "relative_close_to_open": lambda x: _relative_close_to_open(x),
 }
+# transforms whose output at a step depends on earlier steps: apply them to one episode at a time
+STATEFUL_TRANSFORMS = frozenset({"relative_close_to_open"})
 RELATIVE_DEADBAND = 0.1  # |command| <= 0.1 is "keep" (Octo's and OpenVLA's rel2abs_gripper_actions)
 
 
@@ -91,8 +93,8 @@ class Part:
         array = np.asarray(value)
         if array.ndim == 1:
             array = array[:, None]
-        array = array.reshape(len(array), -1)[:, self.start : self.stop].astype(np.float32)
-        return GRIPPER_TRANSFORMS[self.transform](array).astype(np.float32)
+        array = array.reshape(len(array), -1)[:, self.start : self.stop].astype(np.float32, copy=False)
+        return GRIPPER_TRANSFORMS[self.transform](array).astype(np.float32, copy=False)
 
 
 def _parts(texts: tuple[str, ...] | list[str]) -> tuple[Part, ...]:
