@@ -228,6 +228,26 @@ def test_a_video_span_that_misses_frames_is_a_frame_count_mismatch(copy):
     assert report.quarantined.as_dict() == {"video_frame_count": 1} and len(episodes) == 24
 
 
+def test_episodes_spread_over_several_data_files_read_the_same(copy, fixture_root):
+    data = copy / "data" / "chunk-000"
+    table = pq.read_table(data / "file-000.parquet")
+    first, second = table.slice(0, 130), table.slice(130)  # episodes 0-12 | 13-24
+    pq.write_table(first, data / "file-000.parquet")
+    (copy / "data" / "chunk-001").mkdir()
+    pq.write_table(second, copy / "data" / "chunk-001" / "file-003.parquet")
+    path = copy / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    rows = pq.read_table(path).to_pylist()
+    for row in rows[13:]:
+        row["data/chunk_index"], row["data/file_index"] = 1, 3
+    pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_table(path).schema), path)
+    _, split, report = read_all(copy)
+    _, whole, _ = read_all(fixture_root)
+    assert report.quarantined.as_dict() == {} and not report.notices and len(split) == 25
+    for a, b in zip(split, whole):
+        np.testing.assert_array_equal(a.state, b.state)
+        np.testing.assert_array_equal(a.images["base_1"].frame(9), b.images["base_1"].frame(9))
+
+
 # ------------------------------------------------------------------------------------------- v2.1
 def write_v21(root: Path, episodes: list[dict], *, fps: int = 10, short_video: int | None = None,
               as_images: bool = False) -> Path:

@@ -65,7 +65,7 @@ def test_mapping_rejects_unknown_keys_with_a_suggestion():
 
 def test_reader_table_knows_every_shipped_reader_and_its_kind():
     kinds = {name: entry.kind for name, entry in registry.readers().items()}
-    assert kinds == {"rlds": "robot", "libero_hdf5": "robot", "metaworld": "robot", "coco_captions": "vlm",
+    assert kinds == {"rlds": "robot", "libero_hdf5": "robot", "lerobot": "robot", "metaworld": "robot", "coco_captions": "vlm",
                      "coco_detection": "vlm", "vqav2": "vlm", "pixmo_cap": "vlm", "pixmo_points": "vlm",
                      "pixmo_ask": "vlm", "metaworld_scenes": "vlm"}
 
