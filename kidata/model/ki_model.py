@@ -79,6 +79,18 @@ def _residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None) 
     return x + (branch if gate is None else gate * branch)
 
 
+class _MaskValues(dict):
+    """dtype -> the additive bias of a masked key: 0.7 of the dtype's lowest value (openpi's choice
+    for float32), low enough to vanish in the softmax, far enough from -inf not to overflow."""
+
+    def __missing__(self, dtype: torch.dtype) -> float:
+        self[dtype] = 0.7 * torch.finfo(dtype).min
+        return self[dtype]
+
+
+_MASK_VALUE = _MaskValues()
+
+
 class KIModel(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -165,7 +177,10 @@ class KIModel(nn.Module):
     def _attend(self, q, k, v, mask) -> torch.Tensor:
         repeat = self.config.heads // self.config.kv_heads
         k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
+        # A finite bias, as openpi's (-2.38e38): a padded row that sees nothing gets uniform weights,
+        # not NaN (torch < 2.5 turned an all-False boolean row into NaN, which then spread).
+        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, _MASK_VALUE[q.dtype])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None])
         return out.transpose(1, 2).flatten(2)
 
     def _expert_attend(self, layer, h, cond, projected, prefix_kv, prefix_visible, own):
@@ -344,7 +359,10 @@ class KIModel(nn.Module):
         """The model's parts (for counts, freezing and optimizer groups)."""
         c = self.config
         parts = {"vision": [self.vision], "projector": [self.projector], "embedding": [self.embed],
-                 "decoder": [self.layers, self.final_norm] + ([self.state_proj] if c.state_input == "prefix" else [])}
+                 "decoder": [self.layers, self.final_norm]}
+        if c.state_input == "prefix":
+            # new to any pretrained backbone: initialized, never loaded, trained under every variant
+            parts["state_input"] = [self.state_proj]
         if c.has_expert:
             time = (["time_mlp_in", "time_mlp_out"] if c.time_conditioning == "adarms"
                     else ["action_time_mlp_in", "action_time_mlp_out"])

@@ -169,15 +169,17 @@ def config_from_paligemma(location: str | Path, **overrides) -> ModelConfig:
     return ModelConfig(**{**{k: v for k, v in fields.items() if v is not None}, **overrides})
 
 
-def load_pretrained(model: KIModel, location: str | Path, *, require_expert: bool) -> dict[str, int]:
-    """Copies a checkpoint's tensors into ``model`` (shapes must match). Every backbone tensor must
-    be present; expert tensors too when ``require_expert``, else the expert keeps its fresh
-    initialization. Returns counts of loaded and dropped tensors."""
+def load_pretrained(model: KIModel, location: str | Path, *, require_expert: bool) -> dict:
+    """Copies a checkpoint's tensors into ``model`` (shapes must match; an embedding with more rows
+    than the model's vocabulary is cut to it). Every backbone tensor must be present; expert
+    tensors too when ``require_expert``, else the expert keeps its fresh initialization, as do
+    modules no checkpoint has (a prefix state projection). Returns counts of loaded and dropped
+    tensors, the embedding rows cut off, and the names left fresh."""
     path = resolve(location)
     tensors = read_tensors(path / "model.safetensors" if (path / "model.safetensors").exists() else path)
     ours = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
-    dropped = 0
+    dropped = sliced = 0
     for key, tensor in tensors.items():
         name = translate(key)
         if name is None:
@@ -185,6 +187,11 @@ def load_pretrained(model: KIModel, location: str | Path, *, require_expert: boo
             continue
         if name not in ours:
             raise WeightsError(f"{key!r} -> {name!r}: the model has no such parameter (check the model config)")
+        if name == "embed.weight" and tensor.shape[0] > ours[name].shape[0] and tensor.shape[1:] == ours[name].shape[1:]:
+            # The hub's PaliGemma rows run past the tokenizer (257216 = 257152 + <image> + padding);
+            # the model keeps the tokenizer's rows, which openpi's FAST ids count down from.
+            sliced = tensor.shape[0] - ours[name].shape[0]
+            tensor = tensor[: ours[name].shape[0]]
         if tuple(ours[name].shape) != tuple(tensor.shape):
             raise WeightsError(f"{key!r}: shape {tuple(tensor.shape)} does not fit {name!r} {tuple(ours[name].shape)}")
         mapped[name] = tensor.to(ours[name].dtype)
@@ -194,15 +201,16 @@ def load_pretrained(model: KIModel, location: str | Path, *, require_expert: boo
     if missing:
         raise WeightsError(f"{path}: checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:4]}")
     model.load_state_dict(mapped, strict=False)
-    return {"loaded": len(mapped), "dropped": dropped}
+    return {"loaded": len(mapped), "dropped": dropped, "embedding_rows_sliced": sliced,
+            "fresh": sorted(set(ours) - set(mapped))}
 
 
-def load_paligemma(model: KIModel, location: str | Path) -> dict[str, int]:
+def load_paligemma(model: KIModel, location: str | Path) -> dict:
     """Backbone from a PaliGemma checkpoint (directory, URL or hub id); the expert stays fresh."""
     return load_pretrained(model, location, require_expert=False)
 
 
-def load_openpi(model: KIModel, location: str | Path) -> dict[str, int]:
+def load_openpi(model: KIModel, location: str | Path) -> dict:
     """Backbone and expert from openpi's PyTorch pi0 (``time_conditioning='concat'``,
     ``state_input='expert'``) or pi0.5 (``time_conditioning='adarms'``) ``model.safetensors``."""
     return load_pretrained(model, location, require_expert=True)

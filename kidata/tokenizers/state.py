@@ -33,8 +33,13 @@ def discretize_state(state: np.ndarray, bins: int = STATE_BINS) -> tuple[np.ndar
 
 
 def state_text(state: np.ndarray) -> tuple[str, int]:
-    """The prompt's State part ("12 128 255 ...") and the clipped-value count."""
-    indices, clipped = discretize_state(state)
+    """The prompt's State part ("12 128 255 ...") and how many values lay outside [-1, 1].
+
+    openpi's bins exactly (``np.digitize(state, linspace(-1, 1, 257)[:-1]) - 1``): a value below -1
+    reads "-1", one above 1 "255", so openpi's pi0.5 checkpoints see the prompts they trained on."""
+    state = np.asarray(state, dtype=np.float64).reshape(-1)
+    indices = np.digitize(state, np.linspace(-1, 1, STATE_BINS + 1)[:-1]) - 1
+    clipped = int(np.count_nonzero((state < -1) | (state > 1)))
     return " ".join(map(str, indices.tolist())), clipped
 
 

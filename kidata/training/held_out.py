@@ -7,8 +7,9 @@ On batches of the build's ``val`` split (episodes / examples held out by the rec
   statistics, over valid steps and real dimensions. Error that grows along the chunk points at the
   horizon; one dimension far above the others at that dimension (a gripper convention, a
   normalization).
-* ``fast_decode_rate`` and ``fast_action_mse``: greedy ``generate`` of the action tokens, mapped
-  back and decoded by the build's action tokenizer (the pi0-FAST path), vs ground truth.
+* ``fast_decode_rate`` and ``fast_action_mse``: greedy ``generate`` of the action tokens from
+  where the policy generates them (``generation_prompt``), mapped back and decoded by the build's
+  action tokenizer (the pi0-FAST path), vs ground truth.
 * ``vlm_token_accuracy``: teacher-forced next-token accuracy on the VLM rows' target tokens, and
   ``vlm_exact_match``: the greedy answer equals the target answer token for token (VQA accuracy
   for short answers) — the paper's retention question.
@@ -32,6 +33,21 @@ def prefix_only(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     keep = batch["token_mask"] & (positions < batch["prefix_length"][:, None])
     return {**batch, "token_mask": keep, "ar": torch.zeros_like(keep), "loss": torch.zeros_like(keep),
             "tokens": torch.where(keep, batch["tokens"], torch.zeros_like(batch["tokens"]))}
+
+
+def generation_prompt(batch: Mapping[str, torch.Tensor], action_range) -> dict[str, torch.Tensor]:
+    """The batch cut where each row's action tokens start (``action_range``: the build's FAST /
+    bins id range), with everything before kept as it was, causal flags included: a pi0-FAST
+    prompt's "Action: " and a subtask sample's "Subtask: ...;\nAction: " lie past the prefix and
+    are the policy's input too. Rows without action tokens are cut at their prefix."""
+    tokens, mask = batch["tokens"], batch["token_mask"]
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    is_action = mask & (tokens >= action_range.first) & (tokens <= action_range.last)
+    is_action &= positions >= batch["prefix_length"][:, None]
+    first_action = torch.where(is_action.any(dim=1), is_action.float().argmax(dim=1), batch["prefix_length"])
+    keep = mask & (positions < first_action[:, None])
+    return {**batch, "token_mask": keep, "ar": batch["ar"] & keep, "loss": torch.zeros_like(keep),
+            "tokens": torch.where(keep, tokens, torch.zeros_like(tokens))}
 
 
 class HeldOutMetrics:
@@ -69,7 +85,9 @@ class HeldOutMetrics:
             predicted = model.sample_actions(prompt, num_steps=self.num_steps, noise=noise).float().cpu().numpy()
             self._action_error("action_mse", predicted, batch, np.ones(len(predicted), dtype=bool))
         if robot.any() and model.config.fast_loss:
-            generated = model.generate(prompt, self.max_new_tokens, stop_ids=self.stop_ids).cpu().numpy()
+            # from where the policy generates: after "Action: " (pi0-FAST) or the subtask (teacher-forced)
+            fast_prompt = generation_prompt(batch, self.encoder.id_map.range)
+            generated = model.generate(fast_prompt, self.max_new_tokens, stop_ids=self.stop_ids).cpu().numpy()
             # decoded at the build's own width (FAST was fitted there), not the model's padded one
             decoded, ok = self.encoder.decode_generated_actions(generated, horizon=self.horizon, dim=self.action_dim)
             self._add("fast_decode_rate", float(ok[robot.cpu().numpy()].sum()), float(robot.sum()))

@@ -137,7 +137,11 @@ def _build_model(config: TrainConfig, device: torch.device, world: int):
     if config.train.init_from:
         from kidata.model.weights import load_openpi, load_paligemma
 
-        (load_openpi if config.train.init_format == "openpi" else load_paligemma)(model, config.train.init_from)
+        report = (load_openpi if config.train.init_format == "openpi" else load_paligemma)(model, config.train.init_from)
+        fresh, cut = sorted({name.split(".")[0] for name in report["fresh"]}), report["embedding_rows_sliced"]
+        print(f"initialized from {config.train.init_from}: {report['loaded']} tensors loaded"
+              + (f", {cut} embedding rows past the vocabulary cut" if cut else "")
+              + (f"; fresh: {', '.join(fresh)}" if fresh else ""), flush=True)
     model.activation_checkpointing = config.train.activation_checkpointing
     model.to(device)
     return model, parallelize(model, config, world)
