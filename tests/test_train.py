@@ -100,6 +100,28 @@ def test_checkpoints_hold_no_pickle(straight_run):
         "model.safetensors", "optimizer.safetensors", "ema.safetensors", "trainer.json", "checksums.json"}
 
 
+def test_exported_weights_are_the_policys_and_rebuild_the_model_alone(straight_run, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from kidata import policy
+    from kidata.cli import main
+    from kidata.model.config import ModelConfig
+    from kidata.model.ki_model import KIModel
+    from kidata.model.weights import load_weights
+
+    run, _ = straight_run
+    assert main(["export", "weights", str(run), "--out", str(tmp_path / "w.safetensors")]) == 0
+    with safe_open(str(tmp_path / "w.safetensors"), "pt") as handle:
+        metadata = handle.metadata()
+    assert metadata["kidata_weights"] == "ema" and metadata["kidata_checkpoint"].endswith("step_0000050")
+    model = load_weights(KIModel(ModelConfig(**json.loads(metadata["kidata_model_config"]))), tmp_path / "w.safetensors")
+    served = policy.load(run).model.state_dict()
+    assert all(torch.equal(served[name], value) for name, value in model.state_dict().items())
+    assert main(["export", "weights", str(run), "--out", str(tmp_path / "t.safetensors"), "--no-ema"]) == 0
+    assert main(["export", "weights", str(tmp_path), "--out", str(tmp_path / "x.safetensors")]) != 0
+    assert "not a kidata run (no config.json)" in capsys.readouterr().err
+
+
 def test_a_resumed_run_repeats_the_uninterrupted_losses(mixture, straight_run, tmp_path):
     straight, _ = straight_run
     run = tmp_path / "resumed"

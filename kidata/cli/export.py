@@ -28,6 +28,15 @@ def add_parser(commands) -> None:
     lerobot.add_argument("--max-episodes", type=int, help="export only the first N episodes")
     lerobot.set_defaults(handler=lerobot_command)
 
+    weights = formats.add_parser("weights", help="a run's model weights as one consolidated safetensors file",
+                                 epilog="example:\n  kidata export weights runs/tiny --out tiny.safetensors")
+    weights.add_argument("run", help="the --out folder of kidata train")
+    weights.add_argument("--out", required=True, help="the .safetensors file to write")
+    weights.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest complete one)")
+    weights.add_argument("--no-ema", action="store_true", help="the trained weights, not their EMA")
+    weights.add_argument("--format", default="safetensors", choices=["safetensors"], help="file format")
+    weights.set_defaults(handler=weights_command)
+
 
 def rlds_command(args: argparse.Namespace) -> int:
     from kidata.pipelines.export import export_rlds
@@ -59,4 +68,17 @@ def lerobot_command(args: argparse.Namespace) -> int:
     print(f"LeRobot v3.0 dataset: {root}. Read it back with reader = \"lerobot\", path = \"{root}\", mapping = "
           "{ cameras = { <camera> = \"observation.images.<camera>\" }, state = [\"observation.state\"], "
           "action = [\"action\"] }")
+    return 0
+
+
+def weights_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from kidata.training.export import export_weights
+
+    out = export_weights(Path(args.run), Path(args.out), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
+                         use_ema=not args.no_ema)
+    print(f"weights: {out['path']} ({out['tensors']} tensors, {out['parameters'] / 1e6:.1f}M parameters, "
+          f"{'EMA' if out['ema'] else 'trained'} weights of {out['checkpoint']}); load with "
+          "kidata.model.weights.load_weights(KIModel(config), path), the config in the file's metadata")
     return 0

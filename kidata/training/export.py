@@ -1,0 +1,43 @@
+"""One consolidated safetensors file of a run's weights (``kidata export weights``).
+
+A checkpoint's ``model.safetensors`` already holds whole fp32 tensors under our parameter names;
+the export picks the checkpoint, swaps in the weight EMA where the run kept one (what
+``kidata.policy.load`` serves), and records the model config in the file's metadata, so the file
+alone rebuilds the model: ``KIModel(ModelConfig(**json.loads(metadata["kidata_model_config"])))``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from kidata.training.checkpoint import CheckpointError, checkpoint_problem, latest_checkpoint
+from kidata.training.config import TrainConfig
+
+
+def export_weights(run: Path, out: Path, *, checkpoint: Path | None = None, use_ema: bool = True) -> dict:
+    from safetensors.torch import load_file, save_file
+
+    if not (run / "config.json").is_file():
+        raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
+    path = checkpoint if checkpoint is not None else latest_checkpoint(run)
+    if path is None:
+        raise CheckpointError(f"{run} has no checkpoint yet")
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"cannot export {path}: {problem}")
+    config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
+    tensors = load_file(str(path / "model.safetensors"))
+    ema = use_ema and (path / "ema.safetensors").exists()
+    if ema:
+        averaged = load_file(str(path / "ema.safetensors"))
+        tensors.update({name: value.to(tensors[name].dtype) for name, value in averaged.items()})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    temporary = out.with_name(out.name + ".tmp")
+    metadata = {"format": "pt", "kidata_model_config": json.dumps(asdict(config.model), sort_keys=True),
+                "kidata_checkpoint": str(path), "kidata_weights": "ema" if ema else "trained"}
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
+    temporary.replace(out)
+    return {"path": str(out), "tensors": len(tensors), "parameters": sum(t.numel() for t in tensors.values()),
+            "ema": ema, "checkpoint": str(path)}
