@@ -156,3 +156,66 @@ def test_unknown_checkpoint_keys_are_named():
         translate("paligemma_with_expert.mystery.weight")
     assert translate("language_model.model.layers.3.mlp.up_proj.weight") == "layers.3.mlp.up.weight"
     assert translate("language_model.lm_head.weight") is None
+
+
+# ---------------------------------------------------------------- layer by layer, at larger weights
+def test_the_mlps_use_the_tanh_gelu_of_gemma_and_siglip_not_erf():
+    # At weights large enough that tanh- and erf-GELU differ by far more than float error, each MLP
+    # equals transformers' own layer with that checkpoint's activation (gelu_pytorch_tanh).
+    from transformers.models.gemma.modeling_gemma import GemmaMLP
+    from transformers.models.siglip.modeling_siglip import SiglipMLP
+
+    from kidata.model.layers import GeGLU, VisionBlock
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 7, 32) * 3
+    gemma = GemmaMLP(transformers.GemmaConfig(hidden_size=32, intermediate_size=64, hidden_act="gelu_pytorch_tanh"))
+    ours = GeGLU(32, 64)
+    for name in ("gate", "up", "down"):
+        getattr(ours, name).weight.data.copy_(getattr(gemma, f"{name}_proj").weight.data * 4)
+        getattr(gemma, f"{name}_proj").weight.data.mul_(4)
+    erf = gemma.down_proj(torch.nn.functional.gelu(gemma.gate_proj(x)) * gemma.up_proj(x))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), gemma(x), atol=1e-5, rtol=1e-5)
+        assert (ours(x) - erf).abs().max() > 1e-2  # the test can tell the two apart
+
+    siglip = SiglipMLP(transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=64, hidden_act="gelu_pytorch_tanh"))
+    block = VisionBlock(32, 2, 64)
+    for ours_layer, theirs in ((block.fc1, siglip.fc1), (block.fc2, siglip.fc2)):
+        theirs.weight.data.mul_(4)
+        ours_layer.weight.data.copy_(theirs.weight.data)
+        ours_layer.bias.data.copy_(theirs.bias.data)
+    with torch.no_grad():
+        mlp = block.fc2(torch.nn.functional.gelu(block.fc1(x), approximate="tanh"))
+        torch.testing.assert_close(mlp, siglip(x), atol=1e-5, rtol=1e-5)
+        assert (block.fc2(torch.nn.functional.gelu(block.fc1(x))) - siglip(x)).abs().max() > 1e-4  # 10x the tolerance
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_two_cameras_and_padded_rows_give_transformers_logits(tmp_path, dtype):
+    reference = tiny_paligemma(tmp_path).to(dtype)
+    ours = KIModel(config_from_paligemma(tmp_path, action_dim=8, action_horizon=4, expert_width=32,
+                                         expert_mlp=64, state_dim=8)).eval()
+    load_paligemma(ours, tmp_path)
+    ours = ours.to(dtype)
+    g = torch.Generator().manual_seed(5)
+    pixels = torch.rand(2, 2, 3, 32, 32, generator=g) * 2 - 1  # two cameras per row
+    text = torch.randint(3, 2000, (2, 8), generator=g)
+    lengths = [8, 5]  # the second row is padded after 5 tokens
+    patches = 16
+    input_ids = torch.cat([torch.full((2, 2 * patches), IMAGE_TOKEN), text], dim=1)
+    attention = torch.ones_like(input_ids)
+    attention[1, 2 * patches + lengths[1]:] = 0
+    token_type_ids = torch.zeros_like(input_ids)  # the whole prompt bidirectional (prefix-LM)
+    with torch.no_grad():
+        expected = reference(input_ids=input_ids, pixel_values=pixels.flatten(0, 1).to(dtype), attention_mask=attention,
+                             token_type_ids=token_type_ids).logits[:, 2 * patches:].float()
+    token_mask = torch.arange(8)[None] < torch.tensor(lengths)[:, None]
+    batch = {"images": pixels.to(dtype), "image_mask": torch.ones(2, 2, dtype=torch.bool), "tokens": text,
+             "ar": torch.zeros(2, 8, dtype=torch.bool), "token_mask": token_mask}
+    with torch.no_grad():
+        hidden, _, _, _, text_start = ours.run_backbone(batch)
+        logits = (hidden[:, text_start:] @ ours.embed.weight.T).float()
+    tolerance = 1e-4 if dtype == torch.float32 else 0.15  # bf16: 8 mantissa bits through 2 + 2 layers
+    for row, length in enumerate(lengths):
+        torch.testing.assert_close(logits[row, :length], expected[row, :length], atol=tolerance, rtol=0)
