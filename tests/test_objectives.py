@@ -176,3 +176,74 @@ def test_a_row_stops_at_its_stop_token_and_pads_with_it_while_the_others_go_on(c
     prompt = counting_batch(torch.tensor([120, 150]), torch.tensor([4, 2]), targets=False)
     generated = counter.generate(prompt, COUNT, stop_ids=(123,))
     assert generated.tolist() == [[121, 122, 123, 123, 123, 123], list(range(151, 151 + COUNT))]
+
+
+# ------------------------------------------------------------------------------ train, then sample
+CHUNKS = 4  # prompts, each with its own action chunk [4, 8]
+FAST_OFFSET = 1000  # model id = FAST id + offset (the tiny vocabulary has room above)
+
+
+def chunk_set() -> torch.Tensor:
+    steps = torch.linspace(0, 1, 4)[:, None]
+    return torch.stack([0.8 * torch.sin(2 * math.pi * (steps + row / CHUNKS) + torch.arange(8) / 3) for row in range(CHUNKS)])
+
+
+def prompt_rows(extra: list[list[int]] | None = None) -> dict:
+    """Row i: prompt tokens (10 + i, 20 + i, 30 + i), then ``extra[i]`` as causal targets."""
+    extra = extra or [[] for _ in range(CHUNKS)]
+    length = 3 + max(map(len, extra))
+    tokens = torch.zeros(CHUNKS, length, dtype=torch.long)
+    token_mask = torch.zeros(CHUNKS, length, dtype=torch.bool)
+    ar = torch.zeros(CHUNKS, length, dtype=torch.bool)
+    for row, targets in enumerate(extra):
+        tokens[row, :3] = torch.tensor([10 + row, 20 + row, 30 + row])
+        tokens[row, 3 : 3 + len(targets)] = torch.tensor(targets, dtype=torch.long)
+        token_mask[row, : 3 + len(targets)] = True
+        ar[row, 3 : 3 + len(targets)] = True
+    actions = chunk_set()
+    return {"images": torch.zeros(CHUNKS, 2, 3, 32, 32), "image_mask": torch.zeros(CHUNKS, 2, dtype=torch.bool),
+            "tokens": tokens, "ar": ar, "loss": ar.clone(), "token_mask": token_mask,
+            "prefix_length": torch.full((CHUNKS,), 3), "state": torch.zeros(CHUNKS, 8),
+            "state_dim_mask": torch.zeros(CHUNKS, 8, dtype=torch.bool), "actions": actions,
+            "action_valid": torch.ones(CHUNKS, 4, dtype=torch.bool), "action_dim_mask": torch.ones(CHUNKS, 8, dtype=torch.bool),
+            "has_actions": torch.ones(CHUNKS, dtype=torch.bool)}
+
+
+def fit(net, batch, steps: int) -> None:
+    optimizer = torch.optim.AdamW(net.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = net(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    net.eval()
+
+
+def test_a_flow_expert_trained_on_a_few_chunks_samples_them_back():
+    net = model("pi0", seed=4, action_horizon=4)
+    fit(net, prompt_rows(), 600)
+    noise = torch.randn(CHUNKS, 4, 8, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        sampled = net.sample_actions(prompt_rows(), num_steps=10, noise=noise)
+    # each prompt's own chunk, from fresh noise (chunks lie ~0.5 apart in mean absolute difference)
+    distance = (sampled[:, None] - chunk_set()[None]).abs().mean(dim=(2, 3))  # [sampled row, chunk]
+    assert distance.diagonal().max() < 0.1, distance
+    assert (distance.argmin(dim=1) == torch.arange(CHUNKS)).all()
+
+
+def test_pi0_fast_trained_on_a_few_chunks_generates_their_tokens():
+    from kidata.sources.synthetic import action_chunks
+    from kidata.tokenizers.fast import FastTokenizer
+
+    fast = FastTokenizer.fit(action_chunks(400, 4, 8, seed=2), vocab_size=256)
+    ids = fast.encode(chunk_set().numpy())
+    stop = 999
+    targets = [[FAST_OFFSET + int(i) for i in row] + [stop] for row in ids]
+    net = model("pi0_fast", seed=4, action_horizon=4)
+    fit(net, prompt_rows(targets), 300)
+    with torch.no_grad():
+        generated = net.generate(prompt_rows(), max(map(len, targets)), stop_ids=(stop,)).numpy()
+    rows = [[int(t) - FAST_OFFSET for t in row[: list(row).index(stop)]] for row in generated]
+    assert rows == [row.tolist() for row in ids]
+    decoded, ok = fast.decode(rows, horizon=4, dim=8)
+    assert ok.all() and np.abs(decoded - chunk_set().numpy()).max() < 0.1  # FAST's rounding at scale 10
