@@ -50,17 +50,12 @@ class Distributed:
         return out
 
 
-def parallelize(model: KIModel, config: TrainConfig, world: int) -> torch.nn.Module:
+def parallelize(model: KIModel, config: TrainConfig, world: int, *, bf16: bool = False) -> torch.nn.Module:
     """The module the training step calls: ``model`` itself, under FSDP2 or DDP on more than one
     process, compiled with ``train.compile``."""
     wrapped: torch.nn.Module = model
     if world > 1 and config.train.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        # One FSDP2 unit: parameters, gradients and optimizer state sharded across ranks, the
-        # weights gathered for each forward/backward. (Per-layer units need both streams' layers
-        # grouped behind one module call; the joint layer touches two modules' weights.)
-        wrapped = fully_shard(model)
+        wrapped = shard_per_block(model, bf16=bf16)
     elif world > 1:
         # pi0 trains no token loss, so the final norm's output reaches no loss term
         wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -68,6 +63,29 @@ def parallelize(model: KIModel, config: TrainConfig, world: int) -> torch.nn.Mod
     if config.train.compile:
         wrapped = torch.compile(wrapped)
     return wrapped
+
+
+def shard_per_block(model: KIModel, *, bf16: bool) -> torch.nn.Module:
+    """FSDP2 units per transformer block: each vision block, each backbone layer and each expert
+    layer, then the root (embedding, projector, norms, action heads). Only a block's weights are
+    whole while it computes, so memory holds the shards plus a couple of blocks (README, memory
+    model). Decoder and expert layers are called through ``project`` and ``finish`` (the joint
+    layer interleaves both streams' attention), so those two methods carry FSDP's hooks: a layer
+    is gathered for each call, and its gradient reduced for each (FSDP2 accumulates them into the
+    sharded gradient; tests/test_train.py compares the weights with DDP's after 6 steps). With
+    bf16, parameters are cast to bf16 for compute and gradients reduced in fp32."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
+    for block in model.vision.blocks:
+        fully_shard(block, mp_policy=policy)
+    streams = [model.layers] + ([model.expert_layers] if model.config.has_expert else [])
+    for layers in streams:
+        for layer in layers:
+            fully_shard(layer, mp_policy=policy)
+            register_fsdp_forward_method(layer, "project")
+            register_fsdp_forward_method(layer, "finish")
+    return fully_shard(model, mp_policy=policy)
 
 
 def full_state_dicts(model: KIModel, optimizer) -> tuple[dict, dict]:
@@ -88,7 +106,17 @@ def restore_state_dicts(model: KIModel, optimizer, checkpoint: dict) -> None:
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor (gathered from every rank under FSDP2: a collective, all ranks call it)."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
+def shard_like(full: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
+    """A whole tensor placed as ``parameter`` is: this rank's shard under FSDP2, else itself."""
+    if hasattr(parameter, "device_mesh"):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(parameter.device), parameter.device_mesh, parameter.placements)
+    return full.to(parameter.device)
 
 
 def local_parameters_sha256(model: torch.nn.Module) -> str:

@@ -41,6 +41,7 @@ from kidata.training.parallelize import (
     local_tensor,
     parallelize,
     restore_state_dicts,
+    shard_like,
 )
 from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, config_changes, resume_point  # noqa: F401  (public here)
 
@@ -131,7 +132,7 @@ def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, worl
     return dataset, loader
 
 
-def _build_model(config: TrainConfig, device: torch.device, world: int):
+def _build_model(config: TrainConfig, device: torch.device, world: int, *, bf16: bool = False):
     torch.manual_seed(config.train.seed)
     model = KIModel(config.model)
     if config.train.init_from:
@@ -144,7 +145,7 @@ def _build_model(config: TrainConfig, device: torch.device, world: int):
               + (f"; fresh: {', '.join(fresh)}" if fresh else ""), flush=True)
     model.activation_checkpointing = config.train.activation_checkpointing
     model.to(device)
-    return model, parallelize(model, config, world)
+    return model, parallelize(model, config, world, bf16=bf16)
 
 
 def _optimizer(model: KIModel, config: TrainConfig) -> torch.optim.Optimizer:
@@ -177,16 +178,20 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     if env.world > 1:
         dist.barrier()
 
-    model, wrapped = _build_model(config, env.device, env.world)
+    precision = config.train.precision
+    use_bf16 = precision == "bf16" or (precision == "auto" and env.device.type == "cuda")
+    model, wrapped = _build_model(config, env.device, env.world, bf16=use_bf16)
     optimizer = _optimizer(model, config)
-    ema = ({n: local_tensor(p).detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
+    # the weight EMA is placed as the weights are: under FSDP2 each rank averages its own shard
+    ema = ({n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
            if config.optim.ema_decay > 0 else None)
+    parameters = dict(model.named_parameters())
     start, data_state, last_good = 0, None, None
     if checkpoint_path is not None:
         checkpoint = load_checkpoint(checkpoint_path)
         restore_state_dicts(model, optimizer, checkpoint)
         if ema is not None and checkpoint["ema"] is not None:
-            ema = {n: t.to(env.device) for n, t in checkpoint["ema"].items()}
+            ema = {n: shard_like(t.float(), parameters[n]) for n, t in checkpoint["ema"].items()}
         start, last_good = checkpoint["trainer"]["step"], checkpoint_path
         states = checkpoint["trainer"]["data_state"]
         if len(states) != env.world:
@@ -201,8 +206,6 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         print(f"train: {manifest_path} has no held-out split (its recipe's holdout is 0): evaluations report no "
               "held-out metrics; set [mixture] holdout (e.g. 0.05) and rebuild to measure them", file=sys.stderr)
     logger = MetricsLogger(run, config, manifest, enabled=env.rank == 0, start=start)
-    precision = config.train.precision
-    use_bf16 = precision == "bf16" or (precision == "auto" and env.device.type == "cuda")
     autocast = functools.partial(torch.autocast, env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     accum = config.optim.grad_accum
     batches = iter(loader)
@@ -240,8 +243,8 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         if ema is not None:
             with torch.no_grad():
                 for name, parameter in model.named_parameters():
-                    if name in ema:
-                        ema[name].lerp_(local_tensor(parameter).float(), 1 - config.optim.ema_decay)
+                    if name in ema:  # shard by shard under FSDP2: no communication
+                        ema[name].lerp_(parameter.detach().float(), 1 - config.optim.ema_decay)
         done = step + 1
         samples = config.data.batch_size * accum * env.world
         logger.step(done, {**totals, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]},
@@ -331,6 +334,8 @@ def held_out_metrics(wrapped, model: KIModel, config: TrainConfig, manifest_path
 def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDataset, fed: int, config: TrainConfig,
                 env: Distributed, last_tokens: torch.Tensor | None) -> Path | None:
     model_state, optimizer_state = full_state_dicts(model, optimizer)
+    if ema is not None:  # whole tensors for the file: gathered by every rank together
+        ema = {name: local_tensor(value).cpu() for name, value in ema.items()}
     streams = env.gather(data.state_after_batches(fed, config.data.batch_size, config.data.num_workers))
     # what each rank holds: under DDP every replica's parameters are the same bytes and every rank's
     # batch differs; under FSDP each rank holds its own shard (a drifting replica shows here)
