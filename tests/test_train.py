@@ -238,7 +238,7 @@ def two_process_runs(mixture, tmp_path_factory) -> dict[str, Path]:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                    "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run),
                    *SHAPE, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
-                   "--train.fsdp", "true" if sharding == "fsdp" else "false"]
+                   "--optim.ema_decay", "0.9", "--train.fsdp", "true" if sharding == "fsdp" else "false"]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -279,6 +279,50 @@ def test_fsdp_shards_the_parameters_and_its_gathered_weights_are_ddps(two_proces
     assert set(fsdp) == set(ddp)
     for name in ddp:  # the same seeds, data streams and averaged gradients: the same training
         torch.testing.assert_close(fsdp[name], ddp[name], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_fsdps_sharded_weight_ema_gathers_to_ddps(two_process_runs):
+    fsdp = safetensors_at(two_process_runs["fsdp"], 6, "ema.safetensors")
+    ddp = safetensors_at(two_process_runs["ddp"], 6, "ema.safetensors")
+    weights = safetensors_at(two_process_runs["ddp"], 6, "model.safetensors")
+    assert set(fsdp) == set(ddp) == set(weights)
+    for name in ddp:
+        torch.testing.assert_close(fsdp[name], ddp[name], atol=2e-5, rtol=1e-4)
+    assert any(not torch.equal(ddp[name], weights[name]) for name in ddp)  # an average, not the weights
+
+
+def test_fsdp_units_are_the_blocks_and_their_forward_methods(monkeypatch):
+    """One gloo process: every vision block, backbone and expert layer is its own FSDP2 unit, and
+    the sharded model computes what the plain one does."""
+    import torch.distributed as dist
+    from test_ki_model import fixed, make_batch
+    from torch.distributed.fsdp import FSDPModule
+
+    from kidata.model.config import ModelConfig
+    from kidata.model.ki_model import KIModel
+    from kidata.training.parallelize import shard_per_block
+
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(free_port()))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        config = ModelConfig.load(TINY, image_size=32, patch_size=8, action_horizon=4)
+        plain, sharded = KIModel(config), KIModel(config)
+        sharded.load_state_dict(plain.state_dict())
+        batch = make_batch()
+        expected = plain(batch, **fixed(batch))["loss"]
+        shard_per_block(sharded, bf16=False)
+        units = [sharded, *sharded.vision.blocks, *sharded.layers, *sharded.expert_layers]
+        assert all(isinstance(unit, FSDPModule) for unit in units)
+        assert not isinstance(sharded.embed, FSDPModule)  # in the root unit
+        loss = sharded(batch, **fixed(batch))["loss"]
+        loss.backward()
+        torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
+        assert all(p.grad is not None for p in sharded.layers[0].parameters())
+    finally:
+        dist.destroy_process_group()
 
 
 def test_initialization_from_a_paligemma_checkpoint(mixture, tmp_path):
