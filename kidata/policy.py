@@ -22,10 +22,9 @@ import torch
 from kidata.loader.collate import collate
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
-from kidata.model.weights import load_weights
 from kidata.normalize import NormStats, normalize, unnormalize
 from kidata.tokenizers.prompt import SampleEncoder
-from kidata.training.checkpoint import latest_checkpoint
+from kidata.training.checkpoint import latest_checkpoint, read_full
 from kidata.training.config import TrainConfig
 
 
@@ -142,14 +141,12 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     if path is None:
         raise FileNotFoundError(f"{run} has no checkpoint yet")
     model = KIModel(config.model)
-    weights = path / "ema.safetensors" if use_ema and (path / "ema.safetensors").exists() else path / "model.safetensors"
-    if weights.name == "ema.safetensors":
-        from safetensors.torch import load_file
-
-        state = model.state_dict()
-        state.update(load_file(str(weights)))
-        model.load_state_dict(state)
-    else:
-        load_weights(model, weights)
+    state = read_full(path, "model")  # whole files, or an FSDP2 run's shards gathered here
+    averaged = read_full(path, "ema") if use_ema else None
+    if averaged is not None:
+        state.update(averaged)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
     return Policy(model.to(device), config, manifest, encoder, source=source, device=device)

@@ -282,6 +282,68 @@ def test_fsdp_shards_the_parameters_and_its_gathered_weights_are_ddps(two_proces
 
 
 @pytest.mark.slow
+def test_fsdp_checkpoints_are_one_safetensors_shard_per_rank_without_pickle(two_process_runs):
+    step = two_process_runs["fsdp"] / "checkpoints" / "step_0000006"
+    for part in ("model", "optimizer", "ema"):
+        shards = sorted(p.name for p in (step / part).iterdir())
+        assert len(shards) == 2 and all(name.endswith(".safetensors") for name in shards), shards
+    for path in step.rglob("*"):
+        if path.is_file():
+            assert path.suffix in (".safetensors", ".json"), path
+    assert set(json.loads((step / "checksums.json").read_text())) == {
+        str(p.relative_to(step)) for p in step.rglob("*") if p.is_file() and p.name != "checksums.json"}
+
+
+@pytest.mark.slow
+def test_an_fsdp_run_resumes_from_its_shards_to_the_uninterrupted_losses(two_process_runs, mixture, tmp_path):
+    import shutil
+
+    straight = two_process_runs["fsdp"]
+    run = tmp_path / "resumed"
+    shutil.copytree(straight, run)
+    shutil.rmtree(run / "checkpoints" / "step_0000006")
+    (run / "checkpoints" / "latest").write_text("step_0000003\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run), "--resume",
+               *SHAPE, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
+               "--optim.ema_decay", "0.9", "--train.fsdp", "true"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected, actual = losses(straight), losses(run)
+    for step in (4, 5, 6):
+        assert actual[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
+    for part in ("model.safetensors", "ema.safetensors"):
+        again, before = safetensors_at(run, 6, part), safetensors_at(straight, 6, part)
+        assert all(torch.allclose(again[name], before[name], atol=1e-6, rtol=1e-5) for name in before)
+
+
+@pytest.mark.slow
+def test_resuming_two_processes_shards_on_one_loads_them_then_names_the_data_streams(two_process_runs, mixture,
+                                                                                    tmp_path):
+    import shutil
+
+    run = tmp_path / "one"
+    shutil.copytree(two_process_runs["fsdp"], run)
+    with pytest.raises(ValueError, match=r"written by 2 process\(es\) and this run has 1: its weights, optimizer and "
+                                         r"EMA reshard .* resume with 2 process\(es\)"):
+        train(config(mixture, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
+                     "--optim.ema_decay", "0.9", "--train.fsdp", "true"), run, resume=True)
+
+
+@pytest.mark.slow
+def test_an_fsdp_checkpoint_serves_and_exports_on_one_process(two_process_runs, tmp_path):
+    from kidata import policy
+    from kidata.cli import main
+
+    run = two_process_runs["fsdp"]
+    served = policy.load(run).model.state_dict()
+    ema = safetensors_at(run, 6, "ema.safetensors")
+    assert all(torch.equal(served[name], ema[name]) for name in ema)  # the shards, gathered here
+    assert main(["export", "weights", str(run), "--out", str(tmp_path / "w.safetensors")]) == 0
+
+
+@pytest.mark.slow
 def test_fsdps_sharded_weight_ema_gathers_to_ddps(two_process_runs):
     fsdp = safetensors_at(two_process_runs["fsdp"], 6, "ema.safetensors")
     ddp = safetensors_at(two_process_runs["ddp"], 6, "ema.safetensors")
@@ -358,9 +420,11 @@ def test_initialization_from_a_paligemma_checkpoint(mixture, tmp_path):
 
 
 def safetensors_at(run: Path, step: int, name: str) -> dict:
-    from safetensors.torch import load_file
+    """Whole tensors of a checkpoint part ("model.safetensors", ...), whether written whole or as
+    an FSDP2 run's shards."""
+    from kidata.training.checkpoint import read_full
 
-    return load_file(str(run / "checkpoints" / f"step_{step:07d}" / name))
+    return read_full(run / "checkpoints" / f"step_{step:07d}", name.removesuffix(".safetensors"))
 
 
 def test_the_weight_ema_is_the_decayed_average_of_the_steps_weights(mixture, tmp_path):

@@ -11,6 +11,12 @@ trainer.json               step, optimizer hyper-parameters and per-parameter st
 checksums.json             sha256 and size of every file above, written last
 =========================  =================================================================
 
+Under FSDP2 the three tensor files are folders instead (``model/``, ``optimizer/``, ``ema/``),
+written by ``torch.distributed.checkpoint`` with its Hugging Face storage: each rank writes its own
+shard as safetensors, the sharding recorded in each file's header (no pickle), so saving and
+loading scale with the shard and a checkpoint saved on N processes reads on any other number
+(``read_full`` gathers it whole on one process: the policy, ``kidata export weights``).
+
 It is written into ``step_NNNNNNN.tmp`` and renamed when complete, then ``latest`` (a one-line
 file) is replaced atomically; older checkpoints beyond ``keep`` are removed only after that. A
 failure half-way (a full disk) leaves the previous checkpoint and ``latest`` untouched.
@@ -35,6 +41,7 @@ from kidata.hashing import file_sha256
 LATEST = "latest"
 CHECKSUMS = "checksums.json"
 REQUIRED = ("model.safetensors", "optimizer.safetensors", "trainer.json")
+SHARDED_REQUIRED = ("model", "optimizer", "trainer.json")  # folders of shards under FSDP2
 
 
 class CheckpointError(RuntimeError):
@@ -58,13 +65,39 @@ def holds_checkpoints(run: Path) -> bool:
     return bool(step_dirs(run)) or (Path(run) / "checkpoints" / LATEST).exists()
 
 
+def is_sharded(path: Path) -> bool:
+    """Whether a checkpoint holds shard folders (an FSDP2 run) rather than whole files."""
+    return (Path(path) / "model").is_dir()
+
+
+def read_full(path: Path, part: str) -> dict[str, torch.Tensor] | None:
+    """Whole tensors of ``part`` ("model", "optimizer" or "ema") of a checkpoint in either layout,
+    on this process alone; None when the checkpoint has no such part."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / f"{part}.safetensors"
+    if file.is_file():
+        return load_file(str(file))
+    folder = Path(path) / part
+    if not folder.is_dir():
+        return None
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    metadata = HuggingFaceStorageReader(str(folder)).read_metadata().state_dict_metadata
+    tensors = {name: torch.empty(entry.size, dtype=entry.properties.dtype) for name, entry in metadata.items()}
+    dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(folder)), no_dist=True)
+    return tensors
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why ``path`` is not a complete checkpoint (None when it is): a missing file, or a file
     whose size or sha256 differs from ``checksums.json``. Checkpoints written before checksums
     existed are checked for their files only."""
     if not path.is_dir():
         return f"{path} does not exist"
-    missing = [name for name in REQUIRED if not (path / name).is_file()]
+    required = SHARDED_REQUIRED if is_sharded(path) else REQUIRED
+    missing = [name for name in required if not (path / name).exists()]
     if missing:
         return f"{path} lacks {missing}"
     if not (path / CHECKSUMS).is_file():
@@ -133,23 +166,49 @@ def optimizer_state(tensors: Mapping[str, torch.Tensor], rest: Mapping[str, Any]
     return {"state": state, "param_groups": rest["param_groups"]}
 
 
-def save_checkpoint(run: Path, step: int, *, model: Mapping[str, torch.Tensor], optimizer: Mapping[str, Any],
-                    ema: Mapping[str, torch.Tensor] | None, trainer: Mapping[str, Any], keep: int) -> Path:
-    """Writes a complete checkpoint atomically and prunes old ones (call on rank 0 only)."""
-    from safetensors.torch import save_file
-
-    final = checkpoint_dir(run, step)
-    temporary = final.with_name(final.name + ".tmp")
+def begin_checkpoint(run: Path, step: int) -> Path:
+    """The empty ``.tmp`` folder a checkpoint is written into (call on rank 0 only)."""
+    temporary = checkpoint_dir(run, step).with_name(checkpoint_dir(run, step).name + ".tmp")
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir(parents=True)
+    return temporary
+
+
+def write_whole(temporary: Path, *, model: Mapping[str, torch.Tensor], optimizer: Mapping[str, Any],
+                ema: Mapping[str, torch.Tensor] | None) -> dict:
+    """The three tensor files of a whole-tensor checkpoint; returns the optimizer's JSON part."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in model.items()}, str(temporary / "model.safetensors"))
+    tensors, rest = optimizer_tensors(optimizer)
+    save_file(tensors, str(temporary / "optimizer.safetensors"))
+    if ema is not None:
+        save_file({k: v.detach().to("cpu").contiguous() for k, v in ema.items()}, str(temporary / "ema.safetensors"))
+    return rest
+
+
+def write_shards(temporary: Path, *, model: Mapping[str, torch.Tensor], optimizer: Mapping[str, Any],
+                 ema: Mapping[str, torch.Tensor] | None) -> dict:
+    """Every rank's shards (DTensor state dicts) into ``model/``, ``optimizer/``, ``ema/`` (a
+    collective: all ranks call it); returns the optimizer's JSON part."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    tensors, rest = optimizer_tensors(optimizer)
+    parts = {"model": dict(model), "optimizer": tensors, **({"ema": dict(ema)} if ema is not None else {})}
+    for name, state in parts.items():
+        dcp.save(state, storage_writer=HuggingFaceStorageWriter(str(temporary / name), save_distributed=True))
+    return rest
+
+
+def finish_checkpoint(run: Path, step: int, temporary: Path, *, trainer: Mapping[str, Any], optimizer_rest: dict,
+                      keep: int) -> Path:
+    """trainer.json, checksums of every file, the rename, ``latest``, pruning (rank 0 only)."""
+    final = checkpoint_dir(run, step)
     try:
-        save_file({k: v.detach().to("cpu").contiguous() for k, v in model.items()}, str(temporary / "model.safetensors"))
-        tensors, rest = optimizer_tensors(optimizer)
-        save_file(tensors, str(temporary / "optimizer.safetensors"))
-        if ema is not None:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in ema.items()}, str(temporary / "ema.safetensors"))
-        (temporary / "trainer.json").write_text(json.dumps({**trainer, "optimizer": rest}, indent=2, sort_keys=True))
-        sums = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in sorted(temporary.iterdir())}
+        (temporary / "trainer.json").write_text(json.dumps({**trainer, "optimizer": optimizer_rest}, indent=2, sort_keys=True))
+        files = sorted(p for p in temporary.rglob("*") if p.is_file())
+        sums = {str(p.relative_to(temporary)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
         (temporary / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True))
         _fsync_dir(temporary)
         shutil.rmtree(final, ignore_errors=True)
@@ -166,18 +225,28 @@ def save_checkpoint(run: Path, step: int, *, model: Mapping[str, torch.Tensor], 
     return final
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """model / optimizer (name-keyed state dict) / ema (or None) / trainer (JSON)."""
-    from safetensors.torch import load_file
+def save_checkpoint(run: Path, step: int, *, model: Mapping[str, torch.Tensor], optimizer: Mapping[str, Any],
+                    ema: Mapping[str, torch.Tensor] | None, trainer: Mapping[str, Any], keep: int) -> Path:
+    """Writes a complete whole-tensor checkpoint atomically and prunes old ones (rank 0 only)."""
+    temporary = begin_checkpoint(run, step)
+    try:
+        rest = write_whole(temporary, model=model, optimizer=optimizer, ema=ema)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return finish_checkpoint(run, step, temporary, trainer=trainer, optimizer_rest=rest, keep=keep)
 
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """model / optimizer (name-keyed state dict) / ema (or None) / trainer (JSON), whole tensors,
+    from either layout."""
     trainer = json.loads((path / "trainer.json").read_text())
-    ema = load_file(str(path / "ema.safetensors")) if (path / "ema.safetensors").exists() else None
-    return {"model": load_file(str(path / "model.safetensors")),
-            "optimizer": optimizer_state(load_file(str(path / "optimizer.safetensors")), trainer.pop("optimizer")),
-            "ema": ema, "trainer": trainer}
+    return {"model": read_full(path, "model"),
+            "optimizer": optimizer_state(read_full(path, "optimizer"), trainer.pop("optimizer")),
+            "ema": read_full(path, "ema"), "trainer": trainer}
 
 
 def _fsync_dir(directory: Path) -> None:
-    for path in directory.iterdir():
+    for path in (p for p in directory.rglob("*") if p.is_file()):
         with open(path, "rb") as handle:
             os.fsync(handle.fileno())

@@ -1,7 +1,7 @@
 """One consolidated safetensors file of a run's weights (``kidata export weights``).
 
-A checkpoint's ``model.safetensors`` already holds whole fp32 tensors under our parameter names;
-the export picks the checkpoint, swaps in the weight EMA where the run kept one (what
+A checkpoint holds fp32 tensors under our parameter names, whole or (FSDP2) as shards gathered
+here; the export picks the checkpoint, swaps in the weight EMA where the run kept one (what
 ``kidata.policy.load`` serves), and records the model config in the file's metadata, so the file
 alone rebuilds the model: ``KIModel(ModelConfig(**json.loads(metadata["kidata_model_config"])))``.
 """
@@ -12,12 +12,12 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from kidata.training.checkpoint import CheckpointError, checkpoint_problem, latest_checkpoint
+from kidata.training.checkpoint import CheckpointError, checkpoint_problem, latest_checkpoint, read_full
 from kidata.training.config import TrainConfig
 
 
 def export_weights(run: Path, out: Path, *, checkpoint: Path | None = None, use_ema: bool = True) -> dict:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
@@ -28,10 +28,10 @@ def export_weights(run: Path, out: Path, *, checkpoint: Path | None = None, use_
     if problem is not None:
         raise CheckpointError(f"cannot export {path}: {problem}")
     config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
-    tensors = load_file(str(path / "model.safetensors"))
-    ema = use_ema and (path / "ema.safetensors").exists()
+    tensors = read_full(path, "model")  # whole files, or an FSDP2 run's shards gathered here
+    averaged = read_full(path, "ema") if use_ema else None
+    ema = averaged is not None
     if ema:
-        averaged = load_file(str(path / "ema.safetensors"))
         tensors.update({name: value.to(tensors[name].dtype) for name, value in averaged.items()})
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(out.name + ".tmp")

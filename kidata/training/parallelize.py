@@ -4,6 +4,7 @@ differently on more than one process, kept apart from the model code (as in torc
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import torch
@@ -30,8 +31,12 @@ class Distributed:
     def close(self) -> None:
         """Destroys the process group this run created: left to interpreter exit, gloo's threads
         could still be running when C++ static destructors ran (a rank aborted with "terminate
-        called without an active exception" after a finished FSDP run)."""
+        called without an active exception" after a finished FSDP run). The ranks meet first, so
+        none tears its group down while another still sends on it (seen once in ~20 two-process
+        runs without the barrier)."""
         if self.owns_group and dist.is_initialized():
+            if sys.exc_info()[0] is None:  # after an error the other ranks may never arrive
+                dist.barrier()
             dist.destroy_process_group()
             self.owns_group = False
 
@@ -103,6 +108,35 @@ def restore_state_dicts(model: KIModel, optimizer, checkpoint: dict) -> None:
     for group in checkpoint["optimizer"]["param_groups"]:
         group["betas"] = tuple(group["betas"])
     set_optimizer_state_dict(model, optimizer, checkpoint["optimizer"], options=options)
+
+
+def sharded_state_dicts(model: KIModel, optimizer) -> tuple[dict, dict]:
+    """This rank's shards (DTensors) of the model's and optimizer's state, for a sharded checkpoint."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    return get_model_state_dict(model), get_optimizer_state_dict(model, optimizer)
+
+
+def restore_shards(model: KIModel, optimizer, ema: dict | None, path, optimizer_rest: dict) -> None:
+    """Loads a sharded checkpoint's ``model/``, ``optimizer/`` (and ``ema/``) into this rank's
+    shards in place: each rank reads only the pieces it holds, whatever world size wrote them."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    from kidata.training.checkpoint import optimizer_state, optimizer_tensors
+
+    model_state, optimizer_full = sharded_state_dicts(model, optimizer)  # the optimizer's state initialized
+    dcp.load(model_state, storage_reader=HuggingFaceStorageReader(str(path / "model")))
+    set_model_state_dict(model, model_state)
+    tensors, _ = optimizer_tensors(optimizer_full)
+    dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path / "optimizer")))
+    state = optimizer_state(tensors, optimizer_rest)
+    for group in state["param_groups"]:
+        group["betas"] = tuple(group["betas"])
+    set_optimizer_state_dict(model, optimizer, state)
+    if ema is not None and (path / "ema").is_dir():
+        dcp.load(ema, storage_reader=HuggingFaceStorageReader(str(path / "ema")))
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import json
 import math
 import sys
 import time
@@ -30,7 +31,15 @@ from kidata.loader.mixture import MixtureDataset
 from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.ki_model import KIModel, sample_flow_inputs
 from kidata.tokenizers.prompt import SampleEncoder
-from kidata.training.checkpoint import load_checkpoint, newest_complete, save_checkpoint
+from kidata.training.checkpoint import (
+    begin_checkpoint,
+    finish_checkpoint,
+    is_sharded,
+    load_checkpoint,
+    newest_complete,
+    save_checkpoint,
+    write_shards,
+)
 from kidata.training.config import TrainConfig
 from kidata.training.held_out import HeldOutMetrics
 from kidata.training.metrics import MetricsLogger, truncate_metrics
@@ -38,10 +47,11 @@ from kidata.training.parallelize import (
     Distributed,
     full_state_dicts,
     local_parameters_sha256,
-    local_tensor,
     parallelize,
+    restore_shards,
     restore_state_dicts,
     shard_like,
+    sharded_state_dicts,
 )
 from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, config_changes, resume_point  # noqa: F401  (public here)
 
@@ -188,14 +198,23 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     parameters = dict(model.named_parameters())
     start, data_state, last_good = 0, None, None
     if checkpoint_path is not None:
-        checkpoint = load_checkpoint(checkpoint_path)
-        restore_state_dicts(model, optimizer, checkpoint)
-        if ema is not None and checkpoint["ema"] is not None:
-            ema = {n: shard_like(t.float(), parameters[n]) for n, t in checkpoint["ema"].items()}
-        start, last_good = checkpoint["trainer"]["step"], checkpoint_path
-        states = checkpoint["trainer"]["data_state"]
+        if sharded_run(config, env) and is_sharded(checkpoint_path):  # each rank reads its own pieces
+            trainer_state = json.loads((checkpoint_path / "trainer.json").read_text())
+            restore_shards(model, optimizer, ema, checkpoint_path, trainer_state.pop("optimizer"))
+        else:  # whole tensors (gathered from shards when another world size wrote them), then placed
+            checkpoint = load_checkpoint(checkpoint_path)
+            restore_state_dicts(model, optimizer, checkpoint)
+            if ema is not None and checkpoint["ema"] is not None:
+                ema = {n: shard_like(t.float(), parameters[n]) for n, t in checkpoint["ema"].items()}
+            trainer_state = checkpoint["trainer"]
+        start, last_good = trainer_state["step"], checkpoint_path
+        states = trainer_state["data_state"]
         if len(states) != env.world:
-            raise ValueError(f"checkpoint has data streams for {len(states)} ranks, this run has {env.world}")
+            raise ValueError(
+                f"{checkpoint_path} was written by {len(states)} process(es) and this run has {env.world}: its weights, "
+                f"optimizer and EMA reshard to any number (they loaded), but each rank's position in the data "
+                f"stream cannot be split or merged; resume with {len(states)} process(es) (torchrun --nproc_per_node "
+                f"{len(states)}), or start a new run from these weights (kidata export weights)")
         data_state = states[env.rank]
 
     data, loader = _loader(config, manifest_path, "train", env.rank, env.world, manifest,
@@ -331,27 +350,38 @@ def held_out_metrics(wrapped, model: KIModel, config: TrainConfig, manifest_path
     return merged
 
 
+def sharded_run(config: TrainConfig, env: Distributed) -> bool:
+    """FSDP2 on more than one process: checkpoints are written shard by shard."""
+    return env.world > 1 and config.train.fsdp
+
+
 def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDataset, fed: int, config: TrainConfig,
                 env: Distributed, last_tokens: torch.Tensor | None) -> Path | None:
-    model_state, optimizer_state = full_state_dicts(model, optimizer)
-    if ema is not None:  # whole tensors for the file: gathered by every rank together
-        ema = {name: local_tensor(value).cpu() for name, value in ema.items()}
     streams = env.gather(data.state_after_batches(fed, config.data.batch_size, config.data.num_workers))
     # what each rank holds: under DDP every replica's parameters are the same bytes and every rank's
     # batch differs; under FSDP each rank holds its own shard (a drifting replica shows here)
     replicas = env.gather({"rank": env.rank, "parameters_sha256": local_parameters_sha256(model),
                            "last_batch_sha256": hashlib.sha256(last_tokens.cpu().numpy().tobytes()).hexdigest()
                            if last_tokens is not None else ""})
-    if env.rank != 0:
-        return None
     trainer = {"step": step, "data_state": streams, "world_size": env.world, "replicas": replicas,
                "config_sha256": json_sha256(config.to_json())}
     try:
+        if sharded_run(config, env):
+            temporary = begin_checkpoint(run, step) if env.rank == 0 else None
+            temporary = env.gather(str(temporary))[0]
+            model_state, optimizer_state = sharded_state_dicts(model, optimizer)
+            rest = write_shards(Path(temporary), model=model_state, optimizer=optimizer_state, ema=ema)
+            dist.barrier()
+            if env.rank != 0:
+                return None
+            return finish_checkpoint(run, step, Path(temporary), trainer=trainer, optimizer_rest=rest,
+                                     keep=config.checkpoint.keep)
+        model_state, optimizer_state = full_state_dicts(model, optimizer)
+        if env.rank != 0:
+            return None
         return save_checkpoint(run, step, model=model_state, optimizer=optimizer_state, ema=ema, trainer=trainer,
                                keep=config.checkpoint.keep)
     except OSError as error:
         previous = newest_complete(run)[0]
         raise OSError(error.errno, f"checkpoint at step {step} failed ({error.strerror or error}); the previous "
                                    f"checkpoint is intact: {previous}") from error
-
-
