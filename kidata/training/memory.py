@@ -3,12 +3,13 @@ EMA, before activations: the arithmetic behind the README's memory model.
 
 Two settings:
 
-* ``current``: what the trainer does today. fp32 master weights, gradients and AdamW moments (2 x
-  fp32) sharded by FSDP2 over the ranks, the whole model as **one** FSDP unit (its full fp32
-  weights gathered for the step), and the weight EMA as a full fp32 copy on every rank.
-* ``per_block``: the target of issue 19. The same sharded fp32 state plus a sharded EMA; FSDP2 units
-  per transformer block with ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``, so
-  only bf16 copies of the block being computed and the one prefetched are whole at a time.
+* ``current``: the trainer before per-block units (kept for comparison). fp32 master weights,
+  gradients and AdamW moments (2 x fp32) sharded by FSDP2 over the ranks, the whole model as
+  **one** FSDP unit (its full fp32 weights gathered for the step), and the weight EMA as a full
+  fp32 copy on every rank.
+* ``per_block``: the trainer now. The same sharded fp32 state plus a sharded EMA; FSDP2 units per
+  transformer block with ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``, so only
+  bf16 copies of the block being computed and the one prefetched are whole at a time.
 
 Activations are not counted: they depend on batch, sequence length and activation checkpointing
 (the README says what each adds).
