@@ -12,7 +12,7 @@ corrupt mp4) and ``video_frame_count`` (the video lacks frames the parquet has).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -88,6 +88,7 @@ class LeRobotSource:
             if part.key not in self.meta.features:
                 raise KeyError(f"lerobot source {name!r}: {self.root} has no feature {part.key!r} (in {part.text!r}); "
                                f"its features: {self.meta.feature_names()}")
+        self._task_text = {int(i): text for i, text in self.meta.tasks.items() if text.strip()}
         indices = [e.index for e in self.meta.episodes]
         self.index_gaps = (max(indices) + 1 - len(indices)) if indices else 0
 
@@ -133,11 +134,21 @@ class LeRobotSource:
         # Whole-file work, so that a clean episode is slices: the mapping (unless a part's transform
         # runs over time) and the checks (benchmarks/lerobot_bench.py, pass 1, measures the reader).
         if not any(part.transform in STATEFUL_TRANSFORMS for part in self.state + self.action):
-            data.state = np.concatenate([part.take(columns[part.key]) for part in self.state], axis=1)
-            data.actions = np.concatenate([part.take(columns[part.key]) for part in self.action], axis=1)
-            data.finite = np.isfinite(data.state).all(axis=1) & np.isfinite(data.actions).all(axis=1)
+            data.state, data.actions = (_mapped(parts, columns) for parts in (self.state, self.action))
+            # one sum per array settles the common all-finite file (1.2 ms -> 0.03 ms for 40k rows of 6
+            # per-row reductions); an inf or NaN anywhere (or an overflowing sum) checks row by row
+            if np.isfinite(data.state.sum(dtype=np.float64)) and np.isfinite(data.actions.sum(dtype=np.float64)):
+                finite = np.ones(len(data.state), dtype=bool)
+            else:
+                finite = np.isfinite(data.state).all(axis=1) & np.isfinite(data.actions).all(axis=1)
             on_grid = np.abs(np.diff(columns["timestamp"]) - 1.0 / self.fps) <= self.tolerance_s
-            data.continues = np.concatenate([[False], on_grid & (np.diff(columns["frame_index"]) == 1)])
+            continues = np.concatenate([[False], on_grid & (np.diff(columns["frame_index"]) == 1)])
+            # prefix counts: "how many in rows [a, b)" is one subtraction per episode
+            data.nonfinite_before = np.concatenate([[0], np.cumsum(~finite)])
+            data.breaks_before = np.concatenate([[0], np.cumsum(~continues)])
+        for key in ("episode_index", "task_index"):  # a value change between row i - 1 and row i
+            values = columns[key]
+            data.changes_before[key] = np.concatenate([[0, 0], np.cumsum(values[1:] != values[:-1])])
         return data
 
     def _rows(self, meta: EpisodeMeta, images: bool, files: dict,
@@ -154,14 +165,13 @@ class LeRobotSource:
         episode_index = data.columns["episode_index"]
         if meta.rows is None:
             return data, slice(0, len(episode_index))
-        index = data.columns["index"]
         start, stop = meta.rows
-        offset = int(np.searchsorted(index, start))  # rows are in global index order
-        rows = slice(offset, offset + stop - start)
-        held = index[rows]
-        if (stop > start and len(held) == stop - start and held[0] == start and held[-1] == stop - 1
-                and (episode_index[rows] == meta.index).all()):
-            return data, rows
+        index = data.columns["index"]
+        first = int(index.searchsorted(start))  # rows are in global index order
+        last = first + stop - start - 1
+        if (stop > start and last < len(index) and index[first] == start and index[last] == stop - 1
+                and episode_index[first] == meta.index and data.same(first, last + 1, "episode_index")):
+            return data, slice(first, last + 1)
         report.notices["row_range_mismatch"] += 1
         return data, np.flatnonzero(episode_index == meta.index)
 
@@ -190,9 +200,12 @@ class LeRobotSource:
         if reason is not None:
             self._quarantine(report, reason, meta)
             return None
-        task_indices = dict.fromkeys(data.columns["task_index"][rows].tolist())  # distinct, in order of appearance
-        instructions = tuple(t for t in (self.meta.tasks.get(int(i), "") for i in task_indices) if t.strip())
-        instructions = instructions or tuple(meta.tasks)
+        tasks = data.columns["task_index"][rows]
+        if isinstance(rows, slice) and data.same(rows.start, rows.stop, "task_index"):
+            task_indices = [int(tasks[0])] if len(tasks) else []
+        else:
+            task_indices = dict.fromkeys(tasks.tolist())  # distinct, in order of appearance
+        instructions = tuple(self._task_text[i] for i in task_indices if i in self._task_text) or tuple(meta.tasks)
         if not instructions:
             report.notices["no_task_text"] += 1
         return Episode(
@@ -249,6 +262,12 @@ class LeRobotSource:
         return frames, None
 
 
+def _mapped(parts: tuple[Part, ...], columns: dict[str, np.ndarray]) -> np.ndarray:
+    """float32 [N, n]: the parts of a mapping side by side (one part: no copy)."""
+    taken = [part.take(columns[part.key]) for part in parts]
+    return taken[0] if len(taken) == 1 else np.concatenate(taken, axis=1)
+
+
 @dataclass
 class _DataFile:
     """One data file's columns (numpy arrays [N] or [N, n]; image columns left in arrow) and what
@@ -259,15 +278,25 @@ class _DataFile:
     images: dict[str, Any]
     state: np.ndarray | None = None
     actions: np.ndarray | None = None
-    finite: np.ndarray | None = None  # bool [N]: the row's state and actions are finite
-    continues: np.ndarray | None = None  # bool [N]: frame_index + 1 and one frame later than the row before
+    # counts over rows [0, i): rows with a non-finite state or action; rows that do not continue
+    # the row before (frame_index + 1, one frame later); value changes of a column
+    nonfinite_before: np.ndarray | None = None
+    breaks_before: np.ndarray | None = None
+    changes_before: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def same(self, start: int, stop: int, key: str) -> bool:
+        """Whether ``key`` holds one value over rows [start, stop)."""
+        changes = self.changes_before[key]
+        return changes[stop] == changes[start + 1]
 
     def clean(self, rows: slice, length: int, min_steps: int) -> bool:
-        """Whether the rows are a whole, finite, on-grid episode (the common case, decided in two
-        vectorized checks; anything else goes through the reader's detailed checks)."""
-        return (self.state is not None and rows.stop - rows.start == length >= min_steps
-                and self.columns["frame_index"][rows.start] == 0 and self.continues[rows.start + 1 : rows.stop].all()
-                and self.finite[rows].all())
+        """Whether the rows are a whole, finite, on-grid episode: the common case, decided by
+        subtracting prefix counts; anything else goes through the reader's detailed checks."""
+        start, stop = rows.start, rows.stop
+        return (self.state is not None and stop - start == length >= min_steps
+                and self.columns["frame_index"][start] == 0
+                and self.breaks_before[stop] == self.breaks_before[start + 1]
+                and self.nonfinite_before[stop] == self.nonfinite_before[start])
 
 
 def _column(table, key: str) -> np.ndarray:
