@@ -369,17 +369,10 @@ def test_a_v21_video_shorter_than_its_parquet_is_quarantined(tmp_path):
 
 # ------------------------------------------------------------------------------------ builds
 def lerobot_recipe(path: Path, root: Path, units: int = 3) -> Path:
-    path.write_text(f"""
-[mixture]
-name = "lerobot-mix"
-action_horizon = 4
-image_size = 64
-max_tokens = 128
-holdout = 0.2
-units_per_source = {units}
-shard_size_mb = 0.25
-fast_tokenizer = {{ fit = true, vocab_size = 300, scale = 10.0 }}
+    """test_build's mixture settings over the fixture as a LeRobot source."""
+    from test_build import write_recipe
 
+    return write_recipe(path, units=units, sources=f"""
 [[sources]]
 name = "bridge"
 reader = "lerobot"
@@ -390,7 +383,6 @@ cameras = {{ base_0 = "observation.images.image_0", base_1 = "observation.images
 state = ["observation.state"]
 action = ["action"]
 """)
-    return path
 
 
 @pytest.mark.slow
