@@ -32,11 +32,17 @@ class ObservationError(ValueError):
     """An observation the policy would misread; names the key and what is expected."""
 
 
+ACTION_HEADS = ("auto", "flow", "fast")
+
+
 class Policy:
-    """``num_steps``: flow integration steps of ``sample_actions`` unless a call names its own."""
+    """``num_steps``: flow integration steps of ``sample_actions`` unless a call names its own.
+    ``action_head``: where actions come from: ``flow`` (the expert), ``fast`` (greedy FAST tokens
+    from the backbone, decoded; a ``ki`` model trains both), ``auto`` (the expert when there is one)."""
 
     def __init__(self, model: KIModel, config: TrainConfig, manifest: Manifest, encoder: Any, *,
-                 source: str | None = None, device: str | torch.device = "cpu", num_steps: int = 10) -> None:
+                 source: str | None = None, device: str | torch.device = "cpu", num_steps: int = 10,
+                 action_head: str = "auto") -> None:
         self.model, self.config, self.manifest, self.encoder = model.eval(), config, manifest, encoder
         self.device = torch.device(device)
         robots = [s for s in manifest.sources if s.kind == "robot"]
@@ -51,6 +57,13 @@ class Policy:
         self.normalization = manifest.encoding.normalization
         self.action_horizon = manifest.encoding.action_horizon
         self.num_steps = num_steps
+        if action_head not in ACTION_HEADS:
+            raise ValueError(f"action_head {action_head!r}: choose one of {ACTION_HEADS}")
+        if action_head == "flow" and not model.config.has_expert:
+            raise ValueError(f"action_head 'flow': the {model.config.variant} model has no action expert")
+        if action_head == "fast" and not model.config.fast_loss:
+            raise ValueError(f"action_head 'fast': the {model.config.variant} model trains no action tokens")
+        self.action_head = ("flow" if model.config.has_expert else "fast") if action_head == "auto" else action_head
 
     @property
     def action_dim(self) -> int:
@@ -113,7 +126,7 @@ class Policy:
                        noise: torch.Tensor | None = None) -> np.ndarray:
         """float64 [action_horizon, action_dim] in the robot's own units."""
         batch = self.batch(observation)
-        if self.config.model.has_expert:
+        if self.action_head == "flow":
             steps = num_steps if num_steps is not None else self.num_steps
             normalized = self.model.sample_actions(batch, num_steps=steps, noise=noise)[0].float().cpu().numpy()
         else:
@@ -129,7 +142,7 @@ class Policy:
 
 
 def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
-         device: str | torch.device = "cpu") -> Policy:
+         device: str | torch.device = "cpu", action_head: str = "auto", num_steps: int = 10) -> Policy:
     """The policy of a run directory (latest checkpoint unless ``checkpoint`` names one; its weight
     EMA when the run kept one and ``use_ema``)."""
     run = Path(run)
@@ -149,4 +162,5 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     if missing or unexpected:
         raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
-    return Policy(model.to(device), config, manifest, encoder, source=source, device=device)
+    return Policy(model.to(device), config, manifest, encoder, source=source, device=device, num_steps=num_steps,
+                  action_head=action_head)

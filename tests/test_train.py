@@ -156,6 +156,29 @@ def test_the_policy_maps_a_raw_observation_to_an_unnormalized_chunk(straight_run
     np.testing.assert_allclose(first, by_hand, rtol=1e-5, atol=1e-6)  # the robot's units, by the action statistics
 
 
+def test_a_ki_policy_can_act_from_its_fast_tokens_instead_of_the_expert(straight_run):
+    from kidata import policy
+    from kidata.sources.registry import lookup
+    from kidata.sources.rlds import RldsSource
+
+    run, _ = straight_run
+    episode = next(RldsSource(str(shared_path("data", "rlds", "bridge_dataset", "1.0.0")), lookup("bridge_dataset")).episodes())
+    observation = {"images": {"base_0": episode.images["base_0"].frame(0), "base_1": None},
+                   "state": episode.state[0], "prompt": episode.instructions[0]}
+    fast = policy.load(run, action_head="fast")
+    assert fast.action_head == "fast" and policy.load(run).action_head == "flow"
+    actions = fast.sample_actions(observation)
+    generated = fast.model.generate(fast.batch(observation), fast.manifest.encoding.max_tokens,
+                                    stop_ids=fast.encoder.stop_ids).numpy()
+    decoded, _ = fast.encoder.decode_generated_actions(generated, horizon=4, dim=fast.manifest.encoding.action_dim)
+    q01, q99 = np.asarray(fast.stats.actions.q01), np.asarray(fast.stats.actions.q99)
+    normalized = decoded[0, :, :7]
+    by_hand = np.where(q99 - q01 > 1e-8, (normalized + 1) / 2 * (q99 - q01) + q01, normalized)
+    np.testing.assert_allclose(actions, by_hand, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"action_head 'tokens': choose one of \('auto', 'flow', 'fast'\)"):
+        policy.load(run, action_head="tokens")
+
+
 def test_a_mixture_that_does_not_fit_the_model_is_refused_before_training(mixture, tmp_path):
     with pytest.raises(ManifestMismatch, match="action_horizon: data 4, model 5"):
         train(config(mixture, "--model.action_horizon", "5"), tmp_path / "run")

@@ -26,6 +26,10 @@ def add_parser(commands) -> None:
     metaworld.add_argument("--replan", type=int, default=5, help="actions executed per predicted chunk")
     metaworld.add_argument("--max-steps", type=int, default=300, help="step budget of an episode")
     metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps")
+    metaworld.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest complete one)")
+    metaworld.add_argument("--no-ema", action="store_true", help="the trained weights, not their EMA")
+    metaworld.add_argument("--action-head", default="auto", choices=["auto", "flow", "fast"],
+                       help="actions from the flow expert or from greedy FAST tokens (a ki model has both)")
     metaworld.add_argument("--image-size", type=int, help="render size (default: the model's)")
     metaworld.add_argument("--source", help="the run's robot source whose statistics apply")
     metaworld.add_argument("--seed", type=int, default=0, help="the random policy's seed")
@@ -56,7 +60,8 @@ def metaworld_command(args: argparse.Namespace) -> int:
     if args.run:
         from kidata import policy as policies
 
-        policy = policies.load(args.run, source=args.source)
+        policy = policies.load(args.run, source=args.source, checkpoint=args.checkpoint, use_ema=not args.no_ema,
+                               action_head=args.action_head)
         if args.check_parity:
             from kidata.eval.parity import check_parity
 
