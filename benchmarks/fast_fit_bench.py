@@ -147,11 +147,12 @@ def published_row(train, heldout, vocab_size):
     return np.mean([len(row) for row in ids]), float(np.sqrt(np.mean((decoded - heldout) ** 2))), seconds
 
 
-def kidata_row(train, heldout, vocab_size, margin=None):
+def kidata_row(train, heldout, vocab_size, margin=None, min_frequency=2):
     """(tokens per held-out chunk, RMSE, fit seconds, clipped coefficients) of kidata's fit, or None."""
     start = time.perf_counter()
     try:
-        tokenizer = FastTokenizer.fit(train, vocab_size=vocab_size, scale=SCALE, margin=margin)
+        tokenizer = FastTokenizer.fit(train, vocab_size=vocab_size, scale=SCALE, margin=margin,
+                                      min_frequency=min_frequency)
     except ValueError:
         return None
     seconds = time.perf_counter() - start
@@ -166,6 +167,7 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, nargs="+", default=[128, 256, 512, 1024, 2048])
     parser.add_argument("--quick", action="store_true", help="fewer episodes and chunks (a smoke run)")
     parser.add_argument("--margin", type=int, help="codes beyond the training range (default: the fit's rule)")
+    parser.add_argument("--min-frequency", type=int, default=2, help="kidata's least count for a merge (published: 2)")
     parser.add_argument("--only", nargs="*", help="dataset names containing one of these words")
     args = parser.parse_args()
     print(f"kidata FAST fit benchmark, {time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, "
@@ -182,7 +184,8 @@ def main() -> None:
             continue
         train, heldout = make(args.quick)
         for vocab_size in args.vocab:
-            published, ours = published_row(train, heldout, vocab_size), kidata_row(train, heldout, vocab_size, args.margin)
+            published = published_row(train, heldout, vocab_size)
+            ours = kidata_row(train, heldout, vocab_size, args.margin, args.min_frequency)
             label = f"{name} ({len(train)} / {len(heldout)})"
             cells = ["refused", "", ""] if published is None else [f"{published[0]:.2f}", f"{published[1]:.4f}", f"{published[2]:.1f}"]
             mine = ["refused", "", "", ""] if ours is None else [f"{ours[0]:.2f}", f"{ours[1]:.4f}", f"{ours[2]:.1f}", str(ours[3])]
