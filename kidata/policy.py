@@ -24,7 +24,7 @@ from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.normalize import NormStats, normalize, unnormalize
 from kidata.tokenizers.prompt import SampleEncoder
-from kidata.training.checkpoint import latest_checkpoint, read_full
+from kidata.training.checkpoint import latest_checkpoint, read_weights
 from kidata.training.config import TrainConfig
 
 
@@ -154,10 +154,7 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     if path is None:
         raise FileNotFoundError(f"{run} has no checkpoint yet")
     model = KIModel(config.model)
-    state = read_full(path, "model")  # whole files, or an FSDP2 run's shards gathered here
-    averaged = read_full(path, "ema") if use_ema else None
-    if averaged is not None:
-        state.update(averaged)
+    state, _ = read_weights(path, use_ema=use_ema)  # whole files, or an FSDP2 run's shards gathered here
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")

@@ -12,7 +12,6 @@ LeRobot's ``stats.json``, written from kidata's ``NormStats`` (and read back the
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 from kidata.normalize import DimStats, NormStats
@@ -47,15 +46,3 @@ def render(stats: NormStats, format: str) -> str:
         raise ValueError(f"statistics format {format!r}: choose one of {FORMATS}")
     payload = {"kidata": stats.to_json, "openpi": lambda: to_openpi(stats), "lerobot": lambda: to_lerobot(stats)}[format]()
     return json.dumps(payload, indent=2) + "\n"
-
-
-def write_all(stats: NormStats, directory: str | Path) -> list[Path]:
-    """openpi's and LeRobot's files for one source in ``directory`` (created)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    for format in ("openpi", "lerobot"):
-        path = directory / FILE_NAMES[format]
-        path.write_text(render(stats, format))
-        written.append(path)
-    return written

@@ -103,6 +103,7 @@ def export_lerobot(episodes: Iterable[Episode], out: str | Path, *, robot_type: 
         raise FileExistsError(f"{root} already holds a LeRobot dataset; choose a new --out folder")
     rows, tasks, writers, episode_rows = _Rows(), {}, {}, []
     fps = state_dim = action_dim = None
+    written = 0
     all_pixels: dict[str, list[np.ndarray]] = {}
     try:
         for number, episode in enumerate(episodes):
@@ -117,7 +118,7 @@ def export_lerobot(episodes: Iterable[Episode], out: str | Path, *, robot_type: 
             steps = episode.steps
             task = episode.instructions[0] if episode.instructions else ""
             task_index = tasks.setdefault(task, len(tasks))
-            start = sum(map(len, rows.timestamp))  # frames written before this episode
+            start = written  # frames written before this episode
             row = {"episode_index": number, "tasks": [task], "length": steps, "data/chunk_index": 0,
                    "data/file_index": 0, "dataset_from_index": start, "dataset_to_index": start + steps}
             image_stats_columns = {}
@@ -141,8 +142,9 @@ def export_lerobot(episodes: Iterable[Episode], out: str | Path, *, robot_type: 
                 all_pixels.setdefault(key, []).append(stacked[:: max(1, steps // 10)])
             row.update(image_stats_columns)  # lerobot's column order: every video location, then statistics
             frame_index = np.arange(steps)
+            timestamps = (frame_index / fps).astype(np.float32)
             columns = {"observation.state": episode.state, "action": episode.actions,
-                       "timestamp": (frame_index / fps).astype(np.float32)[:, None], "frame_index": frame_index[:, None],
+                       "timestamp": timestamps[:, None], "frame_index": frame_index[:, None],
                        "episode_index": np.full((steps, 1), number), "index": np.arange(start, start + steps)[:, None],
                        "task_index": np.full((steps, 1), task_index)}
             row.update({f"stats/{key}/{k}": v for key, values in columns.items() for k, v in feature_stats(values).items()})
@@ -150,10 +152,11 @@ def export_lerobot(episodes: Iterable[Episode], out: str | Path, *, robot_type: 
             episode_rows.append(row)
             rows.state.append(episode.state.astype(np.float32))
             rows.action.append(episode.actions.astype(np.float32))
-            rows.timestamp.append((frame_index / fps).astype(np.float32))
+            rows.timestamp.append(timestamps)
             rows.frame_index.append(frame_index)
             rows.episode_index.append(np.full(steps, number))
             rows.task_index.append(np.full(steps, task_index))
+            written += steps
     finally:
         for writer in writers.values():
             writer.close()
@@ -161,7 +164,7 @@ def export_lerobot(episodes: Iterable[Episode], out: str | Path, *, robot_type: 
         raise ValueError("no episodes to export (the source yielded none)")
 
     state, action = np.concatenate(rows.state), np.concatenate(rows.action)
-    total = len(state)
+    total = written
     scalars = {"timestamp": (np.concatenate(rows.timestamp), pa.float32(), "float32"),
                "frame_index": (np.concatenate(rows.frame_index), pa.int64(), "int64"),
                "episode_index": (np.concatenate(rows.episode_index), pa.int64(), "int64"),

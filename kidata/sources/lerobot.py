@@ -240,8 +240,8 @@ class LeRobotSource:
         for camera, key in self.cameras.items():
             if key in self._image_keys:
                 if images:
-                    picked = np.arange(len(data.columns["index"]))[rows].tolist()
-                    frames[camera] = Frames([data.images[key][i].as_py()["bytes"] for i in picked])
+                    picked = np.arange(len(data.columns["index"]))[rows]
+                    frames[camera] = Frames([cell["bytes"] for cell in data.images[key].take(picked).to_pylist()])
                 continue
             span = meta.videos[key]
             if span.path not in exists:

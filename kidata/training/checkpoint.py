@@ -90,6 +90,17 @@ def read_full(path: Path, part: str) -> dict[str, torch.Tensor] | None:
     return tensors
 
 
+def read_weights(path: Path, *, use_ema: bool = True) -> tuple[dict[str, torch.Tensor], bool]:
+    """A checkpoint's whole weights, the EMA's in place of the trained ones when kept and
+    ``use_ema`` (what the policy serves and ``kidata export weights`` writes), and whether the EMA
+    was used."""
+    tensors = read_full(path, "model")
+    averaged = read_full(path, "ema") if use_ema else None
+    if averaged is not None:
+        tensors.update({name: value.to(tensors[name].dtype) for name, value in averaged.items()})
+    return tensors, averaged is not None
+
+
 def checkpoint_problem(path: Path) -> str | None:
     """Why ``path`` is not a complete checkpoint (None when it is): a missing file, or a file
     whose size or sha256 differs from ``checksums.json``. Checkpoints written before checksums

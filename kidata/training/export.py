@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from kidata.training.checkpoint import CheckpointError, checkpoint_problem, latest_checkpoint, read_full
+from kidata.training.checkpoint import CheckpointError, checkpoint_problem, latest_checkpoint, read_weights
 from kidata.training.config import TrainConfig
 
 
@@ -28,11 +28,7 @@ def export_weights(run: Path, out: Path, *, checkpoint: Path | None = None, use_
     if problem is not None:
         raise CheckpointError(f"cannot export {path}: {problem}")
     config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
-    tensors = read_full(path, "model")  # whole files, or an FSDP2 run's shards gathered here
-    averaged = read_full(path, "ema") if use_ema else None
-    ema = averaged is not None
-    if ema:
-        tensors.update({name: value.to(tensors[name].dtype) for name, value in averaged.items()})
+    tensors, ema = read_weights(path, use_ema=use_ema)  # whole, or an FSDP2 run's shards gathered here
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(out.name + ".tmp")
     metadata = {"format": "pt", "kidata_model_config": json.dumps(asdict(config.model), sort_keys=True),

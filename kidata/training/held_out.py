@@ -27,12 +27,19 @@ from kidata.model.ki_model import KIModel
 from kidata.normalize import NormStats, unnormalize
 
 
+def _cut(batch: Mapping[str, torch.Tensor], stops: torch.Tensor, *, keep_causal: bool) -> dict[str, torch.Tensor]:
+    """The batch with each row's tokens from ``stops`` [B] on turned into padding, no loss; the
+    causal flags of what is kept stay (``keep_causal``) or are cleared."""
+    tokens = batch["tokens"]
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    keep = batch["token_mask"] & (positions < stops[:, None])
+    return {**batch, "token_mask": keep, "ar": batch["ar"] & keep if keep_causal else torch.zeros_like(keep),
+            "loss": torch.zeros_like(keep), "tokens": torch.where(keep, tokens, torch.zeros_like(tokens))}
+
+
 def prefix_only(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The batch cut to each row's prompt (inference input): targets become padding."""
-    positions = torch.arange(batch["tokens"].shape[1], device=batch["tokens"].device)[None]
-    keep = batch["token_mask"] & (positions < batch["prefix_length"][:, None])
-    return {**batch, "token_mask": keep, "ar": torch.zeros_like(keep), "loss": torch.zeros_like(keep),
-            "tokens": torch.where(keep, batch["tokens"], torch.zeros_like(batch["tokens"]))}
+    return _cut(batch, batch["prefix_length"], keep_causal=False)
 
 
 def generation_prompt(batch: Mapping[str, torch.Tensor], action_range) -> dict[str, torch.Tensor]:
@@ -45,9 +52,7 @@ def generation_prompt(batch: Mapping[str, torch.Tensor], action_range) -> dict[s
     is_action = mask & (tokens >= action_range.first) & (tokens <= action_range.last)
     is_action &= positions >= batch["prefix_length"][:, None]
     first_action = torch.where(is_action.any(dim=1), is_action.float().argmax(dim=1), batch["prefix_length"])
-    keep = mask & (positions < first_action[:, None])
-    return {**batch, "token_mask": keep, "ar": batch["ar"] & keep, "loss": torch.zeros_like(keep),
-            "tokens": torch.where(keep, tokens, torch.zeros_like(tokens))}
+    return _cut(batch, first_action, keep_causal=True)
 
 
 class HeldOutMetrics:

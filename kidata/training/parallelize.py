@@ -105,9 +105,14 @@ def restore_state_dicts(model: KIModel, optimizer, checkpoint: dict) -> None:
 
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, checkpoint["model"], options=options)
-    for group in checkpoint["optimizer"]["param_groups"]:
+    set_optimizer_state_dict(model, optimizer, _tuple_betas(checkpoint["optimizer"]), options=options)
+
+
+def _tuple_betas(state: dict) -> dict:
+    """AdamW's betas as the tuple torch expects (JSON gave lists back)."""
+    for group in state["param_groups"]:
         group["betas"] = tuple(group["betas"])
-    set_optimizer_state_dict(model, optimizer, checkpoint["optimizer"], options=options)
+    return state
 
 
 def sharded_state_dicts(model: KIModel, optimizer) -> tuple[dict, dict]:
@@ -131,10 +136,7 @@ def restore_shards(model: KIModel, optimizer, ema: dict | None, path, optimizer_
     set_model_state_dict(model, model_state)
     tensors, _ = optimizer_tensors(optimizer_full)
     dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path / "optimizer")))
-    state = optimizer_state(tensors, optimizer_rest)
-    for group in state["param_groups"]:
-        group["betas"] = tuple(group["betas"])
-    set_optimizer_state_dict(model, optimizer, state)
+    set_optimizer_state_dict(model, optimizer, _tuple_betas(optimizer_state(tensors, optimizer_rest)))
     if ema is not None and (path / "ema").is_dir():
         dcp.load(ema, storage_reader=HuggingFaceStorageReader(str(path / "ema")))
 
