@@ -553,3 +553,28 @@ def test_export_lerobot_command_writes_a_dataset_kidata_reads_back(tmp_path, cap
     assert len(episodes) == 2 and report.quarantined.as_dict() == {} and episodes[0].fps == 80.0
     assert main(["export", "lerobot", "--recipe", "demo", "--source", "metaworld", "--out", str(tmp_path / "mw")]) != 0
     assert "already holds a LeRobot dataset; choose a new --out folder" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ refusals, 2
+def test_an_export_of_no_episodes_or_of_mixed_episodes_is_refused_in_one_sentence(tmp_path):
+    from kidata.pipelines.export_lerobot import export_lerobot
+    from kidata.schema import Episode
+
+    def episode(fps: float, dims: int) -> Episode:
+        values = np.zeros((5, dims), np.float32)
+        return Episode(episode_id=f"e{fps}{dims}", source="s", state=values, actions=values, instructions=("t",), fps=fps)
+
+    with pytest.raises(ValueError, match="no episodes to export"):
+        export_lerobot(iter([]), tmp_path / "none")
+    with pytest.raises(ValueError, match=r"episode 1 \(e10.03\): fps 10.0, state 3, action 3 differ from the first "
+                                         r"episode's \(5.0, 7, 7\)"):
+        export_lerobot([episode(5.0, 7), episode(10.0, 3)], tmp_path / "mixed")
+    with pytest.raises(ValueError, match="codec 'vp9': choose one of"):
+        export_lerobot([episode(5.0, 7)], tmp_path / "codec", codec="vp9")
+
+
+def test_kidata_stats_on_a_lerobot_source_needs_a_folder_or_a_repo():
+    from kidata.cli import main
+
+    with pytest.raises(SystemExit, match="give --path FOLDER or --repo-id ORG/NAME"):
+        main(["stats", "--reader", "lerobot"])

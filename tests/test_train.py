@@ -101,6 +101,8 @@ def test_checkpoints_hold_no_pickle(straight_run):
 
 
 def test_exported_weights_are_the_policys_and_rebuild_the_model_alone(straight_run, tmp_path, capsys):
+    import shutil
+
     from safetensors import safe_open
 
     from kidata import policy
@@ -120,6 +122,15 @@ def test_exported_weights_are_the_policys_and_rebuild_the_model_alone(straight_r
     assert main(["export", "weights", str(run), "--out", str(tmp_path / "t.safetensors"), "--no-ema"]) == 0
     assert main(["export", "weights", str(tmp_path), "--out", str(tmp_path / "x.safetensors")]) != 0
     assert "not a kidata run (no config.json)" in capsys.readouterr().err
+    damaged = tmp_path / "run"
+    shutil.copytree(run, damaged)
+    weights = damaged / "checkpoints" / "step_0000050" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["export", "weights", str(damaged), "--checkpoint", str(weights.parent),
+                 "--out", str(tmp_path / "d.safetensors")]) != 0
+    err = capsys.readouterr().err
+    assert "cannot export" in err and "model.safetensors has 1000 bytes" in err
+    assert not (tmp_path / "d.safetensors").exists()
 
 
 def test_a_resumed_run_repeats_the_uninterrupted_losses(mixture, straight_run, tmp_path):
@@ -364,6 +375,21 @@ def test_an_fsdp_checkpoint_serves_and_exports_on_one_process(two_process_runs, 
     ema = safetensors_at(run, 6, "ema.safetensors")
     assert all(torch.equal(served[name], ema[name]) for name in ema)  # the shards, gathered here
     assert main(["export", "weights", str(run), "--out", str(tmp_path / "w.safetensors")]) == 0
+
+
+@pytest.mark.slow
+def test_a_damaged_shard_is_named_and_the_previous_checkpoint_used(two_process_runs, tmp_path):
+    import shutil
+
+    from kidata.training.checkpoint import newest_complete
+
+    run = tmp_path / "damaged"
+    shutil.copytree(two_process_runs["fsdp"], run)
+    shard = sorted((run / "checkpoints" / "step_0000006" / "optimizer").iterdir())[1]
+    shard.write_bytes(shard.read_bytes()[:100])
+    path, notices = newest_complete(run)
+    assert path.name == "step_0000003"
+    assert len(notices) == 1 and shard.name in notices[0] and "truncated" in notices[0]
 
 
 @pytest.mark.slow
