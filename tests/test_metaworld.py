@@ -86,6 +86,25 @@ def test_scene_questions_are_answered_from_simulator_state():
     assert by_kind["side"].targets[0] == ("left" if thing[1] < hand[1] else "right")
 
 
+def test_scene_questions_point_at_the_rendered_goal_marker_in_tasks_that_have_one():
+    """reach's red goal ball, drawn 3x larger, is where "goal" points and what left/right is about;
+    button-press-topdown has no goal marker and gets no goal question."""
+    source = MetaWorldSceneSource(["reach", "button-press-topdown"], scenes_per_task=1, image_size=96,
+                                  pointing=True, goal_marker_scale=3.0)
+    examples = {e.example_id: e for e in source.examples()}
+    reach, button = "reach-v3-s0-q00000", "button-press-topdown-v3-s0-q00000"
+    side, point = examples[f"{reach}-goalside"], examples[f"{reach}-goalpoint"]
+    goal, hand = point.metadata["goal_yx"], point.metadata["hand_yx"]
+    np.testing.assert_allclose(point.points[0], goal, rtol=1e-6)
+    assert point.prompt == "goal" and side.prompt == "is the goal left or right of the gripper?"
+    assert side.targets == ("left" if goal[1] < hand[1] else "right",)
+    row, column = int(goal[0] * 96), int(goal[1] * 96)
+    patch = np.asarray(point.image).astype(int)[row - 1 : row + 2, column - 1 : column + 2].reshape(-1, 3)
+    red = (patch[:, 0] > 120) & (patch[:, 1] < 60) & (patch[:, 2] < 60)
+    assert red.sum() >= 5, patch
+    assert not any(key.startswith(button) and "goal" in key.rsplit("-", 1)[1] for key in examples)
+
+
 def test_projection_lands_on_the_rendered_gripper():
     """The hand's projected pixel in the upright corner view is where the (white-fingered) gripper is."""
     from kidata.envs.metaworld import Scene

@@ -150,7 +150,7 @@ class Scene:
                                         daemon=True)
         self._process.start()
         child.close()
-        self.dt, self.variation_count = self._call("info")
+        self.dt, self.variation_count, self.has_goal_marker = self._call("info")
 
     def _call(self, command: str, *args: Any) -> Any:
         self._connection.send((command, args))
@@ -195,7 +195,7 @@ def _serve(connection, task: str, seed: int, image_size: int, goal_marker_scale:
         command, args = connection.recv()
         try:
             if command == "info":
-                value = (scene.dt, len(scene.variations))
+                value = (scene.dt, len(scene.variations), scene.has_goal_marker)
             elif command == "close":
                 scene.close()
                 connection.send(("ok", None))
@@ -228,11 +228,12 @@ class _LocalScene:
         self._blocks: dict[int, list] = {}
         self._renderer = None
         self._mujoco = mujoco
-        if goal_marker_scale != 1.0:
-            model = self.env.model
-            goal = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_SITE, "goal")
-            if goal >= 0:
-                model.site_size[goal] *= goal_marker_scale
+        goal = mujoco.mj_name2id(self.env.model, mujoco.mjtObj.mjOBJ_SITE, "goal")
+        # the goal ball is drawn where the observation's last 3 values say (reach, push, ...);
+        # button-press-topdown has no such site
+        self.has_goal_marker = bool(goal >= 0 and self.env.model.site_rgba[goal][3] > 0)
+        if goal >= 0 and goal_marker_scale != 1.0:
+            self.env.model.site_size[goal] *= goal_marker_scale
 
     def reset(self, episode: int) -> np.ndarray:
         """Observation float64 [39] at the start of episode ``episode`` (variation + seed)."""

@@ -124,14 +124,21 @@ class MetaWorldSceneSource(VlmSource):
     * vqa "is the gripper open or closed?" -> open / closed (from the finger opening);
     * vqa "is <object> left or right of the gripper?" -> left / right (in the image);
     * point "<object>" -> its projected (y, x) when ``pointing`` (needs <loc> tokens, so the build
-      must keep FAST ids off them)."""
+      must keep FAST ids off them);
+    * in tasks with a goal marker (reach, push, pick-place, ...): vqa "is the goal left or right of
+      the gripper?" and, when ``pointing``, point "goal" -> the goal's projected (y, x). These ask
+      for exactly what a policy must find in the image to reach or push (README, Meta-World).
+
+    ``camera`` and ``goal_marker_scale`` should match the robot source's, so that the questions are
+    asked about the images the policy sees."""
 
     def __init__(self, tasks: str | Sequence[str], *, scenes_per_task: int = 10, seed: int = 0,
                  camera: str = "corner", image_size: int = 128, pointing: bool = False,
-                 name: str = "metaworld_scenes") -> None:
+                 goal_marker_scale: float = 1.0, name: str = "metaworld_scenes") -> None:
         super().__init__(name, image_size=image_size)
         self.tasks = resolve_tasks(tasks)
         self.scenes_per_task, self.seed, self.camera, self.pointing = scenes_per_task, seed, camera, pointing
+        self.goal_marker_scale = goal_marker_scale
 
     def _records(self) -> list[tuple[str, int]]:
         return [(task, index) for task in self.tasks for index in range(self.scenes_per_task)]
@@ -145,7 +152,8 @@ class MetaWorldSceneSource(VlmSource):
         try:
             for record in self.records[unit.start : unit.stop]:
                 if record[0] not in scenes:
-                    scenes[record[0]] = Scene(record[0], seed=self.seed + 7919, image_size=self.image_size)
+                    scenes[record[0]] = Scene(record[0], seed=self.seed + 7919, image_size=self.image_size,
+                                              goal_marker_scale=self.goal_marker_scale)
                 yield from self._scene_examples(scenes[record[0]], record, report)
         finally:
             for scene in scenes.values():
@@ -173,13 +181,29 @@ class MetaWorldSceneSource(VlmSource):
         if hand is None or thing is None or not all(0 <= v <= 1 for v in (*hand, *thing)):
             report.quarantine("object_out_of_view", base)
             return
-        side = "left" if thing[1] < hand[1] else "right"
         where = {"hand_yx": hand, "object_yx": thing}
         yield VlmExample(f"{base}-side", self.name, "vqa", image, prompt=f"is {label} left or right of the gripper?",
-                         targets=(side,), metadata=where)
+                         targets=(_side(thing, hand),), metadata=where)
         if self.pointing:
             yield VlmExample(f"{base}-point", self.name, "point", image, prompt=label.removeprefix("the "),
                              points=np.asarray([thing], dtype=np.float32), labels=(label,), metadata=where)
+        if not scene.has_goal_marker:
+            return
+        goal = scene.project(observation[-3:], self.camera)
+        if goal is None or not all(0 <= v <= 1 for v in goal):
+            report.quarantine("goal_out_of_view", base)
+            return
+        where = {"hand_yx": hand, "goal_yx": goal}
+        yield VlmExample(f"{base}-goalside", self.name, "vqa", image, prompt="is the goal left or right of the gripper?",
+                         targets=(_side(goal, hand),), metadata=where)
+        if self.pointing:
+            yield VlmExample(f"{base}-goalpoint", self.name, "point", image, prompt="goal",
+                             points=np.asarray([goal], dtype=np.float32), labels=("goal",), metadata=where)
+
+
+def _side(thing: tuple[float, float], hand: tuple[float, float]) -> str:
+    """Left or right of the gripper in the (upright) image: x of (y, x)."""
+    return "left" if thing[1] < hand[1] else "right"
 
 
 @register_reader("metaworld", kind="robot",
@@ -195,10 +219,11 @@ def open_metaworld(options, *, name: str, image_size: int, seed: int = 0) -> Met
 
 
 @register_reader("metaworld_scenes", kind="vlm",
-                 options=("tasks", "scenes_per_task", "seed", "camera", "image_size", "pointing"),
+                 options=("tasks", "scenes_per_task", "seed", "camera", "image_size", "pointing", "goal_marker_scale"),
                  loc_tokens=lambda options: bool(options.get("pointing")))
 def open_metaworld_scenes(options, *, name: str, image_size: int, seed: int = 0) -> MetaWorldSceneSource:
     return MetaWorldSceneSource(options["tasks"], scenes_per_task=int(options.get("scenes_per_task", 10)),
                                 seed=int(options.get("seed", seed)), camera=options.get("camera", "corner"),
                                 image_size=int(options.get("image_size", image_size)),
-                                pointing=bool(options.get("pointing", False)), name=name)
+                                pointing=bool(options.get("pointing", False)),
+                                goal_marker_scale=float(options.get("goal_marker_scale", 1.0)), name=name)
