@@ -63,6 +63,12 @@ class Encoding:
     fast_token_range: tuple[int, int]
     special_state_range: tuple[int, int] | None = None
 
+    @property
+    def token_vocab_size(self) -> int:
+        """Ids a model must embed: the text vocabulary, and action ids appended past it (the
+        ``offset`` rule at or beyond the text vocabulary, when the text has no room for them)."""
+        return max(self.text_vocab_size, self.fast_token_range[1] + 1)
+
     def to_json(self) -> dict:
         out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
         if out["special_state_range"] is None:

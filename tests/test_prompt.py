@@ -114,6 +114,17 @@ def test_colliding_ranges_are_refused_with_both_named(text, chunk_and_fast):
         ActionIdMap(text.vocab_size, 2048)
 
 
+def test_action_ids_appended_past_the_text_vocabulary_leave_the_loc_tokens_to_pointing(text, chunk_and_fast):
+    """With every text id in use (<loc> included), the offset rule at the text vocabulary's end
+    appends the action ids; an offset that would straddle the end is still refused."""
+    _, fast = chunk_and_fast
+    appended = ActionIdMap(text.vocab_size, 1024, rule="offset", offset=text.vocab_size)
+    encoder = SampleEncoder(text, fast, id_map=appended, uses_loc_tokens=True)
+    assert encoder.id_map.range.as_list() == [2048, 3071]
+    with pytest.raises(RangeCollision, match="do not fit"):
+        ActionIdMap(text.vocab_size, 1024, rule="offset", offset=text.vocab_size - 10)
+
+
 def test_overlong_samples_are_rejected_not_truncated(text, chunk_and_fast):
     chunk, fast = chunk_and_fast
     with pytest.raises(SampleRejected) as rejected:

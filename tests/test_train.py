@@ -195,7 +195,22 @@ def test_a_mixture_that_does_not_fit_the_model_is_refused_before_training(mixtur
         train(config(mixture, "--model.action_horizon", "5"), tmp_path / "run")
     with pytest.raises(ManifestMismatch, match="action tokens: data 'fast', model action_tokens 'bins'"):
         train(config(mixture, "--model.action_tokens", "bins"), tmp_path / "run")
+    with pytest.raises(ManifestMismatch, match=r"token vocabulary: data 2048 .* > model vocab_size 1024"):
+        train(config(mixture, "--model.vocab_size", "1024"), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_action_ids_appended_past_the_text_need_a_model_vocabulary_that_covers_them():
+    from types import SimpleNamespace
+
+    from kidata.manifest import Encoding
+
+    encoding = Encoding("continuous", "pi05", 10, 4, 112, 80, "quantile", "offset", 2048, (2048, 2559))
+    manifest = SimpleNamespace(encoding=encoding, action_tokens="fast", sources=[])
+    base = ["--model.image_size", "112", "--model.action_dim", "4", "--model.state_input", "prefix"]
+    with pytest.raises(ManifestMismatch, match=r"data 2560 \(text 2048, action ids \[2048, 2559\]\) > model vocab_size 2048"):
+        train_module.check_compatible(manifest, TrainConfig.load(TINY, base))
+    train_module.check_compatible(manifest, TrainConfig.load(TINY, [*base, "--model.vocab_size", "2560"]))
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_last_checkpoint(mixture, tmp_path, monkeypatch):

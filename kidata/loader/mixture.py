@@ -196,7 +196,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             shards = tuple((s.path, s.samples) for s in source.split_shards(split))
             if shards:
                 sums = {s.path: s.sha256 for s in source.shards} if verify_shards else None
-                self.plans.append(_SourcePlan(index, source.name, root, shards, encoding.text_vocab_size,
+                self.plans.append(_SourcePlan(index, source.name, root, shards, encoding.token_vocab_size,
                                               encoding.max_tokens, sums))
                 base[source.name] = source.weight * (sum(c for _, c in shards) if balance else 1.0)
         if not self.plans:

@@ -3,7 +3,9 @@
 FAST (or naive-bin) ids map into the VLM vocabulary by a rule. The default is openpi's:
 text id = vocab_size - 1 - skip - t with skip = 128, which on PaliGemma (and on our demo
 tokenizer) lands on the ``<loc>`` tokens just below the 128 ``<seg>`` tokens. The ``offset`` rule
-maps t to first + t instead. Whatever the rule, the range used is computed from the action
+maps t to first + t instead; an offset at or past the text vocabulary appends the action ids after
+it (the model's ``vocab_size`` must then cover them: ``Encoding.token_vocab_size``), for mixtures
+whose VLM tasks use every text id, <loc> tokens included. Whatever the rule, the range used is computed from the action
 tokenizer's vocabulary size, recorded, and checked against every other range the mixture uses.
 """
 
@@ -48,7 +50,8 @@ class ActionIdMap:
         if self.rule not in ("openpi", "offset"):
             raise ValueError(f"action id rule must be 'openpi' or 'offset', got {self.rule!r}")
         token_range = self.range
-        if token_range.first < 0 or token_range.last >= self.text_vocab_size:
+        appended = self.rule == "offset" and self.offset >= self.text_vocab_size
+        if token_range.first < 0 or (token_range.last >= self.text_vocab_size and not appended):
             raise RangeCollision(
                 f"{self.action_vocab_size} action tokens do not fit the {self.text_vocab_size}-token text "
                 f"vocabulary with rule {self.rule!r} (range {token_range.as_list()})"

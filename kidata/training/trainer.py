@@ -70,8 +70,9 @@ def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
         problems.append(f"action_dim: data {encoding.action_dim} > model {model.action_dim}")
     if encoding.image_size != model.image_size:
         problems.append(f"image_size: data {encoding.image_size}, model {model.image_size}")
-    if encoding.text_vocab_size > model.vocab_size:
-        problems.append(f"text vocabulary: data {encoding.text_vocab_size} > model vocab_size {model.vocab_size}")
+    if encoding.token_vocab_size > model.vocab_size:
+        problems.append(f"token vocabulary: data {encoding.token_vocab_size} (text {encoding.text_vocab_size}, action ids "
+                        f"{list(encoding.fast_token_range)}) > model vocab_size {model.vocab_size}")
     kind = manifest.action_tokens
     if kind != model.action_tokens:
         problems.append(f"action tokens: data {kind!r}, model action_tokens {model.action_tokens!r}")
