@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Sequence, TypedDict
 
 import numpy as np
 
@@ -271,6 +271,8 @@ class Batch(TypedDict):
     action_dim_mask    bool [B, A]
     has_actions        bool [B]                the flow-matching loss applies
     source_index       int64 [B]               index into the manifest's sources
+    vlm_task           int64 [B]               1 + VLM_TASKS.index of a VLM sample; 0 robot
+                                               (held-out metrics per task; the model ignores it)
     =================  ======================  ===================================================
     """
 
@@ -288,4 +290,5 @@ class Batch(TypedDict):
     action_dim_mask: torch.Tensor
     has_actions: torch.Tensor
     source_index: torch.Tensor
+    vlm_task: NotRequired[torch.Tensor]
 

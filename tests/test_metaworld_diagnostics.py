@@ -241,7 +241,7 @@ def test_per_step_open_loop_error_puts_an_error_at_its_step():
              "source_index": torch.tensor([0]), "tokens": torch.zeros(1, 4, dtype=torch.long),
              "token_mask": torch.ones(1, 4, dtype=torch.bool), "prefix_length": torch.tensor([4]),
              "loss": torch.zeros(1, 4, dtype=torch.bool), "ar": torch.zeros(1, 4, dtype=torch.bool)}
-    evaluator = HeldOutMetrics(manifest, SimpleNamespace(stop_ids=[]))
+    evaluator = HeldOutMetrics(manifest, SimpleNamespace(stop_ids=[], text=SimpleNamespace(loc_range=lambda: None)))
     evaluator.update(Model(), batch)
     result = evaluator.result()
     assert result["action_mse_step"] == [0.0, 2.0, 0.0]  # 4 / 2 dimensions at step 1

@@ -219,3 +219,45 @@ def test_two_cameras_and_padded_rows_give_transformers_logits(tmp_path, dtype):
     tolerance = 1e-4 if dtype == torch.float32 else 0.15  # bf16: 8 mantissa bits through 2 + 2 layers
     for row, length in enumerate(lengths):
         torch.testing.assert_close(logits[row, :length], expected[row, :length], atol=tolerance, rtol=0)
+
+
+SMALL = dict(image_size=32, patch_size=8, vision_width=32, vision_depth=2, vision_heads=2, vision_mlp=64,
+             vocab_size=256, width=64, depth=2, heads=4, kv_heads=1, head_dim=16, mlp=128, expert_width=32,
+             expert_mlp=64, action_dim=4, action_horizon=4, state_dim=4, state_input="prefix")
+
+
+@pytest.mark.parametrize("variant", ["ki", "pi0", "joint", "pi0_fast", "frozen", "hybrid"])
+def test_a_vlm_backbone_loads_into_every_variant_and_leaves_the_rest_fresh(tmp_path, variant):
+    from kidata.model.weights import load_kidata, save_weights
+
+    torch.manual_seed(1)
+    vlm = KIModel(ModelConfig(**SMALL, variant="vlm"))
+    save_weights(vlm, tmp_path / "vlm.safetensors")
+    torch.manual_seed(2)
+    model = KIModel(ModelConfig(**SMALL, variant=variant))
+    fresh = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    report = load_kidata(model, tmp_path / "vlm.safetensors")
+    assert report["loaded_parts"] == {"vision": 2 + 1 + 2 * 16 + 2, "projector": 2, "embedding": 1,
+                                      "decoder": 2 * 9 + 1}
+    source = vlm.state_dict()
+    backbone = {name for name in source if name.split(".")[0] in ("vision", "projector", "embed", "layers", "final_norm")}
+    assert report["loaded"] == len(backbone) == sum(report["loaded_parts"].values())
+    for name, tensor in model.state_dict().items():
+        expected = source[name] if name in backbone else fresh[name]
+        torch.testing.assert_close(tensor, expected, rtol=0, atol=0, msg=name)
+    assert "state_proj.weight" in report["fresh"]
+    assert any(name.startswith("expert_layers.") for name in report["fresh"]) == (variant != "pi0_fast")
+
+
+def test_a_kidata_backbone_of_another_size_or_path_is_refused_naming_it(tmp_path):
+    from kidata.model.weights import load_kidata, save_weights
+
+    save_weights(KIModel(ModelConfig(**SMALL, variant="vlm")), tmp_path / "vlm.safetensors")
+    wider = KIModel(ModelConfig(**{**SMALL, "mlp": 256}))
+    with pytest.raises(WeightsError, match=r"layers.0.mlp.down.weight \(64, 128\) vs the model's \(64, 256\)"):
+        load_kidata(wider, tmp_path / "vlm.safetensors")
+    with pytest.raises(WeightsError, match="no such kidata run, checkpoint or weights file"):
+        load_kidata(wider, tmp_path / "missing")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(WeightsError, match="the run has no checkpoint yet"):
+        load_kidata(wider, tmp_path / "run")

@@ -15,7 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from kidata.schema import Batch
+from kidata.schema import VLM_TASKS, Batch
 
 DEFAULT_CAMERAS = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
 
@@ -45,6 +45,7 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
     action_dim_mask = torch.zeros(batch, action_dim, dtype=torch.bool)
     has_actions = torch.zeros(batch, dtype=torch.bool)
     source_index = torch.zeros(batch, dtype=torch.int64)
+    vlm_task = torch.zeros(batch, dtype=torch.int64)  # 0 robot (or unknown), else 1 + VLM_TASKS.index
     for row, sample in enumerate(samples):
         length = len(sample["tokens"])
         if length > max_tokens:
@@ -74,10 +75,12 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
             action_dim_mask[row, :dims] = True
             has_actions[row] = bool(sample["meta"].get("has_actions", True))
         source_index[row] = sample["source_index"]
+        kind = sample["meta"].get("kind")
+        vlm_task[row] = VLM_TASKS.index(kind) + 1 if kind in VLM_TASKS else 0
     return {"images": images, "image_mask": image_mask, "tokens": tokens, "ar": ar, "loss": loss,
             "token_mask": token_mask, "prefix_length": prefix_length, "state": state, "state_dim_mask": state_dim_mask,
             "actions": actions, "action_valid": action_valid, "action_dim_mask": action_dim_mask,
-            "has_actions": has_actions, "source_index": source_index}
+            "has_actions": has_actions, "source_index": source_index, "vlm_task": vlm_task}
 
 
 class Augment:

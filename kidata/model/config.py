@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-VARIANTS = ("ki", "joint", "pi0", "pi0_fast", "frozen", "hybrid")
+VARIANTS = ("ki", "joint", "pi0", "pi0_fast", "frozen", "hybrid", "vlm")
 ACTION_TOKENS = ("fast", "bins")  # the discrete objective the manifest's action tokenizer must match
 STATE_INPUTS = ("tokens", "prefix", "expert")
 TIME_CONDITIONINGS = ("adarms", "concat")
@@ -23,6 +23,8 @@ class ModelConfig:
       ``pi0_fast`` token loss only, no expert (actions decoded autoregressively at inference).
       ``frozen``   backbone frozen (no gradients, not trained), expert trained on the flow loss.
       ``hybrid``   as ``joint``, and target tokens also attend to the noisy actions (HybridVLA).
+      ``vlm``      the backbone alone on a VLM-only mixture (token loss, no expert): a pretrained
+                   backbone for any variant (``train.init_format = "kidata"``).
     action_tokens: ``fast`` or ``bins`` (naive / strided bins): checked against the manifest.
     state_input: ``tokens`` (state is in the text, discrete), ``prefix`` (a learned projection of
       the continuous state as one prefix token), ``expert`` (pi0: a state token heading the
@@ -66,8 +68,8 @@ class ModelConfig:
                               ("state_input", STATE_INPUTS), ("time_conditioning", TIME_CONDITIONINGS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.variant == "pi0_fast" and self.state_input == "expert":
-            raise ValueError("state_input='expert' needs an expert; pi0_fast has none")
+        if not self.has_expert and self.state_input == "expert":
+            raise ValueError(f"state_input='expert' needs an expert; {self.variant} has none")
         if self.width % self.heads or self.heads % self.kv_heads:
             raise ValueError("heads must divide width and kv_heads must divide heads")
 
@@ -77,12 +79,12 @@ class ModelConfig:
 
     @property
     def has_expert(self) -> bool:
-        return self.variant != "pi0_fast"
+        return self.variant not in ("pi0_fast", "vlm")
 
     @property
     def fast_loss(self) -> bool:
         """The token cross-entropy is part of the training loss."""
-        return self.variant in ("ki", "joint", "pi0_fast", "hybrid")
+        return self.variant in ("ki", "joint", "pi0_fast", "hybrid", "vlm")
 
     @property
     def backbone_frozen(self) -> bool:

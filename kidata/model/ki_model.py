@@ -293,7 +293,8 @@ class KIModel(nn.Module):
         ``batch`` holds only the prefix (no FAST tokens). ``use_cache=False`` recomputes the
         backbone every step (for checking the cache)."""
         if not self.config.has_expert:
-            raise ValueError("pi0_fast has no action expert: decode actions with generate() and the FAST tokenizer")
+            raise ValueError(f"{self.config.variant} has no action expert: decode actions with generate() and the "
+                             "FAST tokenizer (pi0_fast)")
         b = batch["tokens"].shape[0]
         device = batch["tokens"].device
         shape = (b, self.config.action_horizon, self.config.action_dim)

@@ -13,12 +13,16 @@ from typing import Any, Mapping, Sequence
 from kidata.config import apply_overrides, check_keys, from_table, nearest, parse_overrides, read_toml
 from kidata.model.config import ModelConfig
 
+INIT_FORMATS = ("paligemma", "openpi", "kidata")
+
 
 @dataclass(frozen=True)
 class LoopConfig:
     """steps: optimizer steps. precision: ``auto`` = bf16 autocast on CUDA, fp32 on CPU (master
     weights stay fp32 either way). init_from: a PaliGemma checkpoint (directory, URL or hub id)
-    for the backbone, or an openpi pi0/pi0.5 ``model.safetensors`` when ``init_format='openpi'``."""
+    for the backbone, an openpi pi0/pi0.5 ``model.safetensors`` when ``init_format='openpi'``, or
+    a kidata run's backbone when ``init_format='kidata'`` (e.g. a ``vlm`` run: the expert stays
+    fresh)."""
 
     steps: int = 1000
     seed: int = 0
@@ -136,8 +140,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.train.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.train.precision!r}")
-        if self.train.init_format not in ("paligemma", "openpi"):
-            raise ValueError(f"train.init_format must be paligemma or openpi, got {self.train.init_format!r}")
+        if self.train.init_format not in INIT_FORMATS:
+            raise ValueError(f"train.init_format must be one of {INIT_FORMATS}, got {self.train.init_format!r}")
         for name, value in (("train.steps", self.train.steps), ("data.batch_size", self.data.batch_size),
                             ("optim.grad_accum", self.optim.grad_accum), ("checkpoint.keep", self.checkpoint.keep)):
             if value < 1:

@@ -12,7 +12,11 @@ On batches of the build's ``val`` split (episodes / examples held out by the rec
   action tokenizer (the pi0-FAST path), vs ground truth.
 * ``vlm_token_accuracy``: teacher-forced next-token accuracy on the VLM rows' target tokens, and
   ``vlm_exact_match``: the greedy answer equals the target answer token for token (VQA accuracy
-  for short answers) — the paper's retention question.
+  for short answers) — the paper's retention question; per VLM task as well
+  (``vlm_exact_match/vqa``, ``/point``, ``/caption``, ``/detect``).
+* ``vlm_point_error``: on pointing rows, the distance (in image sides) from the first point the
+  model generates to the target's; ``vlm_point_within_0.05``: the fraction within 5% of the image
+  side; ``vlm_point_parsed``: the fraction of answers that begin with a point at all.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import torch
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.normalize import NormStats, unnormalize
+from kidata.schema import VLM_TASKS
+
+POINT_HIT_RADIUS = 0.05  # a point within 5% of the image side of the target counts as a hit
 
 
 def _cut(batch: Mapping[str, torch.Tensor], stops: torch.Tensor, *, keep_causal: bool) -> dict[str, torch.Tensor]:
@@ -66,6 +73,7 @@ class HeldOutMetrics:
         self.stats = {index: NormStats.from_json(s.norm_stats) for index, s in enumerate(manifest.sources)
                       if s.kind == "robot"}
         self.stop_ids = encoder.stop_ids
+        self.loc_range = encoder.text.loc_range()
         self.sums: dict[str, float] = {}
         self.counts: dict[str, float] = {}
         self.dim_sq: np.ndarray | None = None
@@ -104,9 +112,37 @@ class HeldOutMetrics:
             targets, mask = batch["tokens"][:, 1:], batch["loss"][:, 1:] & vlm[:, None]
             self._add("vlm_token_accuracy", float(((predicted == targets) & mask).sum()), float(mask.sum()))
             answers = model.generate(prompt, int(batch["loss"].sum(1).max()), stop_ids=self.stop_ids).cpu()
+            tasks = batch.get("vlm_task", torch.zeros_like(robot)).cpu()
             for row in torch.nonzero(vlm).flatten().tolist():
                 target = batch["tokens"][row][batch["loss"][row]].cpu()
-                self._add("vlm_exact_match", float(torch.equal(answers[row, : len(target)], target)), 1.0)
+                exact = float(torch.equal(answers[row, : len(target)], target))
+                self._add("vlm_exact_match", exact, 1.0)
+                task = VLM_TASKS[tasks[row] - 1] if tasks[row] > 0 else None
+                if task is not None:
+                    self._add(f"vlm_exact_match/{task}", exact, 1.0)
+                if task == "point" and self.loc_range is not None:
+                    self._point_error(answers[row].numpy(), target.numpy())
+
+    def _point_error(self, answer: np.ndarray, target: np.ndarray) -> None:
+        """Distance, in image sides, between the first point the model names and the target's
+        first point (two <loc> tokens each: y, x of 1024 bins). An answer without two <loc>
+        tokens up front counts as unparsed (``vlm_point_parsed``), not as a distance."""
+        first, last = self.loc_range
+
+        def point(ids: np.ndarray) -> np.ndarray | None:
+            head = ids[:2]
+            if len(head) < 2 or not ((head >= first) & (head <= last)).all():
+                return None
+            return (head - first + 0.5) / 1024.0
+
+        truth, guess = point(target), point(answer)
+        if truth is None:
+            return
+        self._add("vlm_point_parsed", float(guess is not None), 1.0)
+        if guess is not None:
+            distance = float(np.linalg.norm(guess - truth))
+            self._add("vlm_point_error", distance, 1.0)
+            self._add("vlm_point_within_0.05", float(distance <= POINT_HIT_RADIUS), 1.0)
 
     def _action_error(self, name: str, predicted: np.ndarray, batch, ok: np.ndarray) -> None:
         truth = batch["actions"].float().cpu().numpy()

@@ -64,6 +64,10 @@ def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
     """Refuses a mixture whose encoding does not fit the model, naming every difference."""
     model, encoding = config.model, manifest.encoding
     problems = []
+    robot = [s.name for s in manifest.sources if s.kind == "robot"]
+    if model.variant == "vlm" and robot:
+        problems.append(f"variant vlm trains the backbone on VLM data alone, the mixture has robot sources {robot} "
+                        "(train them with pi0_fast, or build the VLM sources alone)")
     if encoding.action_horizon != model.action_horizon:
         problems.append(f"action_horizon: data {encoding.action_horizon}, model {model.action_horizon}")
     if encoding.action_dim > model.action_dim:
@@ -147,9 +151,10 @@ def _build_model(config: TrainConfig, device: torch.device, world: int, *, bf16:
     torch.manual_seed(config.train.seed)
     model = KIModel(config.model)
     if config.train.init_from:
-        from kidata.model.weights import load_openpi, load_paligemma
+        from kidata.model.weights import load_kidata, load_openpi, load_paligemma
 
-        report = (load_openpi if config.train.init_format == "openpi" else load_paligemma)(model, config.train.init_from)
+        loaders = {"paligemma": load_paligemma, "openpi": load_openpi, "kidata": load_kidata}
+        report = loaders[config.train.init_format](model, config.train.init_from)
         fresh, cut = sorted({name.split(".")[0] for name in report["fresh"]}), report["embedding_rows_sliced"]
         print(f"initialized from {config.train.init_from}: {report['loaded']} tensors loaded"
               + (f", {cut} embedding rows past the vocabulary cut" if cut else "")
