@@ -16,7 +16,7 @@ import sys
 from typing import Sequence
 
 # the order ``kidata --help`` lists the commands in: the user's journey; modules not named here follow
-ORDER = ("demo", "stats", "fast", "build", "verify", "inspect", "train", "eval", "serve", "export", "model",
+ORDER = ("demo", "stats", "fast", "build", "verify", "inspect", "train", "eval", "compare", "serve", "export", "model",
          "fetch_images", "assets")
 
 

@@ -82,9 +82,12 @@ class EvalConfig:
     """Every ``every`` steps (0 = only at the end) on ``batches`` batches of the held-out split.
     ``metaworld = { tasks = [...], episodes = N, max_steps = 300, replan = 5 }`` also runs the
     policy closed-loop in Meta-World at each evaluation (rank 0; the run's scene settings), so
-    success rates land in metrics.jsonl, TensorBoard and the loss-curve plot."""
+    success rates land in metrics.jsonl, TensorBoard and the loss-curve plot. ``at_start`` also
+    evaluates before the first step (logged at step 0): what an initialization (``init_from``)
+    knew before training, the "before" of a retention comparison."""
 
     every: int = 500
+    at_start: bool = False
     batches: int = 2
     batch_size: int = 8
     num_steps: int = 10

@@ -64,10 +64,11 @@ def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
     """Refuses a mixture whose encoding does not fit the model, naming every difference."""
     model, encoding = config.model, manifest.encoding
     problems = []
-    robot = [s.name for s in manifest.sources if s.kind == "robot"]
+    weights = config.data.weights
+    robot = [s.name for s in manifest.sources if s.kind == "robot" and (weights.get(s.name, 0.0) if weights else s.weight)]
     if model.variant == "vlm" and robot:
-        problems.append(f"variant vlm trains the backbone on VLM data alone, the mixture has robot sources {robot} "
-                        "(train them with pi0_fast, or build the VLM sources alone)")
+        problems.append(f"variant vlm trains the backbone on VLM data alone, the mixture samples robot sources {robot} "
+                        "(weigh them 0 with data.weights, train them with pi0_fast, or build the VLM sources alone)")
     if encoding.action_horizon != model.action_horizon:
         problems.append(f"action_horizon: data {encoding.action_horizon}, model {model.action_horizon}")
     if encoding.action_dim > model.action_dim:
@@ -236,6 +237,9 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     batches = iter(loader)
     fed = 0  # batches taken from the loader in this process
     last_tokens = None  # the last batch's tokens: a checkpoint records each rank's (hashed only then)
+    if config.eval.at_start and start == 0:
+        logger.evaluation(0, _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast,
+                                          has_val))
     wrapped.train()
     for step in range(start, config.train.steps):
         began = time.perf_counter()

@@ -1,0 +1,56 @@
+"""``kidata compare``: KI vs pi0 vs joint vs pi0-FAST vs frozen, with and without co-training, on one
+mixture with one budget (``kidata.compare``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(commands) -> None:
+    compare = commands.add_parser(
+        "compare", help="train the paper's variants on one mixture and compare them (table and plots)",
+        epilog="examples:\n"
+               "  kidata train --model model/ki_tiny.toml --data runs/cmp/data/manifest.json --model.variant vlm \\\n"
+               "      --data.weights '{metaworld_scenes = 1.0}' --out runs/vlm\n"
+               "  kidata compare --recipe pipelines/metaworld_cotrain.toml --model model/ki_tiny.toml --init runs/vlm \\\n"
+               "      --variants ki,pi0,joint,pi0_fast,frozen --cotrain on,off --seeds 3 --steps 2000 --out runs/cmp")
+    compare.add_argument("--recipe", required=True, help="the mixture's recipe (built once into OUT/data)")
+    compare.add_argument("--model", required=True, help="the model preset every run trains")
+    compare.add_argument("--out", required=True, help="output directory (runs, compare.json, compare.md, plots)")
+    compare.add_argument("--init", default="", help="a kidata run whose backbone initializes every run (a vlm run)")
+    compare.add_argument("--variants", default="ki,pi0,joint,pi0_fast,frozen", help="comma-separated variants")
+    compare.add_argument("--cotrain", default="on,off", help="co-training arms: on, off or on,off")
+    compare.add_argument("--seeds", type=int, default=3, help="seeds per arm")
+    compare.add_argument("--steps", type=int, default=2000, help="training steps per run")
+    compare.add_argument("--evaluations", type=int, default=4, help="evaluations per run (and one at step 0)")
+    compare.add_argument("--target-mse", type=float, help="action error of the steps-to-reach statistic "
+                                                          "(default: the runs' mean final error)")
+    compare.add_argument("--metaworld-episodes", type=int, default=0,
+                         help="closed-loop episodes per task at each evaluation (a recipe with a metaworld source)")
+    compare.add_argument("--workers", type=int, default=2, help="build worker processes")
+    compare.add_argument("--report-only", action="store_true", help="recompute the table and plots from the runs")
+    compare.add_argument("overrides", nargs=argparse.REMAINDER,
+                         help="training overrides for every run after --, e.g. -- --data.batch_size 16")
+    compare.set_defaults(handler=compare_command)
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    from kidata.compare import CompareConfig, compare, report
+
+    arms = {"on": True, "off": False}
+    cotrain = [part.strip() for part in args.cotrain.split(",") if part.strip()]
+    unknown = [part for part in cotrain if part not in arms]
+    if unknown:
+        raise ValueError(f"--cotrain takes on, off or on,off, got {unknown}")
+    overrides = [item for item in args.overrides if item != "--"]
+    config = CompareConfig(recipe=args.recipe, model=args.model, out=Path(args.out),
+                           variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
+                           cotrain=tuple(arms[part] for part in cotrain), seeds=args.seeds, steps=args.steps,
+                           evaluations=args.evaluations, init=args.init, target_mse=args.target_mse,
+                           metaworld_episodes=args.metaworld_episodes, workers=args.workers,
+                           overrides=tuple(overrides))
+    summary = report(config) if args.report_only else compare(config)
+    print((Path(args.out) / "compare.md").read_text())
+    print(f"compare: {args.out}/compare.json, compare.md, {', '.join(Path(p).name for p in summary['plots'])}")
+    return 0

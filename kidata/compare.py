@@ -1,0 +1,319 @@
+"""``kidata compare``: the paper's comparison (section 5, Fig. 6-7, Table 1) on the user's mixture.
+
+One mixture, built once; then each (variant, co-training, seed) run trained with the same budget,
+evaluation schedule and, per seed, the same data order; then one table and three plots. "Co-training
+off" is the same manifest with the VLM sources weighed 0, so both arms read the same shards. Every
+run evaluates at step 0 too (``eval.at_start``): the "before" of the VLM retention metrics is what
+the initialization (``--init``, a ``vlm`` run) knew, measured the same way as the "after".
+
+Resumable by construction: a run with a ``report.json`` is finished and not retrained; a run with
+checkpoints resumes; the summary is recomputed from the runs' ``metrics.jsonl`` every time.
+
+No direction is asserted: at small scale the paper's effects may not appear, and the table says
+what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+RUN_VARIANTS = ("ki", "pi0", "joint", "pi0_fast", "frozen", "hybrid")
+RETENTION_PREFIX = "vlm_"  # held-out metrics that measure the backbone's VLM knowledge
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What to compare. ``target_mse``: the action error whose first crossing is the "steps to
+    reach" statistic (the paper's Fig. 6b); default: the mean final error of the runs, so that the
+    statistic separates fast from slow learners. ``metaworld_episodes`` > 0 adds closed-loop
+    success at each evaluation (a recipe with a ``metaworld`` source)."""
+
+    recipe: str
+    model: str
+    out: Path
+    variants: tuple[str, ...] = ("ki", "pi0", "joint", "pi0_fast", "frozen")
+    cotrain: tuple[bool, ...] = (True, False)
+    seeds: int = 3
+    steps: int = 2000
+    evaluations: int = 4
+    init: str = ""
+    target_mse: float | None = None
+    metaworld_episodes: int = 0
+    metaworld_max_steps: int = 300
+    workers: int = 2
+    overrides: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        unknown = [v for v in self.variants if v not in RUN_VARIANTS]
+        if unknown:
+            raise ValueError(f"--variants {unknown} are not among {list(RUN_VARIANTS)}")
+        if not self.variants or not self.cotrain or self.seeds < 1 or self.steps < 1 or self.evaluations < 1:
+            raise ValueError("compare needs at least one variant, one co-training arm, one seed, one step and "
+                             "one evaluation")
+
+    def run_names(self) -> list[tuple[str, str, bool, int]]:
+        """(name, variant, co-training, seed) in training order: seed-major, so that a partial
+        comparison already holds one of every arm."""
+        return [(f"{variant}-{'cotrain' if on else 'robot'}-s{seed}", variant, on, seed)
+                for seed in range(self.seeds) for on in self.cotrain for variant in self.variants]
+
+
+def build_once(config: CompareConfig) -> Path:
+    """The mixture's manifest, built into ``out/data`` unless a build of the same recipe is there."""
+    from kidata.pipelines.build import build
+    from kidata.pipelines.recipe import load_recipe
+
+    manifest = config.out / "data" / "manifest.json"
+    recipe = load_recipe(config.recipe)
+    if manifest.is_file():
+        built = json.loads(manifest.read_text()).get("recipe_sha256", "")
+        if built != recipe.sha256:
+            raise ValueError(f"{manifest} was built from another recipe than {config.recipe} (recipe sha256 "
+                             f"{built[:12]} vs {recipe.sha256[:12]}): use another --out")
+        return manifest
+    print(f"building {config.recipe} into {manifest.parent} ...", flush=True)
+    build(recipe, str(manifest.parent), workers=config.workers, progress=True)
+    return manifest
+
+
+def _overrides(config: CompareConfig, manifest_path: Path, variant: str, cotrain: bool, seed: int) -> list[str]:
+    from kidata.manifest import Manifest
+
+    manifest, _ = Manifest.read(str(manifest_path))
+    vlm = [s.name for s in manifest.sources if s.kind == "vlm"]
+    every = max(1, config.steps // config.evaluations)
+    out = ["--data.manifest", json.dumps(str(manifest_path)), "--model.variant", variant, "--train.seed", str(seed),
+           "--train.steps", str(config.steps), "--eval.every", str(every), "--eval.at_start", "true",
+           "--checkpoint.every", str(every), "--checkpoint.keep", "1"]
+    if cotrain and not vlm:
+        raise ValueError(f"--cotrain on needs VLM sources; {manifest_path} has only "
+                         f"{[s.name for s in manifest.sources]} (use --cotrain off)")
+    if not cotrain and vlm:
+        out += ["--data.weights", _toml({s.name: s.weight for s in manifest.sources if s.kind == "robot"})]
+    if config.init:
+        out += ["--train.init_from", json.dumps(str(config.init)), "--train.init_format", "kidata"]
+    if config.metaworld_episodes:
+        tasks = [t for s in manifest.recipe.get("sources", []) if s.get("reader") == "metaworld"
+                 for t in _as_list(s.get("tasks"))]
+        if not tasks:
+            raise ValueError(f"--metaworld-episodes needs a metaworld source in {config.recipe}")
+        out += ["--eval.metaworld", _toml({"tasks": tasks, "episodes": config.metaworld_episodes,
+                                           "max_steps": config.metaworld_max_steps})]
+    return out + list(config.overrides)
+
+
+def _toml(table: dict[str, Any]) -> str:
+    """An inline TOML table (what ``--section.key`` overrides read); values as JSON literals,
+    which TOML reads alike for strings, numbers and arrays of them."""
+    return "{" + ", ".join(f"{json.dumps(key)} = {json.dumps(value)}" for key, value in table.items()) + "}"
+
+
+def _as_list(value: Any) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def train_all(config: CompareConfig, manifest_path: Path) -> list[Path]:
+    """Trains every run not yet finished (``report.json``), resuming those with checkpoints."""
+    from kidata.training.checkpoint import holds_checkpoints
+    from kidata.training.config import TrainConfig
+    from kidata.training.trainer import train
+
+    runs = []
+    for index, (name, variant, cotrain, seed) in enumerate(config.run_names()):
+        run = config.out / "runs" / name
+        runs.append(run)
+        if (run / "report.json").is_file():
+            print(f"[{index + 1}/{len(config.run_names())}] {name}: finished, not retrained", flush=True)
+            continue
+        resume = holds_checkpoints(run)
+        print(f"[{index + 1}/{len(config.run_names())}] {name}: {'resuming' if resume else 'training'} "
+              f"{config.steps} steps", flush=True)
+        train(TrainConfig.load(config.model, _overrides(config, manifest_path, variant, cotrain, seed)), run,
+              resume=resume)
+    return runs
+
+
+def read_run(run: Path) -> dict[str, Any]:
+    """A run's evaluations ({step: metrics}) and its training speed from ``metrics.jsonl``."""
+    evaluations: dict[int, dict] = {}
+    steps_per_s, samples_per_s = [], []
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "eval" in record:
+            evaluations[int(record["step"])] = record["eval"]
+        elif "steps_per_s" in record:
+            steps_per_s.append(record["steps_per_s"])
+            samples_per_s.append(record.get("samples_per_s", 0.0))
+    report = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
+    if report.get("eval"):
+        evaluations[int(report.get("steps", max(evaluations, default=0)))] = report["eval"]
+    return {"evaluations": dict(sorted(evaluations.items())),
+            "steps_per_s": float(np.median(steps_per_s)) if steps_per_s else None,
+            "samples_per_s": float(np.median(samples_per_s)) if samples_per_s else None}
+
+
+def action_error(metrics: dict) -> float | None:
+    """The flow expert's held-out action error, or the FAST decode's for a model without an expert."""
+    value = metrics.get("action_mse", metrics.get("fast_action_mse"))
+    return float(value) if value is not None else None
+
+
+def steps_to(curve: dict[int, float], target: float) -> int | None:
+    """The first evaluated step whose error is at or below ``target`` (None: never within the budget)."""
+    return next((step for step, value in sorted(curve.items()) if step > 0 and value <= target), None)
+
+
+def _spread(values: Sequence[float | None]) -> dict[str, Any]:
+    known = [v for v in values if v is not None and math.isfinite(v)]
+    if not known:
+        return {"mean": None, "min": None, "max": None, "n": 0}
+    return {"mean": round(float(np.mean(known)), 6), "min": round(min(known), 6), "max": round(max(known), 6),
+            "n": len(known)}
+
+
+def summarize(config: CompareConfig, runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Per arm (variant, co-training), over seeds: the action-error curve, steps to the target
+    error, closed-loop success, each retention metric before (step 0) and after (last step), and
+    the training speed. ``runs`` maps a run name to ``read_run``'s record."""
+    finals = [action_error(r["evaluations"][max(r["evaluations"])]) for r in runs.values() if r["evaluations"]]
+    finals = [v for v in finals if v is not None]
+    target = config.target_mse if config.target_mse is not None else (float(np.mean(finals)) if finals else None)
+    arms: dict[str, dict[str, Any]] = {}
+    for name, variant, cotrain, seed in config.run_names():
+        if name not in runs or not runs[name]["evaluations"]:
+            continue
+        arm = arms.setdefault(f"{variant}-{'cotrain' if cotrain else 'robot'}",
+                              {"variant": variant, "cotrain": cotrain, "seeds": {}})
+        evaluations = runs[name]["evaluations"]
+        curve = {step: action_error(m) for step, m in evaluations.items() if action_error(m) is not None}
+        first, last = evaluations[min(evaluations)], evaluations[max(evaluations)]
+        arm["seeds"][seed] = {
+            "curve": curve, "steps_to_target": steps_to(curve, target) if target is not None else None,
+            "final_action_error": curve.get(max(curve)) if curve else None,
+            "success": last.get("metaworld_success"), "fast_decode_rate": last.get("fast_decode_rate"),
+            "success_per_task": {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("metaworld_success/")},
+            "retention": {key: {"before": first.get(key) if min(evaluations) == 0 else None, "after": value}
+                          for key, value in last.items()
+                          if key.startswith(RETENTION_PREFIX) and isinstance(value, (int, float))},
+            "steps_per_s": runs[name]["steps_per_s"], "samples_per_s": runs[name]["samples_per_s"]}
+    for arm in arms.values():
+        seeds = list(arm["seeds"].values())
+        steps = sorted({s for seed in seeds for s in seed["curve"]})
+        arm["curve"] = {step: _spread([seed["curve"].get(step) for seed in seeds]) for step in steps}
+        arm["final_action_error"] = _spread([seed["final_action_error"] for seed in seeds])
+        reached = [seed["steps_to_target"] for seed in seeds]
+        arm["steps_to_target"] = {**_spread([float(s) for s in reached if s is not None]),
+                                  "reached": sum(s is not None for s in reached), "of": len(reached)}
+        arm["success"] = _spread([seed["success"] for seed in seeds])
+        arm["fast_decode_rate"] = _spread([seed["fast_decode_rate"] for seed in seeds])
+        keys = sorted({key for seed in seeds for key in seed["retention"]})
+        arm["retention"] = {key: {when: _spread([seed["retention"].get(key, {}).get(when) for seed in seeds])
+                                  for when in ("before", "after")} for key in keys}
+        arm["steps_per_s"] = _spread([seed["steps_per_s"] for seed in seeds])
+    return {"target_action_error": target, "steps": config.steps, "seeds": config.seeds, "init": config.init,
+            "recipe": config.recipe, "model": config.model, "arms": arms}
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """The comparison as one markdown table: mean [min, max] over seeds."""
+    def cell(spread: dict, digits: int = 4) -> str:
+        if spread.get("mean") is None:
+            return "-"
+        if spread["n"] == 1 or spread["min"] == spread["max"]:
+            return f"{spread['mean']:.{digits}g}"
+        return f"{spread['mean']:.{digits}g} [{spread['min']:.{digits}g}, {spread['max']:.{digits}g}]"
+
+    arms = summary["arms"]
+    retention = sorted({key for arm in arms.values() for key in arm["retention"]
+                        if "/" not in key or key.startswith("vlm_exact_match/")})
+    target = summary["target_action_error"]
+    header = (["arm", "final action error", f"steps to error <= {target:.4g}" if target is not None else "steps to target",
+               "success", "steps/s"] + [f"{key} before -> after" for key in retention])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, arm in arms.items():
+        reach = arm["steps_to_target"]
+        row = [name, cell(arm["final_action_error"]),
+               f"{cell(reach, 5)} ({reach['reached']}/{reach['of']} seeds)", cell(arm["success"], 3),
+               cell(arm["steps_per_s"], 3)]
+        row += [f"{cell(arm['retention'][k]['before'], 3)} -> {cell(arm['retention'][k]['after'], 3)}"
+                if k in arm["retention"] else "-" for k in retention]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], out: Path) -> list[Path]:
+    """action_error.png (a line per arm, min-max band over seeds), success.png, retention.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms, written = summary["arms"], []
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, arm in arms.items():
+        steps = sorted(int(s) for s in arm["curve"] if arm["curve"][s]["mean"] is not None)
+        means = [arm["curve"][s]["mean"] for s in steps]
+        axis.plot(steps, means, marker="o", label=name, linestyle="-" if arm["cotrain"] else "--")
+        axis.fill_between(steps, [arm["curve"][s]["min"] for s in steps], [arm["curve"][s]["max"] for s in steps],
+                          alpha=0.15)
+    if summary["target_action_error"] is not None:
+        axis.axhline(summary["target_action_error"], color="grey", linewidth=0.8, linestyle=":")
+    axis.set(xlabel="training step", ylabel="held-out action MSE", yscale="log",
+             title="action error vs step (band: min-max over seeds)")
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "action_error.png", dpi=110)
+    written.append(out / "action_error.png")
+    plt.close(figure)
+
+    names = list(arms)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    success = [arms[n]["success"]["mean"] or 0.0 for n in names]
+    axis.bar(range(len(names)), success)
+    axis.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+    axis.set(ylabel="closed-loop success (last evaluation)", ylim=(0, 1), title="success per arm")
+    figure.tight_layout()
+    figure.savefig(out / "success.png", dpi=110)
+    written.append(out / "success.png")
+    plt.close(figure)
+
+    keys = sorted({k for arm in arms.values() for k in arm["retention"]})
+    figure, axes = plt.subplots(1, max(1, len(keys)), figsize=(max(4, 3.2 * len(keys)), 4), squeeze=False)
+    for axis, key in zip(axes[0], keys):
+        before = [arms[n]["retention"].get(key, {}).get("before", {}).get("mean") or 0.0 for n in names]
+        after = [arms[n]["retention"].get(key, {}).get("after", {}).get("mean") or 0.0 for n in names]
+        positions = np.arange(len(names))
+        axis.bar(positions - 0.2, before, width=0.4, label="before (step 0)")
+        axis.bar(positions + 0.2, after, width=0.4, label="after")
+        axis.set_xticks(positions, names, rotation=30, ha="right", fontsize=6)
+        axis.set_title(key, fontsize=8)
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "retention.png", dpi=110)
+    written.append(out / "retention.png")
+    plt.close(figure)
+    return written
+
+
+def report(config: CompareConfig) -> dict[str, Any]:
+    """compare.json, compare.md and the plots from the runs recorded so far."""
+    runs = {name: read_run(config.out / "runs" / name) for name, *_ in config.run_names()
+            if (config.out / "runs" / name / "metrics.jsonl").is_file()}
+    summary = summarize(config, runs)
+    (config.out / "compare.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
+    (config.out / "compare.md").write_text(markdown(summary))
+    summary["plots"] = [str(p) for p in plot(summary, config.out)] if summary["arms"] else []
+    return summary
+
+
+def compare(config: CompareConfig) -> dict[str, Any]:
+    config.out.mkdir(parents=True, exist_ok=True)
+    manifest = build_once(config)
+    train_all(config, manifest)
+    return report(config)

@@ -1,0 +1,113 @@
+"""``kidata compare`` and the pretrained-backbone path it rests on, on tiny budgets: a ``vlm`` run
+on the VLM rows of the real Bridge + VQAv2 fixture mixture initializes every run; runs resume
+instead of retraining; the table and plots come from the recorded metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
+
+from test_train import SHAPE, TINY  # noqa: E402
+
+from kidata.compare import CompareConfig, compare, markdown, steps_to, summarize  # noqa: E402
+from kidata.manifest import ManifestMismatch  # noqa: E402
+from kidata.training.config import TrainConfig  # noqa: E402
+from kidata.training.trainer import train  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    from test_build import write_recipe
+
+    root = tmp_path_factory.mktemp("compare")
+    path = write_recipe(root / "recipe.toml", units=2)
+    path.write_text(path.read_text().replace("weight = 0.2", "weight = 0.3\nholdout = 0.34"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def compared(recipe, tmp_path_factory) -> tuple[CompareConfig, Path]:
+    out = tmp_path_factory.mktemp("cmp")
+    config = CompareConfig(recipe=str(recipe), model=str(TINY), out=out, variants=("ki", "pi0_fast"),
+                           cotrain=(True, False), seeds=1, steps=4, evaluations=2, overrides=tuple(SHAPE))
+    from kidata.compare import build_once
+
+    manifest = build_once(config)
+    vlm = out / "vlm"
+    train(TrainConfig.load(TINY, [*SHAPE, "--data.manifest", json.dumps(str(manifest)), "--model.variant", "vlm",
+                                  "--data.weights", "{vqav2 = 1.0}", "--train.steps", "3", "--eval.every", "0"]), vlm)
+    config = CompareConfig(**{**config.__dict__, "init": str(vlm)})
+    return config, manifest
+
+
+def test_a_vlm_run_trains_the_backbone_alone_and_refuses_robot_data(compared, tmp_path):
+    config, manifest = compared
+    report = json.loads((config.out / "vlm" / "report.json").read_text())
+    assert "flow_loss" not in report["final"] and report["final"]["fast_loss"] > 0
+    assert report["final"]["source_mix"] == {"bridge": 0.0, "vqav2": 1.0}
+    with pytest.raises(ManifestMismatch, match=r"variant vlm trains the backbone on VLM data alone, the mixture "
+                                               r"samples robot sources \['bridge'\]"):
+        train(TrainConfig.load(TINY, [*SHAPE, "--data.manifest", json.dumps(str(manifest)), "--model.variant", "vlm"]),
+              tmp_path / "refused")
+
+
+def test_compare_trains_every_arm_from_the_vlm_backbone_and_writes_the_table_and_plots(compared, capsys):
+    config, _ = compared
+    summary = compare(config)
+    assert set(summary["arms"]) == {"ki-cotrain", "pi0_fast-cotrain", "ki-robot", "pi0_fast-robot"}
+    out = capsys.readouterr().out
+    assert out.count(f"initialized from {config.init}") == 4
+    for name in ("ki-robot-s0", "pi0_fast-robot-s0"):  # co-training off: the VLM source is never drawn
+        mixes = [json.loads(line).get("source_mix") for line in (config.out / "runs" / name / "metrics.jsonl").open()]
+        assert all(mix["vqav2"] == 0.0 for mix in mixes if mix)
+    ki = summary["arms"]["ki-cotrain"]
+    assert sorted(int(s) for s in ki["curve"]) == [0, 2, 4]  # step 0 (the initialization), then every 2 steps
+    assert ki["retention"]["vlm_token_accuracy"]["before"]["n"] == 1
+    pi0_fast = summary["arms"]["pi0_fast-robot"]  # 4 steps decode no FAST chunk: no error, not a made-up one
+    assert pi0_fast["fast_decode_rate"]["mean"] == 0.0 and pi0_fast["final_action_error"]["mean"] is None
+    table = (config.out / "compare.md").read_text()
+    assert table.count("\n") == 2 + 4 and "vlm_token_accuracy before -> after" in table
+    assert all((config.out / name).stat().st_size > 0 for name in ("action_error.png", "success.png", "retention.png"))
+
+
+def test_compare_again_retrains_nothing_and_resumes_an_unfinished_run(compared, capsys):
+    config, _ = compared
+    runs = config.out / "runs"
+    before = {run.name: (run / "report.json").stat().st_mtime_ns for run in runs.iterdir()}
+    (runs / "ki-robot-s0" / "report.json").unlink()  # as if killed after its last checkpoint
+    compare(config)
+    out = capsys.readouterr().out
+    assert out.count("finished, not retrained") == 3 and "ki-robot-s0: resuming 4 steps" in out
+    after = {run.name: (run / "report.json").stat().st_mtime_ns for run in runs.iterdir()}
+    assert {k: v for k, v in after.items() if k != "ki-robot-s0"} == {k: v for k, v in before.items() if k != "ki-robot-s0"}
+
+
+def test_the_summary_is_computed_from_the_recorded_metrics(tmp_path):
+    config = CompareConfig(recipe="r", model="m", out=tmp_path, variants=("ki", "pi0"), cotrain=(True,), seeds=2,
+                           steps=30, target_mse=0.2)
+    def run(errors, success, before, after):
+        steps = dict(zip((0, 10, 20, 30), errors))
+        evaluations = {s: {"action_mse": e} for s, e in steps.items()}
+        evaluations[0]["vlm_exact_match"], evaluations[30]["vlm_exact_match"] = before, after
+        evaluations[30]["metaworld_success"] = success
+        return {"evaluations": evaluations, "steps_per_s": 2.0, "samples_per_s": 64.0}
+
+    runs = {"ki-cotrain-s0": run([1.0, 0.3, 0.2, 0.1], 0.5, 0.8, 0.7), "ki-cotrain-s1": run([1.0, 0.5, 0.3, 0.15], 0.7, 0.8, 0.6),
+            "pi0-cotrain-s0": run([1.0, 0.9, 0.8, 0.7], 0.1, 0.8, 0.2)}  # pi0's second seed never ran
+    summary = summarize(config, runs)
+    ki, pi0 = summary["arms"]["ki-cotrain"], summary["arms"]["pi0-cotrain"]
+    assert ki["steps_to_target"] == {"mean": 25.0, "min": 20.0, "max": 30.0, "n": 2, "reached": 2, "of": 2}
+    assert pi0["steps_to_target"]["reached"] == 0 and pi0["steps_to_target"]["of"] == 1
+    assert ki["success"] == {"mean": 0.6, "min": 0.5, "max": 0.7, "n": 2}
+    assert ki["retention"]["vlm_exact_match"]["before"]["mean"] == 0.8
+    assert ki["retention"]["vlm_exact_match"]["after"]["mean"] == pytest.approx(0.65)
+    assert ki["curve"][10] == {"mean": 0.4, "min": 0.3, "max": 0.5, "n": 2}
+    assert steps_to({0: 0.1, 10: 0.3, 20: 0.2}, 0.2) == 20  # step 0 (before training) never counts
+    table = markdown(summary)
+    assert "| ki-cotrain | 0.125 [0.1, 0.15] | 25 [20, 30] (2/2 seeds) | 0.6 [0.5, 0.7] | 2 |" in table
+    assert "| pi0-cotrain | 0.7 | - (0/1 seeds) | 0.1 | 2 |" in table
