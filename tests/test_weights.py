@@ -228,7 +228,8 @@ SMALL = dict(image_size=32, patch_size=8, vision_width=32, vision_depth=2, visio
 
 @pytest.mark.parametrize("variant", ["ki", "pi0", "joint", "pi0_fast", "frozen", "hybrid"])
 def test_a_vlm_backbone_loads_into_every_variant_and_leaves_the_rest_fresh(tmp_path, variant):
-    from kidata.model.weights import load_kidata, save_weights
+    from kidata.model.weights import save_weights
+    from kidata.training.initialize import load_kidata
 
     torch.manual_seed(1)
     vlm = KIModel(ModelConfig(**SMALL, variant="vlm"))
@@ -250,7 +251,8 @@ def test_a_vlm_backbone_loads_into_every_variant_and_leaves_the_rest_fresh(tmp_p
 
 
 def test_a_kidata_backbone_of_another_size_or_path_is_refused_naming_it(tmp_path):
-    from kidata.model.weights import load_kidata, save_weights
+    from kidata.model.weights import save_weights
+    from kidata.training.initialize import load_kidata
 
     save_weights(KIModel(ModelConfig(**SMALL, variant="vlm")), tmp_path / "vlm.safetensors")
     wider = KIModel(ModelConfig(**{**SMALL, "mlp": 256}))

@@ -216,42 +216,6 @@ def load_openpi(model: KIModel, location: str | Path) -> dict:
     return load_pretrained(model, location, require_expert=True)
 
 
-def load_kidata(model: KIModel, location: str | Path) -> dict:
-    """The backbone (vision, projector, embedding, decoder) of a kidata run into ``model``: a run
-    directory (its newest complete checkpoint, the weight EMA when kept), a checkpoint directory
-    or a weights file (``kidata export weights``). Everything else stays freshly initialized: the
-    action expert, and the prefix state projection (a backbone pretrained on VLM data alone never
-    trained it). Shapes must match tensor for tensor. Returns what was loaded, per part."""
-    from kidata.training.checkpoint import latest_checkpoint, read_weights
-
-    path = Path(location)
-    if path.is_file():
-        tensors = read_tensors(path)
-    else:
-        if not path.is_dir():
-            raise WeightsError(f"{path}: no such kidata run, checkpoint or weights file (train.init_from)")
-        checkpoint = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
-        if checkpoint is None:
-            raise WeightsError(f"{path}: the run has no checkpoint yet (train.init_from)")
-        tensors, _ = read_weights(checkpoint)
-    ours = model.state_dict()
-    parts = {name: {n for n, _ in _named(model, (p for m in modules for p in m.parameters()))}
-             for name, modules in model.part_modules().items()}
-    backbone = set().union(*(parts[name] for name in ("vision", "projector", "embedding", "decoder")))
-    missing = sorted(backbone - set(tensors))
-    if missing:
-        raise WeightsError(f"{path}: lacks {len(missing)} backbone tensor(s), e.g. {missing[:4]} (not a kidata run?)")
-    wrong = [f"{name} {tuple(tensors[name].shape)} vs the model's {tuple(ours[name].shape)}"
-             for name in sorted(backbone) if tuple(tensors[name].shape) != tuple(ours[name].shape)]
-    if wrong:
-        raise WeightsError(f"{path}: {len(wrong)} backbone tensor(s) differ in shape from the model config, "
-                           f"e.g. {'; '.join(wrong[:2])}: use the preset the backbone was trained with")
-    model.load_state_dict({name: tensors[name].to(ours[name].dtype) for name in backbone}, strict=False)
-    loaded = {name: len(names) for name, names in parts.items() if names <= backbone}
-    return {"loaded": len(backbone), "loaded_parts": loaded, "dropped": len(set(tensors) - backbone),
-            "embedding_rows_sliced": 0, "fresh": sorted(set(ours) - backbone)}
-
-
 def _named(model: torch.nn.Module, parameters) -> list[tuple[str, torch.nn.Parameter]]:
     wanted = {id(p) for p in parameters}
     return [(name, p) for name, p in model.named_parameters() if id(p) in wanted]

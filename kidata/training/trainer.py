@@ -152,7 +152,8 @@ def _build_model(config: TrainConfig, device: torch.device, world: int, *, bf16:
     torch.manual_seed(config.train.seed)
     model = KIModel(config.model)
     if config.train.init_from:
-        from kidata.model.weights import load_kidata, load_openpi, load_paligemma
+        from kidata.model.weights import load_openpi, load_paligemma
+        from kidata.training.initialize import load_kidata
 
         loaders = {"paligemma": load_paligemma, "openpi": load_openpi, "kidata": load_kidata}
         report = loaders[config.train.init_format](model, config.train.init_from)

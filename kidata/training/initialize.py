@@ -1,0 +1,46 @@
+"""Initializing a model from a kidata run: the backbone a ``vlm`` run (or any run) trained, for
+``[train] init_format = "kidata"`` (the pretrained-backbone path of ``kidata compare``). Pretrained
+weights from elsewhere (PaliGemma, openpi) are ``kidata.model.weights``'s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kidata.model.ki_model import KIModel
+from kidata.model.weights import WeightsError, read_tensors
+from kidata.training.checkpoint import latest_checkpoint, read_weights
+
+
+def load_kidata(model: KIModel, location: str | Path) -> dict:
+    """The backbone (vision, projector, embedding, decoder) of a kidata run into ``model``: a run
+    directory (its newest complete checkpoint, the weight EMA when kept), a checkpoint directory
+    or a weights file (``kidata export weights``). Everything else stays freshly initialized: the
+    action expert, and the prefix state projection (a backbone pretrained on VLM data alone never
+    trained it). Shapes must match tensor for tensor. Returns what was loaded, per part."""
+    path = Path(location)
+    if path.is_file():
+        tensors = read_tensors(path)
+    else:
+        if not path.is_dir():
+            raise WeightsError(f"{path}: no such kidata run, checkpoint or weights file (train.init_from)")
+        checkpoint = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
+        if checkpoint is None:
+            raise WeightsError(f"{path}: the run has no checkpoint yet (train.init_from)")
+        tensors, _ = read_weights(checkpoint)
+    ours = model.state_dict()
+    owner = {id(parameter): name for name, parameter in model.named_parameters()}
+    parts = {name: {owner[id(p)] for module in modules for p in module.parameters()}
+             for name, modules in model.part_modules().items()}
+    backbone = set().union(*(parts[name] for name in ("vision", "projector", "embedding", "decoder")))
+    missing = sorted(backbone - set(tensors))
+    if missing:
+        raise WeightsError(f"{path}: lacks {len(missing)} backbone tensor(s), e.g. {missing[:4]} (not a kidata run?)")
+    wrong = [f"{name} {tuple(tensors[name].shape)} vs the model's {tuple(ours[name].shape)}"
+             for name in sorted(backbone) if tuple(tensors[name].shape) != tuple(ours[name].shape)]
+    if wrong:
+        raise WeightsError(f"{path}: {len(wrong)} backbone tensor(s) differ in shape from the model config, "
+                           f"e.g. {'; '.join(wrong[:2])}: use the preset the backbone was trained with")
+    model.load_state_dict({name: tensors[name].to(ours[name].dtype) for name in backbone}, strict=False)
+    loaded = {name: len(names) for name, names in parts.items() if names <= backbone}
+    return {"loaded": len(backbone), "loaded_parts": loaded, "dropped": len(set(tensors) - backbone),
+            "embedding_rows_sliced": 0, "fresh": sorted(set(ours) - backbone)}
