@@ -63,6 +63,7 @@ class LeRobotSource:
                  tolerance_s: float = DEFAULT_TOLERANCE_S, min_steps: int = 2) -> None:
         self.meta = LeRobotMeta.load(root)
         self.root = Path(self.meta.root)
+        self._root_text = str(self.root)
         self.name = name
         self.tolerance_s = float(tolerance_s)
         self.min_steps = min_steps
@@ -146,9 +147,7 @@ class LeRobotSource:
             # prefix counts: "how many in rows [a, b)" is one subtraction per episode
             data.nonfinite_before = np.concatenate([[0], np.cumsum(~finite)])
             data.breaks_before = np.concatenate([[0], np.cumsum(~continues)])
-        for key in ("episode_index", "task_index"):  # a value change between row i - 1 and row i
-            values = columns[key]
-            data.changes_before[key] = np.concatenate([[0, 0], np.cumsum(values[1:] != values[:-1])])
+        data.runs = _runs(columns, data.breaks_before, data.nonfinite_before)
         return data
 
     def _rows(self, meta: EpisodeMeta, images: bool, files: dict,
@@ -165,13 +164,11 @@ class LeRobotSource:
         episode_index = data.columns["episode_index"]
         if meta.rows is None:
             return data, slice(0, len(episode_index))
+        run = data.runs.get(meta.index)
         start, stop = meta.rows
-        index = data.columns["index"]
-        first = int(index.searchsorted(start))  # rows are in global index order
-        last = first + stop - start - 1
-        if (stop > start and last < len(index) and index[first] == start and index[last] == stop - 1
-                and episode_index[first] == meta.index and data.same(first, last + 1, "episode_index")):
-            return data, slice(first, last + 1)
+        if (run is not None and run.first_index == start and run.last_index == stop - 1
+                and run.stop - run.start == stop - start):  # the metadata's rows, none missing
+            return data, slice(run.start, run.stop)
         report.notices["row_range_mismatch"] += 1
         return data, np.flatnonzero(episode_index == meta.index)
 
@@ -188,7 +185,10 @@ class LeRobotSource:
             self._quarantine(report, "data_missing", meta)
             return None
         data, rows = located
-        if isinstance(rows, slice) and data.clean(rows, meta.length, self.min_steps):
+        run = data.runs.get(meta.index) if isinstance(rows, slice) else None
+        if run is not None and (run.start, run.stop) != (rows.start, rows.stop):
+            run = None
+        if run is not None and run.clean and run.stop - run.start == meta.length >= self.min_steps:
             state, actions, timestamps = data.state[rows], data.actions[rows], data.columns["timestamp"][rows]
         else:
             checked = self._checked(meta, data, rows)
@@ -200,11 +200,10 @@ class LeRobotSource:
         if reason is not None:
             self._quarantine(report, reason, meta)
             return None
-        tasks = data.columns["task_index"][rows]
-        if isinstance(rows, slice) and data.same(rows.start, rows.stop, "task_index"):
-            task_indices = [int(tasks[0])] if len(tasks) else []
+        if run is not None and run.task is not None:
+            task_indices = [run.task]
         else:
-            task_indices = dict.fromkeys(tasks.tolist())  # distinct, in order of appearance
+            task_indices = dict.fromkeys(data.columns["task_index"][rows].tolist())  # distinct, in order
         instructions = tuple(self._task_text[i] for i in task_indices if i in self._task_text) or tuple(meta.tasks)
         if not instructions:
             report.notices["no_task_text"] += 1
@@ -216,7 +215,7 @@ class LeRobotSource:
             instructions=instructions,
             fps=self.fps,
             images=frames,
-            metadata={"path": str(self.root), "episode_index": meta.index},
+            metadata={"path": self._root_text, "episode_index": meta.index},
         )
 
     def _checked(self, meta: EpisodeMeta, data: "_DataFile", rows) -> str | tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -282,21 +281,49 @@ class _DataFile:
     # the row before (frame_index + 1, one frame later); value changes of a column
     nonfinite_before: np.ndarray | None = None
     breaks_before: np.ndarray | None = None
-    changes_before: dict[str, np.ndarray] = field(default_factory=dict)
+    runs: "dict[int, _Run]" = field(default_factory=dict)
 
-    def same(self, start: int, stop: int, key: str) -> bool:
-        """Whether ``key`` holds one value over rows [start, stop)."""
-        changes = self.changes_before[key]
-        return changes[stop] == changes[start + 1]
 
-    def clean(self, rows: slice, length: int, min_steps: int) -> bool:
-        """Whether the rows are a whole, finite, on-grid episode: the common case, decided by
-        subtracting prefix counts; anything else goes through the reader's detailed checks."""
-        start, stop = rows.start, rows.stop
-        return (self.state is not None and stop - start == length >= min_steps
-                and self.columns["frame_index"][start] == 0
-                and self.breaks_before[stop] == self.breaks_before[start + 1]
-                and self.nonfinite_before[stop] == self.nonfinite_before[start])
+@dataclass(frozen=True)
+class _Run:
+    """The rows [start, stop) of one file holding one episode index contiguously; the global
+    ``index`` of its first and last row; ``clean``: frame_index starts at 0, every row continues the
+    one before on the fps grid, all finite (the common case, so that a clean episode is slices);
+    ``task``: its one task_index, None when it changes within the run."""
+
+    start: int
+    stop: int
+    first_index: int
+    last_index: int
+    clean: bool
+    task: int | None
+
+
+def _runs(columns: Mapping[str, np.ndarray], breaks_before: np.ndarray | None,
+          nonfinite_before: np.ndarray | None) -> dict[int, _Run]:
+    """Every episode's run in a data file, derived for the whole file at once (vectorized): the
+    reader then settles a clean episode with a dictionary lookup (benchmarks/lerobot_bench.py,
+    pass 1). An episode index met in two separate runs keeps its first; the reader's row check
+    then finds the mismatch."""
+    episode_index, task_index = columns["episode_index"], columns["task_index"]
+    rows = len(episode_index)
+    if rows == 0:
+        return {}
+    cuts = np.flatnonzero(episode_index[1:] != episode_index[:-1]) + 1
+    starts, stops = np.concatenate([[0], cuts]), np.concatenate([cuts, [rows]])
+    task_changes = np.concatenate([[0], np.cumsum(task_index[1:] != task_index[:-1])])
+    one_task = task_changes[stops - 1] == task_changes[starts]
+    if breaks_before is None:  # a transform over time: every episode takes the detailed path
+        clean = np.zeros(len(starts), dtype=bool)
+    else:
+        clean = ((columns["frame_index"][starts] == 0) & (breaks_before[stops] == breaks_before[starts + 1])
+                 & (nonfinite_before[stops] == nonfinite_before[starts]))
+    runs: dict[int, _Run] = {}
+    for episode, start, stop, first, last, ok, single, task in zip(
+            episode_index[starts].tolist(), starts.tolist(), stops.tolist(), columns["index"][starts].tolist(),
+            columns["index"][stops - 1].tolist(), clean.tolist(), one_task.tolist(), task_index[starts].tolist()):
+        runs.setdefault(episode, _Run(start, stop, first, last, ok, task if single else None))
+    return runs
 
 
 def _column(table, key: str) -> np.ndarray:
