@@ -68,6 +68,8 @@ def test_compare_trains_every_arm_from_the_vlm_backbone_and_writes_the_table_and
     ki = summary["arms"]["ki-cotrain"]
     assert sorted(int(s) for s in ki["curve"]) == [0, 2, 4]  # step 0 (the initialization), then every 2 steps
     assert ki["retention"]["vlm_token_accuracy"]["before"]["n"] == 1
+    # a robot-only run is asked the same held-out VLM questions (the manifest's weights, seed 0)
+    assert summary["arms"]["ki-robot"]["retention"]["vlm_token_accuracy"]["after"]["n"] == 1
     pi0_fast = summary["arms"]["pi0_fast-robot"]  # 4 steps decode no FAST chunk: no error, not a made-up one
     assert pi0_fast["fast_decode_rate"]["mean"] == 0.0 and pi0_fast["final_action_error"]["mean"] is None
     table = (config.out / "compare.md").read_text()

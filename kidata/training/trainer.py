@@ -134,9 +134,15 @@ def _prepare_run(run: Path, config: TrainConfig, manifest: Manifest, root: str, 
 
 def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, world: int, manifest: Manifest,
             *, batch_size: int, workers: int, augment: bool, state: dict | None = None):
+    """The training stream (the config's weights and seed), or for ``split="val"`` the held-out
+    batches every run of a mixture is measured on: the manifest's own weights and seed 0, whatever
+    the run trains on (so a robot-only run is still asked the VLM questions a co-trained one is,
+    and seeds differ in training only)."""
     encoding = manifest.encoding
-    dataset = MixtureDataset(manifest_path, split=split, weights=dict(config.data.weights) or None,
-                             balance=config.data.balance, seed=config.train.seed, rank=rank, world_size=world,
+    held_out = split == "val"
+    dataset = MixtureDataset(manifest_path, split=split, weights=None if held_out else dict(config.data.weights) or None,
+                             balance=config.data.balance, seed=0 if held_out else config.train.seed, rank=rank,
+                             world_size=world,
                              shuffle_buffer=config.data.shuffle_buffer, augment=Augment() if augment else None,
                              verify_shards=config.data.verify_shards)
     if state is not None:
@@ -348,7 +354,7 @@ def held_out_metrics(wrapped, model: KIModel, config: TrainConfig, manifest_path
     with torch.no_grad(), autocast():
         for index, batch in zip(range(config.eval.batches), loader):
             batch = {k: v.to(env.device) for k, v in batch.items()}
-            noise, _ = flow_inputs(config.train.seed, env.rank, -1, index, tuple(batch["actions"].shape))
+            noise, _ = flow_inputs(0, env.rank, -1, index, tuple(batch["actions"].shape))  # alike in every run
             evaluator.update(model, batch, noise=noise.to(env.device))
     if hasattr(model, "reshard"):
         model.reshard()
