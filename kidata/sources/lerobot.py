@@ -134,20 +134,18 @@ class LeRobotSource:
         data = _DataFile(columns, {key: table[key] for key in image_keys})
         # Whole-file work, so that a clean episode is slices: the mapping (unless a part's transform
         # runs over time) and the checks (benchmarks/lerobot_bench.py, pass 1, measures the reader).
+        breaks = nonfinite = None
         if not any(part.transform in STATEFUL_TRANSFORMS for part in self.state + self.action):
             data.state, data.actions = (_mapped(parts, columns) for parts in (self.state, self.action))
             # one sum per array settles the common all-finite file (1.2 ms -> 0.03 ms for 40k rows of 6
             # per-row reductions); an inf or NaN anywhere (or an overflowing sum) checks row by row
-            if np.isfinite(data.state.sum(dtype=np.float64)) and np.isfinite(data.actions.sum(dtype=np.float64)):
-                finite = np.ones(len(data.state), dtype=bool)
+            if np.isfinite(data.state.sum()) and np.isfinite(data.actions.sum()):
+                nonfinite = np.zeros(0, dtype=np.int64)
             else:
-                finite = np.isfinite(data.state).all(axis=1) & np.isfinite(data.actions).all(axis=1)
+                nonfinite = np.flatnonzero(~(np.isfinite(data.state).all(axis=1) & np.isfinite(data.actions).all(axis=1)))
             on_grid = np.abs(np.diff(columns["timestamp"]) - 1.0 / self.fps) <= self.tolerance_s
-            continues = np.concatenate([[False], on_grid & (np.diff(columns["frame_index"]) == 1)])
-            # prefix counts: "how many in rows [a, b)" is one subtraction per episode
-            data.nonfinite_before = np.concatenate([[0], np.cumsum(~finite)])
-            data.breaks_before = np.concatenate([[0], np.cumsum(~continues)])
-        data.runs = _runs(columns, data.breaks_before, data.nonfinite_before)
+            breaks = np.flatnonzero(~(on_grid & (np.diff(columns["frame_index"]) == 1))) + 1
+        data.runs = _runs(columns, breaks, nonfinite)
         return data
 
     def _rows(self, meta: EpisodeMeta, images: bool, files: dict,
@@ -277,10 +275,6 @@ class _DataFile:
     images: dict[str, Any]
     state: np.ndarray | None = None
     actions: np.ndarray | None = None
-    # counts over rows [0, i): rows with a non-finite state or action; rows that do not continue
-    # the row before (frame_index + 1, one frame later); value changes of a column
-    nonfinite_before: np.ndarray | None = None
-    breaks_before: np.ndarray | None = None
     runs: "dict[int, _Run]" = field(default_factory=dict)
 
 
@@ -299,25 +293,33 @@ class _Run:
     task: int | None
 
 
-def _runs(columns: Mapping[str, np.ndarray], breaks_before: np.ndarray | None,
-          nonfinite_before: np.ndarray | None) -> dict[int, _Run]:
+def _runs(columns: Mapping[str, np.ndarray], breaks: np.ndarray | None,
+          nonfinite: np.ndarray | None) -> dict[int, _Run]:
     """Every episode's run in a data file, derived for the whole file at once (vectorized): the
     reader then settles a clean episode with a dictionary lookup (benchmarks/lerobot_bench.py,
-    pass 1). An episode index met in two separate runs keeps its first; the reader's row check
-    then finds the mismatch."""
+    pass 1). ``breaks``: sorted rows that do not continue the row before (frame_index + 1, one
+    frame later on the grid); ``nonfinite``: sorted rows with a non-finite state or action (both
+    None when a transform runs over time: every episode takes the detailed checks). Counting
+    those inside a run is two binary searches. An episode index met in two separate runs keeps
+    its first; the reader's row check then finds the mismatch."""
     episode_index, task_index = columns["episode_index"], columns["task_index"]
     rows = len(episode_index)
     if rows == 0:
         return {}
     cuts = np.flatnonzero(episode_index[1:] != episode_index[:-1]) + 1
     starts, stops = np.concatenate([[0], cuts]), np.concatenate([cuts, [rows]])
-    task_changes = np.concatenate([[0], np.cumsum(task_index[1:] != task_index[:-1])])
-    one_task = task_changes[stops - 1] == task_changes[starts]
-    if breaks_before is None:  # a transform over time: every episode takes the detailed path
+
+    def inside(positions: np.ndarray, first: np.ndarray) -> np.ndarray:
+        """How many of ``positions`` lie in [first, stops) of each run."""
+        return np.searchsorted(positions, stops) - np.searchsorted(positions, first)
+
+    task_starts = np.flatnonzero(task_index[1:] != task_index[:-1]) + 1  # rows where the task changes
+    one_task = inside(task_starts, starts + 1) == 0
+    if breaks is None:
         clean = np.zeros(len(starts), dtype=bool)
     else:
-        clean = ((columns["frame_index"][starts] == 0) & (breaks_before[stops] == breaks_before[starts + 1])
-                 & (nonfinite_before[stops] == nonfinite_before[starts]))
+        clean = ((columns["frame_index"][starts] == 0) & (inside(breaks, starts + 1) == 0)
+                 & (inside(nonfinite, starts) == 0))
     runs: dict[int, _Run] = {}
     for episode, start, stop, first, last, ok, single, task in zip(
             episode_index[starts].tolist(), starts.tolist(), stops.tolist(), columns["index"][starts].tolist(),
