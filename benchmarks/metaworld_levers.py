@@ -5,8 +5,9 @@
 Each row changes one lever from the baseline (the weight EMA, the flow expert with 10 Euler steps,
 5 of the chunk's actions executed before replanning), runs the same evaluator as
 ``kidata eval metaworld`` on the same evaluation seeds, and prints success per task: the levers
-issue 16 asks about that need no retraining (replanning interval, flow integration steps, EMA, and
-for a ``ki`` model the FAST-token head its backbone trains alongside the expert). Record results
+issue 16 asks about that need no retraining (replanning interval, flow integration steps, EMA, the
+flow's starting noise and sample averaging, and for a ``ki`` model the FAST-token head its backbone
+trains alongside the expert). Record results
 in benchmarks/RESULTS.md.
 """
 
@@ -23,6 +24,8 @@ LEVERS = {  # name -> (policy.load keywords, evaluate_metaworld keywords)
     "flow integration steps 30": ({"num_steps": 30}, {}),
     "trained weights, no EMA": ({"use_ema": False}, {}),
     "FAST tokens (backbone head)": ({"action_head": "fast"}, {}),
+    "flow noise scale 0 (deterministic chunk)": ({"noise_scale": 0.0}, {}),
+    "mean of 8 flow samples": ({"flow_samples": 8}, {}),
 }
 
 

@@ -38,11 +38,13 @@ ACTION_HEADS = ("auto", "flow", "fast")
 class Policy:
     """``num_steps``: flow integration steps of ``sample_actions`` unless a call names its own.
     ``action_head``: where actions come from: ``flow`` (the expert), ``fast`` (greedy FAST tokens
-    from the backbone, decoded; a ``ki`` model trains both), ``auto`` (the expert when there is one)."""
+    from the backbone, decoded; a ``ki`` model trains both), ``auto`` (the expert when there is one).
+    ``noise_scale`` scales the flow's starting noise (0: one deterministic chunk from the prior's
+    mean); ``flow_samples`` > 1 returns the mean of that many chunks, sampled as one batch."""
 
     def __init__(self, model: KIModel, config: TrainConfig, manifest: Manifest, encoder: Any, *,
                  source: str | None = None, device: str | torch.device = "cpu", num_steps: int = 10,
-                 action_head: str = "auto") -> None:
+                 action_head: str = "auto", noise_scale: float = 1.0, flow_samples: int = 1) -> None:
         self.model, self.config, self.manifest, self.encoder = model.eval(), config, manifest, encoder
         self.device = torch.device(device)
         robots = [s for s in manifest.sources if s.kind == "robot"]
@@ -57,6 +59,9 @@ class Policy:
         self.normalization = manifest.encoding.normalization
         self.action_horizon = manifest.encoding.action_horizon
         self.num_steps = num_steps
+        if not noise_scale >= 0 or flow_samples < 1:
+            raise ValueError(f"noise_scale must be >= 0 (got {noise_scale}) and flow_samples >= 1 (got {flow_samples})")
+        self.noise_scale, self.flow_samples = float(noise_scale), int(flow_samples)
         if action_head not in ACTION_HEADS:
             raise ValueError(f"action_head {action_head!r}: choose one of {ACTION_HEADS}")
         if action_head == "flow" and not model.config.has_expert:
@@ -128,7 +133,16 @@ class Policy:
         batch = self.batch(observation)
         if self.action_head == "flow":
             steps = num_steps if num_steps is not None else self.num_steps
-            normalized = self.model.sample_actions(batch, num_steps=steps, noise=noise)[0].float().cpu().numpy()
+            if noise is None and (self.noise_scale != 1.0 or self.flow_samples > 1):
+                # the flow's samples spread around its mean (a trained Meta-World expert: about 40% of
+                # its held-out error, RESULTS.md): a colder start or the mean of several samples
+                batch = {key: value.repeat(self.flow_samples, *([1] * (value.dim() - 1))) for key, value in batch.items()}
+                shape = (self.flow_samples, self.model.config.action_horizon, self.model.config.action_dim)
+                noise = torch.randn(shape, device=self.device) * self.noise_scale
+                chunks = self.model.sample_actions(batch, num_steps=steps, noise=noise)
+                normalized = chunks.float().mean(0).cpu().numpy()
+            else:
+                normalized = self.model.sample_actions(batch, num_steps=steps, noise=noise)[0].float().cpu().numpy()
         else:
             normalized = self._fast_actions(batch)
         return unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)
@@ -142,7 +156,8 @@ class Policy:
 
 
 def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
-         device: str | torch.device = "cpu", action_head: str = "auto", num_steps: int = 10) -> Policy:
+         device: str | torch.device = "cpu", action_head: str = "auto", num_steps: int = 10,
+         noise_scale: float = 1.0, flow_samples: int = 1) -> Policy:
     """The policy of a run directory (latest checkpoint unless ``checkpoint`` names one; its weight
     EMA when the run kept one and ``use_ema``)."""
     run = Path(run)
@@ -160,4 +175,4 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
         raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
     return Policy(model.to(device), config, manifest, encoder, source=source, device=device, num_steps=num_steps,
-                  action_head=action_head)
+                  noise_scale=noise_scale, flow_samples=flow_samples, action_head=action_head)

@@ -167,6 +167,37 @@ def test_the_policy_maps_a_raw_observation_to_an_unnormalized_chunk(straight_run
     np.testing.assert_allclose(first, by_hand, rtol=1e-5, atol=1e-6)  # the robot's units, by the action statistics
 
 
+def test_a_cold_or_averaged_flow_policy_acts_on_the_chunks_it_says(straight_run):
+    """noise_scale 0 is the chunk integrated from zero noise, every call; flow_samples K is the
+    mean of K chunks drawn as one batch from K noises."""
+    from kidata import policy
+
+    run, _ = straight_run
+    episode = next(iter(_bridge_episodes()))
+    observation = {"images": {"base_0": episode.images["base_0"].frame(0), "base_1": None},
+                   "state": episode.state[0], "prompt": episode.instructions[0]}
+    plain, cold = policy.load(run), policy.load(run, noise_scale=0.0)
+    np.testing.assert_array_equal(cold.sample_actions(observation), cold.sample_actions(observation))
+    np.testing.assert_allclose(cold.sample_actions(observation),
+                               plain.sample_actions(observation, noise=torch.zeros(1, 4, 8)), rtol=1e-6, atol=1e-7)
+    averaged = policy.load(run, flow_samples=3)
+    torch.manual_seed(7)
+    actions = averaged.sample_actions(observation)
+    torch.manual_seed(7)
+    noises = torch.randn(3, 4, 8)
+    chunks = [plain.sample_actions(observation, noise=noises[k : k + 1]) for k in range(3)]
+    np.testing.assert_allclose(actions, np.mean(chunks, axis=0), rtol=1e-4, atol=1e-5)  # unnormalizing is affine
+    with pytest.raises(ValueError, match="flow_samples >= 1"):
+        policy.load(run, flow_samples=0)
+
+
+def _bridge_episodes():
+    from kidata.sources.registry import lookup
+    from kidata.sources.rlds import RldsSource
+
+    return RldsSource(str(shared_path("data", "rlds", "bridge_dataset", "1.0.0")), lookup("bridge_dataset")).episodes()
+
+
 def test_a_ki_policy_can_act_from_its_fast_tokens_instead_of_the_expert(straight_run):
     from kidata import policy
     from kidata.sources.registry import lookup

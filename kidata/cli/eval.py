@@ -26,6 +26,9 @@ def add_parser(commands) -> None:
     metaworld.add_argument("--replan", type=int, default=5, help="actions executed per predicted chunk")
     metaworld.add_argument("--max-steps", type=int, default=300, help="step budget of an episode")
     metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps")
+    metaworld.add_argument("--noise-scale", type=float, default=1.0,
+                           help="scale of the flow's starting noise (0: one deterministic chunk)")
+    metaworld.add_argument("--flow-samples", type=int, default=1, help="act on the mean of this many flow chunks")
     metaworld.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest complete one)")
     metaworld.add_argument("--no-ema", action="store_true", help="the trained weights, not their EMA")
     metaworld.add_argument("--action-head", default="auto", choices=["auto", "flow", "fast"],
@@ -61,7 +64,8 @@ def metaworld_command(args: argparse.Namespace) -> int:
         from kidata import policy as policies
 
         policy = policies.load(args.run, source=args.source, checkpoint=args.checkpoint, use_ema=not args.no_ema,
-                               action_head=args.action_head)
+                               action_head=args.action_head, noise_scale=args.noise_scale,
+                               flow_samples=args.flow_samples)
         if args.check_parity:
             from kidata.eval.parity import check_parity
 
