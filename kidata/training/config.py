@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from kidata.config import apply_overrides, check_keys, from_table, nearest, parse_overrides, read_toml
+from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.config import ModelConfig
 
 INIT_FORMATS = ("paligemma", "openpi", "kidata")
@@ -176,3 +177,34 @@ class TrainConfig:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
+    """Refuses a mixture whose encoding does not fit the model, naming every difference."""
+    model, encoding = config.model, manifest.encoding
+    problems = []
+    weights = config.data.weights
+    robot = [s.name for s in manifest.sources if s.kind == "robot" and (weights.get(s.name, 0.0) if weights else s.weight)]
+    if model.variant == "vlm" and robot:
+        problems.append(f"variant vlm trains the backbone on VLM data alone, the mixture samples robot sources {robot} "
+                        "(weigh them 0 with data.weights, train them with pi0_fast, or build the VLM sources alone)")
+    if encoding.action_horizon != model.action_horizon:
+        problems.append(f"action_horizon: data {encoding.action_horizon}, model {model.action_horizon}")
+    if encoding.action_dim > model.action_dim:
+        problems.append(f"action_dim: data {encoding.action_dim} > model {model.action_dim}")
+    if encoding.image_size != model.image_size:
+        problems.append(f"image_size: data {encoding.image_size}, model {model.image_size}")
+    if encoding.token_vocab_size > model.vocab_size:
+        problems.append(f"token vocabulary: data {encoding.token_vocab_size} (text {encoding.text_vocab_size}, action ids "
+                        f"{list(encoding.fast_token_range)}) > model vocab_size {model.vocab_size}")
+    kind = manifest.action_tokens
+    if kind != model.action_tokens:
+        problems.append(f"action tokens: data {kind!r}, model action_tokens {model.action_tokens!r}")
+    continuous = encoding.state_encoding == "continuous"
+    if continuous != (model.state_input in ("prefix", "expert")):
+        problems.append(f"state: data state_encoding {encoding.state_encoding!r}, model state_input {model.state_input!r}")
+    widest_state = max((len(s.norm_stats["state"]["mean"]) for s in manifest.sources if s.kind == "robot"), default=0)
+    if continuous and widest_state > model.state_dim:
+        problems.append(f"state_dim: data {widest_state} > model {model.state_dim}")
+    if problems:
+        raise ManifestMismatch("the mixture does not fit the model config: " + "; ".join(problems))

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from kidata.hashing import json_sha256, stable_seed
 from kidata.loader.collate import Augment, collate
 from kidata.loader.mixture import MixtureDataset
-from kidata.manifest import Manifest, ManifestMismatch
+from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel, sample_flow_inputs
 from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.checkpoint import (
@@ -40,7 +40,7 @@ from kidata.training.checkpoint import (
     save_checkpoint,
     write_shards,
 )
-from kidata.training.config import TrainConfig
+from kidata.training.config import TrainConfig, check_compatible  # noqa: F401  (public here)
 from kidata.training.held_out import HeldOutMetrics
 from kidata.training.metrics import MetricsLogger, truncate_metrics
 from kidata.training.parallelize import (
@@ -58,37 +58,6 @@ from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, config_chan
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss: the run stops, naming the step and the last good checkpoint."""
-
-
-def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
-    """Refuses a mixture whose encoding does not fit the model, naming every difference."""
-    model, encoding = config.model, manifest.encoding
-    problems = []
-    weights = config.data.weights
-    robot = [s.name for s in manifest.sources if s.kind == "robot" and (weights.get(s.name, 0.0) if weights else s.weight)]
-    if model.variant == "vlm" and robot:
-        problems.append(f"variant vlm trains the backbone on VLM data alone, the mixture samples robot sources {robot} "
-                        "(weigh them 0 with data.weights, train them with pi0_fast, or build the VLM sources alone)")
-    if encoding.action_horizon != model.action_horizon:
-        problems.append(f"action_horizon: data {encoding.action_horizon}, model {model.action_horizon}")
-    if encoding.action_dim > model.action_dim:
-        problems.append(f"action_dim: data {encoding.action_dim} > model {model.action_dim}")
-    if encoding.image_size != model.image_size:
-        problems.append(f"image_size: data {encoding.image_size}, model {model.image_size}")
-    if encoding.token_vocab_size > model.vocab_size:
-        problems.append(f"token vocabulary: data {encoding.token_vocab_size} (text {encoding.text_vocab_size}, action ids "
-                        f"{list(encoding.fast_token_range)}) > model vocab_size {model.vocab_size}")
-    kind = manifest.action_tokens
-    if kind != model.action_tokens:
-        problems.append(f"action tokens: data {kind!r}, model action_tokens {model.action_tokens!r}")
-    continuous = encoding.state_encoding == "continuous"
-    if continuous != (model.state_input in ("prefix", "expert")):
-        problems.append(f"state: data state_encoding {encoding.state_encoding!r}, model state_input {model.state_input!r}")
-    widest_state = max((len(s.norm_stats["state"]["mean"]) for s in manifest.sources if s.kind == "robot"), default=0)
-    if continuous and widest_state > model.state_dim:
-        problems.append(f"state_dim: data {widest_state} > model {model.state_dim}")
-    if problems:
-        raise ManifestMismatch("the mixture does not fit the model config: " + "; ".join(problems))
 
 
 def flow_inputs(seed: int, rank: int, step: int, micro: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
