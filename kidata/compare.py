@@ -23,7 +23,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-RUN_VARIANTS = ("ki", "pi0", "joint", "pi0_fast", "frozen", "hybrid")
+from kidata.model.config import VARIANTS
+
+RUN_VARIANTS = tuple(v for v in VARIANTS if v != "vlm")  # vlm trains the backbone --init comes from
 RETENTION_PREFIX = "vlm_"  # held-out metrics that measure the backbone's VLM knowledge
 
 
@@ -82,10 +84,8 @@ def build_once(config: CompareConfig) -> Path:
     return manifest
 
 
-def _overrides(config: CompareConfig, manifest_path: Path, variant: str, cotrain: bool, seed: int) -> list[str]:
-    from kidata.manifest import Manifest
-
-    manifest, _ = Manifest.read(str(manifest_path))
+def _overrides(config: CompareConfig, manifest_path: Path, manifest, variant: str, cotrain: bool,
+               seed: int) -> list[str]:
     vlm = [s.name for s in manifest.sources if s.kind == "vlm"]
     every = max(1, config.steps // config.evaluations)
     out = ["--data.manifest", json.dumps(str(manifest_path)), "--model.variant", variant, "--train.seed", str(seed),
@@ -118,25 +118,25 @@ def _as_list(value: Any) -> list[str]:
     return [value] if isinstance(value, str) else list(value or [])
 
 
-def train_all(config: CompareConfig, manifest_path: Path) -> list[Path]:
+def train_all(config: CompareConfig, manifest_path: Path) -> None:
     """Trains every run not yet finished (``report.json``), resuming those with checkpoints."""
+    from kidata.manifest import Manifest
     from kidata.training.checkpoint import holds_checkpoints
     from kidata.training.config import TrainConfig
     from kidata.training.trainer import train
 
-    runs = []
-    for index, (name, variant, cotrain, seed) in enumerate(config.run_names()):
+    manifest, _ = Manifest.read(str(manifest_path))
+    names = config.run_names()
+    for index, (name, variant, cotrain, seed) in enumerate(names):
         run = config.out / "runs" / name
-        runs.append(run)
         if (run / "report.json").is_file():
-            print(f"[{index + 1}/{len(config.run_names())}] {name}: finished, not retrained", flush=True)
+            print(f"[{index + 1}/{len(names)}] {name}: finished, not retrained", flush=True)
             continue
         resume = holds_checkpoints(run)
-        print(f"[{index + 1}/{len(config.run_names())}] {name}: {'resuming' if resume else 'training'} "
-              f"{config.steps} steps", flush=True)
-        train(TrainConfig.load(config.model, _overrides(config, manifest_path, variant, cotrain, seed)), run,
-              resume=resume)
-    return runs
+        print(f"[{index + 1}/{len(names)}] {name}: {'resuming' if resume else 'training'} {config.steps} steps",
+              flush=True)
+        overrides = _overrides(config, manifest_path, manifest, variant, cotrain, seed)
+        train(TrainConfig.load(config.model, overrides), run, resume=resume)
 
 
 def read_run(run: Path) -> dict[str, Any]:

@@ -73,19 +73,6 @@ class LanguageAnnotation:
     text: str
 
 
-class _Where:
-    """"source 'x', episode 'y'" for a refusal, formatted only when one is raised (an f-string per
-    record was a measurable share of reading a clean LeRobot file: benchmarks/lerobot_bench.py)."""
-
-    __slots__ = ("source", "episode_id")
-
-    def __init__(self, source: str, episode_id: str) -> None:
-        self.source, self.episode_id = source, episode_id
-
-    def __format__(self, spec: str) -> str:
-        return f"source {self.source!r}, episode {self.episode_id!r}"
-
-
 @dataclass
 class Episode:
     """A standardized robot episode of T steps.
@@ -106,7 +93,7 @@ class Episode:
     annotations: tuple[LanguageAnnotation, ...] = ()
 
     def __post_init__(self) -> None:
-        where = _Where(self.source, self.episode_id)
+        where = f"source {self.source!r}, episode {self.episode_id!r}"
         for name in ("state", "actions"):
             value = getattr(self, name)
             if not isinstance(value, np.ndarray) or value.ndim != 2 or value.dtype != np.float32:

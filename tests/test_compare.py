@@ -113,3 +113,28 @@ def test_the_summary_is_computed_from_the_recorded_metrics(tmp_path):
     table = markdown(summary)
     assert "| ki-cotrain | 0.125 [0.1, 0.15] | 25 [20, 30] (2/2 seeds) | 0.6 [0.5, 0.7] | 2 |" in table
     assert "| pi0-cotrain | 0.7 | - (0/1 seeds) | 0.1 | 2 |" in table
+
+
+def test_a_careless_comparison_is_refused_in_one_sentence(recipe, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from kidata.cli import main
+    from kidata.compare import _overrides, build_once
+
+    with pytest.raises(ValueError, match=r"--variants \['vlm', 'pi1'\] are not among"):
+        CompareConfig(recipe="r", model="m", out=tmp_path, variants=("ki", "vlm", "pi1"))
+    robot_only = SimpleNamespace(sources=[SimpleNamespace(name="bridge", kind="robot", weight=1.0)], recipe={})
+    config = CompareConfig(recipe=str(recipe), model=str(TINY), out=tmp_path)
+    with pytest.raises(ValueError, match=r"--cotrain on needs VLM sources; .* has only \['bridge'\] \(use --cotrain off\)"):
+        _overrides(config, tmp_path / "manifest.json", robot_only, "ki", True, 0)
+    with pytest.raises(ValueError, match="--metaworld-episodes needs a metaworld source"):
+        _overrides(CompareConfig(**{**config.__dict__, "metaworld_episodes": 2}), tmp_path / "manifest.json",
+                   robot_only, "ki", False, 0)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "manifest.json").write_text(json.dumps({"recipe_sha256": "0" * 64}))
+    with pytest.raises(ValueError, match=r"was built from another recipe than .*recipe.toml \(recipe sha256 "
+                                         r"000000000000 vs [0-9a-f]{12}\): use another --out"):
+        build_once(config)
+    assert main(["compare", "--recipe", str(recipe), "--model", str(TINY), "--out", str(tmp_path),
+                 "--cotrain", "maybe"]) == 2
+    assert "kidata compare: --cotrain takes on, off or on,off, got ['maybe'] [ValueError" in capsys.readouterr().err

@@ -30,9 +30,7 @@ def add_parser(commands) -> None:
                          help="closed-loop episodes per task at each evaluation (a recipe with a metaworld source)")
     compare.add_argument("--workers", type=int, default=2, help="build worker processes")
     compare.add_argument("--report-only", action="store_true", help="recompute the table and plots from the runs")
-    compare.add_argument("overrides", nargs=argparse.REMAINDER,
-                         help="training overrides for every run after --, e.g. -- --data.batch_size 16")
-    compare.set_defaults(handler=compare_command)
+    compare.set_defaults(handler=compare_command, overrides=[], accepts_overrides=True)  # --table.key value: every run
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -43,7 +41,7 @@ def compare_command(args: argparse.Namespace) -> int:
     unknown = [part for part in cotrain if part not in arms]
     if unknown:
         raise ValueError(f"--cotrain takes on, off or on,off, got {unknown}")
-    overrides = [item for item in args.overrides if item != "--"]
+    overrides = [item for item in args.overrides if item != "--"]  # "--" before them is allowed, not needed
     config = CompareConfig(recipe=args.recipe, model=args.model, out=Path(args.out),
                            variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                            cotrain=tuple(arms[part] for part in cotrain), seeds=args.seeds, steps=args.steps,

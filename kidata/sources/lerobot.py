@@ -269,7 +269,7 @@ def _mapped(parts: tuple[Part, ...], columns: dict[str, np.ndarray]) -> np.ndarr
 class _DataFile:
     """One data file's columns (numpy arrays [N] or [N, n]; image columns left in arrow) and what
     the reader derives from them for the whole file: mapped state / actions float32 [N, S] / [N, A]
-    and per-row checks (all None when a part's transform runs over time)."""
+    (None when a part's transform runs over time) and each episode's run of rows (``_runs``)."""
 
     columns: dict[str, np.ndarray]
     images: dict[str, Any]
