@@ -69,6 +69,30 @@ def test_rollouts_without_rendering_are_the_same_rollouts(episodes):
     assert again[0].images == {}
 
 
+def test_noisy_rollouts_leave_the_expert_path_and_record_the_experts_clean_action_there():
+    from kidata.envs.metaworld import Scene, expert
+
+    clean = MetaWorldSource(["push"], episodes_per_task=1)
+    noisy = MetaWorldSource(["push"], episodes_per_task=1, action_noise=0.3)
+    scene = Scene("push-v3", seed=0, image_size=32)
+    try:
+        knocked_off = noisy.rollout(scene, 0, images=False)  # the noise made the expert fail this one
+        path = clean.rollout(scene, 1, images=False)
+        off_path = noisy.rollout(scene, 1, images=False, env_observations=True)
+        again = noisy.rollout(scene, 1, images=False)
+    finally:
+        scene.close()
+    assert knocked_off is None
+    steps = min(path.steps, off_path.steps)
+    assert np.abs(off_path.state[:steps, :3] - path.state[:steps, :3]).max() > 0.005  # > 5 mm off the path
+    policy = expert("push-v3")
+    relabelled = np.stack([from_env_action(np.clip(policy.get_action(o), -1.0, 1.0)) for o in off_path.metadata["env_obs"]])
+    np.testing.assert_array_equal(off_path.actions, relabelled.astype(np.float32))
+    np.testing.assert_array_equal(again.actions, off_path.actions)  # drawn from (seed, task, episode)
+    with pytest.raises(ValueError, match="action_noise must be a standard deviation >= 0, got -0.1"):
+        MetaWorldSource(["push"], action_noise=-0.1)
+
+
 def test_scene_questions_are_answered_from_simulator_state():
     source = MetaWorldSceneSource(["push"], scenes_per_task=2, image_size=64, pointing=True)
     examples = list(source.examples())

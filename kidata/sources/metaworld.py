@@ -12,6 +12,12 @@ steps) or ``max_steps`` pass; failed rollouts are kept out and counted (``expert
 * images: rendered offscreen (``MUJOCO_GL=egl`` on CPUs) with shadows and reflections off, which
   roughly halves the cost of a frame; ``corner*`` cameras are rotated 180 degrees (they render
   upside down).
+* ``action_noise`` (DART, Laskey et al. 2017): the simulator executes the expert's action plus
+  Gaussian noise of that standard deviation (per dimension, in the action space's [-1, 1] units)
+  while the episode records the expert's clean action at every state visited. The demonstrations
+  then cover states off the expert's own path, labelled with how the expert recovers from them:
+  what a policy needs closed-loop, where its own small errors carry it off that path.
+  The noise is drawn from (seed, task, episode), so both passes see the same rollouts.
 * fps = 1 / env.dt = 80. Work units are (task, episode range); everything is a function of
   (seed, task, episode index), so pass 1 (no rendering) and pass 2 see the same rollouts.
 """
@@ -35,6 +41,7 @@ from kidata.envs.metaworld import (
     robot_state,
     task_key,
 )
+from kidata.hashing import stable_seed_words
 from kidata.schema import Episode, Frames, VlmExample
 from kidata.sources.base import ReadReport, WorkUnit, split_range
 from kidata.sources.registry import register_reader
@@ -54,10 +61,14 @@ class MetaWorldSource:
     max_steps: int = 300
     goal_marker_scale: float = 1.0
     privileged_state: bool = False
+    action_noise: float = 0.0
     name: str = "metaworld"
     kind: str = "robot"
 
     def __post_init__(self) -> None:
+        if not (np.isfinite(self.action_noise) and self.action_noise >= 0.0):
+            raise ValueError(f"metaworld source {self.name!r}: action_noise must be a standard deviation >= 0, "
+                             f"got {self.action_noise}")
         object.__setattr__(self, "tasks", tuple(resolve_tasks(self.tasks)))
         object.__setattr__(self, "cameras", dict(self.cameras or DEFAULT_CAMERAS))
 
@@ -87,6 +98,7 @@ class MetaWorldSource:
         """One expert episode; with ``env_observations`` its metadata also holds the simulator's
         full observations float64 [T, 39] (hand, objects, goal: what privileged baselines read)."""
         policy = expert(scene.task)
+        noise = np.random.default_rng(stable_seed_words(self.seed, scene.task, episode, "action_noise"))
         observation = scene.reset(episode)
         variation = episode  # its own layout: see _LocalScene.variation
         states, actions, frames, full = [], [], {camera: [] for camera in self.cameras}, []
@@ -99,6 +111,8 @@ class MetaWorldSource:
             if images:
                 for camera, name in self.cameras.items():
                     frames[camera].append(scene.render(name))
+            if self.action_noise > 0.0:
+                env_action = np.clip(env_action + noise.normal(0.0, self.action_noise, env_action.shape), -1.0, 1.0)
             observation, success = scene.step(env_action)
             if success and success_at is None:
                 success_at = step + 1
@@ -208,14 +222,15 @@ def _side(thing: tuple[float, float], hand: tuple[float, float]) -> str:
 
 @register_reader("metaworld", kind="robot",
                  options=("tasks", "episodes_per_task", "seed", "cameras", "image_size", "max_steps", "goal_marker_scale",
-                          "privileged_state"))
+                          "privileged_state", "action_noise"))
 def open_metaworld(options, *, name: str, image_size: int, seed: int = 0) -> MetaWorldSource:
     return MetaWorldSource(options["tasks"], episodes_per_task=int(options.get("episodes_per_task", 10)),
                            seed=int(options.get("seed", seed)), cameras=options.get("cameras"),
                            image_size=int(options.get("image_size", image_size)),
                            max_steps=int(options.get("max_steps", 300)),
                            goal_marker_scale=float(options.get("goal_marker_scale", 1.0)),
-                           privileged_state=bool(options.get("privileged_state", False)), name=name)
+                           privileged_state=bool(options.get("privileged_state", False)),
+                           action_noise=float(options.get("action_noise", 0.0)), name=name)
 
 
 @register_reader("metaworld_scenes", kind="vlm",
