@@ -1,13 +1,14 @@
 """Training-step cost of the paper's recipes, and action sampling latency.
 
     python benchmarks/model_bench.py [--preset model/ki_tiny.toml --batch 8 --steps 20]
-    python benchmarks/model_bench.py --preset model/ki_2b.toml --device cuda --dtype bfloat16 --batch 8
+    python benchmarks/model_bench.py --preset model/ki_2b.toml --device cuda --dtype bfloat16 --batch 8 --optimizer
 
 Prints, in one run and for the same weights and batch: forward+backward ms per step for ``ki``,
 ``joint``, ``pi0``, ``pi0_fast`` (KI's cost relative to flow-only training is the figure the paper
 reports as ~1.2x), tokens/s, MFU on CUDA (6 * parameters * tokens / s over the GPU's peak), and the
 latency of ``sample_actions`` (two cameras, 10 Euler steps, KV cache) next to recomputing the
-prefix every step.
+prefix every step. ``--optimizer`` times whole training steps (AdamW with fp32 master weights
+included) and, on CUDA, reports each variant's peak memory: what ``benchmarks/gpu_check.sh`` runs.
 """
 
 from __future__ import annotations
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--optimizer", action="store_true", help="time the AdamW step too (a whole training step)")
+    parser.add_argument("--variants", default="ki,joint,pi0,pi0_fast")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -81,29 +84,40 @@ def main() -> None:
     patches = (base.image_size // base.patch_size) ** 2
     tokens = args.batch * (2 * patches + args.text + base.action_horizon)
     results = {}
-    for variant in ("ki", "joint", "pi0", "pi0_fast"):
+    for variant in args.variants.split(","):
         config = ModelConfig.load(args.preset, variant=variant)
         torch.manual_seed(0)
         model = KIModel(config).to(device)
         params = sum(p.numel() for p in model.parameters())
+        optimizer = (torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
+                                       fused=device.type == "cuda") if args.optimizer else None)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
 
         def step():
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 loss = model(batch)["loss"]
             loss.backward()
+            if optimizer is not None:
+                optimizer.step()
             model.zero_grad(set_to_none=True)
 
         seconds = timed(step, args.steps, device)
         results[variant] = seconds
-        line = f"  {variant:9s} fwd+bwd {seconds * 1e3:9.1f} ms/step  {tokens / seconds:10.0f} tokens/s"
+        what = "train step" if optimizer is not None else "fwd+bwd"
+        line = f"  {variant:9s} {what} {seconds * 1e3:9.1f} ms/step  {tokens / seconds:10.0f} tokens/s"
         if device.type == "cuda":
             peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
             if peak:
                 line += f"  MFU {6 * params * tokens / seconds / (peak * 1e12):6.1%}"
-        print(line)
-        del model
-    print(f"ki / pi0 step time: {results['ki'] / results['pi0']:.2f}x (paper: ~1.2x for KI over flow-only)"
-          f"; ki / pi0_fast: {results['ki'] / results['pi0_fast']:.2f}x")
+            line += f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+        print(line, flush=True)
+        model = optimizer = None  # freed before the next variant is built
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if {"ki", "pi0", "pi0_fast"} <= set(results):
+        print(f"ki / pi0 step time: {results['ki'] / results['pi0']:.2f}x (paper: ~1.2x for KI over flow-only)"
+              f"; ki / pi0_fast: {results['ki'] / results['pi0_fast']:.2f}x")
 
     model = KIModel(base).to(device).eval()
     prefix = {**batch, "tokens": batch["tokens"][:1, : args.prefix], "ar": batch["ar"][:1, : args.prefix],

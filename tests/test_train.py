@@ -405,10 +405,80 @@ def test_resuming_two_processes_shards_on_one_loads_them_then_names_the_data_str
 
     run = tmp_path / "one"
     shutil.copytree(two_process_runs["fsdp"], run)
-    with pytest.raises(ValueError, match=r"written by 2 process\(es\) and this run has 1: its weights, optimizer and "
-                                         r"EMA reshard .* resume with 2 process\(es\)"):
+    with pytest.raises(ValueError, match=r"holds 2 data stream\(s\), one per process of the run that wrote it, and this "
+                                         r"run has 1 process\(es\): its weights, optimizer and EMA reshard .* resume with "
+                                         r"2 process\(es\) .* \[data\] streams = S"):
         train(config(mixture, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
                      "--optim.ema_decay", "0.9", "--train.fsdp", "true"), run, resume=True)
+
+
+def run_two_processes(run: Path, mixture: str, *extra: str) -> None:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run), *SHAPE,
+               *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+STREAMED = ("--data.streams", "2", "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
+            "--optim.ema_decay", "0.9", "--train.fsdp", "true")
+
+
+@pytest.fixture(scope="module")
+def streamed_runs(mixture, tmp_path_factory) -> dict[int, Path]:
+    """The same 6 steps over 2 data streams, on 1 process and on 2 (FSDP2)."""
+    root = tmp_path_factory.mktemp("streamed")
+    train(config(mixture, *STREAMED), root / "one")
+    run_two_processes(root / "two", mixture, *STREAMED)
+    return {1: root / "one", 2: root / "two"}
+
+
+def restart_at_step_3(run: Path, target: Path) -> Path:
+    import shutil
+
+    shutil.copytree(run, target)
+    shutil.rmtree(target / "checkpoints" / "step_0000006")
+    (target / "checkpoints" / "latest").write_text("step_0000003\n")
+    return target
+
+
+def assert_same_training(actual: Path, expected: Path, steps) -> None:
+    for step in steps:
+        assert losses(actual)[step] == pytest.approx(losses(expected)[step], rel=1e-5, abs=1e-6), step
+    for part in ("model.safetensors", "ema.safetensors"):
+        after, before = safetensors_at(actual, 6, part), safetensors_at(expected, 6, part)
+        for name in before:
+            torch.testing.assert_close(after[name], before[name], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_with_fixed_streams_one_process_trains_as_two_do(streamed_runs):
+    trainer = json.loads((streamed_runs[1] / "checkpoints" / "step_0000006" / "trainer.json").read_text())
+    assert trainer["world_size"] == 1 and [s["rank"] for s in trainer["data_state"]] == [0, 1]
+    assert_same_training(streamed_runs[1], streamed_runs[2], range(1, 7))
+
+
+@pytest.mark.slow
+def test_a_run_saved_on_two_processes_resumes_on_one_to_the_uninterrupted_losses(streamed_runs, mixture, tmp_path):
+    run = restart_at_step_3(streamed_runs[2], tmp_path / "two_to_one")
+    train(config(mixture, *STREAMED), run, resume=True)
+    assert_same_training(run, streamed_runs[2], (4, 5, 6))
+
+
+@pytest.mark.slow
+def test_a_run_saved_on_one_process_resumes_on_two_to_the_uninterrupted_losses(streamed_runs, mixture, tmp_path):
+    run = restart_at_step_3(streamed_runs[1], tmp_path / "one_to_two")
+    run_two_processes(run, mixture, "--resume", *STREAMED)
+    assert_same_training(run, streamed_runs[1], (4, 5, 6))
+
+
+def test_streams_that_the_processes_do_not_divide_are_refused(mixture, tmp_path):
+    from kidata.training.streams import StreamLayout
+
+    assert StreamLayout.of(4, 1, 2) == StreamLayout(4, (2, 3)) and StreamLayout.of(0, 1, 2) == StreamLayout(2, (1,))
+    with pytest.raises(ValueError, match=r"\[data\] streams = 3 is not a multiple of the 2 processes"):
+        StreamLayout.of(3, 0, 2)
 
 
 @pytest.mark.slow

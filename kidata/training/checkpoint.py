@@ -7,7 +7,7 @@ model.safetensors          full (unsharded) fp32 weights, our parameter names
 optimizer.safetensors      AdamW moments per parameter: ``<name>.exp_avg``, ``<name>.exp_avg_sq``
 ema.safetensors            weight EMA (when ``optim.ema_decay > 0``)
 trainer.json               step, optimizer hyper-parameters and per-parameter step counts,
-                           the data streams' state (one per rank), the config's hash
+                           the data streams' state (one per stream), the config's hash
 checksums.json             sha256 and size of every file above, written last
 =========================  =================================================================
 

@@ -62,7 +62,10 @@ class ScheduleConfig:
 class DataConfig:
     """The mixture: ``manifest`` path or URL; ``weights`` overrides the manifest's source weights;
     ``verify_shards`` checks each shard's sha256 against the manifest when it is first opened
-    (the loader always checks token ids, lengths and sample counts)."""
+    (the loader always checks token ids, lengths and sample counts). ``streams`` fixes the data
+    order to that many streams whatever the number of processes (0: one per process): each step
+    takes ``batch_size x grad_accum`` samples from every stream, so a run saved on N processes
+    resumes on any M dividing it with the same batches, noise and losses (``training.streams``)."""
 
     manifest: str = ""
     batch_size: int = 32
@@ -73,6 +76,11 @@ class DataConfig:
     augment: bool = True
     cameras: tuple[str, ...] = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
     verify_shards: bool = False
+    streams: int = 0
+
+    def __post_init__(self) -> None:
+        if self.streams < 0:
+            raise ValueError(f"data.streams must be >= 0 (0: one per process), got {self.streams}")
 
 
 METAWORLD_EVAL_KEYS = {"tasks": (list, str), "episodes": int, "max_steps": int, "replan": int}

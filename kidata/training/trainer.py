@@ -5,9 +5,10 @@ Run directory (``RUN``): ``config.json`` (the resolved config), ``manifest.json`
 ``metrics.jsonl``, ``tensorboard/``, ``checkpoints/step_NNNNNNN/`` + ``checkpoints/latest``,
 ``eval.json``, ``report.json`` and ``loss_curves.png`` at the end.
 
-Determinism: the model's initialization, the data streams (per rank, resumable by position), the
-flow noise and time of every (rank, step, micro-batch) and augmentation are all seeded, so a
-resumed run repeats an uninterrupted run's losses step for step.
+Determinism: the model's initialization, the data streams (resumable by position; see
+``streams``), the flow noise and time of every (stream, step, micro-batch) and augmentation are
+all seeded, so a resumed run repeats an uninterrupted run's losses step for step — with
+``[data] streams`` set, on another number of processes too.
 """
 
 from __future__ import annotations
@@ -54,15 +55,16 @@ from kidata.training.parallelize import (
     sharded_state_dicts,
 )
 from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, config_changes, resume_point  # noqa: F401  (public here)
+from kidata.training.streams import StreamLayout, TrainStreams
 
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss: the run stops, naming the step and the last good checkpoint."""
 
 
-def flow_inputs(seed: int, rank: int, step: int, micro: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+def flow_inputs(seed: int, stream: int, step: int, micro: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise [B, H, A] and time [B] of one micro-batch, a function of its coordinates only."""
-    return sample_flow_inputs(shape, torch.Generator().manual_seed(stable_seed(seed, rank, step, micro)))
+    return sample_flow_inputs(shape, torch.Generator().manual_seed(stable_seed(seed, stream, step, micro)))
 
 
 def learning_rate(config: TrainConfig, step: int) -> float:
@@ -179,7 +181,8 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     ema = ({n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
            if config.optim.ema_decay > 0 else None)
     parameters = dict(model.named_parameters())
-    start, data_state, last_good = 0, None, None
+    layout = StreamLayout.of(config.data.streams, env.rank, env.world)
+    start, data_states, last_good = 0, None, None
     if checkpoint_path is not None:
         if sharded_run(config, env) and is_sharded(checkpoint_path):  # each rank reads its own pieces
             trainer_state = json.loads((checkpoint_path / "trainer.json").read_text())
@@ -191,18 +194,15 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
                 ema = {n: shard_like(t.float(), parameters[n]) for n, t in checkpoint["ema"].items()}
             trainer_state = checkpoint["trainer"]
         start, last_good = trainer_state["step"], checkpoint_path
-        states = trainer_state["data_state"]
-        if len(states) != env.world:
-            raise ValueError(
-                f"{checkpoint_path} was written by {len(states)} process(es) and this run has {env.world}: its weights, "
-                f"optimizer and EMA reshard to any number (they loaded), but each rank's position in the data "
-                f"stream cannot be split or merged; resume with {len(states)} process(es) (torchrun --nproc_per_node "
-                f"{len(states)}), or start a new run from these weights (kidata export weights)")
-        data_state = states[env.rank]
+        data_states = trainer_state["data_state"]
+        layout.resumable_from(len(data_states), config.data.streams, env.world, str(checkpoint_path))
 
-    data, loader = _loader(config, manifest_path, "train", env.rank, env.world, manifest,
-                           batch_size=config.data.batch_size, workers=config.data.num_workers,
-                           augment=config.data.augment, state=data_state)
+    def open_stream(stream: int, state: dict | None):
+        return _loader(config, manifest_path, "train", stream, layout.streams, manifest,
+                       batch_size=config.data.batch_size, workers=config.data.num_workers,
+                       augment=config.data.augment, state=state)
+
+    data = TrainStreams(layout, open_stream, data_states)
     has_val = manifest.has_split("val")
     if not has_val and env.rank == 0:
         print(f"train: {manifest_path} has no held-out split (its recipe's holdout is 0): evaluations report no "
@@ -210,8 +210,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     logger = MetricsLogger(run, config, manifest, enabled=env.rank == 0, start=start)
     autocast = functools.partial(torch.autocast, env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     accum = config.optim.grad_accum
-    batches = iter(loader)
-    fed = 0  # batches taken from the loader in this process
+    micro_batches = accum * len(layout.owned)  # the losses of the process's batches are averaged
     last_tokens = None  # the last batch's tokens: a checkpoint records each rank's (hashed only then)
     if config.eval.at_start and start == 0:
         logger.evaluation(0, _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast,
@@ -223,20 +222,19 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
             group["lr"] = learning_rate(config, step)
         totals: dict[str, float] = {}
         mix = torch.zeros(len(manifest.sources))
-        for micro in range(accum):
-            batch = {k: v.to(env.device, non_blocking=True) for k, v in next(batches).items()}
-            fed += 1
+        for index, (stream, micro, batch) in enumerate(data.micro_batches(accum)):
+            batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
             last_tokens = batch["tokens"]
-            noise, t = flow_inputs(config.train.seed, env.rank, step, micro, tuple(batch["actions"].shape))
-            sync = (contextlib.nullcontext() if micro == accum - 1 or not hasattr(wrapped, "no_sync")
+            noise, t = flow_inputs(config.train.seed, stream, step, micro, tuple(batch["actions"].shape))
+            sync = (contextlib.nullcontext() if index == micro_batches - 1 or not hasattr(wrapped, "no_sync")
                     else wrapped.no_sync())
             with sync, autocast():
                 out = wrapped(batch, noise=noise.to(env.device), t=t.to(env.device))
             with sync:
-                (out["loss"] / accum).backward()
+                (out["loss"] / micro_batches).backward()
             for key in ("loss", "flow_loss", "fast_loss"):
                 if key in out:
-                    totals[key] = totals.get(key, 0.0) + float(env.mean(out[key].detach().float())) / accum
+                    totals[key] = totals.get(key, 0.0) + float(env.mean(out[key].detach().float())) / micro_batches
             mix += torch.bincount(batch["source_index"].cpu(), minlength=len(mix)).float()
         if not all(math.isfinite(v) for v in totals.values()):
             raise TrainingDiverged(f"non-finite loss at step {step + 1} ({totals}); last good checkpoint: "
@@ -251,7 +249,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
                     if name in ema:  # shard by shard under FSDP2: no communication
                         ema[name].lerp_(parameter.detach().float(), 1 - config.optim.ema_decay)
         done = step + 1
-        samples = config.data.batch_size * accum * env.world
+        samples = config.data.batch_size * accum * layout.streams
         logger.step(done, {**totals, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]},
                     seconds=time.perf_counter() - began, samples=samples, mix=mix)
         if config.eval.every and done % config.eval.every == 0 and done < config.train.steps:
@@ -259,7 +257,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
                                                  autocast, has_val))
             wrapped.train()
         if done % config.checkpoint.every == 0 or done == config.train.steps:
-            last_good = _checkpoint(run, done, model, optimizer, ema, data, fed, config, env, last_tokens)
+            last_good = _checkpoint(run, done, model, optimizer, ema, data, config, env, last_tokens)
     result = _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast, has_val)
     return logger.finish(config.train.steps, result)
 
@@ -341,9 +339,11 @@ def sharded_run(config: TrainConfig, env: Distributed) -> bool:
     return env.world > 1 and config.train.fsdp
 
 
-def _checkpoint(run: Path, step: int, model, optimizer, ema, data: MixtureDataset, fed: int, config: TrainConfig,
+def _checkpoint(run: Path, step: int, model, optimizer, ema, data: TrainStreams, config: TrainConfig,
                 env: Distributed, last_tokens: torch.Tensor | None) -> Path | None:
-    streams = env.gather(data.state_after_batches(fed, config.data.batch_size, config.data.num_workers))
+    # one state per stream, in stream order (rank r owns a consecutive run of them)
+    streams = [state for part in env.gather(data.states(config.data.batch_size, config.data.num_workers))
+               for state in part]
     # what each rank holds: under DDP every replica's parameters are the same bytes and every rank's
     # batch differs; under FSDP each rank holds its own shard (a drifting replica shows here)
     replicas = env.gather({"rank": env.rank, "parameters_sha256": local_parameters_sha256(model),
