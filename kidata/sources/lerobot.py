@@ -90,6 +90,8 @@ class LeRobotSource:
                 raise KeyError(f"lerobot source {name!r}: {self.root} has no feature {part.key!r} (in {part.text!r}); "
                                f"its features: {self.meta.feature_names()}")
         self._task_text = {int(i): text for i, text in self.meta.tasks.items() if text.strip()}
+        self._data_keys = frozenset({part.key for part in self.state + self.action} | set(INDEX_COLUMNS))
+        self._whole_file_mapping = not any(part.transform in STATEFUL_TRANSFORMS for part in self.state + self.action)
         indices = [e.index for e in self.meta.episodes]
         self.index_gaps = (max(indices) + 1 - len(indices)) if indices else 0
 
@@ -126,16 +128,22 @@ class LeRobotSource:
         path = self.root / data_path
         if not path.is_file():
             return None
-        keys = {part.key for part in self.state + self.action} | set(INDEX_COLUMNS)
+        keys = self._data_keys
         image_keys = {key for key in self.cameras.values() if key in self._image_keys} if images else set()
-        table = pq.read_table(path, columns=sorted(keys | image_keys))
+        # ParquetFile.read, not read_table: the same table without the dataset layer read_table goes
+        # through (3.5 -> 2.9 ms for a 40k-row file; benchmarks/RESULTS.md, LeRobot)
+        with pq.ParquetFile(path) as handle:
+            table = handle.read(columns=sorted(keys | image_keys))
+        # timestamps stay float32 as stored: consecutive float32 values subtract exactly, so the grid
+        # check loses nothing, and a float64 copy of the column was 0.1 ms of a 40k-row file
         columns = {key: _column(table, key) for key in keys}
-        columns["timestamp"] = columns["timestamp"].astype(np.float64)
+        if columns["timestamp"].dtype.kind != "f":
+            columns["timestamp"] = columns["timestamp"].astype(np.float64)
         data = _DataFile(columns, {key: table[key] for key in image_keys})
         # Whole-file work, so that a clean episode is slices: the mapping (unless a part's transform
         # runs over time) and the checks (benchmarks/lerobot_bench.py, pass 1, measures the reader).
         breaks = nonfinite = None
-        if not any(part.transform in STATEFUL_TRANSFORMS for part in self.state + self.action):
+        if self._whole_file_mapping:
             data.state, data.actions = (_mapped(parts, columns) for parts in (self.state, self.action))
             # one sum per array settles the common all-finite file (1.2 ms -> 0.03 ms for 40k rows of 6
             # per-row reductions); an inf or NaN anywhere (or an overflowing sum) checks row by row
@@ -143,8 +151,12 @@ class LeRobotSource:
                 nonfinite = np.zeros(0, dtype=np.int64)
             else:
                 nonfinite = np.flatnonzero(~(np.isfinite(data.state).all(axis=1) & np.isfinite(data.actions).all(axis=1)))
-            on_grid = np.abs(np.diff(columns["timestamp"]) - 1.0 / self.fps) <= self.tolerance_s
-            breaks = np.flatnonzero(~(on_grid & (np.diff(columns["frame_index"]) == 1))) + 1
+            steps = np.diff(columns["timestamp"])
+            steps -= steps.dtype.type(1.0 / self.fps)
+            off = np.abs(steps, out=steps) > self.tolerance_s
+            frame_index = columns["frame_index"]
+            off |= frame_index[1:] != frame_index[:-1] + 1
+            breaks = np.flatnonzero(off) + 1
         data.runs = _runs(columns, breaks, nonfinite)
         return data
 
@@ -198,7 +210,7 @@ class LeRobotSource:
         if reason is not None:
             self._quarantine(report, reason, meta)
             return None
-        if run is not None and run.task is not None:
+        if run is not None and run.task >= 0:
             task_indices = [run.task]
         else:
             task_indices = dict.fromkeys(data.columns["task_index"][rows].tolist())  # distinct, in order
@@ -248,7 +260,7 @@ class LeRobotSource:
             path = self.root / span.path
             if not images:
                 continue
-            wanted = span.from_timestamp + timestamps
+            wanted = span.from_timestamp + timestamps.astype(np.float64)  # float32 + a late file offset loses ms
             try:
                 held = packet_times(str(path), span.from_timestamp, span.to_timestamp, self.tolerance_s)
             except VideoError:
@@ -282,15 +294,15 @@ class _Run(NamedTuple):
     """The rows [start, stop) of one file holding one episode index contiguously; the global
     ``index`` of its first and last row; ``clean``: frame_index starts at 0, every row continues the
     one before on the fps grid, all finite (the common case, so that a clean episode is slices);
-    ``task``: its one task_index, None when it changes within the run. A named tuple: a file's
-    runs are built in one loop, where a frozen dataclass's ``__init__`` cost 1 us a run."""
+    ``task``: its one task_index, -1 when it changes within the run. A named tuple, built by
+    ``map`` over the file's columns: a frozen dataclass's ``__init__`` cost 1 us a run."""
 
     start: int
     stop: int
     first_index: int
     last_index: int
     clean: bool
-    task: int | None
+    task: int
 
 
 def _runs(columns: Mapping[str, np.ndarray], breaks: np.ndarray | None,
@@ -320,12 +332,11 @@ def _runs(columns: Mapping[str, np.ndarray], breaks: np.ndarray | None,
     else:
         clean = ((columns["frame_index"][starts] == 0) & (inside(breaks, starts + 1) == 0)
                  & (inside(nonfinite, starts) == 0))
-    runs: dict[int, _Run] = {}
-    for episode, start, stop, first, last, ok, single, task in zip(
-            episode_index[starts].tolist(), starts.tolist(), stops.tolist(), columns["index"][starts].tolist(),
-            columns["index"][stops - 1].tolist(), clean.tolist(), one_task.tolist(), task_index[starts].tolist()):
-        runs.setdefault(episode, _Run(start, stop, first, last, ok, task if single else None))
-    return runs
+    tasks = np.where(one_task, task_index[starts], -1).tolist()
+    runs = list(map(_Run, starts.tolist(), stops.tolist(), columns["index"][starts].tolist(),
+                    columns["index"][stops - 1].tolist(), clean.tolist(), tasks))
+    # reversed, so that an episode index met twice keeps its first run
+    return dict(zip(reversed(episode_index[starts].tolist()), reversed(runs)))
 
 
 def _column(table, key: str) -> np.ndarray:
