@@ -473,12 +473,14 @@ def test_a_run_saved_on_one_process_resumes_on_two_to_the_uninterrupted_losses(s
     assert_same_training(run, streamed_runs[1], (4, 5, 6))
 
 
-def test_streams_that_the_processes_do_not_divide_are_refused(mixture, tmp_path):
+def test_streams_that_the_processes_do_not_divide_are_refused(mixture):
     from kidata.training.streams import StreamLayout
 
     assert StreamLayout.of(4, 1, 2) == StreamLayout(4, (2, 3)) and StreamLayout.of(0, 1, 2) == StreamLayout(2, (1,))
     with pytest.raises(ValueError, match=r"\[data\] streams = 3 is not a multiple of the 2 processes"):
         StreamLayout.of(3, 0, 2)
+    with pytest.raises(ValueError, match=r"data.streams must be >= 0 \(0: one per process\), got -1"):
+        config(mixture, "--data.streams", "-1")
 
 
 @pytest.mark.slow
