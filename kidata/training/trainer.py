@@ -165,6 +165,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
     manifest, root = Manifest.read(manifest_path)
     check_compatible(manifest, config)
+    layout = StreamLayout.of(config.data.streams, env.rank, env.world)  # refused before the run is touched
     checkpoint_path = resume_point(run, config, resume=resume, allow_config_change=allow_config_change)
     if env.rank == 0:
         _prepare_run(run, config, manifest, root, resume)
@@ -181,7 +182,6 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     ema = ({n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
            if config.optim.ema_decay > 0 else None)
     parameters = dict(model.named_parameters())
-    layout = StreamLayout.of(config.data.streams, env.rank, env.world)
     start, data_states, last_good = 0, None, None
     if checkpoint_path is not None:
         if sharded_run(config, env) and is_sharded(checkpoint_path):  # each rank reads its own pieces
