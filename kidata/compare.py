@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -34,7 +35,9 @@ class CompareConfig:
     """What to compare. ``target_mse``: the action error whose first crossing is the "steps to
     reach" statistic (the paper's Fig. 6b); default: the mean final error of the runs, so that the
     statistic separates fast from slow learners. ``metaworld_episodes`` > 0 adds closed-loop
-    success at each evaluation (a recipe with a ``metaworld`` source)."""
+    success (a recipe with a ``metaworld`` source) at ``metaworld_evaluations`` of the evaluations,
+    evenly spaced and the last included (default: every one): closed-loop episodes cost ten times
+    a held-out batch, so the action-error curve can be finer than the success curve."""
 
     recipe: str
     model: str
@@ -48,13 +51,21 @@ class CompareConfig:
     target_mse: float | None = None
     metaworld_episodes: int = 0
     metaworld_max_steps: int = 300
+    metaworld_evaluations: int = 0
     workers: int = 2
+    jobs: int = 1
     overrides: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in RUN_VARIANTS]
         if unknown:
             raise ValueError(f"--variants {unknown} are not among {list(RUN_VARIANTS)}")
+        if self.metaworld_evaluations < 0 or (self.metaworld_evaluations
+                                              and self.evaluations % self.metaworld_evaluations):
+            raise ValueError(f"--metaworld-evaluations {self.metaworld_evaluations} must divide --evaluations "
+                             f"{self.evaluations} (evenly spaced; 0: at every evaluation)")
+        if self.jobs < 1:
+            raise ValueError(f"--jobs {self.jobs} must be >= 1 (runs trained at once)")
         if not self.variants or not self.cotrain or self.seeds < 1 or self.steps < 1 or self.evaluations < 1:
             raise ValueError("compare needs at least one variant, one co-training arm, one seed, one step and "
                              "one evaluation")
@@ -103,8 +114,10 @@ def _overrides(config: CompareConfig, manifest_path: Path, manifest, variant: st
                  for t in _as_list(s.get("tasks"))]
         if not tasks:
             raise ValueError(f"--metaworld-episodes needs a metaworld source in {config.recipe}")
+        closed_loop = config.metaworld_evaluations or config.evaluations
         out += ["--eval.metaworld", _toml({"tasks": tasks, "episodes": config.metaworld_episodes,
-                                           "max_steps": config.metaworld_max_steps})]
+                                           "max_steps": config.metaworld_max_steps,
+                                           "every": every * (config.evaluations // closed_loop)})]
     return out + list(config.overrides)
 
 
@@ -119,24 +132,57 @@ def _as_list(value: Any) -> list[str]:
 
 
 def train_all(config: CompareConfig, manifest_path: Path) -> None:
-    """Trains every run not yet finished (``report.json``), resuming those with checkpoints."""
+    """Trains every run not yet finished (``report.json``), resuming those with checkpoints;
+    ``config.jobs`` at once, each in its own process on its share of the cores. Why: on this
+    2-core VM two single-threaded trainings of the tiny preset make 8.4 steps/s together where one
+    two-threaded training makes 6.4 (benchmarks/RESULTS.md, the paper's comparison)."""
+    names = config.run_names()
+    todo = []
+    for index, (name, variant, cotrain, seed) in enumerate(names):
+        if (config.out / "runs" / name / "report.json").is_file():
+            print(f"[{index + 1}/{len(names)}] {name}: finished, not retrained", flush=True)
+        else:
+            todo.append((f"[{index + 1}/{len(names)}] {name}", name, variant, cotrain, seed))
+    if config.jobs == 1:
+        for job in todo:
+            _train_one(config, manifest_path, *job)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    threads = max(1, len(os.sched_getaffinity(0)) // config.jobs)
+    context = multiprocessing.get_context("spawn")  # fresh processes: no forked torch or simulator state
+    with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_limit_threads,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(_train_one, config, manifest_path, *job, threads=threads) for job in todo]
+        done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+        failed = [future for future in done if future.exception() is not None]
+        if failed:
+            for future in futures:
+                future.cancel()
+            raise failed[0].exception()
+
+
+def _limit_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _train_one(config: CompareConfig, manifest_path: Path, label: str, name: str, variant: str, cotrain: bool,
+               seed: int, threads: int | None = None) -> None:
     from kidata.manifest import Manifest
     from kidata.training.checkpoint import holds_checkpoints
     from kidata.training.config import TrainConfig
     from kidata.training.trainer import train
 
     manifest, _ = Manifest.read(str(manifest_path))
-    names = config.run_names()
-    for index, (name, variant, cotrain, seed) in enumerate(names):
-        run = config.out / "runs" / name
-        if (run / "report.json").is_file():
-            print(f"[{index + 1}/{len(names)}] {name}: finished, not retrained", flush=True)
-            continue
-        resume = holds_checkpoints(run)
-        print(f"[{index + 1}/{len(names)}] {name}: {'resuming' if resume else 'training'} {config.steps} steps",
-              flush=True)
-        overrides = _overrides(config, manifest_path, manifest, variant, cotrain, seed)
-        train(TrainConfig.load(config.model, overrides), run, resume=resume)
+    run = config.out / "runs" / name
+    resume = holds_checkpoints(run)
+    where = f" ({config.jobs} at once, {threads} torch thread{'s' if threads != 1 else ''} each)" if threads else ""
+    print(f"{label}: {'resuming' if resume else 'training'} {config.steps} steps{where}", flush=True)
+    overrides = _overrides(config, manifest_path, manifest, variant, cotrain, seed)
+    train(TrainConfig.load(config.model, overrides), run, resume=resume)
 
 
 def read_run(run: Path) -> dict[str, Any]:

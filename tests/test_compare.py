@@ -5,6 +5,7 @@ instead of retraining; the table and plots come from the recorded metrics."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,21 @@ def test_compare_again_retrains_nothing_and_resumes_an_unfinished_run(compared, 
     assert {k: v for k, v in after.items() if k != "ki-robot-s0"} == {k: v for k, v in before.items() if k != "ki-robot-s0"}
 
 
+def test_compare_trains_runs_at_once_in_their_own_processes_with_jobs(compared, tmp_path, capfd):
+    config, manifest = compared
+    (tmp_path / "data").symlink_to(manifest.parent, target_is_directory=True)
+    parallel = CompareConfig(**{**config.__dict__, "out": tmp_path, "variants": ("ki",), "steps": 2,
+                                "evaluations": 1, "jobs": 2})
+    summary = compare(parallel)
+    out = capfd.readouterr().out
+    assert len(re.findall(r"\] ki-(cotrain|robot)-s0: training 2 steps \(2 at once, \d+ torch threads? each\)", out)) == 2
+    assert out.count(f"initialized from {config.init}") == 2  # printed by the two training processes
+    assert set(summary["arms"]) == {"ki-cotrain", "ki-robot"}
+    assert all((tmp_path / "runs" / name / "report.json").is_file() for name in ("ki-cotrain-s0", "ki-robot-s0"))
+    with pytest.raises(ValueError, match=r"--jobs 0 must be >= 1"):
+        CompareConfig(**{**parallel.__dict__, "jobs": 0})
+
+
 def test_the_summary_is_computed_from_the_recorded_metrics(tmp_path):
     config = CompareConfig(recipe="r", model="m", out=tmp_path, variants=("ki", "pi0"), cotrain=(True,), seeds=2,
                            steps=30, target_mse=0.2)
@@ -113,6 +129,24 @@ def test_the_summary_is_computed_from_the_recorded_metrics(tmp_path):
     table = markdown(summary)
     assert "| ki-cotrain | 0.125 [0.1, 0.15] | 25 [20, 30] (2/2 seeds) | 0.6 [0.5, 0.7] | 2 |" in table
     assert "| pi0-cotrain | 0.7 | - (0/1 seeds) | 0.1 | 2 |" in table
+
+
+def test_closed_loop_success_can_be_measured_at_fewer_evaluations_than_the_action_error(tmp_path):
+    from types import SimpleNamespace
+
+    from kidata.compare import _overrides
+
+    manifest = SimpleNamespace(sources=[SimpleNamespace(name="metaworld", kind="robot", weight=1.0)],
+                               recipe={"sources": [{"reader": "metaworld", "tasks": ["reach", "push"]}]})
+    config = CompareConfig(recipe="r", model="m", out=tmp_path, steps=800, evaluations=4, metaworld_episodes=3,
+                           metaworld_evaluations=2)
+    overrides = _overrides(config, tmp_path / "manifest.json", manifest, "ki", False, 0)
+    train_config = TrainConfig.load(TINY, overrides)
+    assert train_config.eval.every == 200
+    assert [s for s in range(0, 801, 200) if train_config.eval.closed_loop_at(s, 800)] == [400, 800]
+    assert train_config.eval.metaworld == {"tasks": ["reach", "push"], "episodes": 3, "max_steps": 300, "every": 400}
+    with pytest.raises(ValueError, match=r"--metaworld-evaluations 3 must divide --evaluations 4 \(evenly spaced"):
+        CompareConfig(recipe="r", model="m", out=tmp_path, evaluations=4, metaworld_evaluations=3)
 
 
 def test_a_careless_comparison_is_refused_in_one_sentence(recipe, tmp_path, capsys):

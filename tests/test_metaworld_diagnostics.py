@@ -79,6 +79,19 @@ def policy(run):
     return policies.load(run)
 
 
+def test_closed_loop_runs_at_multiples_of_its_own_interval_and_at_the_end_but_not_at_step_0():
+    config = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", [
+        "--train.steps", "1000", "--eval.every", "100", "--eval.at_start", "true",
+        "--eval.metaworld", '{ tasks = ["reach"], episodes = 2, every = 400 }'])
+    evaluated = [step for step in range(0, 1001, 100) if config.eval.closed_loop_at(step, 1000)]
+    assert evaluated == [400, 800, 1000]
+    default = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", [
+        "--train.steps", "300", "--eval.every", "100", "--eval.metaworld", '{ tasks = ["reach"] }'])
+    assert [s for s in range(0, 301, 100) if default.eval.closed_loop_at(s, 300)] == [100, 200, 300]
+    with pytest.raises(ValueError, match="eval.metaworld.every must be >= 1"):
+        TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", '{ tasks = ["reach"], every = 0 }'])
+
+
 @pytest.mark.slow
 def test_parity_holds_between_the_data_path_and_the_live_policy(policy):
     from kidata.eval.parity import check_parity

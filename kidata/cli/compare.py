@@ -28,7 +28,12 @@ def add_parser(commands) -> None:
                                                           "(default: the runs' mean final error)")
     compare.add_argument("--metaworld-episodes", type=int, default=0,
                          help="closed-loop episodes per task at each evaluation (a recipe with a metaworld source)")
+    compare.add_argument("--metaworld-evaluations", type=int, default=0,
+                         help="run closed-loop at this many of the evaluations, evenly spaced, the last included "
+                              "(default 0: at every one)")
     compare.add_argument("--workers", type=int, default=2, help="build worker processes")
+    compare.add_argument("--jobs", type=int, default=1,
+                         help="runs trained at once, each in its own process on its share of the cores")
     compare.add_argument("--report-only", action="store_true", help="recompute the table and plots from the runs")
     compare.set_defaults(handler=compare_command, overrides=[], accepts_overrides=True)  # --table.key value: every run
 
@@ -46,7 +51,8 @@ def compare_command(args: argparse.Namespace) -> int:
                            variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()),
                            cotrain=tuple(arms[part] for part in cotrain), seeds=args.seeds, steps=args.steps,
                            evaluations=args.evaluations, init=args.init, target_mse=args.target_mse,
-                           metaworld_episodes=args.metaworld_episodes, workers=args.workers,
+                           metaworld_episodes=args.metaworld_episodes,
+                           metaworld_evaluations=args.metaworld_evaluations, workers=args.workers, jobs=args.jobs,
                            overrides=tuple(overrides))
     summary = report(config) if args.report_only else compare(config)
     print((Path(args.out) / "compare.md").read_text())

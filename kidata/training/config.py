@@ -83,17 +83,22 @@ class DataConfig:
             raise ValueError(f"data.streams must be >= 0 (0: one per process), got {self.streams}")
 
 
-METAWORLD_EVAL_KEYS = {"tasks": (list, str), "episodes": int, "max_steps": int, "replan": int}
+METAWORLD_EVAL_KEYS = {"tasks": (list, str), "episodes": int, "max_steps": int, "replan": int, "every": int}
 
 
 @dataclass(frozen=True)
 class EvalConfig:
     """Every ``every`` steps (0 = only at the end) on ``batches`` batches of the held-out split.
-    ``metaworld = { tasks = [...], episodes = N, max_steps = 300, replan = 5 }`` also runs the
-    policy closed-loop in Meta-World at each evaluation (rank 0; the run's scene settings), so
-    success rates land in metrics.jsonl, TensorBoard and the loss-curve plot. ``at_start`` also
-    evaluates before the first step (logged at step 0): what an initialization (``init_from``)
-    knew before training, the "before" of a retention comparison."""
+    ``metaworld = { tasks = [...], episodes = N, max_steps = 300, replan = 5, every = S }`` also runs
+    the policy closed-loop in Meta-World (rank 0; the run's scene settings) at the evaluations whose
+    step is a multiple of ``every`` (default: each one) and at the last, so success rates land in
+    metrics.jsonl, TensorBoard and the loss-curve plot: a closed-loop episode costs ~2-3 s of this
+    CPU where a held-out batch costs ~0.3 s (tiny preset), so a run can plot its action error
+    finely and its success coarsely. ``at_start`` also evaluates the held-out split before the
+    first step (logged at step 0): what an initialization (``init_from``) knew before training,
+    the "before" of a retention comparison; closed-loop is not run there (a fresh expert's
+    success is 0, and its failures run the longest episodes: ``kidata eval metaworld`` measures
+    an initialization)."""
 
     every: int = 500
     at_start: bool = False
@@ -111,6 +116,15 @@ class EvalConfig:
                 raise ValueError(f"eval.metaworld.{key} must be {METAWORLD_EVAL_KEYS[key]}, got {value!r}")
         if self.metaworld and "tasks" not in self.metaworld:
             raise ValueError("eval.metaworld needs tasks (names or MT10 / MT50)")
+        if self.metaworld.get("every", 1) < 1:
+            raise ValueError(f"eval.metaworld.every must be >= 1 (steps between closed-loop evaluations), "
+                             f"got {self.metaworld['every']}")
+
+    def closed_loop_at(self, step: int, last_step: int) -> bool:
+        """Whether the evaluation at ``step`` runs the Meta-World evaluator too."""
+        if not self.metaworld or step == 0:
+            return False
+        return step == last_step or step % self.metaworld.get("every", self.every or last_step) == 0
 
 
 @dataclass(frozen=True)

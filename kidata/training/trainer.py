@@ -214,7 +214,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     last_tokens = None  # the last batch's tokens: a checkpoint records each rank's (hashed only then)
     if config.eval.at_start and start == 0:
         logger.evaluation(0, _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast,
-                                          has_val))
+                                          has_val, step=0))
     wrapped.train()
     for step in range(start, config.train.steps):
         began = time.perf_counter()
@@ -254,20 +254,21 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
                     seconds=time.perf_counter() - began, samples=samples, mix=mix)
         if config.eval.every and done % config.eval.every == 0 and done < config.train.steps:
             logger.evaluation(done, _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env,
-                                                 autocast, has_val))
+                                                 autocast, has_val, step=done))
             wrapped.train()
         if done % config.checkpoint.every == 0 or done == config.train.steps:
             last_good = _checkpoint(run, done, model, optimizer, ema, data, config, env, last_tokens)
-    result = _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast, has_val)
+    result = _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast, has_val,
+                          step=config.train.steps)
     return logger.finish(config.train.steps, result)
 
 
 def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_path: str, manifest: Manifest, run: Path,
-                 env: Distributed, autocast, has_val: bool) -> dict:
-    """Held-out metrics (when the mixture has a val split) and, with ``[eval] metaworld``,
-    closed-loop success rates."""
+                 env: Distributed, autocast, has_val: bool, step: int) -> dict:
+    """Held-out metrics (when the mixture has a val split) and, with ``[eval] metaworld`` at the
+    steps it names, closed-loop success rates."""
     result = held_out_metrics(wrapped, model, config, manifest_path, manifest, run, env, autocast) if has_val else {}
-    if config.eval.metaworld:
+    if config.eval.closed_loop_at(step, config.train.steps):
         if env.rank == 0:
             result.update(closed_loop(model, ema, config, manifest, run, env))
         if env.world > 1:
