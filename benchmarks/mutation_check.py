@@ -128,6 +128,9 @@ MUTATIONS = [
     # CI
     Mutation("CI=1 not treated as CI", "tests/ci_strict.py",
              '("1", "true", "yes", "on")', '("true",)', ("tests/test_ci_strict.py",)),
+    Mutation("CIDEr-D without clipping the candidate's n-gram weights", "kidata/training/cider.py",
+             "min(w, theirs[n].get(g, 0.0)) * theirs[n].get(g, 0.0)", "w * theirs[n].get(g, 0.0)",
+             ("tests/test_retention.py",)),
 ]
 
 

@@ -75,3 +75,51 @@ def test_exact_match_per_vlm_task_and_the_pointing_error_in_image_sides(encoder)
     assert result["vlm_point_error"] == pytest.approx(50 / 1024)
     assert result["vlm_point_within_0.05"] == 1.0  # 0.049 of the side
     assert result["vlm_token_accuracy"] == 0.0
+
+
+def test_caption_rows_are_scored_with_cider_d_over_the_evaluated_captions(encoder):
+    text = encoder.text
+    cup, box = encoder.caption("a red cup"), encoder.caption("a blue box")
+    answers = [text.encode("A red cup.") + [text.eos_id] + text.encode("and more"),  # cut at the stop token
+               text.encode("the dog") + [text.eos_id]]
+    metrics = HeldOutMetrics(SimpleNamespace(encoding=SimpleNamespace(action_horizon=4, action_dim=4,
+                                                                      normalization="quantile"), sources=[]), encoder)
+    metrics.update(Answers(answers), batch_of([cup, box]))
+    result = metrics.result()
+    # "a" is in both references (idf 0); the perfect caption's 1-, 2- and 3-gram vectors equal the
+    # reference's (cosine 1 each), it has no 4-gram (0), same length: 10 * 3/4; "the dog" shares nothing
+    assert result["vlm_caption_cider"] == pytest.approx((7.5 + 0.0) / 2)
+    assert result["vlm_exact_match/caption"] == 0.0  # "A red cup." is not token for token the target
+
+
+def test_cider_d_refuses_a_candidate_without_references():
+    from kidata.training.cider import cider_d
+
+    with pytest.raises(ValueError, match=r"one or more references per candidate: 2 candidates, \[1, 0\] references"):
+        cider_d(["a cup", "a box"], [["a cup"], []])
+
+
+@pytest.mark.parametrize("candidate, expected", [
+    ("first", 0.964568258732839),  # each image's first caption against its others
+    ("reversed", 0.5976464648585742),  # the same words backwards: the 2- to 4-grams are gone
+    ("repeated", 0.13575842871532365),  # the caption twice: clipped counts and the length penalty
+])
+def test_cider_d_equals_coco_captions_scorer_on_real_coco_captions(candidate, expected):
+    """Expected values: pycocoevalcap 1.2's CiderScorer on the same whitespace words (run once)."""
+    import json
+    from collections import defaultdict
+
+    from conftest import shared_path
+
+    from kidata.training.cider import cider_d
+
+    path = shared_path("data", "coco_vqa_annotation_samples", "coco2017", "annotations_trainval2017", "annotations",
+                       "captions_val2017.json_samples.json")
+    captions = defaultdict(list)
+    for annotation in json.loads(path.read_text())["annotations"]:
+        captions[annotation["image_id"]].append(annotation["caption"])
+    images = [image for image in sorted(captions) if len(captions[image]) >= 2]
+    make = {"first": lambda c: c, "reversed": lambda c: " ".join(reversed(c.split())),
+            "repeated": lambda c: f"{c} {c}"}[candidate]
+    scores = cider_d([make(captions[image][0]) for image in images], [captions[image][1:] for image in images])
+    assert len(images) == 23 and sum(scores) / len(scores) == pytest.approx(expected, abs=1e-12)

@@ -14,6 +14,9 @@ On batches of the build's ``val`` split (episodes / examples held out by the rec
   ``vlm_exact_match``: the greedy answer equals the target answer token for token (VQA accuracy
   for short answers) — the paper's retention question; per VLM task as well
   (``vlm_exact_match/vqa``, ``/point``, ``/caption``, ``/detect``).
+* ``vlm_caption_cider``: CIDEr-D (``kidata.training.cider``, coco-caption's conventions) of the
+  greedy captions against each caption row's target, document frequencies over the evaluation's
+  caption rows (one reference per row: a held-out sample is one caption).
 * ``vlm_point_error``: on pointing rows, the distance (in image sides) from the first point the
   model generates to the target's; ``vlm_point_within_0.05``: the fraction within 5% of the image
   side; ``vlm_point_parsed``: the fraction of answers that begin with a point at all.
@@ -30,6 +33,7 @@ from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.normalize import NormStats, unnormalize
 from kidata.schema import VLM_TASKS
+from kidata.training.cider import cider_d
 
 POINT_HIT_RADIUS = 0.05  # a point within 5% of the image side of the target counts as a hit
 
@@ -80,6 +84,7 @@ class HeldOutMetrics:
         self.dim_n: np.ndarray | None = None
         self.step_sq = np.zeros(self.horizon)
         self.step_n = np.zeros(self.horizon)
+        self.captions: list[tuple[str, str]] = []  # (generated, target) text of caption rows
 
     def _add(self, name: str, total: float, count: float) -> None:
         self.sums[name] = self.sums.get(name, 0.0) + total
@@ -122,6 +127,14 @@ class HeldOutMetrics:
                     self._add(f"vlm_exact_match/{task}", exact, 1.0)
                 if task == "point" and self.loc_range is not None:
                     self._point_error(answers[row].numpy(), target.numpy())
+                if task == "caption":
+                    self.captions.append((self._text(answers[row].tolist()), self._text(target.tolist())))
+
+    def _text(self, ids: list[int]) -> str:
+        """The words of a generated or target answer, up to its first stop token."""
+        stops = set(self.stop_ids)
+        end = next((i for i, token in enumerate(ids) if token in stops), len(ids))
+        return self.encoder.text.decode(ids[:end])
 
     def _point_error(self, answer: np.ndarray, target: np.ndarray) -> None:
         """Distance, in image sides, between the first point the model names and the target's
@@ -166,6 +179,9 @@ class HeldOutMetrics:
         out: dict[str, Any] = {name: self.sums[name] / max(self.counts[name], 1.0) for name in sorted(self.sums)}
         if self.dim_sq is not None:
             out["action_mse_dim"] = (self.dim_sq / np.maximum(self.dim_n, 1)).round(6).tolist()
+        if self.captions:
+            scores = cider_d([generated for generated, _ in self.captions], [[target] for _, target in self.captions])
+            out["vlm_caption_cider"] = float(np.mean(scores))
         if self.step_n.any():
             out["action_mse_step"] = (self.step_sq / np.maximum(self.step_n, 1)).round(6).tolist()
         return out
