@@ -243,6 +243,8 @@ def summarize(config: CompareConfig, runs: dict[str, dict[str, Any]]) -> dict[st
             "curve": curve, "steps_to_target": steps_to(curve, target) if target is not None else None,
             "final_action_error": curve.get(max(curve)) if curve else None,
             "success": last.get("metaworld_success"), "fast_decode_rate": last.get("fast_decode_rate"),
+            "success_curve": {step: m["metaworld_success"] for step, m in evaluations.items()
+                              if "metaworld_success" in m},
             "success_per_task": {k.split("/", 1)[1]: v for k, v in last.items() if k.startswith("metaworld_success/")},
             "retention": {key: {"before": first.get(key) if min(evaluations) == 0 else None, "after": value}
                           for key, value in last.items()
@@ -257,6 +259,9 @@ def summarize(config: CompareConfig, runs: dict[str, dict[str, Any]]) -> dict[st
         arm["steps_to_target"] = {**_spread([float(s) for s in reached if s is not None]),
                                   "reached": sum(s is not None for s in reached), "of": len(reached)}
         arm["success"] = _spread([seed["success"] for seed in seeds])
+        closed_loop_steps = sorted({s for seed in seeds for s in seed["success_curve"]})
+        arm["success_curve"] = {step: _spread([seed["success_curve"].get(step) for seed in seeds])
+                                for step in closed_loop_steps}
         arm["fast_decode_rate"] = _spread([seed["fast_decode_rate"] for seed in seeds])
         keys = sorted({key for seed in seeds for key in seed["retention"]})
         arm["retention"] = {key: {when: _spread([seed["retention"].get(key, {}).get(when) for seed in seeds])
@@ -279,8 +284,10 @@ def markdown(summary: dict[str, Any]) -> str:
     retention = sorted({key for arm in arms.values() for key in arm["retention"]
                         if "/" not in key or key.startswith("vlm_exact_match/")})
     target = summary["target_action_error"]
+    closed_loop = sorted({int(step) for arm in arms.values() for step in arm.get("success_curve", {})})
     header = (["arm", "final action error", f"steps to error <= {target:.4g}" if target is not None else "steps to target",
-               "success", "steps/s"] + [f"{key} before -> after" for key in retention])
+               "success", "steps/s"] + [f"{key} before -> after" for key in retention]
+              + ([f"success at steps {' / '.join(map(str, closed_loop))}"] if len(closed_loop) > 1 else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, arm in arms.items():
         reach = arm["steps_to_target"]
@@ -289,6 +296,9 @@ def markdown(summary: dict[str, Any]) -> str:
                cell(arm["steps_per_s"], 3)]
         row += [f"{cell(arm['retention'][k]['before'], 3)} -> {cell(arm['retention'][k]['after'], 3)}"
                 if k in arm["retention"] else "-" for k in retention]
+        if len(closed_loop) > 1:
+            curve = {int(step): spread for step, spread in arm.get("success_curve", {}).items()}
+            row.append(" / ".join(cell(curve[step], 3) if step in curve else "-" for step in closed_loop))
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines) + "\n"
 

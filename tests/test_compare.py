@@ -112,7 +112,7 @@ def test_the_summary_is_computed_from_the_recorded_metrics(tmp_path):
         steps = dict(zip((0, 10, 20, 30), errors))
         evaluations = {s: {"action_mse": e} for s, e in steps.items()}
         evaluations[0]["vlm_exact_match"], evaluations[30]["vlm_exact_match"] = before, after
-        evaluations[30]["metaworld_success"] = success
+        evaluations[20]["metaworld_success"], evaluations[30]["metaworld_success"] = success / 2, success
         return {"evaluations": evaluations, "steps_per_s": 2.0, "samples_per_s": 64.0}
 
     runs = {"ki-cotrain-s0": run([1.0, 0.3, 0.2, 0.1], 0.5, 0.8, 0.7), "ki-cotrain-s1": run([1.0, 0.5, 0.3, 0.15], 0.7, 0.8, 0.6),
@@ -127,7 +127,10 @@ def test_the_summary_is_computed_from_the_recorded_metrics(tmp_path):
     assert ki["curve"][10] == {"mean": 0.4, "min": 0.3, "max": 0.5, "n": 2}
     assert steps_to({0: 0.1, 10: 0.3, 20: 0.2}, 0.2) == 20  # step 0 (before training) never counts
     table = markdown(summary)
+    assert ki["success_curve"][20] == {"mean": 0.3, "min": 0.25, "max": 0.35, "n": 2}  # success at each checkpoint
+    assert table.splitlines()[0].endswith("| success at steps 20 / 30 |")
     assert "| ki-cotrain | 0.125 [0.1, 0.15] | 25 [20, 30] (2/2 seeds) | 0.6 [0.5, 0.7] | 2 |" in table
+    assert table.splitlines()[2].endswith("| 0.3 [0.25, 0.35] / 0.6 [0.5, 0.7] |")
     assert "| pi0-cotrain | 0.7 | - (0/1 seeds) | 0.1 | 2 |" in table
 
 
