@@ -133,7 +133,8 @@ def _as_list(value: Any) -> list[str]:
 
 def train_all(config: CompareConfig, manifest_path: Path) -> None:
     """Trains every run not yet finished (``report.json``), resuming those with checkpoints;
-    ``config.jobs`` at once, each in its own process on its share of the cores. Why: on this
+    ``config.jobs`` at once, each in its own process on its share of the cores (and on its own
+    CUDA device where there are several: ``job_devices``). Why: on this
     2-core VM two single-threaded trainings of the tiny preset make 8.4 steps/s together where one
     two-threaded training makes 6.4 (benchmarks/RESULTS.md, the paper's comparison)."""
     names = config.run_names()
@@ -150,10 +151,15 @@ def train_all(config: CompareConfig, manifest_path: Path) -> None:
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
+    import torch
+
     threads = max(1, len(os.sched_getaffinity(0)) // config.jobs)
     context = multiprocessing.get_context("spawn")  # fresh processes: no forked torch or simulator state
-    with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_limit_threads,
-                             initargs=(threads,)) as pool:
+    devices = context.Queue()
+    for device in job_devices(config.jobs, torch.cuda.device_count()):
+        devices.put(device)
+    with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_start_worker,
+                             initargs=(threads, devices)) as pool:
         futures = [pool.submit(_train_one, config, manifest_path, *job, threads=threads) for job in todo]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [future for future in done if future.exception() is not None]
@@ -163,7 +169,17 @@ def train_all(config: CompareConfig, manifest_path: Path) -> None:
             raise failed[0].exception()
 
 
-def _limit_threads(threads: int) -> None:
+def job_devices(jobs: int, cuda_devices: int) -> list[str | None]:
+    """The CUDA device (its ``CUDA_VISIBLE_DEVICES``) each of ``jobs`` training processes gets:
+    one per device, round-robin when there are more jobs than devices; None without CUDA."""
+    return [str(job % cuda_devices) if cuda_devices else None for job in range(jobs)]
+
+
+def _start_worker(threads: int, devices) -> None:
+    """A training process's setup, before its first CUDA call: its device and its thread share."""
+    device = devices.get()
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
     import torch
 
     torch.set_num_threads(threads)

@@ -5,6 +5,7 @@ instead of retraining; the table and plots come from the recorded metrics."""
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -15,7 +16,7 @@ pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS"
 
 from test_train import SHAPE, TINY  # noqa: E402
 
-from kidata.compare import CompareConfig, compare, markdown, steps_to, summarize  # noqa: E402
+from kidata.compare import CompareConfig, compare, job_devices, markdown, steps_to, summarize  # noqa: E402
 from kidata.manifest import ManifestMismatch  # noqa: E402
 from kidata.training.config import TrainConfig  # noqa: E402
 from kidata.training.trainer import train  # noqa: E402
@@ -101,8 +102,22 @@ def test_compare_trains_runs_at_once_in_their_own_processes_with_jobs(compared, 
     assert out.count(f"initialized from {config.init}") == 2  # printed by the two training processes
     assert set(summary["arms"]) == {"ki-cotrain", "ki-robot"}
     assert all((tmp_path / "runs" / name / "report.json").is_file() for name in ("ki-cotrain-s0", "ki-robot-s0"))
+    assert job_devices(4, 2) == ["0", "1", "0", "1"] and job_devices(2, 0) == [None, None]  # one per GPU; CPU: none
     with pytest.raises(ValueError, match=r"--jobs 0 must be >= 1"):
         CompareConfig(**{**parallel.__dict__, "jobs": 0})
+
+
+def test_a_training_process_takes_its_device_before_cuda_starts(monkeypatch):
+    import queue
+
+    from kidata.compare import _start_worker
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # the test process keeps its threads
+    devices = queue.Queue()
+    devices.put("1")
+    _start_worker(1, devices)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
 
 
 def test_the_summary_is_computed_from_the_recorded_metrics(tmp_path):
