@@ -204,7 +204,7 @@ def _train_one(config: CompareConfig, manifest_path: Path, label: str, name: str
 def read_run(run: Path) -> dict[str, Any]:
     """A run's evaluations ({step: metrics}) and its training speed from ``metrics.jsonl``."""
     evaluations: dict[int, dict] = {}
-    steps_per_s, samples_per_s = [], []
+    steps_per_s, samples_per_s, tokens_per_s = [], [], []
     for line in (run / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if "eval" in record:
@@ -212,12 +212,14 @@ def read_run(run: Path) -> dict[str, Any]:
         elif "steps_per_s" in record:
             steps_per_s.append(record["steps_per_s"])
             samples_per_s.append(record.get("samples_per_s", 0.0))
+            tokens_per_s.append(record.get("tokens_per_s"))
     report = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
     if report.get("eval"):
         evaluations[int(report.get("steps", max(evaluations, default=0)))] = report["eval"]
     return {"evaluations": dict(sorted(evaluations.items())),
             "steps_per_s": float(np.median(steps_per_s)) if steps_per_s else None,
-            "samples_per_s": float(np.median(samples_per_s)) if samples_per_s else None}
+            "samples_per_s": float(np.median(samples_per_s)) if samples_per_s else None,
+            "tokens_per_s": float(np.median(tokens_per_s)) if tokens_per_s and None not in tokens_per_s else None}
 
 
 def action_error(metrics: dict) -> float | None:
@@ -265,7 +267,8 @@ def summarize(config: CompareConfig, runs: dict[str, dict[str, Any]]) -> dict[st
             "retention": {key: {"before": first.get(key) if min(evaluations) == 0 else None, "after": value}
                           for key, value in last.items()
                           if key.startswith(RETENTION_PREFIX) and isinstance(value, (int, float))},
-            "steps_per_s": runs[name]["steps_per_s"], "samples_per_s": runs[name]["samples_per_s"]}
+            "steps_per_s": runs[name]["steps_per_s"], "samples_per_s": runs[name]["samples_per_s"],
+            "tokens_per_s": runs[name].get("tokens_per_s")}
     for arm in arms.values():
         seeds = list(arm["seeds"].values())
         steps = sorted({s for seed in seeds for s in seed["curve"]})
@@ -283,6 +286,7 @@ def summarize(config: CompareConfig, runs: dict[str, dict[str, Any]]) -> dict[st
         arm["retention"] = {key: {when: _spread([seed["retention"].get(key, {}).get(when) for seed in seeds])
                                   for when in ("before", "after")} for key in keys}
         arm["steps_per_s"] = _spread([seed["steps_per_s"] for seed in seeds])
+        arm["tokens_per_s"] = _spread([seed["tokens_per_s"] for seed in seeds])
     return {"target_action_error": target, "steps": config.steps, "seeds": config.seeds, "init": config.init,
             "recipe": config.recipe, "model": config.model, "arms": arms}
 
@@ -302,14 +306,14 @@ def markdown(summary: dict[str, Any]) -> str:
     target = summary["target_action_error"]
     closed_loop = sorted({int(step) for arm in arms.values() for step in arm.get("success_curve", {})})
     header = (["arm", "final action error", f"steps to error <= {target:.4g}" if target is not None else "steps to target",
-               "success", "steps/s"] + [f"{key} before -> after" for key in retention]
+               "success", "steps/s", "tokens/s"] + [f"{key} before -> after" for key in retention]
               + ([f"success at steps {' / '.join(map(str, closed_loop))}"] if len(closed_loop) > 1 else []))
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, arm in arms.items():
         reach = arm["steps_to_target"]
         row = [name, cell(arm["final_action_error"]),
                f"{cell(reach, 5)} ({reach['reached']}/{reach['of']} seeds)", cell(arm["success"], 3),
-               cell(arm["steps_per_s"], 3)]
+               cell(arm["steps_per_s"], 3), cell(arm.get("tokens_per_s", {}), 4)]
         row += [f"{cell(arm['retention'][k]['before'], 3)} -> {cell(arm['retention'][k]['after'], 3)}"
                 if k in arm["retention"] else "-" for k in retention]
         if len(closed_loop) > 1:

@@ -128,7 +128,7 @@ def test_the_summary_is_computed_from_the_recorded_metrics(tmp_path):
         evaluations = {s: {"action_mse": e} for s, e in steps.items()}
         evaluations[0]["vlm_exact_match"], evaluations[30]["vlm_exact_match"] = before, after
         evaluations[20]["metaworld_success"], evaluations[30]["metaworld_success"] = success / 2, success
-        return {"evaluations": evaluations, "steps_per_s": 2.0, "samples_per_s": 64.0}
+        return {"evaluations": evaluations, "steps_per_s": 2.0, "samples_per_s": 64.0, "tokens_per_s": 3000.0}
 
     runs = {"ki-cotrain-s0": run([1.0, 0.3, 0.2, 0.1], 0.5, 0.8, 0.7), "ki-cotrain-s1": run([1.0, 0.5, 0.3, 0.15], 0.7, 0.8, 0.6),
             "pi0-cotrain-s0": run([1.0, 0.9, 0.8, 0.7], 0.1, 0.8, 0.2)}  # pi0's second seed never ran
@@ -144,9 +144,9 @@ def test_the_summary_is_computed_from_the_recorded_metrics(tmp_path):
     table = markdown(summary)
     assert ki["success_curve"][20] == {"mean": 0.3, "min": 0.25, "max": 0.35, "n": 2}  # success at each checkpoint
     assert table.splitlines()[0].endswith("| success at steps 20 / 30 |")
-    assert "| ki-cotrain | 0.125 [0.1, 0.15] | 25 [20, 30] (2/2 seeds) | 0.6 [0.5, 0.7] | 2 |" in table
+    assert "| ki-cotrain | 0.125 [0.1, 0.15] | 25 [20, 30] (2/2 seeds) | 0.6 [0.5, 0.7] | 2 | 3000 |" in table
     assert table.splitlines()[2].endswith("| 0.3 [0.25, 0.35] / 0.6 [0.5, 0.7] |")
-    assert "| pi0-cotrain | 0.7 | - (0/1 seeds) | 0.1 | 2 |" in table
+    assert "| pi0-cotrain | 0.7 | - (0/1 seeds) | 0.1 | 2 | 3000 |" in table
 
 
 def test_closed_loop_success_can_be_measured_at_fewer_evaluations_than_the_action_error(tmp_path):

@@ -72,6 +72,8 @@ def test_training_writes_metrics_checkpoints_curves_and_a_report(straight_run):
     assert report["steps"] == 50 and report["final"]["step"] == 50
     assert {"loss", "flow_loss", "fast_loss", "grad_norm", "lr", "samples_per_s", "source_mix"} <= set(report["final"])
     assert set(report["final"]["source_mix"]) == {"bridge", "vqav2"}
+    tokens_per_sample = report["final"]["tokens_per_s"] / report["final"]["samples_per_s"]  # non-padding only
+    assert 10 < tokens_per_sample < json.loads((run / "manifest.json").read_text())["encoding"]["max_tokens"]
     assert (run / "loss_curves.png").stat().st_size > 0 and (run / "config.json").exists()
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000025", "step_0000050"]
     assert list((run / "tensorboard").iterdir())

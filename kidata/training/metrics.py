@@ -36,7 +36,7 @@ class MetricsLogger:
         self.run, self.config, self.enabled = run, config, enabled
         self.sources = manifest.source_names
         self.writer = self.bar = None
-        self.window: list[tuple[float, int]] = []
+        self.window: list[tuple[float, int, int]] = []
         self.mix = torch.zeros(len(self.sources))
         self.began = time.perf_counter()
         self.last_eval: dict = {}
@@ -57,13 +57,17 @@ class MetricsLogger:
 
             self.bar = tqdm(total=config.train.steps, initial=start, desc="train", unit="step")
 
-    def step(self, step: int, metrics: dict, *, seconds: float, samples: int, mix: torch.Tensor) -> None:
+    def step(self, step: int, metrics: dict, *, seconds: float, samples: int, mix: torch.Tensor,
+             tokens: int) -> None:
+        """``tokens``: the step's non-padding prompt, answer and action tokens over all processes
+        (image patches not counted), for ``tokens_per_s``."""
         if not self.enabled:
             return
-        self.window = (self.window + [(seconds, samples)])[-50:]
+        self.window = (self.window + [(seconds, samples, tokens)])[-50:]
         self.mix += mix
-        elapsed = sum(s for s, _ in self.window)
-        rates = {"steps_per_s": len(self.window) / elapsed, "samples_per_s": sum(n for _, n in self.window) / elapsed}
+        elapsed = sum(s for s, _, _ in self.window)
+        rates = {"steps_per_s": len(self.window) / elapsed, "samples_per_s": sum(n for _, n, _ in self.window) / elapsed,
+                 "tokens_per_s": sum(t for _, _, t in self.window) / elapsed}
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{rates['samples_per_s']:.1f}")

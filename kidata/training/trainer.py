@@ -222,6 +222,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
             group["lr"] = learning_rate(config, step)
         totals: dict[str, float] = {}
         mix = torch.zeros(len(manifest.sources))
+        tokens = torch.zeros((), device=env.device)  # this process's non-padding tokens this step
         for index, (stream, micro, batch) in enumerate(data.micro_batches(accum)):
             batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
             last_tokens = batch["tokens"]
@@ -236,6 +237,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
                 if key in out:
                     totals[key] = totals.get(key, 0.0) + float(env.mean(out[key].detach().float())) / micro_batches
             mix += torch.bincount(batch["source_index"].cpu(), minlength=len(mix)).float()
+            tokens += batch["token_mask"].sum()
         if not all(math.isfinite(v) for v in totals.values()):
             raise TrainingDiverged(f"non-finite loss at step {step + 1} ({totals}); last good checkpoint: "
                                    f"{last_good if last_good else 'none (no checkpoint written yet)'}")
@@ -251,7 +253,8 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         done = step + 1
         samples = config.data.batch_size * accum * layout.streams
         logger.step(done, {**totals, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]},
-                    seconds=time.perf_counter() - began, samples=samples, mix=mix)
+                    seconds=time.perf_counter() - began, samples=samples, mix=mix,
+                    tokens=int(env.mean(tokens.float()).item() * env.world))
         if config.eval.every and done % config.eval.every == 0 and done < config.train.steps:
             logger.evaluation(done, _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env,
                                                  autocast, has_val, step=done))
