@@ -302,6 +302,19 @@ def test_a_second_run_into_the_same_directory_needs_resume(straight_run, mixture
         train(config(mixture, "--train.steps", "2"), run)
 
 
+def test_a_fresh_run_drops_an_earlier_attempt_that_left_no_checkpoint(mixture, tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "tensorboard").mkdir(parents=True)
+    (run / "tensorboard" / "events.out.tfevents.1.killed").write_bytes(b"")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3)))
+    train(config(mixture, "--train.steps", "2", "--eval.every", "0", "--log.every", "1"), run)
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+            if "loss" in line] == [1, 2]  # each step once, none of the killed attempt's
+    assert not (run / "tensorboard" / "events.out.tfevents.1.killed").exists()
+    assert ("holds an earlier attempt without a checkpoint (3 metrics.jsonl records, 1 TensorBoard event files): "
+            "starting over, they are dropped") in capsys.readouterr().err
+
+
 def free_port() -> int:
     import socket
 

@@ -29,6 +29,22 @@ def truncate_metrics(path: Path, step: int) -> None:
     os.replace(temporary, path)
 
 
+def drop_unfinished_attempt(run: Path) -> None:
+    """A fresh run where an earlier attempt stopped before its first checkpoint (killed, or an
+    error): that attempt's metrics.jsonl records and TensorBoard events go, said in one line, so
+    that the new run's files hold each step once instead of two runs interleaved."""
+    path = run / "metrics.jsonl"
+    records = len(path.read_text().splitlines()) if path.exists() else 0
+    events = sorted((run / "tensorboard").glob("events.out.tfevents.*"))
+    if not records and not events:
+        return
+    print(f"train: {run} holds an earlier attempt without a checkpoint ({records} metrics.jsonl records, "
+          f"{len(events)} TensorBoard event files): starting over, they are dropped", file=sys.stderr)
+    truncate_metrics(path, -1)
+    for event in events:
+        event.unlink()
+
+
 class MetricsLogger:
     """metrics.jsonl, TensorBoard, a progress bar; loss curves and a report at the end."""
 

@@ -43,7 +43,7 @@ from kidata.training.checkpoint import (
 )
 from kidata.training.config import TrainConfig, check_compatible  # noqa: F401  (public here)
 from kidata.training.held_out import HeldOutMetrics
-from kidata.training.metrics import MetricsLogger, truncate_metrics
+from kidata.training.metrics import MetricsLogger, drop_unfinished_attempt, truncate_metrics
 from kidata.training.parallelize import (
     Distributed,
     full_state_dicts,
@@ -171,6 +171,8 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         _prepare_run(run, config, manifest, root, resume)
         if checkpoint_path is not None:
             truncate_metrics(run / "metrics.jsonl", int(checkpoint_path.name.split("_")[1]))
+        else:
+            drop_unfinished_attempt(run)
     if env.world > 1:
         dist.barrier()
 
