@@ -16,7 +16,8 @@ pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS"
 
 from test_train import SHAPE, TINY  # noqa: E402
 
-from kidata.compare import CompareConfig, compare, job_devices, markdown, steps_to, summarize  # noqa: E402
+from kidata.compare.runs import CompareConfig, compare, job_devices  # noqa: E402
+from kidata.compare.summary import markdown, steps_to, summarize  # noqa: E402
 from kidata.manifest import ManifestMismatch  # noqa: E402
 from kidata.training.config import TrainConfig  # noqa: E402
 from kidata.training.trainer import train  # noqa: E402
@@ -37,7 +38,7 @@ def compared(recipe, tmp_path_factory) -> tuple[CompareConfig, Path]:
     out = tmp_path_factory.mktemp("cmp")
     config = CompareConfig(recipe=str(recipe), model=str(TINY), out=out, variants=("ki", "pi0_fast"),
                            cotrain=(True, False), seeds=1, steps=4, evaluations=2, overrides=tuple(SHAPE))
-    from kidata.compare import build_once
+    from kidata.compare.runs import build_once
 
     manifest = build_once(config)
     vlm = out / "vlm"
@@ -110,7 +111,7 @@ def test_compare_trains_runs_at_once_in_their_own_processes_with_jobs(compared, 
 def test_a_training_process_takes_its_device_before_cuda_starts(monkeypatch):
     import queue
 
-    from kidata.compare import _start_worker
+    from kidata.compare.runs import _start_worker
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # the test process keeps its threads
@@ -152,7 +153,7 @@ def test_the_summary_is_computed_from_the_recorded_metrics(tmp_path):
 def test_closed_loop_success_can_be_measured_at_fewer_evaluations_than_the_action_error(tmp_path):
     from types import SimpleNamespace
 
-    from kidata.compare import _overrides
+    from kidata.compare.runs import _overrides
 
     manifest = SimpleNamespace(sources=[SimpleNamespace(name="metaworld", kind="robot", weight=1.0)],
                                recipe={"sources": [{"reader": "metaworld", "tasks": ["reach", "push"]}]})
@@ -171,7 +172,7 @@ def test_a_careless_comparison_is_refused_in_one_sentence(recipe, tmp_path, caps
     from types import SimpleNamespace
 
     from kidata.cli import main
-    from kidata.compare import _overrides, build_once
+    from kidata.compare.runs import _overrides, build_once
 
     with pytest.raises(ValueError, match=r"--variants \['vlm', 'pi1'\] are not among"):
         CompareConfig(recipe="r", model="m", out=tmp_path, variants=("ki", "vlm", "pi1"))
