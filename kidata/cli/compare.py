@@ -14,7 +14,8 @@ def add_parser(commands) -> None:
                "  kidata train --model model/ki_tiny.toml --data runs/cmp/data/manifest.json --model.variant vlm \\\n"
                "      --data.weights '{metaworld_scenes = 1.0}' --out runs/vlm\n"
                "  kidata compare --recipe pipelines/metaworld_cotrain.toml --model model/ki_tiny.toml --init runs/vlm \\\n"
-               "      --variants ki,pi0,joint,pi0_fast,frozen --cotrain on,off --seeds 3 --steps 2000 --out runs/cmp")
+               "      --variants ki,pi0,joint,pi0_fast,frozen --cotrain on,off --seeds 3 --steps 1000 \\\n"
+               "      --metaworld-episodes 5 --metaworld-evaluations 2 --jobs 2 --out runs/cmp")
     compare.add_argument("--recipe", required=True, help="the mixture's recipe (built once into OUT/data)")
     compare.add_argument("--model", required=True, help="the model preset every run trains")
     compare.add_argument("--out", required=True, help="output directory (runs, compare.json, compare.md, plots)")
