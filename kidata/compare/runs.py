@@ -121,8 +121,9 @@ def train_all(config: CompareConfig, manifest_path: Path) -> None:
     """Trains every run not yet finished (``report.json``), resuming those with checkpoints;
     ``config.jobs`` at once, each in its own process on its share of the cores (and on its own
     CUDA device where there are several: ``job_devices``). Why: on this
-    2-core VM two single-threaded trainings of the tiny preset make 8.4 steps/s together where one
-    two-threaded training makes 6.4 (benchmarks/RESULTS.md, the paper's comparison)."""
+    2-core VM two single-threaded trainings of the tiny preset made 7.4 steps/s together (3.7
+    each, median over 1700 steps) where one two-threaded training made 6.2 (benchmarks/RESULTS.md,
+    the full comparison): two threads of one small model mostly wait on each other."""
     names = config.run_names()
     todo = []
     for index, (name, variant, cotrain, seed) in enumerate(names):
