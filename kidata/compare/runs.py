@@ -120,20 +120,25 @@ def _as_list(value: Any) -> list[str]:
 def train_all(config: CompareConfig, manifest_path: Path) -> None:
     """Trains every run not yet finished (``report.json``), resuming those with checkpoints;
     ``config.jobs`` at once, each in its own process on its share of the cores (and on its own
-    CUDA device where there are several: ``job_devices``). Why: on this
-    2-core VM two single-threaded trainings of the tiny preset made 7.4 steps/s together (3.7
-    each, median over 1700 steps) where one two-threaded training made 6.2 (benchmarks/RESULTS.md,
-    the full comparison): two threads of one small model mostly wait on each other."""
+    CUDA device where there are several: ``job_devices``). Why: in the training logs of the
+    full comparison's backbone runs (benchmarks/RESULTS.md; observed, not a benchmark), two
+    single-threaded trainings of the tiny preset on this 2-core VM made 7.4 steps/s together where
+    one two-threaded training made 6.2. Every run's overrides are derived here, before any trains,
+    so a careless comparison is refused before the first run."""
+    from kidata.manifest import Manifest
+
+    manifest, _ = Manifest.read(str(manifest_path))
     names = config.run_names()
     todo = []
     for index, (name, variant, cotrain, seed) in enumerate(names):
         if (config.out / "runs" / name / "report.json").is_file():
             print(f"[{index + 1}/{len(names)}] {name}: finished, not retrained", flush=True)
         else:
-            todo.append((f"[{index + 1}/{len(names)}] {name}", name, variant, cotrain, seed))
+            todo.append((f"[{index + 1}/{len(names)}] {name}", name,
+                         _overrides(config, manifest_path, manifest, variant, cotrain, seed)))
     if config.jobs == 1:
         for job in todo:
-            _train_one(config, manifest_path, *job)
+            _train_one(config, *job)
         return
     import multiprocessing
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -147,7 +152,7 @@ def train_all(config: CompareConfig, manifest_path: Path) -> None:
         devices.put(device)
     with ProcessPoolExecutor(config.jobs, mp_context=context, initializer=_start_worker,
                              initargs=(threads, devices)) as pool:
-        futures = [pool.submit(_train_one, config, manifest_path, *job, threads=threads) for job in todo]
+        futures = [pool.submit(_train_one, config, *job, threads=threads) for job in todo]
         done, _ = wait(futures, return_when=FIRST_EXCEPTION)
         failed = [future for future in done if future.exception() is not None]
         if failed:
@@ -172,19 +177,15 @@ def _start_worker(threads: int, devices) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_one(config: CompareConfig, manifest_path: Path, label: str, name: str, variant: str, cotrain: bool,
-               seed: int, threads: int | None = None) -> None:
-    from kidata.manifest import Manifest
+def _train_one(config: CompareConfig, label: str, name: str, overrides: list[str], threads: int | None = None) -> None:
     from kidata.training.checkpoint import holds_checkpoints
     from kidata.training.config import TrainConfig
     from kidata.training.trainer import train
 
-    manifest, _ = Manifest.read(str(manifest_path))
     run = config.out / "runs" / name
     resume = holds_checkpoints(run)
     where = f" ({config.jobs} at once, {threads} torch thread{'s' if threads != 1 else ''} each)" if threads else ""
     print(f"{label}: {'resuming' if resume else 'training'} {config.steps} steps{where}", flush=True)
-    overrides = _overrides(config, manifest_path, manifest, variant, cotrain, seed)
     train(TrainConfig.load(config.model, overrides), run, resume=resume)
 
 
