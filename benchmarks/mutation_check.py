@@ -125,6 +125,10 @@ MUTATIONS = [
              ("tests/test_serving.py",)),
     Mutation("the AutoProcessor module's DCT not orthonormal", "kidata/tokenizers/hf_processor.py",
              'dct(chunk, axis=0, norm="ortho")', "dct(chunk, axis=0)", ("tests/test_fast_interop.py",)),
+    # diagnostics
+    Mutation("training layouts include the held-out episodes", "kidata/eval/metaworld.py",
+             "if not in_holdout(config.name, episode_id(task, opened.seed, index), holdout) and",
+             "if True and", ("tests/test_metaworld_diagnostics.py -k training_layouts",)),
     # CI
     Mutation("CI=1 not treated as CI", "tests/ci_strict.py",
              '("1", "true", "yes", "on")', '("true",)', ("tests/test_ci_strict.py",)),

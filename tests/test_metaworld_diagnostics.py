@@ -208,6 +208,53 @@ def test_the_evaluator_records_each_episode_and_plots_its_predicted_chunks(tmp_p
     assert json.loads((tmp_path / "metaworld_eval.json").read_text())["scene"]["goal_marker_scale"] == 1.0
 
 
+def test_training_layouts_are_the_builds_training_episodes_and_the_evaluator_starts_from_them(recipe):
+    from kidata.eval.metaworld import training_layouts
+    from kidata.hashing import in_holdout
+    from kidata.pipelines.recipe import load_recipe
+
+    canonical = load_recipe(recipe).canonical()  # what a run's manifest records
+    kept = [e for e in range(4) if not in_holdout("metaworld", f"reach-v3-s0-e{e:05d}", 0.5)]
+    seed, indices = training_layouts(canonical, ["reach"], len(kept))
+    assert seed == 0 and indices == {"reach-v3": kept}
+    result = evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=len(kept), max_steps=200, seed=seed,
+                                episode_indices=indices)
+    assert [e["episode"] for e in result["episodes"]["reach-v3"]] == kept == result["episode_indices"]["reach-v3"]
+    assert result["success_rate"] == {"reach-v3": 1.0} and result["seed"] == 0
+
+
+def test_training_layouts_refuse_more_episodes_than_trained_and_tasks_not_trained(recipe):
+    from kidata.eval.metaworld import training_layouts
+    from kidata.hashing import in_holdout
+    from kidata.pipelines.recipe import load_recipe
+
+    canonical = load_recipe(recipe).canonical()
+    trained = sum(not in_holdout("metaworld", f"reach-v3-s0-e{e:05d}", 0.5) for e in range(4))
+    with pytest.raises(ValueError, match=f"trained on {trained} episodes of it .* ask for at most {trained}"):
+        training_layouts(canonical, ["reach"], trained + 1)
+    with pytest.raises(ValueError, match=r"push-v3 is not a training task of source 'metaworld' \(its tasks: \['reach-v3'\]\)"):
+        training_layouts(canonical, ["push"], 1)
+
+
+@pytest.mark.slow
+def test_eval_metaworld_layouts_training_starts_a_run_from_its_own_training_episodes(run, capsys):
+    from kidata.cli import main
+    from kidata.hashing import in_holdout
+
+    first_trained = next(e for e in range(4) if not in_holdout("metaworld", f"reach-v3-s0-e{e:05d}", 0.5))
+    assert main(["eval", "metaworld", "--run", str(run), "--tasks", "reach", "--episodes", "1", "--max-steps", "3",
+                 "--layouts", "training"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["seed"] == 0 and printed["episode_indices"] == {"reach-v3": [first_trained]}
+
+
+def test_eval_metaworld_layouts_training_needs_a_run():
+    from kidata.cli import main
+
+    with pytest.raises(SystemExit, match="--layouts training needs --run"):
+        main(["eval", "metaworld", "--policy", "expert", "--tasks", "reach", "--layouts", "training"])
+
+
 def test_the_goal_marker_scale_enlarges_only_the_rendered_marker():
     from kidata.envs.metaworld import Scene
 

@@ -16,6 +16,7 @@ def add_parser(commands) -> None:
         "metaworld", help="success rates in Meta-World",
         epilog="examples:\n  kidata eval metaworld --run demo-out/run --tasks reach-v3 push-v3 --episodes 20\n"
                "  kidata eval metaworld --policy expert --tasks MT10 --episodes 2\n"
+               "  kidata eval metaworld --run demo-out/run --layouts training --episodes 10\n"
                "  kidata eval metaworld --run demo-out/run --check-parity")
     chooser = metaworld.add_mutually_exclusive_group(required=True)
     chooser.add_argument("--run", help="a kidata train run directory")
@@ -38,6 +39,9 @@ def add_parser(commands) -> None:
     metaworld.add_argument("--seed", type=int, default=0, help="the random policy's seed")
     metaworld.add_argument("--goal-marker-scale", type=float, default=1.0,
                            help="goal marker size for --policy runs (a --run takes its recipe's)")
+    metaworld.add_argument("--layouts", choices=("evaluation", "training"), default="evaluation",
+                           help="start episodes from layouts apart from the training rollouts', or from the run's own "
+                                "training episodes' layouts (--run: does the policy fit what it saw?)")
     metaworld.add_argument("--check-parity", action="store_true",
                            help="compare the model inputs of held-out samples (data path) with the live policy's; "
                                 "--episodes samples")
@@ -80,6 +84,13 @@ def metaworld_command(args: argparse.Namespace) -> int:
             scene = SceneSettings(image_size=policy.config.model.image_size)
         policy.num_steps = args.num_steps
         chunk_policy = policy
+        if args.layouts == "training":
+            from kidata.eval.metaworld import training_layouts
+
+            try:
+                seed, indices = training_layouts(policy.manifest.recipe, args.tasks, args.episodes, policy.source)
+            except ValueError as error:
+                raise SystemExit(f"kidata eval metaworld --layouts training: {error}") from None
     else:
         if args.check_parity:
             raise SystemExit("kidata eval metaworld: --check-parity needs --run")
@@ -96,10 +107,13 @@ def metaworld_command(args: argparse.Namespace) -> int:
             chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
         else:
             raise SystemExit(f"--policy {args.policy!r}: expert, random or a ws:// server address")
+        if args.layouts == "training":
+            raise SystemExit("kidata eval metaworld: --layouts training needs --run (the layouts are its build's)")
     if args.image_size:
         scene = dataclasses.replace(scene, image_size=args.image_size)
+    layouts = {"seed": seed, "episode_indices": indices} if args.layouts == "training" else {}
     result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes, replan=args.replan,
-                                max_steps=args.max_steps, scene=scene, out=args.out)
+                                max_steps=args.max_steps, scene=scene, out=args.out, **layouts)
     print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=2, sort_keys=True))
     if args.out:
         print(f"contact sheets, action plots and metaworld_eval.json in {args.out}")

@@ -92,6 +92,12 @@ def task_key(task: str) -> str:
     return re.sub(r"-v\d+$", "", task)
 
 
+def episode_id(task: str, seed: int, episode: int) -> str:
+    """The id of an expert episode: what the build's held-out split hashes, so the evaluator can
+    find which layouts a run trained on."""
+    return f"{task}-s{seed}-e{episode:05d}"
+
+
 def instruction(task: str) -> str:
     try:
         return TASKS[task_key(task)][0]

@@ -23,6 +23,7 @@ import numpy as np
 from kidata.envs.metaworld import (
     DEFAULT_CAMERAS,
     Scene,
+    episode_id,
     expert,
     from_env_action,
     instruction,
@@ -60,6 +61,45 @@ class SceneSettings:
                    image_size=int(chosen.get("image_size", recipe["mixture"]["image_size"])),
                    goal_marker_scale=float(chosen.get("goal_marker_scale", 1.0)),
                    privileged_state=bool(chosen.get("privileged_state", False)))
+
+
+def training_layouts(recipe: Mapping[str, Any], tasks: str | Sequence[str], episodes: int,
+                     source: str | None = None) -> tuple[int, dict[str, list[int]]]:
+    """(seed, task -> episode indices): the first ``episodes`` layouts per task that a run's build
+    trained on (its ``metaworld`` source's rollouts in the train split whose expert succeeded).
+
+    Why: a policy that fails on the evaluation seeds may not generalize to new layouts or may not
+    fit even the ones it saw; started from its own training episodes' layouts (variation and
+    reset), the evaluator tells the two apart. The rollouts are re-simulated without rendering to
+    skip those the build dropped (a noisy expert's failures)."""
+    from kidata.hashing import in_holdout
+    from kidata.pipelines.recipe import parse_recipe
+
+    SceneSettings.from_recipe(recipe, source)  # refuses a mixture without the named metaworld source
+    parsed = parse_recipe(recipe)
+    config = next(s for s in parsed.sources if s.reader == "metaworld" and source in (None, s.name))
+    opened = parsed.open(config)
+    holdout = config.holdout if config.holdout is not None else parsed.mixture.holdout
+    chosen: dict[str, list[int]] = {}
+    for task in resolve_tasks(tasks):
+        if task not in opened.tasks:
+            raise ValueError(f"{task} is not a training task of source {config.name!r} (its tasks: {list(opened.tasks)})")
+        scene = Scene(task, seed=opened.seed, image_size=16)
+        try:
+            chosen[task] = []
+            for index in range(opened.episodes_per_task):
+                if len(chosen[task]) == episodes:
+                    break
+                if not in_holdout(config.name, episode_id(task, opened.seed, index), holdout) and \
+                        opened.rollout(scene, index, images=False) is not None:
+                    chosen[task].append(index)
+        finally:
+            scene.close()
+        if len(chosen[task]) < episodes:
+            raise ValueError(f"{task}: the build trained on {len(chosen[task])} episodes of it "
+                             f"({opened.episodes_per_task} rolled out, held-out fraction {holdout}), fewer than "
+                             f"the {episodes} asked for: ask for at most {len(chosen[task])}")
+    return opened.seed, chosen
 
 
 class ExpertPolicy:
@@ -102,11 +142,13 @@ class _Trace:
 def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int = 5, replan: int = 5,
                        max_steps: int = 300, seed: int = EVAL_SEED, cameras: Mapping[str, str] | None = None,
                        image_size: int = 96, goal_marker_scale: float = 1.0, scene: SceneSettings | None = None,
-                       out: str | Path | None = None, sheets: int = 1) -> dict:
+                       out: str | Path | None = None, sheets: int = 1,
+                       episode_indices: Mapping[str, Sequence[int]] | None = None) -> dict:
     """Success rate per task and their mean, each episode's outcome; with ``out``, for the first
     ``sheets`` episodes of each task a contact sheet and a plot of the executed actions with every
     predicted chunk, and ``metaworld_eval.json``. ``scene`` (or cameras / image_size /
-    goal_marker_scale) must match the training data's rendering."""
+    goal_marker_scale) must match the training data's rendering. ``episode_indices`` (task ->
+    indices, e.g. from ``training_layouts``) replaces episodes 0 .. episodes - 1."""
     scene = scene or SceneSettings(dict(cameras or DEFAULT_CAMERAS), image_size, goal_marker_scale)
     needs_images = getattr(policy, "needs_images", True)
     per_task, lengths, outcomes = {}, {}, {}
@@ -114,8 +156,9 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
         simulator = Scene(task, seed=seed, image_size=scene.image_size, goal_marker_scale=scene.goal_marker_scale)
         results = []
         try:
-            for episode in range(episodes):
-                keep = out is not None and episode < sheets
+            indices = list(episode_indices[task]) if episode_indices is not None else list(range(episodes))
+            for order, episode in enumerate(indices):
+                keep = out is not None and order < sheets
                 trace = _Trace()
                 success, steps = _episode(policy, simulator, task, episode, scene, replan, max_steps,
                                           needs_images, keep, trace)
@@ -125,7 +168,7 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
                     plot_chunks(trace, Path(out) / f"{task}-episode{episode}-actions.png", f"{task} episode {episode}")
         finally:
             simulator.close()
-        per_task[task] = sum(r["success"] for r in results) / episodes
+        per_task[task] = sum(r["success"] for r in results) / len(results)
         lengths[task] = float(np.mean([r["steps"] for r in results]))
         outcomes[task] = results
     result = {"success_rate": per_task, "mean_success_rate": float(np.mean(list(per_task.values()))),
@@ -133,6 +176,8 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
               "mean_steps": lengths, "episodes": outcomes,
               "scene": {"cameras": dict(scene.cameras), "image_size": scene.image_size,
                         "goal_marker_scale": scene.goal_marker_scale, "privileged_state": scene.privileged_state}}
+    if episode_indices is not None:
+        result["episode_indices"] = {task: [r["episode"] for r in rows] for task, rows in outcomes.items()}
     if out is not None:
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "metaworld_eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

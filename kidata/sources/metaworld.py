@@ -34,6 +34,7 @@ from kidata.envs.metaworld import (
     SETTLE_STEPS,
     TASKS,
     Scene,
+    episode_id,
     expert,
     from_env_action,
     instruction,
@@ -121,7 +122,7 @@ class MetaWorldSource:
         if success_at is None:
             return None
         return Episode(
-            episode_id=f"{scene.task}-s{self.seed}-e{episode:05d}", source=self.name,
+            episode_id=episode_id(scene.task, self.seed, episode), source=self.name,
             state=np.stack(states), actions=np.stack(actions), instructions=(instruction(scene.task),),
             fps=1.0 / scene.dt,
             images={camera: Frames(np.stack(f)) for camera, f in frames.items()} if images else {},
