@@ -248,6 +248,11 @@ def test_eval_metaworld_layouts_training_starts_a_run_from_its_own_training_epis
     assert printed["seed"] == 0 and printed["episode_indices"] == {"reach-v3": [first_trained]}
 
 
+def test_the_evaluator_refuses_zero_episodes_in_one_sentence():
+    with pytest.raises(ValueError, match=r"episodes must be >= 1 \(episodes per task\), got 0"):
+        evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=0)
+
+
 def test_eval_metaworld_layouts_training_needs_a_run():
     from kidata.cli import main
 

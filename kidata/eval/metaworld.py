@@ -149,6 +149,8 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
     predicted chunk, and ``metaworld_eval.json``. ``scene`` (or cameras / image_size /
     goal_marker_scale) must match the training data's rendering. ``episode_indices`` (task ->
     indices, e.g. from ``training_layouts``) replaces episodes 0 .. episodes - 1."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1 (episodes per task), got {episodes}")
     scene = scene or SceneSettings(dict(cameras or DEFAULT_CAMERAS), image_size, goal_marker_scale)
     needs_images = getattr(policy, "needs_images", True)
     per_task, lengths, outcomes = {}, {}, {}
