@@ -53,8 +53,8 @@ def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eva
     print(f"\n3/3 closed-loop evaluation in Meta-World ({eval_episodes} episodes per task) ...", flush=True)
     loaded = policies.load(run)
     scene = SceneSettings.from_recipe(loaded.manifest.recipe)
-    trained = evaluate_metaworld(loaded, tasks, episodes=eval_episodes, replan=5, max_steps=MAX_STEPS, scene=scene,
-                                 out=run / "metaworld")
+    trained = evaluate_metaworld(loaded, tasks, episodes=eval_episodes, replan=loaded.config.policy.replan,
+                                 max_steps=MAX_STEPS, scene=scene, out=run / "metaworld")
     upper = evaluate_metaworld(ExpertPolicy(), tasks, episodes=eval_episodes, max_steps=MAX_STEPS, scene=scene)
     lower = evaluate_metaworld(RandomPolicy(seed=0), tasks, episodes=eval_episodes, max_steps=MAX_STEPS, scene=scene)
     print(f"\nsuccess rate per task over {eval_episodes} episodes (trained tiny policy / scripted expert / random):")

@@ -25,14 +25,11 @@ from kidata.model.ki_model import KIModel
 from kidata.normalize import NormStats, normalize, unnormalize
 from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.checkpoint import latest_checkpoint, read_weights
-from kidata.training.config import TrainConfig
+from kidata.training.config import ACTION_HEADS, TrainConfig
 
 
 class ObservationError(ValueError):
     """An observation the policy would misread; names the key and what is expected."""
-
-
-ACTION_HEADS = ("auto", "flow", "fast")
 
 
 class Policy:
@@ -156,10 +153,11 @@ class Policy:
 
 
 def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
-         device: str | torch.device = "cpu", action_head: str = "auto", num_steps: int = 10,
+         device: str | torch.device = "cpu", action_head: str | None = None, num_steps: int = 10,
          noise_scale: float = 1.0, flow_samples: int = 1) -> Policy:
     """The policy of a run directory (latest checkpoint unless ``checkpoint`` names one; its weight
-    EMA when the run kept one and ``use_ema``)."""
+    EMA when the run kept one and ``use_ema``; the run's ``[policy] action_head`` unless
+    ``action_head`` names one)."""
     run = Path(run)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
@@ -175,4 +173,5 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
         raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
     encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
     return Policy(model.to(device), config, manifest, encoder, source=source, device=device, num_steps=num_steps,
-                  noise_scale=noise_scale, flow_samples=flow_samples, action_head=action_head)
+                  noise_scale=noise_scale, flow_samples=flow_samples,
+                  action_head=config.policy.action_head if action_head is None else action_head)

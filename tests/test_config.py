@@ -73,3 +73,27 @@ def test_overrides_land_in_their_sections_without_touching_the_original():
     data = {"optim": {"lr": 1e-4}}
     merged = apply_overrides(data, ["--optim.lr", "5e-5", "--train.steps=7"])
     assert merged == {"optim": {"lr": 5e-5}, "train": {"steps": 7}} and data == {"optim": {"lr": 1e-4}}
+
+
+def test_the_policy_table_sets_how_a_run_acts_and_refuses_what_its_model_cannot_do():
+    tiny = assets.ROOT / "model" / "ki_tiny.toml"
+    assert TrainConfig.load(tiny).policy.action_head == "auto" and TrainConfig.load(tiny).policy.replan == 5
+    chosen = TrainConfig.load(tiny, ["--policy.action_head", "fast", "--policy.replan", "3"]).policy
+    assert (chosen.action_head, chosen.replan) == ("fast", 3)
+    with pytest.raises(ValueError, match=r"policy.action_head 'tokens': choose one of \('auto', 'flow', 'fast'\)"):
+        TrainConfig.load(tiny, ["--policy.action_head", "tokens"])
+    with pytest.raises(ValueError, match="policy.action_head 'fast': the pi0 model trains no action tokens"):
+        TrainConfig.load(tiny, ["--model.variant", "pi0", "--policy.action_head", "fast"])
+    with pytest.raises(ValueError, match="policy.action_head 'flow': the pi0_fast model has no action expert"):
+        TrainConfig.load(tiny, ["--model.variant", "pi0_fast", "--policy.action_head", "flow"])
+    horizon = TrainConfig.load(tiny).model.action_horizon
+    with pytest.raises(ValueError, match=f"policy.replan {horizon + 1} > model.action_horizon {horizon}"):
+        TrainConfig.load(tiny, ["--policy.replan", str(horizon + 1)])
+    with pytest.raises(ValueError, match="policy.replan must be >= 1"):
+        TrainConfig.load(tiny, ["--policy.replan", "0"])
+
+
+def test_a_run_saved_before_the_policy_table_existed_loads_with_its_defaults():
+    saved = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml").to_json()
+    del saved["policy"]
+    assert TrainConfig.from_mapping(saved).policy.action_head == "auto"

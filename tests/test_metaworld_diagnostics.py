@@ -248,6 +248,29 @@ def test_eval_metaworld_layouts_training_starts_a_run_from_its_own_training_epis
     assert printed["seed"] == 0 and printed["episode_indices"] == {"reach-v3": [first_trained]}
 
 
+@pytest.mark.slow
+def test_a_runs_policy_table_chooses_its_action_head_and_replanning_unless_the_command_line_does(run, tmp_path, capsys):
+    import shutil
+
+    from kidata import policy as policies
+    from kidata.cli import main
+
+    acting = tmp_path / "acting"
+    shutil.copytree(run, acting)
+    saved = json.loads((acting / "config.json").read_text())
+    saved["policy"] = {"action_head": "fast", "replan": 2}
+    (acting / "config.json").write_text(json.dumps(saved))
+    assert policies.load(acting).action_head == "fast" and policies.load(run).action_head == "flow"
+    assert policies.load(acting, action_head="flow").action_head == "flow"
+    episode = ["--tasks", "reach", "--episodes", "1", "--max-steps", "3"]
+    assert main(["eval", "metaworld", "--run", str(acting), *episode]) == 0
+    assert json.loads(capsys.readouterr().out)["replan"] == 2
+    assert main(["eval", "metaworld", "--run", str(acting), *episode, "--replan", "4"]) == 0
+    assert json.loads(capsys.readouterr().out)["replan"] == 4
+    assert main(["eval", "metaworld", "--policy", "expert", *episode]) == 0
+    assert json.loads(capsys.readouterr().out)["replan"] == 5
+
+
 def test_the_evaluator_refuses_zero_episodes_in_one_sentence():
     with pytest.raises(ValueError, match=r"episodes must be >= 1 \(episodes per task\), got 0"):
         evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=0)

@@ -263,3 +263,27 @@ def test_a_kidata_backbone_of_another_size_or_path_is_refused_naming_it(tmp_path
     (tmp_path / "run" / "checkpoints").mkdir(parents=True)
     with pytest.raises(WeightsError, match="the run has no checkpoint yet"):
         load_kidata(wider, tmp_path / "run")
+
+
+@pytest.mark.parametrize("source_variant", ["ki", "vlm"])
+def test_a_robot_runs_prefix_state_projection_comes_with_its_backbone_and_a_vlm_runs_does_not(tmp_path, source_variant):
+    import json
+
+    from kidata.training.checkpoint import save_checkpoint
+    from kidata.training.initialize import load_kidata
+
+    torch.manual_seed(1)
+    source = KIModel(ModelConfig(**SMALL, variant=source_variant))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"model": {"variant": source_variant, "state_input": "prefix"}}))
+    save_checkpoint(run, 10, model=source.state_dict(), optimizer={"state": {}, "param_groups": []}, ema=None,
+                    trainer={"step": 10}, keep=1)
+    torch.manual_seed(2)
+    model = KIModel(ModelConfig(**SMALL, variant="ki"))
+    fresh = model.state_proj.weight.detach().clone()
+    report = load_kidata(model, run)
+    expected = source.state_proj.weight if source_variant == "ki" else fresh
+    torch.testing.assert_close(model.state_proj.weight, expected, rtol=0, atol=0)
+    assert ("state_proj.weight" in report["fresh"]) == (source_variant == "vlm")
+    assert ("state_input" in report["loaded_parts"]) == (source_variant == "ki")

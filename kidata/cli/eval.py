@@ -8,6 +8,8 @@ import dataclasses
 import json
 import os
 
+DEFAULT_REPLAN = 5  # kidata.training.config.PolicyConfig's, for policies that are not runs (expert, random)
+
 
 def add_parser(commands) -> None:
     evaluate = commands.add_parser("eval", help="closed-loop evaluation of policies")
@@ -24,7 +26,8 @@ def add_parser(commands) -> None:
                                           "kidata serve --keys kidata)")
     metaworld.add_argument("--tasks", nargs="+", default=["MT10"], help="task names or MT10 / MT50")
     metaworld.add_argument("--episodes", type=int, default=5, help="episodes per task")
-    metaworld.add_argument("--replan", type=int, default=5, help="actions executed per predicted chunk")
+    metaworld.add_argument("--replan", type=int, help="actions executed per predicted chunk (default: the run's "
+                                                      "[policy] replan, or the server's; 5 for expert / random)")
     metaworld.add_argument("--max-steps", type=int, default=300, help="step budget of an episode")
     metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps")
     metaworld.add_argument("--noise-scale", type=float, default=1.0,
@@ -32,8 +35,9 @@ def add_parser(commands) -> None:
     metaworld.add_argument("--flow-samples", type=int, default=1, help="act on the mean of this many flow chunks")
     metaworld.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest complete one)")
     metaworld.add_argument("--no-ema", action="store_true", help="the trained weights, not their EMA")
-    metaworld.add_argument("--action-head", default="auto", choices=["auto", "flow", "fast"],
-                       help="actions from the flow expert or from greedy FAST tokens (a ki model has both)")
+    metaworld.add_argument("--action-head", choices=["auto", "flow", "fast"],
+                           help="actions from the flow expert or from greedy FAST tokens (a ki model has both; "
+                                "default: the run's [policy] action_head)")
     metaworld.add_argument("--image-size", type=int, help="render size (default: the model's)")
     metaworld.add_argument("--source", help="the run's robot source whose statistics apply")
     metaworld.add_argument("--seed", type=int, default=0, help="the random policy's seed")
@@ -84,6 +88,7 @@ def metaworld_command(args: argparse.Namespace) -> int:
             scene = SceneSettings(image_size=policy.config.model.image_size)
         policy.num_steps = args.num_steps
         chunk_policy = policy
+        replan = policy.config.policy.replan
         if args.layouts == "training":
             from kidata.eval.metaworld import training_layouts
 
@@ -95,6 +100,7 @@ def metaworld_command(args: argparse.Namespace) -> int:
         if args.check_parity:
             raise SystemExit("kidata eval metaworld: --check-parity needs --run")
         scene = SceneSettings(goal_marker_scale=args.goal_marker_scale)
+        replan = DEFAULT_REPLAN
         if args.policy.startswith(("ws://", "wss://")):
             from kidata.serving.client import RemotePolicy
 
@@ -103,6 +109,7 @@ def metaworld_command(args: argparse.Namespace) -> int:
                 scene = SceneSettings.from_recipe(chunk_policy.metadata["recipe"], chunk_policy.metadata["source"])
             except (KeyError, ValueError):
                 pass
+            replan = chunk_policy.metadata.get("replan", DEFAULT_REPLAN)  # the served run's [policy] replan
         elif args.policy in ("expert", "random"):
             chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
         else:
@@ -112,7 +119,8 @@ def metaworld_command(args: argparse.Namespace) -> int:
     if args.image_size:
         scene = dataclasses.replace(scene, image_size=args.image_size)
     layouts = {"seed": seed, "episode_indices": indices} if args.layouts == "training" else {}
-    result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes, replan=args.replan,
+    result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes,
+                                replan=args.replan if args.replan is not None else replan,
                                 max_steps=args.max_steps, scene=scene, out=args.out, **layouts)
     print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=2, sort_keys=True))
     if args.out:

@@ -21,6 +21,8 @@ def add_parser(commands) -> None:
                        help="refuse connections without 'Authorization: Api-Key KEY' (or KIDATA_API_KEY)")
     serve.add_argument("--max-request-mb", type=float, default=64.0, help="larger requests get an error reply")
     serve.add_argument("--num-steps", type=int, default=10, help="flow integration steps")
+    serve.add_argument("--action-head", choices=["auto", "flow", "fast"],
+                       help="actions from the flow expert or from greedy FAST tokens (default: the run's [policy] action_head)")
     serve.set_defaults(handler=serve_command)
 
 
@@ -29,7 +31,7 @@ def serve_command(args: argparse.Namespace) -> int:
     from kidata.serving.keymaps import keymap
     from kidata.serving.server import PolicyServer, run_metadata
 
-    loaded = policies.load(args.run, checkpoint=args.checkpoint)
+    loaded = policies.load(args.run, checkpoint=args.checkpoint, action_head=args.action_head)
     loaded.num_steps = args.num_steps
     server = PolicyServer(loaded, keymap(args.keys), metadata=run_metadata(loaded, args.run), api_key=args.api_key,
                           max_request_bytes=int(args.max_request_mb * 1024 * 1024))

@@ -362,7 +362,7 @@ class KIModel(nn.Module):
         parts = {"vision": [self.vision], "projector": [self.projector], "embedding": [self.embed],
                  "decoder": [self.layers, self.final_norm]}
         if c.state_input == "prefix":
-            # new to any pretrained backbone: initialized, never loaded, trained under every variant
+            # new to a pretrained VLM backbone: loaded only from a kidata robot run that trained it; trained under every variant
             parts["state_input"] = [self.state_proj]
         if c.has_expert:
             time = (["time_mlp_in", "time_mlp_out"] if c.time_conditioning == "adarms"

@@ -112,9 +112,11 @@ def _noise_tensor(noise: Any):
 
 
 def run_metadata(policy: Any, run: str) -> dict:
-    """What a client learns on connect: the run, its action chunk shape and the cameras it reads."""
+    """What a client learns on connect: the run, its action chunk shape, the cameras it reads and how
+    it acts ([policy]: the action head, and the replanning interval its evaluators use)."""
     from kidata import __version__
 
     return {"server": "kidata", "kidata_version": __version__, "run": str(run), "source": policy.source,
             "action_horizon": policy.action_horizon, "action_dim": policy.action_dim,
-            "cameras": list(policy.config.data.cameras), "recipe": policy.manifest.recipe}
+            "cameras": list(policy.config.data.cameras), "recipe": policy.manifest.recipe,
+            "action_head": policy.action_head, "replan": policy.config.policy.replan}

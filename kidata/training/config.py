@@ -1,6 +1,6 @@
 """Trainer configuration: frozen dataclasses filled from a TOML preset (``model/*.toml``: tables
 ``[model]``, ``[train]``, ``[optim]``, ``[schedule]``, ``[data]``, ``[eval]``, ``[log]``,
-``[checkpoint]``) and then from command-line overrides (``--optim.lr 5e-5``)."""
+``[checkpoint]``, ``[policy]``) and then from command-line overrides (``--optim.lr 5e-5``)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.config import ModelConfig
 
 INIT_FORMATS = ("paligemma", "openpi", "kidata")
+ACTION_HEADS = ("auto", "flow", "fast")
 
 
 @dataclass(frozen=True)
@@ -89,8 +90,9 @@ METAWORLD_EVAL_KEYS = {"tasks": (list, str), "episodes": int, "max_steps": int, 
 @dataclass(frozen=True)
 class EvalConfig:
     """Every ``every`` steps (0 = only at the end) on ``batches`` batches of the held-out split.
-    ``metaworld = { tasks = [...], episodes = N, max_steps = 300, replan = 5, every = S }`` also runs
-    the policy closed-loop in Meta-World (rank 0; the run's scene settings) at the evaluations whose
+    ``metaworld = { tasks = [...], episodes = N, max_steps = 300, replan = R, every = S }`` also runs
+    the policy closed-loop in Meta-World (rank 0; the run's scene settings, ``[policy]``'s action
+    head, and its ``replan`` unless given here) at the evaluations whose
     step is a multiple of ``every`` (default: each one) and at the last, so success rates land in
     metrics.jsonl, TensorBoard and the loss-curve plot: a closed-loop episode costs ~2-3 s of this
     CPU where a held-out batch costs ~0.3 s (tiny preset), so a run can plot its action error
@@ -148,8 +150,28 @@ class CheckpointConfig:
     keep: int = 3
 
 
+@dataclass(frozen=True)
+class PolicyConfig:
+    """How the trained run acts unless a caller says otherwise (``kidata.policy.load``, ``kidata
+    serve``, ``kidata eval metaworld``, ``[eval] metaworld``, ``kidata demo``). ``action_head``:
+    ``flow`` (the expert), ``fast`` (greedy FAST tokens from the backbone, decoded; a ``ki`` model
+    trains both, and on Meta-World its backbone acts better than its small expert: RESULTS.md) or
+    ``auto`` (the expert when there is one). ``replan``: actions executed from each predicted chunk
+    before the next observation, in the evaluators (a robot's own client loop decides when serving)."""
+
+    action_head: str = "auto"
+    replan: int = 5
+
+    def __post_init__(self) -> None:
+        if self.action_head not in ACTION_HEADS:
+            raise ValueError(f"policy.action_head {self.action_head!r}: choose one of {ACTION_HEADS}")
+        if self.replan < 1:
+            raise ValueError(f"policy.replan must be >= 1 (actions executed per predicted chunk), got {self.replan}")
+
+
 SECTIONS = {"train": LoopConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "data": DataConfig,
-            "eval": EvalConfig, "log": LogConfig, "checkpoint": CheckpointConfig}
+            "eval": EvalConfig, "log": LogConfig, "checkpoint": CheckpointConfig,
+            "policy": PolicyConfig}
 
 
 @dataclass(frozen=True)
@@ -162,6 +184,7 @@ class TrainConfig:
     eval: EvalConfig = EvalConfig()
     log: LogConfig = LogConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
+    policy: PolicyConfig = PolicyConfig()
 
     def __post_init__(self) -> None:
         if self.train.precision not in ("auto", "fp32", "bf16"):
@@ -172,6 +195,15 @@ class TrainConfig:
                             ("optim.grad_accum", self.optim.grad_accum), ("checkpoint.keep", self.checkpoint.keep)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.policy.action_head == "flow" and not self.model.has_expert:
+            raise ValueError(f"policy.action_head 'flow': the {self.model.variant} model has no action expert "
+                             "(use fast or auto)")
+        if self.policy.action_head == "fast" and not self.model.fast_loss:
+            raise ValueError(f"policy.action_head 'fast': the {self.model.variant} model trains no action tokens "
+                             "(use flow or auto)")
+        if self.policy.replan > self.model.action_horizon:
+            raise ValueError(f"policy.replan {self.policy.replan} > model.action_horizon {self.model.action_horizon}: "
+                             "a chunk holds only that many actions")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

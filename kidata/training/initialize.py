@@ -4,6 +4,7 @@ weights from elsewhere (PaliGemma, openpi) are ``kidata.model.weights``'s."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from kidata.model.ki_model import KIModel
@@ -14,10 +15,14 @@ from kidata.training.checkpoint import latest_checkpoint, read_weights
 def load_kidata(model: KIModel, location: str | Path) -> dict:
     """The backbone (vision, projector, embedding, decoder) of a kidata run into ``model``: a run
     directory (its newest complete checkpoint, the weight EMA when kept), a checkpoint directory
-    or a weights file (``kidata export weights``). Everything else stays freshly initialized: the
-    action expert, and the prefix state projection (a backbone pretrained on VLM data alone never
-    trained it). Shapes must match tensor for tensor. Returns what was loaded, per part."""
+    or a weights file (``kidata export weights``). The prefix state projection comes along when the
+    source run trained one (its ``config.json`` says a robot variant read the state as a prefix
+    token): without it the backbone it was trained with loses its state input. Everything else
+    stays freshly initialized: the action expert, and the projection of a ``vlm`` run (which never
+    saw a state) or of a bare weights file. Shapes must match tensor for tensor. Returns what was
+    loaded, per part."""
     path = Path(location)
+    source_run = None
     if path.is_file():
         tensors = read_tensors(path)
     else:
@@ -27,11 +32,14 @@ def load_kidata(model: KIModel, location: str | Path) -> dict:
         if checkpoint is None:
             raise WeightsError(f"{path}: the run has no checkpoint yet (train.init_from)")
         tensors, _ = read_weights(checkpoint)
+        source_run = path if (path / "checkpoints").is_dir() else path.parent.parent
     ours = model.state_dict()
     owner = {id(parameter): name for name, parameter in model.named_parameters()}
     parts = {name: {owner[id(p)] for module in modules for p in module.parameters()}
              for name, modules in model.part_modules().items()}
     backbone = set().union(*(parts[name] for name in ("vision", "projector", "embedding", "decoder")))
+    if "state_input" in parts and source_run is not None and trained_prefix_state(source_run):
+        backbone |= parts["state_input"]
     missing = sorted(backbone - set(tensors))
     if missing:
         raise WeightsError(f"{path}: lacks {len(missing)} backbone tensor(s), e.g. {missing[:4]} (not a kidata run?)")
@@ -44,3 +52,13 @@ def load_kidata(model: KIModel, location: str | Path) -> dict:
     loaded = {name: len(names) for name, names in parts.items() if names <= backbone}
     return {"loaded": len(backbone), "loaded_parts": loaded, "dropped": len(set(tensors) - backbone),
             "embedding_rows_sliced": 0, "fresh": sorted(set(ours) - backbone)}
+
+
+def trained_prefix_state(run: Path) -> bool:
+    """Whether the run at ``run`` trained its prefix state projection: its model read the state as
+    a prefix token under a variant that learns from robot data (``vlm`` learns from none)."""
+    config = run / "config.json"
+    if not config.is_file():
+        return False
+    model = json.loads(config.read_text()).get("model", {})
+    return model.get("state_input") == "prefix" and model.get("variant") != "vlm"

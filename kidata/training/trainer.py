@@ -300,9 +300,10 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
                     parameter.copy_(ema[name].to(parameter.dtype))
     try:
         encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
-        policy = Policy(model, config, manifest, encoder, device=env.device, num_steps=config.eval.num_steps)
+        policy = Policy(model, config, manifest, encoder, device=env.device, num_steps=config.eval.num_steps,
+                        action_head=config.policy.action_head)
         outcome = evaluate_metaworld(policy, settings["tasks"], episodes=settings.get("episodes", 5),
-                                     replan=settings.get("replan", 5), max_steps=settings.get("max_steps", 300),
+                                     replan=settings.get("replan", config.policy.replan), max_steps=settings.get("max_steps", 300),
                                      scene=SceneSettings.from_recipe(manifest.recipe, policy.source))
     finally:
         if live is not None:
