@@ -157,7 +157,8 @@ class PolicyConfig:
     ``flow`` (the expert), ``fast`` (greedy FAST tokens from the backbone, decoded; a ``ki`` model
     trains both, and on Meta-World its backbone acts better than its small expert: RESULTS.md) or
     ``auto`` (the expert when there is one). ``replan``: actions executed from each predicted chunk
-    before the next observation, in the evaluators (a robot's own client loop decides when serving)."""
+    before the next observation, in the evaluators (the whole chunk when it is shorter; a robot's
+    own client loop decides when serving)."""
 
     action_head: str = "auto"
     replan: int = 5
@@ -201,9 +202,6 @@ class TrainConfig:
         if self.policy.action_head == "fast" and not self.model.fast_loss:
             raise ValueError(f"policy.action_head 'fast': the {self.model.variant} model trains no action tokens "
                              "(use flow or auto)")
-        if self.policy.replan > self.model.action_horizon:
-            raise ValueError(f"policy.replan {self.policy.replan} > model.action_horizon {self.model.action_horizon}: "
-                             "a chunk holds only that many actions")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
