@@ -25,7 +25,7 @@ from kidata.model.ki_model import KIModel
 from kidata.normalize import NormStats, normalize, unnormalize
 from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.checkpoint import latest_checkpoint, read_weights
-from kidata.training.config import ACTION_HEADS, TrainConfig
+from kidata.training.config import ACTION_HEADS, FAST_FALLBACKS, TrainConfig
 
 
 class ObservationError(ValueError):
@@ -37,11 +37,15 @@ class Policy:
     ``action_head``: where actions come from: ``flow`` (the expert), ``fast`` (greedy FAST tokens
     from the backbone, decoded; a ``ki`` model trains both), ``auto`` (the expert when there is one).
     ``noise_scale`` scales the flow's starting noise (0: one deterministic chunk from the prior's
-    mean); ``flow_samples`` > 1 returns the mean of that many chunks, sampled as one batch."""
+    mean); ``flow_samples`` > 1 returns the mean of that many chunks, sampled as one batch.
+    ``fast_fallback``: ``relaxed`` or ``flow`` for FAST tokens that do not decode exactly
+    (``PolicyConfig``). ``counters`` counts FAST chunks, the invalid ones and the expert's stand-ins:
+    the evaluators report them per task."""
 
     def __init__(self, model: KIModel, config: TrainConfig, manifest: Manifest, encoder: Any, *,
                  source: str | None = None, device: str | torch.device = "cpu", num_steps: int = 10,
-                 action_head: str = "auto", noise_scale: float = 1.0, flow_samples: int = 1) -> None:
+                 action_head: str = "auto", noise_scale: float = 1.0, flow_samples: int = 1,
+                 fast_fallback: str = "relaxed") -> None:
         self.model, self.config, self.manifest, self.encoder = model.eval(), config, manifest, encoder
         self.device = torch.device(device)
         robots = [s for s in manifest.sources if s.kind == "robot"]
@@ -66,6 +70,12 @@ class Policy:
         if action_head == "fast" and not model.config.fast_loss:
             raise ValueError(f"action_head 'fast': the {model.config.variant} model trains no action tokens")
         self.action_head = ("flow" if model.config.has_expert else "fast") if action_head == "auto" else action_head
+        if fast_fallback not in FAST_FALLBACKS:
+            raise ValueError(f"fast_fallback {fast_fallback!r}: choose one of {FAST_FALLBACKS}")
+        if fast_fallback == "flow" and not model.config.has_expert:
+            raise ValueError(f"fast_fallback 'flow': the {model.config.variant} model has no action expert")
+        self.fast_fallback = fast_fallback
+        self.counters = {"fast_chunks": 0, "fast_invalid": 0, "flow_fallbacks": 0}
 
     @property
     def action_dim(self) -> int:
@@ -128,36 +138,44 @@ class Policy:
                        noise: torch.Tensor | None = None) -> np.ndarray:
         """float64 [action_horizon, action_dim] in the robot's own units."""
         batch = self.batch(observation)
+        steps = num_steps if num_steps is not None else self.num_steps
         if self.action_head == "flow":
-            steps = num_steps if num_steps is not None else self.num_steps
-            if noise is None and (self.noise_scale != 1.0 or self.flow_samples > 1):
-                # the flow's samples spread around its mean (a trained Meta-World expert: about 40% of
-                # its held-out error, RESULTS.md): a colder start or the mean of several samples
-                batch = {key: value.repeat(self.flow_samples, *([1] * (value.dim() - 1))) for key, value in batch.items()}
-                shape = (self.flow_samples, self.model.config.action_horizon, self.model.config.action_dim)
-                noise = torch.randn(shape, device=self.device) * self.noise_scale
-                chunks = self.model.sample_actions(batch, num_steps=steps, noise=noise)
-                normalized = chunks.float().mean(0).cpu().numpy()
-            else:
-                normalized = self.model.sample_actions(batch, num_steps=steps, noise=noise)[0].float().cpu().numpy()
+            normalized = self._flow_actions(batch, steps, noise)
         else:
-            normalized = self._fast_actions(batch)
+            normalized, ok = self._fast_actions(batch)
+            self.counters["fast_chunks"] += 1
+            if not ok:
+                self.counters["fast_invalid"] += 1
+                if self.fast_fallback == "flow":
+                    self.counters["flow_fallbacks"] += 1
+                    normalized = self._flow_actions(batch, steps, noise)
         return unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)
 
-    def _fast_actions(self, batch: dict) -> np.ndarray:
+    def _flow_actions(self, batch: dict, steps: int, noise: torch.Tensor | None) -> np.ndarray:
+        if noise is None and (self.noise_scale != 1.0 or self.flow_samples > 1):
+            # the flow's samples spread around its mean (a trained Meta-World expert: about 40% of
+            # its held-out error, RESULTS.md): a colder start or the mean of several samples
+            batch = {key: value.repeat(self.flow_samples, *([1] * (value.dim() - 1))) for key, value in batch.items()}
+            shape = (self.flow_samples, self.model.config.action_horizon, self.model.config.action_dim)
+            noise = torch.randn(shape, device=self.device) * self.noise_scale
+            chunks = self.model.sample_actions(batch, num_steps=steps, noise=noise)
+            return chunks.float().mean(0).cpu().numpy()
+        return self.model.sample_actions(batch, num_steps=steps, noise=noise)[0].float().cpu().numpy()
+
+    def _fast_actions(self, batch: dict) -> tuple[np.ndarray, bool]:
         budget = self.manifest.encoding.max_tokens
         generated = self.model.generate(batch, budget, stop_ids=self.encoder.stop_ids).cpu().numpy()
-        decoded, _ = self.encoder.decode_generated_actions(generated, horizon=self.action_horizon,
-                                                           dim=self.manifest.encoding.action_dim)
-        return decoded[0]
+        decoded, ok = self.encoder.decode_generated_actions(generated, horizon=self.action_horizon,
+                                                            dim=self.manifest.encoding.action_dim)
+        return decoded[0], bool(ok[0])
 
 
 def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
          device: str | torch.device = "cpu", action_head: str | None = None, num_steps: int = 10,
-         noise_scale: float = 1.0, flow_samples: int = 1) -> Policy:
+         noise_scale: float = 1.0, flow_samples: int = 1, fast_fallback: str | None = None) -> Policy:
     """The policy of a run directory (latest checkpoint unless ``checkpoint`` names one; its weight
     EMA when the run kept one and ``use_ema``; the run's ``[policy] action_head`` unless
-    ``action_head`` names one)."""
+    ``action_head`` names one; likewise ``fast_fallback``)."""
     run = Path(run)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
@@ -174,4 +192,5 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
     return Policy(model.to(device), config, manifest, encoder, source=source, device=device, num_steps=num_steps,
                   noise_scale=noise_scale, flow_samples=flow_samples,
-                  action_head=config.policy.action_head if action_head is None else action_head)
+                  action_head=config.policy.action_head if action_head is None else action_head,
+                  fast_fallback=config.policy.fast_fallback if fast_fallback is None else fast_fallback)

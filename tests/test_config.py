@@ -86,6 +86,10 @@ def test_the_policy_table_sets_how_a_run_acts_and_refuses_what_its_model_cannot_
         TrainConfig.load(tiny, ["--model.variant", "pi0", "--policy.action_head", "fast"])
     with pytest.raises(ValueError, match="policy.action_head 'flow': the pi0_fast model has no action expert"):
         TrainConfig.load(tiny, ["--model.variant", "pi0_fast", "--policy.action_head", "flow"])
+    with pytest.raises(ValueError, match="policy.fast_fallback 'flow': the pi0_fast model has no action expert"):
+        TrainConfig.load(tiny, ["--model.variant", "pi0_fast", "--policy.fast_fallback", "flow"])
+    with pytest.raises(ValueError, match=r"policy.fast_fallback 'expert': choose one of \('relaxed', 'flow'\)"):
+        TrainConfig.load(tiny, ["--policy.fast_fallback", "expert"])
     with pytest.raises(ValueError, match="policy.replan must be >= 1"):
         TrainConfig.load(tiny, ["--policy.replan", "0"])
 

@@ -271,6 +271,45 @@ def test_a_runs_policy_table_chooses_its_action_head_and_replanning_unless_the_c
     assert json.loads(capsys.readouterr().out)["replan"] == 5
 
 
+@pytest.mark.slow
+def test_an_invalid_fast_chunk_is_counted_and_the_expert_acts_instead_when_the_fallback_is_flow(run, monkeypatch):
+    from kidata import policy as policies
+
+    relaxed = policies.load(run, action_head="fast")
+    fallback = policies.load(run, action_head="fast", fast_fallback="flow")
+    flow = policies.load(run, action_head="flow")
+    for planted in (relaxed, fallback):  # tokens that decode to the wrong number of coefficients
+        monkeypatch.setattr(planted.encoder, "decode_generated_actions",
+                            lambda generated, *, horizon, dim: (np.zeros((1, horizon, dim)), np.array([False])))
+    rng = np.random.default_rng(0)
+    observation = {"images": {camera: rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+                              for camera in ("base_0", "left_wrist_0")},
+                   "state": np.array([0.0, 0.6, 0.2, 1.0]), "prompt": "reach the goal"}
+    torch.manual_seed(0)
+    expected = flow.sample_actions(observation)
+    torch.manual_seed(0)
+    np.testing.assert_array_equal(fallback.sample_actions(observation), expected)
+    assert fallback.counters == {"fast_chunks": 1, "fast_invalid": 1, "flow_fallbacks": 1}
+    relaxed.sample_actions(observation)
+    assert relaxed.counters == {"fast_chunks": 1, "fast_invalid": 1, "flow_fallbacks": 0}
+    assert flow.counters == {"fast_chunks": 0, "fast_invalid": 0, "flow_fallbacks": 0}
+
+
+def test_the_evaluator_reports_a_policys_counters_per_task():
+    class Counting(ExpertPolicy):
+        def __init__(self):
+            super().__init__()
+            self.counters = {"queries": 0}
+
+        def sample_actions(self, observation):
+            self.counters["queries"] += 1
+            return np.repeat(super().sample_actions(observation), 5, axis=0)  # a 5-action chunk
+
+    result = evaluate_metaworld(Counting(), ["reach", "push"], episodes=1, replan=5, max_steps=10)
+    assert result["policy_counters"] == {"reach-v3": {"queries": 2}, "push-v3": {"queries": 2}}
+    assert "policy_counters" not in evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, max_steps=5)
+
+
 def test_the_evaluator_refuses_zero_episodes_in_one_sentence():
     with pytest.raises(ValueError, match=r"episodes must be >= 1 \(episodes per task\), got 0"):
         evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=0)

@@ -38,6 +38,9 @@ def add_parser(commands) -> None:
     metaworld.add_argument("--action-head", choices=["auto", "flow", "fast"],
                            help="actions from the flow expert or from greedy FAST tokens (a ki model has both; "
                                 "default: the run's [policy] action_head)")
+    metaworld.add_argument("--fast-fallback", choices=["relaxed", "flow"],
+                           help="for FAST tokens that do not decode exactly: the relaxed decode or the expert's chunk "
+                                "(default: the run's [policy] fast_fallback)")
     metaworld.add_argument("--image-size", type=int, help="render size (default: the model's)")
     metaworld.add_argument("--source", help="the run's robot source whose statistics apply")
     metaworld.add_argument("--seed", type=int, default=0, help="the random policy's seed")
@@ -73,7 +76,7 @@ def metaworld_command(args: argparse.Namespace) -> int:
 
         policy = policies.load(args.run, source=args.source, checkpoint=args.checkpoint, use_ema=not args.no_ema,
                                action_head=args.action_head, noise_scale=args.noise_scale,
-                               flow_samples=args.flow_samples)
+                               flow_samples=args.flow_samples, fast_fallback=args.fast_fallback)
         if args.check_parity:
             from kidata.eval.parity import check_parity
 

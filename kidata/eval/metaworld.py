@@ -148,13 +148,16 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
     ``sheets`` episodes of each task a contact sheet and a plot of the executed actions with every
     predicted chunk, and ``metaworld_eval.json``. ``scene`` (or cameras / image_size /
     goal_marker_scale) must match the training data's rendering. ``episode_indices`` (task ->
-    indices, e.g. from ``training_layouts``) replaces episodes 0 .. episodes - 1."""
+    indices, e.g. from ``training_layouts``) replaces episodes 0 .. episodes - 1. A policy with
+    ``counters`` (``kidata.policy.Policy``: FAST chunks, invalid ones, the expert's stand-ins) has
+    them reported per task under ``policy_counters``."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1 (episodes per task), got {episodes}")
     scene = scene or SceneSettings(dict(cameras or DEFAULT_CAMERAS), image_size, goal_marker_scale)
     needs_images = getattr(policy, "needs_images", True)
-    per_task, lengths, outcomes = {}, {}, {}
+    per_task, lengths, outcomes, counted = {}, {}, {}, {}
     for task in resolve_tasks(tasks):
+        before = dict(getattr(policy, "counters", {}))
         simulator = Scene(task, seed=seed, image_size=scene.image_size, goal_marker_scale=scene.goal_marker_scale)
         results = []
         try:
@@ -173,11 +176,15 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
         per_task[task] = sum(r["success"] for r in results) / len(results)
         lengths[task] = float(np.mean([r["steps"] for r in results]))
         outcomes[task] = results
+        if before:
+            counted[task] = {name: value - before[name] for name, value in policy.counters.items()}
     result = {"success_rate": per_task, "mean_success_rate": float(np.mean(list(per_task.values()))),
               "episodes_per_task": episodes, "replan": replan, "max_steps": max_steps, "seed": seed,
               "mean_steps": lengths, "episodes": outcomes,
               "scene": {"cameras": dict(scene.cameras), "image_size": scene.image_size,
                         "goal_marker_scale": scene.goal_marker_scale, "privileged_state": scene.privileged_state}}
+    if counted:
+        result["policy_counters"] = counted
     if episode_indices is not None:
         result["episode_indices"] = {task: [r["episode"] for r in rows] for task, rows in outcomes.items()}
     if out is not None:

@@ -16,6 +16,7 @@ from kidata.model.config import ModelConfig
 
 INIT_FORMATS = ("paligemma", "openpi", "kidata")
 ACTION_HEADS = ("auto", "flow", "fast")
+FAST_FALLBACKS = ("relaxed", "flow")
 
 
 @dataclass(frozen=True)
@@ -158,14 +159,20 @@ class PolicyConfig:
     trains both, and on Meta-World its backbone acts better than its small expert: RESULTS.md) or
     ``auto`` (the expert when there is one). ``replan``: actions executed from each predicted chunk
     before the next observation, in the evaluators (the whole chunk when it is shorter; a robot's
-    own client loop decides when serving)."""
+    own client loop decides when serving). ``fast_fallback``: what acts when the FAST tokens do
+    not decode to exactly horizon x dim coefficients: ``relaxed`` (invalid coefficients zeroed and
+    the row padded or cut, as openpi's FAST decode does) or ``flow`` (the expert's chunk for that
+    observation; a ``ki`` model has one). Either way the policy counts them (``Policy.counters``)."""
 
     action_head: str = "auto"
     replan: int = 5
+    fast_fallback: str = "relaxed"
 
     def __post_init__(self) -> None:
         if self.action_head not in ACTION_HEADS:
             raise ValueError(f"policy.action_head {self.action_head!r}: choose one of {ACTION_HEADS}")
+        if self.fast_fallback not in FAST_FALLBACKS:
+            raise ValueError(f"policy.fast_fallback {self.fast_fallback!r}: choose one of {FAST_FALLBACKS}")
         if self.replan < 1:
             raise ValueError(f"policy.replan must be >= 1 (actions executed per predicted chunk), got {self.replan}")
 
@@ -199,6 +206,9 @@ class TrainConfig:
         if self.policy.action_head == "flow" and not self.model.has_expert:
             raise ValueError(f"policy.action_head 'flow': the {self.model.variant} model has no action expert "
                              "(use fast or auto)")
+        if self.policy.fast_fallback == "flow" and not self.model.has_expert:
+            raise ValueError(f"policy.fast_fallback 'flow': the {self.model.variant} model has no action expert "
+                             "(use relaxed)")
         if self.policy.action_head == "fast" and not self.model.fast_loss:
             raise ValueError(f"policy.action_head 'fast': the {self.model.variant} model trains no action tokens "
                              "(use flow or auto)")

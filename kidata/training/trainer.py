@@ -301,7 +301,7 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
     try:
         encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
         policy = Policy(model, config, manifest, encoder, device=env.device, num_steps=config.eval.num_steps,
-                        action_head=config.policy.action_head)
+                        action_head=config.policy.action_head, fast_fallback=config.policy.fast_fallback)
         outcome = evaluate_metaworld(policy, settings["tasks"], episodes=settings.get("episodes", 5),
                                      replan=settings.get("replan", config.policy.replan), max_steps=settings.get("max_steps", 300),
                                      scene=SceneSettings.from_recipe(manifest.recipe, policy.source))
@@ -311,7 +311,9 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
                 for name, parameter in model.named_parameters():
                     if name in live:
                         parameter.copy_(live[name])
-    return {"metaworld_success": round(outcome["mean_success_rate"], 4),
+    chunks = policy.counters["fast_chunks"]
+    invalid = {"metaworld_fast_invalid": round(policy.counters["fast_invalid"] / chunks, 4)} if chunks else {}
+    return {"metaworld_success": round(outcome["mean_success_rate"], 4), **invalid,
             **{f"metaworld_success/{task}": round(rate, 4) for task, rate in outcome["success_rate"].items()}}
 
 
