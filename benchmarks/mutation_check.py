@@ -129,6 +129,12 @@ MUTATIONS = [
     Mutation("training layouts include the held-out episodes", "kidata/eval/metaworld.py",
              "if not in_holdout(config.name, episode_id(task, opened.seed, index), holdout) and",
              "if True and", ("tests/test_metaworld_diagnostics.py -k training_layouts",)),
+    Mutation("the expert does not stand in for an invalid FAST chunk", "kidata/policy.py",
+             "                    normalized = self._flow_actions(batch, steps, noise)", "                    pass",
+             ("tests/test_metaworld_diagnostics.py -k fallback_is_flow",)),
+    Mutation("policy.load ignores the run's [policy] action head", "kidata/policy.py",
+             "action_head=config.policy.action_head if action_head is None", 'action_head="auto" if action_head is None',
+             ("tests/test_metaworld_diagnostics.py -k policy_table_chooses",)),
     # CI
     Mutation("CI=1 not treated as CI", "tests/ci_strict.py",
              '("1", "true", "yes", "on")', '("true",)', ("tests/test_ci_strict.py",)),
