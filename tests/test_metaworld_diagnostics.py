@@ -315,6 +315,11 @@ def test_the_evaluator_refuses_zero_episodes_in_one_sentence():
         evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=0)
 
 
+def test_the_evaluator_refuses_a_replanning_interval_below_one_in_one_sentence():
+    with pytest.raises(ValueError, match=r"replan must be >= 1 \(actions executed per predicted chunk\), got 0"):
+        evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, replan=0)
+
+
 def test_eval_metaworld_layouts_training_needs_a_run():
     from kidata.cli import main
 

@@ -153,6 +153,8 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
     them reported per task under ``policy_counters``."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1 (episodes per task), got {episodes}")
+    if replan < 1:
+        raise ValueError(f"replan must be >= 1 (actions executed per predicted chunk), got {replan}")
     scene = scene or SceneSettings(dict(cameras or DEFAULT_CAMERAS), image_size, goal_marker_scale)
     needs_images = getattr(policy, "needs_images", True)
     per_task, lengths, outcomes, counted = {}, {}, {}, {}
