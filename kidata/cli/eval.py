@@ -8,8 +8,6 @@ import dataclasses
 import json
 import os
 
-DEFAULT_REPLAN = 5  # kidata.training.config.PolicyConfig's, for policies that are not runs (expert, random)
-
 
 def add_parser(commands) -> None:
     evaluate = commands.add_parser("eval", help="closed-loop evaluation of policies")
@@ -103,7 +101,9 @@ def metaworld_command(args: argparse.Namespace) -> int:
         if args.check_parity:
             raise SystemExit("kidata eval metaworld: --check-parity needs --run")
         scene = SceneSettings(goal_marker_scale=args.goal_marker_scale)
-        replan = DEFAULT_REPLAN
+        from kidata.training.config import PolicyConfig
+
+        replan = PolicyConfig.replan  # the default of a run's [policy], for policies that are not runs
         if args.policy.startswith(("ws://", "wss://")):
             from kidata.serving.client import RemotePolicy
 
@@ -112,7 +112,7 @@ def metaworld_command(args: argparse.Namespace) -> int:
                 scene = SceneSettings.from_recipe(chunk_policy.metadata["recipe"], chunk_policy.metadata["source"])
             except (KeyError, ValueError):
                 pass
-            replan = chunk_policy.metadata.get("replan", DEFAULT_REPLAN)  # the served run's [policy] replan
+            replan = chunk_policy.metadata.get("replan", replan)  # the served run's [policy] replan
         elif args.policy in ("expert", "random"):
             chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
         else:
