@@ -148,6 +148,15 @@ def test_a_resumed_run_repeats_the_uninterrupted_losses(mixture, straight_run, t
         assert actual[step] == pytest.approx(expected[step], rel=1e-5, abs=1e-6), step
 
 
+def test_a_checkpoint_path_that_is_not_one_is_refused_naming_the_runs_checkpoints(straight_run):
+    from kidata import policy
+
+    run, _ = straight_run
+    mistyped = run / "checkpoints" / "step_00000050"  # one zero too many
+    with pytest.raises(FileNotFoundError, match=r"step_00000050: no checkpoint there .* holds step_0000025, step_0000050; pass one"):
+        policy.load(run, checkpoint=mistyped)
+
+
 def test_the_policy_maps_a_raw_observation_to_an_unnormalized_chunk(straight_run):
     from kidata import policy
     from kidata.sources.registry import lookup

@@ -95,10 +95,22 @@ def read_weights(path: Path, *, use_ema: bool = True) -> tuple[dict[str, torch.T
     ``use_ema`` (what the policy serves and ``kidata export weights`` writes), and whether the EMA
     was used."""
     tensors = read_full(path, "model")
+    if tensors is None:
+        raise FileNotFoundError(f"{path}: no checkpoint there (neither model.safetensors nor model/ shards); "
+                                f"{_checkpoints_beside(Path(path))}")
     averaged = read_full(path, "ema") if use_ema else None
     if averaged is not None:
         tensors.update({name: value.to(tensors[name].dtype) for name, value in averaged.items()})
     return tensors, averaged is not None
+
+
+def _checkpoints_beside(path: Path) -> str:
+    """What to pass instead of a wrong checkpoint path: the checkpoint folders next to it."""
+    folder = path.parent if path.parent.is_dir() else None
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_")) if folder else []
+    if not found:
+        return "pass a folder RUN/checkpoints/step_NNNNNNN, or name the run alone for its newest checkpoint"
+    return f"{folder} holds {', '.join(found)}; pass one of them, or name the run alone for its newest"
 
 
 def checkpoint_problem(path: Path) -> str | None:
