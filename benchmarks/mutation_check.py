@@ -135,6 +135,9 @@ MUTATIONS = [
     Mutation("policy.load ignores the run's [policy] action head", "kidata/policy.py",
              "action_head=config.policy.action_head if action_head is None", 'action_head="auto" if action_head is None',
              ("tests/test_metaworld_diagnostics.py -k policy_table_chooses",)),
+    Mutation("a mistyped checkpoint path reaches load_state_dict", "kidata/training/checkpoint.py",
+             "    if tensors is None:\n        raise FileNotFoundError", "    if False:\n        raise FileNotFoundError",
+             ("tests/test_train.py -k checkpoint_path_that_is_not",)),
     # CI
     Mutation("CI=1 not treated as CI", "tests/ci_strict.py",
              '("1", "true", "yes", "on")', '("true",)', ("tests/test_ci_strict.py",)),
