@@ -106,11 +106,10 @@ def read_weights(path: Path, *, use_ema: bool = True) -> tuple[dict[str, torch.T
 
 def _checkpoints_beside(path: Path) -> str:
     """What to pass instead of a wrong checkpoint path: the checkpoint folders next to it."""
-    folder = path.parent if path.parent.is_dir() else None
-    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("step_")) if folder else []
+    found = [step.name for step in reversed(step_dirs(path.parent.parent))]  # the run's, oldest first
     if not found:
         return "pass a folder RUN/checkpoints/step_NNNNNNN, or name the run alone for its newest checkpoint"
-    return f"{folder} holds {', '.join(found)}; pass one of them, or name the run alone for its newest"
+    return f"{path.parent} holds {', '.join(found)}; pass one of them, or name the run alone for its newest"
 
 
 def checkpoint_problem(path: Path) -> str | None:
