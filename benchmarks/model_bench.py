@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--optimizer", action="store_true", help="time the AdamW step too (a whole training step)")
     parser.add_argument("--variants", default="ki,joint,pi0,pi0_fast")
+    parser.add_argument("--half-batch", action="store_true",
+                        help="also time the first variant at half the batch: is a step's cost proportional to its batch?")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
@@ -84,7 +86,11 @@ def main() -> None:
     patches = (base.image_size // base.patch_size) ** 2
     tokens = args.batch * (2 * patches + args.text + base.action_horizon)
     results = {}
-    for variant in args.variants.split(","):
+    runs = [(variant, batch) for variant in args.variants.split(",")]
+    if args.half_batch:
+        halved = {key: value[: args.batch // 2] for key, value in batch.items()}
+        runs.append((runs[0][0], halved))
+    for variant, batch in runs:
         config = ModelConfig.load(args.preset, variant=variant)
         torch.manual_seed(0)
         model = KIModel(config).to(device)
@@ -103,9 +109,11 @@ def main() -> None:
             model.zero_grad(set_to_none=True)
 
         seconds = timed(step, args.steps, device)
-        results[variant] = seconds
+        size = len(batch["tokens"])
+        results[(variant, size)] = seconds
         what = "train step" if optimizer is not None else "fwd+bwd"
-        line = f"  {variant:9s} {what} {seconds * 1e3:9.1f} ms/step  {tokens / seconds:10.0f} tokens/s"
+        line = (f"  {variant:9s} batch {size:3d} {what} {seconds * 1e3:9.1f} ms/step  "
+                f"{tokens * size / args.batch / seconds:10.0f} tokens/s")
         if device.type == "cuda":
             peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
             if peak:
@@ -115,9 +123,15 @@ def main() -> None:
         model = optimizer = None  # freed before the next variant is built
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if {"ki", "pi0", "pi0_fast"} <= set(results):
-        print(f"ki / pi0 step time: {results['ki'] / results['pi0']:.2f}x (paper: ~1.2x for KI over flow-only)"
-              f"; ki / pi0_fast: {results['ki'] / results['pi0_fast']:.2f}x")
+    full = {variant: seconds for (variant, size), seconds in results.items() if size == args.batch}
+    if {"ki", "pi0", "pi0_fast"} <= set(full):
+        print(f"ki / pi0 step time: {full['ki'] / full['pi0']:.2f}x (paper: ~1.2x for KI over flow-only)"
+              f"; ki / pi0_fast: {full['ki'] / full['pi0_fast']:.2f}x")
+    if args.half_batch:
+        variant = runs[0][0]
+        print(f"{variant} step time at batch {args.batch // 2} / at batch {args.batch}: "
+              f"{results[(variant, args.batch // 2)] / full[variant]:.2f} (0.50: a step costs in proportion to its batch)")
+    batch = runs[0][1]
 
     model = KIModel(base).to(device).eval()
     prefix = {**batch, "tokens": batch["tokens"][:1, : args.prefix], "ar": batch["ar"][:1, : args.prefix],
