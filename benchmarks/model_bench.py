@@ -112,8 +112,8 @@ def main() -> None:
         size = len(batch["tokens"])
         results[(variant, size)] = seconds
         what = "train step" if optimizer is not None else "fwd+bwd"
-        line = (f"  {variant:9s} batch {size:3d} {what} {seconds * 1e3:9.1f} ms/step  "
-                f"{tokens * size / args.batch / seconds:10.0f} tokens/s")
+        line = (f"  {variant:9s} {what} {seconds * 1e3:9.1f} ms/step  "
+                f"{tokens * size / args.batch / seconds:10.0f} tokens/s  batch {size}")
         if device.type == "cuda":
             peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
             if peak:
