@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--half-batch", action="store_true",
                         help="also time the first variant at half the batch: is a step's cost proportional to its batch?")
     args = parser.parse_args()
+    if args.half_batch and args.batch < 2:
+        parser.error(f"--half-batch needs --batch 2 or more (got --batch {args.batch}: half of it is empty)")
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     base = ModelConfig.load(args.preset)
@@ -88,9 +90,8 @@ def main() -> None:
     results = {}
     runs = [(variant, batch) for variant in args.variants.split(",")]
     if args.half_batch:
-        halved = {key: value[: args.batch // 2] for key, value in batch.items()}
-        runs.append((runs[0][0], halved))
-    for variant, batch in runs:
+        runs.append((runs[0][0], {key: value[: args.batch // 2] for key, value in batch.items()}))
+    for variant, inputs in runs:
         config = ModelConfig.load(args.preset, variant=variant)
         torch.manual_seed(0)
         model = KIModel(config).to(device)
@@ -102,14 +103,14 @@ def main() -> None:
 
         def step():
             with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                loss = model(batch)["loss"]
+                loss = model(inputs)["loss"]
             loss.backward()
             if optimizer is not None:
                 optimizer.step()
             model.zero_grad(set_to_none=True)
 
         seconds = timed(step, args.steps, device)
-        size = len(batch["tokens"])
+        size = len(inputs["tokens"])
         results[(variant, size)] = seconds
         what = "train step" if optimizer is not None else "fwd+bwd"
         line = (f"  {variant:9s} {what} {seconds * 1e3:9.1f} ms/step  "
@@ -131,7 +132,6 @@ def main() -> None:
         variant = runs[0][0]
         print(f"{variant} step time at batch {args.batch // 2} / at batch {args.batch}: "
               f"{results[(variant, args.batch // 2)] / full[variant]:.2f} (0.50: a step costs in proportion to its batch)")
-    batch = runs[0][1]
 
     model = KIModel(base).to(device).eval()
     prefix = {**batch, "tokens": batch["tokens"][:1, : args.prefix], "ar": batch["ar"][:1, : args.prefix],

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,3 +26,11 @@ def test_the_gpu_check_prints_every_variants_training_step_and_the_sampling_late
         assert any(line.split()[:3] == [variant, "train", "step"] and "tokens/s" in line for line in lines), variant
     assert any(line.startswith("ki / pi0 step time:") for line in lines)
     assert any(line.startswith("sample_actions (1 observation, 2 cameras, 10 steps)") for line in lines)
+
+
+def test_model_bench_refuses_half_of_a_batch_of_one_in_one_sentence():
+    result = subprocess.run([sys.executable, "benchmarks/model_bench.py", "--batch", "1", "--half-batch"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 2
+    assert "--half-batch needs --batch 2 or more (got --batch 1: half of it is empty)" in result.stderr
+    assert "Traceback" not in result.stderr
