@@ -28,6 +28,7 @@ import build_bench  # noqa: E402
 import torch  # noqa: E402
 
 from kidata import assets  # noqa: E402
+from kidata.loader.collate import trim_token_padding  # noqa: E402
 from kidata.manifest import Manifest  # noqa: E402
 from kidata.model.ki_model import KIModel  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
@@ -65,7 +66,7 @@ def main() -> None:
 
         _, loader = _loader(config, manifest_path, "train", 0, 1, manifest, batch_size=config.data.batch_size,
                             workers=0, augment=True)
-        batch = next(iter(loader))
+        batch = trim_token_padding(next(iter(loader)))  # as the loop trains on it
         torch.manual_seed(0)
         model = KIModel(config.model)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -241,3 +241,52 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
         assert (p.grad is None) == (q.grad is None), name
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7)
+
+
+def padded(batch: dict, extra: int) -> dict:
+    """The batch with ``extra`` padding columns after its tokens (what collate's max_tokens adds)."""
+    grow = {key: torch.nn.functional.pad(batch[key], (0, extra)) for key in ("tokens", "ar", "loss", "token_mask")}
+    return {**batch, **grow}
+
+
+def test_trimming_token_padding_changes_neither_the_losses_nor_the_gradients():
+    from kidata.loader.collate import trim_token_padding
+
+    batch = padded(make_batch(), 20)
+    trimmed = trim_token_padding(batch)
+    assert trimmed["tokens"].shape == (2, 12)  # make_batch's rows: 12 and 10 real tokens
+    assert torch.equal(trimmed["token_mask"], make_batch()["token_mask"])
+    wide, narrow = model("ki"), model("ki")
+    a, b = wide(batch, **fixed(batch)), narrow(trimmed, **fixed(batch))
+    for key in ("fast_loss", "flow_loss", "loss"):
+        torch.testing.assert_close(a[key], b[key], rtol=1e-6, atol=0)
+    a["loss"].backward()
+    b["loss"].backward()
+    for (name, p), q in zip(wide.named_parameters(), narrow.parameters()):
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_trimming_keeps_every_column_some_row_uses():
+    from kidata.loader.collate import trim_token_padding
+
+    batch = make_batch()  # row 0 fills all 12 columns
+    assert trim_token_padding(batch) is batch
+    late = padded(make_batch(), 3)
+    late["token_mask"][1, -1] = True  # a real token in the last column of one row only
+    assert trim_token_padding(late)["tokens"].shape[1] == 15
+
+
+def test_a_convolutional_vision_stem_gives_the_patch_grid_and_trains():
+    net = model("ki", vision_stem=(4, 8))  # 32 px, patch 8: two stride-2 convolutions, then a 2x2 one
+    assert not hasattr(net.vision, "patch")
+    features = net.vision(make_batch()["images"][:, 0])
+    assert features.shape == (2, (32 // 8) ** 2, net.config.vision_width)
+    batch = make_batch()
+    net(batch, **fixed(batch))["fast_loss"].backward()
+    assert net.vision.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_a_vision_stem_whose_stride_does_not_divide_the_patch_is_refused_naming_both():
+    with pytest.raises(ValueError, match=r"vision_stem \[8, 16\] .*stride 4.* patch_size 14"):
+        ModelConfig(patch_size=14, vision_stem=(8, 16))

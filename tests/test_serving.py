@@ -5,6 +5,7 @@ one inference at a time, and the API key and request cap hold."""
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import urllib.request
 
@@ -40,6 +41,18 @@ def server(loaded):
     server.shutdown()
 
 
+REPLY_TIMEOUT_S = 60  # a reply takes well under a second here: a hang fails this test, naming it
+
+
+def connect(port: int, **options) -> "client_module.WebsocketClientPolicy":
+    """openpi's client (it waits for replies forever) with every reply awaited at most
+    REPLY_TIMEOUT_S, so a stuck exchange raises TimeoutError in the test that made it instead of
+    stalling the suite."""
+    client = client_module.WebsocketClientPolicy("127.0.0.1", port, **options)
+    client._ws.recv = functools.partial(client._ws.recv, timeout=REPLY_TIMEOUT_S)
+    return client
+
+
 def observation(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     return {"images": {"base_0": rng.integers(0, 255, (64, 80, 3), dtype=np.uint8),
@@ -54,7 +67,7 @@ def noise(seed: int = 0) -> np.ndarray:
 def test_openpi_client_gets_the_in_process_actions(loaded, server):
     policy, _ = loaded
     _, port = server
-    client = client_module.WebsocketClientPolicy("127.0.0.1", port)
+    client = connect(port)
     metadata = client.get_server_metadata()
     assert (metadata["server"], metadata["action_horizon"], metadata["cameras"]) == ("kidata", 4, ["base_0", "base_1"])
     reply = client.infer({**observation(), "noise": noise()})
@@ -65,7 +78,7 @@ def test_openpi_client_gets_the_in_process_actions(loaded, server):
 
 def test_a_bad_request_gets_an_error_naming_it_and_the_server_keeps_serving(server):
     _, port = server
-    client = client_module.WebsocketClientPolicy("127.0.0.1", port)
+    client = connect(port)
     with pytest.raises(RuntimeError, match=r"request lacks \['prompt'\]"):
         client.infer({"images": observation()["images"], "state": np.zeros(7)})
     with pytest.raises(RuntimeError, match=r"ObservationError: images\['base_0'\]"):
@@ -75,7 +88,7 @@ def test_a_bad_request_gets_an_error_naming_it_and_the_server_keeps_serving(serv
 
 def test_a_request_over_the_cap_is_refused_in_a_reply(server):
     _, port = server
-    client = client_module.WebsocketClientPolicy("127.0.0.1", port)
+    client = connect(port)
     big = {**observation(), "images": {"base_0": np.zeros((1000, 1000, 3), np.uint8), "base_1": None}}
     with pytest.raises(RuntimeError, match="exceeds the cap of 2000000"):
         client.infer(big)
@@ -87,7 +100,7 @@ def test_concurrent_clients_are_each_answered_as_if_alone(loaded, server):
     _, port = server
 
     def ask(seed: int) -> np.ndarray:
-        client = client_module.WebsocketClientPolicy("127.0.0.1", port)
+        client = connect(port)
         return [client.infer({**observation(seed), "noise": noise(seed)})["actions"] for _ in range(3)]
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
@@ -106,8 +119,8 @@ def test_an_api_key_is_required_when_set_and_health_is_open(loaded):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz") as response:
             assert response.status == 200 and response.read() == b"OK\n"
         with pytest.raises(Exception, match="401"):
-            client_module.WebsocketClientPolicy("127.0.0.1", port)
-        client = client_module.WebsocketClientPolicy("127.0.0.1", port, api_key="s3cret")
+            connect(port)
+        client = connect(port, api_key="s3cret")
         assert client.infer(observation())["actions"].shape == (4, 7)
     finally:
         server.shutdown()
@@ -136,3 +149,27 @@ def test_the_evaluators_remote_policy_gets_the_same_actions(loaded, server):
                                   policy.sample_actions(observation(1), noise=torch.from_numpy(noise(1))))
     assert remote.metadata["source"] == "bridge"
     remote.close()
+
+
+def test_the_evaluators_remote_policy_names_a_server_that_never_replies(loaded):
+    from kidata.serving.client import RemotePolicy
+
+    policy, run = loaded
+
+    class Stuck:  # a policy whose inference never ends (until the test lets it go)
+        release = __import__("threading").Event()
+
+        def sample_actions(self, observation, noise=None):
+            self.release.wait(30)
+            return policy.sample_actions(observation, noise=noise)
+
+    server = PolicyServer(Stuck(), PRESETS["kidata"], metadata=run_metadata(policy, run))
+    port = server.start("127.0.0.1", 0)
+    remote = RemotePolicy(f"ws://127.0.0.1:{port}", timeout_s=0.5)
+    try:
+        with pytest.raises(TimeoutError, match=rf"ws://127.0.0.1:{port} sent no reply within 0.5 s"):
+            remote.sample_actions(observation(1), noise=noise(1))
+    finally:
+        Stuck.release.set()
+        remote.close()
+        server.shutdown()

@@ -61,6 +61,14 @@ def test_backbone_logits_equal_transformers_paligemma(tmp_path):
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
 
 
+def test_a_pretrained_patch_embedding_into_a_convolutional_stem_is_refused_naming_the_setting(tmp_path):
+    tiny_paligemma(tmp_path)
+    ours = KIModel(config_from_paligemma(tmp_path, action_dim=8, action_horizon=4, expert_width=32,
+                                         expert_mlp=64, state_dim=8, vision_stem=(4, 8)))
+    with pytest.raises(WeightsError, match=r"patch embedding has no place in a model with vision_stem \[4, 8\]"):
+        load_paligemma(ours, tmp_path)
+
+
 def test_paligemma_config_is_read_into_the_model_config(tmp_path):
     tiny_paligemma(tmp_path)
     config = config_from_paligemma(tmp_path)

@@ -83,6 +83,23 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
             "has_actions": has_actions, "source_index": source_index, "vlm_task": vlm_task}
 
 
+TOKEN_KEYS = ("tokens", "ar", "loss", "token_mask")  # the Batch keys of shape [B, L]
+
+
+def trim_token_padding(batch: Batch) -> Batch:
+    """The batch with its [B, L] token columns cut to its longest row (collate pads every row to
+    the mixture's max_tokens). Only columns that are padding in every row are cut:
+    each real token keeps its position, mask and loss, and padded keys carry no attention weight,
+    so the model's outputs for real tokens are the same. Why: Meta-World rows hold 27 tokens on
+    average (38 at most) of max_tokens 80, and attention and the token logits cost per column
+    (benchmarks/train_bench.py --trim, RESULTS.md)."""
+    used = torch.nonzero(batch["token_mask"].any(dim=0))
+    keep = int(used.max()) + 1 if len(used) else 1  # the last column any row uses (one, for an empty batch)
+    if keep == batch["token_mask"].shape[1]:
+        return batch
+    return {**batch, **{key: batch[key][:, :keep] for key in TOKEN_KEYS}}
+
+
 class Augment:
     """openpi-style training augmentation, seeded per sample: random crop to 95% and resize back
     plus a small rotation (non-wrist cameras), colour jitter (brightness, contrast, saturation) on

@@ -40,6 +40,11 @@ class ModelConfig:
     vision_depth: int = 27
     vision_heads: int = 16
     vision_mlp: int = 4304
+    # () = SigLIP's patch embedding (one linear map per patch; what pretrained towers load into).
+    # (8, 16, 32) = a convolutional stem: 3x3 stride-2 convolutions of those channels, then one
+    # convolution to vision_width over the rest of each patch (Xiao et al. 2021, "Early convolutions
+    # help transformers see"), for towers trained from scratch that must find small objects.
+    vision_stem: tuple[int, ...] = ()
     # backbone decoder (Gemma-style)
     vocab_size: int = 257152
     width: int = 2048
@@ -70,6 +75,10 @@ class ModelConfig:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.has_expert and self.state_input == "expert":
             raise ValueError(f"state_input='expert' needs an expert; {self.variant} has none")
+        stride = 2 ** len(self.vision_stem)
+        if self.vision_stem and (self.patch_size % stride or min(self.vision_stem) < 1):
+            raise ValueError(f"vision_stem {list(self.vision_stem)} halves the image {len(self.vision_stem)} times "
+                             f"(stride {stride}), which must divide patch_size {self.patch_size}, with channels >= 1")
         if self.width % self.heads or self.heads % self.kv_heads:
             raise ValueError("heads must divide width and kv_heads must divide heads")
 

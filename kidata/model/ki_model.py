@@ -96,7 +96,8 @@ class KIModel(nn.Module):
         super().__init__()
         c = self.config = config
         self.activation_checkpointing = False  # recompute each layer in backward (trainer option)
-        self.vision = VisionTower(c.image_size, c.patch_size, c.vision_width, c.vision_depth, c.vision_heads, c.vision_mlp)
+        self.vision = VisionTower(c.image_size, c.patch_size, c.vision_width, c.vision_depth, c.vision_heads, c.vision_mlp,
+                                  c.vision_stem)
         self.projector = nn.Linear(c.vision_width, c.width)
         self.embed = nn.Embedding(c.vocab_size, c.width)
         nn.init.normal_(self.embed.weight, std=0.02)  # Gemma's initializer range; N(0, 1) would give huge tied logits

@@ -93,16 +93,26 @@ class VisionTower(nn.Module):
     pre-norm blocks, final LayerNorm. Layout mirrors Hugging Face's SiglipVisionModel so that
     checkpoints map one tensor to one tensor."""
 
-    def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, mlp: int) -> None:
+    def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, mlp: int,
+                 stem: tuple[int, ...] = ()) -> None:
         super().__init__()
-        self.patch = nn.Conv2d(3, width, patch, stride=patch)
+        if stem:  # a convolutional stem in place of the patch embedding (ModelConfig.vision_stem)
+            layers, channels = [], 3
+            for out in stem:
+                layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1), nn.GELU(approximate="tanh")]
+                channels = out
+            rest = patch // 2 ** len(stem)
+            self.stem = nn.Sequential(*layers, nn.Conv2d(channels, width, rest, stride=rest))
+        else:
+            self.patch = nn.Conv2d(3, width, patch, stride=patch)
         self.positions = nn.Parameter(torch.randn((image_size // patch) ** 2, width) * 0.02)
         self.blocks = nn.ModuleList(VisionBlock(width, heads, mlp) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=1e-6)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images float [B, 3, S, S] in [-1, 1] -> patch features [B, P, width]."""
-        x = self.patch(images).flatten(2).transpose(1, 2) + self.positions
+        embed = self.stem if hasattr(self, "stem") else self.patch
+        x = embed(images).flatten(2).transpose(1, 2) + self.positions
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

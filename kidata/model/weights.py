@@ -185,6 +185,9 @@ def load_pretrained(model: KIModel, location: str | Path, *, require_expert: boo
         if name is None:
             dropped += 1
             continue
+        if name not in ours and name.startswith("vision.patch.") and model.config.vision_stem:
+            raise WeightsError(f"{key!r}: the checkpoint's patch embedding has no place in a model with vision_stem "
+                               f"{list(model.config.vision_stem)}; set vision_stem = [] to load a pretrained tower")
         if name not in ours:
             raise WeightsError(f"{key!r} -> {name!r}: the model has no such parameter (check the model config)")
         if name == "embed.weight" and tensor.shape[0] > ours[name].shape[0] and tensor.shape[1:] == ours[name].shape[1:]:

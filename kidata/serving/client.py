@@ -16,16 +16,26 @@ class RemotePolicy:
 
     needs_images = True
 
-    def __init__(self, uri: str, *, api_key: str | None = None) -> None:
+    def __init__(self, uri: str, *, api_key: str | None = None, timeout_s: float = 120.0) -> None:
+        """``timeout_s``: how long to wait for the metadata and each reply (an inference on a CPU
+        takes well under a second; a server that never answers ends the evaluation, named)."""
         import contextlib
 
         from websockets.sync.client import connect
 
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
+        self.uri, self.timeout_s = uri, timeout_s
         self._exit = contextlib.ExitStack()
         self._connection = self._exit.enter_context(
-            connect(uri, compression=None, max_size=None, additional_headers=headers))
-        self.metadata = unpackb(self._connection.recv())
+            connect(uri, compression=None, max_size=None, additional_headers=headers, open_timeout=timeout_s))
+        self.metadata = unpackb(self._receive("its metadata"))
+
+    def _receive(self, what: str) -> bytes | str:
+        try:
+            return self._connection.recv(timeout=self.timeout_s)
+        except TimeoutError:
+            raise TimeoutError(f"{self.uri} sent no {what} within {self.timeout_s:g} s: is the server stuck or "
+                               "overloaded? (RemotePolicy(..., timeout_s=...) waits longer)") from None
 
     def sample_actions(self, observation: Mapping[str, Any], *, noise: Any = None) -> np.ndarray:
         request = {"images": dict(observation["images"]),  # None marks a camera the robot lacks
@@ -33,7 +43,7 @@ class RemotePolicy:
         if noise is not None:
             request["noise"] = np.asarray(noise, dtype=np.float32)
         self._connection.send(packb(request))
-        reply = self._connection.recv()
+        reply = self._receive("reply")
         if isinstance(reply, str):
             raise RuntimeError(reply)
         return unpackb(reply)["actions"]

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from kidata.hashing import json_sha256, stable_seed
-from kidata.loader.collate import Augment, collate
+from kidata.loader.collate import Augment, collate, trim_token_padding
 from kidata.loader.mixture import MixtureDataset
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel, sample_flow_inputs
@@ -227,7 +227,8 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         tokens = torch.zeros((), device=env.device)  # this process's non-padding tokens this step
         for index, (stream, micro, batch) in enumerate(data.micro_batches(accum)):
             batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
-            last_tokens = batch["tokens"]
+            last_tokens = batch["tokens"]  # as loaded (padded to max_tokens): what a checkpoint hashes
+            batch = trim_token_padding(batch)
             noise, t = flow_inputs(config.train.seed, stream, step, micro, tuple(batch["actions"].shape))
             sync = (contextlib.nullcontext() if index == micro_batches - 1 or not hasattr(wrapped, "no_sync")
                     else wrapped.no_sync())
