@@ -49,7 +49,7 @@ def main() -> None:
         loss = model(batch, noise=noise, t=t)["loss"]
         loss.backward()
         optimizer.zero_grad(set_to_none=True)  # no update: every timed step sees the same weights
-        return float(loss)
+        return float(loss.detach())
 
     seconds = {"padded": 0.0, "trimmed": 0.0}
     for index, batch in enumerate(batches[:2]):  # warm-up
