@@ -38,9 +38,13 @@ def server(loaded):
     server = PolicyServer(policy, PRESETS["kidata"], metadata=run_metadata(policy, run), max_request_bytes=2_000_000)
     port = server.start("127.0.0.1", 0)
     yield server, port
+    for client in OPEN_CLIENTS:  # closed before the server goes: shutdown then has no live connection to wind down
+        client._ws.close()
+    OPEN_CLIENTS.clear()
     server.shutdown()
 
 
+OPEN_CLIENTS: list = []  # the clients a test opened, closed by the server fixture
 REPLY_TIMEOUT_S = 60  # a reply takes well under a second here: a hang fails this test, naming it
 
 
@@ -50,6 +54,7 @@ def connect(port: int, **options) -> "client_module.WebsocketClientPolicy":
     stalling the suite."""
     client = client_module.WebsocketClientPolicy("127.0.0.1", port, **options)
     client._ws.recv = functools.partial(client._ws.recv, timeout=REPLY_TIMEOUT_S)
+    OPEN_CLIENTS.append(client)
     return client
 
 
@@ -123,6 +128,9 @@ def test_an_api_key_is_required_when_set_and_health_is_open(loaded):
         client = connect(port, api_key="s3cret")
         assert client.infer(observation())["actions"].shape == (4, 7)
     finally:
+        for client in OPEN_CLIENTS:
+            client._ws.close()
+        OPEN_CLIENTS.clear()
         server.shutdown()
 
 
