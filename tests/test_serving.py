@@ -38,10 +38,7 @@ def server(loaded):
     server = PolicyServer(policy, PRESETS["kidata"], metadata=run_metadata(policy, run), max_request_bytes=2_000_000)
     port = server.start("127.0.0.1", 0)
     yield server, port
-    for client in OPEN_CLIENTS:  # closed before the server goes: shutdown then has no live connection to wind down
-        client._ws.close()
-    OPEN_CLIENTS.clear()
-    server.shutdown()
+    stop(server)
 
 
 OPEN_CLIENTS: list = []  # the clients a test opened, closed by the server fixture
@@ -56,6 +53,15 @@ def connect(port: int, **options) -> "client_module.WebsocketClientPolicy":
     client._ws.recv = functools.partial(client._ws.recv, timeout=REPLY_TIMEOUT_S)
     OPEN_CLIENTS.append(client)
     return client
+
+
+def stop(server: PolicyServer) -> None:
+    """Closes the clients the test opened, then the server: shutdown then has no live connection
+    to wind down."""
+    for client in OPEN_CLIENTS:
+        client._ws.close()
+    OPEN_CLIENTS.clear()
+    server.shutdown()
 
 
 def observation(seed: int = 0) -> dict:
@@ -128,10 +134,7 @@ def test_an_api_key_is_required_when_set_and_health_is_open(loaded):
         client = connect(port, api_key="s3cret")
         assert client.infer(observation())["actions"].shape == (4, 7)
     finally:
-        for client in OPEN_CLIENTS:
-            client._ws.close()
-        OPEN_CLIENTS.clear()
-        server.shutdown()
+        stop(server)
 
 
 def test_openpi_example_layouts_map_onto_the_runs_cameras_and_state():
