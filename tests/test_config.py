@@ -98,3 +98,18 @@ def test_a_run_saved_before_the_policy_table_existed_loads_with_its_defaults():
     saved = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml").to_json()
     del saved["policy"]
     assert TrainConfig.from_mapping(saved).policy.action_head == "auto"
+
+
+def test_the_augment_table_names_augments_arguments_and_refuses_unknown_keys():
+    import inspect
+
+    from kidata.loader import Augment
+    from kidata.training.config import AUGMENT_STRENGTHS
+
+    assert list(AUGMENT_STRENGTHS) == list(inspect.signature(Augment).parameters)
+    config = TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "{ degrees = 0.0, crop = 1.0 }"])
+    assert dict(config.data.augment) == {"degrees": 0.0, "crop": 1.0}
+    with pytest.raises(ValueError, match=r"unknown key data.augment.degree \(did you mean 'degrees'\?\)"):
+        TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "{ degree = 0.0 }"])
+    with pytest.raises(ValueError, match="data.augment must be true, false or a table"):
+        TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "sometimes"])

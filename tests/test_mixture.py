@@ -157,3 +157,17 @@ def test_collate_infers_the_image_size_of_augmented_channel_first_images():
     batch = collate([sample], max_tokens=4, action_dim=2, action_horizon=3, state_dim=2, cameras=("base_0",))
     assert tuple(batch["images"].shape) == (1, 1, 3, 96, 96)
     torch.testing.assert_close(batch["images"][0, 0], augmented)
+
+
+def test_an_augment_table_sets_strengths_and_zero_turns_geometry_off():
+    image = (np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)
+    colour_only = Augment.from_setting({"crop": 1.0, "degrees": 0.0, "brightness": 0.0, "contrast": 0.0,
+                                        "saturation": 0.0})
+    unchanged = torch.from_numpy(image).permute(2, 0, 1).float() / 255.0 * 2.0 - 1.0
+    torch.testing.assert_close(colour_only("base_0", image, np.random.default_rng(3)), unchanged)
+    assert Augment.from_setting(False) is None
+    assert Augment.from_setting(True).degrees == 5.0 and Augment.from_setting({"degrees": 2}).crop == 0.95
+    with pytest.raises(ValueError, match=r"augment crop must be in \(0, 1\].*got 1.5"):
+        Augment.from_setting({"crop": 1.5})
+    with pytest.raises(ValueError, match="augment degrees must be >= 0.*got -1"):
+        Augment.from_setting({"degrees": -1})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -103,17 +103,32 @@ def trim_token_padding(batch: Batch) -> Batch:
 class Augment:
     """openpi-style training augmentation, seeded per sample: random crop to 95% and resize back
     plus a small rotation (non-wrist cameras), colour jitter (brightness, contrast, saturation) on
-    all cameras. Returns float32 [3, S, S] in [-1, 1]."""
+    all cameras. Returns float32 [3, S, S] in [-1, 1]. Each strength at 0 (``crop`` at 1) turns
+    that transform off: ``[data] augment`` takes a table of them (``from_setting``)."""
 
     def __init__(self, crop: float = 0.95, degrees: float = 5.0, brightness: float = 0.3, contrast: float = 0.4,
                  saturation: float = 0.5) -> None:
+        if not 0 < crop <= 1:
+            raise ValueError(f"augment crop must be in (0, 1] (the kept fraction of the image side), got {crop}")
+        for name, value in (("degrees", degrees), ("brightness", brightness), ("contrast", contrast),
+                            ("saturation", saturation)):
+            if value < 0:
+                raise ValueError(f"augment {name} must be >= 0 (0 turns it off), got {value}")
         self.crop, self.degrees = crop, degrees
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+
+    @classmethod
+    def from_setting(cls, setting: bool | Mapping[str, float]) -> "Augment | None":
+        """``[data] augment``: true (the strengths above), false (none), or a table overriding some
+        of them (``{ degrees = 0.0 }``)."""
+        if isinstance(setting, Mapping):
+            return cls(**setting)
+        return cls() if setting else None
 
     def __call__(self, camera: str, image: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
         size = tensor.shape[-1]
-        if "wrist" not in camera:
+        if "wrist" not in camera and (self.crop < 1 or self.degrees > 0):
             tensor = self._crop_rotate(tensor, size, rng)
         tensor = self._jitter(tensor, rng)
         return tensor.clamp(0, 1) * 2.0 - 1.0

@@ -17,6 +17,7 @@ from kidata.model.config import ModelConfig
 INIT_FORMATS = ("paligemma", "openpi", "kidata")
 ACTION_HEADS = ("auto", "flow", "fast")
 FAST_FALLBACKS = ("relaxed", "flow")
+AUGMENT_STRENGTHS = ("crop", "degrees", "brightness", "contrast", "saturation")  # kidata.loader.Augment's arguments
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,9 @@ class DataConfig:
     (the loader always checks token ids, lengths and sample counts). ``streams`` fixes the data
     order to that many streams whatever the number of processes (0: one per process): each step
     takes ``batch_size x grad_accum`` samples from every stream, so a run saved on N processes
-    resumes on any M dividing it with the same batches, noise and losses (``training.streams``)."""
+    resumes on any M dividing it with the same batches, noise and losses (``training.streams``).
+    ``augment``: true (``kidata.loader.Augment``'s openpi-style strengths), false, or a table
+    overriding some strengths (``{ crop = 1.0, degrees = 0.0 }``: colour jitter only)."""
 
     manifest: str = ""
     batch_size: int = 32
@@ -75,12 +78,21 @@ class DataConfig:
     weights: Mapping[str, float] = field(default_factory=dict)
     balance: bool = False
     shuffle_buffer: int = 256
-    augment: bool = True
+    augment: bool | Mapping[str, float] = True
     cameras: tuple[str, ...] = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
     verify_shards: bool = False
     streams: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, Mapping):
+            for key, value in self.augment.items():
+                if key not in AUGMENT_STRENGTHS:
+                    raise ValueError(f"unknown key data.augment.{key}{nearest(key, AUGMENT_STRENGTHS)}")
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"data.augment.{key} must be a number, got {value!r}")
+        elif not isinstance(self.augment, bool):
+            raise ValueError(f"data.augment must be true, false or a table of strengths {list(AUGMENT_STRENGTHS)}, "
+                             f"got {self.augment!r}")
         if self.streams < 0:
             raise ValueError(f"data.streams must be >= 0 (0: one per process), got {self.streams}")
 

@@ -21,6 +21,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import torch
@@ -104,7 +105,8 @@ def _prepare_run(run: Path, config: TrainConfig, manifest: Manifest, root: str, 
 
 
 def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, world: int, manifest: Manifest,
-            *, batch_size: int, workers: int, augment: bool, state: dict | None = None):
+            *, batch_size: int, workers: int, augment: bool | Mapping[str, float],
+            state: dict | None = None):
     """The training stream (the config's weights and seed), or for ``split="val"`` the held-out
     batches every run of a mixture is measured on: the manifest's own weights and seed 0, whatever
     the run trains on (so a robot-only run is still asked the VLM questions a co-trained one is,
@@ -114,7 +116,7 @@ def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, worl
     dataset = MixtureDataset(manifest_path, split=split, weights=None if held_out else dict(config.data.weights) or None,
                              balance=config.data.balance, seed=0 if held_out else config.train.seed, rank=rank,
                              world_size=world,
-                             shuffle_buffer=config.data.shuffle_buffer, augment=Augment() if augment else None,
+                             shuffle_buffer=config.data.shuffle_buffer, augment=Augment.from_setting(augment),
                              verify_shards=config.data.verify_shards)
     if state is not None:
         dataset.load_state_dict(state)
