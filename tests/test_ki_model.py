@@ -277,6 +277,15 @@ def test_trimming_keeps_every_column_some_row_uses():
     assert trim_token_padding(late)["tokens"].shape[1] == 15
 
 
+def test_trimming_a_batch_of_padding_alone_keeps_one_column_of_every_token_key():
+    from kidata.loader.collate import TOKEN_KEYS, trim_token_padding
+
+    empty = make_batch()
+    empty["token_mask"][:] = False
+    trimmed = trim_token_padding(empty)
+    assert {key: tuple(trimmed[key].shape) for key in TOKEN_KEYS} == {key: (len(empty["tokens"]), 1) for key in TOKEN_KEYS}
+
+
 def test_a_convolutional_vision_stem_gives_the_patch_grid_and_trains():
     net = model("ki", vision_stem=(4, 8))  # 32 px, patch 8: two stride-2 convolutions, then a 2x2 one
     assert not hasattr(net.vision, "patch")
