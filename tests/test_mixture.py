@@ -169,5 +169,7 @@ def test_an_augment_table_sets_strengths_and_zero_turns_geometry_off():
     assert Augment.from_setting(True).degrees == 5.0 and Augment.from_setting({"degrees": 2}).crop == 0.95
     with pytest.raises(ValueError, match=r"augment crop must be in \(0, 1\].*got 1.5"):
         Augment.from_setting({"crop": 1.5})
-    with pytest.raises(ValueError, match="augment degrees must be >= 0.*got -1"):
+    with pytest.raises(ValueError, match="augment degrees must be finite and >= 0.*got -1"):
         Augment.from_setting({"degrees": -1})
+    with pytest.raises(ValueError, match="augment brightness must be finite and >= 0.*got nan"):
+        Augment.from_setting({"brightness": float("nan")})

@@ -242,6 +242,12 @@ def test_a_mixture_that_does_not_fit_the_model_is_refused_before_training(mixtur
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_an_augmentation_strength_out_of_range_is_refused_before_the_run_is_written(mixture, tmp_path):
+    with pytest.raises(ValueError, match=r"augment crop must be in \(0, 1\].*got 1.5"):
+        train(config(mixture, "--data.augment", "{ crop = 1.5 }"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_action_ids_appended_past_the_text_need_a_model_vocabulary_that_covers_them():
     from types import SimpleNamespace
 
@@ -655,6 +661,7 @@ def test_gradient_accumulation_steps_on_the_mean_of_the_micro_batch_gradients(mi
                  "--eval.every", "0", "--optim.clip_norm", "1e9")
     record = train(cfg, run)["final"]
     torch.manual_seed(cfg.train.seed)
+    from kidata.loader import Augment
     from kidata.model.ki_model import KIModel
     from kidata.training.trainer import _loader, flow_inputs
 
@@ -662,7 +669,8 @@ def test_gradient_accumulation_steps_on_the_mean_of_the_micro_batch_gradients(mi
     from kidata.manifest import Manifest
 
     manifest, _ = Manifest.read(mixture)
-    _, loader = _loader(cfg, mixture, "train", 0, 1, manifest, batch_size=4, workers=0, augment=cfg.data.augment)
+    _, loader = _loader(cfg, mixture, "train", 0, 1, manifest, batch_size=4, workers=0,
+                        augment=Augment.from_setting(cfg.data.augment))
     batches = iter(loader)
     losses_seen = []
     for micro in range(2):

@@ -108,12 +108,12 @@ class Augment:
 
     def __init__(self, crop: float = 0.95, degrees: float = 5.0, brightness: float = 0.3, contrast: float = 0.4,
                  saturation: float = 0.5) -> None:
-        if not 0 < crop <= 1:
+        if not 0 < crop <= 1:  # also refuses NaN
             raise ValueError(f"augment crop must be in (0, 1] (the kept fraction of the image side), got {crop}")
         for name, value in (("degrees", degrees), ("brightness", brightness), ("contrast", contrast),
                             ("saturation", saturation)):
-            if value < 0:
-                raise ValueError(f"augment {name} must be >= 0 (0 turns it off), got {value}")
+            if not 0 <= value < math.inf:  # also refuses NaN
+                raise ValueError(f"augment {name} must be finite and >= 0 (0 turns it off), got {value}")
         self.crop, self.degrees = crop, degrees
         self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
 

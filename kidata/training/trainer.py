@@ -21,7 +21,6 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Mapping
 
 import numpy as np
 import torch
@@ -105,8 +104,7 @@ def _prepare_run(run: Path, config: TrainConfig, manifest: Manifest, root: str, 
 
 
 def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, world: int, manifest: Manifest,
-            *, batch_size: int, workers: int, augment: bool | Mapping[str, float],
-            state: dict | None = None):
+            *, batch_size: int, workers: int, augment: Augment | None, state: dict | None = None):
     """The training stream (the config's weights and seed), or for ``split="val"`` the held-out
     batches every run of a mixture is measured on: the manifest's own weights and seed 0, whatever
     the run trains on (so a robot-only run is still asked the VLM questions a co-trained one is,
@@ -116,7 +114,7 @@ def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, worl
     dataset = MixtureDataset(manifest_path, split=split, weights=None if held_out else dict(config.data.weights) or None,
                              balance=config.data.balance, seed=0 if held_out else config.train.seed, rank=rank,
                              world_size=world,
-                             shuffle_buffer=config.data.shuffle_buffer, augment=Augment.from_setting(augment),
+                             shuffle_buffer=config.data.shuffle_buffer, augment=augment,
                              verify_shards=config.data.verify_shards)
     if state is not None:
         dataset.load_state_dict(state)
@@ -167,6 +165,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
     manifest, root = Manifest.read(manifest_path)
     check_compatible(manifest, config)
+    augment = Augment.from_setting(config.data.augment)  # strengths refused before the run is touched
     layout = StreamLayout.of(config.data.streams, env.rank, env.world)  # refused before the run is touched
     checkpoint_path = resume_point(run, config, resume=resume, allow_config_change=allow_config_change)
     if env.rank == 0:
@@ -204,7 +203,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     def open_stream(stream: int, state: dict | None):
         return _loader(config, manifest_path, "train", stream, layout.streams, manifest,
                        batch_size=config.data.batch_size, workers=config.data.num_workers,
-                       augment=config.data.augment, state=state)
+                       augment=augment, state=state)
 
     data = TrainStreams(layout, open_stream, data_states)
     has_val = manifest.has_split("val")
@@ -326,7 +325,7 @@ def held_out_metrics(wrapped, model: KIModel, config: TrainConfig, manifest_path
     encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
     evaluator = HeldOutMetrics(manifest, encoder, num_steps=config.eval.num_steps, max_new_tokens=config.eval.max_new_tokens)
     _, loader = _loader(config, manifest_path, "val", env.rank, env.world, manifest,
-                        batch_size=config.eval.batch_size, workers=0, augment=False)
+                        batch_size=config.eval.batch_size, workers=0, augment=None)
     model.eval()
     if hasattr(model, "unshard"):  # FSDP2: sample_actions / generate run outside forward's hooks
         model.unshard()
