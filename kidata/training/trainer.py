@@ -165,8 +165,9 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
     manifest, root = Manifest.read(manifest_path)
     check_compatible(manifest, config)
-    augment = Augment.from_setting(config.data.augment)  # strengths refused before the run is touched
-    layout = StreamLayout.of(config.data.streams, env.rank, env.world)  # refused before the run is touched
+    # refused before the run is touched: augmentation strengths, then streams the processes do not divide
+    augment = Augment.from_setting(config.data.augment)
+    layout = StreamLayout.of(config.data.streams, env.rank, env.world)
     checkpoint_path = resume_point(run, config, resume=resume, allow_config_change=allow_config_change)
     if env.rank == 0:
         _prepare_run(run, config, manifest, root, resume)
