@@ -54,7 +54,8 @@ def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eva
     loaded = policies.load(run)
     scene = SceneSettings.from_recipe(loaded.manifest.recipe)
     trained = evaluate_metaworld(loaded, tasks, episodes=eval_episodes, replan=loaded.config.policy.replan,
-                                 max_steps=MAX_STEPS, scene=scene, out=run / "metaworld")
+                                 max_steps=MAX_STEPS, scene=scene, out=run / "metaworld",
+                                 ensemble=loaded.config.policy.temporal_ensemble)
     upper = evaluate_metaworld(ExpertPolicy(), tasks, episodes=eval_episodes, max_steps=MAX_STEPS, scene=scene)
     lower = evaluate_metaworld(RandomPolicy(seed=0), tasks, episodes=eval_episodes, max_steps=MAX_STEPS, scene=scene)
     print(f"\nsuccess rate per task over {eval_episodes} episodes (trained tiny policy / scripted expert / random):")

@@ -94,6 +94,17 @@ def test_the_policy_table_sets_how_a_run_acts_and_refuses_what_its_model_cannot_
         TrainConfig.load(tiny, ["--policy.replan", "0"])
 
 
+def test_the_policy_tables_temporal_ensemble_is_off_unless_set_and_must_be_a_finite_number():
+    tiny = assets.ROOT / "model" / "ki_tiny.toml"
+    assert TrainConfig.load(tiny).policy.temporal_ensemble is None
+    chosen = TrainConfig.load(tiny, ["--policy.temporal_ensemble", "0"]).policy.temporal_ensemble
+    assert chosen == 0.0 and isinstance(chosen, float)
+    assert TrainConfig.load(tiny, ["--policy.temporal_ensemble", "0.01"]).policy.temporal_ensemble == 0.01
+    for bad in ("nan", "inf", "true", "fast"):
+        with pytest.raises(ValueError, match=r"policy.temporal_ensemble must be a finite number \(ACT's decay"):
+            TrainConfig.load(tiny, ["--policy.temporal_ensemble", bad])
+
+
 def test_a_run_saved_before_the_policy_table_existed_loads_with_its_defaults():
     saved = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml").to_json()
     del saved["policy"]

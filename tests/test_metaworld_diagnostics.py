@@ -249,7 +249,7 @@ def test_eval_metaworld_layouts_training_starts_a_run_from_its_own_training_epis
 
 
 @pytest.mark.slow
-def test_a_runs_policy_table_chooses_its_action_head_and_replanning_unless_the_command_line_does(run, tmp_path, capsys):
+def test_a_runs_policy_table_chooses_its_action_head_replanning_and_ensemble_unless_the_command_line_does(run, tmp_path, capsys):
     import shutil
 
     from kidata import policy as policies
@@ -258,17 +258,22 @@ def test_a_runs_policy_table_chooses_its_action_head_and_replanning_unless_the_c
     acting = tmp_path / "acting"
     shutil.copytree(run, acting)
     saved = json.loads((acting / "config.json").read_text())
-    saved["policy"] = {"action_head": "fast", "replan": 2}
+    saved["policy"] = {"action_head": "fast", "replan": 2, "temporal_ensemble": 0.01}
     (acting / "config.json").write_text(json.dumps(saved))
     assert policies.load(acting).action_head == "fast" and policies.load(run).action_head == "flow"
     assert policies.load(acting, action_head="flow").action_head == "flow"
     episode = ["--tasks", "reach", "--episodes", "1", "--max-steps", "3"]
     assert main(["eval", "metaworld", "--run", str(acting), *episode]) == 0
-    assert json.loads(capsys.readouterr().out)["replan"] == 2
-    assert main(["eval", "metaworld", "--run", str(acting), *episode, "--replan", "4"]) == 0
-    assert json.loads(capsys.readouterr().out)["replan"] == 4
-    assert main(["eval", "metaworld", "--policy", "expert", *episode]) == 0
-    assert json.loads(capsys.readouterr().out)["replan"] == 5
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["replan"], printed["ensemble"]) == (2, 0.01)
+    assert main(["eval", "metaworld", "--run", str(acting), *episode, "--replan", "4", "--temporal-ensemble", "off"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["replan"], printed["ensemble"]) == (4, None)
+    assert main(["eval", "metaworld", "--policy", "expert", *episode, "--temporal-ensemble", "0.5"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["replan"], printed["ensemble"]) == (5, 0.5)
+    with pytest.raises(SystemExit, match="--temporal-ensemble 'soon': a decay \\(e.g. 0.01\\) or 'off'"):
+        main(["eval", "metaworld", "--policy", "expert", *episode, "--temporal-ensemble", "soon"])
 
 
 @pytest.mark.slow

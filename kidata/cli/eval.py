@@ -26,6 +26,10 @@ def add_parser(commands) -> None:
     metaworld.add_argument("--episodes", type=int, default=5, help="episodes per task")
     metaworld.add_argument("--replan", type=int, help="actions executed per predicted chunk (default: the run's "
                                                       "[policy] replan, or the server's; 5 for expert / random)")
+    metaworld.add_argument("--temporal-ensemble", metavar="DECAY",
+                           help="execute the weighted mean of every chunk covering a step, weights exp(-DECAY i) from "
+                                "the oldest (ACT's temporal ensembling; 0.01 in ACT), or 'off' for each chunk's first "
+                                "--replan actions (default: the run's [policy] temporal_ensemble, or the server's)")
     metaworld.add_argument("--max-steps", type=int, default=300, help="step budget of an episode")
     metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps")
     metaworld.add_argument("--noise-scale", type=float, default=1.0,
@@ -90,6 +94,7 @@ def metaworld_command(args: argparse.Namespace) -> int:
         policy.num_steps = args.num_steps
         chunk_policy = policy
         replan = policy.config.policy.replan
+        ensemble = policy.config.policy.temporal_ensemble
         if args.layouts == "training":
             from kidata.eval.metaworld import training_layouts
 
@@ -104,6 +109,7 @@ def metaworld_command(args: argparse.Namespace) -> int:
         from kidata.training.config import PolicyConfig
 
         replan = PolicyConfig.replan  # the default of a run's [policy], for policies that are not runs
+        ensemble = None
         if args.policy.startswith(("ws://", "wss://")):
             from kidata.serving.client import RemotePolicy
 
@@ -113,6 +119,7 @@ def metaworld_command(args: argparse.Namespace) -> int:
             except (KeyError, ValueError):
                 pass
             replan = chunk_policy.metadata.get("replan", replan)  # the served run's [policy] replan
+            ensemble = chunk_policy.metadata.get("temporal_ensemble")
         elif args.policy in ("expert", "random"):
             chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
         else:
@@ -122,13 +129,28 @@ def metaworld_command(args: argparse.Namespace) -> int:
     if args.image_size:
         scene = dataclasses.replace(scene, image_size=args.image_size)
     layouts = {"seed": seed, "episode_indices": indices} if args.layouts == "training" else {}
+    if args.temporal_ensemble is not None:
+        ensemble = _ensemble_decay(args.temporal_ensemble)
     result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes,
                                 replan=args.replan if args.replan is not None else replan,
-                                max_steps=args.max_steps, scene=scene, out=args.out, **layouts)
+                                max_steps=args.max_steps, scene=scene, out=args.out,
+                                ensemble=ensemble, **layouts)
     print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=2, sort_keys=True))
     if args.out:
         print(f"contact sheets, action plots and metaworld_eval.json in {args.out}")
     return 0
+
+
+def _ensemble_decay(text: str) -> float | None:
+    if text.strip().lower() == "off":
+        return None
+    try:
+        decay = float(text)
+    except ValueError:
+        raise SystemExit(f"kidata eval metaworld --temporal-ensemble {text!r}: a decay (e.g. 0.01) or 'off'") from None
+    if decay != decay or decay in (float("inf"), float("-inf")):
+        raise SystemExit(f"kidata eval metaworld --temporal-ensemble {text!r}: the decay must be finite")
+    return decay
 
 
 def privileged_command(args: argparse.Namespace) -> int:

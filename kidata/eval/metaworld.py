@@ -4,7 +4,8 @@ A policy is any object with ``sample_actions(observation) -> float [H, 4]`` over
 ({"images": {camera: uint8 [S, S, 3]}, "state": float [4], "prompt": str}, plus "env_obs", the
 simulator's 39-d observation, and "task", for privileged baselines) returning actions in kidata's
 convention (gripper 1 = open). Each task runs ``episodes`` seeded variations (seeds apart from the
-training rollouts'); the first ``replan`` actions of every chunk are executed before asking again.
+training rollouts'); the first ``replan`` actions of every chunk are executed before asking again
+(or, with ``ensemble``, ACT's temporal ensemble of every chunk covering the step: ``chunking``).
 Two reference policies bound the evaluator: the scripted expert (~100%) and uniform random actions.
 
 The scene a trained policy is evaluated in must be the one its data was rendered in (cameras,
@@ -31,6 +32,7 @@ from kidata.envs.metaworld import (
     robot_state,
     to_env_action,
 )
+from kidata.eval.chunking import ChunkExecutor
 
 EVAL_SEED = 10_000  # variations and resets apart from the default training seeds
 
@@ -143,18 +145,19 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
                        max_steps: int = 300, seed: int = EVAL_SEED, cameras: Mapping[str, str] | None = None,
                        image_size: int = 96, goal_marker_scale: float = 1.0, scene: SceneSettings | None = None,
                        out: str | Path | None = None, sheets: int = 1,
-                       episode_indices: Mapping[str, Sequence[int]] | None = None) -> dict:
+                       episode_indices: Mapping[str, Sequence[int]] | None = None,
+                       ensemble: float | None = None) -> dict:
     """Success rate per task and their mean, each episode's outcome; with ``out``, for the first
     ``sheets`` episodes of each task a contact sheet and a plot of the executed actions with every
     predicted chunk, and ``metaworld_eval.json``. ``scene`` (or cameras / image_size /
     goal_marker_scale) must match the training data's rendering. ``episode_indices`` (task ->
     indices, e.g. from ``training_layouts``) replaces episodes 0 .. episodes - 1. A policy with
     ``counters`` (``kidata.policy.Policy``: FAST chunks, invalid ones, the expert's stand-ins) has
-    them reported per task under ``policy_counters``."""
+    them reported per task under ``policy_counters``. ``ensemble``: ACT's temporal ensembling decay
+    (``kidata.eval.chunking``; None executes each chunk's first ``replan`` actions)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1 (episodes per task), got {episodes}")
-    if replan < 1:
-        raise ValueError(f"replan must be >= 1 (actions executed per predicted chunk), got {replan}")
+    ChunkExecutor(replan, ensemble)  # refuses a bad replan or ensemble before any simulator starts
     scene = scene or SceneSettings(dict(cameras or DEFAULT_CAMERAS), image_size, goal_marker_scale)
     needs_images = getattr(policy, "needs_images", True)
     per_task, lengths, outcomes, counted = {}, {}, {}, {}
@@ -167,8 +170,8 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
             for order, episode in enumerate(indices):
                 keep = out is not None and order < sheets
                 trace = _Trace()
-                success, steps = _episode(policy, simulator, task, episode, scene, replan, max_steps,
-                                          needs_images, keep, trace)
+                success, steps = _episode(policy, simulator, task, episode, scene, ChunkExecutor(replan, ensemble),
+                                          max_steps, needs_images, keep, trace)
                 results.append({"episode": episode, "success": success, "steps": steps})
                 if keep:
                     _contact_sheet(trace.frames, Path(out) / f"{task}-episode{episode}.png", success)
@@ -181,7 +184,7 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
         if before:
             counted[task] = {name: value - before[name] for name, value in policy.counters.items()}
     result = {"success_rate": per_task, "mean_success_rate": float(np.mean(list(per_task.values()))),
-              "episodes_per_task": episodes, "replan": replan, "max_steps": max_steps, "seed": seed,
+              "episodes_per_task": episodes, "replan": replan, "ensemble": ensemble, "max_steps": max_steps, "seed": seed,
               "mean_steps": lengths, "episodes": outcomes,
               "scene": {"cameras": dict(scene.cameras), "image_size": scene.image_size,
                         "goal_marker_scale": scene.goal_marker_scale, "privileged_state": scene.privileged_state}}
@@ -195,13 +198,12 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
     return result
 
 
-def _episode(policy, scene: Scene, task: str, episode: int, settings: SceneSettings, replan: int, max_steps: int,
-             needs_images: bool, keep: bool, trace: _Trace) -> tuple[bool, int]:
+def _episode(policy, scene: Scene, task: str, episode: int, settings: SceneSettings, executor: ChunkExecutor,
+             max_steps: int, needs_images: bool, keep: bool, trace: _Trace) -> tuple[bool, int]:
     cameras = settings.cameras
     observation = scene.reset(episode)
-    queue: list[np.ndarray] = []
     for step in range(max_steps):
-        if not queue:
+        if executor.needs_chunk(step):
             images = {camera: scene.render(name) for camera, name in cameras.items()} if needs_images or keep else {}
             state = robot_state(observation, settings.privileged_state)
             chunk = np.asarray(policy.sample_actions({"images": images, "state": state,
@@ -210,8 +212,8 @@ def _episode(policy, scene: Scene, task: str, episode: int, settings: SceneSetti
             if keep:
                 trace.frames.append(images[next(iter(cameras))])
                 trace.chunks.append((step, chunk))
-            queue = list(chunk[:replan])
-        action = queue.pop(0)
+            executor.add(step, chunk)
+        action = executor.action(step)
         if keep:
             trace.executed.append(np.asarray(action, dtype=np.float64))
         observation, success = scene.step(to_env_action(action))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -174,11 +175,15 @@ class PolicyConfig:
     own client loop decides when serving). ``fast_fallback``: what acts when the FAST tokens do
     not decode to exactly horizon x dim coefficients: ``relaxed`` (invalid coefficients zeroed and
     the row padded or cut, as openpi's FAST decode does) or ``flow`` (the expert's chunk for that
-    observation; a ``ki`` model has one). Either way the policy counts them (``Policy.counters``)."""
+    observation; a ``ki`` model has one). Either way the policy counts them (``Policy.counters``).
+    ``temporal_ensemble``: ACT's decay m; when set, the evaluators execute the weighted mean of every
+    chunk covering a step (weights exp(-m i), oldest first: ``kidata.eval.chunking``) instead of
+    the newest chunk's actions."""
 
     action_head: str = "auto"
     replan: int = 5
     fast_fallback: str = "relaxed"
+    temporal_ensemble: float | None = None
 
     def __post_init__(self) -> None:
         if self.action_head not in ACTION_HEADS:
@@ -187,6 +192,12 @@ class PolicyConfig:
             raise ValueError(f"policy.fast_fallback {self.fast_fallback!r}: choose one of {FAST_FALLBACKS}")
         if self.replan < 1:
             raise ValueError(f"policy.replan must be >= 1 (actions executed per predicted chunk), got {self.replan}")
+        decay = self.temporal_ensemble
+        if decay is not None:
+            if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not math.isfinite(decay):
+                raise ValueError(f"policy.temporal_ensemble must be a finite number (ACT's decay, e.g. 0.01), "
+                                 f"got {decay!r}")
+            object.__setattr__(self, "temporal_ensemble", float(decay))
 
 
 SECTIONS = {"train": LoopConfig, "optim": OptimConfig, "schedule": ScheduleConfig, "data": DataConfig,

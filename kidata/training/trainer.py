@@ -307,7 +307,8 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
                         action_head=config.policy.action_head, fast_fallback=config.policy.fast_fallback)
         outcome = evaluate_metaworld(policy, settings["tasks"], episodes=settings.get("episodes", 5),
                                      replan=settings.get("replan", config.policy.replan), max_steps=settings.get("max_steps", 300),
-                                     scene=SceneSettings.from_recipe(manifest.recipe, policy.source))
+                                     scene=SceneSettings.from_recipe(manifest.recipe, policy.source),
+                                     ensemble=config.policy.temporal_ensemble)
     finally:
         if live is not None:
             with torch.no_grad():
