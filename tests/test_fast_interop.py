@@ -95,3 +95,19 @@ def test_fast_push_uploads_the_folder_to_the_named_repo(saved, monkeypatch, caps
                          ("upload", str(directory), "my-org/my-robot-fast")]
     assert "https://huggingface.co/my-org/my-robot-fast" in capsys.readouterr().out
     assert main(["fast", "push", str(directory.parent), "--repo", "my-org/x"]) == 2  # not a tokenizer folder
+
+
+def test_a_tokenizer_sent_by_value_to_a_build_worker_loads_and_leaves_no_folder_behind(saved, tmp_path,
+                                                                                        monkeypatch):
+    import tempfile
+
+    from kidata.tokenizers import ACTION_TOKENIZER_FILES, action_tokenizer_from_files
+
+    fitted, directory = saved
+    files = {name: (directory / name).read_text() for name in ACTION_TOKENIZER_FILES
+             if (directory / name).exists()}
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    loaded = action_tokenizer_from_files(files)
+    held_out = action_chunks(16, 10, 7, seed=3)
+    assert [row.tolist() for row in loaded.encode(held_out)] == [row.tolist() for row in fitted.encode(held_out)]
+    assert list(tmp_path.iterdir()) == []

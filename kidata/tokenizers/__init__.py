@@ -34,11 +34,14 @@ def action_tokenizer_files(fs, directory: str) -> dict[str, str]:
 
 
 def action_tokenizer_from_files(files: dict[str, str]):
-    """The tokenizer those files define, written to a fresh local folder and loaded from it."""
+    """The tokenizer those files define, loaded from a temporary local folder that is removed once
+    loaded (both tokenizers read their files eagerly): every build unit calls this, and a kept
+    folder per call had left about a thousand ``kidata-fast-*`` folders in ``/tmp`` of one VM."""
     import tempfile
     from pathlib import Path
 
-    directory = Path(tempfile.mkdtemp(prefix="kidata-fast-"))
-    for name, text in files.items():
-        (directory / name).write_text(text)
-    return load_action_tokenizer(directory)
+    with tempfile.TemporaryDirectory(prefix="kidata-fast-") as folder:
+        directory = Path(folder)
+        for name, text in files.items():
+            (directory / name).write_text(text)
+        return load_action_tokenizer(directory)
