@@ -23,8 +23,9 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check kidata tests benchmarks
 
+# --durations: the slowest tests in every CI log, so the suite's 15-minute budget is watched where it is spent
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: lint
 	$(BIN)/python -m pytest -q -m "not slow"
