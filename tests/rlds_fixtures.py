@@ -25,16 +25,10 @@ def _tfds():
 
 def write_dataset(root: Path, name: str, features: Any, episodes: dict[str, list[dict]]) -> Path:
     """Stores episodes per split with tfds and returns the <name>/<version> directory."""
-    import tempfile
-    from unittest import mock
+    from kidata.pipelines.export import tfds_scratch
 
     tfds = _tfds()
-    # a new builder looks for its metadata on TFDS's GCS bucket first, in a tempfile.mkdtemp("tfds")
-    # folder it never removes (tfds 4.9.10, DatasetInfo.initialize_from_bucket): kept under root,
-    # not in /tmp, where each suite run had left a few dozen of them
-    scratch = root / ".tfds-scratch"
-    scratch.mkdir(parents=True, exist_ok=True)
-    with mock.patch.object(tempfile, "tempdir", str(scratch)):
+    with tfds_scratch():  # TFDS would leave a scratch folder in /tmp per dataset written
         builder = tfds.dataset_builders.store_as_tfds_dataset(
             name=name,
             version="1.0.0",

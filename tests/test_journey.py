@@ -106,3 +106,20 @@ def test_export_rlds_prints_no_download_announcement(tmp_path):
                             capture_output=True, check=True)
     assert b"Downloading and preparing" not in result.stdout + result.stderr
     assert (tmp_path / "out" / "mine" / "1.0.0" / "kidata_mapping.json").exists()
+
+
+def test_export_rlds_leaves_nothing_in_the_temporary_directory(tmp_path, monkeypatch):
+    import tempfile
+
+    from kidata.pipelines.export import export_rlds
+    from kidata.sources.registry import lookup
+    from kidata.sources.rlds import RldsSource
+
+    episodes = list(RldsSource(str(shared_path("data", "rlds", "bridge_dataset", "1.0.0")), lookup("bridge_dataset")
+                               ).episodes())[:2]
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    export_rlds(episodes, tmp_path / "out", name="mine")
+    assert (tmp_path / "out" / "mine" / "1.0.0" / "kidata_mapping.json").exists()
+    assert list(scratch.iterdir()) == []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -72,7 +73,7 @@ def export_rlds(episodes: Iterable[Episode], out: str | Path, *, name: str, vers
     # TFDS announces "Downloading and preparing" on stdout and draws progress bars while it writes:
     # nothing is downloaded here, so both are silenced
     tfds.disable_progress_bar()
-    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink), tfds_scratch():
         builder = tfds.dataset_builders.store_as_tfds_dataset(
             name=name, version=version, features=features, data_dir=str(out), disable_shuffling=True,
             split_datasets={split: [(index, record(e)) for index, e in enumerate(episodes)]})
@@ -81,3 +82,18 @@ def export_rlds(episodes: Iterable[Episode], out: str | Path, *, name: str, vers
                "action": ["action"], "fps": float(first.fps), "action_space": "custom"}
     (directory / MAPPING_FILE).write_text(json.dumps(mapping, indent=2, sort_keys=True) + "\n")
     return directory
+
+
+@contextlib.contextmanager
+def tfds_scratch():
+    """A new TFDS builder first looks for its metadata on TFDS's GCS bucket, in a
+    ``tempfile.mkdtemp("tfds")`` folder it never removes (tfds 4.9.10,
+    ``DatasetInfo.initialize_from_bucket``): inside this block such folders land in one that is
+    removed on exit, not one per export left in the user's temporary directory."""
+    saved = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="kidata-tfds-") as folder:
+        tempfile.tempdir = folder
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved
