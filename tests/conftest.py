@@ -26,6 +26,16 @@ def shared_path(*parts: str) -> Path:
     return path
 
 
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """Hub calls fail at once rather than after network retries. huggingface_hub reads HF_HUB_OFFLINE once, at
+    import: in the full suite, where an earlier test has imported it, the variable alone was ignored and each such
+    test spent 46 s in retries (`make test --durations`), so the module's constant is set as well."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    constants = pytest.importorskip("huggingface_hub.constants")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+
+
 @pytest.fixture(scope="session")
 def fast_plus_dir() -> Path:
     return shared_path("reference", "fast_universal")

@@ -53,8 +53,7 @@ def test_a_hub_repo_id_loads_through_huggingface_hub(saved, monkeypatch):
     assert "tokenizer.json" in calls[0][1]
 
 
-def test_an_unreachable_hub_id_is_named_with_the_cache_it_looked_in(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_an_unreachable_hub_id_is_named_with_the_cache_it_looked_in(hub_offline):
     with pytest.raises(FileNotFoundError, match=r"'my-org/absent-fast': not a local folder, and the hub repo could "
                                                 r"not be fetched .*the hub cache looked in"):
         FastTokenizer.load("my-org/absent-fast")

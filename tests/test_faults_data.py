@@ -299,14 +299,13 @@ def test_an_rlds_path_that_is_missing_or_not_a_dataset_folder_is_named(tmp_path)
         open_source("rlds", path=str(tmp_path / "bridge" / "1.0.0"), dataset="bridge_dataset")
 
 
-def test_a_text_tokenizer_that_is_neither_a_path_nor_a_loadable_hub_id_is_named(tmp_path, monkeypatch):
+def test_a_text_tokenizer_that_is_neither_a_path_nor_a_loadable_hub_id_is_named(tmp_path, monkeypatch, hub_offline):
     from kidata.tokenizers.text import TextTokenizer
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"text tokenizer './toks/mine': toks/mine does not exist .*give a "
                                                 r"folder holding tokenizer.model or tokenizer.json"):
         TextTokenizer.load("./toks/mine")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match=r"text tokenizer 'tokenizers/mine': tokenizers/mine does not exist "
                                                 r".*as a Hugging Face hub id it could not be loaded"):
         TextTokenizer.load("tokenizers/mine")

@@ -51,8 +51,6 @@ def test_tokenizer_json_files_load_too(tmp_path):
     assert loaded.encode("ab", add_bos=True) == [2, 6]
 
 
-def test_a_hub_id_without_network_fails_with_the_id_named(monkeypatch):
-    pytest.importorskip("huggingface_hub")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_a_hub_id_without_network_fails_with_the_id_named(hub_offline):
     with pytest.raises(FileNotFoundError, match="google/paligemma-3b-pt-224"):
         TextTokenizer.load("google/paligemma-3b-pt-224")
