@@ -22,7 +22,8 @@ def curve(run: Path) -> str:
              "|---" * (len(tasks) + 4) + "|"]
     for record in evaluations:
         result = record["eval"]
-        minutes = f"{record['elapsed_s'] / 60:.1f}" if "elapsed_s" in record else "-"
+        seconds = record.get("wall_s") or record.get("elapsed_s")  # the whole run's, else this process's
+        minutes = f"{seconds / 60:.1f}" if seconds is not None else "-"
         lines.append(f"| {record['step']} | {minutes} | "
                      + " | ".join(f"{result[f'metaworld_success/{t}']:.2f}" for t in tasks)
                      + f" | **{result['metaworld_success']:.2f}** | {result.get('action_mse', float('nan')):.4f} |")

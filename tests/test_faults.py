@@ -103,6 +103,41 @@ def test_longer_training_on_resume_needs_the_explicit_flag(run, mixture):  # noq
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 6
 
 
+def _set_checkpoint_wall(checkpoint: Path, wall_s: float | None) -> None:
+    """Rewrites trainer.json's training wall time and its checksum, as a checkpoint of a longer run would hold."""
+    from kidata.hashing import file_sha256
+
+    trainer = json.loads((checkpoint / "trainer.json").read_text())
+    trainer.pop("wall_s") if wall_s is None else trainer.update(wall_s=wall_s)
+    (checkpoint / "trainer.json").write_text(json.dumps(trainer))
+    sums = json.loads((checkpoint / "checksums.json").read_text())
+    sums["trainer.json"] = {"bytes": (checkpoint / "trainer.json").stat().st_size,
+                            "sha256": file_sha256(checkpoint / "trainer.json")}
+    (checkpoint / "checksums.json").write_text(json.dumps(sums))
+
+
+def test_a_run_trained_in_parts_reports_its_whole_training_time(run, mixture):  # noqa: F811
+    first = json.loads((run / "report.json").read_text())
+    assert first["wall_s"] == first["seconds_this_process"]
+    _set_checkpoint_wall(run / "checkpoints" / "step_0000004", 5000.0)  # the first part trained for 5000 s
+    train(config(mixture, "--train.steps", "6", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True,
+          allow_config_change=True)
+    report = json.loads((run / "report.json").read_text())
+    assert report["wall_s"] == pytest.approx(5000.0 + report["seconds_this_process"], abs=0.2)
+    saved = json.loads((run / "checkpoints" / "step_0000006" / "trainer.json").read_text())["wall_s"]
+    assert 5000.0 < saved <= report["wall_s"]
+    final_eval = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final_eval["step"] == 6 and 5000.0 < final_eval["wall_s"] <= report["wall_s"]
+
+
+def test_resuming_a_checkpoint_without_a_wall_time_reports_it_unknown_not_partial(run, mixture):  # noqa: F811
+    _set_checkpoint_wall(run / "checkpoints" / "step_0000004", None)  # written before wall time was counted
+    train(config(mixture, "--train.steps", "6", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True,
+          allow_config_change=True)
+    report = json.loads((run / "report.json").read_text())
+    assert report["wall_s"] is None and report["seconds_this_process"] > 0
+
+
 def test_resume_on_an_empty_directory_is_an_error_not_a_fresh_run(mixture, tmp_path):  # noqa: F811
     with pytest.raises(ResumeRefused, match="holds no checkpoint to continue; drop --resume"):
         train(config(mixture, "--train.steps", "2", "--eval.every", "0"), tmp_path / "empty", resume=True)

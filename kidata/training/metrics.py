@@ -48,8 +48,12 @@ def drop_unfinished_attempt(run: Path) -> None:
 class MetricsLogger:
     """metrics.jsonl, TensorBoard, a progress bar; loss curves and a report at the end."""
 
-    def __init__(self, run: Path, config: TrainConfig, manifest: Manifest, *, enabled: bool, start: int) -> None:
+    def __init__(self, run: Path, config: TrainConfig, manifest: Manifest, *, enabled: bool, start: int,
+                 wall_before: float | None = 0.0) -> None:
+        """``wall_before``: the run's training wall seconds up to its resume checkpoint (None when that
+        checkpoint predates the count), so that a run trained in parts reports its whole time."""
         self.run, self.config, self.enabled = run, config, enabled
+        self.wall_before = wall_before
         self.sources = manifest.source_names
         self.writer = self.bar = None
         self.window: list[tuple[float, int, int]] = []
@@ -102,13 +106,17 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
 
+    def wall_s(self) -> float | None:
+        """Training wall seconds of the whole run so far, over every process that resumed it."""
+        return None if self.wall_before is None else round(self.wall_before + time.perf_counter() - self.began, 1)
+
     def evaluation(self, step: int, result: dict) -> None:
         self.last_eval = result
         if not self.enabled:
             return
         with open(self.run / "metrics.jsonl", "a") as handle:  # elapsed: wall seconds of this process so far
             handle.write(json.dumps({"step": step, "elapsed_s": round(time.perf_counter() - self.began, 1),
-                                     "eval": result}) + "\n")
+                                     "wall_s": self.wall_s(), "eval": result}) + "\n")
         if self.writer is not None:
             for key, value in result.items():
                 if isinstance(value, float):
@@ -134,7 +142,7 @@ class MetricsLogger:
             self.wandb.log({"loss_curves": wandb.Image(str(self.run / "loss_curves.png"))}, step=step)
             self.wandb.finish()
         report = {"steps": step, "final": train[-1] if train else {}, "eval": result,
-                  "seconds_this_process": round(time.perf_counter() - self.began, 1),
+                  "seconds_this_process": round(time.perf_counter() - self.began, 1), "wall_s": self.wall_s(),
                   "checkpoint": str(latest_checkpoint(self.run)), "loss_curves": str(self.run / "loss_curves.png")}
         (self.run / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         (self.run / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

@@ -186,7 +186,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     ema = ({n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
            if config.optim.ema_decay > 0 else None)
     parameters = dict(model.named_parameters())
-    start, data_states, last_good = 0, None, None
+    start, data_states, last_good, wall_before = 0, None, None, 0.0
     if checkpoint_path is not None:
         if sharded_run(config, env) and is_sharded(checkpoint_path):  # each rank reads its own pieces
             trainer_state = json.loads((checkpoint_path / "trainer.json").read_text())
@@ -198,6 +198,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
                 ema = {n: shard_like(t.float(), parameters[n]) for n, t in checkpoint["ema"].items()}
             trainer_state = checkpoint["trainer"]
         start, last_good = trainer_state["step"], checkpoint_path
+        wall_before = trainer_state.get("wall_s")  # absent from checkpoints written before it was counted
         data_states = trainer_state["data_state"]
         layout.resumable_from(len(data_states), config.data.streams, env.world, str(checkpoint_path))
 
@@ -211,7 +212,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     if not has_val and env.rank == 0:
         print(f"train: {manifest_path} has no held-out split (its recipe's holdout is 0): evaluations report no "
               "held-out metrics; set [mixture] holdout (e.g. 0.05) and rebuild to measure them", file=sys.stderr)
-    logger = MetricsLogger(run, config, manifest, enabled=env.rank == 0, start=start)
+    logger = MetricsLogger(run, config, manifest, enabled=env.rank == 0, start=start, wall_before=wall_before)
     autocast = functools.partial(torch.autocast, env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     accum = config.optim.grad_accum
     micro_batches = accum * len(layout.owned)  # the losses of the process's batches are averaged
@@ -265,7 +266,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
                                                  autocast, has_val, step=done))
             wrapped.train()
         if done % config.checkpoint.every == 0 or done == config.train.steps:
-            last_good = _checkpoint(run, done, model, optimizer, ema, data, config, env, last_tokens)
+            last_good = _checkpoint(run, done, model, optimizer, ema, data, config, env, last_tokens, logger.wall_s())
     result = _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast, has_val,
                           step=config.train.steps)
     return logger.finish(config.train.steps, result)
@@ -353,7 +354,7 @@ def sharded_run(config: TrainConfig, env: Distributed) -> bool:
 
 
 def _checkpoint(run: Path, step: int, model, optimizer, ema, data: TrainStreams, config: TrainConfig,
-                env: Distributed, last_tokens: torch.Tensor | None) -> Path | None:
+                env: Distributed, last_tokens: torch.Tensor | None, wall_s: float | None) -> Path | None:
     # one state per stream, in stream order (rank r owns a consecutive run of them)
     streams = [state for part in env.gather(data.states(config.data.batch_size, config.data.num_workers))
                for state in part]
@@ -363,7 +364,7 @@ def _checkpoint(run: Path, step: int, model, optimizer, ema, data: TrainStreams,
                            "last_batch_sha256": hashlib.sha256(last_tokens.cpu().numpy().tobytes()).hexdigest()
                            if last_tokens is not None else ""})
     trainer = {"step": step, "data_state": streams, "world_size": env.world, "replicas": replicas,
-               "config_sha256": json_sha256(config.to_json())}
+               "config_sha256": json_sha256(config.to_json()), "wall_s": wall_s}
     try:
         if sharded_run(config, env):
             temporary = begin_checkpoint(run, step) if env.rank == 0 else None
