@@ -34,7 +34,7 @@ SKIPPED = [  # (first line of the block, the reason), in README order
     ("from openpi_client import websocket_client_policy   # pip install openpi-client",
      "needs the server above running; tests/test_serving.py runs this client against it"),
     ("kidata build pipelines/metaworld.toml --out data/metaworld          # 3 tasks x 200 noisy-expert episodes, 9-21 min",
-     "the measurement itself: about 65 minutes on 2 CPU cores, and 100 more for MT10; its pieces run above"),
+     "the measurement itself: about 65 minutes on 2 CPU cores, and about 4 hours more for MT10; its pieces run above"),
     ("kidata build pipelines/metaworld_cotrain.toml --out runs/cmp/data",
      "hours of CPU; tests/test_compare.py runs the machinery on a 4-step budget"),
     ("# kidata/sources/my_robot.py", "a module to add to the package, not a script"),
