@@ -22,7 +22,7 @@ def curve(run: Path) -> str:
              "|---" * (len(tasks) + 4) + "|"]
     for record in evaluations:
         result = record["eval"]
-        seconds = record.get("wall_s") or record.get("elapsed_s")  # the whole run's, else this process's
+        seconds = record.get("wall_s", record.get("elapsed_s"))  # the whole run's, else this process's
         minutes = f"{seconds / 60:.1f}" if seconds is not None else "-"
         lines.append(f"| {record['step']} | {minutes} | "
                      + " | ".join(f"{result[f'metaworld_success/{t}']:.2f}" for t in tasks)

@@ -106,17 +106,20 @@ class MetricsLogger:
         if self.wandb is not None:
             self.wandb.log({f"train/{k}": v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
 
-    def wall_s(self) -> float | None:
-        """Training wall seconds of the whole run so far, over every process that resumed it."""
-        return None if self.wall_before is None else round(self.wall_before + time.perf_counter() - self.began, 1)
+    def wall_s(self, elapsed: float | None = None) -> float | None:
+        """Training wall seconds of the whole run so far, over every process that resumed it
+        (``elapsed``: this process's seconds, when the caller has read the clock already)."""
+        elapsed = time.perf_counter() - self.began if elapsed is None else elapsed
+        return None if self.wall_before is None else round(self.wall_before + elapsed, 1)
 
     def evaluation(self, step: int, result: dict) -> None:
         self.last_eval = result
         if not self.enabled:
             return
-        with open(self.run / "metrics.jsonl", "a") as handle:  # elapsed: wall seconds of this process so far
-            handle.write(json.dumps({"step": step, "elapsed_s": round(time.perf_counter() - self.began, 1),
-                                     "wall_s": self.wall_s(), "eval": result}) + "\n")
+        elapsed = time.perf_counter() - self.began  # wall seconds of this process so far
+        with open(self.run / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps({"step": step, "elapsed_s": round(elapsed, 1), "wall_s": self.wall_s(elapsed),
+                                     "eval": result}) + "\n")
         if self.writer is not None:
             for key, value in result.items():
                 if isinstance(value, float):
@@ -141,8 +144,9 @@ class MetricsLogger:
 
             self.wandb.log({"loss_curves": wandb.Image(str(self.run / "loss_curves.png"))}, step=step)
             self.wandb.finish()
+        elapsed = time.perf_counter() - self.began
         report = {"steps": step, "final": train[-1] if train else {}, "eval": result,
-                  "seconds_this_process": round(time.perf_counter() - self.began, 1), "wall_s": self.wall_s(),
+                  "seconds_this_process": round(elapsed, 1), "wall_s": self.wall_s(elapsed),
                   "checkpoint": str(latest_checkpoint(self.run)), "loss_curves": str(self.run / "loss_curves.png")}
         (self.run / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         (self.run / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
