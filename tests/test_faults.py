@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +20,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
-from test_train import config, mixture  # noqa: E402,F401 - the module-scoped build fixture
+from test_train import SHAPE, TINY, config, mixture  # noqa: E402,F401 - the module-scoped build fixture
 
-from kidata.training.checkpoint import CheckpointError, latest_checkpoint  # noqa: E402
+from kidata.training.checkpoint import CheckpointError, latest_checkpoint, newest_complete  # noqa: E402
 from kidata.training.trainer import ResumeRefused, train  # noqa: E402
 
 
@@ -136,6 +140,31 @@ def test_resuming_a_checkpoint_without_a_wall_time_reports_it_unknown_not_partia
           allow_config_change=True)
     report = json.loads((run / "report.json").read_text())
     assert report["wall_s"] is None and report["seconds_this_process"] > 0
+
+
+def test_a_training_run_stopped_by_sigterm_names_its_newest_checkpoint_and_how_to_continue(mixture, tmp_path):  # noqa: F811
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run),
+         *SHAPE, "--train.steps", "100000", "--checkpoint.every", "2", "--eval.every", "0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "checkpoints" / "latest").exists():  # written once a checkpoint is complete
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)  # what a scheduler or `kill` sends mid-run
+    _, stderr = process.communicate(timeout=120)
+    newest, _ = newest_complete(run)
+    assert process.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (f"kidata train: stopped by SIGTERM; {run}'s newest complete checkpoint "
+                                               f"is {newest.name}: the same command with --resume continues from it")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_told_to_start_again(tmp_path):
+    from kidata.cli.train import stopped
+
+    assert stopped(tmp_path / "run", signal.SIGINT) == (f"stopped by SIGINT before {tmp_path / 'run'} held a complete "
+                                                        "checkpoint; the same command starts it again")
 
 
 def test_resume_on_an_empty_directory_is_an_error_not_a_fresh_run(mixture, tmp_path):  # noqa: F811

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
+from pathlib import Path
 
 
 def add_parser(commands) -> None:
@@ -39,13 +43,49 @@ def train_command(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data:
         overrides += ["--data.manifest", json.dumps(args.data)]
+    stopped_by = _interrupt_on_sigterm()
     try:
         config = TrainConfig.load(args.model, overrides)
         report = train(config, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
     except (ManifestMismatch, TrainingDiverged, CheckpointError, FileExistsError, ValueError) as error:
         print(f"kidata train: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        signum = stopped_by.get("signal", signal.SIGINT)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun every rank is stopped; one says so
+            print(f"kidata train: {stopped(Path(args.out), signum)}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if stopped_by.get("previous") is not None:
+            signal.signal(signal.SIGTERM, stopped_by["previous"])
     if report:
         print(json.dumps(report, indent=2, sort_keys=True))
         print(f"run: {args.out} (metrics.jsonl, loss_curves.png, checkpoints/)")
     return 0
+
+
+def _interrupt_on_sigterm() -> dict:
+    """SIGTERM (a scheduler's or ``kill``'s stop) raises KeyboardInterrupt as Ctrl-C does, so both
+    end in the sentence of ``stopped`` instead of a silent exit 143 or a traceback."""
+    state: dict = {}
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return state
+
+    def interrupt(signum, frame):
+        state["signal"] = signum
+        raise KeyboardInterrupt
+
+    state["previous"] = signal.signal(signal.SIGTERM, interrupt)
+    return state
+
+
+def stopped(run: Path, signum: int) -> str:
+    """What a stopped run holds and the command that continues it."""
+    from kidata.training.checkpoint import newest_complete
+
+    name = signal.Signals(signum).name
+    newest, _ = newest_complete(run) if run.is_dir() else (None, [])
+    if newest is None:
+        return f"stopped by {name} before {run} held a complete checkpoint; the same command starts it again"
+    return (f"stopped by {name}; {run}'s newest complete checkpoint is {newest.name}: the same command with "
+            "--resume continues from it")
