@@ -214,12 +214,16 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def _check_mixture(mixture: MixtureConfig) -> None:
-    choices = {"state_encoding": ("text", "special", "continuous"), "prompt_format": ("pi05", "pi0fast"),
+    choices = {"state_encoding": ("text", "special", "continuous"), "prompt_format": ("pi05", "pi0fast", "pi0"),
                "normalization": ("quantile", "mean_std"), "fast_token_rule": ("openpi", "offset"),
                "caption_choice": ("one", "all")}
     for key, allowed in choices.items():
         if getattr(mixture, key) not in allowed:
             raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r}, expected one of {allowed}")
+    if mixture.prompt_format == "pi0" and mixture.state_encoding != "continuous":
+        raise RecipeError(f"[mixture]: prompt_format = \"pi0\" gives the state to the action expert as a vector, "
+                          f"state_encoding = {mixture.state_encoding!r} writes it into the prompt; set "
+                          "state_encoding = \"continuous\"")
     if not 0 <= mixture.holdout < 1:
         raise RecipeError("[mixture]: holdout must lie in [0, 1)")
     for key in ("action_horizon", "image_size", "max_tokens"):
