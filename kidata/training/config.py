@@ -223,9 +223,12 @@ class TrainConfig:
         if self.train.init_format not in INIT_FORMATS:
             raise ValueError(f"train.init_format must be one of {INIT_FORMATS}, got {self.train.init_format!r}")
         for name, value in (("train.steps", self.train.steps), ("data.batch_size", self.data.batch_size),
-                            ("optim.grad_accum", self.optim.grad_accum), ("checkpoint.keep", self.checkpoint.keep)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                            ("optim.grad_accum", self.optim.grad_accum), ("checkpoint.keep", self.checkpoint.keep),
+                            ("checkpoint.every", self.checkpoint.every), ("log.every", self.log.every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if isinstance(self.eval.every, bool) or not isinstance(self.eval.every, int) or self.eval.every < 0:
+            raise ValueError(f"eval.every must be a whole number >= 0 (0: only at the end), got {self.eval.every!r}")
         if self.policy.action_head == "flow" and not self.model.has_expert:
             raise ValueError(f"policy.action_head 'flow': the {self.model.variant} model has no action expert "
                              "(use fast or auto)")
