@@ -134,6 +134,10 @@ MUTATIONS = [
              ("tests/test_serving.py",)),
     Mutation("the AutoProcessor module's DCT not orthonormal", "kidata/tokenizers/hf_processor.py",
              'dct(chunk, axis=0, norm="ortho")', "dct(chunk, axis=0)", ("tests/test_fast_interop.py",)),
+    Mutation("the AutoProcessor module clips only below the fitted range", "kidata/tokenizers/hf_processor.py",
+             "codes = np.clip(rounded, self.min_token, self.max_token) - self.min_token",
+             "codes = np.maximum(rounded - self.min_token, 0)",
+             ("tests/test_fast_interop.py -k past_the_fitted_range",)),
     # diagnostics
     Mutation("training layouts include the held-out episodes", "kidata/eval/metaworld.py",
              "if not in_holdout(config.name, episode_id(task, opened.seed, index), holdout) and",

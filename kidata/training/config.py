@@ -256,11 +256,11 @@ class TrainConfig:
         (``model/ki_tiny.toml``)."""
         data, found = read_toml(path, kind="model")
         sections = {"model": ModelConfig, **SECTIONS}
-        for key in parse_overrides(overrides):  # a typo on the command line is named as the command line's
+        for key, value in parse_overrides(overrides).items():  # a command-line mistake is named as the command line's
             section, _, name = key.partition(".")
             check_keys({section: None}, list(sections), "command line: ", noun="table")
-            check_keys({name: None}, [f.name for f in dataclasses.fields(sections[section])], "command line: ",
-                       section=f"--{section}.")
+            from_table(sections[section], {name: value}, "command line: ", section=f"--{section}.",
+                       fields_only=True)
         return cls.from_mapping(apply_overrides(data, overrides), origin=str(found))
 
     def save(self, path: str | Path) -> None:
