@@ -78,6 +78,15 @@ MUTATIONS = [
              "if digest != shard.sha256:", "if False:", ("tests/test_build.py -k verify",)),
     Mutation("the engine's retry removed", "kidata/pipelines/engine.py",
              "for attempt in (1, 2):", "for attempt in (2,):", ("tests/test_engine.py",)),
+    Mutation("--force removes a user's files", "kidata/pipelines/ownership.py",
+             "    if foreign:\n        shown", "    if False:\n        shown",
+             ("tests/test_faults_build.py -k force_refuses",)),
+    Mutation("a second build ignores the lock", "kidata/pipelines/ownership.py",
+             "os.O_CREAT | os.O_EXCL | os.O_WRONLY", "os.O_CREAT | os.O_WRONLY",
+             ("tests/test_faults_build.py -k live_build",)),
+    Mutation("verify ignores which build a shard belongs to", "kidata/pipelines/verify.py",
+             "                if found != build_id:", "                if False:",
+             ("tests/test_faults_build.py -k shard_of_another_build",)),
     Mutation("Bridge gripper inverted", "kidata/sources/datasets/oxe.py",
              '"bridge_dataset",  # Berkeley BridgeData V2 as released in RLDS (image_0..3, 7-d state/action)\n'
              '        cameras={"base_0": "image_0", "base_1": "image_1", "left_wrist_0": "image_3"},\n'
@@ -131,6 +140,10 @@ MUTATIONS = [
              ("tests/test_serving.py",)),
     Mutation("the AutoProcessor module's DCT not orthonormal", "kidata/tokenizers/hf_processor.py",
              'dct(chunk, axis=0, norm="ortho")', "dct(chunk, axis=0)", ("tests/test_fast_interop.py",)),
+    Mutation("the AutoProcessor module clips only below the fitted range", "kidata/tokenizers/hf_processor.py",
+             "codes = np.clip(rounded, self.min_token, self.max_token) - self.min_token",
+             "codes = np.maximum(rounded - self.min_token, 0)",
+             ("tests/test_fast_interop.py -k past_the_fitted_range",)),
     # diagnostics
     Mutation("training layouts include the held-out episodes", "kidata/eval/metaworld.py",
              "if not in_holdout(config.name, episode_id(task, opened.seed, index), holdout) and",

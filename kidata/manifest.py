@@ -118,6 +118,7 @@ class Manifest:
     action_tokenizer: TokenizerRef
     encoding: Encoding
     sources: tuple[SourceEntry, ...] = field(default_factory=tuple)
+    build_id: str = ""  # ties the manifest, the action tokenizer folder and every shard's samples to one build
 
     @property
     def source_names(self) -> list[str]:
@@ -140,7 +141,8 @@ class Manifest:
     def to_json(self) -> dict:
         return {"kidata_version": self.kidata_version, "recipe": self.recipe, "recipe_sha256": self.recipe_sha256,
                 "tokenizers": {"text": self.text_tokenizer.to_json(), "fast": self.action_tokenizer.to_json()},
-                "encoding": self.encoding.to_json(), "sources": [source.to_json() for source in self.sources]}
+                "encoding": self.encoding.to_json(), "sources": [source.to_json() for source in self.sources],
+                **({"build_id": self.build_id} if self.build_id else {})}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
@@ -164,7 +166,7 @@ class Manifest:
                        recipe_sha256=data.get("recipe_sha256", ""),
                        text_tokenizer=TokenizerRef(**data["tokenizers"]["text"]),
                        action_tokenizer=TokenizerRef(**data["tokenizers"]["fast"]),
-                       encoding=Encoding(**encoding), sources=sources)
+                       encoding=Encoding(**encoding), sources=sources, build_id=data.get("build_id", ""))
         except (KeyError, TypeError) as error:
             raise ManifestMismatch(f"{origin}: a field of the manifest is missing or unknown ({error}); rebuild "
                                    "the mixture with this kidata version") from None

@@ -41,6 +41,7 @@ class EncodeContext:
     fast_files: dict[str, str]
     norm_stats: dict[str, dict]
     action_dim: int
+    build_id: str = ""  # written into every sample's meta.json ("build"), checked by ``kidata verify``
 
 
 _WORKER_CACHE: dict[str, Any] = {}
@@ -135,7 +136,7 @@ def encode_unit(context: EncodeContext, source_name: str, unit: WorkUnit, unit_i
             encoded = [{camera: jpeg_bytes(image, mixture.jpeg_quality) for camera, image in images.items()}
                        for images in decoded]
         for (key, sample, _), images in zip(built, encoded):
-            writers[split].write(key, sample_members(sample, images))
+            writers[split].write(key, sample_members(sample, images, build_id=context.build_id))
             counts["samples"] += 1
 
     if source_config.kind == "robot":
