@@ -124,8 +124,8 @@ MUTATIONS = [
     Mutation("delta actions: the policy never adds the state back", "kidata/policy.py",
              "actions = to_absolute(actions, np.asarray(observation[\"state\"], dtype=np.float64), self.delta_mask)",
              "actions = actions", ("tests/test_delta_actions.py -k policy_returns",)),
-    Mutation("delta actions: statistics of the absolute actions", "kidata/pipelines/stats_pass.py",
-             "stats.add(episode.state, chunks[valid])", "stats.add(episode.state, episode.actions)",
+    Mutation("delta actions: statistics of the absolute actions", "kidata/pipelines/stats.py",
+             "self.add(state, chunks[valid])", "self.add(state, actions)",
              ("tests/test_delta_actions.py -k statistics",)),
     # OXE conformance
     Mutation("keys containing '/' split on every slash", "kidata/sources/rlds.py",
