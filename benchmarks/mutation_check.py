@@ -146,6 +146,19 @@ MUTATIONS = [
              ("tests/test_retention.py",)),
     Mutation("a fresh run appends to a killed attempt's metrics", "kidata/training/trainer.py",
              "            drop_unfinished_attempt(run)", "            pass", ("tests/test_train.py -k earlier_attempt",)),
+    # pretrained checkpoints (issue 43, items 1 and 4)
+    Mutation("an openpi checkpoint's tied embedding read only from embed_tokens", "kidata/model/weights.py",
+             "heads = [key for key in tensors if _TIED_HEAD.fullmatch(key)]", "heads = []",
+             ("tests/test_openpi_checkpoints.py -k saved_by_safetensors",)),
+    Mutation("any larger pretrained embedding cut to the model's vocabulary", "kidata/model/weights.py",
+             "if (tensor.shape[0], rows) != (HUB_EMBEDDING_ROWS, PALIGEMMA_VOCAB):", "if tensor.shape[0] < rows:",
+             ("tests/test_openpi_checkpoints.py -k embedding_cut_to_another",)),
+    Mutation("a pretrained init accepted on any text tokenizer", "kidata/training/initialize.py",
+             "if not train.init_from or train.init_format not in PRETRAINED_FORMATS:", "if True:",
+             ("tests/test_train.py -k pretrained_init_on_a_mixture",)),
+    Mutation("the PaliGemma tokenizer fingerprint ignores the <loc>/<seg> layout", "kidata/tokenizers/text.py",
+             "if tokenizer.loc_range() != loc or tokenizer.seg_range() != seg:", "if False:",
+             ("tests/test_openpi_checkpoints.py -k another_layout",)),
 ]
 
 
