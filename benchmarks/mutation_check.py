@@ -78,6 +78,15 @@ MUTATIONS = [
              "if digest != shard.sha256:", "if False:", ("tests/test_build.py -k verify",)),
     Mutation("the engine's retry removed", "kidata/pipelines/engine.py",
              "for attempt in (1, 2):", "for attempt in (2,):", ("tests/test_engine.py",)),
+    Mutation("--force removes a user's files", "kidata/pipelines/ownership.py",
+             "    if foreign:\n        shown", "    if False:\n        shown",
+             ("tests/test_faults_build.py -k force_refuses",)),
+    Mutation("a second build ignores the lock", "kidata/pipelines/ownership.py",
+             "os.O_CREAT | os.O_EXCL | os.O_WRONLY", "os.O_CREAT | os.O_WRONLY",
+             ("tests/test_faults_build.py -k live_build",)),
+    Mutation("verify ignores which build a shard belongs to", "kidata/pipelines/verify.py",
+             "                if found != build_id:", "                if False:",
+             ("tests/test_faults_build.py -k shard_of_another_build",)),
     Mutation("Bridge gripper inverted", "kidata/sources/datasets/oxe.py",
              '"bridge_dataset",  # Berkeley BridgeData V2 as released in RLDS (image_0..3, 7-d state/action)\n'
              '        cameras={"base_0": "image_0", "base_1": "image_1", "left_wrist_0": "image_3"},\n'
@@ -112,6 +121,12 @@ MUTATIONS = [
              "wrapped = (lambda module, **_: module)(\n            model,", ("tests/test_train.py -k ddp_keeps",)),
     Mutation("FSDP wrapping dropped (parameters not sharded)", "kidata/training/parallelize.py",
              "wrapped = shard_per_block(model, bf16=bf16)", "wrapped = model", ("tests/test_train.py -k fsdp_shards",)),
+    Mutation("delta actions: the policy never adds the state back", "kidata/policy.py",
+             "actions = to_absolute(actions, np.asarray(observation[\"state\"], dtype=np.float64), self.delta_mask)",
+             "actions = actions", ("tests/test_delta_actions.py -k policy_returns",)),
+    Mutation("delta actions: statistics of the absolute actions", "kidata/pipelines/stats_pass.py",
+             "stats.add(episode.state, chunks[valid])", "stats.add(episode.state, episode.actions)",
+             ("tests/test_delta_actions.py -k statistics",)),
     # OXE conformance
     Mutation("keys containing '/' split on every slash", "kidata/sources/rlds.py",
              "for size in range(len(parts), 0, -1):", "for size in (1,):", ("tests/test_oxe_conformance.py",)),
