@@ -55,7 +55,8 @@ from kidata.training.parallelize import (
     shard_like,
     sharded_state_dicts,
 )
-from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, config_changes, resume_point  # noqa: F401  (public here)
+from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, check_same_mixture, config_changes, resume_point  # noqa: F401  (public here)
+from kidata.training.run_folder import check_run_writable
 from kidata.training.streams import StreamLayout, TrainStreams
 
 
@@ -89,11 +90,13 @@ def _prepare_run(run: Path, config: TrainConfig, manifest: Manifest, root: str, 
         manifest.check_expectations({"text_sha256": before.text_tokenizer.sha256,
                                      "fast_sha256": before.action_tokenizer.sha256,
                                      "encoding": before.encoding.to_json()})
+        check_same_mixture(before, manifest, saved)
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OSError(error.errno, f"{run}: cannot create the run directory there ({error.strerror or error}); "
                                    "choose a writable --out") from None
+    check_run_writable(run)
     config.save(run / "config.json")
     saved.write_text(manifest.dumps())
     fs, base = fsspec.core.url_to_fs(f"{root}/fast_tokenizer")
