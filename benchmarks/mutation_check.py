@@ -127,6 +127,12 @@ MUTATIONS = [
              "wrapped = (lambda module, **_: module)(\n            model,", ("tests/test_train.py -k ddp_keeps",)),
     Mutation("FSDP wrapping dropped (parameters not sharded)", "kidata/training/parallelize.py",
              "wrapped = shard_per_block(model, bf16=bf16)", "wrapped = model", ("tests/test_train.py -k fsdp_shards",)),
+    Mutation("delta actions: the policy never adds the state back", "kidata/policy.py",
+             "actions = to_absolute(actions, np.asarray(observation[\"state\"], dtype=np.float64), self.delta_mask)",
+             "actions = actions", ("tests/test_delta_actions.py -k policy_returns",)),
+    Mutation("delta actions: statistics of the absolute actions", "kidata/pipelines/stats_pass.py",
+             "stats.add(episode.state, chunks[valid])", "stats.add(episode.state, episode.actions)",
+             ("tests/test_delta_actions.py -k statistics",)),
     # OXE conformance
     Mutation("keys containing '/' split on every slash", "kidata/sources/rlds.py",
              "for size in range(len(parts), 0, -1):", "for size in (1,):", ("tests/test_oxe_conformance.py",)),

@@ -10,7 +10,8 @@ sentence naming the file and the field. Layout (JSON, keys sorted)::
                normalization, fast_token_rule, text_vocab_size, fast_token_range,
                special_state_range (special state only)},
     sources: [{name, kind, weight, reader, episodes, samples, quarantined, rejected, skipped,
-               shards: [{path, sha256, samples, bytes, split}], norm_stats (robot only)}]
+               shards: [{path, sha256, samples, bytes, split}], norm_stats (robot only),
+               delta_mask (robot sources with mapping.delta only)}]
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class SourceEntry:
     skipped: Mapping[str, int]
     shards: tuple[ShardInfo, ...]
     norm_stats: Mapping[str, Any] | None = None  # NormStats.to_json(), robot sources only
+    # the recipe's mapping.delta: these action dimensions (and their statistics) are relative to
+    # the state; the policy adds the state back (kidata.delta). None: all absolute
+    delta_mask: tuple[bool, ...] | None = None
 
     def split_shards(self, split: str) -> list[ShardInfo]:
         """This split's shards that hold samples."""
@@ -98,6 +102,10 @@ class SourceEntry:
         out = {**asdict(self), "shards": [shard.to_json() for shard in self.shards]}
         if self.norm_stats is None:
             del out["norm_stats"]
+        if self.delta_mask is None:
+            del out["delta_mask"]
+        else:
+            out["delta_mask"] = list(self.delta_mask)
         return out
 
 
@@ -151,6 +159,7 @@ class Manifest:
                 if encoding.get(key) is not None:
                     encoding[key] = tuple(encoding[key])
             sources = tuple(SourceEntry(**{**source, "skipped": source.get("skipped", {}),
+                                           "delta_mask": tuple(source["delta_mask"]) if source.get("delta_mask") else None,
                                            "shards": tuple(ShardInfo(**shard) for shard in source["shards"])})
                             for source in data["sources"])
             return cls(kidata_version=data.get("kidata_version", "?"), recipe=data.get("recipe", {}),

@@ -180,7 +180,7 @@ def _manifest(recipe, context, fs, root, units, norm_stats) -> Manifest:
             quarantined=dict(sorted(quarantined.items())), rejected=dict(sorted(rejected.items())),
             skipped=dict(sorted(notices.items())),
             shards=tuple(ShardInfo(**shard) for record in records for shard in record["shards"]),
-            norm_stats=norm_stats[source.name] if source.kind == "robot" else None))
+            norm_stats=norm_stats[source.name] if source.kind == "robot" else None, delta_mask=source.delta_mask))
     mixture = recipe.mixture
     ranges = {key: tuple(value) for key, value in encoder.ranges.items()}
     return Manifest(

@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from kidata import assets
 from kidata.config import check_keys, nearest, read_toml
+from kidata.delta import DeltaMaskError, parse_delta_mask
 from kidata.hashing import json_sha256
 from kidata.pipelines.recipe_limits import FAST_NUMBERS, MAX_CHUNK_VALUES, MIXTURE_NUMBERS, check_number, check_source_name
 from kidata.sources import registry
@@ -67,6 +68,27 @@ class SourceConfig:
     def uses_loc_tokens(self) -> bool:
         return registry.reader(self.reader).uses_loc_tokens(self.options)
 
+    @property
+    def delta_mask(self) -> tuple[bool, ...] | None:
+        """``mapping.delta``: the action dimensions trained relative to the state (``kidata.delta``),
+        or None when every dimension stays absolute."""
+        mapping = self.options.get("mapping")
+        return tuple(mapping["delta"]) if isinstance(mapping, Mapping) and "delta" in mapping else None
+
+    @property
+    def reader_options(self) -> dict[str, Any]:
+        """The options the reader opens with: ``mapping.delta`` is the build's, not the reader's (a
+        mapping that held only it is dropped, so ``dataset = ...`` entries take it too)."""
+        options = dict(self.options)
+        mapping = options.get("mapping")
+        if isinstance(mapping, Mapping) and "delta" in mapping:
+            rest = {key: value for key, value in mapping.items() if key != "delta"}
+            if rest:
+                options["mapping"] = rest
+            else:
+                del options["mapping"]
+        return options
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -92,7 +114,7 @@ class Recipe:
     def open(self, source: SourceConfig):
         """The reader of one of this recipe's sources, opened from its options (the mixture's image
         size and seed are the defaults of readers that render or simulate)."""
-        return registry.open_reader(source.reader, source.options, name=source.name,
+        return registry.open_reader(source.reader, source.reader_options, name=source.name,
                                     image_size=self.mixture.image_size, seed=self.mixture.seed)
 
     def resolve_asset(self, value: str) -> str:
@@ -130,6 +152,18 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
         entry = known[reader]
         allowed = COMMON_SOURCE_KEYS + entry.options
         options = {}
+        if entry.kind == "robot" and "mapping" not in allowed:  # mapping = { delta = [...] } fits every robot reader
+            allowed = allowed + ("mapping",)
+            _check_delta_only_mapping(where, reader, table.get("mapping"))
+        if isinstance(table.get("mapping"), Mapping) and "delta" in table["mapping"]:
+            if entry.kind != "robot":
+                raise RecipeError(f"{where}: mapping.delta makes robot actions relative to the state; reader "
+                                  f"{reader!r} yields VLM examples, which have neither")
+            try:
+                delta = parse_delta_mask(table["mapping"]["delta"], where=f"{where} mapping")
+            except DeltaMaskError as error:
+                raise RecipeError(str(error)) from None
+            table["mapping"] = {**table["mapping"], "delta": list(delta)}
         for key, value in table.items():
             if key not in allowed:
                 raise RecipeError(f"{where}: unknown key {key!r} for reader {reader!r}{nearest(key, allowed)}")
@@ -152,6 +186,14 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
     return Recipe(mixture, tuple(sources), str(base))
 
 
+def _check_delta_only_mapping(where: str, reader: str, mapping: Any) -> None:
+    """A reader without a key mapping of its own still takes ``mapping = { delta = [...] }``."""
+    if mapping is not None and (not isinstance(mapping, Mapping) or set(mapping) != {"delta"}):
+        keys = sorted(mapping) if isinstance(mapping, Mapping) else mapping
+        raise RecipeError(f"{where}: reader {reader!r} has no key mapping, so its mapping may hold only 'delta' "
+                          f"(got {keys!r})")
+
+
 def _weight(where: str, value: Any) -> float:
     """A finite, non-negative sampling weight (0 builds the source but never samples it)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -168,12 +210,16 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def _check_mixture(mixture: MixtureConfig) -> None:
-    choices = {"state_encoding": ("text", "special", "continuous"), "prompt_format": ("pi05", "pi0fast"),
+    choices = {"state_encoding": ("text", "special", "continuous"), "prompt_format": ("pi05", "pi0fast", "pi0"),
                "normalization": ("quantile", "mean_std"), "fast_token_rule": ("openpi", "offset"),
                "caption_choice": ("one", "all")}
     for key, allowed in choices.items():
         if getattr(mixture, key) not in allowed:
             raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r}, expected one of {allowed}")
+    if mixture.prompt_format == "pi0" and mixture.state_encoding != "continuous":
+        raise RecipeError(f"[mixture]: prompt_format = \"pi0\" gives the state to the action expert as a vector, "
+                          f"state_encoding = {mixture.state_encoding!r} writes it into the prompt; set "
+                          "state_encoding = \"continuous\"")
     for key, spec in MIXTURE_NUMBERS.items():
         check_number("[mixture]: ", key, getattr(mixture, key), spec, RecipeError)
     if mixture.action_horizon * (mixture.action_dim or 1) > MAX_CHUNK_VALUES:

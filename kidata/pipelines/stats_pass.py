@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kidata.delta import check_delta_mask, episode_delta_chunks
 from kidata.hashing import stable_fraction
 from kidata.normalize import NormStats, normalize
 from kidata.pipelines.recipe import Recipe
@@ -29,16 +30,27 @@ class BuildError(RuntimeError):
 
 
 def stats_unit(recipe: Recipe, source_name: str, unit: WorkUnit) -> tuple[EpisodeStats, ReadReport, list]:
-    """Statistics and the bottom-k (by hash) raw action chunks of one unit."""
+    """Statistics and the bottom-k (by hash) raw action chunks of one unit.
+
+    With ``mapping.delta`` the action statistics and the chunks are those of the relative actions
+    the model learns: every valid position of every step's chunk, minus that step's state on the
+    masked dimensions (openpi computes its statistics after ``DeltaActions`` the same way)."""
     source_config = recipe.source(source_name)
     source = recipe.open(source_config)
     horizon, keep = recipe.mixture.action_horizon, recipe.mixture.reservoir_size
+    delta_mask = source_config.delta_mask
     stats, report, reservoir = EpisodeStats(), ReadReport(), []
     for episode in source.read(unit, images=False, report=report):
-        stats.add(episode.state, episode.actions)
+        if delta_mask is None:
+            stats.add(episode.state, episode.actions)
+        else:
+            mask = check_delta_mask(delta_mask, state_dim=episode.state.shape[1], action_dim=episode.actions.shape[1],
+                                    where=f"source {source_name!r}")
+            chunks, valid = episode_delta_chunks(episode.state, episode.actions, horizon, mask)
+            stats.add(episode.state, chunks[valid])
         for step in range(episode.steps):
             rank = stable_fraction(recipe.mixture.seed, source_name, episode.episode_id, step)
-            reservoir.append((rank, episode.action_chunk(step, horizon)[0]))
+            reservoir.append((rank, episode.action_chunk(step, horizon, delta_mask=delta_mask)[0]))
         if len(reservoir) > 2 * keep:
             reservoir = sorted(reservoir, key=lambda item: item[0])[:keep]
     return stats, report, sorted(reservoir, key=lambda item: item[0])[:keep]

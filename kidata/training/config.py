@@ -291,6 +291,9 @@ def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
     continuous = encoding.state_encoding == "continuous"
     if continuous != (model.state_input in ("prefix", "expert")):
         problems.append(f"state: data state_encoding {encoding.state_encoding!r}, model state_input {model.state_input!r}")
+    if encoding.prompt_format == "pi0" and model.state_input != "expert":
+        problems.append(f"prompt layout: data prompt_format 'pi0' (openpi's pi0: state in the action expert), model "
+                        f"state_input {model.state_input!r} (set --model.state_input expert)")
     widest_state = max((len(s.norm_stats["state"]["mean"]) for s in manifest.sources if s.kind == "robot"), default=0)
     if continuous and widest_state > model.state_dim:
         problems.append(f"state_dim: data {widest_state} > model {model.state_dim}")
