@@ -87,6 +87,12 @@ MUTATIONS = [
     Mutation("verify ignores which build a shard belongs to", "kidata/pipelines/verify.py",
              "                if found != build_id:", "                if False:",
              ("tests/test_faults_build.py -k shard_of_another_build",)),
+    Mutation("a corrupt shard image is fed as garbage", "kidata/loader/mixture.py",
+             'colorspace="RGB", strict=True)', 'colorspace="RGB", strict=False)',
+             ("tests/test_faults_build.py -k does_not_decode",)),
+    Mutation("a source's own holdout is not range-checked", "kidata/pipelines/recipe.py",
+             '        check_number(f"{where}: ", "holdout"', '        (lambda *a: None)(f"{where}: ", "holdout"',
+             ("tests/test_recipe_limits.py -k own_holdout",)),
     Mutation("Bridge gripper inverted", "kidata/sources/datasets/oxe.py",
              '"bridge_dataset",  # Berkeley BridgeData V2 as released in RLDS (image_0..3, 7-d state/action)\n'
              '        cameras={"base_0": "image_0", "base_1": "image_1", "left_wrist_0": "image_3"},\n'

@@ -215,8 +215,10 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     data = TrainStreams(layout, open_stream, data_states)
     has_val = manifest.has_split("val")
     if not has_val and env.rank == 0:
-        print(f"train: {manifest_path} has no held-out split (its recipe's holdout is 0): evaluations report no "
-              "held-out metrics; set [mixture] holdout (e.g. 0.05) and rebuild to measure them", file=sys.stderr)
+        holdout = manifest.recipe["mixture"].get("holdout", 0.0)
+        print(f"train: {manifest_path} has no held-out split (the recipe's [mixture] holdout is {holdout}, and no record "
+              "fell under it): evaluations report no held-out metrics; set a larger holdout (e.g. 0.05) and rebuild to "
+              "measure them", file=sys.stderr)
     logger = MetricsLogger(run, config, manifest, enabled=env.rank == 0, start=start, wall_before=wall_before)
     autocast = functools.partial(torch.autocast, env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     accum = config.optim.grad_accum
