@@ -246,6 +246,26 @@ def test_eval_metaworld_layouts_training_starts_a_run_from_its_own_training_epis
                  "--layouts", "training"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["seed"] == 0 and printed["episode_indices"] == {"reach-v3": [first_trained]}
+    written = json.loads((run / "metaworld" / "metaworld_eval.json").read_text())  # --out defaults to the run's folder
+    assert written["episode_indices"] == printed["episode_indices"]
+
+
+@pytest.mark.slow
+def test_eval_metaworld_refuses_a_run_without_a_metaworld_source_before_any_simulator_starts(run, tmp_path, monkeypatch):
+    import shutil
+
+    from kidata.cli import main
+    from kidata.envs import metaworld as envs
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("metaworld"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    for source in manifest["recipe"]["sources"]:
+        source["reader"] = "lerobot" if source["reader"] == "metaworld" else source["reader"]
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(envs.Scene, "__init__", lambda *a, **k: pytest.fail("a simulator started"))
+    with pytest.raises(SystemExit, match=r"this run's mixture has no Meta-World source named 'metaworld' \(sources: \['metaworld'"):
+        main(["eval", "metaworld", "--run", str(other), "--tasks", "reach", "--episodes", "1"])
 
 
 @pytest.mark.slow
