@@ -17,6 +17,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 T = TypeVar("T")
+# the largest recipe or config file read (the biggest shipped one is a few KiB)
+MAX_TOML_BYTES = 1 << 20
 
 
 class ConfigError(ValueError):
@@ -37,8 +39,15 @@ def read_toml(path: str | Path, *, error: type[ValueError] = ConfigError, kind: 
     from kidata import assets
 
     found = assets.resolve(path, kind=kind)
+    with open(found, "rb") as handle:  # a device or a huge file is refused after MAX_TOML_BYTES, not read whole
+        data = handle.read(MAX_TOML_BYTES + 1)
+    if len(data) > MAX_TOML_BYTES:
+        raise error(f"{found}: larger than {MAX_TOML_BYTES // 1024} KiB; recipes and configs are small TOML files")
     try:
-        return tomllib.loads(found.read_text()), found
+        return tomllib.loads(data.decode("utf-8")), found
+    except UnicodeDecodeError as decode_error:
+        raise error(f"{found}: not UTF-8 text ({decode_error.reason} at byte {decode_error.start}); "
+                    "recipes and configs are TOML files") from None
     except tomllib.TOMLDecodeError as parse_error:
         raise error(f"{found}: not valid TOML ({parse_error})") from parse_error
 

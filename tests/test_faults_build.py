@@ -125,3 +125,35 @@ def test_every_sample_the_tokenizer_and_the_manifest_carry_the_same_build_id(two
     tokenizer = json.loads((root / "a" / "fast_tokenizer" / "kidata_build.json").read_text())
     assert len(manifest["build_id"]) == 16 and tokenizer["build_id"] == manifest["build_id"]
     assert manifest["build_id"] != json.loads((root / "b" / "manifest.json").read_text())["build_id"]
+
+
+def zero_second_half_of_member(shard: Path, suffix: str) -> str:
+    """Overwrites the second half of the first member ending in ``suffix`` with zeros (the shard
+    keeps its size; only its sha256 tells); returns the sample's key."""
+    import tarfile
+
+    with tarfile.open(shard) as archive:
+        member = next(m for m in archive.getmembers() if m.name.endswith(suffix))
+    data = bytearray(shard.read_bytes())
+    half = member.size // 2
+    data[member.offset_data + half: member.offset_data + member.size - 2] = bytes(member.size - half - 2)
+    shard.write_bytes(bytes(data))
+    return member.name.split(".", 1)[0]
+
+
+def test_a_sample_whose_image_does_not_decode_is_skipped_and_counted_by_default(two_builds, tmp_path, capfd):
+    from itertools import islice
+
+    from kidata.loader.mixture import MixtureDataset
+
+    root, _, _ = two_builds
+    out = copy_build(root / "a", tmp_path / "out")
+    manifest = json.loads((out / "manifest.json").read_text())
+    shard = next(s for s in manifest["sources"][0]["shards"] if s["split"] == "train")
+    total = sum(s["samples"] for s in manifest["sources"][0]["shards"] if s["split"] == "train")
+    key = zero_second_half_of_member(out / shard["path"], ".base_0.jpg")
+    dataset = MixtureDataset(str(out / "manifest.json"), shuffle_buffer=1)  # the trainer's defaults: no sha256 check
+    samples = list(islice(iter(dataset), total - 1))
+    assert key not in {s["__key__"] for s in samples} and len({s["__key__"] for s in samples}) == total - 1
+    assert dataset.corrupt_samples == {"bridge": 1}
+    assert f"loader: skipped sample {key} of shard {out}/{shard['path']}: base_0.jpg does not decode" in capfd.readouterr().err

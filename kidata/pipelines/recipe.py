@@ -8,7 +8,6 @@ build sees it (defaults filled in, paths resolved), which the manifest records a
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -17,13 +16,10 @@ from kidata import assets
 from kidata.config import check_keys, nearest, read_toml
 from kidata.delta import DeltaMaskError, parse_delta_mask
 from kidata.hashing import json_sha256
+from kidata.pipelines.recipe_limits import FAST_NUMBERS, MAX_CHUNK_VALUES, MIXTURE_NUMBERS, check_number, check_source_name
 from kidata.sources import registry
 from kidata.sources.registry import COMMON_SOURCE_KEYS
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
 
 class RecipeError(ValueError):
     """A recipe that cannot be built as written."""
@@ -178,8 +174,8 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
                 value = ([_resolve(base, v) for v in value] if isinstance(value, list)
                          else _resolve(base, value) if isinstance(value, str) else value)
             options[key] = value
-        if "." in table["name"] or "/" in table["name"]:
-            raise RecipeError(f"{where}: source names may not contain '.' or '/'")
+        check_source_name(where, table["name"], RecipeError)
+        check_number(f"{where}: ", "holdout", table.get("holdout"), (*MIXTURE_NUMBERS["holdout"][:4], True), RecipeError)
         sources.append(SourceConfig(table["name"], reader, _weight(where, table.get("weight", 1.0)),
                                     table.get("holdout"), options))
     names = [s.name for s in sources]
@@ -224,12 +220,18 @@ def _check_mixture(mixture: MixtureConfig) -> None:
         raise RecipeError(f"[mixture]: prompt_format = \"pi0\" gives the state to the action expert as a vector, "
                           f"state_encoding = {mixture.state_encoding!r} writes it into the prompt; set "
                           "state_encoding = \"continuous\"")
-    if not 0 <= mixture.holdout < 1:
-        raise RecipeError("[mixture]: holdout must lie in [0, 1)")
-    for key in ("action_horizon", "image_size", "max_tokens"):
+    for key, spec in MIXTURE_NUMBERS.items():
+        check_number("[mixture]: ", key, getattr(mixture, key), spec, RecipeError)
+    if mixture.action_horizon * (mixture.action_dim or 1) > MAX_CHUNK_VALUES:
+        raise RecipeError(f"[mixture]: action_horizon {mixture.action_horizon} x action_dim {mixture.action_dim} "
+                          f"exceeds {MAX_CHUNK_VALUES} values per action chunk")
+    for key in ("name", "text_tokenizer"):
         value = getattr(mixture, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RecipeError(f"[mixture]: {key} = {value!r}; it must be a whole number >= 1")
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise RecipeError(f"[mixture]: {key} = {value!r}: expected a non-empty string without NUL bytes")
+    if not isinstance(mixture.fast_tokenizer, (dict, str)):
+        raise RecipeError(f"[mixture]: fast_tokenizer = {mixture.fast_tokenizer!r}: expected a table "
+                          "({ fit = true, ... }) or a path / hub id")
     if isinstance(mixture.fast_tokenizer, dict):
         valid = (["bins", "stride"] if "bins" in mixture.fast_tokenizer
                  else ["path"] if "path" in mixture.fast_tokenizer
@@ -238,6 +240,9 @@ def _check_mixture(mixture: MixtureConfig) -> None:
         if unknown:
             key = sorted(unknown)[0]
             raise RecipeError(f"[mixture].fast_tokenizer: unknown key {key!r}{nearest(key, valid)}")
+        for key, value in mixture.fast_tokenizer.items():
+            if key in FAST_NUMBERS:
+                check_number("[mixture].fast_tokenizer: ", key, value, FAST_NUMBERS[key], RecipeError)
 
 
 def load_recipe(path: str | Path) -> Recipe:

@@ -205,6 +205,13 @@ class EpisodeStats:
         self.state = RunningStats(state_dims) if state_dims is not None else None
         self.actions = RunningStats(action_dims) if action_dims is not None else None
         self.episodes = 0
+        # (hash rank, episode id) of the episode the holdout hash ranks first: the one a build holds out
+        # when none falls under the holdout fraction (few episodes), so a run always has a held-out split
+        self.first_for_holdout: tuple[float, str] | None = None
+
+    def rank_for_holdout(self, rank: float, episode_id: str) -> None:
+        if self.first_for_holdout is None or (rank, episode_id) < self.first_for_holdout:
+            self.first_for_holdout = (rank, episode_id)
 
     def add(self, state: np.ndarray, actions: np.ndarray) -> None:
         if self.state is None:
@@ -228,6 +235,8 @@ class EpisodeStats:
         self.add(state, chunks[valid])
 
     def merge(self, other: "EpisodeStats") -> "EpisodeStats":
+        if other.first_for_holdout is not None:
+            self.rank_for_holdout(*other.first_for_holdout)
         if other.state is None:
             return self
         if self.state is None:
