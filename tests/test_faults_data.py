@@ -77,7 +77,8 @@ def test_fetching_opens_only_http_urls_caps_image_bytes_and_merges_duplicate_url
                        tmp_path / "p.parquet")
         with pytest.MonkeyPatch.context() as patch:  # a 1000-byte cap for a 5000-byte image
             patch.setattr(fetch, "_fetch_one", functools.partial(fetch._fetch_one, max_bytes=1000))
-            report = fetch.fetch_images([tmp_path / "p.parquet"], tmp_path / "mirror", workers=2, progress=False)
+            report = fetch.fetch_images([tmp_path / "p.parquet"], tmp_path / "mirror", workers=2, progress=False,
+                                        allowed=["127.0.0.1"])
     finally:
         server.shutdown()
     assert report.to_json()["failures_by_reason"] == {"refused_scheme": 2, "too_large": 1}  # big.jpg once
