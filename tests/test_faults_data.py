@@ -109,8 +109,27 @@ def test_a_features_json_naming_a_foreign_class_is_refused_before_tfds_imports_i
     features = crafted / "features.json"
     features.write_text(features.read_text().replace(
         "tensorflow_datasets.core.features.features_dict.FeaturesDict", "this.FeaturesDict", 1))
-    with pytest.raises(ValueError, match=r"names feature class 'this.FeaturesDict', not one of TFDS's own"):
+    with pytest.raises(ValueError, match=r"names feature class 'this.FeaturesDict' \(pythonClassName\), not one of "
+                                         r"TFDS's own"):
         _ = RldsSource(str(crafted), lookup("bridge_dataset")).builder
+
+
+def test_a_features_json_in_tfds_legacy_form_naming_a_foreign_class_is_refused_before_tfds_imports_it(tmp_path):
+    import sys
+
+    from conftest import shared_path
+
+    from kidata.sources.registry import lookup
+    from kidata.sources.rlds import RldsSource
+
+    crafted = tmp_path / "bridge_dataset" / "1.0.0"
+    shutil.copytree(shared_path("data", "rlds", "bridge_dataset", "1.0.0"), crafted)
+    (crafted / "features.json").write_text(json.dumps({"type": "this.FeaturesDict", "content": {}}))
+    sys.modules.pop("this", None)
+    with pytest.raises(ValueError, match=r"features.json names feature class 'this.FeaturesDict' \(type\), not one of "
+                                         r"TFDS's own"):
+        _ = RldsSource(str(crafted), lookup("bridge_dataset")).builder
+    assert "this" not in sys.modules  # the module named was never imported
 
 
 def test_units_skipped_by_skip_corrupt_are_counted_in_the_manifest_report_and_console(tmp_path, capsys):
