@@ -5,8 +5,9 @@ and each reply ``{"actions": float64 [H, A], "server_timing": {"infer_ms": ...}}
 ``openpi_client.WebsocketClientPolicy`` expects. A request the policy cannot read (a missing key,
 a mis-shaped image) is answered with an error text naming it, and the connection stays open; a
 request over ``max_request_bytes`` is refused by the websocket layer before it is buffered (that
-connection closes with 1009, "message too big", naming the limit; the server serves on); GET /healthz answers 200. One model serves every client: requests are queued behind a
-lock, so no two inferences interleave. Binds to 127.0.0.1 unless told otherwise; with an API key,
+connection closes with 1009, "message too big", naming the limit; the server serves on); GET
+/healthz answers 200. One model serves every client: requests are queued behind a lock, so no two
+inferences interleave. Binds to 127.0.0.1 unless told otherwise; with an API key,
 connections without ``Authorization: Api-Key <key>`` are refused (401).
 """
 
