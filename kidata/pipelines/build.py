@@ -21,7 +21,14 @@ from kidata.normalize import NormStats
 from kidata.pipelines.encode_pass import EncodeContext, context_encoder, encode_unit, warm_up_build, warm_up_worker
 from kidata.pipelines.ownership import BUILD_ID_FILE, LOCK_NAME, BuildLock, build_id, foreign_paths, remove_build
 from kidata.pipelines.recipe import Recipe
-from kidata.pipelines.stats_pass import ACTION_TOKENIZER_DIR, STATE_DIR, BuildError, action_tokenizer, run_pass1
+from kidata.pipelines.stats_pass import (
+    ACTION_TOKENIZER_DIR,
+    STATE_DIR,
+    BuildError,
+    action_tokenizer,
+    held_out_when_none_falls,
+    run_pass1,
+)
 from kidata.pipelines.storage import output_fs, write_text
 from kidata.stats_formats import FILE_NAMES, render
 
@@ -103,7 +110,11 @@ def _build_locked(recipe: Recipe, out: str, fs, root: str, units: dict, started:
     # pass 2 -----------------------------------------------------------------------------
     identity = build_id(recipe.sha256, fast_files)
     write_text(fs, f"{root}/{ACTION_TOKENIZER_DIR}/{BUILD_ID_FILE}", json.dumps({"build_id": identity}) + "\n")
-    context = EncodeContext(recipe, out, fast_files, norm_stats, action_dim, identity)
+    held_out = held_out_when_none_falls(recipe, robot, fs, root)
+    for source, episode in held_out.items():
+        print(f"build: no episode of source {source!r} fell under its holdout fraction; holding out {episode} "
+              "(the one the holdout hash ranks first) so that runs on this build have a held-out split", file=sys.stderr)
+    context = EncodeContext(recipe, out, fast_files, norm_stats, action_dim, identity, held_out)
     context_encoder(context)  # token-range collisions and tokenizer problems surface here, before any unit runs
     jobs = []
     for source in recipe.sources:

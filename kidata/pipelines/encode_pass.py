@@ -6,8 +6,8 @@ of workers, so any engine and worker count gives byte-identical shards."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
@@ -42,6 +42,7 @@ class EncodeContext:
     norm_stats: dict[str, dict]
     action_dim: int
     build_id: str = ""  # written into every sample's meta.json ("build"), checked by ``kidata verify``
+    held_out: Mapping[str, str] = field(default_factory=dict)  # source -> the episode held out when none fell under the fraction
 
 
 _WORKER_CACHE: dict[str, Any] = {}
@@ -163,7 +164,8 @@ def _encode_robot_unit(context, source, source_name, unit, holdout, encoder, rep
     delta_mask = context.recipe.source(source_name).delta_mask
     for episode in source.read(unit, images=True, report=report):
         counts["episodes"] += 1
-        split = "val" if in_holdout(source_name, episode.episode_id, holdout) else "train"
+        chosen = context.held_out.get(source_name) == episode.episode_id
+        split = "val" if chosen or in_holdout(source_name, episode.episode_id, holdout) else "train"
         state = normalize(episode.state, stats.state, mixture.normalization).astype(np.float32)
         steps = range(0, episode.steps, mixture.step_stride)
         chunks = np.zeros((len(steps), horizon, context.action_dim), dtype=np.float32)

@@ -43,6 +43,7 @@ from kidata.training.checkpoint import (
 )
 from kidata.training.config import TrainConfig, check_compatible  # noqa: F401  (public here)
 from kidata.training.held_out import HeldOutMetrics
+from kidata.training.initialize import check_init_tokenizer
 from kidata.training.metrics import MetricsLogger, drop_unfinished_attempt, truncate_metrics
 from kidata.training.parallelize import (
     Distributed,
@@ -168,6 +169,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
     manifest, root = Manifest.read(manifest_path)
     check_compatible(manifest, config)
+    check_init_tokenizer(manifest, config)  # a pretrained embedding means PaliGemma's token ids
     # refused before the run is touched: augmentation strengths, then streams the processes do not divide
     augment = Augment.from_setting(config.data.augment)
     layout = StreamLayout.of(config.data.streams, env.rank, env.world)
@@ -213,8 +215,10 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     data = TrainStreams(layout, open_stream, data_states)
     has_val = manifest.has_split("val")
     if not has_val and env.rank == 0:
-        print(f"train: {manifest_path} has no held-out split (its recipe's holdout is 0): evaluations report no "
-              "held-out metrics; set [mixture] holdout (e.g. 0.05) and rebuild to measure them", file=sys.stderr)
+        holdout = manifest.recipe["mixture"].get("holdout", 0.0)
+        print(f"train: {manifest_path} has no held-out split (the recipe's [mixture] holdout is {holdout}, and no record "
+              "fell under it): evaluations report no held-out metrics; set a larger holdout (e.g. 0.05) and rebuild to "
+              "measure them", file=sys.stderr)
     logger = MetricsLogger(run, config, manifest, enabled=env.rank == 0, start=start, wall_before=wall_before)
     autocast = functools.partial(torch.autocast, env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     accum = config.optim.grad_accum
