@@ -42,6 +42,7 @@ from kidata.training.checkpoint import (
     write_shards,
 )
 from kidata.training.config import TrainConfig, check_compatible  # noqa: F401  (public here)
+from kidata.training.determinism import deterministic_algorithms
 from kidata.training.held_out import HeldOutMetrics
 from kidata.training.metrics import MetricsLogger, drop_unfinished_attempt, truncate_metrics
 from kidata.training.parallelize import (
@@ -152,11 +153,12 @@ def _optimizer(model: KIModel, config: TrainConfig) -> torch.optim.Optimizer:
 
 def train(config: TrainConfig, run: str | Path, *, resume: bool = False, allow_config_change: bool = False) -> dict:
     """Trains ``config.train.steps`` optimizer steps; returns the final report (rank 0's view)."""
-    env = Distributed()
-    try:
-        return _train(config, Path(run), env, resume, allow_config_change)
-    finally:
-        env.close()
+    with deterministic_algorithms(config.train.deterministic):
+        env = Distributed()
+        try:
+            return _train(config, Path(run), env, resume, allow_config_change)
+        finally:
+            env.close()
 
 
 def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow_config_change: bool) -> dict:
