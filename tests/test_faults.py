@@ -233,3 +233,32 @@ def test_an_unwritable_run_directory_is_named(mixture, tmp_path):  # noqa: F811
     (tmp_path / "a-file").write_text("in the way")
     with pytest.raises(OSError, match=r"a-file/run: cannot create the run directory there"):
         train(config(mixture, "--train.steps", "1"), tmp_path / "a-file" / "run")
+
+
+def test_a_resume_onto_another_mixture_is_refused_even_with_allow_config_change(run, mixture):  # noqa: F811
+    recorded = json.loads((run / "manifest.json").read_text())
+    recorded["recipe_sha256"] = "0" * 64  # the run was trained on another recipe's build at this path
+    recorded["sources"][0]["shards"][0]["sha256"] = "f" * 64
+    (run / "manifest.json").write_text(json.dumps(recorded))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ResumeRefused, match=r"the mixture differs from the one .*manifest.json records: recipe sha256 "
+                                            r"000000000000 -> [0-9a-f]{12}; shards: 1 changed, 0 added, 0 removed "
+                                            r"\(e\.g\. bridge/.*\) \(--allow-config-change never covers the data\)"):
+        train(config(mixture, "--train.steps", "5", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True,
+              allow_config_change=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(mixture, tmp_path):  # noqa: F811
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("a user's file")
+    with pytest.raises(OSError, match=r"run/checkpoints is a file where the run keeps its checkpoints folder"):
+        train(config(mixture, "--train.steps", "1"), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("setting", [("--checkpoint.every", "0"), ("--checkpoint.every", "-2"), ("--log.every", "0"),
+                                     ("--eval.every", "-1")])
+def test_step_intervals_that_are_not_positive_whole_numbers_are_refused_naming_the_key(mixture, setting):  # noqa: F811
+    with pytest.raises(ValueError, match=rf"{setting[0][2:]} must be a whole number >= [01].*got {setting[1]}"):
+        config(mixture, *setting)

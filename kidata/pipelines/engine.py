@@ -176,7 +176,7 @@ def run_jobs(
 ) -> tuple[list[Any], list[tuple[str, str]]]:
     """Runs ``function(*args)`` for each (args, name); returns results in job order (None for a
     failed job) and the (name, error) of jobs that failed twice. ``times`` collects the cost."""
-    from tqdm import tqdm
+    from kidata.progress import bar as progress_bar
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -187,7 +187,7 @@ def run_jobs(
     times = times if times is not None else JobTimes()
     started = time.perf_counter()
     measured = [((function, *args), name) for args, name in jobs]
-    bar = tqdm(total=len(jobs), desc=label, unit="unit", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=label, unit="unit", disable=not progress)
     if engine == "ray":
         _run_ray(_measured, measured, results, failures, bar, ray_address)
     elif workers <= 1:

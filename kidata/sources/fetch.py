@@ -82,7 +82,7 @@ def _fetch_one(url: str, sha256: str | None, mirror: Path, timeout: float, max_b
 
 def fetch_images(parquet: Sequence[str | Path], mirror: str | Path, *, workers: int = 16, timeout: float = 30.0,
                  progress: bool = True) -> FetchReport:
-    from tqdm import tqdm
+    from kidata.progress import bar
 
     mirror = Path(mirror)
     mirror.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def fetch_images(parquet: Sequence[str | Path], mirror: str | Path, *, workers: 
     report = FetchReport()
     with ThreadPoolExecutor(workers) as pool:
         results = pool.map(lambda job: (job[0], _fetch_one(job[0], job[1], mirror, timeout)), jobs)
-        for url, outcome in tqdm(results, total=len(jobs), desc="fetch images", unit="img", disable=not progress):
+        for url, outcome in bar(results, total=len(jobs), desc="fetch images", unit="img", disable=not progress):
             if outcome == "present":
                 report.present += 1
             elif outcome == "fetched":

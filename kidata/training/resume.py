@@ -31,6 +31,28 @@ def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def check_same_mixture(before, after, saved: Path) -> None:
+    """A resume continues on the mixture the run was trained on: the same recipe (its sha256) and
+    the same shards (path and sha256 of each). ``--allow-config-change`` never covers the data: a
+    rebuilt or replaced mixture at the same path would silently change what the weights learn
+    from and what the data streams' saved positions point at. ``before`` and ``after`` are
+    ``kidata.manifest.Manifest``s: the run's copy and the one given now."""
+    problems = []
+    if before.recipe_sha256 != after.recipe_sha256:
+        problems.append(f"recipe sha256 {before.recipe_sha256[:12]} -> {after.recipe_sha256[:12]}")
+    old = {s.path: s.sha256 for source in before.sources for s in source.shards}
+    new = {s.path: s.sha256 for source in after.sources for s in source.shards}
+    changed = sorted(p for p in old.keys() & new.keys() if old[p] != new[p])
+    added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+    if changed or added or removed:
+        example = (changed + added + removed)[0]
+        problems.append(f"shards: {len(changed)} changed, {len(added)} added, {len(removed)} removed (e.g. {example})")
+    if problems:
+        raise ResumeRefused(f"--resume: the mixture differs from the one {saved} records: " + "; ".join(problems)
+                            + " (--allow-config-change never covers the data): resume on the original build, or "
+                              "start a new run with another --out")
+
+
 def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_change: bool = False) -> Path | None:
     """The checkpoint to continue from (None for a fresh run), decided before anything in ``run``
     is written: a fresh run into a directory with checkpoints, a resume with nothing to resume, a
