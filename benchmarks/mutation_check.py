@@ -69,6 +69,10 @@ MUTATIONS = [
     Mutation("a source's own holdout ignored", "kidata/pipelines/encode_pass.py",
              "holdout = source_config.holdout if source_config.holdout is not None else mixture.holdout",
              "holdout = mixture.holdout", ("tests/test_build.py -k holdout",)),
+    Mutation("a constant dimension passes through unnormalized", "kidata/normalize.py",
+             "        return (values - low) / (high - low + EPSILON) * 2.0 - 1.0",
+             "        return np.where(high - low > 1e-8, (values - low) / (high - low + EPSILON) * 2.0 - 1.0, values)",
+             ("tests/test_stats.py -k constant_joint",)),
     Mutation("balance ignored", "kidata/loader/mixture.py",
              "(sum(c for _, c in shards) if balance else 1.0)", "1.0", ("tests/test_mixture.py -k balance",)),
     Mutation("a rerun redoes finished units", "kidata/pipelines/build.py",
@@ -130,8 +134,8 @@ MUTATIONS = [
     Mutation("delta actions: the policy never adds the state back", "kidata/policy.py",
              "actions = to_absolute(actions, np.asarray(observation[\"state\"], dtype=np.float64), self.delta_mask)",
              "actions = actions", ("tests/test_delta_actions.py -k policy_returns",)),
-    Mutation("delta actions: statistics of the absolute actions", "kidata/pipelines/stats_pass.py",
-             "stats.add(episode.state, chunks[valid])", "stats.add(episode.state, episode.actions)",
+    Mutation("delta actions: statistics of the absolute actions", "kidata/pipelines/stats.py",
+             "self.add(state, chunks[valid])", "self.add(state, actions)",
              ("tests/test_delta_actions.py -k statistics",)),
     # OXE conformance
     Mutation("keys containing '/' split on every slash", "kidata/sources/rlds.py",
@@ -171,6 +175,19 @@ MUTATIONS = [
              ("tests/test_retention.py",)),
     Mutation("a fresh run appends to a killed attempt's metrics", "kidata/training/trainer.py",
              "            drop_unfinished_attempt(run)", "            pass", ("tests/test_train.py -k earlier_attempt",)),
+    # pretrained checkpoints (issue 43, items 1 and 4)
+    Mutation("an openpi checkpoint's tied embedding read only from embed_tokens", "kidata/model/weights.py",
+             "heads = [key for key in tensors if _TIED_HEAD.fullmatch(key)]", "heads = []",
+             ("tests/test_openpi_checkpoints.py -k saved_by_safetensors",)),
+    Mutation("any larger pretrained embedding cut to the model's vocabulary", "kidata/model/weights.py",
+             "if (tensor.shape[0], rows) != (HUB_EMBEDDING_ROWS, PALIGEMMA_VOCAB):", "if tensor.shape[0] < rows:",
+             ("tests/test_openpi_checkpoints.py -k embedding_cut_to_another",)),
+    Mutation("a pretrained init accepted on any text tokenizer", "kidata/training/initialize.py",
+             "if not train.init_from or train.init_format not in PRETRAINED_FORMATS:", "if True:",
+             ("tests/test_train.py -k pretrained_init_on_a_mixture",)),
+    Mutation("the PaliGemma tokenizer fingerprint ignores the <loc>/<seg> layout", "kidata/tokenizers/text.py",
+             "if tokenizer.loc_range() != loc or tokenizer.seg_range() != seg:", "if False:",
+             ("tests/test_openpi_checkpoints.py -k another_layout",)),
 ]
 
 

@@ -43,6 +43,7 @@ from kidata.training.checkpoint import (
 )
 from kidata.training.config import TrainConfig, check_compatible  # noqa: F401  (public here)
 from kidata.training.held_out import HeldOutMetrics
+from kidata.training.initialize import check_init_tokenizer
 from kidata.training.metrics import MetricsLogger, drop_unfinished_attempt, truncate_metrics
 from kidata.training.parallelize import (
     Distributed,
@@ -175,6 +176,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
     manifest, root = Manifest.read(manifest_path)
     check_compatible(manifest, config)
+    check_init_tokenizer(manifest, config)  # a pretrained embedding means PaliGemma's token ids
     # refused before the run is touched: augmentation strengths, then streams the processes do not divide
     augment = Augment.from_setting(config.data.augment)
     layout = StreamLayout.of(config.data.streams, env.rank, env.world)
