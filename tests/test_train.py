@@ -256,7 +256,8 @@ def test_action_ids_appended_past_the_text_need_a_model_vocabulary_that_covers_t
     encoding = Encoding("continuous", "pi05", 10, 4, 112, 80, "quantile", "offset", 2048, (2048, 2559))
     manifest = SimpleNamespace(encoding=encoding, action_tokens="fast", sources=[])
     base = ["--model.image_size", "112", "--model.action_dim", "4", "--model.state_input", "prefix"]
-    with pytest.raises(ManifestMismatch, match=r"data 2560 \(text 2048, action ids \[2048, 2559\]\) > model vocab_size 2048"):
+    with pytest.raises(ManifestMismatch, match=r"data 2560 \(text 2048, action ids \[2048, 2559\]\) > model vocab_size 2048 "
+                                               r"\(train with --model.vocab_size 2560\)"):
         train_module.check_compatible(manifest, TrainConfig.load(TINY, base))
     train_module.check_compatible(manifest, TrainConfig.load(TINY, [*base, "--model.vocab_size", "2560"]))
 

@@ -285,7 +285,8 @@ def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
         problems.append(f"image_size: data {encoding.image_size}, model {model.image_size}")
     if encoding.token_vocab_size > model.vocab_size:
         problems.append(f"token vocabulary: data {encoding.token_vocab_size} (text {encoding.text_vocab_size}, action ids "
-                        f"{list(encoding.fast_token_range)}) > model vocab_size {model.vocab_size}")
+                        f"{list(encoding.fast_token_range)}) > model vocab_size {model.vocab_size} (train with "
+                        f"--model.vocab_size {encoding.token_vocab_size})")
     kind = manifest.action_tokens
     if kind != model.action_tokens:
         problems.append(f"action tokens: data {kind!r}, model action_tokens {model.action_tokens!r}")
