@@ -231,7 +231,7 @@ def summary(manifest: Manifest, out: str) -> str:
         noun = "episodes" if source.kind == "robot" else "examples"
         lines.append(f"{source.name:>24}: {source.episodes} {noun}, {source.samples} samples, {len(source.shards)} "
                      f"shards, quarantined {dict(source.quarantined)}, rejected {dict(source.rejected)}"
-                     + (f", SKIPPED {dict(source.skipped)}" if source.skipped else ""))
+                     + (f", notices {dict(source.skipped)}" if source.skipped else ""))  # counted, built or not
     fs, root = output_fs(out)
     report = json.loads(fs.cat_file(f"{root}/build_report.json").decode())
     if report:
