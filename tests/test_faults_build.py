@@ -243,3 +243,11 @@ def test_a_full_disk_during_a_build_is_one_sentence_and_the_same_command_resumes
     monkeypatch.setattr(build_module, "write_text", real)
     assert main(["build", str(recipe), "--out", str(out), "--quiet"]) == 0
     assert verify(str(out)) == []
+
+
+@pytest.mark.parametrize("workers", [0, -2, 100_000])
+def test_a_worker_count_outside_what_a_build_runs_is_refused_naming_the_range(two_builds, tmp_path, workers):
+    _, first, _ = two_builds
+    with pytest.raises(BuildError, match=rf"--workers {workers}: a build runs 1 to 256 worker processes"):
+        build(first, str(tmp_path / "out"), workers=workers, progress=False)
+    assert not (tmp_path / "out").exists()
