@@ -158,7 +158,7 @@ dataset = "bridge_dataset"
 skip_corrupt = true
 """)
     assert main(["build", str(tmp_path / "recipe.toml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    assert "SKIPPED {'failed_units': 1}" in capsys.readouterr().out
+    assert "notices {'failed_units': 1}" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     report = json.loads((tmp_path / "out" / "build_report.json").read_text())
     assert manifest["sources"][0]["skipped"] == {"failed_units": 1} == report["sources"][0]["skipped"]
