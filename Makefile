@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint mutate bench clean
+.PHONY: setup demo test test-fast lint docs mutate bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,8 +25,12 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check kidata tests benchmarks
 
+# the docs site (mkdocs.yml): --strict fails on a broken link, anchor or API reference
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet --site-dir site
+
 # --durations: the slowest tests in every CI log, so the suite's 15-minute budget is watched where it is spent
-test: lint
+test: lint docs
 	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: lint
@@ -39,4 +43,4 @@ bench: $(STAMP)
 	RAYON_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python benchmarks/fast_bench.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) demo-out .pytest_cache site

@@ -1,7 +1,8 @@
-"""Every code block of the README runs: bash blocks' `kidata` commands and python blocks, in order,
-in one workspace holding the test fixtures under the names the README uses. A block that cannot
-run here says why in a `<!-- readme-test: skip (reason) -->` line above it; the list of those is
-pinned below, so a new block is run unless someone writes down why not."""
+"""Every code block of the README and of the docs pages runs: bash blocks' `kidata` commands and
+python blocks, in order (the README, then the pages in the order of mkdocs.yml's nav), in one
+workspace holding the test fixtures under the names the pages use. A block that cannot run here says
+why in a `<!-- readme-test: skip (reason) -->` line above it; the list of those is pinned below, so
+a new block is run unless someone writes down why not."""
 
 from __future__ import annotations
 
@@ -22,34 +23,81 @@ pytest.importorskip("h5py")
 
 from conftest import shared_path  # noqa: E402
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SKIPPED = [  # (first line of the block, the reason), in README order
-    ("make demo   # creates .venv, installs kidata, runs the main job on the embedded default data",
-     "this is how the test environment itself is made"),
-    ("pip install -e .               # core: numpy, scipy, tokenizers, tiktoken, regex, sentencepiece,",
+ROOT = Path(__file__).resolve().parents[1]
+SKIPPED = [  # (document, first line of the block, the reason), in reading order
+    ("README.md",
+     "pip install -c constraints.txt -e \".[dev]\"",
      "installs packages"),
-    ("[[sources]]", "a recipe excerpt; tests/test_lerobot.py builds one on the fixture"),
-    ("[[sources]]", "a recipe excerpt; tests/test_delta_actions.py builds one on a DROID-layout dataset"),
-    ("kidata serve --run runs/tiny --port 8000                          # kidata's own observation keys",
+    ("README.md",
+     "kidata assets copy pipelines/my_robot.toml            # an example recipe: set its path and key mapping (instant)",
+     "docs/quickstart.md holds these commands and runs them on the fixtures"),
+    ("README.md",
+     "import numpy as np",
+     "docs/quickstart.md runs this block after training"),
+    ("README.md",
+     "make demo   # creates .venv, installs kidata, runs the main job on the embedded default data",
+     "this is how the test environment itself is made"),
+    ("docs/quickstart.md",
+     "make demo   # creates .venv, installs kidata, runs the main job on the embedded default data",
+     "this is how the test environment itself is made"),
+    ("docs/quickstart.md",
+     "pip install -e .               # core: numpy, scipy, tokenizers, tiktoken, regex, sentencepiece,",
+     "installs packages"),
+    ("docs/sources.md",
+     "[[sources]]",
+     "a recipe excerpt; tests/test_lerobot.py builds one on the fixture"),
+    ("docs/finetuning.md",
+     "[[sources]]",
+     "a recipe excerpt; tests/test_delta_actions.py builds one on a DROID-layout dataset"),
+    ("docs/serving.md",
+     "kidata serve --run runs/tiny --port 8000                          # kidata's own observation keys",
      "a server runs until stopped; tests/test_serving.py runs it in a thread"),
-    ("from openpi_client import websocket_client_policy   # pip install openpi-client",
+    ("docs/serving.md",
+     "from openpi_client import websocket_client_policy   # pip install openpi-client",
      "needs the server above running; tests/test_serving.py runs this client against it"),
-    ("kidata build pipelines/metaworld.toml --out data/metaworld          # 3 tasks x 200 noisy-expert episodes, 9-21 min",
+    ("docs/metaworld.md",
+     "kidata build pipelines/metaworld.toml --out data/metaworld          # 3 tasks x 200 noisy-expert episodes, 9-21 min",
      "the measurement itself: about 65 minutes on 2 CPU cores, and about 4 hours more for MT10; its pieces run above"),
-    ("kidata build pipelines/metaworld_cotrain.toml --out runs/cmp/data",
+    ("docs/comparison.md",
+     "kidata build pipelines/metaworld_cotrain.toml --out runs/cmp/data",
      "hours of CPU; tests/test_compare.py runs the machinery on a 4-step budget"),
-    ("# kidata/sources/my_robot.py", "a module to add to the package, not a script"),
-    ("# kidata/cli/hello.py", "a module to add to the package, not a script"),
+    ("docs/contributing.md",
+     "# kidata/sources/my_robot.py",
+     "a module to add to the package, not a script"),
+    ("docs/contributing.md",
+     "# kidata/cli/hello.py",
+     "a module to add to the package, not a script"),
 ]
 # what a `kidata train` line of the README trains here: the command as written, shortened
 SHORT_TRAINING = ["--train.steps", "2", "--eval.every", "0", "--eval.batches", "1", "--checkpoint.every", "1",
                   "--log.progress", "false"]
 
 
-def blocks() -> list[tuple[str, str, str | None]]:
-    """(language, code, skip reason or None) of every fenced block with a language."""
+def documents() -> list[Path]:
+    """The README, then every docs page in the order of mkdocs.yml's nav (mkdocs --strict refuses a
+    page left out of the nav, so this is every page)."""
+    import yaml
+
+    def pages(entries) -> list[str]:
+        found = []
+        for entry in entries:
+            value = next(iter(entry.values())) if isinstance(entry, dict) else entry
+            found += pages(value) if isinstance(value, list) else [value]
+        return found
+
+    nav = yaml.safe_load((ROOT / "mkdocs.yml").read_text())["nav"]
+    return [ROOT / "README.md"] + [ROOT / "docs" / page for page in pages(nav)]
+
+
+def blocks() -> list[tuple[str, str, str, str | None]]:
+    """(document, language, code, skip reason or None) of every fenced block with a language."""
+    return [(path.relative_to(ROOT).as_posix(), *block) for path in documents() for block in document_blocks(path)]
+
+
+def document_blocks(path: Path) -> list[tuple[str, str, str | None]]:
+    """(language, code, skip reason or None) of every fenced block with a language in one file."""
     found, marker = [], None
-    lines = README.read_text().splitlines()
+    lines = path.read_text().splitlines()
     index = 0
     while index < len(lines):
         line = lines[index]
@@ -107,7 +155,7 @@ def run_bash(code: str, cwd: Path) -> None:
         words = shlex.split(line, comments=True)
         if not words:
             continue
-        assert words[0] == "kidata", f"a README bash line that is not a kidata command: {line}"
+        assert words[0] == "kidata", f"a bash line that is not a kidata command: {line}"
         if words[1:2] == ["train"]:
             words += SHORT_TRAINING
         result = subprocess.run([sys.executable, "-m", "kidata.cli", *words[1:]], cwd=cwd, capture_output=True,
@@ -116,22 +164,35 @@ def run_bash(code: str, cwd: Path) -> None:
 
 
 def test_the_skipped_blocks_are_the_ones_pinned_here_each_with_its_reason():
-    skipped = [(code.splitlines()[0], reason) for _, code, reason in blocks() if reason]
+    skipped = [(document, code.splitlines()[0], reason) for document, _, code, reason in blocks() if reason]
     assert skipped == SKIPPED
 
 
+def test_every_relative_link_of_the_readme_names_a_file_of_the_checkout():
+    """mkdocs --strict checks the docs pages' links; the README is read on its own, so this checks its."""
+    text = (ROOT / "README.md").read_text()
+    targets = [target.split("#")[0] for target in re.findall(r"\]\(([^)]+)\)", text) if "://" not in target]
+    assert targets and [target for target in targets if not (ROOT / target).exists()] == []
+
+
+def test_the_docs_pages_are_read_in_the_order_of_the_site_and_include_the_concepts():
+    names = [path.relative_to(ROOT).as_posix() for path in documents()]
+    assert names[:3] == ["README.md", "docs/index.md", "docs/concepts.md"] and "docs/api.md" in names
+    assert all((ROOT / name).is_file() for name in names)
+
+
 @pytest.mark.slow
-def test_every_readme_block_runs_on_the_fixtures(workspace, monkeypatch):
+def test_every_readme_and_docs_block_runs_on_the_fixtures(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
     ran = 0
-    for language, code, reason in blocks():
+    for document, language, code, reason in blocks():
         if reason:
             continue
-        assert language in ("bash", "python"), f"a README block in {language!r}: say how to run it"
+        assert language in ("bash", "python"), f"a block of {document} in {language!r}: say how to run it"
         if language == "bash":
             run_bash(code, workspace)
         else:
-            exec(compile(code, f"README block {ran}", "exec"), {"__name__": "__readme__"})
+            exec(compile(code, f"{document} block {ran}", "exec"), {"__name__": "__readme__"})
         ran += 1
     assert ran >= 12
     assert (workspace / "runs" / "mine" / "checkpoints" / "latest").exists()
