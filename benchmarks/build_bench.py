@@ -18,7 +18,7 @@ Prints, in one run:
   at two dataset sizes 4x apart (--episodes / 4 and --episodes).
 Every timing is the best of --repeat runs, taken interleaved (this is a shared VM; the best run is
 the one least disturbed); the speed-up ratios are also printed per repeat, from measurements taken
-one after the other, with their median and range. Record results in benchmarks/RESULTS.md.
+one after the other, with their median and range. Record results on its topic page in docs/results/.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 Uses the FAST+ files from ../shared/reference when present (else a tokenizer fitted here on
 generated chunks), 4096 generated (50, 14) chunks, checks that both sides return identical ids and
 actions, and prints each figure next to its baseline and goal. Parallel encode in a process pool
-follows, next to the machine's ceiling. Record results in benchmarks/RESULTS.md.
+follows, next to the machine's ceiling. Record results on its topic page in docs/results/.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ in this same process. Datasets:
 * Generated smooth (minimum-jerk) and noisy (uniform) chunks of (10, 4), (50, 7), (50, 14).
 
 Chunks are normalized the way builds normalize them (quantile statistics of the training
-episodes mapped to [-1, 1]). Record results in benchmarks/RESULTS.md.
+episodes mapped to [-1, 1]). Record results on its topic page in docs/results/.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ with ``kidata export lerobot``'s writer, then prints, best of --repeat interleav
 * the decoders on ../shared/data/lerobot/bridge_v3 (when present): frames/s of kidata's PyAV path and
   of torchcodec (when installed; it needs the system's FFmpeg libraries), and how far each is from
   lerobot's own decoding recorded in bridge_v3.expected.json.
-Record results in benchmarks/RESULTS.md.
+Record results on its topic page in docs/results/.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
 Builds a 224x224 two-camera robot mixture from a generated RLDS dataset (as build_bench.py),
 then prints, in one run: samples/s of ``MixtureDataset`` in one process (decode, tokens, meta),
 next to the floor: decoding the same samples' JPEGs alone; and the peak RSS after 1/4 and after
-all of ``--long`` samples (it must stay flat). Record results in benchmarks/RESULTS.md.
+all of ``--long`` samples (it must stay flat). Record results on its topic page in docs/results/.
 """
 
 from __future__ import annotations

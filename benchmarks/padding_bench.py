@@ -6,7 +6,7 @@ max_tokens (as collate returns them) next to the same batches cut to their longe
 
 Loads ``--batches`` training batches of the preset's batch size once, then times forward +
 backward + AdamW on each, padded and trimmed alternately (so the machine's drift hits both), and
-checks that both give the same loss. Record results in benchmarks/RESULTS.md.
+checks that both give the same loss. Record results on its topic page in docs/results/.
 """
 
 from __future__ import annotations

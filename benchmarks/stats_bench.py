@@ -5,7 +5,7 @@
 Two datasets: the real Bridge fixture in ../shared (25 episodes, 64x64 images) and a generated
 DROID-layout dataset (3 cameras at 180x320 JPEG) written with tfds into a temporary folder. The
 floor is reading every tfrecord record without parsing (tf.data.TFRecordDataset): the statistics
-pass cannot be faster than reading the bytes. Record results in benchmarks/RESULTS.md.
+pass cannot be faster than reading the bytes. Record results on its topic page in docs/results/.
 """
 
 from __future__ import annotations
