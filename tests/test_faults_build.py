@@ -208,11 +208,17 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
         os.killpg(process.pid, signal.SIGINT)
     else:
         os.kill(process.pid, getattr(signal, stop))
-    err = process.communicate(timeout=60)[1]
-    deadline = time.time() + 10
-    while time.time() < deadline and any(alive(pid) for pid in workers):
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers)
+    try:
+        err = process.communicate(timeout=60)[1]
+        deadline = time.time() + 10
+        while time.time() < deadline and any(alive(pid) for pid in workers):
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers)
+    finally:  # whatever failed, no process of this test outlives it
+        for pid in [process.pid, *workers]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
     if stop != "SIGKILL":
         signum = signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT
         assert process.returncode == 128 + signum
