@@ -401,9 +401,10 @@ def test_per_step_open_loop_error_puts_an_error_at_its_step():
     evaluator = HeldOutMetrics(manifest, SimpleNamespace(stop_ids=[], text=SimpleNamespace(loc_range=lambda: None)))
     evaluator.update(Model(), batch)
     result = evaluator.result()
-    assert result["action_mse_step"] == [0.0, 2.0, 0.0]  # 4 / 2 dimensions at step 1
-    assert result["action_mse_dim"] == [round(4 / 3, 6), 0.0]  # over 3 steps, rounded as reported
-    assert result["action_mse"] == pytest.approx(4 / 6)  # one error of 2 among 6 values
+    squared = (2.0 * (1.0 + 1e-6)) ** 2  # the error of 2, unnormalized by std + openpi's 1e-6
+    assert result["action_mse_step"] == [0.0, round(squared / 2, 6), 0.0]  # 2 dimensions at step 1
+    assert result["action_mse_dim"] == [round(squared / 3, 6), 0.0]  # over 3 steps, rounded as reported
+    assert result["action_mse"] == pytest.approx(squared / 6)  # one error among 6 values
 
 
 def test_episodes_past_the_fifty_variations_of_a_seed_are_new_layouts():

@@ -174,7 +174,7 @@ def test_the_policy_maps_a_raw_observation_to_an_unnormalized_chunk(straight_run
     np.testing.assert_array_equal(first, loaded.sample_actions(observation, noise=noise))
     normalized = loaded.model.sample_actions(loaded.batch(observation), num_steps=10, noise=noise)[0, :, :7].numpy()
     q01, q99 = np.asarray(loaded.stats.actions.q01), np.asarray(loaded.stats.actions.q99)
-    by_hand = np.where(q99 - q01 > 1e-8, (normalized + 1) / 2 * (q99 - q01) + q01, normalized)  # [q01, q99] <- [-1, 1]
+    by_hand = (normalized + 1) / 2 * (q99 - q01 + 1e-6) + q01  # [q01, q99] <- [-1, 1], openpi's epsilon
     np.testing.assert_allclose(first, by_hand, rtol=1e-5, atol=1e-6)  # the robot's units, by the action statistics
 
 
@@ -226,7 +226,7 @@ def test_a_ki_policy_can_act_from_its_fast_tokens_instead_of_the_expert(straight
     decoded, _ = fast.encoder.decode_generated_actions(generated, horizon=4, dim=fast.manifest.encoding.action_dim)
     q01, q99 = np.asarray(fast.stats.actions.q01), np.asarray(fast.stats.actions.q99)
     normalized = decoded[0, :, :7]
-    by_hand = np.where(q99 - q01 > 1e-8, (normalized + 1) / 2 * (q99 - q01) + q01, normalized)
+    by_hand = (normalized + 1) / 2 * (q99 - q01 + 1e-6) + q01
     np.testing.assert_allclose(actions, by_hand, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"action_head 'tokens': choose one of \('auto', 'flow', 'fast'\)"):
         policy.load(run, action_head="tokens")

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kidata.delta import check_delta_mask, episode_delta_chunks
 from kidata.hashing import holdout_rank, stable_fraction
 from kidata.normalize import NormStats, normalize
 from kidata.pipelines.recipe import Recipe
-from kidata.pipelines.stats import EpisodeStats
+from kidata.pipelines.stats import EpisodeStats, failed_units
 from kidata.pipelines.storage import write_text
 from kidata.sources.base import ReadReport, WorkUnit
 from kidata.tokenizers import action_tokenizer_files
@@ -41,13 +40,8 @@ def stats_unit(recipe: Recipe, source_name: str, unit: WorkUnit) -> tuple[Episod
     delta_mask = source_config.delta_mask
     stats, report, reservoir = EpisodeStats(), ReadReport(), []
     for episode in source.read(unit, images=False, report=report):
-        if delta_mask is None:
-            stats.add(episode.state, episode.actions)
-        else:
-            mask = check_delta_mask(delta_mask, state_dim=episode.state.shape[1], action_dim=episode.actions.shape[1],
-                                    where=f"source {source_name!r}")
-            chunks, valid = episode_delta_chunks(episode.state, episode.actions, horizon, mask)
-            stats.add(episode.state, chunks[valid])
+        stats.add_episode(episode.state, episode.actions, delta_mask=delta_mask, horizon=horizon,
+                          where=f"source {source_name!r}")
         stats.rank_for_holdout(holdout_rank(source_name, episode.episode_id), episode.episode_id)
         for step in range(episode.steps):
             rank = stable_fraction(recipe.mixture.seed, source_name, episode.episode_id, step)
@@ -66,7 +60,7 @@ def collect_pass1(recipe, robot, units, *, engine="local", workers=1, progress=T
     results, failures = run_jobs(stats_unit, jobs, engine=engine, workers=workers, progress=progress,
                                  label="stats", ray_address=ray_address, times=times)
     if failures:
-        raise BuildError("statistics units failed: " + "; ".join(f"{n}: {e}" for n, e in failures))
+        raise BuildError("statistics units failed: " + failed_units(failures))
     merged: dict[str, tuple[EpisodeStats, ReadReport, list]] = {s.name: (EpisodeStats(), ReadReport(), []) for s in robot}
     for (args, _), (stats, report, reservoir) in zip(jobs, results):
         total = merged[args[1]]

@@ -37,6 +37,7 @@ class LoopConfig:
     fsdp: bool = False
     init_from: str = ""
     init_format: str = "paligemma"
+    deterministic: bool = False  # deterministic kernels only (kidata/training/determinism.py): reproducible, slower
 
 
 @dataclass(frozen=True)
