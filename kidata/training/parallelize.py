@@ -123,15 +123,16 @@ def restore_shards(model: KIModel, optimizer, ema: dict | None, path, optimizer_
 
     from kidata.training.checkpoint import optimizer_state, optimizer_tensors, part_reader
 
+    alone = not dist.is_initialized()  # one process: said, rather than warned about by DCP
     model_state, optimizer_full = sharded_state_dicts(model, optimizer)  # the optimizer's state initialized
-    dcp.load(model_state, storage_reader=part_reader(path, "model"))
+    dcp.load(model_state, storage_reader=part_reader(path, "model"), no_dist=alone)
     set_model_state_dict(model, model_state)
     tensors, _ = optimizer_tensors(optimizer_full)
-    dcp.load(tensors, storage_reader=part_reader(path, "optimizer"))
+    dcp.load(tensors, storage_reader=part_reader(path, "optimizer"), no_dist=alone)
     set_optimizer_state_dict(model, optimizer, _tuple_betas(optimizer_state(tensors, optimizer_rest)))
     reader = part_reader(path, "ema") if ema is not None else None
     if reader is not None:
-        dcp.load(ema, storage_reader=reader)
+        dcp.load(ema, storage_reader=reader, no_dist=alone)
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
