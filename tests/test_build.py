@@ -317,6 +317,23 @@ def test_fast_range_colliding_with_detection_loc_tokens_is_refused(tmp_path):
         build(recipe, str(tmp_path / "out"), progress=False)
 
 
+def test_the_fix_a_range_collision_names_builds_in_the_same_folder_without_force(tmp_path):
+    """Adding COCO detection to a robot recipe, as a user would: the refusal's fix, applied as written,
+    builds where the refused build was (it left pass-1 files and a tokenizer, no manifest or shards)."""
+    import re
+
+    from kidata.tokenizers.ranges import RangeCollision
+
+    path = write_recipe(tmp_path / "r.toml", sources=bridge_and_coco_detection_sources(), units=1)
+    with pytest.raises(RangeCollision) as refused:
+        build(load_recipe(path), str(tmp_path / "out"), progress=False)
+    rule, offset, vocab = re.search(r'fast_token_rule = "(\w+)" and fast_token_offset = (\d+), then train with '
+                                    r"--model.vocab_size (\d+)", str(refused.value)).groups()
+    path.write_text(path.read_text().replace("[mixture]", f'[mixture]\nfast_token_rule = "{rule}"\nfast_token_offset = {offset}'))
+    manifest = build(load_recipe(path), str(tmp_path / "out"), progress=False)
+    assert manifest.encoding.token_vocab_size == int(vocab)
+
+
 @pytest.mark.slow
 def test_ray_engine_gives_the_same_bytes_as_the_local_pool(built, tmp_path):
     pytest.importorskip("ray", reason="the ray engine needs the 'ray' extra")

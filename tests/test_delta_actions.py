@@ -40,14 +40,14 @@ def test_a_mask_longer_than_the_state_is_refused_naming_both_widths():
         check_delta_mask([True] * 7, state_dim=6, action_dim=7, where="source 'arm'")
 
 
-def recipe_text(sources: str) -> str:
+def recipe_text(sources: str, units: int = 1) -> str:
     return f"""
 [mixture]
 name = "delta"
 action_horizon = {HORIZON}
 image_size = 64
 max_tokens = 128
-units_per_source = 1
+units_per_source = {units}
 shard_size_mb = 0.25
 fast_tokenizer = {{ fit = true, vocab_size = 300, scale = 10.0 }}
 {sources}
@@ -255,7 +255,46 @@ def test_a_delta_mask_wider_than_the_state_is_refused_naming_both(droid_dir, tmp
     from kidata.pipelines.build import BuildError, build
     from kidata.pipelines.recipe import load_recipe
 
-    (tmp_path / "recipe.toml").write_text(recipe_text(sources_text(droid_dir, bridge_delta=[True] * 8)))
-    with pytest.raises(BuildError, match=r"source 'bridge': mapping.delta has 8 entries but the actions have 7 "
-                                         r"dimensions \(state 7\)"):
+    (tmp_path / "recipe.toml").write_text(recipe_text(sources_text(droid_dir, bridge_delta=[True] * 8), units=2))
+    with pytest.raises(BuildError, match=r"bridge:0, bridge:1: DeltaMaskError: source 'bridge': mapping.delta has 8 "
+                                         r"entries but the actions have 7 dimensions \(state 7\)") as refused:
         build(load_recipe(tmp_path / "recipe.toml"), str(tmp_path / "out"), progress=False)
+    assert str(refused.value).count("mapping.delta") == 1  # one sentence, however many units it stopped
+
+
+def test_kidata_stats_with_delta_writes_the_builds_relative_statistics_as_openpi_norm_stats(built, tmp_path):
+    from kidata.cli import main
+
+    _, _, manifest = built
+    out = tmp_path / "norm_stats.json"
+    assert main(["stats", "--reader", "rlds", "--path", str(BRIDGE), "--dataset", "bridge_dataset", "--delta",
+                 json.dumps(BRIDGE_DELTA), "--action-horizon", str(HORIZON), "--format", "openpi", "--out", str(out),
+                 "--quiet"]) == 0
+    written = json.loads(out.read_text())["norm_stats"]["actions"]
+    recorded = manifest.source("bridge").norm_stats["actions"]
+    np.testing.assert_allclose(written["mean"], recorded["mean"], rtol=1e-9, atol=1e-12)
+    assert written["q01"] == recorded["q01"] and written["q99"] == recorded["q99"]
+
+
+def test_kidata_stats_with_delta_needs_the_chunk_length():
+    from kidata.cli import main
+
+    with pytest.raises(SystemExit, match=r"kidata stats --delta: give --action-horizon H"):
+        main(["stats", "--reader", "rlds", "--path", str(BRIDGE), "--dataset", "bridge_dataset", "--delta", "[true]"])
+
+
+def test_a_lerobot_mapping_takes_delta_beside_its_keys_and_gives_the_same_statistics_as_rlds(built):
+    pytest.importorskip("av", reason="the LeRobot reader needs the 'lerobot' extra")
+    from kidata.pipelines.stats_pass import stats_unit
+
+    _, _, manifest = built
+    mapping = {"cameras": {"base_0": "observation.images.image_0"}, "state": ["observation.state"], "action": ["action"],
+               "delta": BRIDGE_DELTA}
+    recipe = parse_recipe({"mixture": {"name": "m", "action_horizon": HORIZON},
+                           "sources": [{"name": "bridge", "reader": "lerobot", "mapping": mapping,
+                                        "path": str(shared_path("data", "lerobot", "bridge_v3"))}]})
+    unit = recipe.open(recipe.sources[0]).list_units(1)[0]  # the reader never sees "delta"
+    stats = stats_unit(recipe, "bridge", unit)[0].finalize()
+    recorded = NormStats.from_json(manifest.source("bridge").norm_stats)  # the same Bridge episodes, read from RLDS
+    assert stats.actions.count == recorded.actions.count
+    np.testing.assert_allclose(stats.actions.mean, recorded.actions.mean, rtol=1e-9, atol=1e-12)

@@ -5,6 +5,7 @@ LeRobot fixture (parquet + mp4, ~2 s a build, no TensorFlow)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -157,3 +158,61 @@ def test_a_sample_whose_image_does_not_decode_is_skipped_and_counted_by_default(
     assert key not in {s["__key__"] for s in samples} and len({s["__key__"] for s in samples}) == total - 1
     assert dataset.corrupt_samples == {"bridge": 1}
     assert f"loader: skipped sample {key} of shard {out}/{shard['path']}: base_0.jpg does not decode" in capfd.readouterr().err
+
+
+def child_pids(pid: int) -> set[int]:
+    """Processes whose parent is ``pid`` (Linux /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process parents from Linux's /proc")
+@pytest.mark.parametrize("stop", ["SIGTERM", "Ctrl-C", "SIGKILL"])
+def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_behind(tmp_path, stop):
+    import signal
+    import time
+
+    from test_lerobot import lerobot_recipe
+
+    recipe = lerobot_recipe(tmp_path / "recipe.toml", shared_path("data", "lerobot", "bridge_v3"), units=3)
+    command = [sys.executable, "-m", "kidata.cli", "build", str(recipe), "--out", str(tmp_path / "out"), "--workers",
+               "2", "--quiet"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(child_pids(process.pid)) < 2 and process.poll() is None:
+        time.sleep(0.05)
+    workers = child_pids(process.pid)
+    assert len(workers) >= 2, "the build's two workers never started"
+    time.sleep(1.0)
+    if stop == "Ctrl-C":  # the terminal sends SIGINT to the whole foreground process group
+        os.killpg(process.pid, signal.SIGINT)
+    else:
+        os.kill(process.pid, getattr(signal, stop))
+    err = process.communicate(timeout=60)[1]
+    deadline = time.time() + 10
+    while time.time() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(alive(pid) for pid in workers)
+    if stop != "SIGKILL":
+        signum = signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT
+        assert process.returncode == 128 + signum
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert lines == [f"kidata build: stopped by {signal.Signals(signum).name}; the units {tmp_path / 'out'} "
+                         "completed are kept: the same command resumes the build"], err

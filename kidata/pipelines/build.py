@@ -71,10 +71,14 @@ def _claim(recipe: Recipe, fs, root: str, out: str, force: bool) -> None:
         if previous["recipe_sha256"] != recipe.sha256:
             owned, foreign = foreign_paths(fs, root, _source_names(previous) + [s.name for s in recipe.sources])
             written = [p for p in owned if p not in (LOCK_NAME, STATE_DIR)]
-            if written and not force:
+            # what only a build that got somewhere leaves: its manifest or shards of completed units; a build
+            # that failed before (a recipe mistake refused after pass 1) is replaced by the fixed recipe as is
+            products = [p for p in written if p == "manifest.json" or "/" in p]
+            if products and not force:
                 raise BuildError(f"{out} holds a build of a different recipe (sha256 {previous['recipe_sha256'][:12]}, "
-                                 f"this one {recipe.sha256[:12]}); use --force to replace it")
-            if written or force:  # a build that failed before writing anything is replaced without --force
+                                 f"this one {recipe.sha256[:12]}; {len(products)} of its files, e.g. {products[0]}); "
+                                 "use --force to replace it")
+            if written or force:
                 remove_build(fs, root, out, _source_names(previous) + [s.name for s in recipe.sources])
             else:
                 fs.rm(f"{root}/{STATE_DIR}", recursive=True)
@@ -227,7 +231,7 @@ def summary(manifest: Manifest, out: str) -> str:
         noun = "episodes" if source.kind == "robot" else "examples"
         lines.append(f"{source.name:>24}: {source.episodes} {noun}, {source.samples} samples, {len(source.shards)} "
                      f"shards, quarantined {dict(source.quarantined)}, rejected {dict(source.rejected)}"
-                     + (f", SKIPPED {dict(source.skipped)}" if source.skipped else ""))
+                     + (f", notices {dict(source.skipped)}" if source.skipped else ""))  # counted, built or not
     fs, root = output_fs(out)
     report = json.loads(fs.cat_file(f"{root}/build_report.json").decode())
     if report:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kidata.delta import check_delta_mask, episode_delta_chunks
 from kidata.hashing import holdout_rank, stable_fraction
 from kidata.normalize import NormStats, normalize
 from kidata.pipelines.recipe import Recipe
-from kidata.pipelines.stats import EpisodeStats
+from kidata.pipelines.stats import EpisodeStats, failed_units
 from kidata.pipelines.storage import write_text
 from kidata.sources.base import ReadReport, WorkUnit
 from kidata.tokenizers import action_tokenizer_files
@@ -41,13 +40,8 @@ def stats_unit(recipe: Recipe, source_name: str, unit: WorkUnit) -> tuple[Episod
     delta_mask = source_config.delta_mask
     stats, report, reservoir = EpisodeStats(), ReadReport(), []
     for episode in source.read(unit, images=False, report=report):
-        if delta_mask is None:
-            stats.add(episode.state, episode.actions)
-        else:
-            mask = check_delta_mask(delta_mask, state_dim=episode.state.shape[1], action_dim=episode.actions.shape[1],
-                                    where=f"source {source_name!r}")
-            chunks, valid = episode_delta_chunks(episode.state, episode.actions, horizon, mask)
-            stats.add(episode.state, chunks[valid])
+        stats.add_episode(episode.state, episode.actions, delta_mask=delta_mask, horizon=horizon,
+                          where=f"source {source_name!r}")
         stats.rank_for_holdout(holdout_rank(source_name, episode.episode_id), episode.episode_id)
         for step in range(episode.steps):
             rank = stable_fraction(recipe.mixture.seed, source_name, episode.episode_id, step)
@@ -66,7 +60,7 @@ def collect_pass1(recipe, robot, units, *, engine="local", workers=1, progress=T
     results, failures = run_jobs(stats_unit, jobs, engine=engine, workers=workers, progress=progress,
                                  label="stats", ray_address=ray_address, times=times)
     if failures:
-        raise BuildError("statistics units failed: " + "; ".join(f"{n}: {e}" for n, e in failures))
+        raise BuildError("statistics units failed: " + failed_units(failures))
     merged: dict[str, tuple[EpisodeStats, ReadReport, list]] = {s.name: (EpisodeStats(), ReadReport(), []) for s in robot}
     for (args, _), (stats, report, reservoir) in zip(jobs, results):
         total = merged[args[1]]
@@ -137,13 +131,11 @@ def normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root) -> np.
     return normalized_chunks(recipe, reservoirs, norm_stats, action_dim)
 
 
-def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[str] | None = None,
-                         engine: str = "local", workers: int = 1, progress: bool = True):
-    """``kidata fast fit --recipe``: pass 1 alone, then FAST fitted on the normalized chunks of the
-    chosen robot sources; writes the tokenizer, its report and the statistics (stats.json)."""
-    from kidata.tokenizers.fast import FastTokenizer
-    from kidata.tokenizers.report import measure_tokenizer, write_report
-
+def recipe_chunks(recipe: Recipe, *, sources: list[str] | None = None, engine: str = "local", workers: int = 1,
+                  progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Pass 1 alone over the chosen robot sources: the normalized action chunks a build fits FAST on
+    (float64 [N, action_horizon, action_dim], the hash-ranked sample of ``reservoir_size`` per
+    source) and the statistics they were normalized with ({source: NormStats JSON})."""
     robot = [s for s in recipe.sources if s.kind == "robot" and (not sources or s.name in sources)]
     if not robot:
         raise BuildError(f"no robot source selected (robot sources: {[s.name for s in recipe.sources if s.kind == 'robot']})")
@@ -152,7 +144,17 @@ def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[s
     norm_stats = {name: stats.finalize().to_json() for name, (stats, _, _) in merged.items()}
     action_dim = recipe.mixture.action_dim or max(len(s["actions"]["mean"]) for s in norm_stats.values())
     reservoirs = {name: np.stack([c for _, c in reservoir]) for name, (_, _, reservoir) in merged.items()}
-    chunks = normalized_chunks(recipe, reservoirs, norm_stats, action_dim)
+    return normalized_chunks(recipe, reservoirs, norm_stats, action_dim), norm_stats
+
+
+def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[str] | None = None,
+                         engine: str = "local", workers: int = 1, progress: bool = True):
+    """``kidata fast fit --recipe``: pass 1 alone, then FAST fitted on the normalized chunks of the
+    chosen robot sources; writes the tokenizer, its report and the statistics (stats.json)."""
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.report import measure_tokenizer, write_report
+
+    chunks, norm_stats = recipe_chunks(recipe, sources=sources, engine=engine, workers=workers, progress=progress)
     setting = recipe.mixture.fast_tokenizer if isinstance(recipe.mixture.fast_tokenizer, dict) else {}
     options = {k: v for k, v in setting.items() if k != "fit"}
     tokenizer = FastTokenizer.fit(chunks, show_progress=progress, **options)

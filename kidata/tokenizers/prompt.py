@@ -145,7 +145,7 @@ class SampleEncoder:
             if loc is None:
                 raise ValueError(f"{text.source} has no contiguous <loc0000>..<loc1023> tokens")
             ranges.append(TokenRange("<loc> tokens of the VLM tasks", *loc))
-        check_ranges(ranges)
+        check_ranges(ranges, text_vocab_size=text.vocab_size, action_vocab_size=self.id_map.action_vocab_size)
         self.stats = EncodingStats()
         self._bar_eos = text.encode("|", add_eos=True)
 

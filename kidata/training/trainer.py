@@ -42,6 +42,7 @@ from kidata.training.checkpoint import (
     write_shards,
 )
 from kidata.training.config import TrainConfig, check_compatible  # noqa: F401  (public here)
+from kidata.training.determinism import deterministic_algorithms
 from kidata.training.held_out import HeldOutMetrics
 from kidata.training.initialize import check_init_tokenizer
 from kidata.training.metrics import MetricsLogger, drop_unfinished_attempt, truncate_metrics
@@ -55,7 +56,14 @@ from kidata.training.parallelize import (
     shard_like,
     sharded_state_dicts,
 )
-from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, check_same_mixture, config_changes, resume_point  # noqa: F401  (public here)
+from kidata.training.resume import (  # noqa: F401  (public here)
+    RESUMABLE_CHANGES,
+    ResumeRefused,
+    check_same_mixture,
+    config_changes,
+    keep_schedule,
+    resume_point,
+)
 from kidata.training.run_folder import check_run_writable
 from kidata.training.streams import StreamLayout, TrainStreams
 
@@ -156,11 +164,12 @@ def _optimizer(model: KIModel, config: TrainConfig) -> torch.optim.Optimizer:
 
 def train(config: TrainConfig, run: str | Path, *, resume: bool = False, allow_config_change: bool = False) -> dict:
     """Trains ``config.train.steps`` optimizer steps; returns the final report (rank 0's view)."""
-    env = Distributed()
-    try:
-        return _train(config, Path(run), env, resume, allow_config_change)
-    finally:
-        env.close()
+    with deterministic_algorithms(config.train.deterministic):
+        env = Distributed()
+        try:
+            return _train(config, Path(run), env, resume, allow_config_change)
+        finally:
+            env.close()
 
 
 def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow_config_change: bool) -> dict:
@@ -173,7 +182,10 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     # refused before the run is touched: augmentation strengths, then streams the processes do not divide
     augment = Augment.from_setting(config.data.augment)
     layout = StreamLayout.of(config.data.streams, env.rank, env.world)
+    config, schedule_notice = keep_schedule(run, config, resume=resume)
     checkpoint_path = resume_point(run, config, resume=resume, allow_config_change=allow_config_change)
+    if schedule_notice and env.rank == 0:
+        print(schedule_notice, file=sys.stderr)
     if env.rank == 0:
         _prepare_run(run, config, manifest, root, resume)
         if checkpoint_path is not None:
