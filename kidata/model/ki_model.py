@@ -122,6 +122,10 @@ class KIModel(nn.Module):
         if c.backbone_frozen:
             for parameter in self.backbone_parameters():
                 parameter.requires_grad_(False)
+        if c.lora is not None:
+            from kidata.model.lora import apply_lora
+
+            apply_lora(self, c.lora)
 
     # ------------------------------------------------------------------ inputs
     def backbone_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:

@@ -226,6 +226,9 @@ class TrainConfig:
                             ("optim.grad_accum", self.optim.grad_accum), ("checkpoint.keep", self.checkpoint.keep)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.model.lora is not None and not self.train.init_from:
+            raise ValueError("model.lora adapts pretrained weights, and train.init_from is empty: name a PaliGemma, "
+                             "openpi or kidata checkpoint, or drop model.lora to train every weight")
         if self.policy.action_head == "flow" and not self.model.has_expert:
             raise ValueError(f"policy.action_head 'flow': the {self.model.variant} model has no action expert "
                              "(use fast or auto)")
