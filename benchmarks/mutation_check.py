@@ -146,6 +146,10 @@ MUTATIONS = [
              ("tests/test_retention.py",)),
     Mutation("a fresh run appends to a killed attempt's metrics", "kidata/training/trainer.py",
              "            drop_unfinished_attempt(run)", "            pass", ("tests/test_train.py -k earlier_attempt",)),
+    # LoRA
+    Mutation("merged LoRA weights transposed", "kidata/model/lora.py",
+             "(lora_b.float() @ lora_a.float())", "(lora_b.float() @ lora_a.float()).T",
+             ("tests/test_lora.py -k merge",)),
 ]
 
 

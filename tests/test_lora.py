@@ -90,7 +90,7 @@ def open_adapters(net: KIModel) -> KIModel:
     expert's zero-initialized residual gates opened, so that every path carries signal."""
     g = torch.Generator().manual_seed(7)
     with torch.no_grad():
-        for name, parameter in net.named_parameters():
+        for parameter in net.parameters():
             if parameter.abs().sum() == 0:
                 parameter.copy_(torch.randn(parameter.shape, generator=g) * 0.05)
     return net

@@ -57,8 +57,8 @@ from pathlib import Path
 import torch
 
 from kidata.model.config import ModelConfig
-from kidata.model.lora import is_lora_name
 from kidata.model.ki_model import KIModel
+from kidata.model.lora import is_lora_name
 
 _PREFIXES = (  # (pattern, canonical part) tried in order; the rest of the key follows
     (r"^(?:paligemma_with_expert\.paligemma\.)?(?:model\.)?vision_tower\.(?:vision_model\.)?", "vision."),
