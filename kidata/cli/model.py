@@ -68,20 +68,20 @@ def memory_command(args: argparse.Namespace) -> int:
         raise SystemExit("kidata model memory: --batch, --fsdp, --tokens and --cameras must be >= 1")
     result = plan(model, batch=batch, gpus=args.fsdp, checkpointing=checkpointing, tokens=args.tokens,
                   cameras=cameras, bf16=not args.fp32, ema=config.optim.ema_decay > 0)
-    gib = 2**30
+    unit, scale = ("GiB", 2**30) if result.total >= 2**30 else ("MiB", 2**20)
     per_gpu = -(-batch // args.fsdp)
     lora = model.lora
     print(f"{preset}{' + --lora' if args.lora is not None else ''}: batch {batch} on {args.fsdp} GPU(s) ({per_gpu} per "
           f"GPU), {cameras} image(s) + {args.tokens} text tokens per sample, {'fp32' if args.fp32 else 'bf16 autocast'}"
           f", activation checkpointing {'on' if checkpointing else 'off'}"
           + (f", LoRA ranks {lora.backbone_rank}/{lora.expert_rank}" if lora else ""))
-    print("| per GPU | GiB |")
+    print(f"| per GPU | {unit} |")
     print("|---|---|")
     for label, value in (("parameters (fp32, frozen included)", result.parameters), ("gradients", result.gradients),
                          ("AdamW state", result.optimizer), ("weight EMA", result.ema),
                          ("bf16 weight copies", result.copies), ("activations", result.activations)):
-        print(f"| {label} | {value / gib:.1f} |")
-    print(f"| **total** | **{result.total / gib:.1f}** |")
+        print(f"| {label} | {value / scale:.1f} |")
+    print(f"| **total** | **{result.total / scale:.1f}** |")
     print("fits: " + ", ".join(f"{card} GB {'yes' if result.fits(card) else 'no'}" for card in CARDS_GIB))
     return 0
 
