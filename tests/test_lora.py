@@ -172,3 +172,26 @@ def test_open_adapters_change_the_outputs():
             if "lora" not in name:
                 parameter.copy_(plain.state_dict()[name])
     assert not torch.equal(plain(batch, **fixed(batch))["logits"], adapted(batch, **fixed(batch))["logits"])
+
+
+def test_an_openpi_checkpoint_fills_the_base_weights_under_fresh_adapters(tmp_path):
+    pytest.importorskip("transformers")
+    from dataclasses import replace
+
+    from test_weights import openpi_checkpoint
+
+    from kidata.model.weights import load_openpi
+
+    config = ModelConfig(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2, vision_mlp=64,
+                         vocab_size=300, width=64, depth=1, heads=4, kv_heads=1, head_dim=16, mlp=128,
+                         expert_width=32, expert_mlp=64, action_dim=8, action_horizon=4, state_dim=8)
+    reference = KIModel(config)
+    for parameter in reference.parameters():
+        torch.nn.init.normal_(parameter, std=0.1)
+    openpi_checkpoint(tmp_path / "model.safetensors", reference, pi05=True)
+    ours = KIModel(replace(config, lora=LoraConfig(backbone_rank=4, expert_rank=8)))
+    report = load_openpi(ours, tmp_path)
+    assert report["fresh"] == sorted(name for name in ours.state_dict() if "lora" in name)
+    for name, tensor in reference.state_dict().items():
+        assert torch.equal(ours.state_dict()[name], tensor), name
+    assert all(torch.count_nonzero(p) == 0 for name, p in ours.named_parameters() if name.endswith("lora_b"))

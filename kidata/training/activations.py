@@ -39,17 +39,38 @@ class ActivationTrace:
 
 def fake_batch(config: ModelConfig, batch: int, tokens: int, cameras: int) -> dict[str, torch.Tensor]:
     """A training batch of the model's shapes: ``cameras`` images, ``tokens`` text tokens (the
-    first half prefix, the rest targets with loss), a full action chunk and state."""
+    first half prefix, the rest causal), a full action chunk and state. Every mask is all true,
+    the loss mask too: the logits are counted at every text position (their upper bound), which is
+    also what lets the trace size a boolean selection without its values."""
     b, h, a = batch, config.action_horizon, config.action_dim
     ar = torch.zeros(b, tokens, dtype=torch.bool)
     ar[:, tokens // 2:] = True
     return {"images": torch.zeros(b, cameras, 3, config.image_size, config.image_size),
             "image_mask": torch.ones(b, cameras, dtype=torch.bool),
             "tokens": torch.zeros(b, tokens, dtype=torch.long), "token_mask": torch.ones(b, tokens, dtype=torch.bool),
-            "ar": ar, "loss": ar.clone(), "actions": torch.zeros(b, h, a),
+            "ar": ar, "loss": torch.ones(b, tokens, dtype=torch.bool), "actions": torch.zeros(b, h, a),
             "action_valid": torch.ones(b, h, dtype=torch.bool), "action_dim_mask": torch.ones(b, a, dtype=torch.bool),
             "has_actions": torch.ones(b, dtype=torch.bool), "state": torch.zeros(b, config.state_dim),
             "state_dim_mask": torch.ones(b, config.state_dim, dtype=torch.bool)}
+
+
+@contextlib.contextmanager
+def _every_mask_element_true():
+    """Fake tensors hold no values, so a boolean selection (``x[mask]``, ``nonzero``) has no size
+    for them; here it takes every element, which is exact for ``fake_batch``'s all-true masks."""
+    from torch._subclasses import fake_impls
+
+    table = fake_impls.op_implementations_dict
+    op = torch.ops.aten.nonzero.default
+    original = table.get(op)
+    table[op] = lambda mode, func, mask: mask.new_empty((mask.numel(), mask.dim()), dtype=torch.int64)
+    try:
+        yield
+    finally:
+        if original is None:
+            table.pop(op, None)
+        else:
+            table[op] = original
 
 
 def trace_activations(config: ModelConfig, *, batch: int, tokens: int, cameras: int, bf16: bool = False
@@ -58,7 +79,7 @@ def trace_activations(config: ModelConfig, *, batch: int, tokens: int, cameras: 
     autocast), by where they are saved."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode():
+    with FakeTensorMode(), _every_mask_element_true():
         torch.manual_seed(0)
         model = KIModel(config).train()
         inputs = fake_batch(config, batch, tokens, cameras)
