@@ -68,10 +68,15 @@ def _targets(layer: nn.Module, targets: tuple[str, ...]):
         yield (layer, name) if name in ATTENTION_TARGETS else (layer.mlp, name)
 
 
-def apply_lora(model: nn.Module, config: LoraConfig) -> None:
-    """Adds adapters to ``model`` (a ``KIModel``) in place and sets which parameters train: the
-    adapters, and the parts ``config`` trains in full. A backbone that the variant freezes
-    (``frozen``) gets no adapters."""
+def apply_lora(model: nn.Module, config: LoraConfig | None) -> None:
+    """Sets which parameters of ``model`` (a ``KIModel``) train, adding adapters first when
+    ``config`` is set. Without LoRA every weight trains, but a ``frozen`` variant's backbone. With
+    it: the adapters, and the parts ``config`` trains in full; a backbone that the variant freezes
+    gets no adapters."""
+    if config is None:
+        for parameter in model.backbone_parameters() if model.config.backbone_frozen else ():
+            parameter.requires_grad_(False)
+        return
     c = model.config
     streams = []
     if config.backbone_rank and not c.backbone_frozen:
