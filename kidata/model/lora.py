@@ -110,19 +110,21 @@ def apply_lora(model: nn.Module, config: LoraConfig | None) -> None:
             parameter.requires_grad_(False)
 
 
-def train_fresh(model: nn.Module, fresh: list[str]) -> list[str]:
+def train_fresh(model: nn.Module, fresh: list[str]) -> str:
     """Makes the base weights that no checkpoint filled (``fresh``: the loaders' report) train in
-    full, and returns their names. Adapters adapt pretrained weights: frozen random weights would
-    stay random (a fresh adaRMS expert's zero gates would stay shut, and its layers with them),
-    so an expert initialized from a VLM checkpoint trains whole while the backbone trains through
-    its adapters."""
+    full, and says which. Adapters adapt pretrained weights: frozen random weights would stay
+    random (a fresh adaRMS expert's zero gates would stay shut, and its layers with them), so an
+    expert initialized from a VLM checkpoint trains whole while the backbone trains through its
+    adapters."""
     wanted = set(fresh)
     opened = []
     for name, parameter in model.named_parameters():
         if name in wanted and not is_lora_name(name) and not parameter.requires_grad:
             parameter.requires_grad_(True)
             opened.append(name)
-    return opened
+    parts = ", ".join(sorted({name.split(".")[0] for name in opened}))
+    return (f"lora: {len(opened)} tensors no checkpoint filled train in full ({parts})" if opened
+            else "lora: every base weight came from the checkpoint; adapters and heads train")
 
 
 def merge(model: nn.Module) -> nn.Module:

@@ -31,6 +31,7 @@ from kidata.loader.collate import Augment, collate, trim_token_padding
 from kidata.loader.mixture import MixtureDataset
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel, sample_flow_inputs
+from kidata.model.lora import train_fresh
 from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.checkpoint import (
     begin_checkpoint,
@@ -150,13 +151,8 @@ def _build_model(config: TrainConfig, device: torch.device, world: int, *, bf16:
         print(f"initialized from {config.train.init_from}: {report['loaded']} tensors loaded"
               + (f", {cut} embedding rows past the vocabulary cut" if cut else "")
               + (f"; fresh: {', '.join(fresh)}" if fresh else ""), flush=True)
-        if config.model.lora is not None:
-            from kidata.model.lora import train_fresh
-
-            opened = train_fresh(model, report["fresh"])
-            if opened:
-                print(f"lora: {len(opened)} tensors no checkpoint filled train in full "
-                      f"({', '.join(sorted({name.split('.')[0] for name in opened}))})", flush=True)
+        if config.model.lora is not None:  # adapters adapt what was loaded; the rest trains whole
+            print(train_fresh(model, report["fresh"]), flush=True)
     model.activation_checkpointing = config.train.activation_checkpointing
     model.to(device)
     return model, parallelize(model, config, world, bf16=bf16)
