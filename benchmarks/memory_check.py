@@ -1,6 +1,6 @@
 """``kidata model memory`` against a measured training step on this CPU.
 
-    python benchmarks/memory_check.py [--steps 2]
+    python benchmarks/memory_check.py [--steps 2] [--openpi]
 
 For each case the estimate (``kidata.training.memory.plan``: fp32, no autocast, no EMA) is set
 beside the measured peak of a fresh process that builds the model and runs real steps (forward,
@@ -11,6 +11,11 @@ step. That is what the estimate models and what a GPU's ``max_memory_allocated``
 process's resident size adds the library code paged in and the malloc heap's slack on top
 (about 110 MiB on this CPU for the tiny preset). Prints one line per case and the ratio
 estimate / measured.
+
+``--openpi`` instead prints the estimate for a pi0-shaped 2B model on one GPU (flow only, state in
+the expert, 3 cameras, 48 text tokens, batch 32, bf16, activation checkpointing, no EMA) with
+openpi's LoRA ranks and fully fine-tuned, beside openpi's published needs (README: LoRA > 22.5 GB,
+full > 70 GB).
 """
 
 from __future__ import annotations
@@ -60,9 +65,22 @@ print(json.dumps({"peak": peak}))
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=2, help="training steps measured (AdamW state exists from the first)")
+    parser.add_argument("--openpi", action="store_true", help="the pi0-shaped 2B estimates beside openpi's figures")
     args = parser.parse_args()
     from kidata.model.config import ModelConfig
     from kidata.training.memory import plan
+
+    if args.openpi:
+        for lora, published in (({"backbone_rank": 16, "expert_rank": 32}, "> 22.5 GB (LoRA)"), (None, "> 70 GB (full)")):
+            config = ModelConfig.load("ki_2b", variant="pi0", state_input="expert", time_conditioning="concat",
+                                      **({"lora": lora} if lora else {}))
+            estimate = plan(config, batch=32, tokens=48, cameras=3, checkpointing=True, ema=False)
+            print(f"pi0-shaped ki_2b {'LoRA ' + json.dumps(lora) if lora else 'full fine-tuning'}, batch 32, one GPU: "
+                  f"estimate {estimate.total / 1e9:.1f} GB (parameters {estimate.parameters / 1e9:.1f}, gradients "
+                  f"{estimate.gradients / 1e9:.1f}, AdamW {estimate.optimizer / 1e9:.1f}, bf16 copies "
+                  f"{estimate.copies / 1e9:.1f}, activations {estimate.activations / 1e9:.1f}); openpi: {published}",
+                  flush=True)
+        return 0
 
     mib = 2**20
     for preset, lora, batch, tokens, cameras in CASES:
