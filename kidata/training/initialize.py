@@ -148,6 +148,10 @@ def build_sharded(config: TrainConfig, device: torch.device, world: int, *,
     process, so any world size starts from the same weights) and scatters it, tensor by tensor,
     into the shards (``set_model_state_dict`` with ``broadcast_from_rank0``, PyTorch's recipe for
     large models). Call on every rank of the process group."""
+    if config.model.lora is not None:
+        raise ValueError("model.lora with train.fsdp on several processes is not supported: a 2-process FSDP2 LoRA run "
+                         "fails in a gradient collective; set train.fsdp = false (DDP: only the adapters' gradients "
+                         "are reduced)")
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
