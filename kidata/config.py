@@ -39,6 +39,8 @@ def read_toml(path: str | Path, *, error: type[ValueError] = ConfigError, kind: 
     from kidata import assets
 
     found = assets.resolve(path, kind=kind)
+    if Path(found).is_dir():
+        raise error(f"{found} is a folder; pass a TOML file")
     with open(found, "rb") as handle:  # a device or a huge file is refused after MAX_TOML_BYTES, not read whole
         data = handle.read(MAX_TOML_BYTES + 1)
     if len(data) > MAX_TOML_BYTES:
