@@ -20,7 +20,7 @@ from torch import nn
 
 from kidata.model.attention import attend, attention_bias, compute_dtype
 from kidata.model.config import ModelConfig
-from kidata.model.layers import AdaRMSNorm, GeGLU, RMSNorm, VisionTower, rotary, timestep_embedding
+from kidata.model.layers import AdaRMSNorm, GeGLU, RMSNorm, VisionTower, gated_norm, gated_residual, rotary, timestep_embedding
 from kidata.schema import Batch
 
 
@@ -51,7 +51,7 @@ class _Layer(nn.Module):
         """Pre-attention norm and rotary q [B, heads, L, hd], k, v [B, kv_heads, L, hd], and the
         residual gate (adaptive norms) or None. A method of the layer, so that FSDP2 (which
         hooks a module's calls) gathers this layer's weights for it."""
-        normed, gate = _normalize(self.norm, h, cond)
+        normed, gate = gated_norm(self.norm, h, cond)
         q = self.q(normed).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
         k = self.k(normed).unflatten(-1, (self.kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v(normed).unflatten(-1, (self.kv_heads, self.head_dim)).transpose(1, 2)
@@ -60,24 +60,15 @@ class _Layer(nn.Module):
     def finish(self, h: torch.Tensor, attended: torch.Tensor, gate: torch.Tensor | None,
                cond: torch.Tensor | None) -> torch.Tensor:
         """Output projection, residual, MLP and residual."""
-        h = _residual(h, self.o(attended), gate)
-        normed, gate = _normalize(self.mlp_norm, h, cond)
-        return _residual(h, self.mlp(normed), gate)
+        h = gated_residual(h, self.o(attended), gate)
+        normed, gate = gated_norm(self.mlp_norm, h, cond)
+        return gated_residual(h, self.mlp(normed), gate)
 
 
 def _expert_norm(c: ModelConfig):
     if c.time_conditioning == "adarms":
         return lambda: AdaRMSNorm(c.expert_width, c.expert_width)
     return lambda: RMSNorm(c.expert_width)
-
-
-def _normalize(norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None):
-    """(normed, gate): adaptive norms return a residual gate, plain norms none."""
-    return norm(x, cond) if isinstance(norm, AdaRMSNorm) else (norm(x), None)
-
-
-def _residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
-    return x + (branch if gate is None else gate * branch)
 
 
 class KIModel(nn.Module):
@@ -229,7 +220,7 @@ class KIModel(nn.Module):
         for layer, kv in zip(self.expert_layers, cache):
             qkv = layer.project(h, cond, positions)
             h = self._expert_attend(layer, h, cond, qkv, kv, bias)
-        normed, _ = _normalize(self.expert_final_norm, h, cond)
+        normed, _ = gated_norm(self.expert_final_norm, h, cond)
         return self.action_out(normed[:, -noisy.shape[1]:])
 
     def forward(self, batch: Batch, *, noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
@@ -276,7 +267,7 @@ class KIModel(nn.Module):
             out.update(self._token_loss(h[:, text_start:], batch, all_logits))
         loss = out["fast_loss"] if c.fast_loss else out["fast_loss"].new_zeros(())
         if c.has_expert:
-            normed, _ = _normalize(self.expert_final_norm, e, cond)
+            normed, _ = gated_norm(self.expert_final_norm, e, cond)
             velocity = self.action_out(normed[:, -actions.shape[1]:])
             weight = (batch["action_valid"][:, :, None] & batch["action_dim_mask"][:, None, :]
                       & batch["has_actions"][:, None, None]).float()
