@@ -26,8 +26,9 @@ ALLOWED = {
     "kidata.model": BASE | {"kidata.model"},
     "kidata.pipelines": BASE | {"kidata.pipelines", "kidata.sources", "kidata.tokenizers", "kidata.envs"},
     "kidata.loader": BASE | {"kidata.loader", "kidata.pipelines.shards"},
+    "kidata.observation": BASE,  # a policy's caller inputs checked as data
     "kidata.policy": BASE | {"kidata.model", "kidata.tokenizers", "kidata.loader.collate", "kidata.training.config",
-                             "kidata.training.checkpoint"},
+                             "kidata.training.checkpoint", "kidata.observation"},
     "kidata.training": BASE | {"kidata.training", "kidata.model", "kidata.loader", "kidata.tokenizers",
                                "kidata.policy", "kidata.eval.metaworld"},
     "kidata.eval": BASE | {"kidata.eval", "kidata.envs", "kidata.policy", "kidata.loader", "kidata.model",

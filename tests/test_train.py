@@ -131,7 +131,7 @@ def test_exported_weights_are_the_policys_and_rebuild_the_model_alone(straight_r
     assert main(["export", "weights", str(damaged), "--checkpoint", str(weights.parent),
                  "--out", str(tmp_path / "d.safetensors")]) != 0
     err = capsys.readouterr().err
-    assert "cannot export" in err and "model.safetensors has 1000 bytes" in err
+    assert "cannot be used" in err and "model.safetensors has 1000 bytes" in err
     assert not (tmp_path / "d.safetensors").exists()
 
 

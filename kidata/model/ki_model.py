@@ -296,6 +296,9 @@ class KIModel(nn.Module):
         if not self.config.has_expert:
             raise ValueError(f"{self.config.variant} has no action expert: decode actions with generate() and the "
                              "FAST tokenizer (pi0_fast)")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            # zero or negative steps would skip the integration and return the starting noise as actions
+            raise ValueError(f"num_steps must be a whole number >= 1 (Euler steps from t = 1 to 0), got {num_steps!r}")
         b = batch["tokens"].shape[0]
         device = batch["tokens"].device
         shape = (b, self.config.action_horizon, self.config.action_dim)
@@ -316,9 +319,12 @@ class KIModel(nn.Module):
 
         ``batch`` holds only the prefix, left-aligned (padding after it). Returns int64
         [B, max_new_tokens]; rows stop after a token in ``stop_ids`` (EOS, "|") and are padded
-        with that token. The prefix keys/values are computed once and grown by one per step.
-        ``return_logits`` also returns each step's next-token logits float [B, max_new_tokens, V]
-        (what the cache is checked by: logits, not only their argmax)."""
+        with that token. Decoding ends as soon as every row has stopped (the padding is what
+        further steps would have written), and the last token is never fed back: at most
+        ``max_new_tokens - 1`` decoder passes after the prefix's. The prefix keys/values are
+        computed once and grown by one per step. ``return_logits`` also returns each decoded
+        step's next-token logits float [B, steps, V] (what the cache is checked by: logits, not
+        only their argmax)."""
         b = batch["tokens"].shape[0]
         device = batch["tokens"].device
         hidden, cache, valid, ar, _ = self.run_backbone(batch)
@@ -338,6 +344,9 @@ class KIModel(nn.Module):
             token = torch.where(done, out[:, step - 1] if step else next_logits.argmax(-1), next_logits.argmax(-1))
             out[:, step] = token
             done |= torch.isin(token, stop)
+            if step + 1 == max_new_tokens or bool(done.all()):
+                out[:, step + 1:] = token[:, None]  # every row stopped: the rest is its stop token
+                break
             if not use_cache:  # recompute everything with the new token appended (checks the cache)
                 tokens = torch.cat([tokens, token[:, None]], dim=1)
                 grown = {**batch, "tokens": tokens,
