@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from kidata.delta import to_absolute
 from kidata.loader.collate import collate
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
@@ -71,6 +72,8 @@ class Policy:
         self.source = chosen.name
         self.source_index = manifest.sources.index(chosen)
         self.stats = NormStats.from_json(chosen.norm_stats)
+        # the run learned these action dimensions relative to the state: added back in robot units
+        self.delta_mask = np.asarray(chosen.delta_mask, dtype=bool) if chosen.delta_mask is not None else None
         self.normalization = manifest.encoding.normalization
         self.action_horizon = manifest.encoding.action_horizon
         self.num_steps = num_steps
@@ -135,15 +138,20 @@ class Policy:
     @torch.no_grad()
     def sample_actions(self, observation: Mapping[str, Any], *, num_steps: int | None = None,
                        noise: torch.Tensor | None = None) -> np.ndarray:
-        """float64 [action_horizon, action_dim] in the robot's own units. ``noise``: the flow's
-        starting noise, float [1, H, A] or [H, A] on any device and in any float dtype (moved to
-        the model's device as float32; the model's own chunk shape, ``model.config``)."""
+        """float64 [action_horizon, action_dim] in the robot's own units (a run trained on delta
+        actions gets the observation's state added back on those dimensions). ``noise``: the
+        flow's starting noise, float [1, H, A] or [H, A] on any device and in any float dtype
+        (moved to the model's device as float32; the model's own chunk shape, ``model.config``)."""
         batch = self.batch(observation)
         steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
         if noise is not None:
             noise = check_noise(noise, self.model.config.action_horizon, self.model.config.action_dim).to(self.device)
         with self._precision():
-            return self._sample(batch, steps, noise)
+            normalized = self._normalized_actions(batch, steps, noise)
+        actions = unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)
+        if self.delta_mask is not None:
+            actions = to_absolute(actions, np.asarray(observation["state"], dtype=np.float64), self.delta_mask)
+        return actions
 
     def _precision(self):
         import contextlib
@@ -151,7 +159,8 @@ class Policy:
         dtype = PRECISIONS[self.precision]
         return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
-    def _sample(self, batch: dict, steps: int, noise: torch.Tensor | None) -> np.ndarray:
+    def _normalized_actions(self, batch: dict, steps: int, noise: torch.Tensor | None) -> np.ndarray:
+        """float [>= action_horizon, >= action_dim]: the model's chunk, before unnormalizing."""
         if self.action_head == "flow":
             normalized = self._flow_actions(batch, steps, noise)
         else:
@@ -162,7 +171,7 @@ class Policy:
                 if self.fast_fallback == "flow":
                     self.counters["flow_fallbacks"] += 1
                     normalized = self._flow_actions(batch, steps, noise)
-        return unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)
+        return normalized
 
     def _flow_actions(self, batch: dict, steps: int, noise: torch.Tensor | None) -> np.ndarray:
         if noise is None and (self.noise_scale != 1.0 or self.flow_samples > 1):

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from kidata import assets
 from kidata.cli import main
 from kidata.sources.synthetic import action_chunks
 from kidata.tokenizers.fast import FastTokenizer
@@ -167,6 +168,14 @@ def test_assets_copy_refuses_an_unshipped_name_and_an_existing_target(tmp_path, 
     assert main(["assets", "copy", "pipelines/my_robot.toml"]) == 0 and (tmp_path / "my_robot.toml").exists()
     with pytest.raises(SystemExit, match="my_robot.toml exists; give another destination"):
         main(["assets", "copy", "pipelines/my_robot.toml"])
+
+
+def test_assets_copy_takes_the_bare_names_that_build_and_train_take(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["assets", "copy", "demo"]) == 0
+    assert (tmp_path / "demo.toml").read_bytes() == (assets.ROOT / "pipelines" / "demo.toml").read_bytes()
+    assert main(["assets", "copy", "ki_tiny"]) == 0 and (tmp_path / "ki_tiny.toml").exists()
+    assert main(["assets", "copy", "demo-text"]) == 0 and (tmp_path / "demo-text").is_dir()
 
 
 def test_fast_push_refuses_a_repo_id_that_is_not_org_slash_name(tmp_path):

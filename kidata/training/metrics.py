@@ -73,9 +73,9 @@ class MetricsLogger:
                 self.writer = None
         self.wandb = _start_wandb(run, config, manifest) if config.log.wandb else None
         if config.log.progress:
-            from tqdm import tqdm
+            from kidata.progress import bar
 
-            self.bar = tqdm(total=config.train.steps, initial=start, desc="train", unit="step")
+            self.bar = bar(total=config.train.steps, initial=start, desc="train", unit="step")
 
     def step(self, step: int, metrics: dict, *, seconds: float, samples: int, mix: torch.Tensor,
              tokens: int) -> None:
