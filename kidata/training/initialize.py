@@ -11,7 +11,7 @@ from pathlib import Path
 from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.ki_model import KIModel
 from kidata.model.weights import WeightsError, read_tensors
-from kidata.training.checkpoint import latest_checkpoint, read_weights
+from kidata.training.checkpoint import latest_checkpoint, read_run_weights
 from kidata.training.config import TrainConfig
 
 
@@ -34,7 +34,7 @@ def load_kidata(model: KIModel, location: str | Path) -> dict:
         checkpoint = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
         if checkpoint is None:
             raise WeightsError(f"{path}: the run has no checkpoint yet (train.init_from)")
-        tensors, _ = read_weights(checkpoint)
+        _, tensors, _ = read_run_weights(path, checkpoint)  # verified against its checksums, as the policy's
         source_run = path if (path / "checkpoints").is_dir() else path.parent.parent
     ours = model.state_dict()
     owner = {id(parameter): name for name, parameter in model.named_parameters()}
