@@ -74,7 +74,7 @@ MUTATIONS = [
              "visible = valid.clone()", "visible = torch.ones_like(valid)", (OBJ,)),
     Mutation("generation runs its whole budget after every row stopped", "kidata/model/ki_model.py",
              "if step + 1 == max_new_tokens or bool(done.all()):", "if step + 1 == max_new_tokens:",
-             (f"{OBJ}::test_generation_ends_once_every_row_has_stopped_with_the_same_tokens",)),
+             ("tests/test_ki_model.py::test_generation_that_every_row_stops_at_once_runs_no_decoder_pass_after_the_prefix",)),
     Mutation("a named checkpoint is used without checking its checksums", "kidata/training/checkpoint.py",
              'if (path / "model.safetensors").is_file() or is_sharded(path):', "if False:",
              ("tests/test_serving.py::test_a_flipped_byte_in_a_checkpoint_is_refused_by_the_policy_and_by_serve",)),
