@@ -216,3 +216,38 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
         lines = [line for line in err.splitlines() if line.strip()]
         assert lines == [f"kidata build: stopped by {signal.Signals(signum).name}; the units {tmp_path / 'out'} "
                          "completed are kept: the same command resumes the build"], err
+
+
+def test_a_full_disk_during_a_build_is_one_sentence_and_the_same_command_resumes(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from test_lerobot import lerobot_recipe
+
+    import kidata.pipelines.build as build_module
+    from kidata.cli import main
+
+    recipe = lerobot_recipe(tmp_path / "recipe.toml", shared_path("data", "lerobot", "bridge_v3"), units=1)
+    out = tmp_path / "out"
+    real = build_module.write_text
+
+    def full_at_the_manifest(fs, path, text):
+        if path.endswith("/manifest.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real(fs, path, text)
+
+    monkeypatch.setattr(build_module, "write_text", full_at_the_manifest)
+    assert main(["build", str(recipe), "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"kidata build: the disk is full ({out}/manifest.json); the units {out} completed are kept: free space and run "
+        "the same command to resume"]
+    monkeypatch.setattr(build_module, "write_text", real)
+    assert main(["build", str(recipe), "--out", str(out), "--quiet"]) == 0
+    assert verify(str(out)) == []
+
+
+@pytest.mark.parametrize("workers", [0, -2, 100_000])
+def test_a_worker_count_outside_what_a_build_runs_is_refused_naming_the_range(two_builds, tmp_path, workers):
+    _, first, _ = two_builds
+    with pytest.raises(BuildError, match=rf"--workers {workers}: a build runs 1 to 256 worker processes"):
+        build(first, str(tmp_path / "out"), workers=workers, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -235,6 +235,9 @@ def test_a_ki_policy_can_act_from_its_fast_tokens_instead_of_the_expert(straight
 def test_a_mixture_that_does_not_fit_the_model_is_refused_before_training(mixture, tmp_path):
     with pytest.raises(ManifestMismatch, match="action_horizon: data 4, model 5"):
         train(config(mixture, "--model.action_horizon", "5"), tmp_path / "run")
+    with pytest.raises(ManifestMismatch, match=r"rebuild its recipe with \[mixture\] action_horizon = 50 and image_size = 224 "
+                                               r".* or train with --model.action_horizon 4 --model.image_size 64"):
+        train(config(mixture, "--model.action_horizon", "50", "--model.image_size", "224"), tmp_path / "run")
     with pytest.raises(ManifestMismatch, match="action tokens: data 'fast', model action_tokens 'bins'"):
         train(config(mixture, "--model.action_tokens", "bins"), tmp_path / "run")
     with pytest.raises(ManifestMismatch, match=r"token vocabulary: data 2048 .* > model vocab_size 1024"):

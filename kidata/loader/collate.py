@@ -9,24 +9,26 @@ Mixed robot + VLM batches work: VLM rows have no state, actions or action mask.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from kidata.progress import note
 from kidata.schema import VLM_TASKS, Batch
 
 DEFAULT_CAMERAS = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
+_NOTED_CAMERAS: set[tuple[str, ...]] = set()
 
 
 def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action_horizon: int, state_dim: int,
             cameras: Sequence[str] = DEFAULT_CAMERAS, image_size: int | None = None) -> Batch:
     batch = len(samples)
     dropped = sorted({camera for s in samples for camera in s["images"]} - set(cameras))
-    if dropped:  # shown once per process by Python's default warning filter
-        warnings.warn(f"images of camera(s) {dropped} are in the mixture but not read: the model reads {list(cameras)} "
-                      "(data.cameras in the preset)", stacklevel=2)
+    if dropped and tuple(dropped) not in _NOTED_CAMERAS:  # one line per process, above any progress bar
+        _NOTED_CAMERAS.add(tuple(dropped))
+        note(f"kidata: images of camera(s) {dropped} are in the mixture but not read: the model reads {list(cameras)} "
+             "(--data.cameras, or data.cameras in the preset)")
     if image_size is None:
         # numpy images are [S, S, 3] (decoded), tensors [3, S, S] (augmented)
         image_size = next((img.shape[-1] if torch.is_tensor(img) else img.shape[0]

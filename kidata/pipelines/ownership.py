@@ -55,8 +55,9 @@ class BuildLock:
                 raise BuildError(f"{self.out} is being built by pid {other.get('pid')} on host {other.get('host')} "
                                  f"(since {other.get('started')}; lock file {self.path}): wait for that build, or "
                                  "delete the lock file if it is no longer running")
-            print(f"build: {self.path} was left by pid {other.get('pid')} on {other.get('host')}, which is no longer "
-                  "running; taking the lock over", file=sys.stderr)
+            holder_text = (f"was left by pid {other.get('pid')} on {other.get('host')}, which is no longer running"
+                           if other else "is unreadable (its writer stopped while writing it)")
+            print(f"build: {self.path} {holder_text}; taking the lock over", file=sys.stderr)
             self.fs.rm(self.path)
         raise BuildError(f"{self.out}: could not take the lock {self.path}; another build took it first")
 

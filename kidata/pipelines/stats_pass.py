@@ -131,13 +131,11 @@ def normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root) -> np.
     return normalized_chunks(recipe, reservoirs, norm_stats, action_dim)
 
 
-def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[str] | None = None,
-                         engine: str = "local", workers: int = 1, progress: bool = True):
-    """``kidata fast fit --recipe``: pass 1 alone, then FAST fitted on the normalized chunks of the
-    chosen robot sources; writes the tokenizer, its report and the statistics (stats.json)."""
-    from kidata.tokenizers.fast import FastTokenizer
-    from kidata.tokenizers.report import measure_tokenizer, write_report
-
+def recipe_chunks(recipe: Recipe, *, sources: list[str] | None = None, engine: str = "local", workers: int = 1,
+                  progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Pass 1 alone over the chosen robot sources: the normalized action chunks a build fits FAST on
+    (float64 [N, action_horizon, action_dim], the hash-ranked sample of ``reservoir_size`` per
+    source) and the statistics they were normalized with ({source: NormStats JSON})."""
     robot = [s for s in recipe.sources if s.kind == "robot" and (not sources or s.name in sources)]
     if not robot:
         raise BuildError(f"no robot source selected (robot sources: {[s.name for s in recipe.sources if s.kind == 'robot']})")
@@ -146,7 +144,17 @@ def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[s
     norm_stats = {name: stats.finalize().to_json() for name, (stats, _, _) in merged.items()}
     action_dim = recipe.mixture.action_dim or max(len(s["actions"]["mean"]) for s in norm_stats.values())
     reservoirs = {name: np.stack([c for _, c in reservoir]) for name, (_, _, reservoir) in merged.items()}
-    chunks = normalized_chunks(recipe, reservoirs, norm_stats, action_dim)
+    return normalized_chunks(recipe, reservoirs, norm_stats, action_dim), norm_stats
+
+
+def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[str] | None = None,
+                         engine: str = "local", workers: int = 1, progress: bool = True):
+    """``kidata fast fit --recipe``: pass 1 alone, then FAST fitted on the normalized chunks of the
+    chosen robot sources; writes the tokenizer, its report and the statistics (stats.json)."""
+    from kidata.tokenizers.fast import FastTokenizer
+    from kidata.tokenizers.report import measure_tokenizer, write_report
+
+    chunks, norm_stats = recipe_chunks(recipe, sources=sources, engine=engine, workers=workers, progress=progress)
     setting = recipe.mixture.fast_tokenizer if isinstance(recipe.mixture.fast_tokenizer, dict) else {}
     options = {k: v for k, v in setting.items() if k != "fit"}
     tokenizer = FastTokenizer.fit(chunks, show_progress=progress, **options)

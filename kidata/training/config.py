@@ -299,5 +299,10 @@ def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
     widest_state = max((len(s.norm_stats["state"]["mean"]) for s in manifest.sources if s.kind == "robot"), default=0)
     if continuous and widest_state > model.state_dim:
         problems.append(f"state_dim: data {widest_state} > model {model.state_dim}")
+    if encoding.action_horizon != model.action_horizon or encoding.image_size != model.image_size:
+        problems.append(f"a mixture is built for one model shape: rebuild its recipe with [mixture] action_horizon = "
+                        f"{model.action_horizon} and image_size = {model.image_size} (what this model reads; a pretrained "
+                        f"init_from also needs its text_tokenizer), or train with --model.action_horizon "
+                        f"{encoding.action_horizon} --model.image_size {encoding.image_size}")
     if problems:
         raise ManifestMismatch("the mixture does not fit the model config: " + "; ".join(problems))
