@@ -31,7 +31,7 @@ from kidata.tokenizers.prompt import SampleEncoder, SampleRejected
 from kidata.training.checkpoint import read_run_weights
 from kidata.training.config import ACTION_HEADS, FAST_FALLBACKS, TrainConfig
 
-__all__ = ["ObservationError", "Policy", "PRECISIONS", "default_device", "load"]
+__all__ = ["ObservationError", "Policy", "PRECISIONS", "default_device", "load", "resolve_device"]
 
 # bfloat16: matmuls and attention in bf16 under torch.autocast (PyTorch's mixed-precision
 # inference); weights, norms, softmax and the flow's Euler integration stay float32
@@ -41,6 +41,19 @@ PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
 def default_device() -> str:
     """Where a policy runs unless told: the first CUDA device when there is one, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` (None: ``default_device()``) as a torch device this machine has, or one sentence."""
+    try:
+        resolved = torch.device(default_device() if device is None else device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a device name such as cuda, cuda:1 or cpu ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA device that torch can use; pass device='cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
 
 
 class Policy:
@@ -61,7 +74,7 @@ class Policy:
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {tuple(PRECISIONS)}")
         self.precision = precision
-        self.device = torch.device(default_device() if device is None else device)
+        self.device = resolve_device(device)
         self.model, self.config, self.manifest, self.encoder = model.to(self.device).eval(), config, manifest, encoder
         robots = [s for s in manifest.sources if s.kind == "robot"]
         if not robots:
@@ -209,6 +222,7 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
     check_num_steps(num_steps)
+    resolve_device(device)  # before the weights are read
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {tuple(PRECISIONS)}")
     config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))

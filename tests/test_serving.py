@@ -280,6 +280,10 @@ def test_a_policy_goes_where_it_is_told_with_every_input_and_defaults_to_cuda_wh
     assert policies.default_device() == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert policies.default_device() == "cpu" and policies.load(run).device == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^device 'cuda': this machine has no CUDA device that torch can use"):
+        policies.load(run, device="cuda")
+    with pytest.raises(ValueError, match=r"^device 'gpu0' is not a device name such as cuda, cuda:1 or cpu"):
+        policies.load(run, device="gpu0")
 
 
 def test_serve_and_eval_hand_their_device_precision_and_steps_to_the_policy(monkeypatch, capsys):
