@@ -62,10 +62,13 @@ def test_force_refuses_naming_the_users_files_and_removes_none_of_them(two_build
 def test_force_replaces_a_build_of_another_recipe_removing_only_its_files(two_builds, tmp_path):
     root, _, second = two_builds
     out = copy_build(root / "a", tmp_path / "out")
+    (out / "inspect").mkdir()  # kidata inspect's pictures: a kidata command wrote them
+    (out / "inspect" / "samples.png").write_bytes(b"png")
     build(second, str(out), force=True, progress=False)
     assert verify(str(out)) == []
     assert json.loads((out / "manifest.json").read_text())["recipe_sha256"] == second.sha256
     assert {p.name for p in (out / "bridge").iterdir()} == {p.name for p in (root / "b" / "bridge").iterdir()}
+    assert not (out / "inspect").exists()
 
 
 def test_a_build_into_a_folder_another_live_build_holds_is_refused_naming_its_pid_and_host(two_builds, tmp_path):
@@ -205,11 +208,17 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
         os.killpg(process.pid, signal.SIGINT)
     else:
         os.kill(process.pid, getattr(signal, stop))
-    err = process.communicate(timeout=60)[1]
-    deadline = time.time() + 10
-    while time.time() < deadline and any(alive(pid) for pid in workers):
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers)
+    try:
+        err = process.communicate(timeout=60)[1]
+        deadline = time.time() + 10
+        while time.time() < deadline and any(alive(pid) for pid in workers):
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers)
+    finally:  # whatever failed, no process of this test outlives it
+        for pid in [process.pid, *workers]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
     if stop != "SIGKILL":
         signum = signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT
         assert process.returncode == 128 + signum

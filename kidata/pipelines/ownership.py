@@ -23,8 +23,9 @@ from kidata.pipelines.stats_pass import ACTION_TOKENIZER_DIR, STATE_DIR, BuildEr
 
 LOCK_NAME = "build.lock"
 BUILD_ID_FILE = "kidata_build.json"  # in the action tokenizer folder: {"build_id": ...}
-# top-level entries a build writes (whole folders for the directories); source folders are checked file by file
-BUILD_FILES = ("manifest.json", "build_report.json", LOCK_NAME, STATE_DIR, "norm_stats", ACTION_TOKENIZER_DIR)
+# top-level entries a build writes (whole folders for the directories; ``inspect``: the pictures
+# ``kidata inspect OUT`` and ``kidata demo`` save beside the build); source folders are checked file by file
+BUILD_FILES = ("manifest.json", "build_report.json", LOCK_NAME, STATE_DIR, "norm_stats", ACTION_TOKENIZER_DIR, "inspect")
 _SHARD_NAME = r"-(train|val)-u\d{4}-\d{5}\.tar(\.tmp)?"
 _TEMPORARY = re.compile(r"^(manifest\.json|build_report\.json)\.tmp$")
 
