@@ -148,6 +148,13 @@ MUTATIONS = [
              '.endswith(".tmp"))[:-keep]', '.endswith(".tmp"))[:-keep - 1]', ("tests/test_train.py -k pruning",)),
     Mutation("resume on a rebuilt mixture not checked", "kidata/training/trainer.py",
              "        manifest.check_expectations({", "        (lambda expect: None)({", ("tests/test_train.py -k rebuilt",)),
+    Mutation("the policy acts on a subtask source without generating the subtask", "kidata/policy.py",
+             "        self.generates_subtask = bool(subtask)", "        self.generates_subtask = False",
+             ("tests/test_subtask_parity.py -k generates_the_subtask_then_acts",)),
+    Mutation("the expert's context ends at the prefix on subtask rows", "kidata/loader/collate.py",
+             'expert_context[row] = expert_context_length(sample["meta"])',
+             'expert_context[row] = sample["meta"]["prefix_length"]',
+             ("tests/test_subtask_parity.py -k trained_on_the_subtask_text",)),
     Mutation("policy unnormalizes actions with the state statistics", "kidata/policy.py",
              "self.stats.actions, self.normalization)", "self.stats.state, self.normalization)",
              ("tests/test_train.py -k policy_maps",)),
@@ -217,6 +224,16 @@ MUTATIONS = [
     Mutation("the PaliGemma tokenizer fingerprint ignores the <loc>/<seg> layout", "kidata/tokenizers/text.py",
              "if tokenizer.loc_range() != loc or tokenizer.seg_range() != seg:", "if False:",
              ("tests/test_openpi_checkpoints.py -k another_layout",)),
+    # checkpoints at scale (issue 43, item 13)
+    Mutation("every FSDP rank builds the whole model", "kidata/training/initialize.py",
+             "whole = initialized_model(config).state_dict() if dist.get_rank() == 0 else {}",
+             "whole = initialized_model(config).state_dict()", ("tests/test_sharded_checkpoints.py -k only_rank_0",)),
+    Mutation("rank 0 hashes every shard again", "kidata/training/checkpoint.py",
+             "known.get(name) or file_checksum(p)", "file_checksum(p)",
+             ("tests/test_sharded_checkpoints.py -k hashes_the_shards",)),
+    Mutation("a whole-file checkpoint part read with the files beside it", "kidata/training/checkpoint.py",
+             "    reader.fs.ls = lambda _folder: [str(file)]\n", "",
+             ("tests/test_sharded_checkpoints.py -k resume_reads",)),
 ]
 
 

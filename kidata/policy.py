@@ -8,6 +8,8 @@
 Everything between comes from the run: images resized with padding to the model's size, state
 normalized with the source's statistics from the manifest, the prompt encoded exactly as in the
 build, actions sampled (flow expert; or greedy FAST tokens for ``pi0_fast``) and unnormalized.
+A source built with subtask annotations is acted on as pi0.5 does: the model first generates
+"Subtask: ...;\\nAction: ", then acts with that text in its context, as its training rows had it.
 Every caller input is checked as data first (``kidata.observation``). The model runs on
 ``device`` (default: CUDA when present) in ``precision`` ``float32`` or ``bfloat16``.
 """
@@ -64,13 +66,15 @@ class Policy:
     mean); ``flow_samples`` > 1 returns the mean of that many chunks, sampled as one batch.
     ``fast_fallback``: ``relaxed`` or ``flow`` for FAST tokens that do not decode exactly
     (``PolicyConfig``). ``counters`` counts FAST chunks, the invalid ones and the expert's stand-ins:
-    the evaluators report them per task. ``device``: where the model and every input go (the
-    model is moved there); ``precision``: ``float32`` or ``bfloat16`` (``PRECISIONS``)."""
+    the evaluators report them per task. ``subtask``: generate the subtask before acting (default:
+    when the source's recipe entry names ``annotations``, i.e. its rows were built with subtasks);
+    ``last_subtask`` holds the latest generated one. ``device``: where the model and every input
+    go (the model is moved there); ``precision``: ``float32`` or ``bfloat16`` (``PRECISIONS``)."""
 
     def __init__(self, model: KIModel, config: TrainConfig, manifest: Manifest, encoder: Any, *,
                  source: str | None = None, device: str | torch.device | None = None, num_steps: int = 10,
                  action_head: str = "auto", noise_scale: float = 1.0, flow_samples: int = 1,
-                 fast_fallback: str = "relaxed", precision: str = "float32") -> None:
+                 fast_fallback: str = "relaxed", subtask: bool | None = None, precision: str = "float32") -> None:
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: choose one of {tuple(PRECISIONS)}")
         self.precision = precision
@@ -106,6 +110,11 @@ class Policy:
             raise ValueError(f"fast_fallback 'flow': the {model.config.variant} model has no action expert")
         self.fast_fallback = fast_fallback
         self.counters = {"fast_chunks": 0, "fast_invalid": 0, "flow_fallbacks": 0}
+        if subtask is None:
+            entry = next((s for s in manifest.recipe.get("sources", []) if s.get("name") == self.source), {})
+            subtask = bool(entry.get("annotations"))
+        self.generates_subtask = bool(subtask)
+        self.last_subtask: str | None = None
 
     @property
     def action_dim(self) -> int:
@@ -129,7 +138,9 @@ class Policy:
         check_observation(observation, cameras=tuple(self.config.data.cameras), state_width=len(self.stats.state.mean),
                           source=self.source)
 
-    def batch(self, observation: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def batch(self, observation: Mapping[str, Any], *, subtask: str | None = None) -> dict[str, torch.Tensor]:
+        """The model input for an observation. A policy that generates subtasks gets the subtask
+        row's prompt: without ``subtask`` the one it generates from, with it the one it acts from."""
         from kidata.images import resize_with_pad
 
         self.check(observation)
@@ -138,11 +149,16 @@ class Policy:
                   for camera, image in observation["images"].items() if image is not None}
         state = normalize(np.asarray(observation["state"], dtype=np.float64), self.stats.state, self.normalization)
         try:
-            sample = self.encoder.robot_prompt(observation["prompt"], state, images=images)
+            if self.generates_subtask:
+                sample = self.encoder.subtask_prompt(observation["prompt"], state, subtask=subtask, images=images)
+            else:
+                sample = self.encoder.robot_prompt(observation["prompt"], state, images=images)
         except SampleRejected as error:  # a prompt longer than the run's max_tokens
             raise ObservationError(f"prompt: {error}; shorten the instruction") from None
+        meta = {"prefix_length": sample.prefix_length,
+                **{k: v for k, v in sample.meta.items() if k == "expert_context"}}
         record = {"tokens": sample.tokens, "ar": sample.ar, "loss": sample.loss, "images": sample.images,
-                  "state": sample.state, "meta": {"prefix_length": sample.prefix_length}, "source_index": self.source_index}
+                  "state": sample.state, "meta": meta, "source_index": self.source_index}
         batch = collate([record], max_tokens=len(sample.tokens), action_dim=self.config.model.action_dim,
                         action_horizon=self.config.model.action_horizon, state_dim=self.config.model.state_dim,
                         cameras=self.config.data.cameras, image_size=size)
@@ -155,8 +171,12 @@ class Policy:
         actions gets the observation's state added back on those dimensions). ``noise``: the
         flow's starting noise, float [1, H, A] or [H, A] on any device and in any float dtype
         (moved to the model's device as float32; the model's own chunk shape, ``model.config``)."""
-        batch = self.batch(observation)
         steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
+        if self.generates_subtask:
+            self.last_subtask = self.generate_subtask(observation)
+            batch = self.batch(observation, subtask=self.last_subtask)
+        else:
+            batch = self.batch(observation)
         if noise is not None:
             noise = check_noise(noise, self.model.config.action_horizon, self.model.config.action_dim).to(self.device)
         with self._precision():
@@ -165,6 +185,18 @@ class Policy:
         if self.delta_mask is not None:
             actions = to_absolute(actions, np.asarray(observation["state"], dtype=np.float64), self.delta_mask)
         return actions
+
+    @torch.no_grad()
+    def generate_subtask(self, observation: Mapping[str, Any]) -> str:
+        """The subtask the model names for an observation: greedy "Subtask: ...;\\nAction: " from
+        the subtask row's prefix, stopped at its first action token (or EOS, "|")."""
+        batch = self.batch(observation)
+        action_ids = self.encoder.id_map.range
+        stops = (*self.encoder.stop_ids, *range(action_ids.first, action_ids.last + 1))
+        budget = self.manifest.encoding.max_tokens - int(batch["token_mask"][0].sum())
+        with self._precision():
+            generated = self.model.generate(batch, max(budget, 1), stop_ids=stops)[0].cpu().numpy()
+        return self.encoder.subtask_of(generated)
 
     def _precision(self):
         import contextlib
@@ -213,11 +245,12 @@ class Policy:
 def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
          device: str | torch.device | None = None, precision: str = "float32", action_head: str | None = None,
          num_steps: int = 10, noise_scale: float = 1.0, flow_samples: int = 1,
-         fast_fallback: str | None = None) -> Policy:
+         fast_fallback: str | None = None, subtask: bool | None = None) -> Policy:
     """The policy of a run directory (latest complete checkpoint unless ``checkpoint`` names one,
     verified against its checksums either way; its weight EMA when the run kept one and
     ``use_ema``; the run's ``[policy] action_head`` unless ``action_head`` names one; likewise
-    ``fast_fallback``), on ``device`` (default: CUDA when present) in ``precision``."""
+    ``fast_fallback``; ``subtask`` as in ``Policy``), on ``device`` (default: CUDA when present)
+    in ``precision``."""
     run = Path(run)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
@@ -236,4 +269,5 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     return Policy(model, config, manifest, encoder, source=source, device=device, precision=precision,
                   num_steps=num_steps, noise_scale=noise_scale, flow_samples=flow_samples,
                   action_head=config.policy.action_head if action_head is None else action_head,
-                  fast_fallback=config.policy.fast_fallback if fast_fallback is None else fast_fallback)
+                  fast_fallback=config.policy.fast_fallback if fast_fallback is None else fast_fallback,
+                  subtask=subtask)

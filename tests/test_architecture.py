@@ -44,6 +44,9 @@ LONG_MODULES = {
                                  "quantized DCT coefficients); split, the halves would share every private helper",
     "kidata/sources/rlds.py": "the traced per-process parser and the reader it serves change together (a feature "
                               "the parser skips is one the reader never sees)",
+    "kidata/model/ki_model.py": "one network's three passes (the training forward, cached flow sampling, cached greedy "
+                                "generation) share its layers' project/finish, masks and key/value layout; split, each "
+                                "would reach into the others' private helpers",
 }
 
 

@@ -16,6 +16,7 @@ import torch
 
 from kidata.progress import note
 from kidata.schema import VLM_TASKS, Batch
+from kidata.tokenizers.prompt import expert_context_length
 
 DEFAULT_CAMERAS = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
 _NOTED_CAMERAS: set[tuple[str, ...]] = set()
@@ -40,6 +41,7 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
     loss = torch.zeros(batch, max_tokens, dtype=torch.bool)
     token_mask = torch.zeros(batch, max_tokens, dtype=torch.bool)
     prefix_length = torch.zeros(batch, dtype=torch.int64)
+    expert_context = torch.zeros(batch, dtype=torch.int64)
     state = torch.zeros(batch, state_dim)
     state_dim_mask = torch.zeros(batch, state_dim, dtype=torch.bool)
     actions = torch.zeros(batch, action_horizon, action_dim)
@@ -57,6 +59,7 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
         loss[row, :length] = torch.from_numpy(sample["loss"])
         token_mask[row, :length] = True
         prefix_length[row] = sample["meta"]["prefix_length"]
+        expert_context[row] = expert_context_length(sample["meta"])
         for column, camera in enumerate(cameras):
             image = sample["images"].get(camera)
             if image is None:
@@ -80,7 +83,8 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
         kind = sample["meta"].get("kind")
         vlm_task[row] = VLM_TASKS.index(kind) + 1 if kind in VLM_TASKS else 0
     return {"images": images, "image_mask": image_mask, "tokens": tokens, "ar": ar, "loss": loss,
-            "token_mask": token_mask, "prefix_length": prefix_length, "state": state, "state_dim_mask": state_dim_mask,
+            "token_mask": token_mask, "prefix_length": prefix_length, "expert_context": expert_context,
+            "state": state, "state_dim_mask": state_dim_mask,
             "actions": actions, "action_valid": action_valid, "action_dim_mask": action_dim_mask,
             "has_actions": has_actions, "source_index": source_index, "vlm_task": vlm_task}
 
