@@ -245,12 +245,13 @@ class Policy:
 def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
          device: str | torch.device | None = None, precision: str = "float32", action_head: str | None = None,
          num_steps: int = 10, noise_scale: float = 1.0, flow_samples: int = 1,
-         fast_fallback: str | None = None, subtask: bool | None = None) -> Policy:
+         fast_fallback: str | None = None, subtask: bool | None = None, merge_lora: bool = True) -> Policy:
     """The policy of a run directory (latest complete checkpoint unless ``checkpoint`` names one,
     verified against its checksums either way; its weight EMA when the run kept one and
     ``use_ema``; the run's ``[policy] action_head`` unless ``action_head`` names one; likewise
     ``fast_fallback``; ``subtask`` as in ``Policy``), on ``device`` (default: CUDA when present)
-    in ``precision``."""
+    in ``precision``. A LoRA run's adapters are merged into the base weights unless ``merge_lora``
+    is false."""
     run = Path(run)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
@@ -265,6 +266,10 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if merge_lora and config.model.lora is not None:
+        from kidata.model.lora import merge
+
+        merge(model)  # one matrix per projection at inference, as an unadapted model
     encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
     return Policy(model, config, manifest, encoder, source=source, device=device, precision=precision,
                   num_steps=num_steps, noise_scale=noise_scale, flow_samples=flow_samples,

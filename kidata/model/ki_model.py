@@ -21,6 +21,7 @@ from torch import nn
 from kidata.model.attention import attend, attention_bias, compute_dtype
 from kidata.model.config import ModelConfig
 from kidata.model.layers import AdaRMSNorm, GeGLU, RMSNorm, VisionTower, rotary, timestep_embedding
+from kidata.model.lora import apply_lora
 from kidata.schema import Batch
 
 
@@ -108,9 +109,7 @@ class KIModel(nn.Module):
                 self.action_time_mlp_out = nn.Linear(c.expert_width, c.expert_width)
             if c.state_input == "expert":
                 self.state_proj = nn.Linear(c.state_dim, c.expert_width)
-        if c.backbone_frozen:
-            for parameter in self.backbone_parameters():
-                parameter.requires_grad_(False)
+        apply_lora(self, c.lora)  # adapters when configured, and which weights train (frozen: not the backbone)
 
     # ------------------------------------------------------------------ inputs
     def backbone_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -289,7 +288,7 @@ class KIModel(nn.Module):
     def _token_loss(self, text_hidden: torch.Tensor, batch: Batch, all_logits: bool) -> dict:
         """Mean cross-entropy of the loss-masked targets and their logits, from the backbone's
         hidden states at the text positions [B, T, W]; position i predicts token i + 1. The
-        vocabulary-sized logits are computed in the compute dtype and only for the N targets."""
+        vocabulary-sized logits exist only for the N targets (N is read once from the device)."""
         targets, target_mask = batch["tokens"][:, 1:], batch["loss"][:, 1:]
         if all_logits:
             logits = self.lm_head(self.final_norm(text_hidden))  # [B, T, V]
