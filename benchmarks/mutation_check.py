@@ -90,7 +90,8 @@ MUTATIONS = [
              ("tests/test_rlds_bridge.py -k raw",)),
     # training
     Mutation("EMA weighted the wrong way", "kidata/training/trainer.py",
-             "float(), 1 - config.optim.ema_decay)", "float(), config.optim.ema_decay)", ("tests/test_train.py -k ema",)),
+             "for p in sources], 1 - config.optim.ema_decay)", "for p in sources], config.optim.ema_decay)",
+             ("tests/test_train.py -k ema",)),
     Mutation("gradient accumulation sums instead of averaging", "kidata/training/trainer.py",
              '(out["loss"] / micro_batches).backward()', 'out["loss"].backward()',
              ("tests/test_train.py -k accumulation",)),
@@ -112,6 +113,12 @@ MUTATIONS = [
              "wrapped = (lambda module, **_: module)(\n            model,", ("tests/test_train.py -k ddp_keeps",)),
     Mutation("FSDP wrapping dropped (parameters not sharded)", "kidata/training/parallelize.py",
              "wrapped = shard_per_block(model, bf16=bf16)", "wrapped = model", ("tests/test_train.py -k fsdp_shards",)),
+    Mutation("accumulated gradients averaged on the first micro-batch instead of the last",
+             "kidata/training/trainer.py", "gradient_sync(wrapped, last=index == micro_batches - 1)",
+             "gradient_sync(wrapped, last=index == 0)",
+             ("tests/test_train.py -k accumulating",)),
+    Mutation("FSDP2 bf16 casts the root's inputs (the flow time on the bf16 grid)", "kidata/training/parallelize.py",
+             "cast_forward_inputs=False)", "cast_forward_inputs=True)", ("tests/test_fsdp.py -k fp32",)),
     # OXE conformance
     Mutation("keys containing '/' split on every slash", "kidata/sources/rlds.py",
              "for size in range(len(parts), 0, -1):", "for size in (1,):", ("tests/test_oxe_conformance.py",)),
