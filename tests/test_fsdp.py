@@ -161,3 +161,36 @@ def test_no_fsdp_unit_hands_back_a_view_that_an_in_place_op_could_detach_from_it
         warnings.simplefilter("always")
         sharded(batch, **fixed(batch))["loss"].backward()
     assert [str(w.message) for w in caught if "returned a view tensor" in str(w.message)] == []
+
+
+def test_accumulating_two_micro_batches_reduces_each_unit_once_on_the_last(process_group, monkeypatch):
+    """FSDP2 under ``gradient_sync``: the first micro-batch's gradients stay whole and local, the
+    last one's backward reduce-scatters their sum once per unit; the sharded gradient is the sum
+    of the two micro-batches' gradients of the plain model."""
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group
+
+    from kidata.training.parallelize import gradient_sync
+
+    reductions: list[int] = []
+    original = _fsdp_param_group.foreach_reduce
+
+    def counted(*args, **kwargs):
+        reductions.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_fsdp_param_group, "foreach_reduce", counted)
+    plain, sharded = tiny_pair()
+    batches = [make_batch(seed) for seed in (0, 1)]
+    for batch in batches:
+        plain(batch, **fixed(batch))["loss"].backward()
+    wrapped = shard_per_block(sharded, bf16=False)
+    units = 1 + len(sharded.vision.blocks) + len(sharded.layers)  # the root, the vision blocks, the pairs
+    done = []
+    for index, batch in enumerate(batches):
+        with gradient_sync(wrapped, last=index == len(batches) - 1):
+            wrapped(batch, **fixed(batch))["loss"].backward()
+        done.append(len(reductions))
+    assert done == [0, units]
+    grads = {name: p.grad for name, p in plain.named_parameters()}
+    for name, parameter in sharded.named_parameters():
+        torch.testing.assert_close(parameter.grad.full_tensor(), grads[name], atol=1e-6, rtol=1e-5)
