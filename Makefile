@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS := constraints.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint mutate bench clean
+.PHONY: setup demo test test-fast lint mutate bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,8 @@ $(STAMP): $(BIN)/python pyproject.toml $(CONSTRAINTS)
 	# openpi's client, to test the server against it; it declares numpy<2 but runs on numpy 2 (tested)
 	$(BIN)/pip install --quiet --no-deps openpi-client==0.1.2
 	touch $(STAMP)
+
+setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/kidata demo --out demo-out

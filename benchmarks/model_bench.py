@@ -3,12 +3,16 @@
     python benchmarks/model_bench.py [--preset model/ki_tiny.toml --batch 8 --steps 20]
     python benchmarks/model_bench.py --preset model/ki_2b.toml --device cuda --dtype bfloat16 --batch 8 --optimizer
 
-Prints, in one run and for the same weights and batch: forward+backward ms per step for ``ki``,
-``joint``, ``pi0``, ``pi0_fast`` (KI's cost relative to flow-only training is the figure the paper
-reports as ~1.2x), tokens/s, MFU on CUDA (6 * parameters * tokens / s over the GPU's peak), and the
-latency of ``sample_actions`` (two cameras, 10 Euler steps, KV cache) next to recomputing the
-prefix every step. ``--optimizer`` times whole training steps (AdamW with fp32 master weights
-included) and, on CUDA, reports each variant's peak memory: what ``benchmarks/gpu_check.sh`` runs.
+Prints, in one run and for the same weights: forward+backward ms per step for ``ki``, ``joint``,
+``pi0``, ``pi0_fast`` (KI's cost relative to flow-only training is the figure the paper reports as
+~1.2x), tokens/s, model TFLOP per step counted per part (``kidata.model.flops``: image tokens
+through SigLIP, prefix and text through the decoder, the LM head only at loss-masked targets,
+actions through the expert), MFU on CUDA (those FLOPs / s over the GPU's peak), and the latency of
+``sample_actions`` (two cameras, 10 Euler steps, KV cache) next to recomputing the prefix every
+step. A variant without a token loss (``pi0``) gets the prompt alone: no FAST tokens, no LM head.
+``--optimizer`` times whole training steps (AdamW with fp32 master weights included) and, on CUDA,
+reports each variant's peak memory; a variant that runs out of memory prints so, and the next
+one runs: what ``benchmarks/gpu_check.sh`` runs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 from kidata import assets
 from kidata.model.config import ModelConfig
+from kidata.model.flops import StepShape, training_flops
 from kidata.model.ki_model import KIModel
 from kidata.model.weights import parameter_counts
 
@@ -48,6 +53,20 @@ def make_batch(config: ModelConfig, batch: int, text: int, prefix: int, device, 
     return {key: value.to(device) for key, value in out.items()}
 
 
+def variant_batch(batch: dict, config: ModelConfig, prefix: int) -> dict:
+    """The batch a variant trains on: without a token loss (pi0, frozen) the prompt alone, as
+    openpi's pi0 sees it (FAST tokens and their LM head would only inflate its step)."""
+    if config.fast_loss:
+        return batch
+    prompt = {key: batch[key][:, :prefix] for key in ("tokens", "ar", "loss", "token_mask")}
+    return {**batch, **prompt, "ar": torch.zeros_like(prompt["ar"]), "loss": torch.zeros_like(prompt["loss"])}
+
+
+def step_shape(batch: dict) -> StepShape:
+    return StepShape(batch=len(batch["tokens"]), cameras=batch["images"].shape[1], text=batch["tokens"].shape[1],
+                     loss_tokens=int(batch["loss"][:, 1:].sum()) // len(batch["tokens"]))
+
+
 def timed(fn, steps: int, device) -> float:
     fn()  # warm-up
     fn()
@@ -61,6 +80,34 @@ def timed(fn, steps: int, device) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def run_variant(config: ModelConfig, inputs: dict, args, device, dtype) -> tuple[float, int]:
+    """Seconds per training step (forward, backward, and AdamW with ``--optimizer``) and the CUDA
+    peak memory in bytes (0 elsewhere). Model and optimizer are freed on return, OOM included."""
+    torch.manual_seed(0)
+    model = KIModel(config).to(device)
+    model.activation_checkpointing = args.checkpointing
+    model.train()
+    optimizer = (torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
+                                   fused=device.type == "cuda") if args.optimizer else None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            loss = model(inputs)["loss"]
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+
+    try:
+        seconds = timed(step, args.steps, device)
+        return seconds, torch.cuda.max_memory_allocated() if device.type == "cuda" else 0
+    finally:  # an OOM's traceback keeps this frame alive: drop the model and its state from it now
+        model.zero_grad(set_to_none=True)
+        model = optimizer = None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default=str(assets.ROOT / "model" / "ki_tiny.toml"))
@@ -72,6 +119,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--optimizer", action="store_true", help="time the AdamW step too (a whole training step)")
     parser.add_argument("--variants", default="ki,joint,pi0,pi0_fast")
+    parser.add_argument("--checkpointing", action="store_true",
+                        help="activation checkpointing (recompute each layer in backward), as train.activation_checkpointing")
     parser.add_argument("--half-batch", action="store_true",
                         help="also time the first variant at half the batch: is a step's cost proportional to its batch?")
     args = parser.parse_args()
@@ -85,45 +134,39 @@ def main() -> None:
     print(f"preset {Path(args.preset).name}: batch {args.batch}, 2 cameras, {args.text} text tokens "
           f"({args.prefix} prompt), horizon {base.action_horizon}, dtype {args.dtype}")
     batch = make_batch(base, args.batch, args.text, args.prefix, device)
-    patches = (base.image_size // base.patch_size) ** 2
-    tokens = args.batch * (2 * patches + args.text + base.action_horizon)
     results = {}
     runs = [(variant, batch) for variant in args.variants.split(",")]
     if args.half_batch:
         runs.append((runs[0][0], {key: value[: args.batch // 2] for key, value in batch.items()}))
-    for variant, inputs in runs:
+    for variant, whole in runs:
         config = ModelConfig.load(args.preset, variant=variant)
-        torch.manual_seed(0)
-        model = KIModel(config).to(device)
-        params = sum(p.numel() for p in model.parameters())
-        optimizer = (torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5,
-                                       fused=device.type == "cuda") if args.optimizer else None)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-
-        def step():
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                loss = model(inputs)["loss"]
-            loss.backward()
-            if optimizer is not None:
-                optimizer.step()
-            model.zero_grad(set_to_none=True)
-
-        seconds = timed(step, args.steps, device)
+        inputs = variant_batch(whole, config, args.prefix)
         size = len(inputs["tokens"])
+        try:
+            seconds, peak_memory = run_variant(config, inputs, args, device, dtype)
+        except torch.OutOfMemoryError:
+            print(f"  {variant:9s} out of memory at batch {size}: lower BATCH or keep activation checkpointing on",
+                  flush=True)
+            continue
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         results[(variant, size)] = seconds
-        what = "train step" if optimizer is not None else "fwd+bwd"
-        line = (f"  {variant:9s} {what} {seconds * 1e3:9.1f} ms/step  "
-                f"{tokens * size / args.batch / seconds:10.0f} tokens/s  batch {size}")
+        shape = step_shape(inputs)
+        flops = training_flops(config, shape)
+        tokens = size * (shape.cameras * (config.image_size // config.patch_size) ** 2 + shape.text
+                         + (config.action_horizon if config.has_expert else 0))
+        what = "train step" if args.optimizer else "fwd+bwd"
+        line = (f"  {variant:9s} {what} {seconds * 1e3:9.1f} ms/step  {tokens / seconds:10.0f} tokens/s  batch {size}"
+                f"  {flops['total'] / 1e12:.3g} TFLOP/step")
         if device.type == "cuda":
             peak = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), None)
             if peak:
-                line += f"  MFU {6 * params * tokens / seconds / (peak * 1e12):6.1%}"
-            line += f"  peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB"
+                line += f"  MFU {flops['total'] / seconds / (peak * 1e12):6.1%}"
+            line += f"  peak memory {peak_memory / 2**30:.1f} GiB"
         print(line, flush=True)
-        model = optimizer = None  # freed before the next variant is built
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+        print("            TFLOP/step by part: " + ", ".join(f"{name} {value / 1e12:.3g}" for name, value in flops.items()
+                                                         if name != "total"), flush=True)
     full = {variant: seconds for (variant, size), seconds in results.items() if size == args.batch}
     if {"ki", "pi0", "pi0_fast"} <= set(full):
         print(f"ki / pi0 step time: {full['ki'] / full['pi0']:.2f}x (paper: ~1.2x for KI over flow-only)"

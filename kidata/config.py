@@ -17,6 +17,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 T = TypeVar("T")
+# the largest recipe or config file read (the biggest shipped one is a few KiB)
+MAX_TOML_BYTES = 1 << 20
 
 
 class ConfigError(ValueError):
@@ -37,8 +39,15 @@ def read_toml(path: str | Path, *, error: type[ValueError] = ConfigError, kind: 
     from kidata import assets
 
     found = assets.resolve(path, kind=kind)
+    with open(found, "rb") as handle:  # a device or a huge file is refused after MAX_TOML_BYTES, not read whole
+        data = handle.read(MAX_TOML_BYTES + 1)
+    if len(data) > MAX_TOML_BYTES:
+        raise error(f"{found}: larger than {MAX_TOML_BYTES // 1024} KiB; recipes and configs are small TOML files")
     try:
-        return tomllib.loads(found.read_text()), found
+        return tomllib.loads(data.decode("utf-8")), found
+    except UnicodeDecodeError as decode_error:
+        raise error(f"{found}: not UTF-8 text ({decode_error.reason} at byte {decode_error.start}); "
+                    "recipes and configs are TOML files") from None
     except tomllib.TOMLDecodeError as parse_error:
         raise error(f"{found}: not valid TOML ({parse_error})") from parse_error
 
@@ -53,12 +62,14 @@ def check_keys(table: Mapping[str, Any], valid: Sequence[str], where: str, *, se
 
 
 def from_table(kind: type[T], table: Mapping[str, Any], where: str, *, section: str = "",
-               error: type[ValueError] = ConfigError) -> T:
+               error: type[ValueError] = ConfigError, fields_only: bool = False) -> T | dict[str, Any]:
     """``kind(**table)`` after checking the keys against its fields and coercing TOML values
-    (lists to tuple fields, integers to float fields)."""
+    (lists to tuple fields, integers to float fields); with ``fields_only`` the checked, coerced
+    values alone (a partial table, such as one command-line override)."""
     valid = {f.name: f for f in dataclasses.fields(kind)}
     check_keys(table, list(valid), where, section=section, error=error)
-    return kind(**{key: _coerce(valid[key], value) for key, value in table.items()})
+    values = {key: _coerce(valid[key], value, f"{where}{section}{key}", error) for key, value in table.items()}
+    return values if fields_only else kind(**values)
 
 
 def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
@@ -95,10 +106,44 @@ def _literal(text: str) -> Any:
         return text
 
 
-def _coerce(spec: dataclasses.Field, value: Any) -> Any:
+# What a field's annotation (a string under ``from __future__ import annotations``) accepts, by its
+# outer type; annotations not named here (dicts of options, nested unions) are checked where read.
+_ACCEPTS: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"),
+    "float": ((int, float), "a number"),
+    "bool": ((bool,), "true or false"),
+    "str": ((str,), "a string"),
+    "tuple": ((list, tuple), "a list"),
+    "list": ((list, tuple), "a list"),
+    "dict": ((dict,), "a table"),
+}
+
+
+def _accepts(annotation: str) -> tuple[tuple[type, ...], str, bool] | None:
+    """(types, their name, None allowed) for a simple annotation such as ``int``, ``float | None``
+    or ``tuple[str, ...]``; None for one this module does not check."""
+    parts = [part.strip() for part in annotation.split("|")]
+    optional = "None" in parts
+    outer = {part.split("[", 1)[0] for part in parts if part != "None"}
+    if len(outer) != 1 or next(iter(outer)) not in _ACCEPTS:
+        return None
+    types, name = _ACCEPTS[next(iter(outer))]
+    return types, name, optional
+
+
+def _coerce(spec: dataclasses.Field, value: Any, key: str = "", error: type[ValueError] = ConfigError) -> Any:
+    """The value in the field's type, or a refusal naming the key, the value and the type expected
+    (``--train.steps ten`` is one sentence, not a TypeError from deep inside the trainer)."""
     kind = str(spec.type)
+    accepts = _accepts(kind)
+    if accepts is not None:
+        types, name, optional = accepts
+        wrong_bool = isinstance(value, bool) and bool not in types
+        if not (value is None and optional) and (wrong_bool or not isinstance(value, types)):
+            raise error(f"{key} = {value!r}: expected {name}{' or nothing' if optional else ''}, "
+                        f"got {type(value).__name__}")
     if kind.startswith("tuple") and isinstance(value, list):
         return tuple(value)
-    if kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+    if kind.split("|")[0].strip() == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value

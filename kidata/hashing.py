@@ -19,6 +19,11 @@ def stable_fraction(*parts: Any) -> float:
     return int.from_bytes(stable_digest(*parts)[:8], "big") / 2**64
 
 
+def holdout_rank(source: str, record_id: str) -> float:
+    """The record's place in [0, 1) by the holdout hash: records under the fraction are held out."""
+    return stable_fraction("holdout", source, record_id)
+
+
 def in_holdout(source: str, record_id: str, fraction: float) -> bool:
     """Held-out by a hash of the source and record id only: the split never moves between builds."""
     return fraction > 0 and stable_fraction("holdout", source, record_id) < fraction

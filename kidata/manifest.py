@@ -10,7 +10,8 @@ sentence naming the file and the field. Layout (JSON, keys sorted)::
                normalization, fast_token_rule, text_vocab_size, fast_token_range,
                special_state_range (special state only)},
     sources: [{name, kind, weight, reader, episodes, samples, quarantined, rejected, skipped,
-               shards: [{path, sha256, samples, bytes, split}], norm_stats (robot only)}]
+               shards: [{path, sha256, samples, bytes, split}], norm_stats (robot only),
+               delta_mask (robot sources with mapping.delta only)}]
 """
 
 from __future__ import annotations
@@ -89,6 +90,9 @@ class SourceEntry:
     skipped: Mapping[str, int]
     shards: tuple[ShardInfo, ...]
     norm_stats: Mapping[str, Any] | None = None  # NormStats.to_json(), robot sources only
+    # the recipe's mapping.delta: these action dimensions (and their statistics) are relative to
+    # the state; the policy adds the state back (kidata.delta). None: all absolute
+    delta_mask: tuple[bool, ...] | None = None
 
     def split_shards(self, split: str) -> list[ShardInfo]:
         """This split's shards that hold samples."""
@@ -98,6 +102,10 @@ class SourceEntry:
         out = {**asdict(self), "shards": [shard.to_json() for shard in self.shards]}
         if self.norm_stats is None:
             del out["norm_stats"]
+        if self.delta_mask is None:
+            del out["delta_mask"]
+        else:
+            out["delta_mask"] = list(self.delta_mask)
         return out
 
 
@@ -110,6 +118,7 @@ class Manifest:
     action_tokenizer: TokenizerRef
     encoding: Encoding
     sources: tuple[SourceEntry, ...] = field(default_factory=tuple)
+    build_id: str = ""  # ties the manifest, the action tokenizer folder and every shard's samples to one build
 
     @property
     def source_names(self) -> list[str]:
@@ -132,7 +141,8 @@ class Manifest:
     def to_json(self) -> dict:
         return {"kidata_version": self.kidata_version, "recipe": self.recipe, "recipe_sha256": self.recipe_sha256,
                 "tokenizers": {"text": self.text_tokenizer.to_json(), "fast": self.action_tokenizer.to_json()},
-                "encoding": self.encoding.to_json(), "sources": [source.to_json() for source in self.sources]}
+                "encoding": self.encoding.to_json(), "sources": [source.to_json() for source in self.sources],
+                **({"build_id": self.build_id} if self.build_id else {})}
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
@@ -149,13 +159,14 @@ class Manifest:
                 if encoding.get(key) is not None:
                     encoding[key] = tuple(encoding[key])
             sources = tuple(SourceEntry(**{**source, "skipped": source.get("skipped", {}),
+                                           "delta_mask": tuple(source["delta_mask"]) if source.get("delta_mask") else None,
                                            "shards": tuple(ShardInfo(**shard) for shard in source["shards"])})
                             for source in data["sources"])
             return cls(kidata_version=data.get("kidata_version", "?"), recipe=data.get("recipe", {}),
                        recipe_sha256=data.get("recipe_sha256", ""),
                        text_tokenizer=TokenizerRef(**data["tokenizers"]["text"]),
                        action_tokenizer=TokenizerRef(**data["tokenizers"]["fast"]),
-                       encoding=Encoding(**encoding), sources=sources)
+                       encoding=Encoding(**encoding), sources=sources, build_id=data.get("build_id", ""))
         except (KeyError, TypeError) as error:
             raise ManifestMismatch(f"{origin}: a field of the manifest is missing or unknown ({error}); rebuild "
                                    "the mixture with this kidata version") from None

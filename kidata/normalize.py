@@ -4,7 +4,8 @@ statistics pass (``kidata.pipelines.stats``) because inference needs this and no
 
 * ``quantile`` (default, pi0.5 / FAST): [q01, q99] maps to [-1, 1].
 * ``mean_std``: standardized.
-Dimensions with (near) zero range or std pass through unchanged, in both modes and both directions.
+Both add openpi's 1e-6 to the range or std, so a (near) constant dimension stays bounded (a
+constant one maps to -1, or 0 under mean/std) and unnormalizes back to its value.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ class DimStats:
         for dim in range(len(self.mean)):
             spread = self.q99[dim] - self.q01[dim]
             if spread < min_range:
-                flags[dim] = "near-zero range (normalization passes it through)"
+                flags[dim] = "near-zero range (normalization maps it to -1, or 0 under mean_std)"
             elif self.max[dim] > self.q99[dim] + outlier_factor * spread or self.min[dim] < self.q01[dim] - outlier_factor * spread:
                 flags[dim] = f"extreme outliers (beyond q01/q99 by {outlier_factor:g}x their range)"
         return flags
@@ -76,35 +77,30 @@ class NormStats:
 
 
 
+# openpi's epsilon (openpi.transforms.Normalize): added to every quantile range and std, so a
+# constant dimension maps to -1 (quantile) or 0 (mean/std) and back exactly, never to its raw value
+EPSILON = 1e-6
+
+
 def normalize(values: np.ndarray, stats: DimStats, mode: str = "quantile") -> np.ndarray:
-    """Quantile mode maps [q01, q99] to [-1, 1]; mean_std mode standardizes. Dimensions with
-    (near) zero range or std pass through unchanged, in both modes."""
+    """float64 [..., D] -> float64 [..., D]. Quantile: ``(x - q01) / (q99 - q01 + 1e-6) * 2 - 1``
+    ([q01, q99] to [-1, 1]); mean_std: ``(x - mean) / (std + 1e-6)``; openpi's formulas for every
+    dimension, constant ones included."""
     values = np.asarray(values, dtype=np.float64)
     if mode == "quantile":
         low, high = np.asarray(stats.q01), np.asarray(stats.q99)
-        spread = high - low
-        live = spread > 1e-8
-        scaled = 2.0 * (values - low) / np.where(live, spread, 1.0) - 1.0
-    elif mode == "mean_std":
-        mean, std = np.asarray(stats.mean), np.asarray(stats.std)
-        live = std > 1e-8
-        scaled = (values - mean) / np.where(live, std, 1.0)
-    else:
-        raise ValueError(f"normalization mode must be 'quantile' or 'mean_std', got {mode!r}")
-    return np.where(live, scaled, values)
+        return (values - low) / (high - low + EPSILON) * 2.0 - 1.0
+    if mode == "mean_std":
+        return (values - np.asarray(stats.mean)) / (np.asarray(stats.std) + EPSILON)
+    raise ValueError(f"normalization mode must be 'quantile' or 'mean_std', got {mode!r}")
 
 
 def unnormalize(values: np.ndarray, stats: DimStats, mode: str = "quantile") -> np.ndarray:
+    """The inverse of ``normalize``: float64 [..., D] in the source's units."""
     values = np.asarray(values, dtype=np.float64)
     if mode == "quantile":
         low, high = np.asarray(stats.q01), np.asarray(stats.q99)
-        spread = high - low
-        live = spread > 1e-8
-        restored = (values + 1.0) / 2.0 * spread + low
-    elif mode == "mean_std":
-        mean, std = np.asarray(stats.mean), np.asarray(stats.std)
-        live = std > 1e-8
-        restored = values * std + mean
-    else:
-        raise ValueError(f"normalization mode must be 'quantile' or 'mean_std', got {mode!r}")
-    return np.where(live, restored, values)
+        return (values + 1.0) / 2.0 * (high - low + EPSILON) + low
+    if mode == "mean_std":
+        return values * (np.asarray(stats.std) + EPSILON) + np.asarray(stats.mean)
+    raise ValueError(f"normalization mode must be 'quantile' or 'mean_std', got {mode!r}")

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from kidata.delta import to_absolute
 from kidata.loader.collate import collate
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
@@ -57,6 +58,8 @@ class Policy:
         self.source = chosen.name
         self.source_index = manifest.sources.index(chosen)
         self.stats = NormStats.from_json(chosen.norm_stats)
+        # the run learned these action dimensions relative to the state: added back in robot units
+        self.delta_mask = np.asarray(chosen.delta_mask, dtype=bool) if chosen.delta_mask is not None else None
         self.normalization = manifest.encoding.normalization
         self.action_horizon = manifest.encoding.action_horizon
         self.num_steps = num_steps
@@ -136,7 +139,8 @@ class Policy:
     @torch.no_grad()
     def sample_actions(self, observation: Mapping[str, Any], *, num_steps: int | None = None,
                        noise: torch.Tensor | None = None) -> np.ndarray:
-        """float64 [action_horizon, action_dim] in the robot's own units."""
+        """float64 [action_horizon, action_dim] in the robot's own units (a run trained on delta
+        actions gets the observation's state added back on those dimensions)."""
         batch = self.batch(observation)
         steps = num_steps if num_steps is not None else self.num_steps
         if self.action_head == "flow":
@@ -149,7 +153,10 @@ class Policy:
                 if self.fast_fallback == "flow":
                     self.counters["flow_fallbacks"] += 1
                     normalized = self._flow_actions(batch, steps, noise)
-        return unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)
+        actions = unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)
+        if self.delta_mask is not None:
+            actions = to_absolute(actions, np.asarray(observation["state"], dtype=np.float64), self.delta_mask)
+        return actions
 
     def _flow_actions(self, batch: dict, steps: int, noise: torch.Tensor | None) -> np.ndarray:
         if noise is None and (self.noise_scale != 1.0 or self.flow_samples > 1):

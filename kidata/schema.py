@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, Sequence, TypedDict
 
 import numpy as np
 
+from kidata.delta import check_delta_mask, to_delta
 from kidata.images import decode_frame
 
 if TYPE_CHECKING:
@@ -122,13 +123,14 @@ class Episode:
         return len(self.actions)
 
     def action_chunk(
-        self, step: int, horizon: int, *, delta_mask: np.ndarray | None = None
+        self, step: int, horizon: int, *, delta_mask: Sequence[bool] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """actions[step : step + horizon] float32 [H, A] and action_valid bool [H].
 
         Past the episode end the last action repeats with action_valid False. With
-        ``delta_mask`` (bool [A]) those dimensions become relative to the state at ``step``
-        (state and action dimensions must then line up, e.g. joints relative, gripper absolute).
+        ``delta_mask`` (bool [M], M <= A and M <= S) the masked dimensions become relative to the
+        state at ``step`` (``kidata.delta``: e.g. joints relative, gripper absolute); a mask that
+        does not fit the state and actions raises ``DeltaMaskError`` naming both widths.
         """
         if not 0 <= step < self.steps:
             raise IndexError(f"step {step} outside episode of {self.steps} steps")
@@ -136,10 +138,9 @@ class Episode:
         valid = index < self.steps
         chunk = self.actions[np.minimum(index, self.steps - 1)].copy()
         if delta_mask is not None:
-            mask = np.asarray(delta_mask, dtype=bool)
-            if mask.shape != (self.actions.shape[1],) or mask.sum() > self.state.shape[1]:
-                raise ValueError(f"delta_mask {mask.shape} does not fit actions {self.actions.shape}")
-            chunk[:, mask] -= self.state[step, : self.actions.shape[1]][mask]
+            mask = check_delta_mask(delta_mask, state_dim=self.state.shape[1], action_dim=self.actions.shape[1],
+                                    where=f"source {self.source!r}, episode {self.episode_id!r}")
+            chunk = to_delta(chunk, self.state[step], mask)
         return chunk, valid
 
     def annotation_at(self, step: int) -> str | None:

@@ -231,6 +231,30 @@ def test_the_holdout_is_the_hash_rule_at_the_mixtures_fraction(built):
     assert 0 < len(found["val"]) < 12  # a fifth of 25, not four fifths
 
 
+def test_a_source_none_of_whose_episodes_falls_under_the_holdout_holds_out_the_one_its_hash_ranks_first(
+        built, tmp_path, capfd):
+    import hashlib
+
+    _, out, manifest = built
+    found = episodes_by_split(out, manifest.sources[0])
+    ids = sorted(found["train"] | found["val"])
+    ranks = {i: int.from_bytes(hashlib.sha256(f"holdout/bridge/{i}".encode()).digest()[:8], "big") / 2**64 for i in ids}
+    first = min(ids, key=ranks.get)
+    fraction = ranks[first] / 2  # positive, and no episode falls under it
+    path = write_recipe(tmp_path / "r.toml", units=1, sources=f"""
+[[sources]]
+name = "bridge"
+reader = "rlds"
+path = "{shared_path("data", "rlds", "bridge_dataset", "1.0.0")}"
+dataset = "bridge_dataset"
+holdout = {fraction!r}
+""")
+    few = build(load_recipe(path), str(tmp_path / "out"), progress=False)
+    split = episodes_by_split(tmp_path / "out", few.sources[0])
+    assert split["val"] == {first} and split["train"] == set(ids) - {first}
+    assert f"no episode of source 'bridge' fell under its holdout fraction; holding out {first}" in capfd.readouterr().err
+
+
 def test_a_sources_own_holdout_overrides_the_mixtures(tmp_path):
     """37 COCO detection examples, the mixture holding out 0.2 and the source 0.6 of them."""
     coco = shared_path("data", "coco_detection")
@@ -291,6 +315,23 @@ def test_fast_range_colliding_with_detection_loc_tokens_is_refused(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path / "r.toml", sources=sources, units=1))
     with pytest.raises(RangeCollision, match="<loc> tokens"):
         build(recipe, str(tmp_path / "out"), progress=False)
+
+
+def test_the_fix_a_range_collision_names_builds_in_the_same_folder_without_force(tmp_path):
+    """Adding COCO detection to a robot recipe, as a user would: the refusal's fix, applied as written,
+    builds where the refused build was (it left pass-1 files and a tokenizer, no manifest or shards)."""
+    import re
+
+    from kidata.tokenizers.ranges import RangeCollision
+
+    path = write_recipe(tmp_path / "r.toml", sources=bridge_and_coco_detection_sources(), units=1)
+    with pytest.raises(RangeCollision) as refused:
+        build(load_recipe(path), str(tmp_path / "out"), progress=False)
+    rule, offset, vocab = re.search(r'fast_token_rule = "(\w+)" and fast_token_offset = (\d+), then train with '
+                                    r"--model.vocab_size (\d+)", str(refused.value)).groups()
+    path.write_text(path.read_text().replace("[mixture]", f'[mixture]\nfast_token_rule = "{rule}"\nfast_token_offset = {offset}'))
+    manifest = build(load_recipe(path), str(tmp_path / "out"), progress=False)
+    assert manifest.encoding.token_vocab_size == int(vocab)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from kidata import assets
 from kidata.cli import main
 from kidata.sources.synthetic import action_chunks
 from kidata.tokenizers.fast import FastTokenizer
@@ -167,6 +168,35 @@ def test_assets_copy_refuses_an_unshipped_name_and_an_existing_target(tmp_path, 
     assert main(["assets", "copy", "pipelines/my_robot.toml"]) == 0 and (tmp_path / "my_robot.toml").exists()
     with pytest.raises(SystemExit, match="my_robot.toml exists; give another destination"):
         main(["assets", "copy", "pipelines/my_robot.toml"])
+
+
+def test_assets_copy_takes_the_bare_names_that_build_and_train_take(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["assets", "copy", "demo"]) == 0
+    assert (tmp_path / "demo.toml").read_bytes() == (assets.ROOT / "pipelines" / "demo.toml").read_bytes()
+    assert main(["assets", "copy", "ki_tiny"]) == 0 and (tmp_path / "ki_tiny.toml").exists()
+    assert main(["assets", "copy", "demo-text"]) == 0 and (tmp_path / "demo-text").is_dir()
+
+
+def test_fast_chunks_writes_the_sample_a_build_fits_fast_on_and_fast_fit_reads_it(tmp_path, capsys):
+    """The README's FAST steps from a recipe: chunks -> fit -> report, on the LeRobot fixture."""
+    pytest.importorskip("pyarrow")
+    from conftest import shared_path
+    from test_lerobot import lerobot_recipe
+
+    from kidata.pipelines.recipe import load_recipe
+    from kidata.pipelines.stats_pass import recipe_chunks
+
+    recipe = lerobot_recipe(tmp_path / "r.toml", shared_path("data", "lerobot", "bridge_v3"), units=1)
+    out = tmp_path / "chunks.npy"
+    assert main(["fast", "chunks", "--recipe", str(recipe), "--out", str(out), "--quiet"]) == 0
+    written = np.load(out)
+    expected, _ = recipe_chunks(load_recipe(recipe), progress=False)
+    assert written.dtype == expected.dtype == np.float64 and written.shape[1:] == (4, 7) and np.array_equal(written, expected)
+    assert f"{out}: {len(written)} normalized chunks of shape (4, 7)" in capsys.readouterr().out
+    assert main(["fast", "fit", "--chunks", str(out), "--vocab-size", "300", "--out", str(tmp_path / "tok"), "--quiet"]) == 0
+    assert main(["fast", "report", str(tmp_path / "tok"), "--chunks", str(out), "--out", str(tmp_path / "rep"), "--quiet"]) == 0
+    assert (tmp_path / "rep" / "report.json").exists()
 
 
 def test_fast_push_refuses_a_repo_id_that_is_not_org_slash_name(tmp_path):

@@ -100,9 +100,30 @@ def test_the_policy_tables_temporal_ensemble_is_off_unless_set_and_must_be_a_fin
     chosen = TrainConfig.load(tiny, ["--policy.temporal_ensemble", "0"]).policy.temporal_ensemble
     assert chosen == 0.0 and isinstance(chosen, float)
     assert TrainConfig.load(tiny, ["--policy.temporal_ensemble", "0.01"]).policy.temporal_ensemble == 0.01
-    for bad in ("nan", "inf", "true", "fast"):
+    for bad in ("nan", "inf"):
         with pytest.raises(ValueError, match=r"policy.temporal_ensemble must be a finite number \(ACT's decay"):
             TrainConfig.load(tiny, ["--policy.temporal_ensemble", bad])
+    for bad in ("true", "fast"):
+        with pytest.raises(ValueError, match=r"--policy.temporal_ensemble = .*: expected a number or nothing"):
+            TrainConfig.load(tiny, ["--policy.temporal_ensemble", bad])
+
+
+def test_an_override_of_the_wrong_type_is_one_sentence_naming_key_value_and_expected_type():
+    tiny = assets.ROOT / "model" / "ki_tiny.toml"
+    with pytest.raises(ValueError, match=r"^command line: --train.steps = 'ten': expected an integer, got str$"):
+        TrainConfig.load(tiny, ["--train.steps", "ten"])
+    with pytest.raises(ValueError, match=r"--optim.lr = 'fast': expected a number, got str"):
+        TrainConfig.load(tiny, ["--optim.lr", "fast"])
+    with pytest.raises(ValueError, match=r"--train.steps = True: expected an integer, got bool"):
+        TrainConfig.load(tiny, ["--train.steps", "true"])
+    assert TrainConfig.load(tiny, ["--optim.lr", "1"]).optim.lr == 1.0  # an integer is a number
+
+
+def test_a_preset_value_of_the_wrong_type_names_the_file_and_key(tmp_path):
+    preset = tmp_path / "p.toml"
+    preset.write_text((assets.ROOT / "model" / "ki_tiny.toml").read_text().replace("steps = 300", 'steps = "300"'))
+    with pytest.raises(ValueError, match=r"p.toml: train.steps = '300': expected an integer, got str"):
+        TrainConfig.load(preset)
 
 
 def test_a_run_saved_before_the_policy_table_existed_loads_with_its_defaults():

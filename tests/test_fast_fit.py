@@ -118,6 +118,7 @@ def test_save_load_round_trip_and_shape_in_config(fitted, chunks, tmp_path):
     assert config == {
         "action_dim": 7,
         "min_token": fitted.min_token,
+        "max_token": fitted.max_token,  # the clip range, for the AutoProcessor module
         "scale": 10,
         "time_horizon": 10,
         "vocab_size": 512,

@@ -30,6 +30,24 @@ def test_autoprocessor_loads_a_kidata_tokenizer_and_encodes_the_same_ids(saved):
     np.testing.assert_allclose(decoded, ours, atol=1e-9)
 
 
+def test_chunks_past_the_fitted_range_are_clipped_by_autoprocessor_exactly_as_by_kidata(saved):
+    """At 1.5x the fitted range many rounded coefficients fall past max_token; the exported module
+    clips them to the range written in processor_config.json, so other tools see kidata's ids."""
+    fitted, directory = saved
+    processor = transformers.AutoProcessor.from_pretrained(str(directory), trust_remote_code=True)
+    assert processor.max_token == fitted.max_token and processor.min_token == fitted.min_token
+    wide = 1.5 * action_chunks(500, 10, 7, seed=9)
+    ours = fitted.encode_detailed(wide)
+    clipped_rows = sum(fitted.encode_detailed(chunk[None]).clipped > 0 for chunk in wide)
+    assert clipped_rows > 100  # the case that matters: a good share of the chunks leave the range
+    theirs = processor(wide)
+    assert [list(map(int, row)) for row in theirs] == [row.tolist() for row in ours.tokens]
+    decoded = processor.decode(theirs, time_horizon=10, action_dim=7)
+    expected, ok = fitted.decode(ours.tokens, horizon=10, dim=7)
+    assert ok.all() and np.abs(decoded).max() > 0
+    np.testing.assert_allclose(decoded, expected, atol=1e-9)
+
+
 def test_the_loader_hints_do_not_change_the_tokenizers_identity(saved):
     fitted, directory = saved
     again = FastTokenizer.load(directory)

@@ -6,6 +6,7 @@ states what kidata must do about it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import signal
@@ -105,6 +106,32 @@ def test_longer_training_on_resume_needs_the_explicit_flag(run, mixture):  # noq
     train(longer, run, resume=True, allow_config_change=True)
     assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 6
+
+
+def test_a_longer_resume_keeps_the_learning_rate_schedule_the_run_was_trained_with(run, mixture, capsys):  # noqa: F811
+    from kidata.training.trainer import learning_rate
+
+    longer = config(mixture, "--train.steps", "8", "--checkpoint.every", "2", "--eval.every", "0")
+    train(longer, run, resume=True, allow_config_change=True)
+    assert "resume: train.steps 4 -> 8; the learning-rate schedule keeps its decay over the run's 4 steps" in capsys.readouterr().err
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["schedule"]["decay_steps"] == 4
+    rates = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines() if "lr" in json.loads(line)]
+    kept = dataclasses.replace(longer, schedule=dataclasses.replace(longer.schedule, decay_steps=4))
+    assert rates == pytest.approx([learning_rate(kept, step) for step in range(8)])
+    final = longer.optim.lr * longer.schedule.final_lr_fraction
+    assert rates[-1] == pytest.approx(final) and learning_rate(longer, 7) > final  # stretched, the rate rises again
+
+
+def test_the_command_line_resumes_a_run_from_its_saved_config_without_the_original_overrides(run, mixture, capsys):  # noqa: F811
+    from kidata.cli import main
+
+    assert main(["train", "--out", str(run), "--resume", "--train.steps", "6", "--allow-config-change"]) == 0
+    assert steps_logged(run) == [1, 2, 3, 4, 5, 6]
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["train"]["steps"] == 6 and saved["model"]["image_size"] == 64  # SHAPE's override, not retyped
+    assert main(["train", "--out", str(run / "nowhere"), "--resume"]) == 2
+    assert "config.json does not exist; name the run's --out folder" in capsys.readouterr().err
 
 
 def _set_checkpoint_wall(checkpoint: Path, wall_s: float | None) -> None:
@@ -233,3 +260,32 @@ def test_an_unwritable_run_directory_is_named(mixture, tmp_path):  # noqa: F811
     (tmp_path / "a-file").write_text("in the way")
     with pytest.raises(OSError, match=r"a-file/run: cannot create the run directory there"):
         train(config(mixture, "--train.steps", "1"), tmp_path / "a-file" / "run")
+
+
+def test_a_resume_onto_another_mixture_is_refused_even_with_allow_config_change(run, mixture):  # noqa: F811
+    recorded = json.loads((run / "manifest.json").read_text())
+    recorded["recipe_sha256"] = "0" * 64  # the run was trained on another recipe's build at this path
+    recorded["sources"][0]["shards"][0]["sha256"] = "f" * 64
+    (run / "manifest.json").write_text(json.dumps(recorded))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ResumeRefused, match=r"the mixture differs from the one .*manifest.json records: recipe sha256 "
+                                            r"000000000000 -> [0-9a-f]{12}; shards: 1 changed, 0 added, 0 removed "
+                                            r"\(e\.g\. bridge/.*\) \(--allow-config-change never covers the data\)"):
+        train(config(mixture, "--train.steps", "5", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True,
+              allow_config_change=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(mixture, tmp_path):  # noqa: F811
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("a user's file")
+    with pytest.raises(OSError, match=r"run/checkpoints is a file where the run keeps its checkpoints folder"):
+        train(config(mixture, "--train.steps", "1"), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("setting", [("--checkpoint.every", "0"), ("--checkpoint.every", "-2"), ("--log.every", "0"),
+                                     ("--eval.every", "-1")])
+def test_step_intervals_that_are_not_positive_whole_numbers_are_refused_naming_the_key(mixture, setting):  # noqa: F811
+    with pytest.raises(ValueError, match=rf"{setting[0][2:]} must be a whole number >= [01].*got {setting[1]}"):
+        config(mixture, *setting)

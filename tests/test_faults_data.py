@@ -77,7 +77,8 @@ def test_fetching_opens_only_http_urls_caps_image_bytes_and_merges_duplicate_url
                        tmp_path / "p.parquet")
         with pytest.MonkeyPatch.context() as patch:  # a 1000-byte cap for a 5000-byte image
             patch.setattr(fetch, "_fetch_one", functools.partial(fetch._fetch_one, max_bytes=1000))
-            report = fetch.fetch_images([tmp_path / "p.parquet"], tmp_path / "mirror", workers=2, progress=False)
+            report = fetch.fetch_images([tmp_path / "p.parquet"], tmp_path / "mirror", workers=2, progress=False,
+                                        allowed=["127.0.0.1"])
     finally:
         server.shutdown()
     assert report.to_json()["failures_by_reason"] == {"refused_scheme": 2, "too_large": 1}  # big.jpg once
@@ -108,8 +109,27 @@ def test_a_features_json_naming_a_foreign_class_is_refused_before_tfds_imports_i
     features = crafted / "features.json"
     features.write_text(features.read_text().replace(
         "tensorflow_datasets.core.features.features_dict.FeaturesDict", "this.FeaturesDict", 1))
-    with pytest.raises(ValueError, match=r"names feature class 'this.FeaturesDict', not one of TFDS's own"):
+    with pytest.raises(ValueError, match=r"names feature class 'this.FeaturesDict' \(pythonClassName\), not one of "
+                                         r"TFDS's own"):
         _ = RldsSource(str(crafted), lookup("bridge_dataset")).builder
+
+
+def test_a_features_json_in_tfds_legacy_form_naming_a_foreign_class_is_refused_before_tfds_imports_it(tmp_path):
+    import sys
+
+    from conftest import shared_path
+
+    from kidata.sources.registry import lookup
+    from kidata.sources.rlds import RldsSource
+
+    crafted = tmp_path / "bridge_dataset" / "1.0.0"
+    shutil.copytree(shared_path("data", "rlds", "bridge_dataset", "1.0.0"), crafted)
+    (crafted / "features.json").write_text(json.dumps({"type": "this.FeaturesDict", "content": {}}))
+    sys.modules.pop("this", None)
+    with pytest.raises(ValueError, match=r"features.json names feature class 'this.FeaturesDict' \(type\), not one of "
+                                         r"TFDS's own"):
+        _ = RldsSource(str(crafted), lookup("bridge_dataset")).builder
+    assert "this" not in sys.modules  # the module named was never imported
 
 
 def test_units_skipped_by_skip_corrupt_are_counted_in_the_manifest_report_and_console(tmp_path, capsys):
@@ -273,7 +293,8 @@ name = "scenes"
 reader = "metaworld_scenes"
 tasks = ["reach"]
 """)
-    with pytest.raises(RecipeError, match=rf"\[mixture\]: {key} = .*; it must be a whole number >= 1"):
+    with pytest.raises(RecipeError, match=rf"\[mixture\]: {key} = .*: (it must be a whole number >= 1|expected a whole "
+                                          "number)"):
         parse_recipe(data)
 
 

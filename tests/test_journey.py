@@ -89,7 +89,7 @@ def test_training_on_a_mixture_without_a_held_out_split_says_so(tmp_path, capsys
     path.write_text(path.read_text().replace("holdout = 0.2\n", ""))
     build(load_recipe(path), str(tmp_path / "o"), progress=False)
     train(config(str(tmp_path / "o" / "manifest.json"), "--train.steps", "1", "--eval.every", "0"), tmp_path / "run")
-    assert "has no held-out split (its recipe's holdout is 0)" in capsys.readouterr().err
+    assert "has no held-out split (the recipe's [mixture] holdout is 0.0, and no record fell under it)" in capsys.readouterr().err
 
 
 def test_export_rlds_prints_no_download_announcement(tmp_path):

@@ -98,7 +98,8 @@ def test_a_later_fast_token_does_not_change_earlier_logits():
     net, batch = model(), make_batch()
     changed = {**batch, "tokens": batch["tokens"].clone()}
     changed["tokens"][0, 10] = 7
-    a, b = net(batch, **fixed(batch))["logits"], net(changed, **fixed(batch))["logits"]
+    a = net(batch, **fixed(batch), all_logits=True)["logits"]
+    b = net(changed, **fixed(batch), all_logits=True)["logits"]
     assert torch.allclose(a[0, :10], b[0, :10], atol=1e-6) and not torch.allclose(a[0, 10:], b[0, 10:])
 
 
@@ -190,7 +191,7 @@ def test_hybrid_targets_see_the_noisy_actions_and_the_prefix_does_not():
     net, batch = model("hybrid"), make_batch()
     other = fixed(batch)
     other["noise"] = other["noise"] + 1.0
-    a, b = net(batch, **fixed(batch))["logits"], net(batch, **other)["logits"]
+    a, b = net(batch, **fixed(batch), all_logits=True)["logits"], net(batch, **other, all_logits=True)["logits"]
     prefix_logits = slice(0, 5)  # logits of prefix positions (targets start at token 6)
     assert torch.equal(a[:, prefix_logits], b[:, prefix_logits])
     assert not torch.allclose(a[:, 6:], b[:, 6:])
@@ -204,8 +205,8 @@ def test_continuous_state_prefix_token_reaches_both_streams_and_only_robot_rows(
     a, b = net(batch, **fixed(batch)), net(changed, **fixed(batch))
     assert not torch.allclose(a["velocity"], b["velocity"]) and not torch.allclose(a["logits"], b["logits"])
     no_state = {**batch, "state_dim_mask": torch.zeros_like(batch["state_dim_mask"])}
-    c = net(no_state, **fixed(batch))
-    d = net({**no_state, "state": batch["state"] + 1.0}, **fixed(batch))
+    c = net(no_state, **fixed(batch), all_logits=True)
+    d = net({**no_state, "state": batch["state"] + 1.0}, **fixed(batch), all_logits=True)
     real = batch["token_mask"]  # padding positions see nothing real; their outputs are never read
     assert torch.equal(c["logits"][real], d["logits"][real])  # a row without state ignores the state values
 

@@ -188,6 +188,27 @@ def test_timestamps_off_the_fps_grid_are_quarantined(copy):
     assert report.quarantined.as_dict() == {"timestamps_off_grid": 1} and len(episodes) == 24
 
 
+def truncate(path: Path, keep: int) -> Path:
+    path.write_bytes(path.read_bytes()[:keep])
+    return path
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda root: (root / "meta" / "info.json").write_text(
+        json.dumps({**json.loads((root / "meta" / "info.json").read_text()), "fps": 0})),
+     r"meta/info.json: fps = 0; a dataset's frame rate is a number > 0"),
+    (lambda root: truncate(root / "meta" / "info.json", 100), r"meta/info.json: not valid JSON \("),
+    (lambda root: truncate(root / "data" / "chunk-000" / "file-000.parquet", 2000),
+     r"data/chunk-000/file-000.parquet: not a readable parquet file \(.*\); the file is truncated or damaged"),
+    (lambda root: truncate(root / "meta" / "episodes" / "chunk-000" / "file-000.parquet", 500),
+     r"meta/episodes/chunk-000/file-000.parquet: not a readable parquet file"),
+], ids=["fps-0", "truncated-info-json", "truncated-data-parquet", "truncated-episodes-parquet"])
+def test_a_damaged_metadata_or_data_file_is_named_in_one_sentence(copy, damage, message):
+    damage(copy)
+    with pytest.raises(LeRobotFormatError, match=message):
+        read_all(copy)
+
+
 def test_a_missing_row_is_a_length_mismatch(copy):
     rewrite_rows(copy, lambda rows: rows[:44] + rows[45:])  # episode 4 loses frame 4
     _, episodes, report = read_all(copy, images=False)

@@ -246,6 +246,26 @@ def test_eval_metaworld_layouts_training_starts_a_run_from_its_own_training_epis
                  "--layouts", "training"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["seed"] == 0 and printed["episode_indices"] == {"reach-v3": [first_trained]}
+    written = json.loads((run / "metaworld" / "metaworld_eval.json").read_text())  # --out defaults to the run's folder
+    assert written["episode_indices"] == printed["episode_indices"]
+
+
+@pytest.mark.slow
+def test_eval_metaworld_refuses_a_run_without_a_metaworld_source_before_any_simulator_starts(run, tmp_path, monkeypatch):
+    import shutil
+
+    from kidata.cli import main
+    from kidata.envs import metaworld as envs
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("metaworld"))
+    manifest = json.loads((other / "manifest.json").read_text())
+    for source in manifest["recipe"]["sources"]:
+        source["reader"] = "lerobot" if source["reader"] == "metaworld" else source["reader"]
+    (other / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setattr(envs.Scene, "__init__", lambda *a, **k: pytest.fail("a simulator started"))
+    with pytest.raises(SystemExit, match=r"this run's mixture has no Meta-World source named 'metaworld' \(sources: \['metaworld'"):
+        main(["eval", "metaworld", "--run", str(other), "--tasks", "reach", "--episodes", "1"])
 
 
 @pytest.mark.slow
@@ -381,9 +401,10 @@ def test_per_step_open_loop_error_puts_an_error_at_its_step():
     evaluator = HeldOutMetrics(manifest, SimpleNamespace(stop_ids=[], text=SimpleNamespace(loc_range=lambda: None)))
     evaluator.update(Model(), batch)
     result = evaluator.result()
-    assert result["action_mse_step"] == [0.0, 2.0, 0.0]  # 4 / 2 dimensions at step 1
-    assert result["action_mse_dim"] == [round(4 / 3, 6), 0.0]  # over 3 steps, rounded as reported
-    assert result["action_mse"] == pytest.approx(4 / 6)  # one error of 2 among 6 values
+    squared = (2.0 * (1.0 + 1e-6)) ** 2  # the error of 2, unnormalized by std + openpi's 1e-6
+    assert result["action_mse_step"] == [0.0, round(squared / 2, 6), 0.0]  # 2 dimensions at step 1
+    assert result["action_mse_dim"] == [round(squared / 3, 6), 0.0]  # over 3 steps, rounded as reported
+    assert result["action_mse"] == pytest.approx(squared / 6)  # one error among 6 values
 
 
 def test_episodes_past_the_fifty_variations_of_a_seed_are_new_layouts():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -108,6 +110,16 @@ def test_colliding_ranges_are_refused_with_both_named(text, chunk_and_fast):
     _, fast = chunk_and_fast
     with pytest.raises(RangeCollision, match=r"action tokens \[896, 1919\] overlap <loc> tokens"):
         SampleEncoder(text, fast, uses_loc_tokens=True)
+
+
+def test_a_range_collision_names_the_fix_that_works_and_that_fix_encodes(text, chunk_and_fast):
+    _, fast = chunk_and_fast
+    fix = (f'fast_token_rule = "offset" and fast_token_offset = {text.vocab_size}, then train with --model.vocab_size '
+           f"{text.vocab_size + fast.vocab_size}")
+    with pytest.raises(RangeCollision, match=re.escape(fix)):
+        SampleEncoder(text, fast, uses_loc_tokens=True)
+    appended = ActionIdMap(text.vocab_size, fast.vocab_size, rule="offset", offset=text.vocab_size)
+    assert SampleEncoder(text, fast, uses_loc_tokens=True, id_map=appended).id_map.range.last == text.vocab_size + fast.vocab_size - 1
     with pytest.raises(RangeCollision, match="special state tokens"):
         SampleEncoder(text, fast, state_encoding="special", special_state_first=1800)
     with pytest.raises(RangeCollision, match="do not fit"):

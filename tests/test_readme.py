@@ -29,6 +29,7 @@ SKIPPED = [  # (first line of the block, the reason), in README order
     ("pip install -e .               # core: numpy, scipy, tokenizers, tiktoken, regex, sentencepiece,",
      "installs packages"),
     ("[[sources]]", "a recipe excerpt; tests/test_lerobot.py builds one on the fixture"),
+    ("[[sources]]", "a recipe excerpt; tests/test_delta_actions.py builds one on a DROID-layout dataset"),
     ("kidata serve --run runs/tiny --port 8000                          # kidata's own observation keys",
      "a server runs until stopped; tests/test_serving.py runs it in a thread"),
     ("from openpi_client import websocket_client_policy   # pip install openpi-client",

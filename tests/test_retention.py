@@ -45,7 +45,7 @@ class Answers:
         self.answers = answers
 
     def __call__(self, batch):
-        return {"logits": torch.zeros(*batch["tokens"].shape, 8)}
+        return {"logits": torch.zeros(int(batch["loss"][:, 1:].sum()), 8)}  # one row per loss-masked target
 
     def generate(self, prompt, max_new_tokens, *, stop_ids=()):
         return torch.tensor([(row + [0] * max_new_tokens)[:max_new_tokens] for row in self.answers])

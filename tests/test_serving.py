@@ -97,13 +97,16 @@ def test_a_bad_request_gets_an_error_naming_it_and_the_server_keeps_serving(serv
     assert client.infer(observation())["actions"].shape == (4, 7)
 
 
-def test_a_request_over_the_cap_is_refused_in_a_reply(server):
+def test_a_request_over_the_cap_is_refused_by_the_websocket_layer_and_the_server_serves_on(server):
+    from websockets.exceptions import ConnectionClosedError
+
     _, port = server
     client = connect(port)
     big = {**observation(), "images": {"base_0": np.zeros((1000, 1000, 3), np.uint8), "base_1": None}}
-    with pytest.raises(RuntimeError, match="exceeds the cap of 2000000"):
+    with pytest.raises(ConnectionClosedError) as closed:
         client.infer(big)
-    assert client.infer(observation())["actions"].shape == (4, 7)
+    assert closed.value.rcvd.code == 1009 and "exceeds limit of 2000000 bytes" in closed.value.rcvd.reason
+    assert connect(port).infer(observation())["actions"].shape == (4, 7)
 
 
 def test_concurrent_clients_are_each_answered_as_if_alone(loaded, server):

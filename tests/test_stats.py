@@ -76,15 +76,41 @@ def dim_stats(**values) -> DimStats:
     return DimStats(**base)
 
 
-@pytest.mark.parametrize("mode", ["quantile", "mean_std"])
-def test_normalize_round_trips_and_passes_zero_range_dimensions_through(mode):
+def test_quantile_normalization_is_openpis_formula_and_round_trips():
     stats = dim_stats()
     values = np.array([[-2.0, 5.0], [2.0, 5.0], [0.5, 7.0]])
+    normalized = normalize(values, stats, "quantile")
+    np.testing.assert_array_equal(normalized[:, 0], (values[:, 0] + 2.0) / (4.0 + 1e-6) * 2.0 - 1.0)
+    np.testing.assert_allclose(unnormalize(normalized, stats, "quantile"), values, rtol=0, atol=1e-12)
+
+
+def test_mean_std_normalization_is_openpis_formula_and_round_trips():
+    stats = dim_stats()
+    values = np.array([[-2.0, 5.0], [2.0, 5.0], [0.5, 7.0]])
+    normalized = normalize(values, stats, "mean_std")
+    np.testing.assert_array_equal(normalized[:, 0], values[:, 0] / (1.0 + 1e-6))
+    np.testing.assert_allclose(unnormalize(normalized, stats, "mean_std"), values, rtol=0, atol=1e-12)
+
+
+def constant_joint_stats() -> DimStats:
+    """Statistics the build computes for a joint held at 3.1 beside a moving one (float32 data)."""
+    rng = np.random.default_rng(0)
+    accumulator = EpisodeStats()
+    for _ in range(5):
+        state = np.c_[rng.normal(0, 1, (50, 1)), np.full((50, 1), 3.1)].astype(np.float32)
+        accumulator.add(state, state)
+    return accumulator.finalize().state
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("quantile", -1.0), ("mean_std", 0.0)])
+def test_a_constant_joint_at_3_1_is_normalized_into_range_and_restored_exactly(mode, expected):
+    stats = constant_joint_stats()
+    joint = np.float32(3.1)
+    assert stats.q01[1] == stats.q99[1] == stats.mean[1] == joint and stats.std[1] == 0.0
+    values = np.array([[0.3, joint], [-1.2, joint]], dtype=np.float32)
     normalized = normalize(values, stats, mode)
-    np.testing.assert_array_equal(normalized[:, 1], values[:, 1])
-    if mode == "quantile":
-        np.testing.assert_allclose(normalized[:2, 0], [-1.0, 1.0])
-    np.testing.assert_allclose(unnormalize(normalized, stats, mode), values)
+    assert normalized[:, 1].tolist() == [expected, expected]  # not the raw 3.1 beside [-1, 1] values
+    assert unnormalize(normalized, stats, mode)[:, 1].tolist() == [float(joint)] * 2
 
 
 def test_suspicious_dimensions_are_flagged():

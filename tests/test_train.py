@@ -174,7 +174,7 @@ def test_the_policy_maps_a_raw_observation_to_an_unnormalized_chunk(straight_run
     np.testing.assert_array_equal(first, loaded.sample_actions(observation, noise=noise))
     normalized = loaded.model.sample_actions(loaded.batch(observation), num_steps=10, noise=noise)[0, :, :7].numpy()
     q01, q99 = np.asarray(loaded.stats.actions.q01), np.asarray(loaded.stats.actions.q99)
-    by_hand = np.where(q99 - q01 > 1e-8, (normalized + 1) / 2 * (q99 - q01) + q01, normalized)  # [q01, q99] <- [-1, 1]
+    by_hand = (normalized + 1) / 2 * (q99 - q01 + 1e-6) + q01  # [q01, q99] <- [-1, 1], openpi's epsilon
     np.testing.assert_allclose(first, by_hand, rtol=1e-5, atol=1e-6)  # the robot's units, by the action statistics
 
 
@@ -226,7 +226,7 @@ def test_a_ki_policy_can_act_from_its_fast_tokens_instead_of_the_expert(straight
     decoded, _ = fast.encoder.decode_generated_actions(generated, horizon=4, dim=fast.manifest.encoding.action_dim)
     q01, q99 = np.asarray(fast.stats.actions.q01), np.asarray(fast.stats.actions.q99)
     normalized = decoded[0, :, :7]
-    by_hand = np.where(q99 - q01 > 1e-8, (normalized + 1) / 2 * (q99 - q01) + q01, normalized)
+    by_hand = (normalized + 1) / 2 * (q99 - q01 + 1e-6) + q01
     np.testing.assert_allclose(actions, by_hand, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"action_head 'tokens': choose one of \('auto', 'flow', 'fast'\)"):
         policy.load(run, action_head="tokens")
@@ -235,6 +235,9 @@ def test_a_ki_policy_can_act_from_its_fast_tokens_instead_of_the_expert(straight
 def test_a_mixture_that_does_not_fit_the_model_is_refused_before_training(mixture, tmp_path):
     with pytest.raises(ManifestMismatch, match="action_horizon: data 4, model 5"):
         train(config(mixture, "--model.action_horizon", "5"), tmp_path / "run")
+    with pytest.raises(ManifestMismatch, match=r"rebuild its recipe with \[mixture\] action_horizon = 50 and image_size = 224 "
+                                               r".* or train with --model.action_horizon 4 --model.image_size 64"):
+        train(config(mixture, "--model.action_horizon", "50", "--model.image_size", "224"), tmp_path / "run")
     with pytest.raises(ManifestMismatch, match="action tokens: data 'fast', model action_tokens 'bins'"):
         train(config(mixture, "--model.action_tokens", "bins"), tmp_path / "run")
     with pytest.raises(ManifestMismatch, match=r"token vocabulary: data 2048 .* > model vocab_size 1024"):
@@ -256,7 +259,8 @@ def test_action_ids_appended_past_the_text_need_a_model_vocabulary_that_covers_t
     encoding = Encoding("continuous", "pi05", 10, 4, 112, 80, "quantile", "offset", 2048, (2048, 2559))
     manifest = SimpleNamespace(encoding=encoding, action_tokens="fast", sources=[])
     base = ["--model.image_size", "112", "--model.action_dim", "4", "--model.state_input", "prefix"]
-    with pytest.raises(ManifestMismatch, match=r"data 2560 \(text 2048, action ids \[2048, 2559\]\) > model vocab_size 2048"):
+    with pytest.raises(ManifestMismatch, match=r"data 2560 \(text 2048, action ids \[2048, 2559\]\) > model vocab_size 2048 "
+                                               r"\(train with --model.vocab_size 2560\)"):
         train_module.check_compatible(manifest, TrainConfig.load(TINY, base))
     train_module.check_compatible(manifest, TrainConfig.load(TINY, [*base, "--model.vocab_size", "2560"]))
 
@@ -561,12 +565,16 @@ def test_fsdps_sharded_weight_ema_gathers_to_ddps(two_process_runs):
     assert any(not torch.equal(ddp[name], weights[name]) for name in ddp)  # an average, not the weights
 
 
-def test_initialization_from_a_paligemma_checkpoint(mixture, tmp_path):
+def test_initialization_from_a_paligemma_checkpoint(mixture, tmp_path, monkeypatch):
     """train.init_from loads the backbone before step 1 (lr 0 keeps it through one step)."""
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file
 
     from kidata.model.weights import translate
+    from kidata.tokenizers import text
+
+    # the demo tokenizer has PaliGemma's layout at 2048 ids: the tiny checkpoint's tokenizer here
+    monkeypatch.setattr(text, "PALIGEMMA_VOCAB_SIZE", 2048)
 
     hf = transformers.PaliGemmaConfig(
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -591,6 +599,19 @@ def test_initialization_from_a_paligemma_checkpoint(mixture, tmp_path):
 
     backbone = sum(1 for _ in KIModel(config(mixture).model).backbone_parameters())
     assert checked == backbone  # every backbone tensor came from the checkpoint
+
+
+@pytest.mark.parametrize("init_format", ["paligemma", "openpi"])
+def test_a_pretrained_init_on_a_mixture_built_with_another_text_tokenizer_is_refused_naming_both(
+        mixture, tmp_path, init_format):
+    run = tmp_path / "run"
+    with pytest.raises(ManifestMismatch, match=r"train.init_from 'google/paligemma-3b-pt-224' \(init_format "
+                                               rf"'{init_format}'\) holds PaliGemma's token embedding, the mixture "
+                                               r".*manifest.json was built with text tokenizer 'tokenizers/demo-text' "
+                                               r"\(2048 ids, PaliGemma's has 257152\)"):
+        train(config(mixture, "--train.init_from", '"google/paligemma-3b-pt-224"', "--train.init_format",
+                     json.dumps(init_format)), run)
+    assert not run.exists()  # refused before the run directory is made
 
 
 def safetensors_at(run: Path, step: int, name: str) -> dict:

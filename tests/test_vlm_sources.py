@@ -254,11 +254,13 @@ def test_fetch_images_downloads_verifies_resumes_and_reports(tmp_path):
         sha = hashlib.sha256(good.read_bytes()).hexdigest()
         urls = [f"{base}/good.jpg", f"{base}/tampered.jpg", f"{base}/missing.jpg"]
         pq.write_table(pa.table({"image_url": urls, "image_sha256": [sha, "f" * 64, None]}), tmp_path / "p.parquet")
-        report = fetch_images([tmp_path / "p.parquet"], tmp_path / "mirror", workers=4, progress=False)
+        report = fetch_images([tmp_path / "p.parquet"], tmp_path / "mirror", workers=4, progress=False,
+                              allowed=["127.0.0.1"])  # the test's server: loopback is refused unless allowed
         assert (report.fetched, report.failed) == (1, 2)
         assert sorted(report.failures) == ["download_error:HTTPError", "sha256_mismatch"]
         assert (tmp_path / "mirror" / image_key(urls[0], sha)).read_bytes() == good.read_bytes()
-        again = fetch_images([tmp_path / "p.parquet"], tmp_path / "mirror", workers=4, progress=False)
+        again = fetch_images([tmp_path / "p.parquet"], tmp_path / "mirror", workers=4, progress=False,
+                             allowed=["127.0.0.1"])
         assert (again.fetched, again.present) == (0, 1)
     finally:
         server.shutdown()

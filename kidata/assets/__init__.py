@@ -31,6 +31,20 @@ def shipped(name: str | Path) -> Path | None:
     return candidate if candidate.exists() else None
 
 
+def find(name: str | Path) -> list[Path]:
+    """Every shipped asset that ``name`` can mean: a relative name (``pipelines/demo.toml``) names one,
+    a bare name (``demo``, ``ki_tiny``, ``demo-text``) the asset of that stem in any kind, as
+    ``kidata build demo`` and ``kidata train --model ki_tiny`` read it."""
+    exact = shipped(name)
+    if exact is not None:
+        return [exact]
+    given = Path(name)
+    if len(given.parts) != 1 or given.suffix:
+        return []
+    candidates = [Path(kind) / f"{given.name}.toml" for kind in KINDS] + [Path(kind) / given.name for kind in KINDS]
+    return [found for found in (shipped(candidate) for candidate in candidates) if found is not None]
+
+
 def resolve(path: str | Path, *, base: str | Path | None = None, kind: str | None = None) -> Path:
     """``path`` as given (relative to ``base`` or the working folder) when it exists, else the
     shipped asset of that name; with ``kind``, a bare name is a shipped asset of that kind

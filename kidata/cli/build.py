@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import signal
 import sys
 
 
@@ -16,15 +18,18 @@ def add_parser(commands) -> None:
                        help="local worker processes, or a Ray cluster")
     build.add_argument("--workers", type=int, default=1, help="worker processes (local engine)")
     build.add_argument("--ray-address", default=None, help="Ray cluster address (ray engine; default: local)")
-    build.add_argument("--force", action="store_true", help="replace a build of a different recipe in OUT")
+    build.add_argument("--force", action="store_true", help="replace a build of a different recipe in OUT (only the files a build "
+                       "wrote; refused, naming them, when OUT holds anything else)")
     build.add_argument("--quiet", action="store_true", help="no progress bars")
     build.set_defaults(handler=build_command)
 
 
 def build_command(args: argparse.Namespace) -> int:
+    from kidata.cli.train import _interrupt_on_sigterm
     from kidata.pipelines.build import BuildError, build, summary
     from kidata.pipelines.recipe import RecipeError, load_recipe
 
+    stopped_by = _interrupt_on_sigterm()
     try:
         recipe = load_recipe(args.recipe)
         manifest = build(recipe, args.out, engine=args.engine, workers=args.workers, force=args.force,
@@ -32,5 +37,19 @@ def build_command(args: argparse.Namespace) -> int:
     except (RecipeError, BuildError) as error:
         print(f"kidata build: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        signum = stopped_by.get("signal", signal.SIGINT)
+        print(f"kidata build: stopped by {signal.Signals(signum).name}; the units {args.out} completed are kept: the "
+              "same command resumes the build", file=sys.stderr)
+        return 128 + signum
+    except OSError as error:
+        if error.errno != errno.ENOSPC:
+            raise
+        print(f"kidata build: the disk is full ({error.filename or args.out}); the units {args.out} completed are "
+              "kept: free space and run the same command to resume", file=sys.stderr)
+        return 2
+    finally:
+        if stopped_by.get("previous") is not None:
+            signal.signal(signal.SIGTERM, stopped_by["previous"])
     print(summary(manifest, args.out))
     return 0

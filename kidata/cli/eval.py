@@ -7,6 +7,8 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
+from pathlib import Path
 
 
 def add_parser(commands) -> None:
@@ -54,7 +56,8 @@ def add_parser(commands) -> None:
     metaworld.add_argument("--check-parity", action="store_true",
                            help="compare the model inputs of held-out samples (data path) with the live policy's; "
                                 "--episodes samples")
-    metaworld.add_argument("--out", help="folder for contact sheets, action plots and metaworld_eval.json")
+    metaworld.add_argument("--out", help="folder for contact sheets, action plots and metaworld_eval.json (default: "
+                                         "RUN/metaworld with --run; nothing written for --policy without it)")
     metaworld.set_defaults(handler=metaworld_command)
     privileged = eval_commands.add_parser(
         "privileged", help="an MLP on the simulator's full state, trained on a recipe's Meta-World episodes: "
@@ -87,10 +90,12 @@ def metaworld_command(args: argparse.Namespace) -> int:
             print("parity: the model sees the same inputs in training and in the simulator" if report["ok"] else
                   "parity: MISMATCH - the tensors marked ok=false differ between the data path and the live policy")
             return 0 if report["ok"] else 1
-        try:
+        try:  # before any simulator starts: a run trained on other data has no Meta-World scene to act in
             scene = SceneSettings.from_recipe(policy.manifest.recipe, policy.source)
-        except ValueError:  # a run trained on other data: the model's size, the default cameras
-            scene = SceneSettings(image_size=policy.config.model.image_size)
+        except ValueError as error:
+            raise SystemExit(f"kidata eval metaworld --run {args.run}: {error}") from None
+        if args.out is None:
+            args.out = str(Path(args.run) / "metaworld")
         policy.num_steps = args.num_steps
         chunk_policy = policy
         replan = policy.config.policy.replan
@@ -134,10 +139,10 @@ def metaworld_command(args: argparse.Namespace) -> int:
     result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes,
                                 replan=args.replan if args.replan is not None else replan,
                                 max_steps=args.max_steps, scene=scene, out=args.out,
-                                ensemble=ensemble, **layouts)
+                                ensemble=ensemble, progress=True, **layouts)
     print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=2, sort_keys=True))
     if args.out:
-        print(f"contact sheets, action plots and metaworld_eval.json in {args.out}")
+        print(f"contact sheets, action plots and metaworld_eval.json in {args.out}", file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,5 @@
-"""``kidata fast fit`` / ``kidata fast report``: FAST action tokenizers on normalized chunks or a recipe."""
+"""``kidata fast fit`` / ``chunks`` / ``report`` / ``push``: FAST action tokenizers on normalized chunks or a
+recipe."""
 
 from __future__ import annotations
 
@@ -28,6 +29,16 @@ def add_parser(commands) -> None:
     fit.add_argument("--out", required=True, help="directory to write the tokenizer into")
     fit.add_argument("--quiet", action="store_true", help="no progress bars")
     fit.set_defaults(handler=fit_command)
+
+    chunks = actions.add_parser("chunks", help="write a recipe's normalized action chunks (what a build fits FAST "
+                                               "on) to a .npy file, for fast fit --chunks and fast report",
+                                epilog="example:\n  kidata fast chunks --recipe my_robot.toml --out chunks.npy")
+    chunks.add_argument("--recipe", required=True, help="the recipe whose robot sources are read (pass 1 of a build)")
+    chunks.add_argument("--source", nargs="+", help="only these sources")
+    chunks.add_argument("--workers", type=int, default=1, help="worker processes")
+    chunks.add_argument("--out", required=True, help=".npy file to write: float64 [N, action_horizon, action_dim]")
+    chunks.add_argument("--quiet", action="store_true", help="no progress bars")
+    chunks.set_defaults(handler=chunks_command)
 
     push = actions.add_parser("push", help="upload a fitted tokenizer folder to a Hugging Face hub repo",
                               epilog="example:\n  kidata fast push fast_tokenizer --repo my-org/my-robot-fast")
@@ -93,6 +104,21 @@ def _fit_on_recipe(args: argparse.Namespace) -> int:
     print(report.summary())
     print(f"tokenizer written to {args.out} (sha256 {tokenizer.sha256[:12]}), statistics in {args.out}/stats.json, "
           f"report in {args.out}/report")
+    print(f"a build of the recipe fits its own FAST tokenizer the same way; to build with this one instead, set "
+          f"[mixture] fast_tokenizer = \"{args.out}\"")
+    return 0
+
+
+def chunks_command(args: argparse.Namespace) -> int:
+    from kidata.pipelines.recipe import load_recipe
+    from kidata.pipelines.stats_pass import recipe_chunks
+
+    chunks, _ = recipe_chunks(load_recipe(args.recipe), sources=args.source, workers=args.workers,
+                              progress=not args.quiet)
+    with open(args.out, "wb") as handle:
+        np.save(handle, chunks, allow_pickle=False)  # the exact values a build fits on
+    print(f"{args.out}: {chunks.shape[0]} normalized chunks of shape {tuple(chunks.shape[1:])} ({chunks.dtype}), the sample "
+          "a build of this recipe fits FAST on")
     return 0
 
 

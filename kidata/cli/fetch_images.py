@@ -14,6 +14,9 @@ def add_parser(commands) -> None:
     fetch.add_argument("--workers", type=int, default=16, help="parallel downloads")
     fetch.add_argument("--timeout", type=float, default=30.0, help="seconds for one image's whole download")
     fetch.add_argument("--report", help="failure report JSON (default: MIRROR/fetch_report.json)")
+    fetch.add_argument("--allow-network", action="append", metavar="CIDR",
+                       help="also reach this non-public network (e.g. 10.0.0.0/8 for a mirror on yours; repeatable); "
+                            "loopback, private, link-local and metadata addresses are refused otherwise")
     fetch.add_argument("--quiet", action="store_true", help="no progress bar")
     fetch.set_defaults(handler=fetch_command)
 
@@ -22,7 +25,7 @@ def fetch_command(args: argparse.Namespace) -> int:
     from kidata.sources.fetch import fetch_images, summarize, write_report
 
     report = fetch_images(args.parquet, args.mirror, workers=args.workers, timeout=args.timeout,
-                          progress=not args.quiet)
+                          progress=not args.quiet, allowed=args.allow_network or ())
     print(summarize(report))
     report_path = args.report or str(Path(args.mirror) / "fetch_report.json")
     write_report(report, report_path)

@@ -19,7 +19,7 @@ def add_parser(commands) -> None:
                          help="without a build: which example samples to encode and show")
     inspect.add_argument("--text-tokenizer", default="tokenizers/demo-text", help="without a build: text tokenizer")
     inspect.add_argument("--fast-tokenizer", help="FAST directory (default: fit one on generated chunks)")
-    inspect.add_argument("--prompt-format", default="pi05", choices=["pi05", "pi0fast"], help="without a build")
+    inspect.add_argument("--prompt-format", default="pi05", choices=["pi05", "pi0fast", "pi0"], help="without a build")
     inspect.add_argument("--state-encoding", default="text", choices=["text", "special", "continuous"],
                          help="without a build")
     inspect.add_argument("--max-tokens", type=int, default=256, help="without a build: token budget per sample")

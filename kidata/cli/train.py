@@ -22,13 +22,15 @@ def add_parser(commands) -> None:
         description=f"A preset's tables: {tables}. Any field can be overridden on the command line: --optim.lr 5e-5 "
                     f"--train.steps 200 --model.variant joint. Shipped presets: {presets}.",
         epilog="examples:\n  kidata train --model ki_tiny --data demo-out/manifest.json --out runs/tiny\n"
-               "  kidata train --model ki_tiny --data mix/manifest.json --out runs/tiny --resume\n"
+               "  kidata train --out runs/tiny --resume                       # its saved config, from its newest checkpoint\n"
                "  torchrun --nproc_per_node 8 -m kidata.cli train --model ki_2b --data gs://b/mix/manifest.json "
                "--out runs/ki2b")
-    train.add_argument("--model", required=True, help="a preset: a shipped name (ki_tiny) or a TOML file")
+    train.add_argument("--model", help="a preset: a shipped name (ki_tiny) or a TOML file (with --resume: not needed, "
+                                       "the run's saved config is continued)")
     train.add_argument("--data", help="the build's manifest.json (path or URL)")
     train.add_argument("--out", default="runs/default", help="run directory")
-    train.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint")
+    train.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint with "
+                                                            "its saved config (overrides given change it)")
     train.add_argument("--allow-config-change", action="store_true",
                        help="on --resume, accept changes to train.steps and the eval / log / checkpoint tables")
     train.set_defaults(handler=train_command, overrides=[], accepts_overrides=True)
@@ -45,7 +47,18 @@ def train_command(args: argparse.Namespace) -> int:
         overrides += ["--data.manifest", json.dumps(args.data)]
     stopped_by = _interrupt_on_sigterm()
     try:
-        config = TrainConfig.load(args.model, overrides)
+        if args.resume:
+            from kidata.training.resume import resumed_config
+
+            if args.model:
+                print(f"kidata train: --resume continues {args.out}/config.json; --model {args.model} is not read",
+                      file=sys.stderr)
+            config = resumed_config(Path(args.out), overrides)
+        elif not args.model:
+            raise ValueError("--model: name a preset (a shipped name such as ki_tiny, or a TOML file); "
+                             "only --resume continues a run without one")
+        else:
+            config = TrainConfig.load(args.model, overrides)
         report = train(config, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
     except (ManifestMismatch, TrainingDiverged, CheckpointError, FileExistsError, ValueError) as error:
         print(f"kidata train: {error}", file=sys.stderr)

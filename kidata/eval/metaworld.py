@@ -33,6 +33,8 @@ from kidata.envs.metaworld import (
     to_env_action,
 )
 from kidata.eval.chunking import ChunkExecutor
+from kidata.progress import bar as progress_bar
+from kidata.progress import torch_threads
 
 EVAL_SEED = 10_000  # variations and resets apart from the default training seeds
 
@@ -57,8 +59,8 @@ class SceneSettings:
         chosen = next((s for s in sources if s["name"] == source), None) if source else (sources or [None])[0]
         if chosen is None:
             names = [s["name"] for s in recipe["sources"]]
-            raise ValueError(f"the run's mixture has no metaworld source{f' named {source!r}' if source else ''} "
-                             f"(sources: {names}): pass --image-size / scene settings explicitly")
+            raise ValueError(f"this run's mixture has no Meta-World source{f' named {source!r}' if source else ''} "
+                             f"(sources: {names}): evaluate a run trained on a metaworld recipe (kidata build demo)")
         return cls(cameras=dict(chosen.get("cameras") or DEFAULT_CAMERAS),
                    image_size=int(chosen.get("image_size", recipe["mixture"]["image_size"])),
                    goal_marker_scale=float(chosen.get("goal_marker_scale", 1.0)),
@@ -146,7 +148,7 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
                        image_size: int = 96, goal_marker_scale: float = 1.0, scene: SceneSettings | None = None,
                        out: str | Path | None = None, sheets: int = 1,
                        episode_indices: Mapping[str, Sequence[int]] | None = None,
-                       ensemble: float | None = None) -> dict:
+                       ensemble: float | None = None, progress: bool = False) -> dict:
     """Success rate per task and their mean, each episode's outcome; with ``out``, for the first
     ``sheets`` episodes of each task a contact sheet and a plot of the executed actions with every
     predicted chunk, and ``metaworld_eval.json``. ``scene`` (or cameras / image_size /
@@ -154,35 +156,18 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
     indices, e.g. from ``training_layouts``) replaces episodes 0 .. episodes - 1. A policy with
     ``counters`` (``kidata.policy.Policy``: FAST chunks, invalid ones, the expert's stand-ins) has
     them reported per task under ``policy_counters``. ``ensemble``: ACT's temporal ensembling decay
-    (``kidata.eval.chunking``; None executes each chunk's first ``replan`` actions)."""
+    (``kidata.eval.chunking``; None executes each chunk's first ``replan`` actions). ``progress``: a
+    bar over episodes. The policy infers on one torch thread meanwhile (``progress.torch_threads``)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1 (episodes per task), got {episodes}")
     ChunkExecutor(replan, ensemble)  # refuses a bad replan or ensemble before any simulator starts
     scene = scene or SceneSettings(dict(cameras or DEFAULT_CAMERAS), image_size, goal_marker_scale)
     needs_images = getattr(policy, "needs_images", True)
-    per_task, lengths, outcomes, counted = {}, {}, {}, {}
-    for task in resolve_tasks(tasks):
-        before = dict(getattr(policy, "counters", {}))
-        simulator = Scene(task, seed=seed, image_size=scene.image_size, goal_marker_scale=scene.goal_marker_scale)
-        results = []
-        try:
-            indices = list(episode_indices[task]) if episode_indices is not None else list(range(episodes))
-            for order, episode in enumerate(indices):
-                keep = out is not None and order < sheets
-                trace = _Trace()
-                success, steps = _episode(policy, simulator, task, episode, scene, ChunkExecutor(replan, ensemble),
-                                          max_steps, needs_images, keep, trace)
-                results.append({"episode": episode, "success": success, "steps": steps})
-                if keep:
-                    _contact_sheet(trace.frames, Path(out) / f"{task}-episode{episode}.png", success)
-                    plot_chunks(trace, Path(out) / f"{task}-episode{episode}-actions.png", f"{task} episode {episode}")
-        finally:
-            simulator.close()
-        per_task[task] = sum(r["success"] for r in results) / len(results)
-        lengths[task] = float(np.mean([r["steps"] for r in results]))
-        outcomes[task] = results
-        if before:
-            counted[task] = {name: value - before[name] for name, value in policy.counters.items()}
+    task_names = resolve_tasks(tasks)
+    total = sum(len(episode_indices[task]) for task in task_names) if episode_indices is not None else episodes * len(task_names)
+    with torch_threads(1), progress_bar(total=total, desc="episodes", unit="episode", disable=not progress) as bar:
+        per_task, lengths, outcomes, counted = _run_tasks(policy, task_names, episodes, replan, max_steps, seed, scene, out,
+                                                          sheets, episode_indices, ensemble, needs_images, bar)
     result = {"success_rate": per_task, "mean_success_rate": float(np.mean(list(per_task.values()))),
               "episodes_per_task": episodes, "replan": replan, "ensemble": ensemble, "max_steps": max_steps, "seed": seed,
               "mean_steps": lengths, "episodes": outcomes,
@@ -196,6 +181,35 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "metaworld_eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     return result
+
+
+def _run_tasks(policy, task_names, episodes, replan, max_steps, seed, scene, out, sheets, episode_indices, ensemble,
+               needs_images, bar) -> tuple[dict, dict, dict, dict]:
+    per_task, lengths, outcomes, counted = {}, {}, {}, {}
+    for task in task_names:
+        before = dict(getattr(policy, "counters", {}))
+        simulator = Scene(task, seed=seed, image_size=scene.image_size, goal_marker_scale=scene.goal_marker_scale)
+        results = []
+        try:
+            indices = list(episode_indices[task]) if episode_indices is not None else list(range(episodes))
+            for order, episode in enumerate(indices):
+                keep = out is not None and order < sheets
+                trace = _Trace()
+                success, steps = _episode(policy, simulator, task, episode, scene, ChunkExecutor(replan, ensemble),
+                                          max_steps, needs_images, keep, trace)
+                results.append({"episode": episode, "success": success, "steps": steps})
+                bar.update(1)
+                if keep:
+                    _contact_sheet(trace.frames, Path(out) / f"{task}-episode{episode}.png", success)
+                    plot_chunks(trace, Path(out) / f"{task}-episode{episode}-actions.png", f"{task} episode {episode}")
+        finally:
+            simulator.close()
+        per_task[task] = sum(r["success"] for r in results) / len(results)
+        lengths[task] = float(np.mean([r["steps"] for r in results]))
+        outcomes[task] = results
+        if before:
+            counted[task] = {name: value - before[name] for name, value in policy.counters.items()}
+    return per_task, lengths, outcomes, counted
 
 
 def _episode(policy, scene: Scene, task: str, episode: int, settings: SceneSettings, executor: ChunkExecutor,

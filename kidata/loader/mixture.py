@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -27,11 +28,13 @@ import numpy as np
 import torch
 
 from kidata.hashing import stable_seed_words
-from kidata.images import decode_frame
 from kidata.manifest import Manifest
 from kidata.pipelines.shards import iter_tar, load_npy
 
 _DRAW_BLOCK = 4096
+# Samples whose image does not decode are skipped and counted; past this many in one source the
+# run stops: the build is damaged, and `kidata verify` names the shards.
+MAX_CORRUPT_SAMPLES = 100
 
 
 def _open(url: str):
@@ -42,6 +45,27 @@ def _open(url: str):
 
 class ShardError(ValueError):
     """A shard whose bytes contradict its manifest: names the shard, the sample and what differs."""
+
+
+class CorruptImage(ValueError):
+    """A sample's image that does not decode to the build's size: the sample is skipped, never fed."""
+
+
+def shard_image(data: bytes, size: int, *, decode: bool = True):
+    """A shard's JPEG as uint8 [size, size, 3] (or its bytes, ``decode=False``, after the header
+    check alone). The build writes baseline RGB JPEGs of the mixture's image_size: anything else,
+    and any JPEG libjpeg-turbo reports damaged (``strict``), is a CorruptImage, never garbage."""
+    import simplejpeg
+
+    try:
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        if (height, width) != (size, size):
+            raise CorruptImage(f"{width}x{height} pixels, the build's images are {size}x{size}")
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True) if decode else data
+    except CorruptImage:
+        raise
+    except (ValueError, TypeError) as error:
+        raise CorruptImage(f"does not decode ({error})") from None
 
 
 @dataclass(frozen=True)
@@ -109,8 +133,9 @@ class _SourceStream:
                 seen += count
         return total
 
-    def _ordered(self, epoch: int, skip: int) -> Iterator[tuple[str, dict]]:
-        """The epoch's samples for this consumer, unshuffled, starting at ``skip``."""
+    def _ordered(self, epoch: int, skip: int) -> Iterator[tuple[str, dict, str]]:
+        """The epoch's samples (key, members, shard path) for this consumer, unshuffled, starting at
+        ``skip``."""
         seen = 0  # samples of the epoch's concatenated shards, for residue selection
         produced = 0
         for path, count, residue in self._epoch_order(epoch):
@@ -130,7 +155,7 @@ class _SourceStream:
                             continue
                         check_members(self.plan, path, *item)
                         if produced >= skip:
-                            yield item
+                            yield (*item, path)
                         produced += 1
                 except ShardError:
                     raise
@@ -141,7 +166,7 @@ class _SourceStream:
                                  "(truncated?); run `kidata verify` on the build")
             seen += count
 
-    def _stream(self, start: int) -> Iterator[tuple[str, dict]]:
+    def _stream(self, start: int) -> Iterator[tuple[str, dict, str]]:
         epoch, offset = 0, start
         while True:
             length = self._epoch_length(epoch)
@@ -166,7 +191,8 @@ class _SourceStream:
         self.position = position
         self._iterator = None
 
-    def next(self) -> tuple[str, dict]:
+    def next(self) -> tuple[str, dict, str]:
+        """(key, members, shard path) of the stream's next sample."""
         if self._iterator is None:
             self._iterator = self._stream(self.position)
         self.position += 1
@@ -217,6 +243,7 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         self._start: dict[int, int] = {}
         self._consumed: dict[int, int] = {}
         self._rotation = 0
+        self.corrupt_samples: dict[str, int] = {}  # source -> samples skipped for an image that does not decode
 
     # ------------------------------------------------------------ consumers and draws
     def _consumer(self) -> tuple[int, int]:
@@ -252,11 +279,28 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             if not upcoming:
                 upcoming = self._choices(consumer, draw, _DRAW_BLOCK - draw % _DRAW_BLOCK).tolist()[::-1]
             chosen = upcoming.pop()
-            key, members = streams[chosen].next()
-            sample = self._decode(self.plans[chosen], key, members, consumer, draw)
+            key, members, path = streams[chosen].next()
+            plan = self.plans[chosen]
+            try:
+                sample = self._decode(plan, key, members, consumer, draw)
+            except CorruptImage as error:
+                sample = None
+                self._skip_corrupt(plan, path, key, error)
             draw += 1
             self._consumed[consumer] = draw
-            yield sample
+            if sample is not None:
+                yield sample
+
+    def _skip_corrupt(self, plan: _SourcePlan, path: str, key: str, error: CorruptImage) -> None:
+        """Counts a sample skipped for a corrupt image (``self.corrupt_samples``, per source), names
+        it on stderr, and stops the run past ``MAX_CORRUPT_SAMPLES`` in one source."""
+        count = self.corrupt_samples.get(plan.name, 0) + 1
+        self.corrupt_samples[plan.name] = count
+        print(f"loader: skipped sample {key} of shard {plan.root}/{path}: {error} ({count} skipped from source "
+              f"{plan.name!r} so far)", file=sys.stderr)
+        if count > MAX_CORRUPT_SAMPLES:
+            raise ShardError(f"source {plan.name!r}: more than {MAX_CORRUPT_SAMPLES} samples with corrupt images "
+                             f"(the last in shard {plan.root}/{path}); run `kidata verify` on the build")
 
     def _decode(self, plan: _SourcePlan, key: str, members: dict[str, bytes], consumer: int, draw: int) -> dict:
         meta = json.loads(members["meta.json"])
@@ -266,9 +310,13 @@ class MixtureDataset(torch.utils.data.IterableDataset):
             if f"{name}.npy" in members:
                 sample[name] = load_npy(members[f"{name}.npy"])
         images = {}
+        size = self.manifest.encoding.image_size
         for member, data in members.items():
             if member.endswith(".jpg"):
-                images[member[:-4]] = decode_frame(data) if self.decode_images else data
+                try:
+                    images[member[:-4]] = shard_image(data, size, decode=self.decode_images)
+                except CorruptImage as error:
+                    raise CorruptImage(f"{member} {error}") from None
         if self.augment is not None and self.decode_images:
             rng = np.random.default_rng(stable_seed_words(self.seed, "augment", consumer, draw))
             images = {camera: self.augment(camera, image, rng) for camera, image in images.items()}

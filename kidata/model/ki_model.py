@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from kidata.model.attention import attend, attention_bias, compute_dtype
 from kidata.model.config import ModelConfig
 from kidata.model.layers import AdaRMSNorm, GeGLU, RMSNorm, VisionTower, rotary, timestep_embedding
 from kidata.schema import Batch
@@ -77,18 +78,6 @@ def _normalize(norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None):
 
 def _residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
     return x + (branch if gate is None else gate * branch)
-
-
-class _MaskValues(dict):
-    """dtype -> the additive bias of a masked key: 0.7 of the dtype's lowest value (openpi's choice
-    for float32), low enough to vanish in the softmax, far enough from -inf not to overflow."""
-
-    def __missing__(self, dtype: torch.dtype) -> float:
-        self[dtype] = 0.7 * torch.finfo(dtype).min
-        return self[dtype]
-
-
-_MASK_VALUE = _MaskValues()
 
 
 class KIModel(nn.Module):
@@ -175,43 +164,40 @@ class KIModel(nn.Module):
         return valid & (torch.cumsum(ar.long(), dim=1) == 0)
 
     # ------------------------------------------------------------------ attention
-    def _attend(self, q, k, v, mask) -> torch.Tensor:
-        repeat = self.config.heads // self.config.kv_heads
-        k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        # A finite bias, as openpi's (-2.38e38): a padded row that sees nothing gets uniform weights,
-        # not NaN (torch < 2.5 turned an all-False boolean row into NaN, which then spread).
-        bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(~mask, _MASK_VALUE[q.dtype])
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, None])
-        return out.transpose(1, 2).flatten(2)
-
-    def _expert_attend(self, layer, h, cond, projected, prefix_kv, prefix_visible, own):
+    def _expert_attend(self, layer, h, cond, projected, prefix_kv, expert_bias):
         """``projected``: the expert layer's ``project`` output (q, k, v, residual gate)."""
         q, k, v, gate = projected
         prefix_k, prefix_v = prefix_kv
         if self.config.stop_gradient:  # knowledge insulation: no gradient into the backbone's keys/values
             prefix_k, prefix_v = prefix_k.detach(), prefix_v.detach()
-        mask = torch.cat([prefix_visible[:, None, :].expand(-1, h.shape[1], -1), own], dim=2)
-        attended = self._attend(q, torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2), mask)
+        attended = attend(q, torch.cat([prefix_k, k], dim=2), torch.cat([prefix_v, v], dim=2), expert_bias)
         return layer.finish(h, attended, gate, cond)
+
+    @staticmethod
+    def expert_bias(prefix_visible: torch.Tensor, own: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Additive bias [B, 1, He, Lb + He] of the expert's queries over [prefix keys, expert keys],
+        built once per pass and shared by every expert layer."""
+        visible = torch.cat([prefix_visible[:, None, :].expand(-1, own.shape[1], -1), own], dim=2)
+        return attention_bias(visible, dtype)
 
     def _expert_positions(self, prefix_visible: torch.Tensor, length: int) -> torch.Tensor:
         start = prefix_visible.sum(dim=1, keepdim=True)  # expert positions continue after the prefix
         return start + torch.arange(length, device=prefix_visible.device)[None]
 
-    def _joint_layer(self, index, h, e, cond, positions, expert_positions, mask, prefix_visible, own):
+    def _joint_layer(self, index, h, e, cond, positions, expert_positions, bias, expert_bias):
         """One layer of both streams (training): backbone keys/values feed the expert's attention
-        (detached under ``ki``); under ``hybrid`` the expert's feed the targets'."""
+        (detached under ``ki``); under ``hybrid`` the expert's feed the targets'. Biases: built once per pass."""
         layer = self.layers[index]
         q, k, v, _ = layer.project(h, None, positions)
         if e is None:
-            return layer.finish(h, self._attend(q, k, v, mask), None, None), None
+            return layer.finish(h, attend(q, k, v, bias), None, None), None
         expert_layer = self.expert_layers[index]
         expert_qkv = expert_layer.project(e, cond, expert_positions)
         keys, values = (k, v)
         if self.config.targets_see_actions:
             keys, values = torch.cat([k, expert_qkv[1]], 2), torch.cat([v, expert_qkv[2]], 2)
-        e = self._expert_attend(expert_layer, e, cond, expert_qkv, (k, v), prefix_visible, own)
-        return layer.finish(h, self._attend(q, keys, values, mask), None, None), e
+        e = self._expert_attend(expert_layer, e, cond, expert_qkv, (k, v), expert_bias)
+        return layer.finish(h, attend(q, keys, values, bias), None, None), e
 
     # ------------------------------------------------------------------ passes
     def run_backbone(self, batch: dict):
@@ -219,11 +205,11 @@ class KIModel(nn.Module):
         the index of the first text token."""
         embeddings, valid, ar, text_start = self.backbone_inputs(batch)
         positions = torch.cumsum(valid.long(), dim=1) - 1
-        mask = self.backbone_mask(valid, ar)
+        bias = attention_bias(self.backbone_mask(valid, ar), compute_dtype(embeddings))
         h, cache = embeddings, []
         for layer in self.layers:
             q, k, v, _ = layer.project(h, None, positions)
-            h = layer.finish(h, self._attend(q, k, v, mask), None, None)
+            h = layer.finish(h, attend(q, k, v, bias), None, None)
             cache.append((k, v))
         return self.final_norm(h), cache, valid, ar, text_start
 
@@ -232,21 +218,28 @@ class KIModel(nn.Module):
         h, cond, own = self.expert_inputs(noisy, t, batch)
         prefix_visible = self.prefix_visible(valid, ar)
         positions = self._expert_positions(prefix_visible, h.shape[1])
+        bias = self.expert_bias(prefix_visible, own, compute_dtype(h))
         for layer, kv in zip(self.expert_layers, cache):
             qkv = layer.project(h, cond, positions)
-            h = self._expert_attend(layer, h, cond, qkv, kv, prefix_visible, own)
+            h = self._expert_attend(layer, h, cond, qkv, kv, bias)
         normed, _ = _normalize(self.expert_final_norm, h, cond)
         return self.action_out(normed[:, -noisy.shape[1]:])
 
-    def forward(self, batch: Batch, *, noise: torch.Tensor | None = None, t: torch.Tensor | None = None) -> dict:
+    def forward(self, batch: Batch, *, noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
+                all_logits: bool = False) -> dict:
         """Losses (token cross-entropy on loss-masked tokens, flow MSE) and outputs for a batch.
 
         Both streams advance layer by layer together: each layer's backbone keys/values feed the
-        expert's attention in the same layer (and, for ``hybrid``, the expert's feed the targets')."""
+        expert's attention in the same layer (and, for ``hybrid``, the expert's feed the targets').
+
+        ``out["logits"]`` [N, V]: the logits predicting each loss-masked target (N targets after
+        the first token, row-major), the only places the LM head runs;
+        ``all_logits=True``: [B, T, V] at every text position (probes of what each position sees)."""
         c = self.config
         h, valid, ar, text_start = self.backbone_inputs(batch)
         positions = torch.cumsum(valid.long(), dim=1) - 1
         mask = self.backbone_mask(valid, ar)
+        dtype = compute_dtype(h)
         out: dict = {}
         if c.has_expert:
             actions = batch["actions"].float()  # the flow (time, noise, x_t, target, loss) in fp32, whatever
@@ -259,23 +252,23 @@ class KIModel(nn.Module):
             e, cond, own = self.expert_inputs(noisy, t, batch)
             prefix_visible = self.prefix_visible(valid, ar)
             expert_positions = self._expert_positions(prefix_visible, e.shape[1])
+            expert_bias = self.expert_bias(prefix_visible, own, dtype)
             if c.targets_see_actions:  # hybrid: target tokens of robot rows also see the expert tokens
                 sees = valid & ~prefix_visible & batch["has_actions"][:, None]
                 mask = torch.cat([mask, sees[:, :, None].expand(-1, -1, e.shape[1])], dim=2)
         else:
-            e = cond = own = prefix_visible = expert_positions = None
+            e = cond = expert_positions = expert_bias = None
+        bias = attention_bias(mask, dtype)  # once for all layers
         for index in range(c.depth):
-            args = (index, h, e, cond, positions, expert_positions, mask, prefix_visible, own)
+            args = (index, h, e, cond, positions, expert_positions, bias, expert_bias)
             if self.activation_checkpointing and self.training:
                 h, e = torch.utils.checkpoint.checkpoint(self._joint_layer, *args, use_reentrant=False)
             else:
                 h, e = self._joint_layer(*args)
-        logits = self.final_norm(h)[:, text_start:] @ self.embed.weight.T  # tied embeddings, as Gemma
-        targets, target_mask = batch["tokens"][:, 1:], batch["loss"][:, 1:]
-        token_loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), targets.flatten(), reduction="none")
-        ce = (token_loss * target_mask.flatten()).sum() / target_mask.sum().clamp(min=1)
-        out.update(fast_loss=ce, logits=logits)
-        loss = ce if c.fast_loss else ce.new_zeros(())
+        # no token loss in the objective (pi0, frozen): the cross-entropy is a diagnostic, kept out of autograd
+        with torch.set_grad_enabled(torch.is_grad_enabled() and c.fast_loss):
+            out.update(self._token_loss(h[:, text_start:], batch, all_logits))
+        loss = out["fast_loss"] if c.fast_loss else out["fast_loss"].new_zeros(())
         if c.has_expert:
             normed, _ = _normalize(self.expert_final_norm, e, cond)
             # a new fp32 tensor, not a view: FSDP2 hooks backward on the root's outputs, and an in-place
@@ -288,6 +281,23 @@ class KIModel(nn.Module):
             out.update(flow_loss=flow, velocity=velocity)
         out["loss"] = loss
         return out
+
+    def _token_loss(self, text_hidden: torch.Tensor, batch: Batch, all_logits: bool) -> dict:
+        """Mean cross-entropy of the loss-masked targets and their logits, from the backbone's
+        hidden states at the text positions [B, T, W]; position i predicts token i + 1. The
+        vocabulary-sized logits are computed in the compute dtype and only for the N targets."""
+        targets, target_mask = batch["tokens"][:, 1:], batch["loss"][:, 1:]
+        if all_logits:
+            logits = self.lm_head(self.final_norm(text_hidden))  # [B, T, V]
+            predicting = logits[:, :-1][target_mask]
+        else:
+            predicting = logits = self.lm_head(self.final_norm(text_hidden[:, :-1][target_mask]))  # [N, V]
+        ce = F.cross_entropy(predicting.float(), targets[target_mask], reduction="sum") / target_mask.sum().clamp(min=1)
+        return {"fast_loss": ce, "logits": logits}
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits [..., V] of final-normed hidden states [..., W] (tied embeddings, as Gemma)."""
+        return hidden @ self.embed.weight.T
 
     @torch.no_grad()
     def sample_actions(self, batch: Batch, *, num_steps: int = 10, noise: torch.Tensor | None = None,
@@ -326,7 +336,7 @@ class KIModel(nn.Module):
         device = batch["tokens"].device
         hidden, cache, valid, ar, _ = self.run_backbone(batch)
         last = valid.long().cumsum(dim=1).argmax(dim=1)  # index of each row's last real token
-        next_logits = (hidden[torch.arange(b), last] @ self.embed.weight.T)
+        next_logits = self.lm_head(hidden[torch.arange(b), last])
         position = valid.long().sum(dim=1)  # next position to fill
         keys = [k for k, _ in cache]
         values = [v for _, v in cache]
@@ -347,16 +357,17 @@ class KIModel(nn.Module):
                          "token_mask": torch.cat([batch["token_mask"], torch.ones(b, step + 1, dtype=torch.bool, device=device)], 1),
                          "ar": torch.cat([batch["ar"], torch.ones(b, step + 1, dtype=torch.bool, device=device)], 1)}
                 hidden, _, grown_valid, _, _ = self.run_backbone(_compact(grown))
-                next_logits = hidden[torch.arange(b), grown_valid.long().cumsum(1).argmax(1)] @ self.embed.weight.T
+                next_logits = self.lm_head(hidden[torch.arange(b), grown_valid.long().cumsum(1).argmax(1)])
                 continue
             h = self.embed(token)[:, None] * self.config.width**0.5
             visible = torch.cat([visible, torch.ones(b, 1, dtype=torch.bool, device=device)], dim=1)
+            bias = attention_bias(visible[:, None, :], compute_dtype(h))  # once per step, for all layers
             for index, layer in enumerate(self.layers):
                 q, k, v, _ = layer.project(h, None, position[:, None])
                 keys[index] = torch.cat([keys[index], k], dim=2)
                 values[index] = torch.cat([values[index], v], dim=2)
-                h = layer.finish(h, self._attend(q, keys[index], values[index], visible[:, None, :]), None, None)
-            next_logits = self.final_norm(h)[:, 0] @ self.embed.weight.T
+                h = layer.finish(h, attend(q, keys[index], values[index], bias), None, None)
+            next_logits = self.lm_head(self.final_norm(h)[:, 0])
             position = position + 1
         return (out, torch.stack(steps_logits, dim=1)) if return_logits else out
 

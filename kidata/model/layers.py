@@ -37,9 +37,13 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.modulation.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, L, dim], cond [B, cond_dim] -> (normed [B, L, dim] in x's dtype, gate [B, 1, dim]).
+        The variance, normalization and modulation run in float32 whatever x's dtype (as openpi
+        and Gemma's RMSNorm): a bf16 mean of squares loses the small components of wide rows."""
         scale, shift, gate = self.modulation(cond)[:, None, :].chunk(3, dim=-1)
-        normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed * (1.0 + scale) + shift, gate
+        wide = x.float()
+        normed = wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (normed * (1.0 + scale.float()) + shift.float()).type_as(x), gate
 
 
 class GeGLU(nn.Module):

@@ -44,8 +44,17 @@ text/expert: norm.weight / expert norm.dense.*              final_norm.weight / 
 action_in_proj.* / action_out_proj.*                        action_in.* / action_out.*
 =========================================================  =======================================
 
-Dropped on purpose: the SigLIP pooling head (PaliGemma does not use it), ``lm_head`` (tied) and the
-expert's unused ``lm_head``.
+Dropped on purpose: the SigLIP pooling head (PaliGemma does not use it), the backbone's ``lm_head``
+when ``embed_tokens`` is present (the two are tied) and the expert's unused ``lm_head``.
+
+The tied embedding may be stored under either name. ``save_pretrained`` keeps ``embed_tokens``;
+``safetensors.torch.save_model`` (how openpi writes ``model.safetensors``) keeps one name per shared
+tensor, the first in sorted order, which is ``lm_head.weight``: a checkpoint without
+``embed_tokens`` takes its embedding from the backbone's ``lm_head``.
+
+Embedding rows: the hub's checkpoints hold 257216 rows (the tokenizer's 257152, ``<image>`` and
+padding); that cut to 257152 is the only one made. Any other difference in rows is refused: a
+shorter vocabulary would point text ids at rows trained for other tokens.
 """
 
 from __future__ import annotations
@@ -66,6 +75,10 @@ _PREFIXES = (  # (pattern, canonical part) tried in order; the rest of the key f
     (r"^paligemma_with_expert\.gemma_expert\.model\.", "expert."),
 )
 _DROPPED = re.compile(r"(^|\.)lm_head\.|(vision_model|vision_tower)\.head\.")
+# the backbone's output head, tied to embed_tokens (never the expert's: gemma_expert.lm_head)
+_TIED_HEAD = re.compile(r"(?:paligemma_with_expert\.paligemma\.)?(?:language_model\.)?lm_head\.weight")
+PALIGEMMA_VOCAB = 257152  # PaliGemma's tokenizer: Gemma's 256000 + 1024 <locNNNN> + 128 <segNNN>
+HUB_EMBEDDING_ROWS = 257216  # the hub checkpoints' rows: the tokenizer's, <image>, then padding
 
 _RULES = (  # (canonical regex, our name)
     (r"vision\.embeddings\.patch_embedding\.(weight|bias)", r"vision.patch.\1"),
@@ -170,13 +183,13 @@ def config_from_paligemma(location: str | Path, **overrides) -> ModelConfig:
 
 
 def load_pretrained(model: KIModel, location: str | Path, *, require_expert: bool) -> dict:
-    """Copies a checkpoint's tensors into ``model`` (shapes must match; an embedding with more rows
-    than the model's vocabulary is cut to it). Every backbone tensor must be present; expert
+    """Copies a checkpoint's tensors into ``model`` (shapes must match; the hub's 257216-row
+    embedding is cut to 257152 rows, no other). Every backbone tensor must be present; expert
     tensors too when ``require_expert``, else the expert keeps its fresh initialization, as do
     modules no checkpoint has (a prefix state projection). Returns counts of loaded and dropped
     tensors, the embedding rows cut off, and the names left fresh."""
     path = resolve(location)
-    tensors = read_tensors(path / "model.safetensors" if (path / "model.safetensors").exists() else path)
+    tensors = untie_embedding(read_tensors(path / "model.safetensors" if (path / "model.safetensors").exists() else path))
     ours = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}
     dropped = sliced = 0
@@ -190,11 +203,9 @@ def load_pretrained(model: KIModel, location: str | Path, *, require_expert: boo
                                f"{list(model.config.vision_stem)}; set vision_stem = [] to load a pretrained tower")
         if name not in ours:
             raise WeightsError(f"{key!r} -> {name!r}: the model has no such parameter (check the model config)")
-        if name == "embed.weight" and tensor.shape[0] > ours[name].shape[0] and tensor.shape[1:] == ours[name].shape[1:]:
-            # The hub's PaliGemma rows run past the tokenizer (257216 = 257152 + <image> + padding);
-            # the model keeps the tokenizer's rows, which openpi's FAST ids count down from.
-            sliced = tensor.shape[0] - ours[name].shape[0]
-            tensor = tensor[: ours[name].shape[0]]
+        if name == "embed.weight" and tensor.shape[0] != ours[name].shape[0]:
+            tensor = _cut_hub_padding(key, tensor, ours[name].shape[0])
+            sliced = HUB_EMBEDDING_ROWS - PALIGEMMA_VOCAB
         if tuple(ours[name].shape) != tuple(tensor.shape):
             raise WeightsError(f"{key!r}: shape {tuple(tensor.shape)} does not fit {name!r} {tuple(ours[name].shape)}")
         mapped[name] = tensor.to(ours[name].dtype)
@@ -206,6 +217,36 @@ def load_pretrained(model: KIModel, location: str | Path, *, require_expert: boo
     model.load_state_dict(mapped, strict=False)
     return {"loaded": len(mapped), "dropped": dropped, "embedding_rows_sliced": sliced,
             "fresh": sorted(set(ours) - set(mapped))}
+
+
+def untie_embedding(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with the backbone's tied ``lm_head.weight`` renamed to the ``embed_tokens``
+    name it shares storage with, when the checkpoint kept only the former (a file written by
+    ``safetensors.torch.save_model``, as openpi's are). With ``embed_tokens`` present the head is
+    left to be dropped."""
+    if any(_translates_to(key, "embed.weight") for key in tensors):
+        return tensors
+    heads = [key for key in tensors if _TIED_HEAD.fullmatch(key)]
+    if len(heads) != 1:
+        return tensors  # no embedding at all: load_pretrained names what is missing
+    embed = "language_model.model.embed_tokens.weight"  # the hub's name, translated as any other
+    return {(embed if key == heads[0] else key): tensor for key, tensor in tensors.items()}
+
+
+def _translates_to(key: str, name: str) -> bool:
+    try:
+        return translate(key) == name
+    except WeightsError:
+        return False  # named by load_pretrained, with the rest of the checkpoint's problems
+
+
+def _cut_hub_padding(key: str, tensor: torch.Tensor, rows: int) -> torch.Tensor:
+    """The first ``rows`` rows of the hub's padded embedding; any other difference is refused."""
+    if (tensor.shape[0], rows) != (HUB_EMBEDDING_ROWS, PALIGEMMA_VOCAB):
+        raise WeightsError(f"{key!r} has {tensor.shape[0]} rows, the model's vocab_size is {rows}: only the hub's "
+                           f"{HUB_EMBEDDING_ROWS} -> {PALIGEMMA_VOCAB} padding cut is made (any other would point "
+                           "text ids at rows of other tokens); set model.vocab_size to the checkpoint's tokenizer size")
+    return tensor[:rows]
 
 
 def load_paligemma(model: KIModel, location: str | Path) -> dict:

@@ -19,8 +19,16 @@ from kidata import __version__
 from kidata.manifest import Encoding, Manifest, ShardInfo, SourceEntry, TokenizerRef
 from kidata.normalize import NormStats
 from kidata.pipelines.encode_pass import EncodeContext, context_encoder, encode_unit, warm_up_build, warm_up_worker
+from kidata.pipelines.ownership import BUILD_ID_FILE, LOCK_NAME, BuildLock, build_id, foreign_paths, remove_build
 from kidata.pipelines.recipe import Recipe
-from kidata.pipelines.stats_pass import ACTION_TOKENIZER_DIR, STATE_DIR, BuildError, action_tokenizer, run_pass1
+from kidata.pipelines.stats_pass import (
+    ACTION_TOKENIZER_DIR,
+    STATE_DIR,
+    BuildError,
+    action_tokenizer,
+    held_out_when_none_falls,
+    run_pass1,
+)
 from kidata.pipelines.storage import output_fs, write_text
 from kidata.stats_formats import FILE_NAMES, render
 
@@ -44,27 +52,53 @@ def build(recipe: Recipe, out: str, *, engine: str = "local", workers: int = 1, 
 
 def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, progress: bool,
            ray_address: str | None, fast_override: str | None) -> Manifest:
-    from kidata.pipelines.engine import JobTimes, peak_rss_mib, run_jobs
-
     fs, root = output_fs(out)
-    state_file = f"{root}/{STATE_DIR}/recipe.json"
     started = time.perf_counter()
     # sources are opened before the output is claimed: a wrong path never locks the folder
     units = {s.name: recipe.open(s).list_units(recipe.mixture.units_per_source) for s in recipe.sources}
+    with BuildLock(fs, root, out):
+        _claim(recipe, fs, root, out, force)
+        return _build_locked(recipe, out, fs, root, units, started, engine=engine, workers=workers, progress=progress,
+                             ray_address=ray_address, fast_override=fast_override)
+
+
+def _claim(recipe: Recipe, fs, root: str, out: str, force: bool) -> None:
+    """Records this recipe as the output's (``_state/recipe.json``). A build of another recipe
+    there is refused, or with ``force`` removed: only the files a build wrote, never the user's."""
+    state_file = f"{root}/{STATE_DIR}/recipe.json"
     if fs.exists(state_file):
         previous = json.loads(fs.cat_file(state_file).decode())
         if previous["recipe_sha256"] != recipe.sha256:
-            written = [p for p in fs.find(root) if not p.endswith(f"{STATE_DIR}/recipe.json")]
-            if written and not force:
+            owned, foreign = foreign_paths(fs, root, _source_names(previous) + [s.name for s in recipe.sources])
+            written = [p for p in owned if p not in (LOCK_NAME, STATE_DIR)]
+            # what only a build that got somewhere leaves: its manifest or shards of completed units; a build
+            # that failed before (a recipe mistake refused after pass 1) is replaced by the fixed recipe as is
+            products = [p for p in written if p == "manifest.json" or "/" in p]
+            if products and not force:
                 raise BuildError(f"{out} holds a build of a different recipe (sha256 {previous['recipe_sha256'][:12]}, "
-                                 f"this one {recipe.sha256[:12]}); use --force to replace it")
-            fs.rm(root, recursive=True)  # --force, or a build that failed before writing anything
+                                 f"this one {recipe.sha256[:12]}; {len(products)} of its files, e.g. {products[0]}); "
+                                 "use --force to replace it")
+            if written or force:
+                remove_build(fs, root, out, _source_names(previous) + [s.name for s in recipe.sources])
+            else:
+                fs.rm(f"{root}/{STATE_DIR}", recursive=True)
     try:
         write_text(fs, state_file, json.dumps({"recipe_sha256": recipe.sha256, "recipe": recipe.canonical()},
                                               sort_keys=True))
     except OSError as error:  # read-only, a file in the way, no permission: before any work is done
         raise BuildError(f"{out}: cannot write the build there ({type(error).__name__}: {error.strerror or error}); "
                          "choose a writable --out") from error
+
+
+def _source_names(state: dict) -> list[str]:
+    sources = state.get("recipe", {}).get("sources", []) if isinstance(state.get("recipe"), dict) else []
+    return [s["name"] for s in sources if isinstance(s, dict) and isinstance(s.get("name"), str)]
+
+
+def _build_locked(recipe: Recipe, out: str, fs, root: str, units: dict, started: float, *, engine: str, workers: int,
+                  progress: bool, ray_address: str | None, fast_override: str | None) -> Manifest:
+    from kidata.pipelines.engine import JobTimes, peak_rss_mib, run_jobs
+
     robot = [s for s in recipe.sources if s.kind == "robot"]
 
     # pass 1 -----------------------------------------------------------------------------
@@ -78,7 +112,13 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
     fast_seconds = time.perf_counter() - fast_started
 
     # pass 2 -----------------------------------------------------------------------------
-    context = EncodeContext(recipe, out, fast_files, norm_stats, action_dim)
+    identity = build_id(recipe.sha256, fast_files)
+    write_text(fs, f"{root}/{ACTION_TOKENIZER_DIR}/{BUILD_ID_FILE}", json.dumps({"build_id": identity}) + "\n")
+    held_out = held_out_when_none_falls(recipe, robot, fs, root)
+    for source, episode in held_out.items():
+        print(f"build: no episode of source {source!r} fell under its holdout fraction; holding out {episode} "
+              "(the one the holdout hash ranks first) so that runs on this build have a held-out split", file=sys.stderr)
+    context = EncodeContext(recipe, out, fast_files, norm_stats, action_dim, identity, held_out)
     context_encoder(context)  # token-range collisions and tokenizer problems surface here, before any unit runs
     jobs = []
     for source in recipe.sources:
@@ -155,11 +195,11 @@ def _manifest(recipe, context, fs, root, units, norm_stats) -> Manifest:
             quarantined=dict(sorted(quarantined.items())), rejected=dict(sorted(rejected.items())),
             skipped=dict(sorted(notices.items())),
             shards=tuple(ShardInfo(**shard) for record in records for shard in record["shards"]),
-            norm_stats=norm_stats[source.name] if source.kind == "robot" else None))
+            norm_stats=norm_stats[source.name] if source.kind == "robot" else None, delta_mask=source.delta_mask))
     mixture = recipe.mixture
     ranges = {key: tuple(value) for key, value in encoder.ranges.items()}
     return Manifest(
-        kidata_version=__version__, recipe=recipe.canonical(), recipe_sha256=recipe.sha256,
+        kidata_version=__version__, recipe=recipe.canonical(), recipe_sha256=recipe.sha256, build_id=context.build_id,
         text_tokenizer=TokenizerRef(mixture.text_tokenizer, text.sha256),
         action_tokenizer=TokenizerRef(ACTION_TOKENIZER_DIR, encoder.actions.sha256, action_tokenizer_kind(encoder.actions)),
         encoding=Encoding(state_encoding=mixture.state_encoding, prompt_format=mixture.prompt_format,

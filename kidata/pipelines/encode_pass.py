@@ -6,11 +6,12 @@ of workers, so any engine and worker count gives byte-identical shards."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from kidata.delta import check_delta_mask, episode_delta_chunks
 from kidata.hashing import in_holdout, json_sha256, stable_fraction
 from kidata.normalize import NormStats, normalize
 from kidata.pipelines.recipe import Recipe
@@ -40,6 +41,8 @@ class EncodeContext:
     fast_files: dict[str, str]
     norm_stats: dict[str, dict]
     action_dim: int
+    build_id: str = ""  # written into every sample's meta.json ("build"), checked by ``kidata verify``
+    held_out: Mapping[str, str] = field(default_factory=dict)  # source -> the episode held out when none fell under the fraction
 
 
 _WORKER_CACHE: dict[str, Any] = {}
@@ -134,7 +137,7 @@ def encode_unit(context: EncodeContext, source_name: str, unit: WorkUnit, unit_i
             encoded = [{camera: jpeg_bytes(image, mixture.jpeg_quality) for camera, image in images.items()}
                        for images in decoded]
         for (key, sample, _), images in zip(built, encoded):
-            writers[split].write(key, sample_members(sample, images))
+            writers[split].write(key, sample_members(sample, images, build_id=context.build_id))
             counts["samples"] += 1
 
     if source_config.kind == "robot":
@@ -158,15 +161,23 @@ def _encode_robot_unit(context, source, source_name, unit, holdout, encoder, rep
     mixture = context.recipe.mixture
     stats = NormStats.from_json(context.norm_stats[source_name])
     horizon = mixture.action_horizon
+    delta_mask = context.recipe.source(source_name).delta_mask
     for episode in source.read(unit, images=True, report=report):
         counts["episodes"] += 1
-        split = "val" if in_holdout(source_name, episode.episode_id, holdout) else "train"
+        chosen = context.held_out.get(source_name) == episode.episode_id
+        split = "val" if chosen or in_holdout(source_name, episode.episode_id, holdout) else "train"
         state = normalize(episode.state, stats.state, mixture.normalization).astype(np.float32)
-        actions = normalize(episode.actions, stats.actions, mixture.normalization).astype(np.float32)
         steps = range(0, episode.steps, mixture.step_stride)
-        index = np.minimum(np.arange(horizon)[None, :] + np.asarray(steps)[:, None], episode.steps - 1)  # [N, H]
         chunks = np.zeros((len(steps), horizon, context.action_dim), dtype=np.float32)
-        chunks[:, :, : actions.shape[1]] = actions[index]
+        if delta_mask is None:
+            actions = normalize(episode.actions, stats.actions, mixture.normalization).astype(np.float32)
+            index = np.minimum(np.arange(horizon)[None, :] + np.asarray(steps)[:, None], episode.steps - 1)  # [N, H]
+            chunks[:, :, : actions.shape[1]] = actions[index]
+        else:  # relative to each chunk's own first state, then normalized by the delta statistics
+            mask = check_delta_mask(delta_mask, state_dim=episode.state.shape[1], action_dim=episode.actions.shape[1],
+                                    where=f"source {source_name!r}")
+            relative = episode_delta_chunks(episode.state, episode.actions, horizon, mask)[0][list(steps)]
+            chunks[:, :, : episode.actions.shape[1]] = normalize(relative, stats.actions, mixture.normalization)
         action_ids = encoder.action_ids_batch(chunks)
         block = []
         for row, step in enumerate(steps):
@@ -176,12 +187,12 @@ def _encode_robot_unit(context, source, source_name, unit, holdout, encoder, rep
                          * max(1, len(episode.instructions)))
             instruction = episode.instructions[choice] if episode.instructions else ""
             meta = {"source": source_name, "episode": episode.episode_id, "step": step,
-                    "action_dim": int(actions.shape[1])}
+                    "action_dim": int(episode.actions.shape[1])}
 
             def build(step=step, chunk=chunk, valid=valid, instruction=instruction, meta=meta, ids=ids):
                 sample = encoder.robot(instruction, state[step], chunk, valid, subtask=episode.annotation_at(step),
                                        meta=meta, action_ids=ids)
-                sample.actions = chunk[:, : actions.shape[1]]  # stored at the source's own dimension
+                sample.actions = chunk[:, : episode.actions.shape[1]]  # stored at the source's own dimension
                 return sample
 
             def load_images(step=step):

@@ -12,7 +12,9 @@ import contextlib
 import gc
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor
@@ -39,21 +41,69 @@ def shared_pool(workers: int, warm_up: Callable[..., None] | None = None, warm_u
     _SHARED_POOL[workers] = pool
     try:
         yield
+    except BaseException:  # Ctrl-C, SIGTERM (as KeyboardInterrupt), a failure: no worker outlives the build
+        stop_pool(pool)
+        raise
+    else:
+        pool.shutdown()
     finally:
         del _SHARED_POOL[workers]
-        pool.shutdown()
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """Cancels a pool's queued jobs and terminates its workers now (``shutdown`` alone would wait
+    for every queued job). The worker processes are the executor's ``_processes``: no public
+    handle exists."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
+        if process.is_alive():
+            process.kill()
+
+
+class _WorkerPool(ProcessPoolExecutor):
+    """A spawn pool whose workers start with Ctrl-C ignored: a terminal's SIGINT reaches the whole
+    process group, and a worker still importing would print its own KeyboardInterrupt traceback
+    (an ignored signal stays ignored across exec, and Python then installs no handler for it).
+    The coordinator alone turns Ctrl-C into one sentence and stops the workers."""
+
+    def _spawn_process(self):  # ProcessPoolExecutor's hook (3.9+) that starts one worker
+        if threading.current_thread() is not threading.main_thread():
+            return super()._spawn_process()
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            return super()._spawn_process()
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _process_pool(workers: int, warm_up: Callable[..., None] | None = None, warm_up_args: tuple = ()):
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_start_worker, initargs=(warm_up, *warm_up_args))
+    return _WorkerPool(workers, mp_context=multiprocessing.get_context("spawn"),
+                       initializer=_start_worker, initargs=(os.getpid(), warm_up, *warm_up_args))
 
 
-def _start_worker(warm_up: Callable[..., None] | None, *args: Any) -> None:
-    """Pool initializer: ``exit_without_final_collection``, then ``warm_up(*args)``."""
+def _start_worker(coordinator: int, warm_up: Callable[..., None] | None, *args: Any) -> None:
+    """Pool initializer: the worker ignores Ctrl-C (the coordinator stops it: one message, not one
+    traceback per worker) and exits when its coordinator dies (kill -9 leaves no idle worker
+    holding its memory); ``exit_without_final_collection``; then ``warm_up(*args)``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_orphaned, args=(coordinator,), name="kidata-orphan-watch", daemon=True).start()
     exit_without_final_collection()
     if warm_up is not None:
         _warm_up(warm_up, *args)
+
+
+def _exit_when_orphaned(parent: int, interval: float = 0.5) -> None:
+    """Ends this worker once its coordinator ``parent`` is gone (reparented: the parent id differs;
+    the coordinator's id is passed in, as it may die while this worker is still importing).
+    Portable where ``prctl(PR_SET_PDEATHSIG)`` is not, and unaffected by which thread spawned it."""
+    while os.getppid() == parent:
+        time.sleep(interval)
+    os._exit(1)
 
 
 def exit_without_final_collection() -> None:
@@ -176,7 +226,7 @@ def run_jobs(
 ) -> tuple[list[Any], list[tuple[str, str]]]:
     """Runs ``function(*args)`` for each (args, name); returns results in job order (None for a
     failed job) and the (name, error) of jobs that failed twice. ``times`` collects the cost."""
-    from tqdm import tqdm
+    from kidata.progress import bar as progress_bar
 
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
@@ -187,7 +237,7 @@ def run_jobs(
     times = times if times is not None else JobTimes()
     started = time.perf_counter()
     measured = [((function, *args), name) for args, name in jobs]
-    bar = tqdm(total=len(jobs), desc=label, unit="unit", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc=label, unit="unit", disable=not progress)
     if engine == "ray":
         _run_ray(_measured, measured, results, failures, bar, ray_address)
     elif workers <= 1:
@@ -200,26 +250,22 @@ def run_jobs(
                     if attempt == 1:
                         times.retries += 1
                     else:
-                        failures.append((name, _describe(error)))
-                        traceback.print_exc()
+                        failures.append((name, _describe(error)))  # named in the build's one-line refusal
+                        if os.environ.get("KIDATA_DEBUG", "") not in ("", "0"):
+                            traceback.print_exc()
             bar.update(1)
     else:
         shared = _SHARED_POOL.get(workers)
-        with contextlib.nullcontext(shared) if shared else _process_pool(workers) as pool:
-            futures = {pool.submit(_measured, *args): (index, args, name, 1) for index, (args, name) in enumerate(measured)}
-            while futures:
-                done = next(iter(_as_completed(futures)))
-                index, args, name, attempt = futures.pop(done)
-                try:
-                    results[index] = done.result()
-                    bar.update(1)
-                except Exception as error:  # noqa: BLE001
-                    if attempt == 1:
-                        times.retries += 1
-                        futures[pool.submit(_measured, *args)] = (index, args, name, 2)
-                    else:
-                        failures.append((name, _describe(error)))
-                        bar.update(1)
+        own = None if shared else _process_pool(workers)
+        try:
+            _run_pool(shared or own, measured, results, failures, bar, times)
+        except BaseException:
+            if own is not None:
+                stop_pool(own)
+            raise
+        finally:
+            if own is not None:
+                own.shutdown()
     bar.close()
     for index, outcome in enumerate(results):
         if outcome is not None:
@@ -228,6 +274,24 @@ def run_jobs(
             results[index] = result
     times.wall_seconds += time.perf_counter() - started
     return results, failures
+
+
+def _run_pool(pool, measured, results, failures, bar, times) -> None:
+    """Runs the jobs on a process pool, each retried once; fills ``results`` and ``failures``."""
+    futures = {pool.submit(_measured, *args): (index, args, name, 1) for index, (args, name) in enumerate(measured)}
+    while futures:
+        done = next(iter(_as_completed(futures)))
+        index, args, name, attempt = futures.pop(done)
+        try:
+            results[index] = done.result()
+            bar.update(1)
+        except Exception as error:  # noqa: BLE001
+            if attempt == 1:
+                times.retries += 1
+                futures[pool.submit(_measured, *args)] = (index, args, name, 2)
+            else:
+                failures.append((name, _describe(error)))
+                bar.update(1)
 
 
 def _as_completed(futures):

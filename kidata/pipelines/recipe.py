@@ -8,21 +8,18 @@ build sees it (defaults filled in, paths resolved), which the manifest records a
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
 from kidata import assets
 from kidata.config import check_keys, nearest, read_toml
+from kidata.delta import DeltaMaskError, parse_delta_mask
 from kidata.hashing import json_sha256
+from kidata.pipelines.recipe_limits import FAST_NUMBERS, MAX_CHUNK_VALUES, MIXTURE_NUMBERS, check_number, check_source_name
 from kidata.sources import registry
 from kidata.sources.registry import COMMON_SOURCE_KEYS
 
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover
-    pass
 
 class RecipeError(ValueError):
     """A recipe that cannot be built as written."""
@@ -71,6 +68,27 @@ class SourceConfig:
     def uses_loc_tokens(self) -> bool:
         return registry.reader(self.reader).uses_loc_tokens(self.options)
 
+    @property
+    def delta_mask(self) -> tuple[bool, ...] | None:
+        """``mapping.delta``: the action dimensions trained relative to the state (``kidata.delta``),
+        or None when every dimension stays absolute."""
+        mapping = self.options.get("mapping")
+        return tuple(mapping["delta"]) if isinstance(mapping, Mapping) and "delta" in mapping else None
+
+    @property
+    def reader_options(self) -> dict[str, Any]:
+        """The options the reader opens with: ``mapping.delta`` is the build's, not the reader's (a
+        mapping that held only it is dropped, so ``dataset = ...`` entries take it too)."""
+        options = dict(self.options)
+        mapping = options.get("mapping")
+        if isinstance(mapping, Mapping) and "delta" in mapping:
+            rest = {key: value for key, value in mapping.items() if key != "delta"}
+            if rest:
+                options["mapping"] = rest
+            else:
+                del options["mapping"]
+        return options
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -96,7 +114,7 @@ class Recipe:
     def open(self, source: SourceConfig):
         """The reader of one of this recipe's sources, opened from its options (the mixture's image
         size and seed are the defaults of readers that render or simulate)."""
-        return registry.open_reader(source.reader, source.options, name=source.name,
+        return registry.open_reader(source.reader, source.reader_options, name=source.name,
                                     image_size=self.mixture.image_size, seed=self.mixture.seed)
 
     def resolve_asset(self, value: str) -> str:
@@ -134,6 +152,18 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
         entry = known[reader]
         allowed = COMMON_SOURCE_KEYS + entry.options
         options = {}
+        if entry.kind == "robot" and "mapping" not in allowed:  # mapping = { delta = [...] } fits every robot reader
+            allowed = allowed + ("mapping",)
+            _check_delta_only_mapping(where, reader, table.get("mapping"))
+        if isinstance(table.get("mapping"), Mapping) and "delta" in table["mapping"]:
+            if entry.kind != "robot":
+                raise RecipeError(f"{where}: mapping.delta makes robot actions relative to the state; reader "
+                                  f"{reader!r} yields VLM examples, which have neither")
+            try:
+                delta = parse_delta_mask(table["mapping"]["delta"], where=f"{where} mapping")
+            except DeltaMaskError as error:
+                raise RecipeError(str(error)) from None
+            table["mapping"] = {**table["mapping"], "delta": list(delta)}
         for key, value in table.items():
             if key not in allowed:
                 raise RecipeError(f"{where}: unknown key {key!r} for reader {reader!r}{nearest(key, allowed)}")
@@ -144,8 +174,8 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
                 value = ([_resolve(base, v) for v in value] if isinstance(value, list)
                          else _resolve(base, value) if isinstance(value, str) else value)
             options[key] = value
-        if "." in table["name"] or "/" in table["name"]:
-            raise RecipeError(f"{where}: source names may not contain '.' or '/'")
+        check_source_name(where, table["name"], RecipeError)
+        check_number(f"{where}: ", "holdout", table.get("holdout"), (*MIXTURE_NUMBERS["holdout"][:4], True), RecipeError)
         sources.append(SourceConfig(table["name"], reader, _weight(where, table.get("weight", 1.0)),
                                     table.get("holdout"), options))
     names = [s.name for s in sources]
@@ -154,6 +184,14 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
     if not sources:
         raise RecipeError("recipe has no [[sources]]")
     return Recipe(mixture, tuple(sources), str(base))
+
+
+def _check_delta_only_mapping(where: str, reader: str, mapping: Any) -> None:
+    """A reader without a key mapping of its own still takes ``mapping = { delta = [...] }``."""
+    if mapping is not None and (not isinstance(mapping, Mapping) or set(mapping) != {"delta"}):
+        keys = sorted(mapping) if isinstance(mapping, Mapping) else mapping
+        raise RecipeError(f"{where}: reader {reader!r} has no key mapping, so its mapping may hold only 'delta' "
+                          f"(got {keys!r})")
 
 
 def _weight(where: str, value: Any) -> float:
@@ -172,18 +210,28 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def _check_mixture(mixture: MixtureConfig) -> None:
-    choices = {"state_encoding": ("text", "special", "continuous"), "prompt_format": ("pi05", "pi0fast"),
+    choices = {"state_encoding": ("text", "special", "continuous"), "prompt_format": ("pi05", "pi0fast", "pi0"),
                "normalization": ("quantile", "mean_std"), "fast_token_rule": ("openpi", "offset"),
                "caption_choice": ("one", "all")}
     for key, allowed in choices.items():
         if getattr(mixture, key) not in allowed:
             raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r}, expected one of {allowed}")
-    if not 0 <= mixture.holdout < 1:
-        raise RecipeError("[mixture]: holdout must lie in [0, 1)")
-    for key in ("action_horizon", "image_size", "max_tokens"):
+    if mixture.prompt_format == "pi0" and mixture.state_encoding != "continuous":
+        raise RecipeError(f"[mixture]: prompt_format = \"pi0\" gives the state to the action expert as a vector, "
+                          f"state_encoding = {mixture.state_encoding!r} writes it into the prompt; set "
+                          "state_encoding = \"continuous\"")
+    for key, spec in MIXTURE_NUMBERS.items():
+        check_number("[mixture]: ", key, getattr(mixture, key), spec, RecipeError)
+    if mixture.action_horizon * (mixture.action_dim or 1) > MAX_CHUNK_VALUES:
+        raise RecipeError(f"[mixture]: action_horizon {mixture.action_horizon} x action_dim {mixture.action_dim} "
+                          f"exceeds {MAX_CHUNK_VALUES} values per action chunk")
+    for key in ("name", "text_tokenizer"):
         value = getattr(mixture, key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RecipeError(f"[mixture]: {key} = {value!r}; it must be a whole number >= 1")
+        if not isinstance(value, str) or not value or "\0" in value:
+            raise RecipeError(f"[mixture]: {key} = {value!r}: expected a non-empty string without NUL bytes")
+    if not isinstance(mixture.fast_tokenizer, (dict, str)):
+        raise RecipeError(f"[mixture]: fast_tokenizer = {mixture.fast_tokenizer!r}: expected a table "
+                          "({ fit = true, ... }) or a path / hub id")
     if isinstance(mixture.fast_tokenizer, dict):
         valid = (["bins", "stride"] if "bins" in mixture.fast_tokenizer
                  else ["path"] if "path" in mixture.fast_tokenizer
@@ -192,6 +240,9 @@ def _check_mixture(mixture: MixtureConfig) -> None:
         if unknown:
             key = sorted(unknown)[0]
             raise RecipeError(f"[mixture].fast_tokenizer: unknown key {key!r}{nearest(key, valid)}")
+        for key, value in mixture.fast_tokenizer.items():
+            if key in FAST_NUMBERS:
+                check_number("[mixture].fast_tokenizer: ", key, value, FAST_NUMBERS[key], RecipeError)
 
 
 def load_recipe(path: str | Path) -> Recipe:

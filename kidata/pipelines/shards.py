@@ -63,8 +63,9 @@ def jpeg_bytes(image: np.ndarray, quality: int) -> bytes:
     return simplejpeg.encode_jpeg(np.ascontiguousarray(image), quality=quality, colorspace="RGB")
 
 
-def sample_members(sample: Sample, images: dict[str, bytes]) -> dict[str, bytes]:
-    """The shard members of a sample (images already JPEG-encoded, by camera name)."""
+def sample_members(sample: Sample, images: dict[str, bytes], *, build_id: str = "") -> dict[str, bytes]:
+    """The shard members of a sample (images already JPEG-encoded, by camera name); ``build_id``,
+    when given, goes into ``meta.json`` as "build" (``kidata verify`` ties shards to a manifest by it)."""
     members = {f"{camera}.jpg": data for camera, data in sorted(images.items())}
     members["tokens.npy"] = npy_bytes(sample.tokens)
     members["ar.npy"] = npy_bytes(sample.ar)
@@ -77,6 +78,8 @@ def sample_members(sample: Sample, images: dict[str, bytes]) -> dict[str, bytes]
     meta = {"kind": sample.kind, "prefix_length": sample.prefix_length, "has_actions": sample.has_actions,
             "fast_span": list(sample.fast_span) if sample.fast_span else None, "state_slot": sample.state_slot,
             **sample.meta}
+    if build_id:
+        meta["build"] = build_id
     members["meta.json"] = json_bytes(meta)
     return members
 

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from kidata.delta import check_delta_mask, episode_delta_chunks
 from kidata.normalize import DimStats, NormStats
 
 MIN_MAGNITUDE = 1e-9
@@ -204,6 +205,13 @@ class EpisodeStats:
         self.state = RunningStats(state_dims) if state_dims is not None else None
         self.actions = RunningStats(action_dims) if action_dims is not None else None
         self.episodes = 0
+        # (hash rank, episode id) of the episode the holdout hash ranks first: the one a build holds out
+        # when none falls under the holdout fraction (few episodes), so a run always has a held-out split
+        self.first_for_holdout: tuple[float, str] | None = None
+
+    def rank_for_holdout(self, rank: float, episode_id: str) -> None:
+        if self.first_for_holdout is None or (rank, episode_id) < self.first_for_holdout:
+            self.first_for_holdout = (rank, episode_id)
 
     def add(self, state: np.ndarray, actions: np.ndarray) -> None:
         if self.state is None:
@@ -212,7 +220,23 @@ class EpisodeStats:
         self.actions.add(actions)
         self.episodes += 1
 
+    def add_episode(self, state: np.ndarray, actions: np.ndarray, *, delta_mask: Sequence[bool] | None = None,
+                    horizon: int = 1, where: str = "") -> None:
+        """One episode (state float32 [T, S], actions float32 [T, A]). With ``delta_mask`` the action
+        statistics are those of the relative chunks the model learns (``kidata.delta``): every valid
+        position of every step's chunk of ``horizon`` steps, minus that step's state on the masked
+        dimensions, as openpi computes them after ``DeltaActions``. ``where`` names the source in
+        the refusal of a mask that does not fit."""
+        if delta_mask is None:
+            self.add(state, actions)
+            return
+        mask = check_delta_mask(delta_mask, state_dim=state.shape[1], action_dim=actions.shape[1], where=where)
+        chunks, valid = episode_delta_chunks(state, actions, horizon, mask)
+        self.add(state, chunks[valid])
+
     def merge(self, other: "EpisodeStats") -> "EpisodeStats":
+        if other.first_for_holdout is not None:
+            self.rank_for_holdout(*other.first_for_holdout)
         if other.state is None:
             return self
         if self.state is None:
@@ -236,18 +260,30 @@ def merge_all(parts: Iterable[EpisodeStats]) -> EpisodeStats:
 
 
 # ---------------------------------------------------------------------------- a source's pass
-def _unit_stats(source, unit) -> tuple[EpisodeStats, Any]:  # (stats, ReadReport)
+def _unit_stats(source, unit, delta_mask=None, horizon: int = 1) -> tuple[EpisodeStats, Any]:  # (stats, ReadReport)
     from kidata.sources.base import ReadReport
 
     report = ReadReport()
     stats = EpisodeStats()
     for episode in source.read(unit, images=False, report=report):
-        stats.add(episode.state, episode.actions)
+        stats.add_episode(episode.state, episode.actions, delta_mask=delta_mask, horizon=horizon,
+                          where=f"source {source.name!r}")
     return stats, report
 
 
-def source_stats(source, *, workers: int = 1, progress: bool = True):
+def failed_units(failures: Sequence[tuple[str, str]]) -> str:
+    """Failed units, each distinct error once with the units it stopped ("a:0, a:1: Error: ...")."""
+    grouped: dict[str, list[str]] = {}
+    for name, error in failures:
+        grouped.setdefault(error, []).append(name)
+    return "; ".join(f"{', '.join(names)}: {error}" for error, names in grouped.items())
+
+
+def source_stats(source, *, workers: int = 1, progress: bool = True, delta_mask: Sequence[bool] | None = None,
+                 horizon: int = 1):
     """Statistics of a robot source from a pass that decodes no image: (EpisodeStats, ReadReport).
+    With ``delta_mask``, the actions' are those of relative chunks of ``horizon`` steps
+    (``EpisodeStats.add_episode``).
 
     Units run on the local engine (a process pool when ``workers`` > 1); the result does not
     depend on the number of units or workers (per-episode moment parts, exact sketch counts)."""
@@ -255,10 +291,10 @@ def source_stats(source, *, workers: int = 1, progress: bool = True):
     from kidata.sources.base import ReadReport
 
     units = source.list_units(max(1, workers) * 4)
-    jobs = [((source, unit), unit.key) for unit in units]
+    jobs = [((source, unit, delta_mask, horizon), unit.key) for unit in units]
     results, failures = run_jobs(_unit_stats, jobs, workers=workers, progress=progress, label=f"stats {source.name}")
     if failures:
-        raise RuntimeError("statistics units failed: " + "; ".join(f"{name}: {error}" for name, error in failures))
+        raise RuntimeError("statistics units failed: " + failed_units(failures))
     total, report = EpisodeStats(), ReadReport()
     for stats, part in results:
         total.merge(stats), report.merge(part)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kidata.hashing import stable_fraction
+from kidata.hashing import holdout_rank, stable_fraction
 from kidata.normalize import NormStats, normalize
 from kidata.pipelines.recipe import Recipe
-from kidata.pipelines.stats import EpisodeStats
+from kidata.pipelines.stats import EpisodeStats, failed_units
 from kidata.pipelines.storage import write_text
 from kidata.sources.base import ReadReport, WorkUnit
 from kidata.tokenizers import action_tokenizer_files
@@ -29,16 +29,23 @@ class BuildError(RuntimeError):
 
 
 def stats_unit(recipe: Recipe, source_name: str, unit: WorkUnit) -> tuple[EpisodeStats, ReadReport, list]:
-    """Statistics and the bottom-k (by hash) raw action chunks of one unit."""
+    """Statistics and the bottom-k (by hash) raw action chunks of one unit.
+
+    With ``mapping.delta`` the action statistics and the chunks are those of the relative actions
+    the model learns: every valid position of every step's chunk, minus that step's state on the
+    masked dimensions (openpi computes its statistics after ``DeltaActions`` the same way)."""
     source_config = recipe.source(source_name)
     source = recipe.open(source_config)
     horizon, keep = recipe.mixture.action_horizon, recipe.mixture.reservoir_size
+    delta_mask = source_config.delta_mask
     stats, report, reservoir = EpisodeStats(), ReadReport(), []
     for episode in source.read(unit, images=False, report=report):
-        stats.add(episode.state, episode.actions)
+        stats.add_episode(episode.state, episode.actions, delta_mask=delta_mask, horizon=horizon,
+                          where=f"source {source_name!r}")
+        stats.rank_for_holdout(holdout_rank(source_name, episode.episode_id), episode.episode_id)
         for step in range(episode.steps):
             rank = stable_fraction(recipe.mixture.seed, source_name, episode.episode_id, step)
-            reservoir.append((rank, episode.action_chunk(step, horizon)[0]))
+            reservoir.append((rank, episode.action_chunk(step, horizon, delta_mask=delta_mask)[0]))
         if len(reservoir) > 2 * keep:
             reservoir = sorted(reservoir, key=lambda item: item[0])[:keep]
     return stats, report, sorted(reservoir, key=lambda item: item[0])[:keep]
@@ -53,7 +60,7 @@ def collect_pass1(recipe, robot, units, *, engine="local", workers=1, progress=T
     results, failures = run_jobs(stats_unit, jobs, engine=engine, workers=workers, progress=progress,
                                  label="stats", ray_address=ray_address, times=times)
     if failures:
-        raise BuildError("statistics units failed: " + "; ".join(f"{n}: {e}" for n, e in failures))
+        raise BuildError("statistics units failed: " + failed_units(failures))
     merged: dict[str, tuple[EpisodeStats, ReadReport, list]] = {s.name: (EpisodeStats(), ReadReport(), []) for s in robot}
     for (args, _), (stats, report, reservoir) in zip(jobs, results):
         total = merged[args[1]]
@@ -90,7 +97,7 @@ def run_pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_add
             np.save(handle, chunks, allow_pickle=False)
         fs.mv(temporary, f"{root}/{STATE_DIR}/stats/{source}-reservoir.npy")
         payload = {"norm_stats": stats.finalize().to_json(), "episodes": stats.episodes,
-                   "quarantined": report.quarantined.as_dict()}
+                   "quarantined": report.quarantined.as_dict(), "first_for_holdout": stats.first_for_holdout}
         write_text(fs, f"{root}/{STATE_DIR}/stats/{source}.json", json.dumps(payload, sort_keys=True))
     norm_stats, reports, counts = {}, {}, {}
     for source in robot:
@@ -101,12 +108,43 @@ def run_pass1(recipe, robot, units, fs, root, engine, workers, progress, ray_add
     return norm_stats, reports, counts
 
 
+def held_out_when_none_falls(recipe: Recipe, robot, fs, root) -> dict[str, str]:
+    """{source: episode id} for each robot source with a holdout fraction above 0 under which none of
+    its episodes fell (25 episodes at 0.05 hold out none about a quarter of the time): its episode the
+    holdout hash ranks first is held out instead, so a run on the build has a held-out split. Sources
+    with an episode under the fraction are absent: their split is the hash's alone."""
+    chosen = {}
+    for source in robot:
+        fraction = source.holdout if source.holdout is not None else recipe.mixture.holdout
+        payload = json.loads(fs.cat_file(f"{root}/{STATE_DIR}/stats/{source.name}.json").decode())
+        first = payload.get("first_for_holdout")
+        if fraction > 0 and first is not None and first[0] >= fraction and payload["episodes"] > 1:
+            chosen[source.name] = first[1]
+    return chosen
+
+
 def normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root) -> np.ndarray:
     reservoirs = {}
     for source in robot:
         with fs.open(f"{root}/{STATE_DIR}/stats/{source.name}-reservoir.npy", "rb") as handle:
             reservoirs[source.name] = np.load(handle, allow_pickle=False)
     return normalized_chunks(recipe, reservoirs, norm_stats, action_dim)
+
+
+def recipe_chunks(recipe: Recipe, *, sources: list[str] | None = None, engine: str = "local", workers: int = 1,
+                  progress: bool = True) -> tuple[np.ndarray, dict]:
+    """Pass 1 alone over the chosen robot sources: the normalized action chunks a build fits FAST on
+    (float64 [N, action_horizon, action_dim], the hash-ranked sample of ``reservoir_size`` per
+    source) and the statistics they were normalized with ({source: NormStats JSON})."""
+    robot = [s for s in recipe.sources if s.kind == "robot" and (not sources or s.name in sources)]
+    if not robot:
+        raise BuildError(f"no robot source selected (robot sources: {[s.name for s in recipe.sources if s.kind == 'robot']})")
+    units = {s.name: recipe.open(s).list_units(recipe.mixture.units_per_source) for s in robot}
+    merged = collect_pass1(recipe, robot, units, engine=engine, workers=workers, progress=progress)
+    norm_stats = {name: stats.finalize().to_json() for name, (stats, _, _) in merged.items()}
+    action_dim = recipe.mixture.action_dim or max(len(s["actions"]["mean"]) for s in norm_stats.values())
+    reservoirs = {name: np.stack([c for _, c in reservoir]) for name, (_, _, reservoir) in merged.items()}
+    return normalized_chunks(recipe, reservoirs, norm_stats, action_dim), norm_stats
 
 
 def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[str] | None = None,
@@ -116,15 +154,7 @@ def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[s
     from kidata.tokenizers.fast import FastTokenizer
     from kidata.tokenizers.report import measure_tokenizer, write_report
 
-    robot = [s for s in recipe.sources if s.kind == "robot" and (not sources or s.name in sources)]
-    if not robot:
-        raise BuildError(f"no robot source selected (robot sources: {[s.name for s in recipe.sources if s.kind == 'robot']})")
-    units = {s.name: recipe.open(s).list_units(recipe.mixture.units_per_source) for s in robot}
-    merged = collect_pass1(recipe, robot, units, engine=engine, workers=workers, progress=progress)
-    norm_stats = {name: stats.finalize().to_json() for name, (stats, _, _) in merged.items()}
-    action_dim = recipe.mixture.action_dim or max(len(s["actions"]["mean"]) for s in norm_stats.values())
-    reservoirs = {name: np.stack([c for _, c in reservoir]) for name, (_, _, reservoir) in merged.items()}
-    chunks = normalized_chunks(recipe, reservoirs, norm_stats, action_dim)
+    chunks, norm_stats = recipe_chunks(recipe, sources=sources, engine=engine, workers=workers, progress=progress)
     setting = recipe.mixture.fast_tokenizer if isinstance(recipe.mixture.fast_tokenizer, dict) else {}
     options = {k: v for k, v in setting.items() if k != "fit"}
     tokenizer = FastTokenizer.fit(chunks, show_progress=progress, **options)

@@ -3,9 +3,11 @@
 On connect the server sends the policy's metadata; each request is a msgpack-numpy observation
 and each reply ``{"actions": float64 [H, A], "server_timing": {"infer_ms": ...}}``, as
 ``openpi_client.WebsocketClientPolicy`` expects. A request the policy cannot read (a missing key,
-a mis-shaped image, too many bytes) is answered with an error text naming it, and the connection
-stays open; GET /healthz answers 200. One model serves every client: requests are queued behind a
-lock, so no two inferences interleave. Binds to 127.0.0.1 unless told otherwise; with an API key,
+a mis-shaped image) is answered with an error text naming it, and the connection stays open; a
+request over ``max_request_bytes`` is refused by the websocket layer before it is buffered (that
+connection closes with 1009, "message too big", naming the limit; the server serves on); GET
+/healthz answers 200. One model serves every client: requests are queued behind a lock, so no two
+inferences interleave. Binds to 127.0.0.1 unless told otherwise; with an API key,
 connections without ``Authorization: Api-Key <key>`` are refused (401).
 """
 
@@ -83,8 +85,10 @@ class PolicyServer:
     def _open(self, host: str, port: int):
         from websockets.sync.server import serve
 
-        # max_size=None: oversized requests get the error reply above instead of a dropped connection
-        self._server = serve(self._handler, host, port, compression=None, max_size=None,
+        # max_size: the websocket layer refuses a frame (or a fragmented message) over the cap from its
+        # header, before buffering it, and closes that connection with 1009 naming both sizes; a
+        # check after recv() would first hold every concurrent oversized request whole in memory
+        self._server = serve(self._handler, host, port, compression=None, max_size=self.max_request_bytes,
                              process_request=self._process_request)
         return self._server
 

@@ -3,18 +3,17 @@
 Concurrent (a thread pool: downloads wait on the network), resumable (images already in the
 mirror with the right content are skipped), verified (a download whose sha256 differs from the
 row's is kept out), atomic (written to a temporary name, then renamed), with a JSON report of
-every failure by reason. Only http(s) URLs are opened (a parquet file is data from elsewhere: a
-``file://`` row would copy local files into the mirror), an image is read up to ``max_bytes``,
-and ``timeout`` bounds each download as a whole, not just each socket read.
+every failure by reason. A parquet file is data from elsewhere, so its URLs reach only what
+``kidata.sources.safe_http`` allows: http(s) on every hop, public addresses only (no loopback,
+private, link-local or metadata address, checked after DNS on every redirect), one deadline for
+the whole request; a body is read up to ``max_bytes`` and stored only if it decodes as an image.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 import urllib.parse
-import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,45 +44,60 @@ def _verified(path: Path, sha256: str | None) -> bool:
 
 
 MAX_IMAGE_BYTES = 64 << 20  # far above any PixMo image (the largest seen are a few MiB)
-ALLOWED_SCHEMES = ("http", "https")
 
 
-def _fetch_one(url: str, sha256: str | None, mirror: Path, timeout: float, max_bytes: int = MAX_IMAGE_BYTES) -> str:
+def _fetch_one(url: str, sha256: str | None, mirror: Path, timeout: float, max_bytes: int = MAX_IMAGE_BYTES, *,
+               allowed: Sequence[str] = ()) -> str:
     """'present', 'fetched', or a failure reason."""
+    from kidata.sources.safe_http import ALLOWED_SCHEMES, FetchRefused, get
+
     if urllib.parse.urlsplit(url).scheme.lower() not in ALLOWED_SCHEMES:
         return "refused_scheme"
     target = mirror / image_key(url, sha256)
     if _verified(target, sha256):
         return "present"
-    deadline = time.monotonic() + timeout
-    chunks, size = [], 0
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only, checked above
-            while True:
-                if time.monotonic() > deadline:
-                    return "download_error:timeout"
-                chunk = response.read(1 << 16)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > max_bytes:
-                    return "too_large"
-                chunks.append(chunk)
+        data = get(url, timeout=timeout, max_bytes=max_bytes, allowed=allowed)
+    except FetchRefused as refused:
+        return refused.reason
     except Exception as error:  # noqa: BLE001 - every network failure is reported, none stops the run
         return f"download_error:{type(error).__name__}"
-    data = b"".join(chunks)
     if sha256 and hashlib.sha256(data).hexdigest() != sha256.lower():
         return "sha256_mismatch"
+    if not _decodes(data):
+        return "not_an_image"
     temporary = target.with_name(target.name + ".part")
     temporary.write_bytes(data)
     temporary.replace(target)
     return "fetched"
 
 
-def fetch_images(parquet: Sequence[str | Path], mirror: str | Path, *, workers: int = 16, timeout: float = 30.0,
-                 progress: bool = True) -> FetchReport:
-    from tqdm import tqdm
+def _decodes(data: bytes) -> bool:
+    """Whether the bytes are an image PIL decodes whole (an HTML error page, a truncated file or a
+    decompression bomb is not stored as an image)."""
+    import io
+    import warnings
 
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+        return True
+    except Exception:  # noqa: BLE001 - whatever PIL refuses is not an image for the mirror
+        return False
+
+
+def fetch_images(parquet: Sequence[str | Path], mirror: str | Path, *, workers: int = 16, timeout: float = 30.0,
+                 progress: bool = True, allowed: Sequence[str] = ()) -> FetchReport:
+    """Downloads every row's image into ``mirror``; ``allowed`` names networks (``10.0.0.0/8``,
+    ``127.0.0.1``) that may be reached although not public (a mirror on the caller's network)."""
+    from kidata.progress import bar
+    from kidata.sources.safe_http import allowed_networks
+
+    allowed_networks(allowed)  # a mistyped network is one refusal here, not a failure per image
     mirror = Path(mirror)
     mirror.mkdir(parents=True, exist_ok=True)
     rows = read_parquet_rows(parquet, ("image_url",))
@@ -94,8 +108,8 @@ def fetch_images(parquet: Sequence[str | Path], mirror: str | Path, *, workers: 
     jobs = sorted(by_url.items())
     report = FetchReport()
     with ThreadPoolExecutor(workers) as pool:
-        results = pool.map(lambda job: (job[0], _fetch_one(job[0], job[1], mirror, timeout)), jobs)
-        for url, outcome in tqdm(results, total=len(jobs), desc="fetch images", unit="img", disable=not progress):
+        results = pool.map(lambda job: (job[0], _fetch_one(job[0], job[1], mirror, timeout, allowed=allowed)), jobs)
+        for url, outcome in bar(results, total=len(jobs), desc="fetch images", unit="img", disable=not progress):
             if outcome == "present":
                 report.present += 1
             elif outcome == "fetched":

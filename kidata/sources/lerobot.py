@@ -21,7 +21,7 @@ import numpy as np
 from kidata.config import nearest
 from kidata.schema import CAMERA_NAMES, Episode, Frames, episode_defect
 from kidata.sources.base import ReadReport, WorkUnit, split_range
-from kidata.sources.lerobot_meta import INDEX_COLUMNS, EpisodeMeta, LeRobotMeta
+from kidata.sources.lerobot_meta import INDEX_COLUMNS, EpisodeMeta, LeRobotMeta, read_parquet
 from kidata.sources.registry import register_reader
 from kidata.sources.spec import STATEFUL_TRANSFORMS, Part
 from kidata.sources.video import VideoError, VideoFrames, packet_times
@@ -123,8 +123,6 @@ class LeRobotSource:
     # ------------------------------------------------------------------------------------------
     def _file(self, data_path: str, images: bool) -> "_DataFile | None":
         """A data file's columns as numpy arrays (image columns stay arrow), or None if missing."""
-        import pyarrow.parquet as pq
-
         path = self.root / data_path
         if not path.is_file():
             return None
@@ -132,8 +130,7 @@ class LeRobotSource:
         image_keys = {key for key in self.cameras.values() if key in self._image_keys} if images else set()
         # ParquetFile.read, not read_table: the same table without the dataset layer read_table goes
         # through (3.5 -> 2.9 ms for a 40k-row file; benchmarks/RESULTS.md, LeRobot)
-        with pq.ParquetFile(path) as handle:
-            table = handle.read(columns=sorted(keys | image_keys))
+        table = read_parquet(path, columns=sorted(keys | image_keys))
         # timestamps stay float32 as stored: consecutive float32 values subtract exactly, so the grid
         # check loses nothing, and a float64 copy of the column was 0.1 ms of a 40k-row file
         columns = {key: _column(table, key) for key in keys}

@@ -20,6 +20,10 @@ SUPPORTED_VERSIONS = ("v3.0", "v2.1")
 INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
 
 
+MAX_META_BYTES = 64 << 20  # info.json, stats.json: kilobytes in every published dataset
+MAX_FPS = 10_000
+
+
 class LeRobotFormatError(ValueError):
     """The folder is not a LeRobot dataset this reader understands; the message says what is wrong."""
 
@@ -72,7 +76,9 @@ class LeRobotMeta:
         info_path = root / "meta" / "info.json"
         if not info_path.is_file():
             raise LeRobotFormatError(f"{root} is not a LeRobot dataset: {info_path} is missing")
-        info = json.loads(info_path.read_text())
+        info = read_json(info_path)
+        if not isinstance(info, dict):
+            raise LeRobotFormatError(f"{info_path}: expected a JSON object, got {type(info).__name__}")
         version = info.get("codebase_version")
         if version not in SUPPORTED_VERSIONS:
             raise LeRobotFormatError(
@@ -81,7 +87,12 @@ class LeRobotMeta:
         for key in ("fps", "features", "data_path"):
             if key not in info:
                 raise LeRobotFormatError(f"{info_path}: missing key {key!r} (keys: {sorted(info)})")
+        fps = info["fps"]
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= MAX_FPS:
+            raise LeRobotFormatError(f"{info_path}: fps = {fps!r}; a dataset's frame rate is a number > 0 and <= {MAX_FPS}")
         features = info["features"]
+        if not isinstance(features, dict) or not all(isinstance(v, dict) for v in features.values()):
+            raise LeRobotFormatError(f"{info_path}: 'features' is not a table of feature descriptions")
         video_keys = [k for k, v in features.items() if v.get("dtype") == "video"]
         if video_keys and "video_path" not in info:
             raise LeRobotFormatError(f"{info_path}: video features {video_keys} but no 'video_path' template")
@@ -90,10 +101,35 @@ class LeRobotMeta:
         return cls(str(root), version, float(info["fps"]), features, tasks, tuple(episodes))
 
 
-def _read_parquet_rows(path: Path) -> list[dict]:
+def read_json(path: Path, max_bytes: int = MAX_META_BYTES):
+    """A metadata JSON file, read up to ``max_bytes`` (its size is data too); a file too big, not
+    UTF-8 or not JSON is a LeRobotFormatError naming it."""
+    with open(path, "rb") as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise LeRobotFormatError(f"{path}: larger than {max_bytes >> 20} MiB; LeRobot metadata files are small")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as error:
+        raise LeRobotFormatError(f"{path}: not valid JSON ({error}); the file is truncated or damaged") from None
+
+
+def read_parquet(path: Path, columns=None):
+    """A parquet file's table (``columns``: those only); an unreadable file (truncated, not parquet)
+    is a LeRobotFormatError naming it."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    return pq.read_table(path).to_pylist()
+    try:
+        with pq.ParquetFile(path) as handle:
+            return handle.read(columns=columns)
+    except (pa.ArrowException, OSError) as error:
+        raise LeRobotFormatError(f"{path}: not a readable parquet file ({error}); the file is truncated or "
+                                 "damaged") from None
+
+
+def _read_parquet_rows(path: Path) -> list[dict]:
+    return read_parquet(path).to_pylist()
 
 
 def _v30(root: Path, info: dict, video_keys: list[str]) -> tuple[dict[int, str], list[EpisodeMeta]]:
@@ -130,7 +166,14 @@ def _v30(root: Path, info: dict, video_keys: list[str]) -> tuple[dict[int, str],
 def _jsonl(path: Path) -> list[dict]:
     if not path.is_file():
         raise LeRobotFormatError(f"v2.1 dataset without {path}")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError as error:
+                raise LeRobotFormatError(f"{path}, line {number}: not valid JSON ({error})") from None
+    return rows
 
 
 def _v21(root: Path, info: dict, video_keys: list[str]) -> tuple[dict[int, str], list[EpisodeMeta]]:

@@ -128,27 +128,33 @@ TFDS_FEATURE_MODULE = "tensorflow_datasets.core.features."
 
 
 def check_feature_classes(path: str) -> None:
-    """Refuses a features.json naming a class outside TFDS's own features: tfds imports the module
-    of every ``pythonClassName`` it finds (a crafted file made it import and run any installed
-    module). A file that cannot be read is left for tfds to report."""
+    """Refuses a dataset folder whose feature spec names a class outside TFDS's own features: tfds
+    imports the module of every class name it finds that it has not registered (a crafted file
+    made it import and run any installed module). Every form tfds accepts is checked, in both
+    files it reads features from: the proto form (``pythonClassName``) and the legacy form
+    (``{"type": "module.Class", "content": ...}``), in features.json and in dataset_info.json's
+    ``features``. A file that cannot be read is left for tfds to report."""
     import fsspec
 
-    try:
-        with fsspec.open(f"{path.rstrip('/')}/features.json", "r") as handle:
-            tree = json.load(handle)
-    except (OSError, ValueError):
-        return
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, dict):
-            name = node.get("pythonClassName")
-            if isinstance(name, str) and not name.startswith(TFDS_FEATURE_MODULE):
-                raise ValueError(f"{path}/features.json names feature class {name!r}, not one of TFDS's own "
-                                 f"({TFDS_FEATURE_MODULE}*): refusing to let tfds import it")
-            stack.extend(node.values())
-        elif isinstance(node, list):
-            stack.extend(node)
+    for name, legacy in (("features.json", True), ("dataset_info.json", False)):
+        try:
+            with fsspec.open(f"{path.rstrip('/')}/{name}", "r") as handle:
+                tree = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        stack = [tree]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, dict):
+                for key in ("pythonClassName", "python_class_name", *(("type",) if legacy else ())):
+                    value = node.get(key)
+                    # a name without a dot is looked up among tfds's registered features, never imported
+                    if isinstance(value, str) and "." in value and not value.startswith(TFDS_FEATURE_MODULE):
+                        raise ValueError(f"{path}/{name} names feature class {value!r} ({key}), not one of "
+                                         f"TFDS's own ({TFDS_FEATURE_MODULE}*): refusing to let tfds import it")
+                stack.extend(node.values())
+            elif isinstance(node, list):
+                stack.extend(node)
 
 
 def _lookup(tree: dict, path: str) -> Any:

@@ -132,12 +132,12 @@ class FastTokenizer:
         extras_path = directory / KIDATA_FILE
         extras = json.loads(extras_path.read_text()) if extras_path.is_file() else {}
         tokenizer = Tokenizer.from_str(tokenizer_path.read_text())
-        known = {"scale", "min_token", "time_horizon", "action_dim", "vocab_size"}
+        known = {"scale", "min_token", "max_token", "time_horizon", "action_dim", "vocab_size"}
         return cls(
             tokenizer,
             scale=config["scale"],
             min_token=config["min_token"],
-            max_token=extras.get("max_token"),
+            max_token=config.get("max_token", extras.get("max_token")),
             time_horizon=config.get("time_horizon"),
             action_dim=config.get("action_dim"),
             backend=backend,
@@ -167,7 +167,9 @@ class FastTokenizer:
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
         files = {
-            PROCESSOR_CONFIG: json.dumps({**self.config(), **INTEROP_CONFIG}, indent=2, sort_keys=True) + "\n",
+            # max_token: the clip range other tools' processor module applies (hf_processor.py)
+            PROCESSOR_CONFIG: json.dumps({**self.config(), "max_token": self.max_token, **INTEROP_CONFIG},
+                                         indent=2, sort_keys=True) + "\n",
             HF_PROCESSOR_FILE: (Path(__file__).with_name("hf_processor.py")).read_text(),
             TOKENIZER_FILE: self._json,
             "tokenizer_config.json": json.dumps(

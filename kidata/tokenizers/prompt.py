@@ -10,6 +10,12 @@ Robot samples (paper 5.1, appendix B), ``pi05`` format (openpi's pi0.5 prompt)::
     prefix  = BOS "Task: {instruction lower-cased}, State: {state};\\n"
     postfix = "Action: " FAST ids "|" EOS                               loss on all of it
 
+``pi0`` format (openpi's pi0, for a model started from a pi0 checkpoint; continuous state only:
+the state reaches the action expert as a vector, never the text)::
+
+    prefix  = BOS "{instruction}" "\\n"     ("\\n" encoded alone: openpi's start-of-answer token)
+    postfix = FAST ids "|" EOS      (with a subtask: "Subtask: {text};\\nAction: " FAST ids "|" EOS)
+
 With a language target ("what the robot should do next", both formats)::
 
     prefix  = BOS "Task: {instruction}, State: {state};\\n"
@@ -19,7 +25,7 @@ State: ``text`` puts bins in the prompt; ``special`` replaces the bin text with 
 token per dimension; ``continuous`` drops ", State: ..." from the text and records
 ``state_slot`` = the prefix length (the model inserts the projected state there, at the end of
 the prefix). Instructions are cleaned as openpi does (pi05: strip, "_" and newlines to spaces,
-case kept; pi0fast: lower-case, strip, "_" to spaces).
+case kept, pi0 likewise; pi0fast: lower-case, strip, "_" to spaces).
 
 VLM samples (PaliGemma): prefix = BOS + "caption en\\n" | "answer en {question}\\n" |
 "point to {label}\\n" | "detect {label}\\n"; suffix = target + EOS with loss; ``<loc>`` tokens in
@@ -42,7 +48,7 @@ from kidata.tokenizers.text import TextTokenizer
 if TYPE_CHECKING:
     from kidata.manifest import Manifest
 
-PROMPT_FORMATS = ("pi05", "pi0fast")
+PROMPT_FORMATS = ("pi05", "pi0fast", "pi0")
 LOC_BINS = 1024
 
 
@@ -55,7 +61,7 @@ class SampleRejected(ValueError):
 
 
 def clean_instruction(text: str, prompt_format: str) -> str:
-    if prompt_format == "pi05":
+    if prompt_format in ("pi05", "pi0"):
         return text.strip().replace("_", " ").replace("\n", " ")
     return text.lower().strip().replace("_", " ")
 
@@ -96,6 +102,9 @@ class SampleEncoder:
             raise ValueError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
         if state_encoding not in STATE_ENCODINGS:
             raise ValueError(f"state_encoding must be one of {STATE_ENCODINGS}, got {state_encoding!r}")
+        if prompt_format == "pi0" and state_encoding != "continuous":
+            raise ValueError(f"prompt_format 'pi0' gives the state to the action expert as a vector, state_encoding "
+                             f"{state_encoding!r} writes it into the prompt: set state_encoding = \"continuous\"")
         self.text = text
         self.actions = action_tokenizer
         self.prompt_format = prompt_format
@@ -119,7 +128,7 @@ class SampleEncoder:
             if loc is None:
                 raise ValueError(f"{text.source} has no contiguous <loc0000>..<loc1023> tokens")
             ranges.append(TokenRange("<loc> tokens of the VLM tasks", *loc))
-        check_ranges(ranges)
+        check_ranges(ranges, text_vocab_size=text.vocab_size, action_vocab_size=self.id_map.action_vocab_size)
         self.stats = EncodingStats()
         self._bar_eos = text.encode("|", add_eos=True)
 
@@ -206,6 +215,9 @@ class SampleEncoder:
         return sample
 
     def _robot_prefix(self, task: str, state: np.ndarray, *, action_part: bool) -> tuple[list[int], int | None]:
+        if self.prompt_format == "pi0":  # the task alone, then "\n" as its own encode call, as openpi's pi0 does
+            prefix = self.text.encode(task, add_bos=True) + self.text.encode("\n")
+            return prefix, len(prefix)
         tail = ";\nAction: " if action_part else ";\n"
         if self.state_encoding == "text":
             text, clipped = state_text(state)

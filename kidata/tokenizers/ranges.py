@@ -82,14 +82,21 @@ class ActionIdMap:
         return ids.astype(np.int32)
 
 
-def check_ranges(ranges: Iterable[TokenRange]) -> None:
-    """Raises RangeCollision naming the first two overlapping ranges and how to move one."""
+def check_ranges(ranges: Iterable[TokenRange], *, text_vocab_size: int | None = None,
+                 action_vocab_size: int | None = None) -> None:
+    """Raises RangeCollision naming the first two overlapping ranges and the fix that always works:
+    appending the action ids after the text vocabulary (which no text, ``<loc>`` or state token uses),
+    with the model vocabulary that then covers them."""
     ranges = list(ranges)
     for index, first in enumerate(ranges):
         for second in ranges[index + 1 :]:
             if first.overlaps(second):
+                fix = ("append the action tokens after the text vocabulary: [mixture] fast_token_rule = \"offset\" "
+                       f"and fast_token_offset = {text_vocab_size}, then train with --model.vocab_size "
+                       f"{text_vocab_size + action_vocab_size} (text + action ids)"
+                       if text_vocab_size is not None and action_vocab_size is not None else
+                       "append the action tokens after the text vocabulary ([mixture] fast_token_rule = \"offset\", "
+                       "fast_token_offset = the text vocabulary size)")
                 raise RangeCollision(
-                    f"{first.name} {first.as_list()} overlap {second.name} {second.as_list()}: move the "
-                    "action tokens (recipe fast_token_rule / fast_token_skip / fast_token_offset) or the "
-                    "special state tokens (special_state_first), or use a smaller action vocabulary"
-                )
+                    f"{first.name} {first.as_list()} overlap {second.name} {second.as_list()}: {fix}; or move them "
+                    "elsewhere (fast_token_skip / fast_token_offset, special_state_first)")

@@ -70,7 +70,7 @@ def measure_tokenizer(
     progress: bool = False,
 ) -> TokenizerReport:
     """Encodes and decodes ``chunks`` [N, H, D] in batches and measures what came back."""
-    from tqdm import tqdm
+    from kidata.progress import bar
 
     count, horizon, dim = np.shape(chunks)
     squared = np.zeros(dim)
@@ -81,7 +81,7 @@ def measure_tokenizer(
     lengths: list[int] = []
     naive = BinTokenizer()
     starts = range(0, count, batch_size)
-    for start in tqdm(starts, desc="encode/decode", unit="batch", disable=not progress):
+    for start in bar(starts, desc="encode/decode", unit="batch", disable=not progress):
         batch = as_chunk_batch(chunks[start : start + batch_size])
         result = tokenizer.encode_detailed(batch)
         clipped += result.clipped

@@ -12,6 +12,11 @@ import hashlib
 from pathlib import Path
 from typing import Sequence
 
+# PaliGemma's tokenizer (the one openpi's checkpoints were trained with): Gemma's 256000 pieces,
+# then 1024 <locNNNN> and 128 <segNNN>; <pad>, <eos>, <bos>, <unk> are ids 0-3.
+PALIGEMMA_VOCAB_SIZE = 257152
+_PALIGEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")
+
 _BOS = ("<bos>", "<s>")
 _EOS = ("<eos>", "</s>")
 _PAD = ("<pad>",)
@@ -148,6 +153,23 @@ class TextTokenizer:
         if None in ids or ids != list(range(ids[0], ids[0] + len(ids))):
             return None
         return ids[0], ids[-1]
+
+
+def paligemma_mismatch(tokenizer: TextTokenizer) -> str | None:
+    """How ``tokenizer`` differs from PaliGemma's (None when it does not): its size first, then a
+    fingerprint of its layout: <pad> <eos> <bos> <unk> at ids 0-3, <loc0000>..<loc1023> and
+    <seg000>..<seg127> contiguous and last. A checkpoint's embedding rows mean these ids."""
+    if tokenizer.vocab_size != PALIGEMMA_VOCAB_SIZE:
+        return f"{tokenizer.vocab_size} ids, PaliGemma's has {PALIGEMMA_VOCAB_SIZE}"
+    specials = [tokenizer.id_to_piece(index) for index in range(len(_PALIGEMMA_SPECIALS))]
+    if tuple(specials) != _PALIGEMMA_SPECIALS:
+        return f"ids 0-3 are {specials}, PaliGemma's are {list(_PALIGEMMA_SPECIALS)}"
+    loc = (PALIGEMMA_VOCAB_SIZE - 1152, PALIGEMMA_VOCAB_SIZE - 129)
+    seg = (PALIGEMMA_VOCAB_SIZE - 128, PALIGEMMA_VOCAB_SIZE - 1)
+    if tokenizer.loc_range() != loc or tokenizer.seg_range() != seg:
+        return (f"<loc>/<seg> ids are {tokenizer.loc_range()}/{tokenizer.seg_range()}, PaliGemma's are "
+                f"{loc}/{seg}")
+    return None
 
 
 def _looks_like_a_path(name: str) -> bool:

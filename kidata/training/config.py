@@ -37,6 +37,7 @@ class LoopConfig:
     fsdp: bool = False
     init_from: str = ""
     init_format: str = "paligemma"
+    deterministic: bool = False  # deterministic kernels only (kidata/training/determinism.py): reproducible, slower
 
 
 @dataclass(frozen=True)
@@ -223,9 +224,12 @@ class TrainConfig:
         if self.train.init_format not in INIT_FORMATS:
             raise ValueError(f"train.init_format must be one of {INIT_FORMATS}, got {self.train.init_format!r}")
         for name, value in (("train.steps", self.train.steps), ("data.batch_size", self.data.batch_size),
-                            ("optim.grad_accum", self.optim.grad_accum), ("checkpoint.keep", self.checkpoint.keep)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
+                            ("optim.grad_accum", self.optim.grad_accum), ("checkpoint.keep", self.checkpoint.keep),
+                            ("checkpoint.every", self.checkpoint.every), ("log.every", self.log.every)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        if isinstance(self.eval.every, bool) or not isinstance(self.eval.every, int) or self.eval.every < 0:
+            raise ValueError(f"eval.every must be a whole number >= 0 (0: only at the end), got {self.eval.every!r}")
         if self.policy.action_head == "flow" and not self.model.has_expert:
             raise ValueError(f"policy.action_head 'flow': the {self.model.variant} model has no action expert "
                              "(use fast or auto)")
@@ -253,11 +257,11 @@ class TrainConfig:
         (``model/ki_tiny.toml``)."""
         data, found = read_toml(path, kind="model")
         sections = {"model": ModelConfig, **SECTIONS}
-        for key in parse_overrides(overrides):  # a typo on the command line is named as the command line's
+        for key, value in parse_overrides(overrides).items():  # a command-line mistake is named as the command line's
             section, _, name = key.partition(".")
             check_keys({section: None}, list(sections), "command line: ", noun="table")
-            check_keys({name: None}, [f.name for f in dataclasses.fields(sections[section])], "command line: ",
-                       section=f"--{section}.")
+            from_table(sections[section], {name: value}, "command line: ", section=f"--{section}.",
+                       fields_only=True)
         return cls.from_mapping(apply_overrides(data, overrides), origin=str(found))
 
     def save(self, path: str | Path) -> None:
@@ -281,15 +285,24 @@ def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
         problems.append(f"image_size: data {encoding.image_size}, model {model.image_size}")
     if encoding.token_vocab_size > model.vocab_size:
         problems.append(f"token vocabulary: data {encoding.token_vocab_size} (text {encoding.text_vocab_size}, action ids "
-                        f"{list(encoding.fast_token_range)}) > model vocab_size {model.vocab_size}")
+                        f"{list(encoding.fast_token_range)}) > model vocab_size {model.vocab_size} (train with "
+                        f"--model.vocab_size {encoding.token_vocab_size})")
     kind = manifest.action_tokens
     if kind != model.action_tokens:
         problems.append(f"action tokens: data {kind!r}, model action_tokens {model.action_tokens!r}")
     continuous = encoding.state_encoding == "continuous"
     if continuous != (model.state_input in ("prefix", "expert")):
         problems.append(f"state: data state_encoding {encoding.state_encoding!r}, model state_input {model.state_input!r}")
+    if encoding.prompt_format == "pi0" and model.state_input != "expert":
+        problems.append(f"prompt layout: data prompt_format 'pi0' (openpi's pi0: state in the action expert), model "
+                        f"state_input {model.state_input!r} (set --model.state_input expert)")
     widest_state = max((len(s.norm_stats["state"]["mean"]) for s in manifest.sources if s.kind == "robot"), default=0)
     if continuous and widest_state > model.state_dim:
         problems.append(f"state_dim: data {widest_state} > model {model.state_dim}")
+    if encoding.action_horizon != model.action_horizon or encoding.image_size != model.image_size:
+        problems.append(f"a mixture is built for one model shape: rebuild its recipe with [mixture] action_horizon = "
+                        f"{model.action_horizon} and image_size = {model.image_size} (what this model reads; a pretrained "
+                        f"init_from also needs its text_tokenizer), or train with --model.action_horizon "
+                        f"{encoding.action_horizon} --model.image_size {encoding.image_size}")
     if problems:
         raise ManifestMismatch("the mixture does not fit the model config: " + "; ".join(problems))

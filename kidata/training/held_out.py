@@ -112,10 +112,10 @@ class HeldOutMetrics:
             self._action_error("fast_action_mse", decoded, batch, ok)
         vlm = ~robot & batch["loss"].any(dim=1)
         if vlm.any():
-            logits = model(batch)["logits"]
-            predicted = logits[:, :-1].argmax(-1)
-            targets, mask = batch["tokens"][:, 1:], batch["loss"][:, 1:] & vlm[:, None]
-            self._add("vlm_token_accuracy", float(((predicted == targets) & mask).sum()), float(mask.sum()))
+            predicted = model(batch)["logits"].argmax(-1)  # [N]: one per loss-masked target, row-major
+            loss = batch["loss"][:, 1:]
+            targets, counted = batch["tokens"][:, 1:][loss], vlm[:, None].expand_as(loss)[loss]
+            self._add("vlm_token_accuracy", float(((predicted == targets) & counted).sum()), float(counted.sum()))
             answers = model.generate(prompt, int(batch["loss"].sum(1).max()), stop_ids=self.stop_ids).cpu()
             tasks = batch.get("vlm_task", torch.zeros_like(robot)).cpu()
             for row in torch.nonzero(vlm).flatten().tolist():

@@ -1,15 +1,18 @@
 """Initializing a model from a kidata run: the backbone a ``vlm`` run (or any run) trained, for
 ``[train] init_format = "kidata"`` (the pretrained-backbone path of ``kidata compare``). Pretrained
-weights from elsewhere (PaliGemma, openpi) are ``kidata.model.weights``'s."""
+weights from elsewhere (PaliGemma, openpi) are ``kidata.model.weights``'s; whether the mixture's
+text tokenizer is the one they were trained with is checked here, before a run starts."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.ki_model import KIModel
 from kidata.model.weights import WeightsError, read_tensors
 from kidata.training.checkpoint import latest_checkpoint, read_weights
+from kidata.training.config import TrainConfig
 
 
 def load_kidata(model: KIModel, location: str | Path) -> dict:
@@ -62,3 +65,35 @@ def trained_prefix_state(run: Path) -> bool:
         return False
     model = json.loads(config.read_text()).get("model", {})
     return model.get("state_input") == "prefix" and model.get("variant") != "vlm"
+
+
+PRETRAINED_FORMATS = ("paligemma", "openpi")  # checkpoints whose embedding rows are PaliGemma's token ids
+
+
+def check_init_tokenizer(manifest: Manifest, config: TrainConfig) -> None:
+    """Refuses ``init_from`` a PaliGemma or openpi checkpoint on a mixture built with another text
+    tokenizer: each of the checkpoint's embedding rows belongs to one PaliGemma token id, so any
+    other tokenizer trains every text id against an unrelated row. The vocabulary size recorded in
+    the manifest is compared first, then the tokenizer the build used (same sha256) is
+    fingerprinted (``paligemma_mismatch``)."""
+    from kidata.tokenizers import text
+
+    train = config.train
+    if not train.init_from or train.init_format not in PRETRAINED_FORMATS:
+        return
+    name = manifest.recipe.get("mixture", {}).get("text_tokenizer", manifest.text_tokenizer.path)
+    problem = None
+    if manifest.encoding.text_vocab_size != text.PALIGEMMA_VOCAB_SIZE:
+        problem = f"{manifest.encoding.text_vocab_size} ids, PaliGemma's has {text.PALIGEMMA_VOCAB_SIZE}"
+    else:
+        tokenizer = text.TextTokenizer.load(name)
+        if tokenizer.sha256 != manifest.text_tokenizer.sha256:
+            raise ManifestMismatch(f"text tokenizer {tokenizer.source} has sha256 {tokenizer.sha256[:12]}, the build "
+                                   f"used {manifest.text_tokenizer.sha256[:12]}: point the mixture's tokenizer at "
+                                   "the files the build used")
+        problem = text.paligemma_mismatch(tokenizer)
+    if problem:
+        raise ManifestMismatch(
+            f"train.init_from {train.init_from!r} (init_format {train.init_format!r}) holds PaliGemma's token "
+            f"embedding, the mixture {config.data.manifest} was built with text tokenizer {name!r} ({problem}): "
+            "rebuild the mixture with text_tokenizer = \"google/paligemma-3b-pt-224\", or train without init_from")

@@ -74,9 +74,9 @@ class MetricsLogger:
                 self.writer = None
         self.wandb = _start_wandb(run, config, manifest) if config.log.wandb else None
         if config.log.progress:
-            from tqdm import tqdm
+            from kidata.progress import bar
 
-            self.bar = tqdm(total=config.train.steps, initial=start, desc="train", unit="step")
+            self.bar = bar(total=config.train.steps, initial=start, desc="train", unit="step")
 
     def tick(self, *, seconds: float, samples: int) -> None:
         """Every step: the progress bar and the rate window (no device value is read here)."""

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Sequence
 
+from kidata.config import apply_overrides
 from kidata.training.checkpoint import CheckpointError, holds_checkpoints, newest_complete
 from kidata.training.config import TrainConfig
 
@@ -31,6 +34,65 @@ def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def _pinned_schedule(config: dict) -> dict:
+    """The resolved config with ``schedule.decay_steps = 0`` ("the run's steps") written as the number
+    it means, so that a resume that changes ``train.steps`` is seen to change the schedule too."""
+    schedule = dict(config.get("schedule", {}))
+    if not schedule.get("decay_steps"):
+        schedule["decay_steps"] = config.get("train", {}).get("steps")
+    return {**config, "schedule": schedule}
+
+
+def resumed_config(run: Path, overrides: Sequence[str] = ()) -> TrainConfig:
+    """The run's saved config (``RUN/config.json``) with ``--section.key value`` overrides on top: a
+    resume needs none of the original command line retyped."""
+    saved = run / "config.json"
+    if not saved.exists():
+        raise ResumeRefused(f"--resume: {saved} does not exist; name the run's --out folder (a run of kidata train)")
+    merged = apply_overrides(json.loads(saved.read_text()), overrides)
+    return TrainConfig.from_mapping(merged, origin=f"{saved} with the command line's overrides")
+
+
+def keep_schedule(run: Path, config: TrainConfig, *, resume: bool) -> tuple[TrainConfig, str | None]:
+    """On a resume that changes ``train.steps`` of a run whose schedule decays over "the run's steps"
+    (``schedule.decay_steps = 0``): the config with the decay pinned to the steps the run was started
+    with, and the sentence that says so. Stretching the decay instead would send the learning rate
+    back up mid-run (a 300-step run resumed to 600 went from 2.4e-4 back to 7.3e-4)."""
+    saved = run / "config.json"
+    if not resume or not saved.exists() or config.schedule.decay_steps:
+        return config, None
+    before = json.loads(saved.read_text())
+    old_steps = before.get("train", {}).get("steps")
+    decay = before.get("schedule", {}).get("decay_steps") or old_steps  # the decay the run was trained with
+    if old_steps in (None, config.train.steps):
+        return config, None
+    pinned = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, decay_steps=decay))
+    return pinned, (f"resume: train.steps {old_steps} -> {config.train.steps}; the learning-rate schedule keeps its decay "
+                    f"over the run's {decay} steps (schedule.decay_steps = {decay}), then holds its final rate")
+
+
+def check_same_mixture(before, after, saved: Path) -> None:
+    """A resume continues on the mixture the run was trained on: the same recipe (its sha256) and
+    the same shards (path and sha256 of each). ``--allow-config-change`` never covers the data: a
+    rebuilt or replaced mixture at the same path would silently change what the weights learn
+    from and what the data streams' saved positions point at. ``before`` and ``after`` are
+    ``kidata.manifest.Manifest``s: the run's copy and the one given now."""
+    problems = []
+    if before.recipe_sha256 != after.recipe_sha256:
+        problems.append(f"recipe sha256 {before.recipe_sha256[:12]} -> {after.recipe_sha256[:12]}")
+    old = {s.path: s.sha256 for source in before.sources for s in source.shards}
+    new = {s.path: s.sha256 for source in after.sources for s in source.shards}
+    changed = sorted(p for p in old.keys() & new.keys() if old[p] != new[p])
+    added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+    if changed or added or removed:
+        example = (changed + added + removed)[0]
+        problems.append(f"shards: {len(changed)} changed, {len(added)} added, {len(removed)} removed (e.g. {example})")
+    if problems:
+        raise ResumeRefused(f"--resume: the mixture differs from the one {saved} records: " + "; ".join(problems)
+                            + " (--allow-config-change never covers the data): resume on the original build, or "
+                              "start a new run with another --out")
+
+
 def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_change: bool = False) -> Path | None:
     """The checkpoint to continue from (None for a fresh run), decided before anything in ``run``
     is written: a fresh run into a directory with checkpoints, a resume with nothing to resume, a
@@ -46,7 +108,8 @@ def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_c
     if saved.exists():
         # both through the dataclasses: a config.json written before a field existed holds its default
         before = TrainConfig.from_mapping(json.loads(saved.read_text()), origin=str(saved)).to_json()
-        changes = config_changes(json.loads(json.dumps(before)), json.loads(json.dumps(config.to_json())))
+        changes = config_changes(_pinned_schedule(json.loads(json.dumps(before))),
+                                 _pinned_schedule(json.loads(json.dumps(config.to_json()))))
         unsafe = [c for c in changes if not c.startswith(RESUMABLE_CHANGES)]  # model.* among them, always
         refused = unsafe if allow_config_change else changes
         if refused:

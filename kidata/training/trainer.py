@@ -41,7 +41,9 @@ from kidata.training.checkpoint import (
     write_shards,
 )
 from kidata.training.config import TrainConfig, check_compatible  # noqa: F401  (public here)
+from kidata.training.determinism import deterministic_algorithms
 from kidata.training.held_out import HeldOutMetrics
+from kidata.training.initialize import check_init_tokenizer
 from kidata.training.metrics import MetricsLogger, drop_unfinished_attempt, truncate_metrics
 from kidata.training.parallelize import (
     Distributed,
@@ -54,7 +56,15 @@ from kidata.training.parallelize import (
     shard_like,
     sharded_state_dicts,
 )
-from kidata.training.resume import RESUMABLE_CHANGES, ResumeRefused, config_changes, resume_point  # noqa: F401  (public here)
+from kidata.training.resume import (  # noqa: F401  (public here)
+    RESUMABLE_CHANGES,
+    ResumeRefused,
+    check_same_mixture,
+    config_changes,
+    keep_schedule,
+    resume_point,
+)
+from kidata.training.run_folder import check_run_writable
 from kidata.training.step_metrics import DeviceMetrics, TrainingDiverged  # noqa: F401  (public here)
 from kidata.training.streams import StreamLayout, TrainStreams
 
@@ -92,11 +102,13 @@ def _prepare_run(run: Path, config: TrainConfig, manifest: Manifest, root: str, 
         manifest.check_expectations({"text_sha256": before.text_tokenizer.sha256,
                                      "fast_sha256": before.action_tokenizer.sha256,
                                      "encoding": before.encoding.to_json()})
+        check_same_mixture(before, manifest, saved)
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OSError(error.errno, f"{run}: cannot create the run directory there ({error.strerror or error}); "
                                    "choose a writable --out") from None
+    check_run_writable(run)
     config.save(run / "config.json")
     saved.write_text(manifest.dumps())
     fs, base = fsspec.core.url_to_fs(f"{root}/fast_tokenizer")
@@ -160,11 +172,12 @@ def _optimizer(model: KIModel, config: TrainConfig) -> torch.optim.Optimizer:
 
 def train(config: TrainConfig, run: str | Path, *, resume: bool = False, allow_config_change: bool = False) -> dict:
     """Trains ``config.train.steps`` optimizer steps; returns the final report (rank 0's view)."""
-    env = Distributed()
-    try:
-        return _train(config, Path(run), env, resume, allow_config_change)
-    finally:
-        env.close()
+    with deterministic_algorithms(config.train.deterministic):
+        env = Distributed()
+        try:
+            return _train(config, Path(run), env, resume, allow_config_change)
+        finally:
+            env.close()
 
 
 def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow_config_change: bool) -> dict:
@@ -173,10 +186,14 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
     manifest, root = Manifest.read(manifest_path)
     check_compatible(manifest, config)
+    check_init_tokenizer(manifest, config)  # a pretrained embedding means PaliGemma's token ids
     # refused before the run is touched: augmentation strengths, then streams the processes do not divide
     augment = Augment.from_setting(config.data.augment)
     layout = StreamLayout.of(config.data.streams, env.rank, env.world)
+    config, schedule_notice = keep_schedule(run, config, resume=resume)
     checkpoint_path = resume_point(run, config, resume=resume, allow_config_change=allow_config_change)
+    if schedule_notice and env.rank == 0:
+        print(schedule_notice, file=sys.stderr)
     if env.rank == 0:
         _prepare_run(run, config, manifest, root, resume)
         if checkpoint_path is not None:
@@ -218,8 +235,10 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     data = TrainStreams(layout, open_stream, data_states)
     has_val = manifest.has_split("val")
     if not has_val and env.rank == 0:
-        print(f"train: {manifest_path} has no held-out split (its recipe's holdout is 0): evaluations report no "
-              "held-out metrics; set [mixture] holdout (e.g. 0.05) and rebuild to measure them", file=sys.stderr)
+        holdout = manifest.recipe["mixture"].get("holdout", 0.0)
+        print(f"train: {manifest_path} has no held-out split (the recipe's [mixture] holdout is {holdout}, and no record "
+              "fell under it): evaluations report no held-out metrics; set a larger holdout (e.g. 0.05) and rebuild to "
+              "measure them", file=sys.stderr)
     logger = MetricsLogger(run, config, manifest, enabled=env.rank == 0, start=start, wall_before=wall_before)
     autocast = functools.partial(torch.autocast, env.device.type, dtype=torch.bfloat16, enabled=use_bf16)
     accum = config.optim.grad_accum
