@@ -11,11 +11,11 @@
 # images ship one), else after `make setup` (creates .venv from PyPI).
 #
 #   bash benchmarks/gpu_check.sh > "$OUT/gpu_check.txt"
-#   DEVICE=cpu PRESET=kidata/assets/model/ki_tiny.toml STEPS=2 bash benchmarks/gpu_check.sh   # the smoke test
+#   DEVICE=cpu PRESET=model/ki_tiny.toml STEPS=2 bash benchmarks/gpu_check.sh   # the smoke test
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"
-PRESET="${PRESET:-kidata/assets/model/ki_2b.toml}"
+PRESET="${PRESET:-model/ki_2b.toml}"
 STEPS="${STEPS:-10}"
 BATCH="${BATCH:-8}"
 CHECKPOINTING="${CHECKPOINTING:-1}"  # batch 8 without it needs ~75-82 GiB at 2B: past an 80 GB card

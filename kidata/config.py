@@ -39,6 +39,8 @@ def read_toml(path: str | Path, *, error: type[ValueError] = ConfigError, kind: 
     from kidata import assets
 
     found = assets.resolve(path, kind=kind)
+    if Path(found).is_dir():
+        raise error(f"{found} is a folder; pass a TOML file")
     with open(found, "rb") as handle:  # a device or a huge file is refused after MAX_TOML_BYTES, not read whole
         data = handle.read(MAX_TOML_BYTES + 1)
     if len(data) > MAX_TOML_BYTES:
@@ -147,3 +149,35 @@ def _coerce(spec: dataclasses.Field, value: Any, key: str = "", error: type[Valu
     if kind.split("|")[0].strip() == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    """A sectioned config (``TrainConfig.to_json()``) as TOML that ``read_toml`` reads back to the same
+    values: one table per section, nested tables inline, None (unset) left out as a comment."""
+    lines = []
+    for name, table in sections.items():
+        lines.append(f"[{name}]")
+        for key, value in table.items():
+            lines.append(f"# {key} unset" if value is None else f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    import json
+    import math
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    if isinstance(value, Mapping):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
+    raise TypeError(f"{value!r}: no TOML form")
+

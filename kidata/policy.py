@@ -8,6 +8,8 @@
 Everything between comes from the run: images resized with padding to the model's size, state
 normalized with the source's statistics from the manifest, the prompt encoded exactly as in the
 build, actions sampled (flow expert; or greedy FAST tokens for ``pi0_fast``) and unnormalized.
+A source built with subtask annotations is acted on as pi0.5 does: the model first generates
+"Subtask: ...;\\nAction: ", then acts with that text in its context, as its training rows had it.
 """
 
 from __future__ import annotations
@@ -41,12 +43,14 @@ class Policy:
     mean); ``flow_samples`` > 1 returns the mean of that many chunks, sampled as one batch.
     ``fast_fallback``: ``relaxed`` or ``flow`` for FAST tokens that do not decode exactly
     (``PolicyConfig``). ``counters`` counts FAST chunks, the invalid ones and the expert's stand-ins:
-    the evaluators report them per task."""
+    the evaluators report them per task. ``subtask``: generate the subtask before acting (default:
+    when the source's recipe entry names ``annotations``, i.e. its rows were built with subtasks);
+    ``last_subtask`` holds the latest generated one."""
 
     def __init__(self, model: KIModel, config: TrainConfig, manifest: Manifest, encoder: Any, *,
                  source: str | None = None, device: str | torch.device = "cpu", num_steps: int = 10,
                  action_head: str = "auto", noise_scale: float = 1.0, flow_samples: int = 1,
-                 fast_fallback: str = "relaxed") -> None:
+                 fast_fallback: str = "relaxed", subtask: bool | None = None) -> None:
         self.model, self.config, self.manifest, self.encoder = model.eval(), config, manifest, encoder
         self.device = torch.device(device)
         robots = [s for s in manifest.sources if s.kind == "robot"]
@@ -79,6 +83,11 @@ class Policy:
             raise ValueError(f"fast_fallback 'flow': the {model.config.variant} model has no action expert")
         self.fast_fallback = fast_fallback
         self.counters = {"fast_chunks": 0, "fast_invalid": 0, "flow_fallbacks": 0}
+        if subtask is None:
+            entry = next((s for s in manifest.recipe.get("sources", []) if s.get("name") == self.source), {})
+            subtask = bool(entry.get("annotations"))
+        self.generates_subtask = bool(subtask)
+        self.last_subtask: str | None = None
 
     @property
     def action_dim(self) -> int:
@@ -120,7 +129,9 @@ class Policy:
         if not np.issubdtype(state.dtype, np.number) or not np.isfinite(state.astype(np.float64)).all():
             raise ObservationError(f"state must be finite numbers, got {state.tolist()}")
 
-    def batch(self, observation: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    def batch(self, observation: Mapping[str, Any], *, subtask: str | None = None) -> dict[str, torch.Tensor]:
+        """The model input for an observation. A policy that generates subtasks gets the subtask
+        row's prompt: without ``subtask`` the one it generates from, with it the one it acts from."""
         from kidata.images import resize_with_pad
 
         self.check(observation)
@@ -128,9 +139,14 @@ class Policy:
         images = {camera: resize_with_pad(np.asarray(image, dtype=np.uint8), size)
                   for camera, image in observation["images"].items() if image is not None}
         state = normalize(np.asarray(observation["state"], dtype=np.float64), self.stats.state, self.normalization)
-        sample = self.encoder.robot_prompt(observation["prompt"], state, images=images)
+        if self.generates_subtask:
+            sample = self.encoder.subtask_prompt(observation["prompt"], state, subtask=subtask, images=images)
+        else:
+            sample = self.encoder.robot_prompt(observation["prompt"], state, images=images)
+        meta = {"prefix_length": sample.prefix_length,
+                **{k: v for k, v in sample.meta.items() if k == "expert_context"}}
         record = {"tokens": sample.tokens, "ar": sample.ar, "loss": sample.loss, "images": sample.images,
-                  "state": sample.state, "meta": {"prefix_length": sample.prefix_length}, "source_index": self.source_index}
+                  "state": sample.state, "meta": meta, "source_index": self.source_index}
         batch = collate([record], max_tokens=len(sample.tokens), action_dim=self.config.model.action_dim,
                         action_horizon=self.config.model.action_horizon, state_dim=self.config.model.state_dim,
                         cameras=self.config.data.cameras, image_size=size)
@@ -141,7 +157,11 @@ class Policy:
                        noise: torch.Tensor | None = None) -> np.ndarray:
         """float64 [action_horizon, action_dim] in the robot's own units (a run trained on delta
         actions gets the observation's state added back on those dimensions)."""
-        batch = self.batch(observation)
+        if self.generates_subtask:
+            self.last_subtask = self.generate_subtask(observation)
+            batch = self.batch(observation, subtask=self.last_subtask)
+        else:
+            batch = self.batch(observation)
         steps = num_steps if num_steps is not None else self.num_steps
         if self.action_head == "flow":
             normalized = self._flow_actions(batch, steps, noise)
@@ -157,6 +177,17 @@ class Policy:
         if self.delta_mask is not None:
             actions = to_absolute(actions, np.asarray(observation["state"], dtype=np.float64), self.delta_mask)
         return actions
+
+    @torch.no_grad()
+    def generate_subtask(self, observation: Mapping[str, Any]) -> str:
+        """The subtask the model names for an observation: greedy "Subtask: ...;\\nAction: " from
+        the subtask row's prefix, stopped at its first action token (or EOS, "|")."""
+        batch = self.batch(observation)
+        action_ids = self.encoder.id_map.range
+        stops = (*self.encoder.stop_ids, *range(action_ids.first, action_ids.last + 1))
+        budget = self.manifest.encoding.max_tokens - int(batch["token_mask"][0].sum())
+        generated = self.model.generate(batch, max(budget, 1), stop_ids=stops)[0].cpu().numpy()
+        return self.encoder.subtask_of(generated)
 
     def _flow_actions(self, batch: dict, steps: int, noise: torch.Tensor | None) -> np.ndarray:
         if noise is None and (self.noise_scale != 1.0 or self.flow_samples > 1):
@@ -179,10 +210,11 @@ class Policy:
 
 def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
          device: str | torch.device = "cpu", action_head: str | None = None, num_steps: int = 10,
-         noise_scale: float = 1.0, flow_samples: int = 1, fast_fallback: str | None = None) -> Policy:
+         noise_scale: float = 1.0, flow_samples: int = 1, fast_fallback: str | None = None,
+         subtask: bool | None = None) -> Policy:
     """The policy of a run directory (latest checkpoint unless ``checkpoint`` names one; its weight
     EMA when the run kept one and ``use_ema``; the run's ``[policy] action_head`` unless
-    ``action_head`` names one; likewise ``fast_fallback``)."""
+    ``action_head`` names one; likewise ``fast_fallback``; ``subtask`` as in ``Policy``)."""
     run = Path(run)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
@@ -200,4 +232,5 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     return Policy(model.to(device), config, manifest, encoder, source=source, device=device, num_steps=num_steps,
                   noise_scale=noise_scale, flow_samples=flow_samples,
                   action_head=config.policy.action_head if action_head is None else action_head,
-                  fast_fallback=config.policy.fast_fallback if fast_fallback is None else fast_fallback)
+                  fast_fallback=config.policy.fast_fallback if fast_fallback is None else fast_fallback,
+                  subtask=subtask)

@@ -23,6 +23,13 @@ def bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str
                 mininterval=0.1 if interactive else LOG_INTERVAL_S, maxinterval=10.0 if interactive else 10 * LOG_INTERVAL_S)
 
 
+def note(message: str) -> None:
+    """One line on standard error that leaves any progress bar on screen intact (``tqdm.write``)."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
+
+
 @contextlib.contextmanager
 def torch_threads(count: int) -> Iterator[None]:
     """Torch's intra-op thread count set to ``count`` inside the block and restored after; nothing when

@@ -265,6 +265,8 @@ class Batch(TypedDict):
     loss               bool [B, L]             language loss mask
     token_mask         bool [B, L]             real (non-padding) tokens
     prefix_length      int64 [B]
+    expert_context     int64 [B]               leading tokens the action expert sees: the prefix,
+                                               and a subtask row's subtask text before its actions
     state              float32 [B, state_dim]  normalized, zero-padded
     state_dim_mask     bool [B, state_dim]
     actions            float32 [B, H, A]       normalized, zero-padded to the model's action_dim A
@@ -284,6 +286,7 @@ class Batch(TypedDict):
     loss: torch.Tensor
     token_mask: torch.Tensor
     prefix_length: torch.Tensor
+    expert_context: NotRequired[torch.Tensor]
     state: torch.Tensor
     state_dim_mask: torch.Tensor
     actions: torch.Tensor

@@ -150,3 +150,16 @@ def test_no_package_face_exports_a_name_that_is_also_its_submodule():
         submodules = {info.name for info in pkgutil.iter_modules(package.__path__)}
         assert not set(getattr(package, "_EXPORTS", {})) & submodules, name
 
+
+
+def test_the_shipped_data_lives_in_top_level_folders_that_are_not_python_packages():
+    """The design's layout: code in ``kidata/``, the recipes, presets and fitted tokenizers it ships in
+    top-level ``pipelines/``, ``model/`` and ``tokenizers/``; none holds an ``__init__.py`` (a top-level
+    ``tokenizers`` package would shadow Hugging Face's), and the package keeps no second copy."""
+    from kidata import assets
+
+    top = PACKAGE.parent
+    assert assets.ROOT == top
+    for kind in assets.KINDS:
+        assert (top / kind).is_dir() and not list((top / kind).rglob("__init__.py")), kind
+        assert not (PACKAGE / "assets" / kind).exists(), f"kidata/assets/{kind}: the data lives in the top-level {kind}/"

@@ -145,3 +145,16 @@ def test_the_augment_table_names_augments_arguments_and_refuses_unknown_keys():
         TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "{ degree = 0.0 }"])
     with pytest.raises(ValueError, match="data.augment must be true, false or a table"):
         TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "sometimes"])
+
+
+def test_print_config_writes_the_resolved_preset_as_toml_that_loads_back_to_the_same_config(tmp_path, capsys):
+    from kidata.cli import main
+
+    overrides = ["--train.steps", "500", "--data.weights", "{bridge = 0.7, vqa = 0.3}", "--optim.lr", "1e-4"]
+    assert main(["train", "--model", "ki_tiny", *overrides, "--print-config"]) == 0
+    printed = capsys.readouterr().out
+    assert "[train]\nsteps = 500\n" in printed
+    (tmp_path / "resolved.toml").write_text(printed)
+    tiny = assets.ROOT / "model" / "ki_tiny.toml"
+    assert TrainConfig.load(tmp_path / "resolved.toml") == TrainConfig.load(tiny, overrides)
+    assert not (tmp_path / "runs").exists()

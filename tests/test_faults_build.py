@@ -62,10 +62,13 @@ def test_force_refuses_naming_the_users_files_and_removes_none_of_them(two_build
 def test_force_replaces_a_build_of_another_recipe_removing_only_its_files(two_builds, tmp_path):
     root, _, second = two_builds
     out = copy_build(root / "a", tmp_path / "out")
+    (out / "inspect").mkdir()  # kidata inspect's pictures: a kidata command wrote them
+    (out / "inspect" / "samples.png").write_bytes(b"png")
     build(second, str(out), force=True, progress=False)
     assert verify(str(out)) == []
     assert json.loads((out / "manifest.json").read_text())["recipe_sha256"] == second.sha256
     assert {p.name for p in (out / "bridge").iterdir()} == {p.name for p in (root / "b" / "bridge").iterdir()}
+    assert not (out / "inspect").exists()
 
 
 def test_a_build_into_a_folder_another_live_build_holds_is_refused_naming_its_pid_and_host(two_builds, tmp_path):
@@ -205,14 +208,55 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
         os.killpg(process.pid, signal.SIGINT)
     else:
         os.kill(process.pid, getattr(signal, stop))
-    err = process.communicate(timeout=60)[1]
-    deadline = time.time() + 10
-    while time.time() < deadline and any(alive(pid) for pid in workers):
-        time.sleep(0.1)
-    assert not any(alive(pid) for pid in workers)
+    try:
+        err = process.communicate(timeout=60)[1]
+        deadline = time.time() + 10
+        while time.time() < deadline and any(alive(pid) for pid in workers):
+            time.sleep(0.1)
+        assert not any(alive(pid) for pid in workers)
+    finally:  # whatever failed, no process of this test outlives it
+        for pid in [process.pid, *workers]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        process.wait()
     if stop != "SIGKILL":
         signum = signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT
         assert process.returncode == 128 + signum
         lines = [line for line in err.splitlines() if line.strip()]
         assert lines == [f"kidata build: stopped by {signal.Signals(signum).name}; the units {tmp_path / 'out'} "
                          "completed are kept: the same command resumes the build"], err
+
+
+def test_a_full_disk_during_a_build_is_one_sentence_and_the_same_command_resumes(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from test_lerobot import lerobot_recipe
+
+    import kidata.pipelines.build as build_module
+    from kidata.cli import main
+
+    recipe = lerobot_recipe(tmp_path / "recipe.toml", shared_path("data", "lerobot", "bridge_v3"), units=1)
+    out = tmp_path / "out"
+    real = build_module.write_text
+
+    def full_at_the_manifest(fs, path, text):
+        if path.endswith("/manifest.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", path)
+        real(fs, path, text)
+
+    monkeypatch.setattr(build_module, "write_text", full_at_the_manifest)
+    assert main(["build", str(recipe), "--out", str(out), "--quiet"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"kidata build: the disk is full ({out}/manifest.json); the units {out} completed are kept: free space and run "
+        "the same command to resume"]
+    monkeypatch.setattr(build_module, "write_text", real)
+    assert main(["build", str(recipe), "--out", str(out), "--quiet"]) == 0
+    assert verify(str(out)) == []
+
+
+@pytest.mark.parametrize("workers", [0, -2, 100_000])
+def test_a_worker_count_outside_what_a_build_runs_is_refused_naming_the_range(two_builds, tmp_path, workers):
+    _, first, _ = two_builds
+    with pytest.raises(BuildError, match=rf"--workers {workers}: a build runs 1 to 256 worker processes"):
+        build(first, str(tmp_path / "out"), workers=workers, progress=False)
+    assert not (tmp_path / "out").exists()

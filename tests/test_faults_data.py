@@ -158,7 +158,7 @@ dataset = "bridge_dataset"
 skip_corrupt = true
 """)
     assert main(["build", str(tmp_path / "recipe.toml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    assert "SKIPPED {'failed_units': 1}" in capsys.readouterr().out
+    assert "notices {'failed_units': 1}" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     report = json.loads((tmp_path / "out" / "build_report.json").read_text())
     assert manifest["sources"][0]["skipped"] == {"failed_units": 1} == report["sources"][0]["skipped"]
@@ -360,3 +360,27 @@ def test_an_unwritable_build_output_is_refused_before_any_work(tmp_path):
     recipe = load_recipe(write_recipe(tmp_path / "recipe.toml", units=1))
     with pytest.raises(BuildError, match=r"a-file/out: cannot write the build there \(NotADirectoryError"):
         build(recipe, str(tmp_path / "a-file" / "out"), progress=False)
+
+
+def test_a_truncated_tfrecord_read_by_one_worker_ends_the_build_in_one_line_naming_it(tmp_path, capsys, monkeypatch):
+    from conftest import shared_path
+    from test_build import write_recipe
+
+    from kidata.cli import main
+
+    monkeypatch.delenv("KIDATA_DEBUG", raising=False)
+    copy = tmp_path / "bridge_dataset" / "1.0.0"
+    shutil.copytree(shared_path("data", "rlds", "bridge_dataset", "1.0.0"), copy)
+    record = sorted(copy.glob("*.tfrecord*"))[0]
+    record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
+    recipe = write_recipe(tmp_path / "recipe.toml", units=1, sources=f"""
+[[sources]]
+name = "bridge"
+reader = "rlds"
+path = "{copy}"
+dataset = "bridge_dataset"
+""")
+    assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("kidata build: ") and record.name in err[0], err
+

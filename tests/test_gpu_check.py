@@ -24,7 +24,7 @@ def test_the_gpu_check_runs_on_a_python3_with_torch_without_a_venv_or_an_install
     site = subprocess.run([sys.executable, "-c", "import torch, os; print(os.path.dirname(os.path.dirname(torch.__file__)))"],
                           capture_output=True, text=True, check=True).stdout.strip()
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/tmp"), "DEVICE": "cpu",
-           "PRESET": "kidata/assets/model/ki_tiny.toml", "STEPS": "1", "BATCH": "2", "OMP_NUM_THREADS": "1",
+           "PRESET": "model/ki_tiny.toml", "STEPS": "1", "BATCH": "2", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": site}  # -S: no site-packages (no editable kidata), only torch's directory
     result = subprocess.run(["bash", "benchmarks/gpu_check.sh"], capture_output=True, text=True, cwd=ROOT, env=env,
                             timeout=300)

@@ -70,14 +70,21 @@ def test_a_finished_build_run_again_keeps_the_report_of_the_work(tmp_path, capsy
     assert "is already built from this recipe; nothing to do" in capsys.readouterr().err
 
 
-def test_a_camera_the_model_does_not_read_is_warned_about():
-    from kidata.loader.collate import collate
+def test_a_camera_the_model_does_not_read_is_said_once_in_one_line_not_as_a_python_warning(capsys, monkeypatch):
+    import warnings
 
+    from kidata.loader import collate as collate_module
+
+    monkeypatch.setattr(collate_module, "_NOTED_CAMERAS", set())
     sample = {"tokens": np.array([1, 2]), "ar": np.zeros(2, bool), "loss": np.zeros(2, bool),
               "images": {"base_0": np.zeros((8, 8, 3), np.uint8), "base_1": np.zeros((8, 8, 3), np.uint8)},
               "state": None, "meta": {"prefix_length": 2}, "source_index": 0}
-    with pytest.warns(UserWarning, match=r"camera\(s\) \['base_1'\] are in the mixture but not read"):
-        collate([sample], max_tokens=4, action_dim=2, action_horizon=2, state_dim=2, cameras=("base_0",))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            collate_module.collate([sample], max_tokens=4, action_dim=2, action_horizon=2, state_dim=2, cameras=("base_0",))
+    assert capsys.readouterr().err == ("kidata: images of camera(s) ['base_1'] are in the mixture but not read: the model "
+                                       "reads ['base_0'] (--data.cameras, or data.cameras in the preset)\n")
 
 
 def test_training_on_a_mixture_without_a_held_out_split_says_so(tmp_path, capsys):

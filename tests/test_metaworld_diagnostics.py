@@ -100,7 +100,7 @@ def test_parity_holds_between_the_data_path_and_the_live_policy(policy):
     assert report["ok"] and len(report["samples"]) == 2
     for sample in report["samples"]:
         assert set(sample["tensors"]) == {"image_mask", "tokens", "token_mask", "ar", "prefix_length",
-                                          "state_dim_mask", "state", "images"}
+                                          "expert_context", "state_dim_mask", "state", "images"}
         assert sample["tensors"]["state"]["max_abs_diff"] < 1e-5
         assert max(sample["tensors"]["images"]["mean_abs_diff_per_camera"]) < 0.02  # JPEG coding only
 

@@ -100,10 +100,12 @@ def test_the_evaluator_generates_fast_tokens_from_where_the_policy_does(text_and
     assert kept.sum() == start  # everything before the first FAST token, "Action: " included
     assert prompt["tokens"][0, :start].tolist() == sample.tokens[:start].tolist()
     assert prompt["ar"][0, :start].tolist() == sample.ar[:start].tolist()
-    if layout != "subtask":  # the policy's own prompt (no subtask at inference) is the same stream
+    if layout == "subtask":  # the policy generates the subtask first, then acts from the same stream
+        policy = encoder.subtask_prompt("pick the cup", state, subtask="reach the cup")
+    else:
         policy = encoder.robot_prompt("pick the cup", state)
-        assert policy.tokens.tolist() == sample.tokens[:start].tolist()
-        assert policy.ar.tolist() == sample.ar[:start].tolist()
+    assert policy.tokens.tolist() == sample.tokens[:start].tolist()
+    assert policy.ar.tolist() == sample.ar[:start].tolist()
 
 
 def test_fast_metrics_read_the_generated_chunk_in_the_pi0fast_layout(text_and_fast):

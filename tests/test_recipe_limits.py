@@ -82,3 +82,11 @@ def test_a_recipe_file_that_is_not_text_is_named(tmp_path):
     binary.write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(RecipeError, match=r"binary.toml: not UTF-8 text"):
         load_recipe(binary)
+
+
+@pytest.mark.parametrize(("line", "message"), [("scenes_per_task = 0", r"scenes_per_task = 0: it must be a whole number >= 1"),
+                                               ("seed = 1.5", r"seed = 1.5: expected a whole number or nothing"),
+                                               ("goal_marker_scale = inf", r"goal_marker_scale = inf: it must be a number")])
+def test_a_reader_option_that_is_a_number_is_range_checked_naming_the_source(line, message):
+    with pytest.raises(RecipeError, match=r"\[\[sources\]\] #1 \(scenes\): " + message):
+        parse_recipe(recipe(source=line))

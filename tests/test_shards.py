@@ -39,6 +39,16 @@ def test_truncated_and_corrupt_tars_are_errors():
         list(iter_shard(bytes(corrupt)))
 
 
+def test_a_member_size_past_the_cap_is_refused_before_it_is_read():
+    from kidata.pipelines.shards import MAX_MEMBER_BYTES
+
+    info = tarfile.TarInfo("a_0.tokens.npy")
+    info.size = 8 << 30  # a damaged header claiming 8 GiB, followed by a few bytes
+    header = bytearray(info.tobuf(tarfile.GNU_FORMAT))
+    with pytest.raises(ValueError, match=rf"tar member of {8 << 30} bytes exceeds the {MAX_MEMBER_BYTES >> 20} MiB"):
+        list(iter_shard(bytes(header) + b"1" * 1024))
+
+
 @pytest.mark.parametrize("array", [np.arange(5, dtype=np.int32), np.zeros((3, 4), bool), np.ones((2, 3, 4), np.float32),
                                    np.zeros((0, 7), np.float32), np.asfortranarray(np.arange(6.0).reshape(2, 3))])
 def test_npy_round_trip_equals_numpy(array):

@@ -409,10 +409,12 @@ def test_fsdp_checkpoints_are_one_safetensors_shard_per_rank_without_pickle(two_
 
 
 @pytest.mark.slow
-def test_an_fsdp_run_resumes_from_its_shards_to_the_uninterrupted_losses(two_process_runs, mixture, tmp_path):
+@pytest.mark.parametrize("sharding", ["fsdp", "ddp"])
+def test_a_two_process_run_resumes_from_its_checkpoint_to_the_uninterrupted_losses(two_process_runs, mixture, tmp_path,
+                                                                                   sharding):
     import shutil
 
-    straight = two_process_runs["fsdp"]
+    straight = two_process_runs[sharding]
     run = tmp_path / "resumed"
     shutil.copytree(straight, run)
     shutil.rmtree(run / "checkpoints" / "step_0000006")
@@ -420,7 +422,7 @@ def test_an_fsdp_run_resumes_from_its_shards_to_the_uninterrupted_losses(two_pro
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run), "--resume",
                *SHAPE, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
-               "--optim.ema_decay", "0.9", "--train.fsdp", "true"]
+               "--optim.ema_decay", "0.9", "--train.fsdp", "true" if sharding == "fsdp" else "false"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 0, result.stderr[-3000:]

@@ -4,6 +4,7 @@ the checkout: the shipped recipes, presets and demo tokenizer travel inside the 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -48,6 +49,24 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(installed):
     assert result.returncode == 0, result.stderr
     assert "pipelines/demo.toml" in result.stdout and "model/ki_tiny.toml" in result.stdout
     assert str(ROOT) not in result.stdout and "site-packages/kidata/assets" in result.stdout
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_every_asset_of_the_checkout_under_the_same_name(installed):
+    """The build copies the top-level pipelines/, model/ and tokenizers/ into the package: the wheel's
+    listing is the checkout's, name for name, and the files are the same bytes."""
+    from kidata import assets
+
+    code = "import json; from kidata import assets; print(json.dumps([str(assets.ROOT), assets.listing()]))"
+    result = subprocess.run([str(installed / "venv" / "bin" / "python"), "-c", code], cwd=installed,
+                            env={**os.environ, "PYTHONPATH": ""}, capture_output=True, text=True, check=True)
+    root, listing = json.loads(result.stdout)
+    assert listing == assets.listing()
+    for kind in assets.KINDS:
+        for path in (assets.ROOT / kind).rglob("*"):
+            if path.is_file():
+                relative = path.relative_to(assets.ROOT)
+                assert (Path(root) / relative).read_bytes() == path.read_bytes(), relative
 
 
 @pytest.mark.slow

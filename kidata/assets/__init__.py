@@ -1,12 +1,16 @@
-"""The data kidata ships inside the package (this folder, ``kidata/assets/``), found the same way in a checkout,
-an editable install and a wheel:
+"""The data kidata ships, found the same way in a checkout, an editable install and a wheel:
 
 * ``pipelines/*.toml``: recipes (``kidata build pipelines/demo.toml``);
 * ``model/*.toml``: model + training presets (``kidata train --model model/ki_tiny.toml``);
 * ``tokenizers/demo-text``: the demo SentencePiece text tokenizer recipes name by default.
 
-A relative path that does not exist where it is given is looked up here under the same name, so the
-short names work from any folder. Nothing here is found through ``Path(__file__).parents``
+In a checkout (and an editable install) these folders sit at the top level, beside ``pyproject.toml``:
+the design keeps code in ``kidata/`` and the files that configure it in top-level folders of the same
+names. A wheel cannot hold top-level data folders, so the build (``setup.py``) copies them into this
+package folder; ``ROOT`` is whichever of the two holds them, checkout first.
+
+A relative path that does not exist where it is given is looked up under ``ROOT`` by the same name,
+so the short names work from any folder. Nothing here is found through ``Path(__file__).parents``
 outside this module.
 """
 
@@ -14,8 +18,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
 KINDS = ("pipelines", "model", "tokenizers")
+PACKAGED = Path(__file__).resolve().parent
+CHECKOUT = PACKAGED.parents[1]
+
+
+def _root() -> Path:
+    """The checkout's top level when this package runs from one (``pyproject.toml`` and the data
+    folders beside ``kidata/``), else this package folder, where the wheel build put the copies."""
+    if (CHECKOUT / "pyproject.toml").is_file() and all((CHECKOUT / kind).is_dir() for kind in KINDS):
+        return CHECKOUT
+    return PACKAGED
+
+
+ROOT = _root()
 
 
 class AssetNotFound(FileNotFoundError):

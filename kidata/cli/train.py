@@ -20,9 +20,11 @@ def add_parser(commands) -> None:
     train = commands.add_parser(
         "train", help="train a model on a built mixture (torchrun-ready)",
         description=f"A preset's tables: {tables}. Any field can be overridden on the command line: --optim.lr 5e-5 "
-                    f"--train.steps 200 --model.variant joint. Shipped presets: {presets}.",
+                    f"--train.steps 200 --model.variant joint. Shipped presets: {presets}. Every field with the value "
+                    "a preset and overrides give it: kidata train --model ki_tiny [overrides] --print-config.",
         epilog="examples:\n  kidata train --model ki_tiny --data demo-out/manifest.json --out runs/tiny\n"
                "  kidata train --out runs/tiny --resume                       # its saved config, from its newest checkpoint\n"
+               "  kidata train --model ki_tiny --train.steps 500 --print-config   # the resolved config, as TOML\n"
                "  torchrun --nproc_per_node 8 -m kidata.cli train --model ki_2b --data gs://b/mix/manifest.json "
                "--out runs/ki2b")
     train.add_argument("--model", help="a preset: a shipped name (ki_tiny) or a TOML file (with --resume: not needed, "
@@ -33,6 +35,9 @@ def add_parser(commands) -> None:
                                                             "its saved config (overrides given change it)")
     train.add_argument("--allow-config-change", action="store_true",
                        help="on --resume, accept changes to train.steps and the eval / log / checkpoint tables")
+    train.add_argument("--print-config", action="store_true",
+                       help="print the resolved config (the preset, or the run's with --resume, plus overrides) as TOML "
+                            "and exit without training")
     train.set_defaults(handler=train_command, overrides=[], accepts_overrides=True)
 
 
@@ -59,6 +64,11 @@ def train_command(args: argparse.Namespace) -> int:
                              "only --resume continues a run without one")
         else:
             config = TrainConfig.load(args.model, overrides)
+        if args.print_config:
+            from kidata.config import to_toml
+
+            print(to_toml(config.to_json()), end="")
+            return 0
         report = train(config, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
     except (ManifestMismatch, TrainingDiverged, CheckpointError, FileExistsError, ValueError) as error:
         print(f"kidata train: {error}", file=sys.stderr)

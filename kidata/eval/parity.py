@@ -3,10 +3,11 @@
 For held-out samples of a run's mixture, the same moment is rebuilt twice:
 
 * data path: the build's shard sample -> ``MixtureDataset`` (no augmentation) -> ``collate``, cut
-  to the prompt as at inference;
+  to what the action expert sees in training (``expert_prompt``: the prompt, and a subtask row's
+  subtask text);
 * policy path: the episode re-simulated to the sample's step in a live ``Scene`` (rollouts are a
   function of seed, task and episode), rendered with the run's scene settings ->
-  ``Policy.batch``.
+  ``Policy.batch`` (for a subtask row, with the row's subtask as the policy would have generated it).
 
 The model inputs are compared tensor by tensor. Tokens, masks and state must be equal; images may
 differ only by the shards' JPEG coding. A swapped camera, a flipped image, a state in another
@@ -27,7 +28,7 @@ import torch
 # (quality 95 on 112 px Meta-World frames: 0.009-0.011 per camera, max 0.14); a flipped or swapped camera is > 0.1.
 IMAGE_TOLERANCE = 0.02
 EPISODE_ID = re.compile(r"^(?P<task>.+)-s(?P<seed>\d+)-e(?P<episode>\d+)$")
-EXACT = ("image_mask", "tokens", "token_mask", "ar", "prefix_length", "state_dim_mask")
+EXACT = ("image_mask", "tokens", "token_mask", "ar", "prefix_length", "expert_context", "state_dim_mask")
 
 
 def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_path: str | None = None) -> dict:
@@ -36,7 +37,7 @@ def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_
     from kidata.eval.metaworld import SceneSettings
     from kidata.loader.collate import collate
     from kidata.loader.mixture import MixtureDataset
-    from kidata.training.held_out import prefix_only
+    from kidata.training.held_out import expert_prompt
 
     manifest_path = manifest_path or policy.config.data.manifest
     scene_settings = SceneSettings.from_recipe(policy.manifest.recipe, policy.source)
@@ -64,8 +65,8 @@ def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_
                 observation, _ = scene.step(np.clip(scripted.get_action(observation), -1.0, 1.0))
             live = {"images": {camera: scene.render(name) for camera, name in scene_settings.cameras.items()},
                     "state": robot_state(observation, scene_settings.privileged_state), "prompt": instruction(task)}
-            from_policy = policy.batch(live)
-            from_data = prefix_only(collate([sample], max_tokens=len(sample["tokens"]), action_dim=model.action_dim,
+            from_policy = policy.batch(live, subtask=meta.get("subtask")) if policy.generates_subtask else policy.batch(live)
+            from_data = expert_prompt(collate([sample], max_tokens=len(sample["tokens"]), action_dim=model.action_dim,
                                             action_horizon=model.action_horizon, state_dim=model.state_dim,
                                             cameras=policy.config.data.cameras, image_size=model.image_size))
             report.append({"key": sample.get("__key__", meta["episode"]), "episode": meta["episode"],
@@ -81,8 +82,8 @@ def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_
 
 def compare(data: dict[str, torch.Tensor], live: dict[str, torch.Tensor]) -> dict[str, dict]:
     """Per model input: equal (tokens, masks), close (state: 1e-5), or within JPEG noise (images).
-    Token streams are compared over the prompt (the live batch holds only the prompt)."""
-    length = int(live["prefix_length"][0])
+    Token streams are compared over what the expert sees (the live batch holds only the prompt)."""
+    length = int(live["expert_context"][0])
     out: dict[str, dict] = {}
     for name in EXACT:
         a, b = data[name][0].cpu(), live[name][0].cpu()

@@ -9,15 +9,17 @@ Mixed robot + VLM batches work: VLM rows have no state, actions or action mask.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
+from kidata.progress import note
 from kidata.schema import VLM_TASKS, Batch
+from kidata.tokenizers.prompt import expert_context_length
 
 DEFAULT_CAMERAS = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
+_NOTED_CAMERAS: set[tuple[str, ...]] = set()
 
 
 def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action_horizon: int, state_dim: int,
@@ -26,9 +28,10 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
     here on the host where it costs no device synchronization (the trainer's batches)."""
     batch = len(samples)
     dropped = sorted({camera for s in samples for camera in s["images"]} - set(cameras))
-    if dropped:  # shown once per process by Python's default warning filter
-        warnings.warn(f"images of camera(s) {dropped} are in the mixture but not read: the model reads {list(cameras)} "
-                      "(data.cameras in the preset)", stacklevel=2)
+    if dropped and tuple(dropped) not in _NOTED_CAMERAS:  # one line per process, above any progress bar
+        _NOTED_CAMERAS.add(tuple(dropped))
+        note(f"kidata: images of camera(s) {dropped} are in the mixture but not read: the model reads {list(cameras)} "
+             "(--data.cameras, or data.cameras in the preset)")
     if image_size is None:
         # numpy images are [S, S, 3] (decoded), tensors [3, S, S] (augmented)
         image_size = next((img.shape[-1] if torch.is_tensor(img) else img.shape[0]
@@ -40,6 +43,7 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
     loss = torch.zeros(batch, max_tokens, dtype=torch.bool)
     token_mask = torch.zeros(batch, max_tokens, dtype=torch.bool)
     prefix_length = torch.zeros(batch, dtype=torch.int64)
+    expert_context = torch.zeros(batch, dtype=torch.int64)
     state = torch.zeros(batch, state_dim)
     state_dim_mask = torch.zeros(batch, state_dim, dtype=torch.bool)
     actions = torch.zeros(batch, action_horizon, action_dim)
@@ -57,6 +61,7 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
         loss[row, :length] = torch.from_numpy(sample["loss"])
         token_mask[row, :length] = True
         prefix_length[row] = sample["meta"]["prefix_length"]
+        expert_context[row] = expert_context_length(sample["meta"])
         for column, camera in enumerate(cameras):
             image = sample["images"].get(camera)
             if image is None:
@@ -80,7 +85,8 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
         kind = sample["meta"].get("kind")
         vlm_task[row] = VLM_TASKS.index(kind) + 1 if kind in VLM_TASKS else 0
     out = {"images": images, "image_mask": image_mask, "tokens": tokens, "ar": ar, "loss": loss,
-           "token_mask": token_mask, "prefix_length": prefix_length, "state": state, "state_dim_mask": state_dim_mask,
+           "token_mask": token_mask, "prefix_length": prefix_length, "expert_context": expert_context,
+           "state": state, "state_dim_mask": state_dim_mask,
            "actions": actions, "action_valid": action_valid, "action_dim_mask": action_dim_mask,
            "has_actions": has_actions, "source_index": source_index, "vlm_task": vlm_task}
     return trim_token_padding(out) if trim_padding else out

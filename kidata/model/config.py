@@ -1,5 +1,5 @@
-"""Model configuration: a frozen dataclass loaded from TOML presets (shipped: ``model/*.toml``, in
-``kidata/assets/``)."""
+"""Model configuration: a frozen dataclass loaded from TOML presets (shipped: the top-level
+``model/*.toml``, resolved by ``kidata.assets``)."""
 
 from __future__ import annotations
 

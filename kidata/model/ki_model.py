@@ -159,9 +159,16 @@ class KIModel(nn.Module):
         return (blocks[:, None, :] <= blocks[:, :, None]) & valid[:, None, :] & valid[:, :, None]
 
     @staticmethod
-    def prefix_visible(valid: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
-        """bool [B, Lb]: the tokens expert tokens may see (valid prefix, never targets)."""
-        return valid & (torch.cumsum(ar.long(), dim=1) == 0)
+    def prefix_visible(valid: torch.Tensor, ar: torch.Tensor, batch: dict | None = None) -> torch.Tensor:
+        """bool [B, Lb]: the tokens expert tokens may see: the valid prefix, and with the batch's
+        ``expert_context`` [B] (text tokens from the first) a subtask row's subtask text before
+        its actions, in training and at inference alike (pi0.5); never action tokens."""
+        context = None if batch is None else batch.get("expert_context")
+        if context is None:
+            return valid & (torch.cumsum(ar.long(), dim=1) == 0)
+        text_start = valid.shape[1] - batch["tokens"].shape[1]  # text tokens come last
+        index = torch.arange(valid.shape[1], device=valid.device)
+        return valid & (index[None] < text_start + context[:, None])
 
     # ------------------------------------------------------------------ attention
     def _expert_attend(self, layer, h, cond, projected, prefix_kv, expert_bias):
@@ -216,7 +223,7 @@ class KIModel(nn.Module):
     def run_expert(self, noisy: torch.Tensor, t: torch.Tensor, batch: dict, cache, valid, ar) -> torch.Tensor:
         """Velocity [B, H, A] of noisy actions at time t, attending to the prefix in ``cache``."""
         h, cond, own = self.expert_inputs(noisy, t, batch)
-        prefix_visible = self.prefix_visible(valid, ar)
+        prefix_visible = self.prefix_visible(valid, ar, batch)
         positions = self._expert_positions(prefix_visible, h.shape[1])
         bias = self.expert_bias(prefix_visible, own, compute_dtype(h))
         for layer, kv in zip(self.expert_layers, cache):
@@ -250,7 +257,7 @@ class KIModel(nn.Module):
             noise, t = noise.float(), t.float()
             noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
             e, cond, own = self.expert_inputs(noisy, t, batch)
-            prefix_visible = self.prefix_visible(valid, ar)
+            prefix_visible = self.prefix_visible(valid, ar, batch)
             expert_positions = self._expert_positions(prefix_visible, e.shape[1])
             expert_bias = self.expert_bias(prefix_visible, own, dtype)
             if c.targets_see_actions:  # hybrid: target tokens of robot rows also see the expert tokens

@@ -35,12 +35,17 @@ from kidata.stats_formats import FILE_NAMES, render
 # the statistics of each robot source in openpi's and LeRobot's files: <out>/norm_stats/<source>/
 NORM_STATS_DIR = "norm_stats"
 
+# each local worker is a process holding its readers' libraries (~0.5 GB with TensorFlow)
+MAX_WORKERS = 256
+
 __all__ = ["BuildError", "build"]
 
 
 def build(recipe: Recipe, out: str, *, engine: str = "local", workers: int = 1, force: bool = False,
           progress: bool = True, ray_address: str | None = None, fast_override: str | None = None) -> Manifest:
     """Runs (or resumes) a build and returns the manifest."""
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise BuildError(f"--workers {workers!r}: a build runs 1 to {MAX_WORKERS} worker processes")
     from kidata.pipelines.engine import shared_pool
 
     local = engine == "local"
@@ -231,7 +236,7 @@ def summary(manifest: Manifest, out: str) -> str:
         noun = "episodes" if source.kind == "robot" else "examples"
         lines.append(f"{source.name:>24}: {source.episodes} {noun}, {source.samples} samples, {len(source.shards)} "
                      f"shards, quarantined {dict(source.quarantined)}, rejected {dict(source.rejected)}"
-                     + (f", SKIPPED {dict(source.skipped)}" if source.skipped else ""))
+                     + (f", notices {dict(source.skipped)}" if source.skipped else ""))  # counted, built or not
     fs, root = output_fs(out)
     report = json.loads(fs.cat_file(f"{root}/build_report.json").decode())
     if report:

@@ -23,8 +23,9 @@ from kidata.pipelines.stats_pass import ACTION_TOKENIZER_DIR, STATE_DIR, BuildEr
 
 LOCK_NAME = "build.lock"
 BUILD_ID_FILE = "kidata_build.json"  # in the action tokenizer folder: {"build_id": ...}
-# top-level entries a build writes (whole folders for the directories); source folders are checked file by file
-BUILD_FILES = ("manifest.json", "build_report.json", LOCK_NAME, STATE_DIR, "norm_stats", ACTION_TOKENIZER_DIR)
+# top-level entries a build writes (whole folders for the directories; ``inspect``: the pictures
+# ``kidata inspect OUT`` and ``kidata demo`` save beside the build); source folders are checked file by file
+BUILD_FILES = ("manifest.json", "build_report.json", LOCK_NAME, STATE_DIR, "norm_stats", ACTION_TOKENIZER_DIR, "inspect")
 _SHARD_NAME = r"-(train|val)-u\d{4}-\d{5}\.tar(\.tmp)?"
 _TEMPORARY = re.compile(r"^(manifest\.json|build_report\.json)\.tmp$")
 
@@ -55,8 +56,9 @@ class BuildLock:
                 raise BuildError(f"{self.out} is being built by pid {other.get('pid')} on host {other.get('host')} "
                                  f"(since {other.get('started')}; lock file {self.path}): wait for that build, or "
                                  "delete the lock file if it is no longer running")
-            print(f"build: {self.path} was left by pid {other.get('pid')} on {other.get('host')}, which is no longer "
-                  "running; taking the lock over", file=sys.stderr)
+            holder_text = (f"was left by pid {other.get('pid')} on {other.get('host')}, which is no longer running"
+                           if other else "is unreadable (its writer stopped while writing it)")
+            print(f"build: {self.path} {holder_text}; taking the lock over", file=sys.stderr)
             self.fs.rm(self.path)
         raise BuildError(f"{self.out}: could not take the lock {self.path}; another build took it first")
 

@@ -16,7 +16,14 @@ from kidata import assets
 from kidata.config import check_keys, nearest, read_toml
 from kidata.delta import DeltaMaskError, parse_delta_mask
 from kidata.hashing import json_sha256
-from kidata.pipelines.recipe_limits import FAST_NUMBERS, MAX_CHUNK_VALUES, MIXTURE_NUMBERS, check_number, check_source_name
+from kidata.pipelines.recipe_limits import (
+    FAST_NUMBERS,
+    MAX_CHUNK_VALUES,
+    MIXTURE_NUMBERS,
+    SOURCE_NUMBERS,
+    check_number,
+    check_source_name,
+)
 from kidata.sources import registry
 from kidata.sources.registry import COMMON_SOURCE_KEYS
 
@@ -175,6 +182,9 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
                          else _resolve(base, value) if isinstance(value, str) else value)
             options[key] = value
         check_source_name(where, table["name"], RecipeError)
+        for key, spec in SOURCE_NUMBERS.items():
+            if key in options:
+                check_number(f"{where}: ", key, options[key], spec, RecipeError)
         check_number(f"{where}: ", "holdout", table.get("holdout"), (*MIXTURE_NUMBERS["holdout"][:4], True), RecipeError)
         sources.append(SourceConfig(table["name"], reader, _weight(where, table.get("weight", 1.0)),
                                     table.get("holdout"), options))

@@ -39,6 +39,16 @@ FAST_NUMBERS: dict[str, tuple[str, float, float, bool, bool]] = {
     "bins": (INT, 2, 65536, True, False),
     "stride": (INT, 1, 1000, True, False),
 }
+# reader options that are numbers (the readers' own checks follow when they open)
+SOURCE_NUMBERS: dict[str, tuple[str, float, float, bool, bool]] = {
+    "seed": (INT, 0, 2**63 - 1, True, True),
+    "image_size": (INT, 1, 2048, True, True),
+    "episodes_per_task": (INT, 1, 1_000_000, True, True),
+    "scenes_per_task": (INT, 1, 1_000_000, True, True),
+    "max_steps": (INT, 1, 1_000_000, True, True),
+    "goal_marker_scale": (FLOAT, 1e-3, 100.0, True, True),
+    "tolerance_s": (FLOAT, 0.0, 60.0, True, True),
+}
 # the sample's tokens are held as one array per chunk: horizon x dimensions floats per sample
 MAX_CHUNK_VALUES = 1000 * 64
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")

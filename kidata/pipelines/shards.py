@@ -177,6 +177,10 @@ _ZEROS = bytes(_BLOCK)
 _RECORD = 20 * _BLOCK
 
 
+# the largest member a shard may hold: images are a few hundred KiB, arrays less
+MAX_MEMBER_BYTES = 256 << 20
+
+
 def iter_tar(fileobj) -> Iterable[tuple[str, dict[str, bytes]]]:
     """(key, members) of each sample of a shard, streaming (a shard is never held whole).
 
@@ -205,6 +209,9 @@ def _tar_members(fileobj) -> Iterable[tuple[str, bytes]]:
             raise ValueError("corrupt tar header (checksum mismatch)")
         size_field = header[124:136]
         size = int.from_bytes(size_field[1:], "big") if size_field[0] & 0x80 else int(size_field.strip(b"\0 ") or b"0", 8)
+        if size > MAX_MEMBER_BYTES:  # a header is data: a flipped bit must not become a read of gigabytes
+            raise ValueError(f"tar member of {size} bytes exceeds the {MAX_MEMBER_BYTES >> 20} MiB a shard member "
+                             "may hold (a damaged header)")
         data = fileobj.read(size)
         if len(data) < size:
             raise ValueError("truncated tar member")

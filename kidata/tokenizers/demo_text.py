@@ -1,4 +1,5 @@
-"""Trains ``tokenizers/demo-text`` (shipped in ``kidata/assets/``): a small SentencePiece model with PaliGemma's special layout.
+"""Trains ``tokenizers/demo-text`` (shipped in the top-level ``tokenizers/``): a small SentencePiece model with
+PaliGemma's special layout.
 
 No tokenizer can be downloaded on our machines, so the demo, the tests and the recipes use this one;
 the code paths for PaliGemma's own tokenizer stay the same. Layout, as PaliGemma's: <pad> = 0,
@@ -7,7 +8,7 @@ end 1024 ``<locNNNN>`` and 128 ``<segNNN>`` tokens (so openpi's FAST mapping
 ``vocab_size - 1 - 128 - t`` lands on the ``<loc>`` tokens, as on PaliGemma). The training text is
 generated here from templates we wrote; training is single-threaded and deterministic.
 
-    python -m kidata.tokenizers.demo_text kidata/assets/tokenizers/demo-text
+    python -m kidata.tokenizers.demo_text tokenizers/demo-text
 """
 
 from __future__ import annotations
@@ -89,4 +90,4 @@ def train(out_dir: str | Path) -> Path:
 
 
 if __name__ == "__main__":
-    print(train(sys.argv[1] if len(sys.argv) > 1 else "kidata/assets/tokenizers/demo-text"))
+    print(train(sys.argv[1] if len(sys.argv) > 1 else "tokenizers/demo-text"))

@@ -21,6 +21,11 @@ With a language target ("what the robot should do next", both formats)::
     prefix  = BOS "Task: {instruction}, State: {state};\\n"
     postfix = "Subtask: {text};\\nAction: " FAST ids "|" EOS            loss on all of it
 
+The action expert attends to a sample's first ``expert_context_length`` tokens: the prefix, and
+for a subtask row also its subtask text up to the action tokens. At inference the policy does what
+pi0.5 does: it generates "Subtask: ...;\\nAction: " from ``subtask_prompt`` and then acts on it,
+so the expert sees the same kind of context it was trained on.
+
 State: ``text`` puts bins in the prompt; ``special`` replaces the bin text with one reserved
 token per dimension; ``continuous`` drops ", State: ..." from the text and records
 ``state_slot`` = the prefix length (the model inserts the projected state there, at the end of
@@ -69,6 +74,18 @@ def clean_instruction(text: str, prompt_format: str) -> str:
 def loc_bin(value: float) -> int:
     """Bin of a coordinate normalized to [0, 1] over the (padded) image: floor(v * 1024), clipped."""
     return int(np.clip(np.floor(value * LOC_BINS), 0, LOC_BINS - 1))
+
+
+def expert_context_length(meta: Mapping[str, Any]) -> int:
+    """Leading tokens of a sample that the action expert attends to, from its ``meta.json``
+    (``prefix_length``, ``fast_span``, ``subtask``) or an explicit ``expert_context``: the prefix,
+    and for a subtask row everything before its action tokens (the subtask text and "Action: "),
+    never the action tokens themselves."""
+    if "expert_context" in meta:
+        return int(meta["expert_context"])
+    if meta.get("subtask") and meta.get("fast_span"):
+        return int(meta["fast_span"][0])
+    return int(meta["prefix_length"])
 
 
 @dataclass
@@ -213,6 +230,39 @@ class SampleEncoder:
                                 images=images, meta={"instruction": task})
         sample.loss[:] = False
         return sample
+
+    def subtask_prompt(self, instruction: str, state: np.ndarray, *, subtask: str | Sequence[int] | None = None,
+                       images: dict[str, Any] | None = None) -> Sample:
+        """The model input at inference for a source trained with subtasks (pi0.5: generate the
+        subtask, then act). Without ``subtask``: the subtask row's prefix, from which the model
+        generates "Subtask: ...;\\nAction: ". With it (the text, or the ids the model generated up
+        to its first action token): that prefix followed by the subtask part as causal tokens,
+        ``meta["expert_context"]`` = the whole length, as a training subtask row gives the expert."""
+        task = clean_instruction(instruction, self.prompt_format)
+        state = np.asarray(state, dtype=np.float32).reshape(-1)
+        prefix, state_slot = self._robot_prefix(task, state, action_part=False)
+        if subtask is None:
+            postfix: list[int] = []
+        elif isinstance(subtask, str):
+            postfix = self.text.encode(f"Subtask: {clean_instruction(subtask, self.prompt_format)};\nAction: ")
+        else:
+            postfix = [int(token) for token in subtask]
+        sample = self._assemble("robot", prefix, postfix, has_actions=True, state=state, state_slot=state_slot,
+                                images=images, meta={"instruction": task, "expert_context": len(prefix) + len(postfix)})
+        sample.loss[:] = False
+        return sample
+
+    def subtask_of(self, generated: Sequence[int]) -> str:
+        """The subtask text in ids generated from ``subtask_prompt`` (up to the first stop or
+        action id): what stands between "Subtask: " and ";\\nAction:", re-encoded by
+        ``subtask_prompt`` exactly as the build encodes it. An unfinished one is returned as far
+        as it goes."""
+        token_range, stops = self.id_map.range, set(self.stop_ids)
+        end = next((i for i, token in enumerate(generated)
+                    if token in stops or token_range.first <= token <= token_range.last), len(generated))
+        text = self.text.decode(list(generated[:end]))
+        text = text.split(";\nAction:")[0]
+        return text.split("Subtask:", 1)[1].strip() if "Subtask:" in text else text.strip()
 
     def _robot_prefix(self, task: str, state: np.ndarray, *, action_part: bool) -> tuple[list[int], int | None]:
         if self.prompt_format == "pi0":  # the task alone, then "\n" as its own encode call, as openpi's pi0 does

@@ -17,6 +17,13 @@ shard as safetensors, the sharding recorded in each file's header (no pickle), s
 loading scale with the shard and a checkpoint saved on N processes reads on any other number
 (``read_full`` gathers it whole on one process: the policy, ``kidata export weights``).
 
+Checksums of a sharded checkpoint are computed where the shards are written: each rank hashes
+its own share of the shard files (``hash_share``: with DCP's rank-ordered names, the files it
+wrote), and rank 0 merges them and hashes only what it wrote itself (``trainer.json``), so no
+rank reads the whole checkpoint back. Resuming reads through ``torch.distributed.checkpoint``
+from either layout (``part_reader``): each rank reads only the slices its parameters, optimizer
+moments and EMA hold.
+
 It is written into ``step_NNNNNNN.tmp`` and renamed when complete, then ``latest`` (a one-line
 file) is replaced atomically; older checkpoints beyond ``keep`` are removed only after that. A
 failure half-way (a full disk) leaves the previous checkpoint and ``latest`` untouched.
@@ -223,14 +230,36 @@ def write_shards(temporary: Path, *, model: Mapping[str, torch.Tensor], optimize
     return rest
 
 
+SHARD_PARTS = ("model", "optimizer", "ema")
+
+
+def file_checksum(path: Path) -> dict:
+    """A checksums.json entry: size and sha256 of one file."""
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def hash_share(temporary: Path, rank: int, world: int) -> dict[str, dict]:
+    """Checksums of this rank's share of a sharded checkpoint's shard files (call on every rank
+    once all have written): the sorted files, every ``world``-th from ``rank`` on. DCP names each
+    rank's shards by its rank (``shard-0000{rank+1}-...``) and every rank writes one per part, so
+    a rank hashes the shards it wrote itself; in any case every file is hashed exactly once."""
+    files = sorted(path for part in SHARD_PARTS if (temporary / part).is_dir()
+                   for path in (temporary / part).rglob("*") if path.is_file())
+    return {str(path.relative_to(temporary)): file_checksum(path) for path in files[rank::world]}
+
+
 def finish_checkpoint(run: Path, step: int, temporary: Path, *, trainer: Mapping[str, Any], optimizer_rest: dict,
-                      keep: int) -> Path:
-    """trainer.json, checksums of every file, the rename, ``latest``, pruning (rank 0 only)."""
+                      keep: int, hashed: Mapping[str, dict] | None = None) -> Path:
+    """trainer.json, checksums of every file, the rename, ``latest``, pruning (rank 0 only).
+    ``hashed``: the checksums the ranks already computed (``hash_share``); only the other files
+    are hashed here."""
     final = checkpoint_dir(run, step)
     try:
         (temporary / "trainer.json").write_text(json.dumps({**trainer, "optimizer": optimizer_rest}, indent=2, sort_keys=True))
         files = sorted(p for p in temporary.rglob("*") if p.is_file())
-        sums = {str(p.relative_to(temporary)): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
+        known = dict(hashed or {})
+        sums = {name: known.get(name) or file_checksum(p)
+                for name, p in ((str(p.relative_to(temporary)), p) for p in files)}
         (temporary / CHECKSUMS).write_text(json.dumps(sums, indent=2, sort_keys=True))
         _fsync_dir(temporary)
         shutil.rmtree(final, ignore_errors=True)
@@ -257,6 +286,24 @@ def save_checkpoint(run: Path, step: int, *, model: Mapping[str, torch.Tensor], 
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return finish_checkpoint(run, step, temporary, trainer=trainer, optimizer_rest=rest, keep=keep)
+
+
+def part_reader(path: Path, part: str) -> Any:
+    """A ``torch.distributed.checkpoint`` storage reader over ``part`` ("model", "optimizer" or
+    "ema") of a checkpoint in either layout, or None when the checkpoint has no such part: the
+    Hugging Face safetensors reader over the part's shard folder, or over its one whole-tensor
+    file. Either way each rank reads only the slices it asks for."""
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    folder, file = Path(path) / part, Path(path) / f"{part}.safetensors"
+    if folder.is_dir():
+        return HuggingFaceStorageReader(str(folder))
+    if not file.is_file():
+        return None
+    reader = HuggingFaceStorageReader(str(file.parent))
+    # the reader takes every .safetensors file its folder lists; model and ema share tensor names
+    reader.fs.ls = lambda _folder: [str(file)]
+    return reader
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

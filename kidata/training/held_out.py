@@ -53,6 +53,12 @@ def prefix_only(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return _cut(batch, batch["prefix_length"], keep_causal=False)
 
 
+def expert_prompt(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch cut to what the action expert sees (``expert_context``: the prefix, and a subtask
+    row's subtask text, teacher-forced, with its causal flags): the flow's input at inference."""
+    return _cut(batch, batch.get("expert_context", batch["prefix_length"]), keep_causal=True)
+
+
 def generation_prompt(batch: Mapping[str, torch.Tensor], action_range) -> dict[str, torch.Tensor]:
     """The batch cut where each row's action tokens start (``action_range``: the build's FAST /
     bins id range), with everything before kept as it was, causal flags included: a pi0-FAST
@@ -61,7 +67,7 @@ def generation_prompt(batch: Mapping[str, torch.Tensor], action_range) -> dict[s
     tokens, mask = batch["tokens"], batch["token_mask"]
     positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
     is_action = mask & (tokens >= action_range.first) & (tokens <= action_range.last)
-    is_action &= positions >= batch["prefix_length"][:, None]
+    is_action &= positions >= batch.get("expert_context", batch["prefix_length"])[:, None]  # not subtask text
     first_action = torch.where(is_action.any(dim=1), is_action.float().argmax(dim=1), batch["prefix_length"])
     return _cut(batch, first_action, keep_causal=True)
 
@@ -100,7 +106,8 @@ class HeldOutMetrics:
         robot = batch["has_actions"]
         prompt = prefix_only(batch)
         if robot.any() and model.config.has_expert:
-            predicted = model.sample_actions(prompt, num_steps=self.num_steps, noise=noise).float().cpu().numpy()
+            predicted = model.sample_actions(expert_prompt(batch), num_steps=self.num_steps, noise=noise)
+            predicted = predicted.float().cpu().numpy()
             self._action_error("action_mse", predicted, batch, np.ones(len(predicted), dtype=bool))
         if robot.any() and model.config.fast_loss:
             # from where the policy generates: after "Action: " (pi0-FAST) or the subtask (teacher-forced)

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
+
 from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.ki_model import KIModel
 from kidata.model.weights import WeightsError, read_tensors
@@ -97,3 +99,47 @@ def check_init_tokenizer(manifest: Manifest, config: TrainConfig) -> None:
             f"train.init_from {train.init_from!r} (init_format {train.init_format!r}) holds PaliGemma's token "
             f"embedding, the mixture {config.data.manifest} was built with text tokenizer {name!r} ({problem}): "
             "rebuild the mixture with text_tokenizer = \"google/paligemma-3b-pt-224\", or train without init_from")
+
+
+def initialized_model(config: TrainConfig) -> KIModel:
+    """The whole model on CPU as training starts: seeded with ``train.seed``, then loaded from
+    ``train.init_from`` (reported on stdout) when set."""
+    torch.manual_seed(config.train.seed)
+    model = KIModel(config.model)
+    if config.train.init_from:
+        from kidata.model.weights import load_openpi, load_paligemma
+
+        loaders = {"paligemma": load_paligemma, "openpi": load_openpi, "kidata": load_kidata}
+        report = loaders[config.train.init_format](model, config.train.init_from)
+        fresh, cut = sorted({name.split(".")[0] for name in report["fresh"]}), report["embedding_rows_sliced"]
+        print(f"initialized from {config.train.init_from}: {report['loaded']} tensors loaded"
+              + (f", {cut} embedding rows past the vocabulary cut" if cut else "")
+              + (f"; fresh: {', '.join(fresh)}" if fresh else ""), flush=True)
+    model.activation_checkpointing = config.train.activation_checkpointing
+    return model
+
+
+def build_sharded(config: TrainConfig, device: torch.device, world: int, *,
+                  bf16: bool) -> tuple[KIModel, torch.nn.Module]:
+    """The model under FSDP2 without a whole copy on every rank: each rank builds it on the
+    ``meta`` device (no memory), shards it, and allocates its own shards only; rank 0 alone builds
+    the initialized model on CPU (``initialized_model``: the same seed and ``init_from`` as one
+    process, so any world size starts from the same weights) and scatters it, tensor by tensor,
+    into the shards (``set_model_state_dict`` with ``broadcast_from_rank0``, PyTorch's recipe for
+    large models). Call on every rank of the process group."""
+    import torch.distributed as dist
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    from kidata.training.parallelize import parallelize
+
+    whole = initialized_model(config).state_dict() if dist.get_rank() == 0 else {}
+    with torch.device("meta"):
+        model = KIModel(config.model)
+    model.activation_checkpointing = config.train.activation_checkpointing
+    wrapped = parallelize(model, config, world, bf16=bf16)
+    model.to_empty(device=device)
+    set_model_state_dict(model, whole, options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
+    generator = [torch.get_rng_state()]  # every rank leaves with rank 0's RNG, as if each had built the model
+    dist.broadcast_object_list(generator, src=0)
+    torch.set_rng_state(generator[0])
+    return model, wrapped

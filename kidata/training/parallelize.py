@@ -178,14 +178,6 @@ def full_state_dicts(model: KIModel, optimizer) -> tuple[dict, dict]:
     return get_model_state_dict(model, options=options), get_optimizer_state_dict(model, optimizer, options=options)
 
 
-def restore_state_dicts(model: KIModel, optimizer, checkpoint: dict) -> None:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-    options = StateDictOptions(full_state_dict=True)
-    set_model_state_dict(model, checkpoint["model"], options=options)
-    set_optimizer_state_dict(model, optimizer, _tuple_betas(checkpoint["optimizer"]), options=options)
-
-
 def _tuple_betas(state: dict) -> dict:
     """AdamW's betas as the tuple torch expects (JSON gave lists back)."""
     for group in state["param_groups"]:
@@ -201,36 +193,29 @@ def sharded_state_dicts(model: KIModel, optimizer) -> tuple[dict, dict]:
 
 
 def restore_shards(model: KIModel, optimizer, ema: dict | None, path, optimizer_rest: dict) -> None:
-    """Loads a sharded checkpoint's ``model/``, ``optimizer/`` (and ``ema/``) into this rank's
-    shards in place: each rank reads only the pieces it holds, whatever world size wrote them."""
+    """Loads a checkpoint's model, optimizer (and EMA) into this rank's tensors in place through
+    ``torch.distributed.checkpoint``, from shard folders or whole files alike: each rank reads only
+    the pieces it holds (its shards under FSDP2), whatever world size or layout wrote them."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import HuggingFaceStorageReader
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
-    from kidata.training.checkpoint import optimizer_state, optimizer_tensors
+    from kidata.training.checkpoint import optimizer_state, optimizer_tensors, part_reader
 
+    alone = not dist.is_initialized()  # one process: said, rather than warned about by DCP
     model_state, optimizer_full = sharded_state_dicts(model, optimizer)  # the optimizer's state initialized
-    dcp.load(model_state, storage_reader=HuggingFaceStorageReader(str(path / "model")))
+    dcp.load(model_state, storage_reader=part_reader(path, "model"), no_dist=alone)
     set_model_state_dict(model, model_state)
     tensors, _ = optimizer_tensors(optimizer_full)
-    dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(path / "optimizer")))
+    dcp.load(tensors, storage_reader=part_reader(path, "optimizer"), no_dist=alone)
     set_optimizer_state_dict(model, optimizer, _tuple_betas(optimizer_state(tensors, optimizer_rest)))
-    if ema is not None and (path / "ema").is_dir():
-        dcp.load(ema, storage_reader=HuggingFaceStorageReader(str(path / "ema")))
+    reader = part_reader(path, "ema") if ema is not None else None
+    if reader is not None:
+        dcp.load(ema, storage_reader=reader, no_dist=alone)
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor (gathered from every rank under FSDP2: a collective, all ranks call it)."""
     return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
-
-
-def shard_like(full: torch.Tensor, parameter: torch.Tensor) -> torch.Tensor:
-    """A whole tensor placed as ``parameter`` is: this rank's shard under FSDP2, else itself."""
-    if hasattr(parameter, "device_mesh"):
-        from torch.distributed.tensor import distribute_tensor
-
-        return distribute_tensor(full.to(parameter.device), parameter.device_mesh, parameter.placements)
-    return full.to(parameter.device)
 
 
 def local_parameters_sha256(model: torch.nn.Module) -> str:

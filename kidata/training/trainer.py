@@ -34,8 +34,7 @@ from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.checkpoint import (
     begin_checkpoint,
     finish_checkpoint,
-    is_sharded,
-    load_checkpoint,
+    hash_share,
     newest_complete,
     save_checkpoint,
     write_shards,
@@ -43,7 +42,7 @@ from kidata.training.checkpoint import (
 from kidata.training.config import TrainConfig, check_compatible  # noqa: F401  (public here)
 from kidata.training.determinism import deterministic_algorithms
 from kidata.training.held_out import HeldOutMetrics
-from kidata.training.initialize import check_init_tokenizer
+from kidata.training.initialize import build_sharded, check_init_tokenizer, initialized_model
 from kidata.training.metrics import MetricsLogger, drop_unfinished_attempt, truncate_metrics
 from kidata.training.parallelize import (
     Distributed,
@@ -52,8 +51,6 @@ from kidata.training.parallelize import (
     local_parameters_sha256,
     parallelize,
     restore_shards,
-    restore_state_dicts,
-    shard_like,
     sharded_state_dicts,
 )
 from kidata.training.resume import (  # noqa: F401  (public here)
@@ -146,19 +143,9 @@ def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, worl
 
 
 def _build_model(config: TrainConfig, device: torch.device, world: int, *, bf16: bool = False):
-    torch.manual_seed(config.train.seed)
-    model = KIModel(config.model)
-    if config.train.init_from:
-        from kidata.model.weights import load_openpi, load_paligemma
-        from kidata.training.initialize import load_kidata
-
-        loaders = {"paligemma": load_paligemma, "openpi": load_openpi, "kidata": load_kidata}
-        report = loaders[config.train.init_format](model, config.train.init_from)
-        fresh, cut = sorted({name.split(".")[0] for name in report["fresh"]}), report["embedding_rows_sliced"]
-        print(f"initialized from {config.train.init_from}: {report['loaded']} tensors loaded"
-              + (f", {cut} embedding rows past the vocabulary cut" if cut else "")
-              + (f"; fresh: {', '.join(fresh)}" if fresh else ""), flush=True)
-    model.activation_checkpointing = config.train.activation_checkpointing
+    if world > 1 and config.train.fsdp:  # built on meta, each rank materializing its shards only
+        return build_sharded(config, device, world, bf16=bf16)
+    model = initialized_model(config)
     model.to(device)
     return model, parallelize(model, config, world, bf16=bf16)
 
@@ -210,18 +197,11 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     # the weight EMA is placed as the weights are: under FSDP2 each rank averages its own shard
     ema = ({n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
            if config.optim.ema_decay > 0 else None)
-    parameters = dict(model.named_parameters())
     start, data_states, last_good, wall_before = 0, None, None, 0.0
     if checkpoint_path is not None:
-        if sharded_run(config, env) and is_sharded(checkpoint_path):  # each rank reads its own pieces
-            trainer_state = json.loads((checkpoint_path / "trainer.json").read_text())
-            restore_shards(model, optimizer, ema, checkpoint_path, trainer_state.pop("optimizer"))
-        else:  # whole tensors (gathered from shards when another world size wrote them), then placed
-            checkpoint = load_checkpoint(checkpoint_path)
-            restore_state_dicts(model, optimizer, checkpoint)
-            if ema is not None and checkpoint["ema"] is not None:
-                ema = {n: shard_like(t.float(), parameters[n]) for n, t in checkpoint["ema"].items()}
-            trainer_state = checkpoint["trainer"]
+        # through DCP, from shards or whole files: each rank reads only the pieces it holds
+        trainer_state = json.loads((checkpoint_path / "trainer.json").read_text())
+        restore_shards(model, optimizer, ema, checkpoint_path, trainer_state.pop("optimizer"))
         start, last_good = trainer_state["step"], checkpoint_path
         wall_before = trainer_state.get("wall_s")  # absent from checkpoints written before it was counted
         data_states = trainer_state["data_state"]
@@ -250,7 +230,8 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     wrapped.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     averaged = list(ema.values()) if ema is not None else []
-    sources = [parameters[name] for name in ema] if ema is not None else []
+    named = dict(model.named_parameters())
+    sources = [named[name] for name in ema] if ema is not None else []
     metrics = DeviceMetrics(env.device)
     mix = np.zeros(len(manifest.sources), dtype=np.int64)  # samples per source since the last read
     for step in range(start, config.train.steps):
@@ -393,10 +374,13 @@ def _checkpoint(run: Path, step: int, model, optimizer, ema, data: TrainStreams,
             model_state, optimizer_state = sharded_state_dicts(model, optimizer)
             rest = write_shards(Path(temporary), model=model_state, optimizer=optimizer_state, ema=ema)
             dist.barrier()
+            # each rank hashes the shards it wrote; rank 0 hashes only what it writes next
+            hashed = {name: entry for share in env.gather(hash_share(Path(temporary), env.rank, env.world))
+                      for name, entry in share.items()}
             if env.rank != 0:
                 return None
             return finish_checkpoint(run, step, Path(temporary), trainer=trainer, optimizer_rest=rest,
-                                     keep=config.checkpoint.keep)
+                                     keep=config.checkpoint.keep, hashed=hashed)
         model_state, optimizer_state = full_state_dicts(model, optimizer)
         if env.rank != 0:
             return None
