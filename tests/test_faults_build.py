@@ -198,11 +198,21 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
                "2", "--quiet"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
+    def spawned_workers() -> set[int]:  # not multiprocessing's resource tracker, also a child
+        found = set()
+        for pid in child_pids(process.pid):
+            try:
+                if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.add(pid)
+            except OSError:  # ended meanwhile
+                pass
+        return found
+
     deadline = time.time() + 60
-    while time.time() < deadline and len(child_pids(process.pid)) < 2 and process.poll() is None:
+    while time.time() < deadline and len(spawned_workers()) < 2 and process.poll() is None:
         time.sleep(0.05)
-    workers = child_pids(process.pid)
-    assert len(workers) >= 2, "the build's two workers never started"
+    workers = spawned_workers() | child_pids(process.pid)
+    assert len(spawned_workers()) == 2, "the build's two workers never started"
     time.sleep(1.0)
     if stop == "Ctrl-C":  # the terminal sends SIGINT to the whole foreground process group
         os.killpg(process.pid, signal.SIGINT)

@@ -292,7 +292,7 @@ class KIModel(nn.Module):
     def _token_loss(self, text_hidden: torch.Tensor, batch: Batch, all_logits: bool) -> dict:
         """Mean cross-entropy of the loss-masked targets and their logits, from the backbone's
         hidden states at the text positions [B, T, W]; position i predicts token i + 1. The
-        vocabulary-sized logits are computed in the compute dtype and only for the N targets."""
+        vocabulary-sized logits exist only for the N targets (N is read once from the device)."""
         targets, target_mask = batch["tokens"][:, 1:], batch["loss"][:, 1:]
         if all_logits:
             logits = self.lm_head(self.final_norm(text_hidden))  # [B, T, V]
