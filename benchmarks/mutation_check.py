@@ -227,14 +227,18 @@ MUTATIONS = [
              ("tests/test_openpi_checkpoints.py -k another_layout",)),
     # checkpoints at scale (issue 43, item 13)
     Mutation("every FSDP rank builds the whole model", "kidata/training/initialize.py",
-             "whole = initialized_model(config).state_dict() if dist.get_rank() == 0 else {}",
-             "whole = initialized_model(config).state_dict()", ("tests/test_sharded_checkpoints.py -k only_rank_0",)),
+             "initialized = initialized_model(config) if dist.get_rank() == 0 else None",
+             "initialized = initialized_model(config)", ("tests/test_sharded_checkpoints.py -k only_rank_0",)),
     Mutation("rank 0 hashes every shard again", "kidata/training/checkpoint.py",
              "known.get(name) or file_checksum(p)", "file_checksum(p)",
              ("tests/test_sharded_checkpoints.py -k hashes_the_shards",)),
     Mutation("a whole-file checkpoint part read with the files beside it", "kidata/training/checkpoint.py",
              "    reader.fs.ls = lambda _folder: [str(file)]\n", "",
              ("tests/test_sharded_checkpoints.py -k resume_reads",)),
+    # LoRA
+    Mutation("merged LoRA weights transposed", "kidata/model/lora.py",
+             "(lora_b.float() @ lora_a.float())", "(lora_b.float() @ lora_a.float()).T",
+             ("tests/test_lora.py -k merge",)),
 ]
 
 

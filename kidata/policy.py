@@ -211,10 +211,11 @@ class Policy:
 def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
          device: str | torch.device = "cpu", action_head: str | None = None, num_steps: int = 10,
          noise_scale: float = 1.0, flow_samples: int = 1, fast_fallback: str | None = None,
-         subtask: bool | None = None) -> Policy:
+         subtask: bool | None = None, merge_lora: bool = True) -> Policy:
     """The policy of a run directory (latest checkpoint unless ``checkpoint`` names one; its weight
     EMA when the run kept one and ``use_ema``; the run's ``[policy] action_head`` unless
-    ``action_head`` names one; likewise ``fast_fallback``; ``subtask`` as in ``Policy``)."""
+    ``action_head`` names one; likewise ``fast_fallback``; ``subtask`` as in ``Policy``). A LoRA
+    run's adapters are merged into the base weights unless ``merge_lora`` is false."""
     run = Path(run)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
@@ -228,6 +229,10 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if merge_lora and config.model.lora is not None:
+        from kidata.model.lora import merge
+
+        merge(model)  # one matrix per projection at inference, as an unadapted model
     encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
     return Policy(model.to(device), config, manifest, encoder, source=source, device=device, num_steps=num_steps,
                   noise_scale=noise_scale, flow_samples=flow_samples,

@@ -25,7 +25,7 @@ ALLOWED = {
     "kidata.tokenizers": BASE | {"kidata.tokenizers"},
     "kidata.model": BASE | {"kidata.model"},
     "kidata.pipelines": BASE | {"kidata.pipelines", "kidata.sources", "kidata.tokenizers", "kidata.envs"},
-    "kidata.loader": BASE | {"kidata.loader", "kidata.pipelines.shards"},
+    "kidata.loader": BASE | {"kidata.loader", "kidata.pipelines.shards", "kidata.tokenizers.prompt"},
     "kidata.policy": BASE | {"kidata.model", "kidata.tokenizers", "kidata.loader.collate", "kidata.training.config",
                              "kidata.training.checkpoint"},
     "kidata.training": BASE | {"kidata.training", "kidata.model", "kidata.loader", "kidata.tokenizers",

@@ -265,7 +265,8 @@ def test_trimming_token_padding_changes_neither_the_losses_nor_the_gradients():
     b["loss"].backward()
     for (name, p), q in zip(wide.named_parameters(), narrow.parameters()):
         if p.grad is not None:
-            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-7, msg=name)
+            # float32 sums over another number of columns: 1.4e-7 at most measured (one embedding row of 2048)
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_trimming_keeps_every_column_some_row_uses():

@@ -21,6 +21,7 @@ from torch import nn
 from kidata.model.attention import attend, attention_bias, compute_dtype
 from kidata.model.config import ModelConfig
 from kidata.model.layers import AdaRMSNorm, GeGLU, RMSNorm, VisionTower, rotary, timestep_embedding
+from kidata.model.lora import apply_lora
 from kidata.schema import Batch
 
 
@@ -108,9 +109,7 @@ class KIModel(nn.Module):
                 self.action_time_mlp_out = nn.Linear(c.expert_width, c.expert_width)
             if c.state_input == "expert":
                 self.state_proj = nn.Linear(c.state_dim, c.expert_width)
-        if c.backbone_frozen:
-            for parameter in self.backbone_parameters():
-                parameter.requires_grad_(False)
+        apply_lora(self, c.lora)  # adapters when configured, and which weights train (frozen: not the backbone)
 
     # ------------------------------------------------------------------ inputs
     def backbone_inputs(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
