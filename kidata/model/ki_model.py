@@ -248,11 +248,12 @@ class KIModel(nn.Module):
         dtype = compute_dtype(h)
         out: dict = {}
         if c.has_expert:
-            actions = batch["actions"]
-            if noise is None or t is None:
+            actions = batch["actions"].float()  # the flow (time, noise, x_t, target, loss) in fp32, whatever
+            if noise is None or t is None:      # the compute dtype: t = 0.9 would be 0.898 in bf16
                 drawn_noise, drawn_t = sample_flow_inputs(tuple(actions.shape))
                 noise = drawn_noise.to(actions) if noise is None else noise
                 t = drawn_t.to(actions) if t is None else t
+            noise, t = noise.float(), t.float()
             noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
             e, cond, own = self.expert_inputs(noisy, t, batch)
             prefix_visible = self.prefix_visible(valid, ar, batch)
@@ -276,7 +277,9 @@ class KIModel(nn.Module):
         loss = out["fast_loss"] if c.fast_loss else out["fast_loss"].new_zeros(())
         if c.has_expert:
             normed, _ = _normalize(self.expert_final_norm, e, cond)
-            velocity = self.action_out(normed[:, -actions.shape[1]:])
+            # a new fp32 tensor, not a view: FSDP2 hooks backward on the root's outputs, and an in-place
+            # op on a returned view would bypass that hook
+            velocity = self.action_out(normed[:, -actions.shape[1]:]).to(torch.float32, copy=True)
             weight = (batch["action_valid"][:, :, None] & batch["action_dim_mask"][:, None, :]
                       & batch["has_actions"][:, None, None]).float()
             flow = (((velocity - (noise - actions)) ** 2) * weight).sum() / weight.sum().clamp(min=1)
