@@ -44,7 +44,7 @@ def test_a_missing_file_names_both_places_and_what_ships(tmp_path, monkeypatch):
 def test_every_shipped_asset_is_listed():
     listing = assets.listing()
     assert "pipelines/oxe_magic_soup.toml" in listing["pipelines"]
-    assert listing["model"] == ["model/ki_2b.toml", "model/ki_metaworld.toml", "model/ki_tiny.toml"]
+    assert listing["model"] == ["model/ki_2b.toml", "model/ki_2b_lora.toml", "model/ki_metaworld.toml", "model/ki_tiny.toml"]
     assert listing["tokenizers"] == ["tokenizers/demo-text"]
 
 

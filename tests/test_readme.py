@@ -30,10 +30,6 @@ SKIPPED = [  # (first line of the block, the reason), in README order
      "installs packages"),
     ("[[sources]]", "a recipe excerpt; tests/test_lerobot.py builds one on the fixture"),
     ("[[sources]]", "a recipe excerpt; tests/test_delta_actions.py builds one on a DROID-layout dataset"),
-    ("kidata serve --run runs/tiny --port 8000                          # kidata's own observation keys",
-     "a server runs until stopped; tests/test_serving.py runs it in a thread"),
-    ("from openpi_client import websocket_client_policy   # pip install openpi-client",
-     "needs the server above running; tests/test_serving.py runs this client against it"),
     ("kidata build pipelines/metaworld.toml --out data/metaworld          # 3 tasks x 200 noisy-expert episodes, 9-21 min",
      "the measurement itself: about 65 minutes on 2 CPU cores, and about 4 hours more for MT10; its pieces run above"),
     ("kidata build pipelines/metaworld_cotrain.toml --out runs/cmp/data",
@@ -102,6 +98,29 @@ def workspace(tmp_path_factory) -> Path:
     return root
 
 
+SERVERS: list[subprocess.Popen] = []  # `kidata serve` lines run in the background until the test ends
+
+
+def start_server(words: list[str], cwd: Path) -> None:
+    """A README `kidata serve` line, started as a user would in another shell; waits for /healthz."""
+    import time
+    import urllib.request
+
+    port = words[words.index("--port") + 1]
+    process = subprocess.Popen([sys.executable, "-m", "kidata.cli", *words[1:]], cwd=cwd, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    SERVERS.append(process)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"{' '.join(words)}: {process.stderr.read()[-2000:]}"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{' '.join(words)}: no answer on port {port} in 300 s")
+
+
 def run_bash(code: str, cwd: Path) -> None:
     for line in code.replace("\\\n", " ").splitlines():
         words = shlex.split(line, comments=True)
@@ -110,6 +129,9 @@ def run_bash(code: str, cwd: Path) -> None:
         assert words[0] == "kidata", f"a README bash line that is not a kidata command: {line}"
         if words[1:2] == ["train"]:
             words += SHORT_TRAINING
+        if words[1:2] == ["serve"]:
+            start_server(words, cwd)
+            continue
         result = subprocess.run([sys.executable, "-m", "kidata.cli", *words[1:]], cwd=cwd, capture_output=True,
                                 text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "2"})
         assert result.returncode == 0, f"{line}\n{result.stderr[-2000:]}"
@@ -124,14 +146,19 @@ def test_the_skipped_blocks_are_the_ones_pinned_here_each_with_its_reason():
 def test_every_readme_block_runs_on_the_fixtures(workspace, monkeypatch):
     monkeypatch.chdir(workspace)
     ran = 0
-    for language, code, reason in blocks():
-        if reason:
-            continue
-        assert language in ("bash", "python"), f"a README block in {language!r}: say how to run it"
-        if language == "bash":
-            run_bash(code, workspace)
-        else:
-            exec(compile(code, f"README block {ran}", "exec"), {"__name__": "__readme__"})
-        ran += 1
+    try:
+        for language, code, reason in blocks():
+            if reason:
+                continue
+            assert language in ("bash", "python"), f"a README block in {language!r}: say how to run it"
+            if language == "bash":
+                run_bash(code, workspace)
+            else:
+                exec(compile(code, f"README block {ran}", "exec"), {"__name__": "__readme__"})
+            ran += 1
+    finally:
+        for server in SERVERS:
+            server.terminate()
+            server.wait(timeout=30)
     assert ran >= 12
     assert (workspace / "runs" / "mine" / "checkpoints" / "latest").exists()

@@ -21,8 +21,9 @@ def coco_images():
 
 
 def read(source):
+    """Examples and counts as a build reads them: unit by unit (``examples()`` refuses an empty corpus)."""
     report = ReadReport()
-    return list(source.examples(report=report)), report
+    return [example for unit in source.list_units(1) for example in source.read(unit, report=report)], report
 
 
 @pytest.mark.parametrize("year,folder", [("2014", "coco"), ("2017", "coco2017")])
@@ -264,3 +265,16 @@ def test_fetch_images_downloads_verifies_resumes_and_reports(tmp_path):
         assert (again.fetched, again.present) == (0, 1)
     finally:
         server.shutdown()
+
+
+def test_iterating_a_corpus_none_of_whose_records_gives_an_example_ends_in_an_error_naming_the_reasons(tmp_path):
+    from kidata.sources.coco import CocoCaptions
+
+    (tmp_path / "captions.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+        "annotations": [{"id": 1, "image_id": 1, "caption": "a dog"}, {"id": 2, "image_id": 2, "caption": "a cat"}]}))
+    (tmp_path / "images").mkdir()  # the images of another split: none of these files is there
+    reader = CocoCaptions(tmp_path / "captions.json", tmp_path / "images")
+    with pytest.raises(ValueError, match=r"CocoCaptions 'coco_captions': none of its 2 records gave an example "
+                                         r"\(quarantined \{'missing_image': 2\}"):
+        list(reader.examples())

@@ -35,6 +35,8 @@ def add_parser(commands) -> None:
     weights.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest complete one)")
     weights.add_argument("--no-ema", action="store_true", help="the trained weights, not their EMA")
     weights.add_argument("--format", default="safetensors", choices=["safetensors"], help="file format")
+    weights.add_argument("--merge-lora", action="store_true",
+                         help="fold a LoRA run's adapters into the base weights (a file for an unadapted model)")
     weights.set_defaults(handler=weights_command)
 
 
@@ -77,8 +79,9 @@ def weights_command(args: argparse.Namespace) -> int:
     from kidata.training.export import export_weights
 
     out = export_weights(Path(args.run), Path(args.out), checkpoint=Path(args.checkpoint) if args.checkpoint else None,
-                         use_ema=not args.no_ema)
+                         use_ema=not args.no_ema, merge_lora=args.merge_lora)
     print(f"weights: {out['path']} ({out['tensors']} tensors, {out['parameters'] / 1e6:.1f}M parameters, "
-          f"{'EMA' if out['ema'] else 'trained'} weights of {out['checkpoint']}); load with "
+          f"{'EMA' if out['ema'] else 'trained'} weights of {out['checkpoint']}"
+          f"{', LoRA adapters merged' if out['merged_lora'] else ''}); load with "
           "kidata.model.weights.load_weights(KIModel(config), path), the config in the file's metadata")
     return 0

@@ -5,11 +5,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 VARIANTS = ("ki", "joint", "pi0", "pi0_fast", "frozen", "hybrid", "vlm")
 ACTION_TOKENS = ("fast", "bins")  # the discrete objective the manifest's action tokenizer must match
 STATE_INPUTS = ("tokens", "prefix", "expert")
 TIME_CONDITIONINGS = ("adarms", "concat")
+LORA_ATTENTION_TARGETS = ("q", "k", "v", "o")
+LORA_TARGETS = LORA_ATTENTION_TARGETS + ("gate", "up", "down")  # attention, then the MLP
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    """``[model] lora = { ... }``. Ranks as openpi's defaults: 16 on the backbone decoder, 32 on the
+    action expert; a rank of 0 leaves that stream without adapters and trains it in full (openpi's
+    non-LoRA expert). ``alpha``: the adapters' output is scaled by ``alpha / rank``; 0 means each
+    stream's own rank (scale 1, openpi's ``alpha = rank``). ``targets``: projections adapted in
+    every layer, among q, k, v, o (attention) and gate, up, down (MLP). ``train_vision``: the vision
+    tower and projector train in full (openpi trains them; off by default, which halves the
+    trained parameters of a 2B model and keeps the tower's pretrained features). ``train_heads``:
+    the expert's action and time projections and a state projection train in full (openpi does:
+    they have no pretrained counterpart in a VLM checkpoint); false leaves the adapters alone
+    trainable."""
+
+    backbone_rank: int = 16
+    expert_rank: int = 32
+    alpha: float = 0.0
+    targets: tuple[str, ...] = LORA_TARGETS
+    train_vision: bool = False
+    train_heads: bool = True
+
+    def __post_init__(self) -> None:
+        unknown = [t for t in self.targets if t not in LORA_TARGETS]
+        if unknown or not self.targets:
+            raise ValueError(f"model.lora.targets {list(self.targets)}: choose among {list(LORA_TARGETS)}")
+        if self.backbone_rank < 0 or self.expert_rank < 0 or self.alpha < 0:
+            raise ValueError(f"model.lora ranks and alpha must be >= 0, got backbone_rank {self.backbone_rank}, "
+                             f"expert_rank {self.expert_rank}, alpha {self.alpha}")
+
+    def scale(self, rank: int) -> float:
+        """The factor on ``B @ A`` for adapters of ``rank``."""
+        return (self.alpha or rank) / rank
 
 
 @dataclass(frozen=True)
@@ -31,6 +67,7 @@ class ModelConfig:
       expert stream).
     time_conditioning: ``adarms`` (pi0.5: adaptive RMSNorm in every expert layer) or ``concat``
       (pi0: an MLP of [action embedding, time embedding]).
+    lora: ``LoraConfig`` (``kidata.model.lora``): adapters train, base weights stay frozen.
     """
 
     # vision encoder (SigLIP-style ViT) and projector
@@ -67,8 +104,17 @@ class ModelConfig:
     action_tokens: str = "fast"
     flow_weight: float = 1.0  # alpha of the paper's combined loss
     rope_theta: float = 10000.0
+    # low-rank adapters on frozen base weights (fine-tuning a pretrained checkpoint); None: full training
+    lora: LoraConfig | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.lora, Mapping):  # a TOML table, an override or config.json
+            from kidata.config import from_table
+
+            object.__setattr__(self, "lora", from_table(LoraConfig, self.lora, "", section="model.lora."))
+        elif self.lora is not None and not isinstance(self.lora, LoraConfig):
+            raise ValueError(f"model.lora must be a table such as {{ backbone_rank = 16, expert_rank = 32 }}, "
+                             f"got {self.lora!r}")
         for name, allowed in (("variant", VARIANTS), ("action_tokens", ACTION_TOKENS),
                               ("state_input", STATE_INPUTS), ("time_conditioning", TIME_CONDITIONINGS)):
             if getattr(self, name) not in allowed:

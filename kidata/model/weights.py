@@ -67,6 +67,7 @@ import torch
 
 from kidata.model.config import ModelConfig
 from kidata.model.ki_model import KIModel
+from kidata.model.lora import is_lora_name
 
 _PREFIXES = (  # (pattern, canonical part) tried in order; the rest of the key follows
     (r"^(?:paligemma_with_expert\.paligemma\.)?(?:model\.)?vision_tower\.(?:vision_model\.)?", "vision."),
@@ -209,8 +210,9 @@ def load_pretrained(model: KIModel, location: str | Path, *, require_expert: boo
         if tuple(ours[name].shape) != tuple(tensor.shape):
             raise WeightsError(f"{key!r}: shape {tuple(tensor.shape)} does not fit {name!r} {tuple(ours[name].shape)}")
         mapped[name] = tensor.to(ours[name].dtype)
-    backbone = {name for name, _ in _named(model, model.backbone_parameters())}
-    expert = {name for name, _ in _named(model, model.expert_parameters())}
+    # adapters (kidata.model.lora) are no checkpoint's: they start fresh on the loaded base
+    backbone = {name for name, _ in _named(model, model.backbone_parameters()) if not is_lora_name(name)}
+    expert = {name for name, _ in _named(model, model.expert_parameters()) if not is_lora_name(name)}
     missing = sorted((backbone | (expert if require_expert else set())) - set(mapped))
     if missing:
         raise WeightsError(f"{path}: checkpoint lacks {len(missing)} tensor(s), e.g. {missing[:4]}")

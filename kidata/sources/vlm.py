@@ -76,5 +76,16 @@ class VlmSource(ABC):
                 yield example
 
     def examples(self, *, report: ReadReport | None = None) -> Iterator[VlmExample]:
+        """Every example, in record order. A corpus none of whose records gives an example (the
+        images folder of another split, an annotation file of another version) ends in an error
+        naming the reasons counted, not in an empty iteration."""
+        report = report if report is not None else ReadReport()
+        yielded = 0
         for unit in self.list_units(1):
-            yield from self.read(unit, report=report)
+            for example in self.read(unit, report=report):
+                yielded += 1
+                yield example
+        if not yielded and len(self.records):
+            raise ValueError(f"{type(self).__name__} {self.name!r}: none of its {len(self.records)} records gave an example "
+                             f"(quarantined {report.quarantined.as_dict()}, e.g. {report.examples}); check the "
+                             "annotation file and the images folder")

@@ -230,6 +230,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
         if isinstance(self.eval.every, bool) or not isinstance(self.eval.every, int) or self.eval.every < 0:
             raise ValueError(f"eval.every must be a whole number >= 0 (0: only at the end), got {self.eval.every!r}")
+        if self.model.lora is not None and not self.train.init_from:
+            raise ValueError("model.lora adapts pretrained weights, and train.init_from is empty: name a PaliGemma, "
+                             "openpi or kidata checkpoint, or drop model.lora to train every weight")
         if self.policy.action_head == "flow" and not self.model.has_expert:
             raise ValueError(f"policy.action_head 'flow': the {self.model.variant} model has no action expert "
                              "(use fast or auto)")

@@ -9,31 +9,34 @@ alone rebuilds the model: ``KIModel(ModelConfig(**json.loads(metadata["kidata_mo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
-from kidata.training.checkpoint import CheckpointError, checkpoint_problem, latest_checkpoint, read_weights
+from kidata.training.checkpoint import read_run_weights
 from kidata.training.config import TrainConfig
 
 
-def export_weights(run: Path, out: Path, *, checkpoint: Path | None = None, use_ema: bool = True) -> dict:
+def export_weights(run: Path, out: Path, *, checkpoint: Path | None = None, use_ema: bool = True,
+                   merge_lora: bool = False) -> dict:
+    """``merge_lora``: a LoRA run's adapters folded into the base weights, the file then describing
+    an unadapted model (``lora`` None in its config)."""
     from safetensors.torch import save_file
 
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
-    path = checkpoint if checkpoint is not None else latest_checkpoint(run)
-    if path is None:
-        raise CheckpointError(f"{run} has no checkpoint yet")
-    problem = checkpoint_problem(path)
-    if problem is not None:
-        raise CheckpointError(f"cannot export {path}: {problem}")
     config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
-    tensors, ema = read_weights(path, use_ema=use_ema)  # whole, or an FSDP2 run's shards gathered here
+    # verified, then whole or an FSDP2 run's shards gathered here: the policy's loader
+    path, tensors, ema = read_run_weights(run, checkpoint, use_ema=use_ema)
+    model_config = config.model
+    if merge_lora and model_config.lora is not None:
+        from kidata.model.lora import merge_tensors
+
+        tensors, model_config = merge_tensors(tensors, model_config.lora), replace(model_config, lora=None)
     out.parent.mkdir(parents=True, exist_ok=True)
     temporary = out.with_name(out.name + ".tmp")
-    metadata = {"format": "pt", "kidata_model_config": json.dumps(asdict(config.model), sort_keys=True),
+    metadata = {"format": "pt", "kidata_model_config": json.dumps(asdict(model_config), sort_keys=True),
                 "kidata_checkpoint": str(path), "kidata_weights": "ema" if ema else "trained"}
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(temporary), metadata=metadata)
     temporary.replace(out)
     return {"path": str(out), "tensors": len(tensors), "parameters": sum(t.numel() for t in tensors.values()),
-            "ema": ema, "checkpoint": str(path)}
+            "ema": ema, "checkpoint": str(path), "merged_lora": model_config is not config.model}

@@ -12,8 +12,9 @@ import torch
 
 from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.ki_model import KIModel
+from kidata.model.lora import is_lora_name, merge_tensors, train_fresh
 from kidata.model.weights import WeightsError, read_tensors
-from kidata.training.checkpoint import latest_checkpoint, read_weights
+from kidata.training.checkpoint import latest_checkpoint, read_run_weights
 from kidata.training.config import TrainConfig
 
 
@@ -23,8 +24,9 @@ def load_kidata(model: KIModel, location: str | Path) -> dict:
     or a weights file (``kidata export weights``). The prefix state projection comes along when the
     source run trained one (its ``config.json`` says a robot variant read the state as a prefix
     token): without it the backbone it was trained with loses its state input. Everything else
-    stays freshly initialized: the action expert, and the projection of a ``vlm`` run (which never
-    saw a state) or of a bare weights file. Shapes must match tensor for tensor. Returns what was
+    stays freshly initialized: the action expert, this model's LoRA adapters, and the projection of
+    a ``vlm`` run (which never saw a state) or of a bare weights file. A LoRA run's adapters are
+    merged into its base weights first (its fine-tune is what is loaded). Shapes must match tensor for tensor. Returns what was
     loaded, per part."""
     path = Path(location)
     source_run = None
@@ -36,13 +38,15 @@ def load_kidata(model: KIModel, location: str | Path) -> dict:
         checkpoint = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
         if checkpoint is None:
             raise WeightsError(f"{path}: the run has no checkpoint yet (train.init_from)")
-        tensors, _ = read_weights(checkpoint)
+        _, tensors, _ = read_run_weights(path, checkpoint)  # verified against its checksums, as the policy's
         source_run = path if (path / "checkpoints").is_dir() else path.parent.parent
+    tensors = _merged_adapters(tensors, path, source_run)
     ours = model.state_dict()
     owner = {id(parameter): name for name, parameter in model.named_parameters()}
     parts = {name: {owner[id(p)] for module in modules for p in module.parameters()}
              for name, modules in model.part_modules().items()}
     backbone = set().union(*(parts[name] for name in ("vision", "projector", "embedding", "decoder")))
+    backbone = {name for name in backbone if not is_lora_name(name)}  # this model's adapters start fresh
     if "state_input" in parts and source_run is not None and trained_prefix_state(source_run):
         backbone |= parts["state_input"]
     missing = sorted(backbone - set(tensors))
@@ -67,6 +71,21 @@ def trained_prefix_state(run: Path) -> bool:
         return False
     model = json.loads(config.read_text()).get("model", {})
     return model.get("state_input") == "prefix" and model.get("variant") != "vlm"
+
+
+def _merged_adapters(tensors: dict, path: Path, source_run: Path | None) -> dict:
+    """The source's weights with its LoRA adapters (if any) folded into the base weights, scaled as
+    the source run's ``config.json`` says."""
+    if not any(is_lora_name(name) for name in tensors):
+        return tensors
+    from kidata.model.config import LoraConfig
+
+    config = source_run / "config.json" if source_run is not None else None
+    lora = json.loads(config.read_text()).get("model", {}).get("lora") if config and config.is_file() else None
+    if lora is None:
+        raise WeightsError(f"{path}: holds LoRA adapters but no run config.json says how they scale; pass the run "
+                           "directory, or export it with kidata export weights --merge-lora")
+    return merge_tensors(tensors, LoraConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in lora.items()}))
 
 
 PRETRAINED_FORMATS = ("paligemma", "openpi")  # checkpoints whose embedding rows are PaliGemma's token ids
@@ -115,6 +134,8 @@ def initialized_model(config: TrainConfig) -> KIModel:
         print(f"initialized from {config.train.init_from}: {report['loaded']} tensors loaded"
               + (f", {cut} embedding rows past the vocabulary cut" if cut else "")
               + (f"; fresh: {', '.join(fresh)}" if fresh else ""), flush=True)
+        if config.model.lora is not None:  # adapters adapt what was loaded; the rest trains whole
+            print(train_fresh(model, report["fresh"]), flush=True)
     model.activation_checkpointing = config.train.activation_checkpointing
     return model
 
@@ -127,14 +148,23 @@ def build_sharded(config: TrainConfig, device: torch.device, world: int, *,
     process, so any world size starts from the same weights) and scatters it, tensor by tensor,
     into the shards (``set_model_state_dict`` with ``broadcast_from_rank0``, PyTorch's recipe for
     large models). Call on every rank of the process group."""
+    if config.model.lora is not None:
+        raise ValueError("model.lora with train.fsdp on several processes is not supported: a 2-process FSDP2 LoRA run "
+                         "fails in a gradient collective; set train.fsdp = false (DDP: only the adapters' gradients "
+                         "are reduced)")
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
     from kidata.training.parallelize import parallelize
 
-    whole = initialized_model(config).state_dict() if dist.get_rank() == 0 else {}
+    initialized = initialized_model(config) if dist.get_rank() == 0 else None
+    whole = initialized.state_dict() if initialized is not None else {}
+    trained = [{n for n, p in initialized.named_parameters() if p.requires_grad} if initialized is not None else None]
+    dist.broadcast_object_list(trained, src=0)  # what trains depends on what init_from filled (LoRA)
     with torch.device("meta"):
         model = KIModel(config.model)
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name in trained[0])
     model.activation_checkpointing = config.train.activation_checkpointing
     wrapped = parallelize(model, config, world, bf16=bf16)
     model.to_empty(device=device)

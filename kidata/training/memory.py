@@ -1,5 +1,5 @@
-"""How many bytes a training run holds per GPU for its weights, gradients, AdamW moments and weight
-EMA, before activations: the arithmetic behind the README's memory model.
+"""How many bytes a training run holds per GPU for its weights, gradients, AdamW moments, weight
+EMA and activations: the arithmetic behind ``kidata model memory`` and the README's memory model.
 
 Two settings:
 
@@ -11,8 +11,9 @@ Two settings:
   transformer block with ``MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=fp32)``, so only
   bf16 copies of the block being computed and the one prefetched are whole at a time.
 
-Activations are not counted: they depend on batch, sequence length and activation checkpointing
-(the README says what each adds).
+``estimate`` counts the model's state alone; ``plan`` adds what a step of a given batch holds:
+autocast's bf16 weight copies and the activations autograd saves (traced, ``activations``). A LoRA
+config counts its frozen base weights in ``parameters`` and only the trained ones elsewhere.
 """
 
 from __future__ import annotations
@@ -76,3 +77,42 @@ def preset_sizes(model_config) -> tuple[int, int, int]:
              for i, layer in enumerate(model.layers)]
     units = pairs + [count(block) for block in model.vision.blocks] + [count(model.embed)]
     return total, trainable, max(units)
+
+
+CARDS_GIB = (24, 40, 80, 141)  # RTX 4090 / L4-class, A100 40 GB, A100 / H100 80 GB, H200
+CUDA_CONTEXT_GIB = 1.0  # what the CUDA context and allocator take before the first tensor
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Bytes per GPU of a training step, by what holds them (``kidata model memory``)."""
+
+    parameters: float  # fp32 master weights (this rank's shard), frozen ones included
+    gradients: float
+    optimizer: float  # AdamW exp_avg + exp_avg_sq
+    ema: float
+    copies: float  # bf16 weights whole at once: FSDP2's gathered blocks, or autocast's cached casts
+    activations: float  # what autograd saves for backward (kidata.training.activations)
+
+    @property
+    def total(self) -> float:
+        return self.parameters + self.gradients + self.optimizer + self.ema + self.copies + self.activations
+
+    def fits(self, card_gib: float) -> bool:
+        return self.total <= (card_gib - CUDA_CONTEXT_GIB) * 2**30
+
+
+def plan(model_config, *, batch: int, gpus: int = 1, checkpointing: bool = False, tokens: int = 200,
+         cameras: int = 3, bf16: bool = True, ema: bool = False) -> MemoryPlan:
+    """Per-GPU bytes of training ``model_config`` on a global ``batch`` split over ``gpus`` FSDP2
+    ranks (one GPU: nothing sharded): ``estimate``'s ``per_block`` state, autocast's bf16 copies of
+    the trained weights on one GPU, and the traced activations of the rank's share of the batch."""
+    from kidata.training.activations import trace_activations
+
+    total, trainable, block = preset_sizes(model_config)
+    state = estimate(total, trainable, block, gpus, "per_block", ema=ema)
+    # one GPU under autocast: the bf16 cast of every weight that trains is cached for the step
+    copies = state.gathered if gpus > 1 else (BF16 * trainable if bf16 else 0.0)
+    per_gpu = -(-batch // gpus)
+    trace = trace_activations(model_config, batch=per_gpu, tokens=tokens, cameras=cameras, bf16=bf16)
+    return MemoryPlan(state.weights, state.gradients, state.adam, state.ema, copies, trace.total(checkpointing))

@@ -1,0 +1,122 @@
+"""A LoRA fine-tune through ``kidata train`` on the real Bridge + VQAv2 fixtures: a ``vlm`` run's
+backbone adapted, the fresh expert trained whole, checkpoints holding the trained set alone in the
+optimizer and EMA, resume, the merged policy and the merged export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
+
+from test_train import config, losses, mixture  # noqa: E402,F401  (mixture: a module fixture)
+
+from kidata.training.checkpoint import read_full  # noqa: E402
+from kidata.training.trainer import train  # noqa: E402
+
+LORA = ["--model.lora", "{ backbone_rank = 4, expert_rank = 8 }", "--train.init_format", "kidata"]
+
+
+def step(run: Path, number: int) -> Path:
+    return run / "checkpoints" / f"step_{number:07d}"
+
+
+@pytest.fixture(scope="module")
+def lora_run(mixture, tmp_path_factory) -> tuple[Path, Path]:  # noqa: F811
+    root = tmp_path_factory.mktemp("lora")
+    vlm = root / "vlm"
+    train(config(mixture, "--model.variant", "vlm", "--data.weights", "{vqav2 = 1.0}", "--train.steps", "2",
+                 "--eval.every", "0"), vlm)
+    run = root / "lora"
+    train(config(mixture, *LORA, "--train.init_from", json.dumps(str(vlm)), "--train.steps", "4",
+                 "--checkpoint.every", "2", "--checkpoint.keep", "2", "--eval.every", "0", "--optim.ema_decay", "0.9"),
+          run)
+    return vlm, run
+
+
+def trained_names(run: Path) -> set[str]:
+    optimizer = read_full(step(run, 4), "optimizer")
+    return {name.rsplit(".", 1)[0] for name in optimizer}
+
+
+def test_a_lora_run_from_a_vlm_backbone_trains_backbone_adapters_and_the_fresh_expert(lora_run):
+    _, run = lora_run
+    model = read_full(step(run, 4), "model")
+    backbone_adapters = {name for name in model if name.startswith("layers.") and "lora" in name}
+    expert = {name for name in model if name.startswith(("expert_", "action_", "time_mlp_"))}
+    assert len(backbone_adapters) == 2 * 7 * 2
+    assert trained_names(run) == backbone_adapters | expert  # the expert no checkpoint filled trains whole
+    assert set(read_full(step(run, 4), "ema")) == trained_names(run)
+    optimizer = read_full(step(run, 4), "optimizer")
+    assert set(optimizer) == {f"{name}.{kind}" for name in trained_names(run) for kind in ("exp_avg", "exp_avg_sq")}
+
+
+def test_the_backbones_base_weights_stay_the_vlm_runs_through_training(lora_run):
+    vlm, run = lora_run
+    source = read_full(step(vlm, 2), "model")
+    for number in (2, 4):
+        weights = read_full(step(run, number), "model")
+        backbone = [name for name in weights if name.startswith(("vision.", "projector.", "embed.", "layers.",
+                                                                   "final_norm.")) and "lora" not in name]
+        assert backbone and all(torch.equal(weights[name], source[name]) for name in backbone)
+    before, after = read_full(step(run, 2), "model"), read_full(step(run, 4), "model")
+    assert not torch.equal(before["layers.0.q.lora_b"], after["layers.0.q.lora_b"])
+
+
+def test_a_resumed_lora_run_repeats_the_uninterrupted_losses(lora_run, mixture, tmp_path):  # noqa: F811
+    vlm, run = lora_run
+    copy = tmp_path / "resumed"
+    shutil.copytree(run, copy)
+    shutil.rmtree(step(copy, 4))
+    (copy / "checkpoints" / "latest").write_text("step_0000002\n")
+    train(config(mixture, *LORA, "--train.init_from", json.dumps(str(vlm)), "--train.steps", "4",
+                 "--checkpoint.every", "2", "--checkpoint.keep", "2", "--eval.every", "0", "--optim.ema_decay", "0.9"),
+          copy, resume=True)
+    assert losses(copy) == losses(run)
+    assert all(torch.equal(a, b) for a, b in zip(read_full(step(copy, 4), "model").values(),
+                                                 read_full(step(run, 4), "model").values()))
+
+
+def observation(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"images": {"base_0": rng.integers(0, 255, (64, 80, 3), dtype=np.uint8), "base_1": None},
+            "state": rng.normal(size=7), "prompt": "put the spoon in the pot"}
+
+
+def test_the_merged_policy_acts_as_the_unmerged_one(lora_run):
+    from kidata.policy import load
+
+    _, run = lora_run
+    merged, unmerged = load(run), load(run, merge_lora=False)
+    assert not any("lora" in name for name in merged.model.state_dict())
+    assert any("lora" in name for name in unmerged.model.state_dict())
+    noise = torch.randn(1, 4, 8, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(merged.sample_actions(observation(), noise=noise),
+                               unmerged.sample_actions(observation(), noise=noise), rtol=0, atol=1e-5)
+
+
+def test_export_merge_lora_writes_weights_an_unadapted_model_loads(lora_run, tmp_path, capsys):
+    from safetensors import safe_open
+
+    from kidata.cli import main
+    from kidata.model.config import ModelConfig
+    from kidata.model.ki_model import KIModel
+    from kidata.model.weights import load_weights
+    from kidata.policy import load
+
+    _, run = lora_run
+    out = tmp_path / "merged.safetensors"
+    assert main(["export", "weights", str(run), "--out", str(out), "--merge-lora"]) == 0
+    assert "LoRA adapters merged" in capsys.readouterr().out
+    with safe_open(str(out), "pt") as handle:
+        config = ModelConfig(**json.loads(handle.metadata()["kidata_model_config"]))
+    assert config.lora is None
+    model = load_weights(KIModel(config), out)
+    policy = load(run)
+    for name, tensor in policy.model.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
