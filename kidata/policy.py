@@ -10,6 +10,8 @@ normalized with the source's statistics from the manifest, the prompt encoded ex
 build, actions sampled (flow expert; or greedy FAST tokens for ``pi0_fast``) and unnormalized.
 A source built with subtask annotations is acted on as pi0.5 does: the model first generates
 "Subtask: ...;\\nAction: ", then acts with that text in its context, as its training rows had it.
+Every caller input is checked as data first (``kidata.observation``). The model runs on
+``device`` (default: CUDA when present) in ``precision`` ``float32`` or ``bfloat16``.
 """
 
 from __future__ import annotations
@@ -26,13 +28,34 @@ from kidata.loader.collate import collate
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.normalize import NormStats, normalize, unnormalize
-from kidata.tokenizers.prompt import SampleEncoder
-from kidata.training.checkpoint import latest_checkpoint, read_weights
+from kidata.observation import ObservationError, check_noise, check_num_steps, check_observation
+from kidata.tokenizers.prompt import SampleEncoder, SampleRejected
+from kidata.training.checkpoint import read_run_weights
 from kidata.training.config import ACTION_HEADS, FAST_FALLBACKS, TrainConfig
 
+__all__ = ["ObservationError", "Policy", "PRECISIONS", "default_device", "load", "resolve_device"]
 
-class ObservationError(ValueError):
-    """An observation the policy would misread; names the key and what is expected."""
+# bfloat16: matmuls and attention in bf16 under torch.autocast (PyTorch's mixed-precision
+# inference); weights, norms, softmax and the flow's Euler integration stay float32
+PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+
+
+def default_device() -> str:
+    """Where a policy runs unless told: the first CUDA device when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` (None: ``default_device()``) as a torch device this machine has, or one sentence."""
+    try:
+        resolved = torch.device(default_device() if device is None else device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"device {device!r} is not a device name such as cuda, cuda:1 or cpu ({error})") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: this machine has no CUDA device that torch can use; pass device='cpu'")
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return resolved
 
 
 class Policy:
@@ -45,14 +68,18 @@ class Policy:
     (``PolicyConfig``). ``counters`` counts FAST chunks, the invalid ones and the expert's stand-ins:
     the evaluators report them per task. ``subtask``: generate the subtask before acting (default:
     when the source's recipe entry names ``annotations``, i.e. its rows were built with subtasks);
-    ``last_subtask`` holds the latest generated one."""
+    ``last_subtask`` holds the latest generated one. ``device``: where the model and every input
+    go (the model is moved there); ``precision``: ``float32`` or ``bfloat16`` (``PRECISIONS``)."""
 
     def __init__(self, model: KIModel, config: TrainConfig, manifest: Manifest, encoder: Any, *,
-                 source: str | None = None, device: str | torch.device = "cpu", num_steps: int = 10,
+                 source: str | None = None, device: str | torch.device | None = None, num_steps: int = 10,
                  action_head: str = "auto", noise_scale: float = 1.0, flow_samples: int = 1,
-                 fast_fallback: str = "relaxed", subtask: bool | None = None) -> None:
-        self.model, self.config, self.manifest, self.encoder = model.eval(), config, manifest, encoder
-        self.device = torch.device(device)
+                 fast_fallback: str = "relaxed", subtask: bool | None = None, precision: str = "float32") -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {tuple(PRECISIONS)}")
+        self.precision = precision
+        self.device = resolve_device(device)
+        self.model, self.config, self.manifest, self.encoder = model.to(self.device).eval(), config, manifest, encoder
         robots = [s for s in manifest.sources if s.kind == "robot"]
         if not robots:
             raise ValueError("the run's mixture has no robot source: nothing to unnormalize actions with")
@@ -93,41 +120,23 @@ class Policy:
     def action_dim(self) -> int:
         return len(self.stats.actions.mean)
 
+    @property
+    def num_steps(self) -> int:
+        """Flow integration steps of ``sample_actions`` (1 to ``MAX_NUM_STEPS``)."""
+        return self._num_steps
+
+    @num_steps.setter
+    def num_steps(self, value: int) -> None:
+        self._num_steps = check_num_steps(value)
+
     def check(self, observation: Mapping[str, Any]) -> None:
         """Refuses an observation the model would silently misread (``ObservationError`` naming
         the key, what was given and what is expected): images must be uint8 [H, W, 3] RGB for
         each of the run's cameras (None for a camera this robot lacks), the state a finite
-        float vector of the source's width, the prompt a non-empty string."""
-        for key in ("images", "state", "prompt"):
-            if key not in observation:
-                raise ObservationError(f"observation lacks {key!r} (keys: {sorted(observation)})")
-        if not isinstance(observation["prompt"], str) or not observation["prompt"].strip():
-            raise ObservationError(f"prompt must be a non-empty string, got {observation['prompt']!r}")
-        images = observation["images"]
-        cameras = tuple(self.config.data.cameras)
-        unknown = sorted(set(images) - set(cameras))
-        missing = [camera for camera in cameras if camera not in images]
-        if unknown or missing:
-            raise ObservationError(f"images: the run's cameras are {list(cameras)}; unknown {unknown}, missing "
-                                   f"{missing} (pass None for a camera this robot does not have)")
-        if all(image is None for image in images.values()):
-            raise ObservationError("images: every camera is None; the policy needs at least one image")
-        for camera, image in images.items():
-            if image is None:
-                continue
-            array = np.asarray(image)
-            if array.dtype != np.uint8:
-                raise ObservationError(f"images[{camera!r}] is {array.dtype}; expected uint8 RGB in [0, 255] "
-                                       "(a float image in [0, 1]: multiply by 255 and cast)")
-            if array.ndim != 3 or array.shape[2] != 3:
-                hint = " (channel-first? transpose to [H, W, 3])" if array.ndim == 3 and array.shape[0] == 3 else ""
-                raise ObservationError(f"images[{camera!r}] has shape {array.shape}; expected [H, W, 3] RGB{hint}")
-        state = np.asarray(observation["state"])
-        width = len(self.stats.state.mean)
-        if state.shape != (width,):
-            raise ObservationError(f"state has shape {state.shape}; source {self.source!r} has state [{width}]")
-        if not np.issubdtype(state.dtype, np.number) or not np.isfinite(state.astype(np.float64)).all():
-            raise ObservationError(f"state must be finite numbers, got {state.tolist()}")
+        real vector of the source's width, the prompt non-empty Unicode text
+        (``kidata.observation.check_observation``)."""
+        check_observation(observation, cameras=tuple(self.config.data.cameras), state_width=len(self.stats.state.mean),
+                          source=self.source)
 
     def batch(self, observation: Mapping[str, Any], *, subtask: str | None = None) -> dict[str, torch.Tensor]:
         """The model input for an observation. A policy that generates subtasks gets the subtask
@@ -139,10 +148,13 @@ class Policy:
         images = {camera: resize_with_pad(np.asarray(image, dtype=np.uint8), size)
                   for camera, image in observation["images"].items() if image is not None}
         state = normalize(np.asarray(observation["state"], dtype=np.float64), self.stats.state, self.normalization)
-        if self.generates_subtask:
-            sample = self.encoder.subtask_prompt(observation["prompt"], state, subtask=subtask, images=images)
-        else:
-            sample = self.encoder.robot_prompt(observation["prompt"], state, images=images)
+        try:
+            if self.generates_subtask:
+                sample = self.encoder.subtask_prompt(observation["prompt"], state, subtask=subtask, images=images)
+            else:
+                sample = self.encoder.robot_prompt(observation["prompt"], state, images=images)
+        except SampleRejected as error:  # a prompt longer than the run's max_tokens
+            raise ObservationError(f"prompt: {error}; shorten the instruction") from None
         meta = {"prefix_length": sample.prefix_length,
                 **{k: v for k, v in sample.meta.items() if k == "expert_context"}}
         record = {"tokens": sample.tokens, "ar": sample.ar, "loss": sample.loss, "images": sample.images,
@@ -156,23 +168,19 @@ class Policy:
     def sample_actions(self, observation: Mapping[str, Any], *, num_steps: int | None = None,
                        noise: torch.Tensor | None = None) -> np.ndarray:
         """float64 [action_horizon, action_dim] in the robot's own units (a run trained on delta
-        actions gets the observation's state added back on those dimensions)."""
+        actions gets the observation's state added back on those dimensions). ``noise``: the
+        flow's starting noise, float [1, H, A] or [H, A] on any device and in any float dtype
+        (moved to the model's device as float32; the model's own chunk shape, ``model.config``)."""
+        steps = self.num_steps if num_steps is None else check_num_steps(num_steps)
         if self.generates_subtask:
             self.last_subtask = self.generate_subtask(observation)
             batch = self.batch(observation, subtask=self.last_subtask)
         else:
             batch = self.batch(observation)
-        steps = num_steps if num_steps is not None else self.num_steps
-        if self.action_head == "flow":
-            normalized = self._flow_actions(batch, steps, noise)
-        else:
-            normalized, ok = self._fast_actions(batch)
-            self.counters["fast_chunks"] += 1
-            if not ok:
-                self.counters["fast_invalid"] += 1
-                if self.fast_fallback == "flow":
-                    self.counters["flow_fallbacks"] += 1
-                    normalized = self._flow_actions(batch, steps, noise)
+        if noise is not None:
+            noise = check_noise(noise, self.model.config.action_horizon, self.model.config.action_dim).to(self.device)
+        with self._precision():
+            normalized = self._normalized_actions(batch, steps, noise)
         actions = unnormalize(normalized[: self.action_horizon, : self.action_dim], self.stats.actions, self.normalization)
         if self.delta_mask is not None:
             actions = to_absolute(actions, np.asarray(observation["state"], dtype=np.float64), self.delta_mask)
@@ -186,8 +194,29 @@ class Policy:
         action_ids = self.encoder.id_map.range
         stops = (*self.encoder.stop_ids, *range(action_ids.first, action_ids.last + 1))
         budget = self.manifest.encoding.max_tokens - int(batch["token_mask"][0].sum())
-        generated = self.model.generate(batch, max(budget, 1), stop_ids=stops)[0].cpu().numpy()
+        with self._precision():
+            generated = self.model.generate(batch, max(budget, 1), stop_ids=stops)[0].cpu().numpy()
         return self.encoder.subtask_of(generated)
+
+    def _precision(self):
+        import contextlib
+
+        dtype = PRECISIONS[self.precision]
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+
+    def _normalized_actions(self, batch: dict, steps: int, noise: torch.Tensor | None) -> np.ndarray:
+        """float [>= action_horizon, >= action_dim]: the model's chunk, before unnormalizing."""
+        if self.action_head == "flow":
+            normalized = self._flow_actions(batch, steps, noise)
+        else:
+            normalized, ok = self._fast_actions(batch)
+            self.counters["fast_chunks"] += 1
+            if not ok:
+                self.counters["fast_invalid"] += 1
+                if self.fast_fallback == "flow":
+                    self.counters["flow_fallbacks"] += 1
+                    normalized = self._flow_actions(batch, steps, noise)
+        return normalized
 
     def _flow_actions(self, batch: dict, steps: int, noise: torch.Tensor | None) -> np.ndarray:
         if noise is None and (self.noise_scale != 1.0 or self.flow_samples > 1):
@@ -201,7 +230,12 @@ class Policy:
         return self.model.sample_actions(batch, num_steps=steps, noise=noise)[0].float().cpu().numpy()
 
     def _fast_actions(self, batch: dict) -> tuple[np.ndarray, bool]:
-        budget = self.manifest.encoding.max_tokens
+        # a training sample holds prompt + action tokens within max_tokens: what is left after the prompt
+        prompt_length = int(batch["token_mask"].sum(dim=1).max())
+        budget = self.manifest.encoding.max_tokens - prompt_length
+        if budget < 1:
+            raise ObservationError(f"prompt: {prompt_length} tokens leave no room for action tokens within the run's "
+                                   f"max_tokens {self.manifest.encoding.max_tokens}; shorten the prompt")
         generated = self.model.generate(batch, budget, stop_ids=self.encoder.stop_ids).cpu().numpy()
         decoded, ok = self.encoder.decode_generated_actions(generated, horizon=self.action_horizon,
                                                             dim=self.manifest.encoding.action_dim)
@@ -209,23 +243,26 @@ class Policy:
 
 
 def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
-         device: str | torch.device = "cpu", action_head: str | None = None, num_steps: int = 10,
-         noise_scale: float = 1.0, flow_samples: int = 1, fast_fallback: str | None = None,
-         subtask: bool | None = None, merge_lora: bool = True) -> Policy:
-    """The policy of a run directory (latest checkpoint unless ``checkpoint`` names one; its weight
-    EMA when the run kept one and ``use_ema``; the run's ``[policy] action_head`` unless
-    ``action_head`` names one; likewise ``fast_fallback``; ``subtask`` as in ``Policy``). A LoRA
-    run's adapters are merged into the base weights unless ``merge_lora`` is false."""
+         device: str | torch.device | None = None, precision: str = "float32", action_head: str | None = None,
+         num_steps: int = 10, noise_scale: float = 1.0, flow_samples: int = 1,
+         fast_fallback: str | None = None, subtask: bool | None = None, merge_lora: bool = True) -> Policy:
+    """The policy of a run directory (latest complete checkpoint unless ``checkpoint`` names one,
+    verified against its checksums either way; its weight EMA when the run kept one and
+    ``use_ema``; the run's ``[policy] action_head`` unless ``action_head`` names one; likewise
+    ``fast_fallback``; ``subtask`` as in ``Policy``), on ``device`` (default: CUDA when present)
+    in ``precision``. A LoRA run's adapters are merged into the base weights unless ``merge_lora``
+    is false."""
     run = Path(run)
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
+    check_num_steps(num_steps)
+    resolve_device(device)  # before the weights are read
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {tuple(PRECISIONS)}")
     config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
     manifest, _ = Manifest.read(str(run / "manifest.json"))
-    path = Path(checkpoint) if checkpoint else latest_checkpoint(run)
-    if path is None:
-        raise FileNotFoundError(f"{run} has no checkpoint yet")
     model = KIModel(config.model)
-    state, _ = read_weights(path, use_ema=use_ema)  # whole files, or an FSDP2 run's shards gathered here
+    path, state, _ = read_run_weights(run, Path(checkpoint) if checkpoint else None, use_ema=use_ema)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -234,8 +271,8 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
 
         merge(model)  # one matrix per projection at inference, as an unadapted model
     encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
-    return Policy(model.to(device), config, manifest, encoder, source=source, device=device, num_steps=num_steps,
-                  noise_scale=noise_scale, flow_samples=flow_samples,
+    return Policy(model, config, manifest, encoder, source=source, device=device, precision=precision,
+                  num_steps=num_steps, noise_scale=noise_scale, flow_samples=flow_samples,
                   action_head=config.policy.action_head if action_head is None else action_head,
                   fast_fallback=config.policy.fast_fallback if fast_fallback is None else fast_fallback,
                   subtask=subtask)

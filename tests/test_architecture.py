@@ -26,8 +26,9 @@ ALLOWED = {
     "kidata.model": BASE | {"kidata.model"},
     "kidata.pipelines": BASE | {"kidata.pipelines", "kidata.sources", "kidata.tokenizers", "kidata.envs"},
     "kidata.loader": BASE | {"kidata.loader", "kidata.pipelines.shards", "kidata.tokenizers.prompt"},
+    "kidata.observation": BASE,  # a policy's caller inputs checked as data
     "kidata.policy": BASE | {"kidata.model", "kidata.tokenizers", "kidata.loader.collate", "kidata.training.config",
-                             "kidata.training.checkpoint"},
+                             "kidata.training.checkpoint", "kidata.observation"},
     "kidata.training": BASE | {"kidata.training", "kidata.model", "kidata.loader", "kidata.tokenizers",
                                "kidata.policy", "kidata.eval.metaworld"},
     "kidata.eval": BASE | {"kidata.eval", "kidata.envs", "kidata.policy", "kidata.loader", "kidata.model",
@@ -43,6 +44,9 @@ LONG_MODULES = {
                                  "quantized DCT coefficients); split, the halves would share every private helper",
     "kidata/sources/rlds.py": "the traced per-process parser and the reader it serves change together (a feature "
                               "the parser skips is one the reader never sees)",
+    "kidata/model/ki_model.py": "one network's three passes (the training forward, cached flow sampling, cached greedy "
+                                "generation) share its layers' project/finish, masks and key/value layout; split, each "
+                                "would reach into the others' private helpers",
 }
 
 

@@ -301,3 +301,15 @@ def test_a_convolutional_vision_stem_gives_the_patch_grid_and_trains():
 def test_a_vision_stem_whose_stride_does_not_divide_the_patch_is_refused_naming_both():
     with pytest.raises(ValueError, match=r"vision_stem \[8, 16\] .*stride 4.* patch_size 14"):
         ModelConfig(patch_size=14, vision_stem=(8, 16))
+
+
+def test_generation_that_every_row_stops_at_once_runs_no_decoder_pass_after_the_prefix(monkeypatch):
+    net, batch = model(), make_batch()
+    prefix = {**batch, "ar": torch.zeros_like(batch["ar"])}
+    first = net.generate(prefix, 1)[:, 0]
+    passes = []
+    project = type(net.layers[0]).project
+    monkeypatch.setattr(net.layers[0], "project", lambda *a: passes.append(a[0].shape[1]) or project(net.layers[0], *a))
+    stopped = net.generate(prefix, 8, stop_ids=tuple(int(token) for token in first))
+    assert torch.equal(stopped, first[:, None].expand(2, 8))
+    assert passes == [2 * 16 + 12]  # the prefix alone (2 cameras x 16 patches + 12 tokens)

@@ -178,6 +178,19 @@ def test_a_row_stops_at_its_stop_token_and_pads_with_it_while_the_others_go_on(c
     assert generated.tolist() == [[121, 122, 123, 123, 123, 123], list(range(151, 151 + COUNT))]
 
 
+def test_generation_ends_once_every_row_has_stopped_with_the_same_tokens(counter, monkeypatch):
+    """Rows stop at 123 and 153 (third token): two decoder passes after the prefix's, not
+    COUNT - 1, and the rows read as if every step had run (padded with their stop token)."""
+    prompt = counting_batch(torch.tensor([120, 150]), torch.tensor([4, 2]), targets=False)
+    passes = []
+    project = type(counter.layers[0]).project
+    monkeypatch.setattr(counter.layers[0], "project", lambda *a: passes.append(a[0].shape[1]) or project(counter.layers[0], *a))
+    generated = counter.generate(prompt, COUNT, stop_ids=(123, 153))
+    assert generated.tolist() == [[121, 122, 123, 123, 123, 123], [151, 152, 153, 153, 153, 153]]
+    assert passes == [2 * 16 + prompt["tokens"].shape[1], 1, 1]  # the prefix (2 cameras x 16 patches + text), then a token each
+    assert torch.equal(generated, counter.generate(prompt, COUNT, stop_ids=(123, 153), use_cache=False))
+
+
 # ------------------------------------------------------------------------------ train, then sample
 CHUNKS = 4  # prompts, each with its own action chunk [4, 8]
 FAST_OFFSET = 1000  # model id = FAST id + offset (the tiny vocabulary has room above)

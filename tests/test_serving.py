@@ -187,3 +187,237 @@ def test_the_evaluators_remote_policy_names_a_server_that_never_replies(loaded):
         Stuck.release.set()
         remote.close()
         server.shutdown()
+
+
+# ------------------------------------------------------------------------------ caller inputs are data
+def test_non_positive_step_counts_are_refused_by_the_model_the_policy_and_serve(loaded, capsys):
+    from kidata.cli import main
+
+    policy, run = loaded
+    with pytest.raises(ValueError, match=r"num_steps must be a whole number from 1 to 1000 .* got -3"):
+        policies.load(run, num_steps=-3)
+    with pytest.raises(ValueError, match=r"num_steps must be a whole number from 1 to 1000 .* got 0"):
+        policy.sample_actions(observation(), num_steps=0)
+    with pytest.raises(ValueError, match=r"num_steps must be a whole number from 1 to 1000 .* got -1"):
+        policy.num_steps = -1
+    with pytest.raises(ValueError, match=r"num_steps must be a whole number >= 1 .* got 0"):
+        policy.model.sample_actions(policy.batch(observation()), num_steps=0)
+    assert main(["serve", "--run", str(run), "--num-steps", "-3", "--port", "0"]) == 2
+    assert "num_steps must be a whole number from 1 to 1000" in capsys.readouterr().err
+    assert policy.num_steps == 10
+
+
+BAD_OBSERVATIONS = {
+    "a None observation": (None, r"^the observation must be a map with 'images', 'state' and 'prompt', got NoneType$"),
+    "images as a list": ({"images": [np.zeros((8, 8, 3), np.uint8)]},
+                         r"^images must be a map from camera name to a uint8 \[H, W, 3\] image .* got list"),
+    "an empty image": ({"images": {"base_0": np.zeros((0, 0, 3), np.uint8), "base_1": None}},
+                       r"^images\['base_0'\] has shape \(0, 0, 3\); height and width must be 1 to 8192 pixels$"),
+    "an image of strings": ({"images": {"base_0": "pixels", "base_1": None}},
+                            r"^images\['base_0'\] is str; expected a uint8 \[H, W, 3\] RGB image$"),
+    "a lone-surrogate prompt": ({"prompt": "pick \ud800 up"},
+                                r"^prompt is not valid Unicode text \(surrogates not allowed: '\\ud800' at character 5\)"),
+    "a prompt that is a number": ({"prompt": 7}, r"^prompt must be a non-empty string, got 'int'$"),
+    "a ragged state": ({"state": [[1.0, 2.0], [3.0]]}, r"^state is not an array \(.*\); expected a real vector \[7\]$"),
+    "a complex state": ({"state": np.ones(7, np.complex64)}, r"^state is complex64; expected real numbers"),
+    "a boolean state": ({"state": np.ones(7, bool)}, r"^state is bool; expected real numbers"),
+    "a NaN state": ({"state": [0, 0, 0, float("nan"), 0, 0, 0]},
+                    r"^state must be finite numbers, got NaN or infinite values in \[0.0, 0.0, 0.0, nan"),
+    "a state in the wrong units": ({"state": [0, 0, 0, 3e9, 0, 0, 0]}, r"^state reaches 3e\+09, beyond 1e\+06"),
+    "a prompt past max_tokens": ({"prompt": "go " * 2000}, r"^prompt: robot sample of \d+ tokens exceeds max_tokens"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_OBSERVATIONS)
+def test_an_observation_that_is_not_data_is_refused_in_one_sentence_naming_the_key(loaded, case):
+    policy, _ = loaded
+    change, message = BAD_OBSERVATIONS[case]
+    given = None if change is None else {**observation(), **change}
+    with pytest.raises(policies.ObservationError, match=message):
+        policy.sample_actions(given)
+
+
+BAD_NOISE = {
+    "the wrong shape": (np.zeros((1, 5, 8), np.float32), r"^noise has shape \[1, 5, 8\]; the model's chunk is \[1, 4, 8\]"),
+    "integers": (np.zeros((1, 4, 8), np.int64), r"^noise is torch.int64; expected floating point numbers"),
+    "NaN": (np.full((1, 4, 8), np.nan), r"^noise must be finite numbers, got NaN or infinite values$"),
+    "a huge value": (np.full((4, 8), 1e6), r"^noise reaches 1e\+06; the flow starts from N\(0, 1\)"),
+    "a string": ("noise", r"^noise is str; expected a float array \[1, 4, 8\]$"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_NOISE)
+def test_noise_that_is_not_a_finite_chunk_of_the_models_shape_is_refused(loaded, case):
+    policy, _ = loaded
+    given, message = BAD_NOISE[case]
+    with pytest.raises(policies.ObservationError, match=message):
+        policy.sample_actions(observation(), noise=given)
+
+
+def test_noise_of_any_float_dtype_or_layout_becomes_the_models_float32_chunk(loaded, monkeypatch):
+    policy, _ = loaded
+    expected = policy.sample_actions(observation(), noise=torch.from_numpy(noise()))
+    for given in (noise().astype(np.float64), noise()[0], torch.from_numpy(noise()).double()):
+        np.testing.assert_array_equal(policy.sample_actions(observation(), noise=given), expected)
+    halved = torch.from_numpy(noise()).to(torch.bfloat16)
+    received = []
+    original = policy.model.sample_actions
+    monkeypatch.setattr(policy.model, "sample_actions", lambda batch, **kw: received.append(kw["noise"]) or original(batch, **kw))
+    policy.sample_actions(observation(), noise=halved)
+    assert (received[0].dtype, received[0].device) == (torch.float32, policy.device)
+    assert torch.equal(received[0], halved.float())
+
+
+def test_a_policy_goes_where_it_is_told_with_every_input_and_defaults_to_cuda_when_present(loaded, monkeypatch):
+    from kidata.model.ki_model import KIModel
+
+    policy, run = loaded
+    on_meta = policies.Policy(KIModel(policy.config.model), policy.config, policy.manifest, policy.encoder, device="meta")
+    assert {p.device.type for p in on_meta.model.parameters()} == {"meta"}
+    assert {t.device.type for t in on_meta.batch(observation()).values()} == {"meta"}
+    assert policies.load(run, device="cpu").device == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert policies.default_device() == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert policies.default_device() == "cpu" and policies.load(run).device == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^device 'cuda': this machine has no CUDA device that torch can use"):
+        policies.load(run, device="cuda")
+    with pytest.raises(ValueError, match=r"^device 'gpu0' is not a device name such as cuda, cuda:1 or cpu"):
+        policies.load(run, device="gpu0")
+
+
+def test_serve_and_eval_hand_their_device_precision_and_steps_to_the_policy(monkeypatch, capsys):
+    from kidata.cli import main
+
+    asked = []
+
+    def load(run, **options):
+        asked.append(options)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(policies, "load", load)
+    options = ["--device", "cuda:1", "--precision", "bfloat16", "--num-steps", "7"]
+    assert main(["serve", "--run", "r", *options]) == 2
+    assert main(["eval", "metaworld", "--run", "r", *options]) == 2
+    assert [(o["device"], o["precision"], o["num_steps"]) for o in asked] == [("cuda:1", "bfloat16", 7)] * 2
+    assert capsys.readouterr().err.count("stop here") == 2
+
+
+def test_bfloat16_inference_runs_the_matmuls_in_bf16_and_acts_close_to_float32(loaded):
+    policy, run = loaded
+    half = policies.load(run, precision="bfloat16")
+    outputs = []
+    hook = half.model.expert_layers[0].q.register_forward_hook(lambda module, args, out: outputs.append(out.dtype))
+    try:
+        actions = half.sample_actions(observation(), noise=noise())
+    finally:
+        hook.remove()
+    assert set(outputs) == {torch.bfloat16} and len(outputs) == 10  # one per Euler step
+    exact = policy.sample_actions(observation(), noise=noise())
+    assert actions.dtype == np.float64 and np.isfinite(actions).all()
+    scale = np.asarray(policy.stats.actions.q99) - np.asarray(policy.stats.actions.q01)
+    assert np.abs(actions - exact).max() > 0  # bf16 ran for real
+    assert (np.abs(actions - exact) <= 0.05 * scale).all()  # within 5% of each dimension's q01..q99 range
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_refused_by_the_policy_and_by_serve(loaded, tmp_path, capsys):
+    import shutil
+
+    from kidata.cli import main
+    from kidata.training.checkpoint import CheckpointError
+
+    _, run = loaded
+    damaged = tmp_path / "run"
+    shutil.copytree(run, damaged)
+    checkpoint = sorted((damaged / "checkpoints").glob("step_*"))[-1]
+    weights = checkpoint / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # one bit of one weight: the file keeps its size and still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=rf"{checkpoint.name} cannot be used: .*model.safetensors does not "
+                                              r"match its sha256 \(damaged\)"):
+        policies.load(damaged, checkpoint=checkpoint)
+    with pytest.raises(CheckpointError, match=r"holds no complete checkpoint"):
+        policies.load(damaged)
+    assert main(["serve", "--run", str(damaged), "--checkpoint", str(checkpoint), "--port", "0"]) == 2
+    assert "does not match its sha256 (damaged)" in capsys.readouterr().err
+
+
+def test_the_fast_head_generates_at_most_what_max_tokens_leaves_after_the_prompt(loaded, monkeypatch):
+    _, run = loaded
+    fast = policies.load(run, action_head="fast")
+    budgets = []
+    original = fast.model.generate
+    monkeypatch.setattr(fast.model, "generate", lambda batch, n, **kw: budgets.append(n) or original(batch, n, **kw))
+    fast.sample_actions(observation())
+    prompt = fast.batch(observation())["token_mask"].sum()
+    assert budgets == [fast.manifest.encoding.max_tokens - int(prompt)]
+
+
+def array_map(data: bytes, dtype: str, shape: list) -> dict:
+    """An array as openpi's msgpack-numpy writes it, with whatever fields a sender chose."""
+    return {b"__ndarray__": True, b"data": data, b"dtype": dtype, b"shape": shape}
+
+
+def frame(**changes) -> bytes:
+    """A kidata-layout request with ``changes`` (raw msgpack values) in place of its fields."""
+    import msgpack
+
+    from kidata.serving.protocol import packb
+
+    good = msgpack.unpackb(packb({**observation(), "noise": noise()}), raw=False)
+    return msgpack.packb({**good, **changes})
+
+
+BAD_FRAMES = {
+    "random bytes": (bytes(np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8)),
+                     r"ProtocolError: the message is not (valid msgpack|one msgpack value)"),
+    "text": ("hello", r"requests are msgpack-numpy bytes, not text"),
+    "a list": (b"\x92\x01\x02", r"a request is a map of observation keys, got list"),
+    "an array shorter than its shape": (frame(state=array_map(b"\0" * 8, "<f8", [7])),
+                                        r"an array of shape \[7\] and dtype <f8 needs 56 bytes; its data holds 8"),
+    "a negative shape": (frame(state=array_map(b"", "<f8", [-7])), r"an array's shape \[-7\] is not a list of"),
+    "an object array": (frame(state=array_map(b"\1" * 8, "|O", [1])), r"an array's dtype '\|O' is not a number"),
+    "deep nesting": (b"\x91" * 100 + b"\xc0", r"the message nests maps and lists more than 32 deep"),
+    "deeper than msgpack's stack": (b"\x91" * 100_000 + b"\xc0", r"nests maps and lists deeper than msgpack's stack"),
+    "invalid UTF-8": (b"\x81\xa6prompt\xa2\xff\xfe",
+                      r"a string of the message is not valid UTF-8 \(invalid start byte at byte 0\)"),
+    "state as text": (frame(state="seven numbers"), r"ObservationError: state is str; expected a real vector \[7\]"),
+    "images as a number": (frame(images=3), r"ObservationError: images must be a map from camera name"),
+    "noise of the wrong shape": (frame(noise=array_map(b"\0" * 4 * 8, "<f4", [8])),
+                                 r"ObservationError: noise has shape \[8\]; the model's chunk is \[1, 4, 8\]"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_FRAMES)
+def test_a_malformed_frame_gets_a_reply_naming_the_problem_and_the_server_keeps_serving(server, case):
+    from websockets.sync.client import connect as ws_connect
+
+    from kidata.serving.protocol import packb, unpackb
+
+    _, port = server
+    message, expected = BAD_FRAMES[case]
+    with ws_connect(f"ws://127.0.0.1:{port}", max_size=None, compression=None) as connection:
+        connection.recv(timeout=REPLY_TIMEOUT_S)  # the metadata
+        connection.send(message)
+        reply = connection.recv(timeout=REPLY_TIMEOUT_S)
+        assert isinstance(reply, str) and reply.startswith("kidata serve: ") and "\n" not in reply
+        assert __import__("re").search(expected, reply), reply
+        connection.send(packb(observation()))
+        assert unpackb(connection.recv(timeout=REPLY_TIMEOUT_S))["actions"].shape == (4, 7)
+
+
+def test_a_keys_file_that_is_not_a_json_key_map_is_named(tmp_path, capsys):
+    from kidata.cli import main
+    from kidata.serving.keymaps import keymap
+
+    broken = tmp_path / "keys.json"
+    broken.write_text("{'images': oops")
+    with pytest.raises(ValueError, match=rf"^--keys {broken} is not a JSON key map \(.*\); expected \{{"):
+        keymap(str(broken))
+    listed = tmp_path / "list.json"
+    listed.write_text('["observation/image"]')
+    with pytest.raises(ValueError, match=rf"^{listed}: a key map has images .* found list$"):
+        keymap(str(listed))
+    assert main(["serve", "--run", str(tmp_path / "no-run"), "--keys", str(broken)]) == 2
+    assert f"--keys {broken} is not a JSON key map" in capsys.readouterr().err

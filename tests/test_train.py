@@ -131,7 +131,7 @@ def test_exported_weights_are_the_policys_and_rebuild_the_model_alone(straight_r
     assert main(["export", "weights", str(damaged), "--checkpoint", str(weights.parent),
                  "--out", str(tmp_path / "d.safetensors")]) != 0
     err = capsys.readouterr().err
-    assert "cannot export" in err and "model.safetensors has 1000 bytes" in err
+    assert "cannot be used" in err and "model.safetensors has 1000 bytes" in err
     assert not (tmp_path / "d.safetensors").exists()
 
 
@@ -457,17 +457,19 @@ def run_two_processes(run: Path, mixture: str, *extra: str) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-STREAMED = ("--data.streams", "2", "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
-            "--optim.ema_decay", "0.9", "--train.fsdp", "true")
+STREAMED = ("--data.streams", "2", "--optim.grad_accum", "2", "--data.batch_size", "4", "--train.steps", "6",
+            "--checkpoint.every", "3", "--eval.every", "0", "--optim.ema_decay", "0.9", "--train.fsdp", "true")
 
 
 @pytest.fixture(scope="module")
-def streamed_runs(mixture, tmp_path_factory) -> dict[int, Path]:
-    """The same 6 steps over 2 data streams, on 1 process and on 2 (FSDP2)."""
+def streamed_runs(mixture, tmp_path_factory) -> dict:
+    """The same 6 steps over 2 data streams with 2 micro-batches each per step (4 micro-batches per
+    step on 1 process, 2 on each of 2), on 1 process, on 2 under FSDP2 and on 2 under DDP."""
     root = tmp_path_factory.mktemp("streamed")
     train(config(mixture, *STREAMED), root / "one")
     run_two_processes(root / "two", mixture, *STREAMED)
-    return {1: root / "one", 2: root / "two"}
+    run_two_processes(root / "two_ddp", mixture, *STREAMED, "--train.fsdp", "false")
+    return {1: root / "one", 2: root / "two", "ddp": root / "two_ddp"}
 
 
 def restart_at_step_3(run: Path, target: Path) -> Path:
@@ -489,10 +491,18 @@ def assert_same_training(actual: Path, expected: Path, steps) -> None:
 
 
 @pytest.mark.slow
-def test_with_fixed_streams_one_process_trains_as_two_do(streamed_runs):
+def test_with_fixed_streams_one_process_trains_as_two_fsdp_processes_accumulating_micro_batches_do(streamed_runs):
     trainer = json.loads((streamed_runs[1] / "checkpoints" / "step_0000006" / "trainer.json").read_text())
     assert trainer["world_size"] == 1 and [s["rank"] for s in trainer["data_state"]] == [0, 1]
     assert_same_training(streamed_runs[1], streamed_runs[2], range(1, 7))
+
+
+@pytest.mark.slow
+def test_ddp_accumulating_micro_batches_on_two_processes_trains_as_one_process_does(streamed_runs):
+    trainer = json.loads((streamed_runs["ddp"] / "checkpoints" / "step_0000006" / "trainer.json").read_text())
+    assert trainer["world_size"] == 2 and trainer["replicas"][0]["parameters_sha256"] == trainer["replicas"][1][
+        "parameters_sha256"]
+    assert_same_training(streamed_runs["ddp"], streamed_runs[1], range(1, 7))
 
 
 @pytest.mark.slow
@@ -555,39 +565,6 @@ def test_fsdps_sharded_weight_ema_gathers_to_ddps(two_process_runs):
     for name in ddp:
         torch.testing.assert_close(fsdp[name], ddp[name], atol=2e-5, rtol=1e-4)
     assert any(not torch.equal(ddp[name], weights[name]) for name in ddp)  # an average, not the weights
-
-
-def test_fsdp_units_are_the_blocks_and_their_forward_methods(monkeypatch):
-    """One gloo process: every vision block, backbone and expert layer is its own FSDP2 unit, and
-    the sharded model computes what the plain one does."""
-    import torch.distributed as dist
-    from test_ki_model import fixed, make_batch
-    from torch.distributed.fsdp import FSDPModule
-
-    from kidata.model.config import ModelConfig
-    from kidata.model.ki_model import KIModel
-    from kidata.training.parallelize import shard_per_block
-
-    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    monkeypatch.setenv("MASTER_PORT", str(free_port()))
-    dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        torch.manual_seed(0)
-        config = ModelConfig.load(TINY, image_size=32, patch_size=8, action_horizon=4)
-        plain, sharded = KIModel(config), KIModel(config)
-        sharded.load_state_dict(plain.state_dict())
-        batch = make_batch()
-        expected = plain(batch, **fixed(batch))["loss"]
-        shard_per_block(sharded, bf16=False)
-        units = [sharded, *sharded.vision.blocks, *sharded.layers, *sharded.expert_layers]
-        assert all(isinstance(unit, FSDPModule) for unit in units)
-        assert not isinstance(sharded.embed, FSDPModule)  # in the root unit
-        loss = sharded(batch, **fixed(batch))["loss"]
-        loss.backward()
-        torch.testing.assert_close(loss, expected, atol=1e-6, rtol=1e-6)
-        assert all(p.grad is not None for p in sharded.layers[0].parameters())
-    finally:
-        dist.destroy_process_group()
 
 
 def test_initialization_from_a_paligemma_checkpoint(mixture, tmp_path, monkeypatch):
@@ -748,3 +725,89 @@ def test_wandb_without_the_extra_names_the_install_command(mixture, tmp_path, mo
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(ImportError, match=r"pip install 'kidata\[wandb\]'"):
         train(config(mixture, "--train.steps", "1", "--log.wandb", "true", "--eval.every", "0"), tmp_path / "r")
+
+
+HOST_READS = ("item", "tolist", "cpu", "__float__", "__int__", "__bool__", "__index__", "nonzero")
+
+
+@pytest.fixture(scope="module")
+def counted_run(mixture, tmp_path_factory) -> dict:
+    """6 steps logged every 3rd (checkpoint at the end only, no evaluation), with every host read
+    of a tensor value made by kidata code counted per step (step n runs from its learning-rate
+    update to the next one's): on an accelerator each such read waits for the queued kernels. Reads
+    inside the DataLoader are not counted (collate works on host tensors before the copy), nor
+    ``.numpy()`` (a device tensor refuses it)."""
+    import sys as system
+
+    kidata_root = str(ROOT / "kidata")
+    counts: dict[int, list[str]] = {}
+    fused: list[int] = []
+    current = {"step": 0}
+    patch = pytest.MonkeyPatch()
+
+    def counting(name, original):
+        def method(*args, **kwargs):
+            frame = system._getframe(1)
+            caller = frame.f_code.co_filename
+            if caller.startswith(kidata_root):
+                outer = frame
+                while outer is not None and "torch/utils/data/" not in outer.f_code.co_filename:
+                    outer = outer.f_back
+                if outer is None:
+                    counts.setdefault(current["step"], []).append(f"{name} {Path(caller).name}:{frame.f_lineno}")
+            return original(*args, **kwargs)
+        return method
+
+    for name in HOST_READS:
+        patch.setattr(torch.Tensor, name, counting(name, getattr(torch.Tensor, name)))
+    patch.setattr(torch, "nonzero", counting("torch.nonzero", torch.nonzero))
+    learning_rate = train_module.learning_rate
+
+    def marked(config, step):
+        current["step"] = step + 1
+        return learning_rate(config, step)
+
+    lerp = torch._foreach_lerp_
+
+    def counted_lerp(*args, **kwargs):
+        fused.append(current["step"])
+        return lerp(*args, **kwargs)
+
+    patch.setattr(train_module, "learning_rate", marked)
+    patch.setattr(torch, "_foreach_lerp_", counted_lerp)
+    try:
+        train(config(mixture, "--train.steps", "6", "--log.every", "3", "--checkpoint.every", "100",
+                     "--eval.every", "0", "--optim.ema_decay", "0.9"), tmp_path_factory.mktemp("counted") / "run")
+    finally:
+        patch.undo()
+    return {"reads": counts, "fused_ema_steps": fused}
+
+
+def test_a_step_reads_nothing_from_the_device_except_one_transfer_at_log_steps(counted_run):
+    reads = counted_run["reads"]
+    assert {step: reads.get(step, []) for step in range(1, 6)} == {
+        1: [], 2: [], 3: [f"tolist step_metrics.py:{step_metrics_read_line()}"], 4: [], 5: []}
+
+
+def step_metrics_read_line() -> int:
+    """The line of DeviceMetrics.read's one transfer."""
+    lines = (ROOT / "kidata" / "training" / "step_metrics.py").read_text().splitlines()
+    return next(number for number, line in enumerate(lines, 1) if "env.all_reduce(vector).tolist()" in line)
+
+
+def test_the_weight_ema_is_updated_by_one_fused_call_per_step(counted_run):
+    assert counted_run["fused_ema_steps"] == [1, 2, 3, 4, 5, 6]
+
+
+def test_training_batches_come_from_the_loader_cut_to_their_longest_row(mixture):
+    from kidata.manifest import Manifest
+    from kidata.training.trainer import _loader
+
+    cfg = config(mixture)
+    manifest, _ = Manifest.read(mixture)
+    _, loader = _loader(cfg, mixture, "train", 0, 1, manifest, batch_size=8, workers=0, augment=None)
+    batch = next(iter(loader))
+    lengths = batch["token_mask"].sum(dim=1)
+    assert batch["tokens"].shape[1] == int(lengths.max()) < manifest.encoding.max_tokens
+    for key in ("tokens", "ar", "loss", "token_mask"):
+        assert batch[key].shape == batch["token_mask"].shape

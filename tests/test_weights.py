@@ -295,3 +295,22 @@ def test_a_robot_runs_prefix_state_projection_comes_with_its_backbone_and_a_vlm_
     torch.testing.assert_close(model.state_proj.weight, expected, rtol=0, atol=0)
     assert ("state_proj.weight" in report["fresh"]) == (source_variant == "vlm")
     assert ("state_input" in report["loaded_parts"]) == (source_variant == "ki")
+
+
+def test_init_from_a_checkpoint_with_a_flipped_byte_is_refused_naming_the_file(tmp_path):
+    """train.init_from reads a kidata checkpoint through the policy's verified loader."""
+    from kidata.training.checkpoint import CheckpointError, save_checkpoint
+    from kidata.training.initialize import load_kidata
+
+    source = KIModel(ModelConfig(**SMALL, variant="vlm"))
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = save_checkpoint(run, 10, model=source.state_dict(), optimizer={"state": {}, "param_groups": []},
+                                 ema=None, trainer={"step": 10}, keep=1)
+    weights = checkpoint / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0x01  # one bit of one weight: same size, still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"step_0000010 cannot be used: .*model.safetensors does not match its "
+                                              r"sha256 \(damaged\)"):
+        load_kidata(KIModel(ModelConfig(**SMALL, variant="ki")), checkpoint)

@@ -33,7 +33,10 @@ def add_parser(commands) -> None:
                                 "the oldest (ACT's temporal ensembling; 0.01 in ACT), or 'off' for each chunk's first "
                                 "--replan actions (default: the run's [policy] temporal_ensemble, or the server's)")
     metaworld.add_argument("--max-steps", type=int, default=300, help="step budget of an episode")
-    metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps")
+    metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps (1 or more)")
+    metaworld.add_argument("--device", help="where a --run's model runs: cuda, cuda:1, cpu (default: cuda when present)")
+    metaworld.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                           help="bfloat16: matmuls and attention in bf16 (autocast), the flow's integration in fp32")
     metaworld.add_argument("--noise-scale", type=float, default=1.0,
                            help="scale of the flow's starting noise (0: one deterministic chunk)")
     metaworld.add_argument("--flow-samples", type=int, default=1, help="act on the mean of this many flow chunks")
@@ -81,7 +84,8 @@ def metaworld_command(args: argparse.Namespace) -> int:
 
         policy = policies.load(args.run, source=args.source, checkpoint=args.checkpoint, use_ema=not args.no_ema,
                                action_head=args.action_head, noise_scale=args.noise_scale,
-                               flow_samples=args.flow_samples, fast_fallback=args.fast_fallback)
+                               flow_samples=args.flow_samples, fast_fallback=args.fast_fallback,
+                               num_steps=args.num_steps, device=args.device, precision=args.precision)
         if args.check_parity:
             from kidata.eval.parity import check_parity
 
@@ -96,7 +100,6 @@ def metaworld_command(args: argparse.Namespace) -> int:
             raise SystemExit(f"kidata eval metaworld --run {args.run}: {error}") from None
         if args.out is None:
             args.out = str(Path(args.run) / "metaworld")
-        policy.num_steps = args.num_steps
         chunk_policy = policy
         replan = policy.config.policy.replan
         ensemble = policy.config.policy.temporal_ensemble

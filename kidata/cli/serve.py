@@ -20,7 +20,10 @@ def add_parser(commands) -> None:
     serve.add_argument("--api-key", default=os.environ.get("KIDATA_API_KEY"),
                        help="refuse connections without 'Authorization: Api-Key KEY' (or KIDATA_API_KEY)")
     serve.add_argument("--max-request-mb", type=float, default=64.0, help="larger requests get an error reply")
-    serve.add_argument("--num-steps", type=int, default=10, help="flow integration steps")
+    serve.add_argument("--num-steps", type=int, default=10, help="flow integration steps (1 or more)")
+    serve.add_argument("--device", help="where the model runs: cuda, cuda:1, cpu (default: cuda when present)")
+    serve.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
+                       help="bfloat16: matmuls and attention in bf16 (autocast), the flow's integration in fp32")
     serve.add_argument("--action-head", choices=["auto", "flow", "fast"],
                        help="actions from the flow expert or from greedy FAST tokens (default: the run's [policy] action_head)")
     serve.set_defaults(handler=serve_command)
@@ -31,11 +34,12 @@ def serve_command(args: argparse.Namespace) -> int:
     from kidata.serving.keymaps import keymap
     from kidata.serving.server import PolicyServer, run_metadata
 
-    loaded = policies.load(args.run, checkpoint=args.checkpoint, action_head=args.action_head)
-    loaded.num_steps = args.num_steps
-    server = PolicyServer(loaded, keymap(args.keys), metadata=run_metadata(loaded, args.run), api_key=args.api_key,
+    keys = keymap(args.keys)  # a bad key map is named before the model loads
+    loaded = policies.load(args.run, checkpoint=args.checkpoint, action_head=args.action_head, device=args.device,
+                           precision=args.precision, num_steps=args.num_steps)
+    server = PolicyServer(loaded, keys, metadata=run_metadata(loaded, args.run), api_key=args.api_key,
                           max_request_bytes=int(args.max_request_mb * 1024 * 1024))
-    print(f"serving {args.run} on ws://{args.host}:{args.port} (keys: {args.keys}; health: "
+    print(f"serving {args.run} on ws://{args.host}:{args.port} ({loaded.device}, {loaded.precision}; keys: {args.keys}; health: "
           f"http://{args.host}:{args.port}/healthz){' with an API key' if args.api_key else ''}", flush=True)
     try:
         server.serve(args.host, args.port)

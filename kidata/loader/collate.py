@@ -23,7 +23,9 @@ _NOTED_CAMERAS: set[tuple[str, ...]] = set()
 
 
 def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action_horizon: int, state_dim: int,
-            cameras: Sequence[str] = DEFAULT_CAMERAS, image_size: int | None = None) -> Batch:
+            cameras: Sequence[str] = DEFAULT_CAMERAS, image_size: int | None = None, trim_padding: bool = False) -> Batch:
+    """``trim_padding``: cut the token columns that are padding in every row (``trim_token_padding``),
+    here on the host where it costs no device synchronization (the trainer's batches)."""
     batch = len(samples)
     dropped = sorted({camera for s in samples for camera in s["images"]} - set(cameras))
     if dropped and tuple(dropped) not in _NOTED_CAMERAS:  # one line per process, above any progress bar
@@ -82,11 +84,12 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
         source_index[row] = sample["source_index"]
         kind = sample["meta"].get("kind")
         vlm_task[row] = VLM_TASKS.index(kind) + 1 if kind in VLM_TASKS else 0
-    return {"images": images, "image_mask": image_mask, "tokens": tokens, "ar": ar, "loss": loss,
-            "token_mask": token_mask, "prefix_length": prefix_length, "expert_context": expert_context,
-            "state": state, "state_dim_mask": state_dim_mask,
-            "actions": actions, "action_valid": action_valid, "action_dim_mask": action_dim_mask,
-            "has_actions": has_actions, "source_index": source_index, "vlm_task": vlm_task}
+    out = {"images": images, "image_mask": image_mask, "tokens": tokens, "ar": ar, "loss": loss,
+           "token_mask": token_mask, "prefix_length": prefix_length, "expert_context": expert_context,
+           "state": state, "state_dim_mask": state_dim_mask,
+           "actions": actions, "action_valid": action_valid, "action_dim_mask": action_dim_mask,
+           "has_actions": has_actions, "source_index": source_index, "vlm_task": vlm_task}
+    return trim_token_padding(out) if trim_padding else out
 
 
 TOKEN_KEYS = ("tokens", "ar", "loss", "token_mask")  # the Batch keys of shape [B, L]

@@ -20,7 +20,7 @@ from torch import nn
 
 from kidata.model.attention import attend, attention_bias, compute_dtype
 from kidata.model.config import ModelConfig
-from kidata.model.layers import AdaRMSNorm, GeGLU, RMSNorm, VisionTower, rotary, timestep_embedding
+from kidata.model.layers import AdaRMSNorm, GeGLU, RMSNorm, VisionTower, gated_norm, gated_residual, rotary, timestep_embedding
 from kidata.model.lora import apply_lora
 from kidata.schema import Batch
 
@@ -52,7 +52,7 @@ class _Layer(nn.Module):
         """Pre-attention norm and rotary q [B, heads, L, hd], k, v [B, kv_heads, L, hd], and the
         residual gate (adaptive norms) or None. A method of the layer, so that FSDP2 (which
         hooks a module's calls) gathers this layer's weights for it."""
-        normed, gate = _normalize(self.norm, h, cond)
+        normed, gate = gated_norm(self.norm, h, cond)
         q = self.q(normed).unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)
         k = self.k(normed).unflatten(-1, (self.kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v(normed).unflatten(-1, (self.kv_heads, self.head_dim)).transpose(1, 2)
@@ -61,24 +61,15 @@ class _Layer(nn.Module):
     def finish(self, h: torch.Tensor, attended: torch.Tensor, gate: torch.Tensor | None,
                cond: torch.Tensor | None) -> torch.Tensor:
         """Output projection, residual, MLP and residual."""
-        h = _residual(h, self.o(attended), gate)
-        normed, gate = _normalize(self.mlp_norm, h, cond)
-        return _residual(h, self.mlp(normed), gate)
+        h = gated_residual(h, self.o(attended), gate)
+        normed, gate = gated_norm(self.mlp_norm, h, cond)
+        return gated_residual(h, self.mlp(normed), gate)
 
 
 def _expert_norm(c: ModelConfig):
     if c.time_conditioning == "adarms":
         return lambda: AdaRMSNorm(c.expert_width, c.expert_width)
     return lambda: RMSNorm(c.expert_width)
-
-
-def _normalize(norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None):
-    """(normed, gate): adaptive norms return a residual gate, plain norms none."""
-    return norm(x, cond) if isinstance(norm, AdaRMSNorm) else (norm(x), None)
-
-
-def _residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
-    return x + (branch if gate is None else gate * branch)
 
 
 class KIModel(nn.Module):
@@ -228,7 +219,7 @@ class KIModel(nn.Module):
         for layer, kv in zip(self.expert_layers, cache):
             qkv = layer.project(h, cond, positions)
             h = self._expert_attend(layer, h, cond, qkv, kv, bias)
-        normed, _ = _normalize(self.expert_final_norm, h, cond)
+        normed, _ = gated_norm(self.expert_final_norm, h, cond)
         return self.action_out(normed[:, -noisy.shape[1]:])
 
     def forward(self, batch: Batch, *, noise: torch.Tensor | None = None, t: torch.Tensor | None = None,
@@ -248,11 +239,12 @@ class KIModel(nn.Module):
         dtype = compute_dtype(h)
         out: dict = {}
         if c.has_expert:
-            actions = batch["actions"]
-            if noise is None or t is None:
+            actions = batch["actions"].float()  # the flow (time, noise, x_t, target, loss) in fp32, whatever
+            if noise is None or t is None:      # the compute dtype: t = 0.9 would be 0.898 in bf16
                 drawn_noise, drawn_t = sample_flow_inputs(tuple(actions.shape))
                 noise = drawn_noise.to(actions) if noise is None else noise
                 t = drawn_t.to(actions) if t is None else t
+            noise, t = noise.float(), t.float()
             noisy = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
             e, cond, own = self.expert_inputs(noisy, t, batch)
             prefix_visible = self.prefix_visible(valid, ar, batch)
@@ -275,8 +267,10 @@ class KIModel(nn.Module):
             out.update(self._token_loss(h[:, text_start:], batch, all_logits))
         loss = out["fast_loss"] if c.fast_loss else out["fast_loss"].new_zeros(())
         if c.has_expert:
-            normed, _ = _normalize(self.expert_final_norm, e, cond)
-            velocity = self.action_out(normed[:, -actions.shape[1]:])
+            normed, _ = gated_norm(self.expert_final_norm, e, cond)
+            # a new fp32 tensor, not a view: FSDP2 hooks backward on the root's outputs, and an in-place
+            # op on a returned view would bypass that hook
+            velocity = self.action_out(normed[:, -actions.shape[1]:]).to(torch.float32, copy=True)
             weight = (batch["action_valid"][:, :, None] & batch["action_dim_mask"][:, None, :]
                       & batch["has_actions"][:, None, None]).float()
             flow = (((velocity - (noise - actions)) ** 2) * weight).sum() / weight.sum().clamp(min=1)
@@ -312,6 +306,9 @@ class KIModel(nn.Module):
         if not self.config.has_expert:
             raise ValueError(f"{self.config.variant} has no action expert: decode actions with generate() and the "
                              "FAST tokenizer (pi0_fast)")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
+            # zero or negative steps would skip the integration and return the starting noise as actions
+            raise ValueError(f"num_steps must be a whole number >= 1 (Euler steps from t = 1 to 0), got {num_steps!r}")
         b = batch["tokens"].shape[0]
         device = batch["tokens"].device
         shape = (b, self.config.action_horizon, self.config.action_dim)
@@ -332,9 +329,12 @@ class KIModel(nn.Module):
 
         ``batch`` holds only the prefix, left-aligned (padding after it). Returns int64
         [B, max_new_tokens]; rows stop after a token in ``stop_ids`` (EOS, "|") and are padded
-        with that token. The prefix keys/values are computed once and grown by one per step.
-        ``return_logits`` also returns each step's next-token logits float [B, max_new_tokens, V]
-        (what the cache is checked by: logits, not only their argmax)."""
+        with that token. Decoding ends as soon as every row has stopped (the padding is what
+        further steps would have written), and the last token is never fed back: at most
+        ``max_new_tokens - 1`` decoder passes after the prefix's. The prefix keys/values are
+        computed once and grown by one per step. ``return_logits`` also returns each decoded
+        step's next-token logits float [B, steps, V] (what the cache is checked by: logits, not
+        only their argmax)."""
         b = batch["tokens"].shape[0]
         device = batch["tokens"].device
         hidden, cache, valid, ar, _ = self.run_backbone(batch)
@@ -354,6 +354,9 @@ class KIModel(nn.Module):
             token = torch.where(done, out[:, step - 1] if step else next_logits.argmax(-1), next_logits.argmax(-1))
             out[:, step] = token
             done |= torch.isin(token, stop)
+            if step + 1 == max_new_tokens or bool(done.all()):
+                out[:, step + 1:] = token[:, None]  # every row stopped: the rest is its stop token
+                break
             if not use_cache:  # recompute everything with the new token appended (checks the cache)
                 tokens = torch.cat([tokens, token[:, None]], dim=1)
                 grown = {**batch, "tokens": tokens,

@@ -46,6 +46,16 @@ class AdaRMSNorm(nn.Module):
         return (normed * (1.0 + scale.float()) + shift.float()).type_as(x), gate
 
 
+def gated_norm(norm: nn.Module, x: torch.Tensor, cond: torch.Tensor | None):
+    """(normed, gate): adaptive norms return a residual gate, plain norms none."""
+    return norm(x, cond) if isinstance(norm, AdaRMSNorm) else (norm(x), None)
+
+
+def gated_residual(x: torch.Tensor, branch: torch.Tensor, gate: torch.Tensor | None) -> torch.Tensor:
+    """x + branch, the branch scaled by an adaptive norm's gate when there is one."""
+    return x + (branch if gate is None else gate * branch)
+
+
 class GeGLU(nn.Module):
     def __init__(self, dim: int, hidden: int) -> None:
         super().__init__()

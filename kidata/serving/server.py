@@ -40,13 +40,12 @@ class PolicyServer:
     # ------------------------------------------------------------------ one request
     def infer(self, request: dict) -> dict:
         """The reply to one decoded request (kidata's extension: an optional ``noise`` float
-        [H, A] makes the draw reproducible)."""
+        [H, A] makes the draw reproducible; the policy checks it as data, like the observation)."""
         observation = self.keys.observation(request)
         noise = request.get("noise")
         began = time.perf_counter()
         with self._lock:
-            actions = self.policy.sample_actions(
-                observation, noise=None if noise is None else _noise_tensor(noise))
+            actions = self.policy.sample_actions(observation, noise=noise)
         return {"actions": np.asarray(actions, dtype=np.float64),
                 "server_timing": {"infer_ms": (time.perf_counter() - began) * 1000}}
 
@@ -106,13 +105,6 @@ class PolicyServer:
     def shutdown(self) -> None:
         if self._server is not None:
             self._server.shutdown()
-
-
-def _noise_tensor(noise: Any):
-    import torch
-
-    array = np.array(noise, dtype=np.float32)  # a writable copy: received arrays are read-only views
-    return torch.from_numpy(array if array.ndim == 3 else array[None])
 
 
 def run_metadata(policy: Any, run: str) -> dict:

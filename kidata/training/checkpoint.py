@@ -111,6 +111,24 @@ def read_weights(path: Path, *, use_ema: bool = True) -> tuple[dict[str, torch.T
     return tensors, averaged is not None
 
 
+def read_run_weights(run: Path, checkpoint: Path | None = None, *, use_ema: bool = True
+                     ) -> tuple[Path, dict[str, torch.Tensor], bool]:
+    """The one way a run's weights are read for use (the policy, ``kidata serve``, ``kidata export
+    weights``): the checkpoint named, or else the newest complete one, verified against its
+    checksums before a byte is used (``CheckpointError`` naming the damaged file); returns the
+    checkpoint, its weights (``read_weights``) and whether they are the EMA's."""
+    path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(Path(run))
+    if path is None:
+        raise CheckpointError(f"{run} has no checkpoint yet")
+    if (path / "model.safetensors").is_file() or is_sharded(path):  # else read_weights names the run's checkpoints
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise CheckpointError(f"{path} cannot be used: {problem}; pass another checkpoint of the run, or the "
+                                  "run alone for its newest complete one")
+    tensors, ema = read_weights(path, use_ema=use_ema)
+    return path, tensors, ema
+
+
 def _checkpoints_beside(path: Path) -> str:
     """What to pass instead of a wrong checkpoint path: the checkpoint folders next to it."""
     found = [step.name for step in reversed(step_dirs(path.parent.parent))]  # the run's, oldest first

@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from kidata.training.checkpoint import CheckpointError, checkpoint_problem, latest_checkpoint, read_weights
+from kidata.training.checkpoint import read_run_weights
 from kidata.training.config import TrainConfig
 
 
@@ -24,14 +24,9 @@ def export_weights(run: Path, out: Path, *, checkpoint: Path | None = None, use_
 
     if not (run / "config.json").is_file():
         raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
-    path = checkpoint if checkpoint is not None else latest_checkpoint(run)
-    if path is None:
-        raise CheckpointError(f"{run} has no checkpoint yet")
-    problem = checkpoint_problem(path)
-    if problem is not None:
-        raise CheckpointError(f"cannot export {path}: {problem}")
     config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
-    tensors, ema = read_weights(path, use_ema=use_ema)  # whole, or an FSDP2 run's shards gathered here
+    # verified, then whole or an FSDP2 run's shards gathered here: the policy's loader
+    path, tensors, ema = read_run_weights(run, checkpoint, use_ema=use_ema)
     model_config = config.model
     if merge_lora and model_config.lora is not None:
         from kidata.model.lora import merge_tensors

@@ -14,7 +14,7 @@ from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.ki_model import KIModel
 from kidata.model.lora import is_lora_name, merge_tensors, train_fresh
 from kidata.model.weights import WeightsError, read_tensors
-from kidata.training.checkpoint import latest_checkpoint, read_weights
+from kidata.training.checkpoint import latest_checkpoint, read_run_weights
 from kidata.training.config import TrainConfig
 
 
@@ -38,7 +38,7 @@ def load_kidata(model: KIModel, location: str | Path) -> dict:
         checkpoint = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
         if checkpoint is None:
             raise WeightsError(f"{path}: the run has no checkpoint yet (train.init_from)")
-        tensors, _ = read_weights(checkpoint)
+        _, tensors, _ = read_run_weights(path, checkpoint)  # verified against its checksums, as the policy's
         source_run = path if (path / "checkpoints").is_dir() else path.parent.parent
     tensors = _merged_adapters(tensors, path, source_run)
     ours = model.state_dict()

@@ -11,7 +11,7 @@ import time
 import types
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from kidata.manifest import Manifest
 from kidata.training.checkpoint import latest_checkpoint
@@ -56,8 +56,9 @@ class MetricsLogger:
         self.wall_before = wall_before
         self.sources = manifest.source_names
         self.writer = self.bar = None
-        self.window: list[tuple[float, int, int]] = []
-        self.mix = torch.zeros(len(self.sources))
+        self.window: list[tuple[float, int]] = []  # (seconds, samples) of the last 50 steps
+        self.tokens_since_record, self.seconds_since_record = 0, 0.0
+        self.mix = np.zeros(len(self.sources), dtype=np.int64)
         self.began = time.perf_counter()
         self.last_eval: dict = {}
         if not enabled:
@@ -77,26 +78,37 @@ class MetricsLogger:
 
             self.bar = bar(total=config.train.steps, initial=start, desc="train", unit="step")
 
-    def step(self, step: int, metrics: dict, *, seconds: float, samples: int, mix: torch.Tensor,
-             tokens: int) -> None:
-        """``tokens``: the step's non-padding prompt, answer and action tokens over all processes
-        (image patches not counted), for ``tokens_per_s``."""
+    def tick(self, *, seconds: float, samples: int) -> None:
+        """Every step: the progress bar and the rate window (no device value is read here)."""
         if not self.enabled:
             return
-        self.window = (self.window + [(seconds, samples, tokens)])[-50:]
-        self.mix += mix
-        elapsed = sum(s for s, _, _ in self.window)
-        rates = {"steps_per_s": len(self.window) / elapsed, "samples_per_s": sum(n for _, n, _ in self.window) / elapsed,
-                 "tokens_per_s": sum(t for _, _, t in self.window) / elapsed}
+        self.window = (self.window + [(seconds, samples)])[-50:]
+        self.seconds_since_record += seconds
         if self.bar is not None:
             self.bar.update(1)
+
+    def step(self, step: int, metrics: dict, *, mix: np.ndarray, tokens: int) -> None:
+        """At the steps the trainer reads its device metrics (``kidata.training.step_metrics``);
+        a record at log steps. ``mix`` (samples per source) and ``tokens`` (the non-padding
+        prompt, answer and action tokens over all processes; image patches not counted) count
+        the steps since the previous call. ``steps_per_s`` and ``samples_per_s`` are over the last
+        50 steps, ``tokens_per_s`` over the steps since the previous record."""
+        if not self.enabled:
+            return
+        self.mix += mix
+        self.tokens_since_record += tokens
+        elapsed = sum(s for s, _ in self.window)
+        rates = {"steps_per_s": len(self.window) / elapsed, "samples_per_s": sum(n for _, n in self.window) / elapsed,
+                 "tokens_per_s": self.tokens_since_record / max(self.seconds_since_record, 1e-9)}
+        if self.bar is not None:
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{rates['samples_per_s']:.1f}")
         if step % self.config.log.every and step != self.config.train.steps:
             return
+        self.tokens_since_record, self.seconds_since_record = 0, 0.0
         total = float(self.mix.sum()) or 1.0
         record = {"step": step, **{k: round(v, 6) for k, v in metrics.items()}, **{k: round(v, 3) for k, v in rates.items()},
                   "source_mix": {name: round(float(c) / total, 4) for name, c in zip(self.sources, self.mix)}}
-        self.mix.zero_()
+        self.mix[:] = 0
         with open(self.run / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None:

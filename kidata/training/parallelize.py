@@ -3,9 +3,10 @@ differently on more than one process, kept apart from the model code (as in torc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from typing import Any
+from typing import Any, ContextManager
 
 import torch
 import torch.distributed as dist
@@ -47,6 +48,13 @@ class Distributed:
             value /= self.world
         return value
 
+    def all_reduce(self, value: torch.Tensor, op: str = "sum") -> torch.Tensor:
+        """``value`` summed (``op="sum"``) or its minimum (``"min"``) over the processes, on its device."""
+        if self.world > 1:
+            value = value.detach().clone()
+            dist.all_reduce(value, op={"sum": dist.ReduceOp.SUM, "min": dist.ReduceOp.MIN}[op])
+        return value
+
     def gather(self, item: Any) -> list:
         if self.world == 1:
             return [item]
@@ -70,27 +78,97 @@ def parallelize(model: KIModel, config: TrainConfig, world: int, *, bf16: bool =
     return wrapped
 
 
+def gradient_sync(wrapped: torch.nn.Module, last: bool) -> ContextManager:
+    """The context of one micro-batch's forward and backward: gradients are averaged over the
+    processes on the step's last micro-batch only, and accumulate locally before it. DDP: a fresh
+    ``no_sync()`` per micro-batch (one context manager object can be entered once). FSDP2:
+    ``set_requires_gradient_sync`` (the unsharded gradients accumulate, one reduce-scatter per
+    step). One process: nothing to do."""
+    if hasattr(wrapped, "set_requires_gradient_sync"):
+        wrapped.set_requires_gradient_sync(last)
+        return contextlib.nullcontext()
+    if not last and hasattr(wrapped, "no_sync"):
+        return wrapped.no_sync()
+    return contextlib.nullcontext()
+
+
 def shard_per_block(model: KIModel, *, bf16: bool) -> torch.nn.Module:
-    """FSDP2 units per transformer block: each vision block, each backbone layer and each expert
-    layer, then the root (embedding, projector, norms, action heads). Only a block's weights are
-    whole while it computes, so memory holds the shards plus a couple of blocks (README, memory
-    model). Decoder and expert layers are called through ``project`` and ``finish`` (the joint
-    layer interleaves both streams' attention), so those two methods carry FSDP's hooks: a layer
-    is gathered for each call, and its gradient reduced for each (FSDP2 accumulates them into the
-    sharded gradient; tests/test_train.py compares the weights with DDP's after 6 steps). With
-    bf16, parameters are cast to bf16 for compute and gradients reduced in fp32."""
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+    """FSDP2 units per transformer block: each vision block, each layer pair (backbone layer
+    ``i`` with expert layer ``i``), then the root (embedding, projector, norms, action heads).
+    Only a block's weights are whole while it computes, so memory holds the shards plus a couple
+    of blocks (README, memory model).
+
+    A layer pair is one unit because the joint layer interleaves both streams (backbone and expert
+    ``project``, attention over both, then both ``finish``): the pair is gathered once when the
+    model's ``_joint_layer`` enters it and released when it leaves, and its gradients reduced
+    once in backward. ``project`` and ``finish`` called on their own (inference: the prefix pass,
+    the Euler steps, generation) gather the pair for that call.
+
+    With bf16, parameters are cast to bf16 for compute and gradients reduced in fp32. The root
+    leaves its inputs as they come (``cast_forward_inputs=False``): the flow's time, noise and
+    actions stay fp32, as on one process (autocast computes the matmuls in bf16); the units
+    inside cast their hidden states."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) if bf16 else MixedPrecisionPolicy()
     for block in model.vision.blocks:
         fully_shard(block, mp_policy=policy)
-    streams = [model.layers] + ([model.expert_layers] if model.config.has_expert else [])
-    for layers in streams:
-        for layer in layers:
-            fully_shard(layer, mp_policy=policy)
-            register_fsdp_forward_method(layer, "project")
-            register_fsdp_forward_method(layer, "finish")
-    return fully_shard(model, mp_policy=policy)
+    inside = [False]  # True while a joint layer runs with its pair gathered
+    for index, layer in enumerate(model.layers):
+        pair = [layer] + ([model.expert_layers[index]] if model.config.has_expert else [])
+        fully_shard(pair, mp_policy=policy)
+        for member in pair:
+            for name in ("project", "finish"):
+                _hook_alone(member, name, inside)
+        _add_unit_entry(layer, inside)
+    _gather_once_per_pair(model)
+    root = MixedPrecisionPolicy(param_dtype=policy.param_dtype, reduce_dtype=policy.reduce_dtype,
+                                cast_forward_inputs=False)
+    return fully_shard(model, mp_policy=root)
+
+
+def _hook_alone(module: torch.nn.Module, name: str, inside: list[bool]) -> None:
+    """``module.name`` gathers its unit when called on its own, and runs as is inside a joint layer
+    (whose entry gathered the unit already: a hook there would release it mid-layer)."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    plain = getattr(module, name)
+    register_fsdp_forward_method(module, name)
+    hooked = getattr(module, name)
+
+    def method(*args, **kwargs):
+        return (plain if inside[0] else hooked)(*args, **kwargs)
+
+    setattr(module, name, method)
+
+
+def _add_unit_entry(layer: torch.nn.Module, inside: list[bool]) -> None:
+    """``layer.run_unit(fn, *args)``: ``fn(*args)`` with the layer's unit gathered on entry and
+    released on exit (FSDP's forward hooks around the call: its tensor arguments and outputs carry
+    the backward hooks, so the unit is gathered once more in backward and reduced once)."""
+    import types
+
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    def run_unit(self, fn, *args):
+        inside[0] = True
+        try:
+            return fn(*args)
+        finally:
+            inside[0] = False
+
+    layer.run_unit = types.MethodType(run_unit, layer)
+    register_fsdp_forward_method(layer, "run_unit")
+
+
+def _gather_once_per_pair(model: KIModel) -> None:
+    """Routes the model's joint layer ``i`` through pair ``i``'s unit entry."""
+    joint = model._joint_layer
+
+    def gathered(index: int, *args):
+        return model.layers[index].run_unit(joint, index, *args)
+
+    model._joint_layer = gathered
 
 
 def full_state_dicts(model: KIModel, optimizer) -> tuple[dict, dict]:

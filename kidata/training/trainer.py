@@ -13,7 +13,6 @@ all seeded, so a resumed run repeats an uninterrupted run's losses step for step
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -27,7 +26,7 @@ import torch
 import torch.distributed as dist
 
 from kidata.hashing import json_sha256, stable_seed
-from kidata.loader.collate import Augment, collate, trim_token_padding
+from kidata.loader.collate import Augment, collate
 from kidata.loader.mixture import MixtureDataset
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel, sample_flow_inputs
@@ -48,6 +47,7 @@ from kidata.training.metrics import MetricsLogger, drop_unfinished_attempt, trun
 from kidata.training.parallelize import (
     Distributed,
     full_state_dicts,
+    gradient_sync,
     local_parameters_sha256,
     parallelize,
     restore_shards,
@@ -62,11 +62,8 @@ from kidata.training.resume import (  # noqa: F401  (public here)
     resume_point,
 )
 from kidata.training.run_folder import check_run_writable
+from kidata.training.step_metrics import DeviceMetrics, TrainingDiverged  # noqa: F401  (public here)
 from kidata.training.streams import StreamLayout, TrainStreams
-
-
-class TrainingDiverged(RuntimeError):
-    """A non-finite loss: the run stops, naming the step and the last good checkpoint."""
 
 
 def flow_inputs(seed: int, stream: int, step: int, micro: int, shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,6 +80,13 @@ def learning_rate(config: TrainConfig, step: int) -> float:
     progress = min(1.0, (step - schedule.warmup_steps) / max(1, decay))
     floor = peak * schedule.final_lr_fraction
     return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def read_at(config: TrainConfig, step: int) -> bool:
+    """Whether the host reads the step's device metrics after ``step`` (counted from 1): at log
+    steps, and before a checkpoint or an evaluation (a diverged run must not write one)."""
+    return (step % config.log.every == 0 or step == config.train.steps or step % config.checkpoint.every == 0
+            or bool(config.eval.every and step % config.eval.every == 0))
 
 
 def _prepare_run(run: Path, config: TrainConfig, manifest: Manifest, root: str, resume: bool) -> None:
@@ -113,11 +117,13 @@ def _prepare_run(run: Path, config: TrainConfig, manifest: Manifest, root: str, 
 
 
 def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, world: int, manifest: Manifest,
-            *, batch_size: int, workers: int, augment: Augment | None, state: dict | None = None):
+            *, batch_size: int, workers: int, augment: Augment | None, state: dict | None = None,
+            pin_memory: bool = False):
     """The training stream (the config's weights and seed), or for ``split="val"`` the held-out
     batches every run of a mixture is measured on: the manifest's own weights and seed 0, whatever
     the run trains on (so a robot-only run is still asked the VLM questions a co-trained one is,
-    and seeds differ in training only)."""
+    and seeds differ in training only). Training batches are cut to their longest row on the host
+    (collate's ``trim_padding``); ``pin_memory`` (on CUDA) makes their copy to the device asynchronous."""
     encoding = manifest.encoding
     held_out = split == "val"
     dataset = MixtureDataset(manifest_path, split=split, weights=None if held_out else dict(config.data.weights) or None,
@@ -129,8 +135,10 @@ def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, worl
         dataset.load_state_dict(state)
     collate_fn = functools.partial(collate, max_tokens=encoding.max_tokens, action_dim=config.model.action_dim,
                                    action_horizon=config.model.action_horizon, state_dim=config.model.state_dim,
-                                   cameras=config.data.cameras, image_size=config.model.image_size)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn)
+                                   cameras=config.data.cameras, image_size=config.model.image_size,
+                                   trim_padding=not held_out)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate_fn,
+                                         pin_memory=pin_memory)
     return dataset, loader
 
 
@@ -202,7 +210,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     def open_stream(stream: int, state: dict | None):
         return _loader(config, manifest_path, "train", stream, layout.streams, manifest,
                        batch_size=config.data.batch_size, workers=config.data.num_workers,
-                       augment=augment, state=state)
+                       augment=augment, state=state, pin_memory=env.device.type == "cuda")
 
     data = TrainStreams(layout, open_stream, data_states)
     has_val = manifest.has_split("val")
@@ -220,46 +228,41 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
         logger.evaluation(0, _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast,
                                           has_val, step=0))
     wrapped.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    averaged = list(ema.values()) if ema is not None else []
+    named = dict(model.named_parameters())
+    sources = [named[name] for name in ema] if ema is not None else []
+    metrics = DeviceMetrics(env.device)
+    mix = np.zeros(len(manifest.sources), dtype=np.int64)  # samples per source since the last read
     for step in range(start, config.train.steps):
         began = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, step)
-        totals: dict[str, float] = {}
-        mix = torch.zeros(len(manifest.sources))
-        tokens = torch.zeros((), device=env.device)  # this process's non-padding tokens this step
+        metrics.begin_step()
         for index, (stream, micro, batch) in enumerate(data.micro_batches(accum)):
+            mix += np.bincount(batch["source_index"].numpy(), minlength=len(mix))  # still on the host
+            last_tokens = batch["tokens"]  # as loaded (a checkpoint hashes each rank's last batch)
             batch = {k: v.to(env.device, non_blocking=True) for k, v in batch.items()}
-            last_tokens = batch["tokens"]  # as loaded (padded to max_tokens): what a checkpoint hashes
-            batch = trim_token_padding(batch)
             noise, t = flow_inputs(config.train.seed, stream, step, micro, tuple(batch["actions"].shape))
-            sync = (contextlib.nullcontext() if index == micro_batches - 1 or not hasattr(wrapped, "no_sync")
-                    else wrapped.no_sync())
-            with sync, autocast():
-                out = wrapped(batch, noise=noise.to(env.device), t=t.to(env.device))
-            with sync:
+            with gradient_sync(wrapped, last=index == micro_batches - 1):
+                with autocast():
+                    out = wrapped(batch, noise=noise.to(env.device, non_blocking=True),
+                                  t=t.to(env.device, non_blocking=True))
                 (out["loss"] / micro_batches).backward()
-            for key in ("loss", "flow_loss", "fast_loss"):
-                if key in out:
-                    totals[key] = totals.get(key, 0.0) + float(env.mean(out[key].detach().float())) / micro_batches
-            mix += torch.bincount(batch["source_index"].cpu(), minlength=len(mix)).float()
-            tokens += batch["token_mask"].sum()
-        if not all(math.isfinite(v) for v in totals.values()):
-            raise TrainingDiverged(f"non-finite loss at step {step + 1} ({totals}); last good checkpoint: "
-                                   f"{last_good if last_good else 'none (no checkpoint written yet)'}")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                         config.optim.clip_norm))
+            metrics.add_micro_batch(out, micro_batches, batch["token_mask"])
+        grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.optim.clip_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if ema is not None:
+        if ema is not None:  # one fused update; shard by shard under FSDP2 (no communication)
             with torch.no_grad():
-                for name, parameter in model.named_parameters():
-                    if name in ema:  # shard by shard under FSDP2: no communication
-                        ema[name].lerp_(parameter.detach().float(), 1 - config.optim.ema_decay)
+                torch._foreach_lerp_(averaged, [p.detach() for p in sources], 1 - config.optim.ema_decay)
         done = step + 1
-        samples = config.data.batch_size * accum * layout.streams
-        logger.step(done, {**totals, "grad_norm": grad_norm, "lr": optimizer.param_groups[0]["lr"]},
-                    seconds=time.perf_counter() - began, samples=samples, mix=mix,
-                    tokens=int(env.mean(tokens.float()).item() * env.world))
+        metrics.end_step(done, grad_norm)
+        logger.tick(seconds=time.perf_counter() - began, samples=config.data.batch_size * accum * layout.streams)
+        if read_at(config, done):
+            values, tokens = metrics.read(env, last_good)
+            logger.step(done, {**values, "lr": optimizer.param_groups[0]["lr"]}, mix=mix, tokens=tokens)
+            mix = np.zeros_like(mix)
         if config.eval.every and done % config.eval.every == 0 and done < config.train.steps:
             logger.evaluation(done, _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env,
                                                  autocast, has_val, step=done))
