@@ -1,6 +1,6 @@
 """The learning curve of a run with ``[eval] metaworld``: closed-loop success per task at each
 evaluation, with steps and wall time, from ``RUN/metrics.jsonl`` (printed as a Markdown table for
-benchmarks/RESULTS.md and the README).
+docs/results/metaworld.md).
 
     .venv/bin/python benchmarks/metaworld_curve.py runs/metaworld
 """

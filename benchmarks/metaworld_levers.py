@@ -8,7 +8,7 @@ Each row changes one lever from the baseline (the weight EMA, the flow expert wi
 issue 16 asks about that need no retraining (replanning interval, flow integration steps, EMA, the
 flow's starting noise and sample averaging, and for a ``ki`` model the FAST-token head its backbone
 trains alongside the expert). Record results
-in benchmarks/RESULTS.md.
+on docs/results/metaworld.md.
 """
 
 from __future__ import annotations

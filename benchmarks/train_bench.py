@@ -6,8 +6,8 @@ loader in the loop, next to the same optimizer steps on one pre-collated batch, 
 Builds a 96x96 two-camera mixture from a generated RLDS dataset (build_bench.py's generator),
 trains ``model/ki_tiny.toml`` for ``--steps`` steps through ``kidata.training.trainer.train`` (loader
 with ``--workers`` DataLoader workers), then times forward + backward + clip + AdamW on a batch
-collated once. The loop is not data-bound when the two rates are close. Record results in
-benchmarks/RESULTS.md.
+collated once. The loop is not data-bound when the two rates are close. Record results on
+docs/results/training-speed.md.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from kidata import assets
 
 DEMO_RECIPE = assets.ROOT / "pipelines" / "demo.toml"
 TINY_PRESET = assets.ROOT / "model" / "ki_tiny.toml"
-DEMO_TRAIN_STEPS = 3500  # ~5 min at 11 steps/s on 2 CPU cores (1200 steps: reach 0.4, push 0, button 0; RESULTS.md)
+DEMO_TRAIN_STEPS = 3500  # ~5 min at 11 steps/s on 2 CPU cores (1200 steps: reach 0.4, push 0, button 0; docs/results/metaworld.md)
 MAX_STEPS = 300  # the same episode budget as `kidata eval metaworld` (the demo used 150)
 
 

@@ -221,7 +221,7 @@ class Policy:
     def _flow_actions(self, batch: dict, steps: int, noise: torch.Tensor | None) -> np.ndarray:
         if noise is None and (self.noise_scale != 1.0 or self.flow_samples > 1):
             # the flow's samples spread around its mean (a trained Meta-World expert: about 40% of
-            # its held-out error, RESULTS.md): a colder start or the mean of several samples
+            # its held-out error, docs/results/metaworld.md): a colder start or the mean of several samples
             batch = {key: value.repeat(self.flow_samples, *([1] * (value.dim() - 1))) for key, value in batch.items()}
             shape = (self.flow_samples, self.model.config.action_horizon, self.model.config.action_dim)
             noise = torch.randn(shape, device=self.device) * self.noise_scale

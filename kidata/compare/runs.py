@@ -121,7 +121,7 @@ def train_all(config: CompareConfig, manifest_path: Path) -> None:
     """Trains every run not yet finished (``report.json``), resuming those with checkpoints;
     ``config.jobs`` at once, each in its own process on its share of the cores (and on its own
     CUDA device where there are several: ``job_devices``). Why: in the training logs of the
-    full comparison's backbone runs (benchmarks/RESULTS.md; observed, not a benchmark), two
+    full comparison's backbone runs (docs/results/comparison.md; observed, not a benchmark), two
     single-threaded trainings of the tiny preset on this 2-core VM made 7.4 steps/s together where
     one two-threaded training made 6.2. Every run's overrides are derived here, before any trains,
     so a careless comparison is refused before the first run."""

@@ -101,7 +101,7 @@ def trim_token_padding(batch: Batch) -> Batch:
     each real token keeps its position, mask and loss, and padded keys carry no attention weight,
     so the model's outputs for real tokens are the same. Why: Meta-World rows hold 27 tokens on
     average (38 at most) of max_tokens 80, and attention and the token logits cost per column
-    (benchmarks/padding_bench.py, RESULTS.md)."""
+    (benchmarks/padding_bench.py, docs/results/metaworld.md)."""
     used = torch.nonzero(batch["token_mask"].any(dim=0))
     keep = int(used.max()) + 1 if len(used) else 1  # the last column any row uses (one, for an empty batch)
     if keep == batch["token_mask"].shape[1]:

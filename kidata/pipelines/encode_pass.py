@@ -25,7 +25,7 @@ from kidata.sources.base import ReadReport, WorkUnit
 # then all its frames decoded and JPEG-encoded, then its samples written, each in a tight loop.
 # Alternating them step by step kept evicting each other's code and data from the caches: the
 # non-image work of a unit took ~2.0-2.5 s per 3200 steps that way and ~1.4-1.5 s in blocks (same
-# bytes; benchmarks/RESULTS.md). A block holds its decoded frames: 32 steps x 3 cameras of 224x224
+# bytes; docs/results/build.md). A block holds its decoded frames: 32 steps x 3 cameras of 224x224
 # is ~14 MB.
 ENCODE_BLOCK_STEPS = 32
 

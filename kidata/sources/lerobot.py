@@ -129,7 +129,7 @@ class LeRobotSource:
         keys = self._data_keys
         image_keys = {key for key in self.cameras.values() if key in self._image_keys} if images else set()
         # ParquetFile.read, not read_table: the same table without the dataset layer read_table goes
-        # through (3.5 -> 2.9 ms for a 40k-row file; benchmarks/RESULTS.md, LeRobot)
+        # through (3.5 -> 2.9 ms for a 40k-row file; docs/results/lerobot.md)
         table = read_parquet(path, columns=sorted(keys | image_keys))
         # timestamps stay float32 as stored: consecutive float32 values subtract exactly, so the grid
         # check loses nothing, and a float64 copy of the column was 0.1 ms of a 40k-row file

@@ -2,7 +2,7 @@
 
 Why PyAV: its wheels carry their own FFmpeg (AV1 through libdav1d included), so reading LeRobot
 videos needs nothing from the system; torchcodec needs the system's FFmpeg shared libraries, which
-``make test`` / ``make demo`` cannot install on a user's machine (benchmarks/RESULTS.md, LeRobot
+``make test`` / ``make demo`` cannot install on a user's machine (docs/results/lerobot.md
 reader, has the throughput of both paths). A LeRobot v3.0 mp4 holds many episodes one after
 another, so an episode's frames start with a seek to the keyframe before its first timestamp,
 never with a decode from the file's start.

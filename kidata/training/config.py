@@ -170,7 +170,7 @@ class PolicyConfig:
     """How the trained run acts unless a caller says otherwise (``kidata.policy.load``, ``kidata
     serve``, ``kidata eval metaworld``, ``[eval] metaworld``, ``kidata demo``). ``action_head``:
     ``flow`` (the expert), ``fast`` (greedy FAST tokens from the backbone, decoded; a ``ki`` model
-    trains both, and on Meta-World its backbone acts better than its small expert: RESULTS.md) or
+    trains both, and on Meta-World its backbone acts better than its small expert: docs/results/metaworld.md) or
     ``auto`` (the expert when there is one). ``replan``: actions executed from each predicted chunk
     before the next observation, in the evaluators (the whole chunk when it is shorter; a robot's
     own client loop decides when serving). ``fast_fallback``: what acts when the FAST tokens do
