@@ -599,3 +599,14 @@ def test_kidata_stats_on_a_lerobot_source_needs_a_folder_or_a_repo():
 
     with pytest.raises(SystemExit, match="give --path FOLDER or --repo-id ORG/NAME"):
         main(["stats", "--reader", "lerobot"])
+
+
+def test_a_video_whose_header_declares_frames_past_the_limit_is_refused_before_decoding(fixture_root, monkeypatch):
+    from kidata.sources import video
+
+    path = str(fixture_root / "videos" / "observation.images.image_0" / "chunk-000" / "file-000.mp4")
+    assert video.VideoFrames(path, np.array([0.0])).frame(0).ndim == 3
+    monkeypatch.setattr(video, "MAX_FRAME_PIXELS", 100)
+    with pytest.raises(video.VideoError, match=r"file-000.mp4: the stream declares \d+x\d+ frames; kidata decodes frames "
+                                               r"of 1 to 100 pixels"):
+        video.VideoFrames(path, np.array([0.0])).frame(0)

@@ -278,3 +278,20 @@ def test_iterating_a_corpus_none_of_whose_records_gives_an_example_ends_in_an_er
     with pytest.raises(ValueError, match=r"CocoCaptions 'coco_captions': none of its 2 records gave an example "
                                          r"\(quarantined \{'missing_image': 2\}"):
         list(reader.examples())
+
+
+def test_an_annotation_file_over_the_metadata_limit_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from kidata.sources import base
+    from kidata.sources.coco import CocoCaptions
+
+    (tmp_path / "captions.json").write_text(json.dumps({"images": [], "annotations": []}) + " " * 100)
+    monkeypatch.setattr(base, "MAX_METADATA_BYTES", 64)
+    parsed = []
+    monkeypatch.setattr(json, "loads", lambda *a, **k: parsed.append(1))
+    with pytest.raises(ValueError, match=r"captions.json: 133 bytes, over the 64-byte limit on a metadata file read whole"):
+        len(CocoCaptions(tmp_path / "captions.json", tmp_path))
+    assert not parsed
+    (tmp_path / "latin.json").write_bytes(b'{"images": "\xe9"}')
+    monkeypatch.setattr(base, "MAX_METADATA_BYTES", 1 << 20)
+    with pytest.raises(ValueError, match=r"latin.json: not UTF-8 text at byte 12; a metadata file is JSON"):
+        len(CocoCaptions(tmp_path / "latin.json", tmp_path))

@@ -72,12 +72,32 @@ def split_range(total: int, count: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
+# The largest metadata file a reader parses whole (COCO's instances_train2017.json, the largest of the
+# corpora read here, is 448 MiB); past it, json.loads alone would need several times the file in memory.
+MAX_METADATA_BYTES = 1 << 30
+
+
+def read_metadata_text(path: str | Path, *, limit: int | None = None) -> str:
+    """A JSON / JSONL metadata file's text, refused in one sentence when it is larger than ``limit``
+    (default ``MAX_METADATA_BYTES``) or not UTF-8: a length read from data never decides an allocation."""
+    path = Path(path)
+    limit = MAX_METADATA_BYTES if limit is None else limit
+    size = path.stat().st_size
+    if size > limit:
+        raise ValueError(f"{path}: {size} bytes, over the {limit}-byte limit on a metadata file read whole; "
+                         "split it (JSONL parts) or check that this is the file you meant")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text at byte {error.start}; a metadata file is JSON") from None
+
+
 def load_annotations(path: str | Path | None) -> dict[str, tuple[LanguageAnnotation, ...]]:
     """Per-step language annotations from a JSON list or JSONL file of
     {"episode_id", "start", "stop", "text"} records, grouped by episode id."""
     if path is None:
         return {}
-    text = Path(path).read_text()
+    text = read_metadata_text(path)
     try:
         records = json.loads(text) if text.lstrip().startswith("[") else [
             json.loads(line) for line in text.splitlines() if line.strip()

@@ -21,6 +21,17 @@ class VideoError(ValueError):
     """A video does not hold the frames its metadata promises (missing, truncated, off the grid)."""
 
 
+MAX_FRAME_PIXELS = 8192 * 8192  # a frame's size is read from the file's header: bounded before any decode
+
+
+def check_frame_size(path: str, stream) -> None:
+    """Refuses a video stream whose header declares frames past ``MAX_FRAME_PIXELS`` (or none)."""
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if not 0 < width * height <= MAX_FRAME_PIXELS:
+        raise VideoError(f"{path}: the stream declares {width}x{height} frames; kidata decodes frames of 1 to "
+                         f"{MAX_FRAME_PIXELS} pixels")
+
+
 def packet_times(path: str, start: float, stop: float, tolerance_s: float) -> np.ndarray:
     """Presentation times (seconds, sorted) of the packets in [start - tol, stop - tol): what the
     file holds for a span, read by demuxing after a seek (no decoding). Raises ``VideoError`` when
@@ -80,6 +91,7 @@ class VideoFrames(Frames):
         self.close()
         self._container = av.open(self.path)
         stream = self._container.streams.video[0]
+        check_frame_size(self.path, stream)
         stream.thread_type = "AUTO"
         target = max(self.timestamps[step] - self.tolerance_s, 0.0)
         self._container.seek(int(target / float(stream.time_base)), stream=stream, backward=True, any_frame=False)

@@ -9,14 +9,14 @@ from typing import Any, Iterator
 
 from kidata.images import ImageDefect
 from kidata.schema import VlmExample
-from kidata.sources.base import ReadReport, WorkUnit, split_range
+from kidata.sources.base import ReadReport, WorkUnit, read_metadata_text, split_range
 
 
 def read_json(path: str | Path, required: tuple[str, ...]) -> dict[str, Any]:
     """A JSON annotation file; bad JSON or a missing top-level key is an error naming both."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_metadata_text(path))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not valid JSON ({error})") from error
     if not isinstance(data, dict):
