@@ -30,6 +30,8 @@ def tracked_text_files() -> list[Path]:
 def test_no_file_of_the_repository_says_which_round_of_work_found_what():
     found = []
     for path in tracked_text_files():
+        if path == Path(__file__).resolve():
+            continue  # this file names the phrases to test the pattern
         text = path.read_text(errors="replace")
         found += [f"{path.relative_to(ROOT)}: {match.group(0)!r}" for match in WORK_LOG.finditer(text)]
     assert found == []
