@@ -276,6 +276,9 @@ class Batch(TypedDict):
     source_index       int64 [B]               index into the manifest's sources
     vlm_task           int64 [B]               1 + VLM_TASKS.index of a VLM sample; 0 robot
                                                (held-out metrics per task; the model ignores it)
+    loss_targets       int64 [N]               optional: flat indices into [B, L - 1] of the positions
+                                               whose next token carries loss (the trainer's batches;
+                                               found on the host, so the model needs no device sync)
     =================  ======================  ===================================================
     """
 
@@ -295,4 +298,5 @@ class Batch(TypedDict):
     has_actions: torch.Tensor
     source_index: torch.Tensor
     vlm_task: NotRequired[torch.Tensor]
+    loss_targets: NotRequired[torch.Tensor]
 

@@ -172,3 +172,35 @@ def test_the_model_equals_its_repeated_key_value_form(monkeypatch, variant):
     reference = net(batch, **flow())
     for key in ("loss", "fast_loss", "logits") + (("velocity",) if variant != "pi0_fast" else ()):
         torch.testing.assert_close(ours[key], reference[key], rtol=1e-6, atol=1e-6, msg=key)
+
+
+def test_loss_targets_found_on_the_host_give_the_same_loss_and_logits_with_no_device_count():
+    """The trainer's batches carry ``loss_targets`` (collate, on the host): the model gathers its N logit
+    rows by them instead of a boolean mask, whose result size a GPU must count before it can go on."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from kidata.loader.collate import with_loss_targets
+
+    class CountOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            indices = args[1] if func is torch.ops.aten.index.Tensor else ()
+            if any(index is not None and index.dtype == torch.bool for index in indices):
+                self.ops.append("index by a boolean mask")  # its result size is counted on the device
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    batch = batch_of()
+    indexed = with_loss_targets(batch)
+    assert indexed["loss_targets"].tolist() == torch.nonzero(batch["loss"][:, 1:].reshape(-1)).reshape(-1).tolist()
+    one, two = model("ki"), model("ki")
+    masked = one(batch, **flow())
+    with CountOps() as counted:
+        gathered = two(indexed, **flow())
+    for key in ("fast_loss", "flow_loss", "loss"):
+        torch.testing.assert_close(gathered[key], masked[key], rtol=1e-6, atol=0)
+    torch.testing.assert_close(gathered["logits"], masked["logits"], rtol=1e-6, atol=1e-7)
+    assert not [op for op in counted.ops if "boolean mask" in op or "nonzero" in op or "masked_select" in op]

@@ -89,7 +89,17 @@ def collate(samples: Sequence[dict], *, max_tokens: int, action_dim: int, action
            "state": state, "state_dim_mask": state_dim_mask,
            "actions": actions, "action_valid": action_valid, "action_dim_mask": action_dim_mask,
            "has_actions": has_actions, "source_index": source_index, "vlm_task": vlm_task}
-    return trim_token_padding(out) if trim_padding else out
+    return with_loss_targets(trim_token_padding(out)) if trim_padding else out
+
+
+def with_loss_targets(batch: Batch) -> Batch:
+    """The batch with ``loss_targets``: int64 [N], the flat indices (into [B, L - 1]) of the positions
+    whose next token carries loss, found here on the host. The model then picks its N logit rows with
+    a gather of known size instead of a boolean mask, which on a GPU waits for the device to count
+    them (twice per micro-batch). Valid only for the batch as returned: rows cut or reordered later
+    need it recomputed."""
+    targets = torch.nonzero(batch["loss"][:, 1:].reshape(-1)).reshape(-1)
+    return {**batch, "loss_targets": targets}
 
 
 TOKEN_KEYS = ("tokens", "ar", "loss", "token_mask")  # the Batch keys of shape [B, L]

@@ -284,6 +284,12 @@ class KIModel(nn.Module):
         hidden states at the text positions [B, T, W]; position i predicts token i + 1. The
         vocabulary-sized logits exist only for the N targets (N is read once from the device)."""
         targets, target_mask = batch["tokens"][:, 1:], batch["loss"][:, 1:]
+        if "loss_targets" in batch and not all_logits:  # indices found on the host (collate): no device sync
+            index = batch["loss_targets"]
+            hidden = text_hidden[:, :-1].reshape(-1, text_hidden.shape[-1]).index_select(0, index)
+            predicting = logits = self.lm_head(self.final_norm(hidden))  # [N, V]
+            wanted, count = targets.reshape(-1).index_select(0, index), max(index.shape[0], 1)
+            return {"fast_loss": F.cross_entropy(predicting.float(), wanted, reduction="sum") / count, "logits": logits}
         if all_logits:
             logits = self.lm_head(self.final_norm(text_hidden))  # [B, T, V]
             predicting = logits[:, :-1][target_mask]
