@@ -405,6 +405,10 @@ def test_per_step_open_loop_error_puts_an_error_at_its_step():
     assert result["action_mse_step"] == [0.0, round(squared / 2, 6), 0.0]  # 2 dimensions at step 1
     assert result["action_mse_dim"] == [round(squared / 3, 6), 0.0]  # over 3 steps, rounded as reported
     assert result["action_mse"] == pytest.approx(squared / 6)  # one error among 6 values
+    assert result["action_mse_mean_baseline"] == 0.0  # the truth is the statistics' mean everywhere
+    evaluator = HeldOutMetrics(manifest, SimpleNamespace(stop_ids=[], text=SimpleNamespace(loc_range=lambda: None)))
+    evaluator.update(Model(), {**batch, "actions": torch.ones(1, 3, 2)})  # one std above the mean everywhere
+    assert evaluator.result()["action_mse_mean_baseline"] == pytest.approx((1.0 + 1e-6) ** 2)
 
 
 def test_episodes_past_the_fifty_variations_of_a_seed_are_new_layouts():

@@ -7,6 +7,9 @@ On batches of the build's ``val`` split (episodes / examples held out by the rec
   statistics, over valid steps and real dimensions. Error that grows along the chunk points at the
   horizon; one dimension far above the others at that dimension (a gripper convention, a
   normalization).
+* ``action_mse_mean_baseline``: the same error for a policy that always predicts the source's mean
+  action (its build statistics): the floor any ``action_mse`` must beat to have learned anything
+  from the observation.
 * ``fast_decode_rate`` and ``fast_action_mse``: greedy ``generate`` of the action tokens from
   where the policy generates them (``generation_prompt``), mapped back and decoded by the build's
   action tokenizer (the pi0-FAST path), vs ground truth.
@@ -105,6 +108,8 @@ class HeldOutMetrics:
     def update(self, model: KIModel, batch: Mapping[str, torch.Tensor], noise: torch.Tensor | None = None) -> None:
         robot = batch["has_actions"]
         prompt = prefix_only(batch)
+        if robot.any():
+            self._mean_baseline(batch)
         if robot.any() and model.config.has_expert:
             predicted = model.sample_actions(expert_prompt(batch), num_steps=self.num_steps, noise=noise)
             predicted = predicted.float().cpu().numpy()
@@ -163,6 +168,15 @@ class HeldOutMetrics:
             distance = float(np.linalg.norm(guess - truth))
             self._add("vlm_point_error", distance, 1.0)
             self._add("vlm_point_within_0.05", float(distance <= POINT_HIT_RADIUS), 1.0)
+
+    def _mean_baseline(self, batch) -> None:
+        truth = batch["actions"].float().cpu().numpy()
+        valid = batch["action_valid"].cpu().numpy()
+        for row in np.flatnonzero(batch["has_actions"].cpu().numpy()):
+            source = int(batch["source_index"][row])
+            error = (np.asarray(self.stats[source].actions.mean)[None, :] - self._unnormalized(truth[row], source)) ** 2
+            error = error[valid[row]]
+            self._add("action_mse_mean_baseline", float(error.sum()), float(error.size))
 
     def _action_error(self, name: str, predicted: np.ndarray, batch, ok: np.ndarray) -> None:
         truth = batch["actions"].float().cpu().numpy()

@@ -101,7 +101,7 @@ class MetricsLogger:
         rates = {"steps_per_s": len(self.window) / elapsed, "samples_per_s": sum(n for _, n in self.window) / elapsed,
                  "tokens_per_s": self.tokens_since_record / max(self.seconds_since_record, 1e-9)}
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{rates['samples_per_s']:.1f}")
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{rates['samples_per_s']:.1f}", refresh=False)
         if step % self.config.log.every and step != self.config.train.steps:
             return
         self.tokens_since_record, self.seconds_since_record = 0, 0.0
