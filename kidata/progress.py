@@ -35,10 +35,11 @@ def torch_threads(count: int) -> Iterator[None]:
     """Torch's intra-op thread count set to ``count`` inside the block and restored after; nothing when
     torch is not imported (a scripted policy needs none).
 
-    Closed-loop evaluation renders in a child process while the policy infers in this one: with
-    torch's default of one thread per core, its OpenMP workers spin between the small per-step
-    forwards and take the cores the renderer needs (``kidata eval metaworld`` on 2 cores: 68.5 s with
-    the default threads, 13.1 s with one; benchmarks/RESULTS.md, "Closed-loop evaluation threads")."""
+    Closed-loop evaluation renders in a child process while the policy infers in this one; with
+    torch's default of one thread per core, its OpenMP workers can spin between the small per-step
+    forwards on the cores the renderer needs. One inference thread costs nothing measurable when
+    they do not (benchmarks/eval_threads_bench.py on the demo run, 2 cores, 2026-12-07: 8.5 s
+    default vs 7.9 s with one thread on button-press-topdown, 3.3 s vs 3.3 s on window-close)."""
     torch = sys.modules.get("torch")
     if torch is None:
         yield
