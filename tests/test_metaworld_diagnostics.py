@@ -168,7 +168,7 @@ def test_scene_settings_come_from_the_runs_recipe_and_a_mixture_without_metaworl
     assert settings == SceneSettings(cameras={"base_0": "corner", "left_wrist_0": "gripperPOV"}, image_size=64,
                                      goal_marker_scale=2.0)
     recipe = {"mixture": {"image_size": 64}, "sources": [{"name": "bridge", "reader": "rlds"}]}
-    with pytest.raises(ValueError, match=r"no metaworld source \(sources: \['bridge'\]\)"):
+    with pytest.raises(ValueError, match=r"no Meta-World source \(sources: \['bridge'\]\)"):
         SceneSettings.from_recipe(recipe)
 
 
