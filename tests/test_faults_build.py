@@ -213,11 +213,16 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
         time.sleep(0.05)
     workers = spawned_workers() | child_pids(process.pid)
     assert len(spawned_workers()) == 2, "the build's two workers never started"
-    time.sleep(1.0)
+    for pid in spawned_workers():  # paused, they finish no job: the build is certainly running when stopped
+        os.kill(pid, signal.SIGSTOP)
+    time.sleep(0.5)  # the coordinator leaves the spawn's brief SIGINT-ignored window
     if stop == "Ctrl-C":  # the terminal sends SIGINT to the whole foreground process group
         os.killpg(process.pid, signal.SIGINT)
     else:
         os.kill(process.pid, getattr(signal, stop))
+    for pid in workers:
+        if alive(pid):
+            os.kill(pid, signal.SIGCONT)
     try:
         err = process.communicate(timeout=60)[1]
         deadline = time.time() + 10
@@ -231,7 +236,7 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
         process.wait()
     if stop != "SIGKILL":
         signum = signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT
-        assert process.returncode == 128 + signum
+        assert process.returncode == 128 + signum, err
         lines = [line for line in err.splitlines() if line.strip()]
         assert lines == [f"kidata build: stopped by {signal.Signals(signum).name}; the units {tmp_path / 'out'} "
                          "completed are kept: the same command resumes the build"], err

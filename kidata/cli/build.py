@@ -25,31 +25,28 @@ def add_parser(commands) -> None:
 
 
 def build_command(args: argparse.Namespace) -> int:
-    from kidata.cli.train import _interrupt_on_sigterm
+    from kidata.cli._stopping import SigtermAsInterrupt
     from kidata.pipelines.build import BuildError, build, summary
     from kidata.pipelines.recipe import RecipeError, load_recipe
 
-    stopped_by = _interrupt_on_sigterm()
+    stop = SigtermAsInterrupt()
     try:
-        recipe = load_recipe(args.recipe)
-        manifest = build(recipe, args.out, engine=args.engine, workers=args.workers, force=args.force,
-                         progress=not args.quiet, ray_address=args.ray_address)
+        with stop:
+            recipe = load_recipe(args.recipe)
+            manifest = build(recipe, args.out, engine=args.engine, workers=args.workers, force=args.force,
+                             progress=not args.quiet, ray_address=args.ray_address)
     except (RecipeError, BuildError) as error:
         print(f"kidata build: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        signum = stopped_by.get("signal", signal.SIGINT)
-        print(f"kidata build: stopped by {signal.Signals(signum).name}; the units {args.out} completed are kept: the "
-              "same command resumes the build", file=sys.stderr)
-        return 128 + signum
+        print(f"kidata build: stopped by {signal.Signals(stop.signum).name}; the units {args.out} completed are kept: "
+              "the same command resumes the build", file=sys.stderr)
+        return 128 + stop.signum
     except OSError as error:
         if error.errno != errno.ENOSPC:
             raise
         print(f"kidata build: the disk is full ({error.filename or args.out}); the units {args.out} completed are "
               "kept: free space and run the same command to resume", file=sys.stderr)
         return 2
-    finally:
-        if stopped_by.get("previous") is not None:
-            signal.signal(signal.SIGTERM, stopped_by["previous"])
     print(summary(manifest, args.out))
     return 0

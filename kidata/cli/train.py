@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 
@@ -42,6 +41,7 @@ def add_parser(commands) -> None:
 
 
 def train_command(args: argparse.Namespace) -> int:
+    from kidata.cli._stopping import SigtermAsInterrupt
     from kidata.manifest import ManifestMismatch
     from kidata.training.checkpoint import CheckpointError
     from kidata.training.config import TrainConfig
@@ -50,56 +50,38 @@ def train_command(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.data:
         overrides += ["--data.manifest", json.dumps(args.data)]
-    stopped_by = _interrupt_on_sigterm()
+    stop = SigtermAsInterrupt()
     try:
-        if args.resume:
-            from kidata.training.resume import resumed_config
+        with stop:
+            if args.resume:
+                from kidata.training.resume import resumed_config
 
-            if args.model:
-                print(f"kidata train: --resume continues {args.out}/config.json; --model {args.model} is not read",
-                      file=sys.stderr)
-            config = resumed_config(Path(args.out), overrides)
-        elif not args.model:
-            raise ValueError("--model: name a preset (a shipped name such as ki_tiny, or a TOML file); "
-                             "only --resume continues a run without one")
-        else:
-            config = TrainConfig.load(args.model, overrides)
-        if args.print_config:
-            from kidata.config import to_toml
+                if args.model:
+                    print(f"kidata train: --resume continues {args.out}/config.json; --model {args.model} is not read",
+                          file=sys.stderr)
+                config = resumed_config(Path(args.out), overrides)
+            elif not args.model:
+                raise ValueError("--model: name a preset (a shipped name such as ki_tiny, or a TOML file); "
+                                 "only --resume continues a run without one")
+            else:
+                config = TrainConfig.load(args.model, overrides)
+            if args.print_config:
+                from kidata.config import to_toml
 
-            print(to_toml(config.to_json()), end="")
-            return 0
-        report = train(config, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
+                print(to_toml(config.to_json()), end="")
+                return 0
+            report = train(config, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
     except (ManifestMismatch, TrainingDiverged, CheckpointError, FileExistsError, ValueError) as error:
         print(f"kidata train: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        signum = stopped_by.get("signal", signal.SIGINT)
         if os.environ.get("RANK", "0") == "0":  # under torchrun every rank is stopped; one says so
-            print(f"kidata train: {stopped(Path(args.out), signum)}", file=sys.stderr)
-        return 128 + signum
-    finally:
-        if stopped_by.get("previous") is not None:
-            signal.signal(signal.SIGTERM, stopped_by["previous"])
+            print(f"kidata train: {stopped(Path(args.out), stop.signum)}", file=sys.stderr)
+        return 128 + stop.signum
     if report:
         print(json.dumps(report, indent=2, sort_keys=True))
         print(f"run: {args.out} (metrics.jsonl, loss_curves.png, checkpoints/)")
     return 0
-
-
-def _interrupt_on_sigterm() -> dict:
-    """SIGTERM (a scheduler's or ``kill``'s stop) raises KeyboardInterrupt as Ctrl-C does, so both
-    end in the sentence of ``stopped`` instead of a silent exit 143 or a traceback."""
-    state: dict = {}
-    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
-        return state
-
-    def interrupt(signum, frame):
-        state["signal"] = signum
-        raise KeyboardInterrupt
-
-    state["previous"] = signal.signal(signal.SIGTERM, interrupt)
-    return state
 
 
 def stopped(run: Path, signum: int) -> str:
