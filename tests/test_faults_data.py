@@ -324,11 +324,13 @@ def test_a_text_tokenizer_that_is_neither_a_path_nor_a_loadable_hub_id_is_named(
     from kidata.tokenizers.text import TextTokenizer
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"text tokenizer './toks/mine': toks/mine does not exist .*give a "
-                                                r"folder holding tokenizer.model or tokenizer.json"):
+    with pytest.raises(FileNotFoundError, match=rf"text tokenizer './toks/mine': {tmp_path}/toks/mine does not exist; "
+                                                r"no shipped asset of that name .*; not a Hugging Face hub id \(org/name\); "
+                                                r"give a folder holding tokenizer.model or tokenizer.json"):
         TextTokenizer.load("./toks/mine")
-    with pytest.raises(FileNotFoundError, match=r"text tokenizer 'tokenizers/mine': tokenizers/mine does not exist "
-                                                r".*as a Hugging Face hub id it could not be loaded"):
+    with pytest.raises(FileNotFoundError, match=r"text tokenizer 'tokenizers/mine': .*tokenizers/mine does not exist; "
+                                                r".*the Hugging Face model repo is not in the hub cache and could not "
+                                                r"be fetched"):
         TextTokenizer.load("tokenizers/mine")
 
 

@@ -16,13 +16,14 @@ def action_tokenizer_kind(tokenizer) -> str:
     return "bins" if isinstance(tokenizer, BinTokenizer) else "fast"
 
 
-def load_action_tokenizer(path):
-    """The action tokenizer saved in a directory: naive bins when ``kidata_bins.json`` is there,
-    else FAST."""
+def load_action_tokenizer(path, *, base=None):
+    """The action tokenizer saved in a directory (a path, relative to ``base`` when given, a shipped
+    asset, a URL or a hub id: ``kidata.locate``): naive bins when ``kidata_bins.json`` is there, else FAST."""
+    from kidata.locate import locate
     from kidata.tokenizers.bins import BINS_FILE
-    from kidata.tokenizers.hub import local_or_hub
 
-    directory = local_or_hub(path, files=(*ACTION_TOKENIZER_FILES, "tokenizer_config.json"))
+    directory = locate(path, what="action tokenizer", base=base, kind="tokenizers",
+                       hub_files=(*ACTION_TOKENIZER_FILES, "tokenizer_config.json"))
     return BinTokenizer.load(directory) if (directory / BINS_FILE).exists() else FastTokenizer.load(directory)
 
 
