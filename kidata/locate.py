@@ -24,7 +24,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Collection, Literal, Sequence
+from typing import Callable, Collection, Literal, Sequence
 
 from kidata import assets
 
@@ -158,28 +158,28 @@ def _from_url(url: str, tried: list[str]) -> Path | None:
         if (entry / leaf).exists():
             return entry / leaf
         if fs.isdir(remote):
-            copy = _fresh_folder(entry)
-            fs.get(remote + "/", str(copy / leaf) + "/", recursive=True)
-            return _publish(copy, entry) / leaf
+            return _copied(entry, leaf, lambda copy: fs.get(remote + "/", str(copy) + "/", recursive=True))
         if fs.isfile(remote):
-            copy = _fresh_folder(entry)
-            fs.get(remote, str(copy / leaf))
-            return _publish(copy, entry) / leaf
+            return _copied(entry, leaf, lambda copy: fs.get(remote, str(copy)))
         tried.append(f"nothing at the URL ({type(fs).__name__} has no {remote})")
     except Exception as error:  # noqa: BLE001 - no filesystem driver, no access, no network: one sentence
         tried.append(f"the URL could not be read ({_quoted(error)})")
     return None
 
 
-def _fresh_folder(entry: Path) -> Path:
+def _copied(entry: Path, leaf: str, get: Callable[[Path], object]) -> Path:
+    """``entry / leaf`` after ``get(path)`` wrote the copy to ``path``, inside a temporary folder
+    beside ``entry`` that is renamed to ``entry`` once complete (removed if ``get`` fails; when
+    another process renamed its copy first, that one is kept and ours removed)."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
-
-
-def _publish(copy: Path, entry: Path) -> Path:
-    """Renames a finished copy into place; another process that got there first wins, ours goes."""
+    folder = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
-        copy.rename(entry)
-    except OSError:
-        shutil.rmtree(copy, ignore_errors=True)
-    return entry
+        get(folder / leaf)
+        try:
+            folder.rename(entry)
+        except OSError:
+            if not (entry / leaf).exists():  # not another process's finished copy
+                raise
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # already gone after the rename
+    return entry / leaf
