@@ -26,7 +26,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="model/ki_tiny.toml")
     args = parser.parse_args()
-    from test_ki_model import fixed, make_batch
+    from support.model import fixed, make_batch
     from torch.distributed.fsdp._fully_shard import _fsdp_param_group
 
     from kidata.model.config import ModelConfig
