@@ -16,9 +16,10 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
-from conftest import shared_path  # noqa: E402
+from support.data import REPO as ROOT  # noqa: E402
+from support.data import shared_path  # noqa: E402
+from support.training import SHAPE, TINY, config, free_port, losses, run_two_processes  # noqa: E402
 
-from kidata import assets  # noqa: E402
 from kidata.config import parse_overrides  # noqa: E402
 from kidata.manifest import ManifestMismatch  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
@@ -26,37 +27,6 @@ from kidata.pipelines.recipe import load_recipe  # noqa: E402
 from kidata.training import trainer as train_module  # noqa: E402
 from kidata.training.config import TrainConfig  # noqa: E402
 from kidata.training.trainer import TrainingDiverged, train  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = assets.ROOT / "model" / "ki_tiny.toml"
-SHAPE = ["--model.image_size", "64", "--model.action_horizon", "4", "--data.cameras", '["base_0", "base_1"]',
-         "--data.num_workers", "0", "--data.batch_size", "8", "--log.progress", "false", "--log.every", "1",
-         "--eval.batches", "1", "--eval.batch_size", "4", "--eval.max_new_tokens", "24", "--schedule.warmup_steps", "5"]
-
-
-@pytest.fixture(scope="module")
-def mixture(tmp_path_factory) -> str:
-    """test_build's Bridge + VQAv2 recipe, with a third of the VQA examples held out for evaluation."""
-    from test_build import write_recipe
-
-    root = tmp_path_factory.mktemp("mixture")
-    path = write_recipe(root / "recipe.toml", units=2)
-    path.write_text(path.read_text().replace("weight = 0.2", "weight = 0.3\nholdout = 0.34"))
-    build(load_recipe(path), str(root / "out"), progress=False)
-    return str(root / "out" / "manifest.json")
-
-
-def config(mixture: str, *extra: str) -> TrainConfig:
-    return TrainConfig.load(TINY, [*SHAPE, "--data.manifest", json.dumps(mixture), *extra])
-
-
-def losses(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            out[record["step"]] = record["loss"]  # a resumed run rewrites steps after its checkpoint
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -334,14 +304,6 @@ def test_a_fresh_run_drops_an_earlier_attempt_that_left_no_checkpoint(mixture, t
             "starting over, they are dropped") in capsys.readouterr().err
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def two_process_runs(mixture, tmp_path_factory) -> dict[str, Path]:
     """The same 6 steps on 2 gloo processes, once under DDP and once under FSDP2."""
@@ -446,15 +408,6 @@ def test_resuming_two_processes_shards_on_one_loads_them_then_names_the_data_str
                                          r"2 process\(es\) .* \[data\] streams = S"):
         train(config(mixture, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
                      "--optim.ema_decay", "0.9", "--train.fsdp", "true"), run, resume=True)
-
-
-def run_two_processes(run: Path, mixture: str, *extra: str) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run), *SHAPE,
-               *extra]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 STREAMED = ("--data.streams", "2", "--optim.grad_accum", "2", "--data.batch_size", "4", "--train.steps", "6",
@@ -688,7 +641,7 @@ def test_resuming_on_a_rebuilt_mixture_is_refused_naming_what_changed(mixture, t
     """Same --data path, other bytes: the run's saved manifest names the tokenizer it trained with."""
     import shutil
 
-    from test_build import write_recipe
+    from support.recipes import write_recipe
 
     from kidata.manifest import ManifestMismatch
 
