@@ -4,7 +4,7 @@ One writer (``Manifest.to_json``, called by the build) and one reader (``Manifes
 ``Manifest.from_json``): a file that is not a manifest, or lacks a field, is refused in one
 sentence naming the file and the field. Layout (JSON, keys sorted)::
 
-    kidata_version, recipe (the canonical recipe), recipe_sha256,
+    kidata_version, recipe (the canonical recipe; ``kidata.recipe.Recipe`` when read), recipe_sha256,
     tokenizers: {text: {path, sha256}, fast: {path, sha256, kind}},
     encoding: {state_encoding, prompt_format, action_horizon, action_dim, image_size, max_tokens,
                normalization, fast_token_rule, text_vocab_size, fast_token_range,
@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
+
+from kidata.recipe import Recipe, RecordedRecipeError
 
 MANIFEST_FILE = "manifest.json"
 BUILD_REPORT_FILE = "build_report.json"
@@ -120,7 +122,7 @@ class SourceEntry:
 @dataclass(frozen=True)
 class Manifest:
     kidata_version: str
-    recipe: Mapping[str, Any]
+    recipe: Recipe  # written as its canonical form, which recipe_sha256 hashes
     recipe_sha256: str
     text_tokenizer: TokenizerRef
     action_tokenizer: TokenizerRef
@@ -147,7 +149,8 @@ class Manifest:
         return self.action_tokenizer.kind or "fast"
 
     def to_json(self) -> dict:
-        return {"kidata_version": self.kidata_version, "recipe": self.recipe, "recipe_sha256": self.recipe_sha256,
+        return {"kidata_version": self.kidata_version, "recipe": self.recipe.canonical(),
+                "recipe_sha256": self.recipe_sha256,
                 "tokenizers": {"text": self.text_tokenizer.to_json(), "fast": self.action_tokenizer.to_json()},
                 "encoding": self.encoding.to_json(), "sources": [source.to_json() for source in self.sources],
                 **({"build_id": self.build_id} if self.build_id else {})}
@@ -170,7 +173,8 @@ class Manifest:
                                            "delta_mask": tuple(source["delta_mask"]) if source.get("delta_mask") else None,
                                            "shards": tuple(ShardInfo(**shard) for shard in source["shards"])})
                             for source in data["sources"])
-            return cls(kidata_version=data.get("kidata_version", "?"), recipe=data.get("recipe", {}),
+            recipe = Recipe.from_canonical(data.get("recipe", {}), origin=origin)
+            return cls(kidata_version=data.get("kidata_version", "?"), recipe=recipe,
                        recipe_sha256=data.get("recipe_sha256", ""),
                        text_tokenizer=TokenizerRef(**data["tokenizers"]["text"]),
                        action_tokenizer=TokenizerRef(**data["tokenizers"]["fast"]),
@@ -178,6 +182,8 @@ class Manifest:
         except (KeyError, TypeError) as error:
             raise ManifestMismatch(f"{origin}: a field of the manifest is missing or unknown ({error}); rebuild "
                                    "the mixture with this kidata version") from None
+        except RecordedRecipeError as error:
+            raise ManifestMismatch(str(error)) from None
 
     @classmethod
     def read(cls, path: str) -> tuple["Manifest", str]:

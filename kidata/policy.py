@@ -110,8 +110,8 @@ class Policy:
         self.fast_fallback = fast_fallback
         self.counters = {"fast_chunks": 0, "fast_invalid": 0, "flow_fallbacks": 0}
         if subtask is None:
-            entry = next((s for s in manifest.recipe.get("sources", []) if s.get("name") == self.source), {})
-            subtask = bool(entry.get("annotations"))
+            entry = next((s for s in manifest.recipe.sources if s.name == self.source), None)
+            subtask = bool(entry is not None and entry.options.get("annotations"))
         self.generates_subtask = bool(subtask)
         self.last_subtask: str | None = None
 

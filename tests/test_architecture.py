@@ -17,7 +17,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kidata"
 # base <- sources, tokenizers <- pipelines <- loader <- training -> model; envs for sources and
 # eval; inference (policy) needs model, tokenizers and normalization, never the build.
 BASE = {"kidata", "kidata.assets", "kidata.config", "kidata.delta", "kidata.hashing", "kidata.images", "kidata.lazy",
-        "kidata.locate", "kidata.manifest", "kidata.normalize", "kidata.progress", "kidata.schema", "kidata.stats_formats"}
+        "kidata.locate", "kidata.manifest", "kidata.normalize", "kidata.progress", "kidata.recipe", "kidata.schema",
+        "kidata.stats_formats"}
 ALLOWED = {
     "base": BASE,
     "kidata.envs": BASE,

@@ -174,10 +174,12 @@ def test_a_careless_comparison_is_refused_in_one_sentence(recipe, tmp_path, caps
     from kidata.cli import main
     from kidata.compare.runs import _overrides, build_once
     from kidata.manifest import Encoding, Manifest, TokenizerRef
+    from kidata.recipe import MixtureConfig, Recipe, SourceConfig
 
     with pytest.raises(ValueError, match=r"--variants \['vlm', 'pi1'\] are not among"):
         CompareConfig(recipe="r", model="m", out=tmp_path, variants=("ki", "vlm", "pi1"))
-    robot_only = SimpleNamespace(sources=[SimpleNamespace(name="bridge", kind="robot", weight=1.0)], recipe={})
+    robot_only = SimpleNamespace(sources=[SimpleNamespace(name="bridge", kind="robot", weight=1.0)],
+                                 recipe=Recipe(MixtureConfig("robot-only"), (SourceConfig("bridge", "rlds"),), "."))
     config = CompareConfig(recipe=str(recipe), model=str(TINY), out=tmp_path)
     with pytest.raises(ValueError, match=r"--cotrain on needs VLM sources; .* has only \['bridge'\] \(use --cotrain off\)"):
         _overrides(config, tmp_path / "manifest.json", robot_only, "ki", True, 0)
@@ -186,7 +188,7 @@ def test_a_careless_comparison_is_refused_in_one_sentence(recipe, tmp_path, caps
                    robot_only, "ki", False, 0)
     (tmp_path / "data").mkdir()
     encoding = Encoding("text", "pi05", 4, 2, 32, 64, "quantile", "openpi", 300, (100, 199))
-    other = Manifest("0", {"mixture": {"name": "other"}, "sources": []}, "0" * 64, TokenizerRef("t", "0"),
+    other = Manifest("0", Recipe(MixtureConfig("other"), (), "."), "0" * 64, TokenizerRef("t", "0"),
                      TokenizerRef("fast_tokenizer", "0"), encoding)  # a build of another recipe
     (tmp_path / "data" / "manifest.json").write_text(other.dumps())
     with pytest.raises(ValueError, match=r"was built from another recipe than .*recipe.toml \(recipe sha256 "

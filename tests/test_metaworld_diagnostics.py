@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 from kidata import assets  # noqa: E402
 from kidata.eval.metaworld import ExpertPolicy, SceneSettings, evaluate_metaworld  # noqa: E402
+from kidata.recipe import MixtureConfig, Recipe, SourceConfig  # noqa: E402
 from kidata.training.config import TrainConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +168,7 @@ def test_scene_settings_come_from_the_runs_recipe_and_a_mixture_without_metaworl
     settings = SceneSettings.from_recipe(policy.manifest.recipe)
     assert settings == SceneSettings(cameras={"base_0": "corner", "left_wrist_0": "gripperPOV"}, image_size=64,
                                      goal_marker_scale=2.0)
-    recipe = {"mixture": {"image_size": 64}, "sources": [{"name": "bridge", "reader": "rlds"}]}
+    recipe = Recipe(MixtureConfig("m", image_size=64), (SourceConfig("bridge", "rlds"),), ".")
     with pytest.raises(ValueError, match=r"no Meta-World source \(sources: \['bridge'\]\)"):
         SceneSettings.from_recipe(recipe)
 
@@ -213,9 +214,9 @@ def test_training_layouts_are_the_builds_training_episodes_and_the_evaluator_sta
     from kidata.hashing import in_holdout
     from kidata.pipelines.recipe import load_recipe
 
-    canonical = load_recipe(recipe).canonical()  # what a run's manifest records
+    recorded = Recipe.of(load_recipe(recipe))  # what a run's manifest records
     kept = [e for e in range(4) if not in_holdout("metaworld", f"reach-v3-s0-e{e:05d}", 0.5)]
-    seed, indices = training_layouts(canonical, ["reach"], len(kept))
+    seed, indices = training_layouts(recorded, ["reach"], len(kept))
     assert seed == 0 and indices == {"reach-v3": kept}
     result = evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=len(kept), max_steps=200, seed=seed,
                                 episode_indices=indices)
@@ -228,12 +229,12 @@ def test_training_layouts_refuse_more_episodes_than_trained_and_tasks_not_traine
     from kidata.hashing import in_holdout
     from kidata.pipelines.recipe import load_recipe
 
-    canonical = load_recipe(recipe).canonical()
+    recorded = Recipe.of(load_recipe(recipe))
     trained = sum(not in_holdout("metaworld", f"reach-v3-s0-e{e:05d}", 0.5) for e in range(4))
     with pytest.raises(ValueError, match=f"trained on {trained} episodes of it .* ask for at most {trained}"):
-        training_layouts(canonical, ["reach"], trained + 1)
+        training_layouts(recorded, ["reach"], trained + 1)
     with pytest.raises(ValueError, match=r"push-v3 is not a training task of source 'metaworld' \(its tasks: \['reach-v3'\]\)"):
-        training_layouts(canonical, ["push"], 1)
+        training_layouts(recorded, ["push"], 1)
 
 
 @pytest.mark.slow
@@ -383,7 +384,8 @@ def test_per_step_open_loop_error_puts_an_error_at_its_step():
                         fast_token_range=(50, 99))
     source = SourceEntry(name="s", kind="robot", weight=1.0, reader="rlds", episodes=1, samples=1, quarantined={},
                          rejected={}, skipped={}, shards=(), norm_stats={"state": stats, "actions": stats})
-    manifest = Manifest("0", {}, "", TokenizerRef("text", "0"), TokenizerRef("fast", "0"), encoding, (source,))
+    manifest = Manifest("0", Recipe(MixtureConfig("m"), (), "."), "", TokenizerRef("text", "0"), TokenizerRef("fast", "0"),
+                        encoding, (source,))
     truth = torch.zeros(1, 3, 2)
     predicted = truth.clone()
     predicted[0, 1, 0] = 2.0  # one error of 2 at step 1, dimension 0
@@ -431,5 +433,5 @@ def test_privileged_state_adds_the_object_and_goal_positions_for_the_perception_
     np.testing.assert_array_equal(robot_state(observation), [0, 1, 2, 3])
     np.testing.assert_array_equal(robot_state(observation, privileged=True), [0, 1, 2, 3, 4, 5, 6, 36, 37, 38])
     assert robot_state(observation).dtype == np.float32
-    recipe = {"mixture": {"image_size": 64}, "sources": [{"name": "mw", "reader": "metaworld", "privileged_state": True}]}
+    recipe = Recipe(MixtureConfig("m", image_size=64), (SourceConfig("mw", "metaworld", options={"privileged_state": True}),), ".")
     assert SceneSettings.from_recipe(recipe).privileged_state  # the evaluator gives the policy the same state

@@ -12,6 +12,7 @@ import sentencepiece
 from kidata import assets
 from kidata.manifest import Encoding, Manifest, ManifestMismatch, TokenizerRef
 from kidata.pipelines.recipe import RecipeError, parse_recipe
+from kidata.recipe import MixtureConfig, Recipe
 from kidata.sources.synthetic import action_chunks
 from kidata.tokenizers.fast import FastTokenizer
 from kidata.tokenizers.prompt import SampleEncoder
@@ -81,7 +82,8 @@ def pi0_manifest() -> Manifest:
     encoding = Encoding(state_encoding="continuous", prompt_format="pi0", action_horizon=10, action_dim=7, image_size=224,
                         max_tokens=64, normalization="quantile", fast_token_rule="openpi", text_vocab_size=2048,
                         fast_token_range=(1408, 1919))
-    return Manifest("0", {}, "", TokenizerRef("t", "a"), TokenizerRef("f", "b"), encoding)
+    recipe = Recipe(MixtureConfig("pi0", state_encoding="continuous", prompt_format="pi0"), (), ".")
+    return Manifest("0", recipe, "", TokenizerRef("t", "a"), TokenizerRef("f", "b"), encoding)
 
 
 @pytest.mark.parametrize("state_input, refused", [("prefix", True), ("expert", False)])

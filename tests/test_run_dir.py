@@ -12,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kidata.manifest import BuildDir, Encoding, Manifest, TokenizerRef  # noqa: E402
+from kidata.recipe import MixtureConfig, Recipe  # noqa: E402
 from kidata.training.checkpoint import save_checkpoint  # noqa: E402
 from kidata.training.config import TrainConfig  # noqa: E402
 from kidata.training.run_dir import RunDir  # noqa: E402
@@ -54,7 +55,7 @@ def test_a_folder_without_config_json_is_refused_as_not_a_run(tmp_path):
 
 def tiny_manifest() -> Manifest:
     encoding = Encoding("text", "pi05", 4, 2, 32, 64, "quantile", "openpi", 300, (100, 199))
-    return Manifest("0.1", {"mixture": {"name": "m"}, "sources": []}, "ab" * 32, TokenizerRef("tokenizers/demo-text", "0"),
+    return Manifest("0.1", Recipe(MixtureConfig("m"), (), "."), "ab" * 32, TokenizerRef("tokenizers/demo-text", "0"),
                     TokenizerRef("fast_tokenizer", "1", "fast"), encoding)
 
 

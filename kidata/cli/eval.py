@@ -119,11 +119,13 @@ def metaworld_command(args: argparse.Namespace) -> int:
         replan = PolicyConfig.replan  # the default of a run's [policy], for policies that are not runs
         ensemble = None
         if args.policy.startswith(("ws://", "wss://")):
+            from kidata.recipe import Recipe
             from kidata.serving.client import RemotePolicy
 
             chunk_policy = RemotePolicy(args.policy, api_key=os.environ.get("KIDATA_API_KEY"))
             try:  # the served run's scene, as for --run
-                scene = SceneSettings.from_recipe(chunk_policy.metadata["recipe"], chunk_policy.metadata["source"])
+                recipe = Recipe.from_canonical(chunk_policy.metadata["recipe"], origin=args.policy)
+                scene = SceneSettings.from_recipe(recipe, chunk_policy.metadata["source"])
             except (KeyError, ValueError):
                 pass
             replan = chunk_policy.metadata.get("replan", replan)  # the served run's [policy] replan

@@ -103,8 +103,7 @@ def _overrides(config: CompareConfig, manifest_path: Path, manifest, variant: st
     if config.init:
         out += ["--train.init_from", json.dumps(str(config.init)), "--train.init_format", "kidata"]
     if config.metaworld_episodes:
-        tasks = [t for s in manifest.recipe.get("sources", []) if s.get("reader") == "metaworld"
-                 for t in _as_list(s.get("tasks"))]
+        tasks = [t for s in manifest.recipe.sources_read_by("metaworld") for t in _as_list(s.options.get("tasks"))]
         if not tasks:
             raise ValueError(f"--metaworld-episodes needs a metaworld source in {config.recipe}")
         closed_loop = config.metaworld_evaluations or config.evaluations

@@ -35,6 +35,7 @@ from kidata.envs.metaworld import (
 from kidata.eval.chunking import ChunkExecutor
 from kidata.progress import bar as progress_bar
 from kidata.progress import torch_threads
+from kidata.recipe import Recipe
 
 EVAL_SEED = 10_000  # variations and resets apart from the default training seeds
 
@@ -51,23 +52,24 @@ class SceneSettings:
     privileged_state: bool = False
 
     @classmethod
-    def from_recipe(cls, recipe: Mapping[str, Any], source: str | None = None) -> "SceneSettings":
+    def from_recipe(cls, recipe: Recipe, source: str | None = None) -> "SceneSettings":
         """The settings of a run's ``metaworld`` source (the first one unless ``source`` names
-        it), from its canonical recipe (``Manifest.recipe``); a mixture without one is refused,
-        naming its sources."""
-        sources = [s for s in recipe["sources"] if s["reader"] == "metaworld"]
-        chosen = next((s for s in sources if s["name"] == source), None) if source else (sources or [None])[0]
+        it), from its recipe (``Manifest.recipe``); a mixture without one is refused, naming its
+        sources."""
+        sources = recipe.sources_read_by("metaworld")
+        chosen = next((s for s in sources if s.name == source), None) if source else (sources or [None])[0]
         if chosen is None:
-            names = [s["name"] for s in recipe["sources"]]
+            names = [s.name for s in recipe.sources]
             raise ValueError(f"this run's mixture has no Meta-World source{f' named {source!r}' if source else ''} "
                              f"(sources: {names}): evaluate a run trained on a metaworld recipe (kidata build demo)")
-        return cls(cameras=dict(chosen.get("cameras") or DEFAULT_CAMERAS),
-                   image_size=int(chosen.get("image_size", recipe["mixture"]["image_size"])),
-                   goal_marker_scale=float(chosen.get("goal_marker_scale", 1.0)),
-                   privileged_state=bool(chosen.get("privileged_state", False)))
+        options = chosen.options
+        return cls(cameras=dict(options.get("cameras") or DEFAULT_CAMERAS),
+                   image_size=int(options.get("image_size", recipe.mixture.image_size)),
+                   goal_marker_scale=float(options.get("goal_marker_scale", 1.0)),
+                   privileged_state=bool(options.get("privileged_state", False)))
 
 
-def training_layouts(recipe: Mapping[str, Any], tasks: str | Sequence[str], episodes: int,
+def training_layouts(recipe: Recipe, tasks: str | Sequence[str], episodes: int,
                      source: str | None = None) -> tuple[int, dict[str, list[int]]]:
     """(seed, task -> episode indices): the first ``episodes`` layouts per task that a run's build
     trained on (its ``metaworld`` source's rollouts in the train split whose expert succeeded).
@@ -77,10 +79,10 @@ def training_layouts(recipe: Mapping[str, Any], tasks: str | Sequence[str], epis
     reset), the evaluator tells the two apart. The rollouts are re-simulated without rendering to
     skip those the build dropped (a noisy expert's failures)."""
     from kidata.hashing import in_holdout
-    from kidata.pipelines.recipe import parse_recipe
+    from kidata.pipelines.recipe import Recipe as BuildRecipe
 
     SceneSettings.from_recipe(recipe, source)  # refuses a mixture without the named metaworld source
-    parsed = parse_recipe(recipe)
+    parsed = BuildRecipe.of(recipe)
     config = next(s for s in parsed.sources if s.reader == "metaworld" and source in (None, s.name))
     opened = parsed.open(config)
     holdout = config.holdout if config.holdout is not None else parsed.mixture.holdout

@@ -16,6 +16,7 @@ import sys
 import time
 
 from kidata import __version__
+from kidata import recipe as recorded
 from kidata.manifest import (
     ACTION_TOKENIZER_DIR,
     MANIFEST_FILE,
@@ -213,7 +214,8 @@ def _manifest(recipe, context, fs, root, units, norm_stats) -> Manifest:
     mixture = recipe.mixture
     ranges = {key: tuple(value) for key, value in encoder.ranges.items()}
     return Manifest(
-        kidata_version=__version__, recipe=recipe.canonical(), recipe_sha256=recipe.sha256, build_id=context.build_id,
+        kidata_version=__version__, recipe=recorded.Recipe.from_canonical(recipe.canonical()),
+        recipe_sha256=recipe.sha256, build_id=context.build_id,
         text_tokenizer=TokenizerRef(mixture.text_tokenizer, text.sha256),
         action_tokenizer=TokenizerRef(ACTION_TOKENIZER_DIR, encoder.actions.sha256, action_tokenizer_kind(encoder.actions)),
         encoding=Encoding(state_encoding=mixture.state_encoding, prompt_format=mixture.prompt_format,

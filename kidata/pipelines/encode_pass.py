@@ -6,7 +6,7 @@ of workers, so any engine and worker count gives byte-identical shards."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -59,7 +59,7 @@ def context_encoder(context: EncodeContext):
     if _WORKER_CACHE.get("key") != key:
         mixture = context.recipe.mixture
         text = TextTokenizer.load(mixture.text_tokenizer, base_dir=context.recipe.base_dir)
-        encoder = SampleEncoder.from_settings(text, action_tokenizer_from_files(context.fast_files), asdict(mixture),
+        encoder = SampleEncoder.from_settings(text, action_tokenizer_from_files(context.fast_files), mixture,
                                               uses_loc_tokens=any(s.uses_loc_tokens for s in context.recipe.sources))
         _WORKER_CACHE.update(key=key, encoder=encoder)
     return _WORKER_CACHE["encoder"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from kidata.manifest import BuildDir, Manifest
 from kidata.pipelines.encode_pass import EncodeContext, context_encoder
-from kidata.pipelines.recipe import parse_recipe
+from kidata.pipelines.recipe import Recipe
 from kidata.pipelines.shards import iter_shard, load_npy
 from kidata.pipelines.storage import output_fs
 from kidata.schema import Sample
@@ -39,10 +39,10 @@ def inspect_build(out: str, *, samples: int = 3, save: str | None = None) -> str
     fs, root = output_fs(out)
     build = BuildDir.at(root)
     manifest, _ = Manifest.read(fs.unstrip_protocol(build.manifest_path))
-    recipe = parse_recipe(manifest.recipe, base_dir=".")
+    recipe = Recipe.of(manifest.recipe)  # the build's kind, to encode as the build did
     files = action_tokenizer_files(fs, build.action_tokenizer_path)
     encoder = context_encoder(EncodeContext(recipe, out, files, {}, manifest.encoding.action_dim))
-    lines = [f"build {manifest.recipe['mixture']['name']!r} (kidata {manifest.kidata_version}, recipe "
+    lines = [f"build {manifest.recipe.mixture.name!r} (kidata {manifest.kidata_version}, recipe "
              f"{manifest.recipe_sha256[:12]}); encoding: {json.dumps(manifest.encoding.to_json(), sort_keys=True)}"]
     shown: list[tuple[str, Sample]] = []
     for source in manifest.sources:

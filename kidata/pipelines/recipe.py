@@ -1,20 +1,21 @@
 """Recipes: a TOML file with one ``[mixture]`` table and one ``[[sources]]`` table per source.
 
-Parsed into frozen dataclasses; an unknown key is an error naming the key and the nearest valid
-one; relative paths resolve against the recipe file's folder. ``canonical()`` is the recipe as the
+Parsed into the frozen dataclasses of ``kidata.recipe`` (extended here with what building needs:
+each source's reader); an unknown key is an error naming the key and the nearest valid one;
+relative paths resolve against the recipe file's folder. ``canonical()`` is the recipe as the
 build sees it (defaults filled in, paths resolved), which the manifest records and hashes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from kidata import recipe as recorded
 from kidata.config import check_keys, nearest, read_toml
 from kidata.delta import DeltaMaskError, parse_delta_mask
-from kidata.hashing import json_sha256
 from kidata.pipelines.recipe_limits import (
     FAST_NUMBERS,
     MAX_CHUNK_VALUES,
@@ -23,47 +24,19 @@ from kidata.pipelines.recipe_limits import (
     check_number,
     check_source_name,
 )
+from kidata.recipe import MixtureConfig
 from kidata.sources import registry
 from kidata.sources.registry import COMMON_SOURCE_KEYS
+
+__all__ = ["MixtureConfig", "Recipe", "RecipeError", "SourceConfig", "load_recipe", "parse_recipe"]
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be built as written."""
 
 
-@dataclass(frozen=True)
-class MixtureConfig:
-    name: str
-    seed: int = 0
-    action_horizon: int = 10
-    action_dim: int | None = None  # default: the largest action dimension among the robot sources
-    image_size: int = 224
-    jpeg_quality: int = 95
-    state_encoding: str = "text"
-    prompt_format: str = "pi05"
-    max_tokens: int = 256
-    text_tokenizer: str = "tokenizers/demo-text"
-    fast_tokenizer: Any = field(default_factory=lambda: {"fit": True, "vocab_size": 1024, "scale": 10.0})
-    fast_token_rule: str = "openpi"
-    fast_token_skip: int = 128
-    fast_token_offset: int = 0
-    special_state_first: int | None = None
-    normalization: str = "quantile"
-    holdout: float = 0.0
-    step_stride: int = 1
-    shard_size_mb: float = 256.0
-    units_per_source: int = 16
-    reservoir_size: int = 20_000
-    caption_choice: str = "one"
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    name: str
-    reader: str
-    weight: float = 1.0
-    holdout: float | None = None  # default: the mixture's
-    options: Mapping[str, Any] = field(default_factory=dict)
+class SourceConfig(recorded.SourceConfig):
+    """A recipe source as the build opens it: its reader's kind and options come from the registry."""
 
     @property
     def kind(self) -> str:
@@ -74,48 +47,12 @@ class SourceConfig:
     def uses_loc_tokens(self) -> bool:
         return registry.reader(self.reader).uses_loc_tokens(self.options)
 
-    @property
-    def delta_mask(self) -> tuple[bool, ...] | None:
-        """``mapping.delta``: the action dimensions trained relative to the state (``kidata.delta``),
-        or None when every dimension stays absolute."""
-        mapping = self.options.get("mapping")
-        return tuple(mapping["delta"]) if isinstance(mapping, Mapping) and "delta" in mapping else None
 
-    @property
-    def reader_options(self) -> dict[str, Any]:
-        """The options the reader opens with: ``mapping.delta`` is the build's, not the reader's (a
-        mapping that held only it is dropped, so ``dataset = ...`` entries take it too)."""
-        options = dict(self.options)
-        mapping = options.get("mapping")
-        if isinstance(mapping, Mapping) and "delta" in mapping:
-            rest = {key: value for key, value in mapping.items() if key != "delta"}
-            if rest:
-                options["mapping"] = rest
-            else:
-                del options["mapping"]
-        return options
+class Recipe(recorded.Recipe):
+    """A recipe as the build runs it: its sources open their readers."""
 
-
-@dataclass(frozen=True)
-class Recipe:
-    mixture: MixtureConfig
+    source_type = SourceConfig
     sources: tuple[SourceConfig, ...]
-    base_dir: str
-
-    def canonical(self) -> dict[str, Any]:
-        return {"mixture": asdict(self.mixture),
-                "sources": [{"name": s.name, "reader": s.reader, "weight": s.weight, "holdout": s.holdout,
-                             **dict(sorted(s.options.items()))} for s in self.sources]}
-
-    @property
-    def sha256(self) -> str:
-        return json_sha256(self.canonical())
-
-    def source(self, name: str) -> SourceConfig:
-        for source in self.sources:
-            if source.name == name:
-                return source
-        raise KeyError(f"recipe has no source {name!r} (sources: {[s.name for s in self.sources]})")
 
     def open(self, source: SourceConfig):
         """The reader of one of this recipe's sources, opened from its options (the mixture's image

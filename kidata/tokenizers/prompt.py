@@ -52,6 +52,7 @@ from kidata.tokenizers.text import TextTokenizer
 
 if TYPE_CHECKING:
     from kidata.manifest import Manifest
+    from kidata.recipe import MixtureConfig
 
 PROMPT_FORMATS = ("pi05", "pi0fast", "pi0")
 LOC_BINS = 1024
@@ -150,14 +151,14 @@ class SampleEncoder:
         self._bar_eos = text.encode("|", add_eos=True)
 
     @classmethod
-    def from_settings(cls, text: TextTokenizer, action_tokenizer: Any, mixture: Mapping[str, Any], *,
+    def from_settings(cls, text: TextTokenizer, action_tokenizer: Any, mixture: MixtureConfig, *,
                       uses_loc_tokens: bool = False) -> "SampleEncoder":
-        """The encoder of a recipe's ``[mixture]`` settings (a mapping of its fields)."""
-        id_map = ActionIdMap(text.vocab_size, action_tokenizer.vocab_size, rule=mixture["fast_token_rule"],
-                             skip=mixture["fast_token_skip"], offset=mixture["fast_token_offset"])
-        return cls(text, action_tokenizer, prompt_format=mixture["prompt_format"],
-                   state_encoding=mixture["state_encoding"], max_tokens=mixture["max_tokens"], id_map=id_map,
-                   special_state_first=mixture["special_state_first"], uses_loc_tokens=uses_loc_tokens)
+        """The encoder of a recipe's ``[mixture]`` settings."""
+        id_map = ActionIdMap(text.vocab_size, action_tokenizer.vocab_size, rule=mixture.fast_token_rule,
+                             skip=mixture.fast_token_skip, offset=mixture.fast_token_offset)
+        return cls(text, action_tokenizer, prompt_format=mixture.prompt_format,
+                   state_encoding=mixture.state_encoding, max_tokens=mixture.max_tokens, id_map=id_map,
+                   special_state_first=mixture.special_state_first, uses_loc_tokens=uses_loc_tokens)
 
     @classmethod
     def from_manifest(cls, manifest: Manifest, action_tokenizer_dir: str | Path) -> "SampleEncoder":
@@ -167,7 +168,7 @@ class SampleEncoder:
         from kidata.manifest import ManifestMismatch
         from kidata.tokenizers import load_action_tokenizer
 
-        text = TextTokenizer.load(manifest.recipe["mixture"]["text_tokenizer"])
+        text = TextTokenizer.load(manifest.recipe.mixture.text_tokenizer)
         actions = load_action_tokenizer(action_tokenizer_dir)
         for label, loaded, recorded, where in (
                 ("text tokenizer", text.sha256, manifest.text_tokenizer.sha256, text.source),
@@ -175,7 +176,7 @@ class SampleEncoder:
             if loaded != recorded:
                 raise ManifestMismatch(f"{label} {where} has sha256 {loaded[:12]}, the build used {recorded[:12]}: "
                                        "point the mixture's tokenizer at the files the build used")
-        return cls.from_settings(text, actions, manifest.recipe["mixture"])
+        return cls.from_settings(text, actions, manifest.recipe.mixture)
 
     @property
     def ranges(self) -> dict[str, list[int]]:

@@ -98,7 +98,7 @@ def check_init_tokenizer(manifest: Manifest, config: TrainConfig) -> None:
     train = config.train
     if not train.init_from or train.init_format not in PRETRAINED_FORMATS:
         return
-    name = manifest.recipe.get("mixture", {}).get("text_tokenizer", manifest.text_tokenizer.path)
+    name = manifest.recipe.mixture.text_tokenizer
     problem = None
     if manifest.encoding.text_vocab_size != text.PALIGEMMA_VOCAB_SIZE:
         problem = f"{manifest.encoding.text_vocab_size} ids, PaliGemma's has {text.PALIGEMMA_VOCAB_SIZE}"

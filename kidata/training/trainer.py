@@ -197,7 +197,7 @@ def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, all
     data = TrainStreams(layout, open_stream, data_states)
     has_val = manifest.has_split("val")
     if not has_val and env.rank == 0:
-        holdout = manifest.recipe["mixture"].get("holdout", 0.0)
+        holdout = manifest.recipe.mixture.holdout
         print(f"train: {manifest_path} has no held-out split (the recipe's [mixture] holdout is {holdout}, and no record "
               "fell under it): evaluations report no held-out metrics; set a larger holdout (e.g. 0.05) and rebuild to "
               "measure them", file=sys.stderr)
