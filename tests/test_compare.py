@@ -154,9 +154,10 @@ def test_closed_loop_success_can_be_measured_at_fewer_evaluations_than_the_actio
     from types import SimpleNamespace
 
     from kidata.compare.runs import _overrides
+    from kidata.recipe import MixtureConfig, Recipe, SourceConfig
 
-    manifest = SimpleNamespace(sources=[SimpleNamespace(name="metaworld", kind="robot", weight=1.0)],
-                               recipe={"sources": [{"reader": "metaworld", "tasks": ["reach", "push"]}]})
+    recipe = Recipe(MixtureConfig("mw"), (SourceConfig("metaworld", "metaworld", options={"tasks": ["reach", "push"]}),), ".")
+    manifest = SimpleNamespace(sources=[SimpleNamespace(name="metaworld", kind="robot", weight=1.0)], recipe=recipe)
     config = CompareConfig(recipe="r", model="m", out=tmp_path, steps=800, evaluations=4, metaworld_episodes=3,
                            metaworld_evaluations=2)
     overrides = _overrides(config, tmp_path / "manifest.json", manifest, "ki", False, 0)

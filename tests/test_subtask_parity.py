@@ -105,12 +105,13 @@ def test_the_old_inference_prompt_differs_from_a_subtask_rows_context_and_parity
 
 def subtask_policy(encoder, model, *, annotated: bool = True):
     from kidata.policy import Policy
+    from kidata.recipe import MixtureConfig, Recipe, SourceConfig
 
     stats = {"count": 1, "mean": [0.0] * 4, "std": [1.0] * 4, "min": [-1.0] * 4, "max": [1.0] * 4,
              "q01": [-1.0] * 4, "q99": [1.0] * 4}
-    source = {"name": "kitchen", "reader": "rlds", **({"annotations": "subtasks.jsonl"} if annotated else {})}
+    source = SourceConfig("kitchen", "rlds", options={"annotations": "subtasks.jsonl"} if annotated else {})
     manifest = SimpleNamespace(
-        recipe={"mixture": {}, "sources": [source]},
+        recipe=Recipe(MixtureConfig("kitchen"), (source,), "."),
         encoding=SimpleNamespace(action_horizon=4, action_dim=4, normalization="quantile", max_tokens=64),
         sources=[SimpleNamespace(name="kitchen", kind="robot", norm_stats={"state": stats, "actions": stats},
                                  delta_mask=None)])
