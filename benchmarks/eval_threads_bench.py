@@ -38,8 +38,7 @@ def main() -> None:
         for label in seconds:
             metaworld.torch_threads = single if label == one else (lambda count: contextlib.nullcontext())
             started = time.perf_counter()
-            metaworld.evaluate_metaworld(loaded, args.tasks, episodes=args.episodes, replan=loaded.config.policy.replan,
-                                         scene=scene)
+            metaworld.evaluate_metaworld(loaded, args.tasks, episodes=args.episodes, scene=scene)
             seconds[label].append(time.perf_counter() - started)
     metaworld.torch_threads = single
     best = {label: min(times) for label, times in seconds.items()}

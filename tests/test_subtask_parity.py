@@ -12,12 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kidata.eval.parity import compare  # noqa: E402
-from kidata.loader.collate import collate  # noqa: E402
+from kidata.loader.collate import collate, expert_prompt  # noqa: E402
 from kidata.model.config import ModelConfig  # noqa: E402
 from kidata.model.ki_model import KIModel  # noqa: E402
 from kidata.pipelines.shards import sample_members  # noqa: E402
 from kidata.tokenizers.prompt import SampleEncoder  # noqa: E402
-from kidata.training.held_out import expert_prompt  # noqa: E402
 
 TINY = dict(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2, vision_mlp=64,
             vocab_size=2048, width=64, depth=2, heads=4, kv_heads=1, head_dim=16, mlp=128, expert_width=32,
