@@ -213,6 +213,10 @@ MUTATIONS = [
     Mutation("a mistyped checkpoint path reaches load_state_dict", "kidata/training/checkpoint.py",
              "    if tensors is None:\n        raise FileNotFoundError", "    if False:\n        raise FileNotFoundError",
              ("tests/test_train.py -k checkpoint_path_that_is_not",)),
+    Mutation("the evaluator ignores the replanning a policy carries", "kidata/eval/metaworld.py",
+             "    chunking = Chunking.of(policy) if chunking is None else chunking",
+             "    chunking = Chunking() if chunking is None else chunking",
+             ("tests/test_metaworld_diagnostics.py -k run_settings_say",)),
     # the layers (imports run one way, lazy ones counted)
     Mutation("training imports the evaluators inside a function", "kidata/training/closed_loop.py",
              "    if config.eval.metaworld and closed_loop is None:",

@@ -337,6 +337,24 @@ def test_the_evaluator_reports_a_policys_counters_per_task():
     assert "policy_counters" not in evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, max_steps=5)
 
 
+def test_the_evaluator_executes_a_policys_chunks_as_its_run_settings_say():
+    from kidata.training.config import PolicyConfig
+
+    class Settled(ExpertPolicy):
+        settings = PolicyConfig(replan=2)  # what a kidata Policy carries from its run's [policy]
+
+        def __init__(self):
+            super().__init__()
+            self.counters = {"queries": 0}
+
+        def sample_actions(self, observation):
+            self.counters["queries"] += 1
+            return np.repeat(super().sample_actions(observation), 5, axis=0)  # a 5-action chunk
+
+    result = evaluate_metaworld(Settled(), ["reach"], episodes=1, max_steps=10)
+    assert result["replan"] == 2 and result["policy_counters"] == {"reach-v3": {"queries": 5}}
+
+
 def test_the_evaluator_refuses_zero_episodes_in_one_sentence():
     with pytest.raises(ValueError, match=r"episodes must be >= 1 \(episodes per task\), got 0"):
         evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=0)
