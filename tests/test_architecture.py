@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kidata"
 # act with a policy; the journeys (serving, compare, demo) use an evaluator or the policy; the
 # command line calls them all.
 GROUND = {"kidata", "kidata.assets", "kidata.config", "kidata.delta", "kidata.hashing", "kidata.images",
-          "kidata.lazy", "kidata.manifest", "kidata.normalize", "kidata.observation", "kidata.progress",
+          "kidata.lazy", "kidata.locate", "kidata.manifest", "kidata.normalize", "kidata.observation", "kidata.progress",
           "kidata.schema", "kidata.stats_formats"}
 LAYERS = (
     ("ground",),
