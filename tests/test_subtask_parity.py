@@ -104,6 +104,7 @@ def test_the_old_inference_prompt_differs_from_a_subtask_rows_context_and_parity
 
 def subtask_policy(encoder, model, *, annotated: bool = True):
     from kidata.policy import Policy
+    from kidata.training.config import PolicyConfig
 
     stats = {"count": 1, "mean": [0.0] * 4, "std": [1.0] * 4, "min": [-1.0] * 4, "max": [1.0] * 4,
              "q01": [-1.0] * 4, "q99": [1.0] * 4}
@@ -113,7 +114,7 @@ def subtask_policy(encoder, model, *, annotated: bool = True):
         encoding=SimpleNamespace(action_horizon=4, action_dim=4, normalization="quantile", max_tokens=64),
         sources=[SimpleNamespace(name="kitchen", kind="robot", norm_stats={"state": stats, "actions": stats},
                                  delta_mask=None)])
-    config = SimpleNamespace(data=SimpleNamespace(cameras=["base_0"]), model=model.config)
+    config = SimpleNamespace(data=SimpleNamespace(cameras=["base_0"]), model=model.config, policy=PolicyConfig())
     return Policy(model, config, manifest, encoder)
 
 
