@@ -262,6 +262,10 @@ MUTATIONS = [
     Mutation("merged LoRA weights transposed", "kidata/model/lora.py",
              "(lora_b.float() @ lora_a.float())", "(lora_b.float() @ lora_a.float()).T",
              ("tests/test_lora.py -k merge",)),
+    Mutation("FSDP ranks disagree on which LoRA-run parameters train", "kidata/training/initialize.py",
+             "parameter.requires_grad_(name in trained[0])",
+             "parameter.requires_grad_(name in trained[0] if dist.get_rank() == 0 else parameter.requires_grad)",
+             ("tests/test_lora_training.py -k two_process_fsdp_lora",)),
 ]
 
 

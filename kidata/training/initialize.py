@@ -147,11 +147,13 @@ def build_sharded(config: TrainConfig, device: torch.device, world: int, *,
     the initialized model on CPU (``initialized_model``: the same seed and ``init_from`` as one
     process, so any world size starts from the same weights) and scatters it, tensor by tensor,
     into the shards (``set_model_state_dict`` with ``broadcast_from_rank0``, PyTorch's recipe for
-    large models). Call on every rank of the process group."""
-    if config.model.lora is not None:
-        raise ValueError("model.lora with train.fsdp on several processes is not supported: a 2-process FSDP2 LoRA run "
-                         "fails in a gradient collective; set train.fsdp = false (DDP: only the adapters' gradients "
-                         "are reduced)")
+    large models). Call on every rank of the process group.
+
+    Every rank takes rank 0's set of trained parameters (under LoRA it depends on what
+    ``init_from`` filled: ``train_fresh``). FSDP2 reduce-scatters, per unit, only the parameters
+    that hold a gradient, so ranks that disagree on one unit's trained set send buffers of
+    different sizes (gloo: "Received data size doesn't match expected size"); frozen and trained
+    parameters may share a unit as long as every rank freezes the same ones."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
