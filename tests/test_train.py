@@ -213,7 +213,7 @@ def test_train_hands_its_closed_loop_hook_the_ema_weights_at_the_scheduled_steps
 
     def hook(live) -> dict:
         seen.append((live.step, {n: p.detach().clone() for n, p in live.model.named_parameters()}))
-        assert live.run == tmp_path / "hooked" and live.manifest.sources[0].name == "bridge"
+        assert live.run.path == tmp_path / "hooked" and live.manifest.sources[0].name == "bridge"
         return {"metaworld_success": 0.25 * live.step}
 
     hooked = config(mixture, *CLOSED_LOOP, "--eval.metaworld", '{ tasks = ["reach"] }')

@@ -13,7 +13,6 @@ from kidata.envs.metaworld import MAX_EPISODE_STEPS
 from kidata.eval.chunking import Chunking
 from kidata.eval.metaworld import SceneSettings, evaluate_metaworld
 from kidata.policy import Inference, Policy
-from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.closed_loop import ClosedLoop, LiveWeights
 from kidata.training.config import TrainConfig
 
@@ -27,7 +26,7 @@ def closed_loop_hook(config: TrainConfig) -> ClosedLoop | None:
 def metaworld_success(live: LiveWeights) -> dict:
     """Success rates of the live weights in Meta-World, rounded as they are logged."""
     config, settings = live.config, live.config.eval.metaworld
-    encoder = SampleEncoder.from_manifest(live.manifest, live.run / "fast_tokenizer")
+    encoder = live.run.encoder(live.manifest)
     policy = Policy(live.model, config, live.manifest, encoder, device=live.device,
                     inference=Inference(num_steps=config.eval.num_steps))
     chunking = Chunking.of(policy)

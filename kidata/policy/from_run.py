@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
-from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.policy.inference import Inference, resolve_device
 from kidata.policy.robot_policy import Policy
-from kidata.tokenizers.prompt import SampleEncoder
-from kidata.training.checkpoint import read_run_weights
-from kidata.training.config import TrainConfig
+from kidata.training.run_dir import RunDir
 
 
 def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
@@ -27,20 +23,17 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     ``fast_fallback``; ``subtask`` as in ``Inference``), on ``device`` (default: CUDA when present)
     in ``precision``. A LoRA run's adapters are merged into the base weights unless ``merge_lora``
     is false. Every argument is checked before a weight is read."""
-    run = Path(run)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
+    run_dir = RunDir(run).require_run()
     inference = Inference(num_steps=num_steps, noise_scale=noise_scale, flow_samples=flow_samples,
                           precision=precision, subtask=subtask)
     resolve_device(device)
-    config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
+    config, manifest = run_dir.config(), run_dir.manifest()
     overrides = {key: value for key, value in (("action_head", action_head), ("fast_fallback", fast_fallback))
                  if value is not None}
     if overrides:  # validated as the run's own [policy] was, against its model
         config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, **overrides))
-    manifest, _ = Manifest.read(str(run / "manifest.json"))
     model = KIModel(config.model)
-    path, state, _ = read_run_weights(run, Path(checkpoint) if checkpoint else None, use_ema=use_ema)
+    path, state, _ = run_dir.weights(Path(checkpoint) if checkpoint else None, use_ema=use_ema)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -48,5 +41,5 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
         from kidata.model.lora import merge
 
         merge(model)  # one matrix per projection at inference, as an unadapted model
-    encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
+    encoder = run_dir.encoder(manifest)
     return Policy(model, config, manifest, encoder, source=source, device=device, inference=inference)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
@@ -20,18 +19,19 @@ import torch
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.training.config import TrainConfig
+from kidata.training.run_dir import RunDir
 
 
 @dataclass(frozen=True)
 class LiveWeights:
     """What a closed-loop hook evaluates: the training model holding the weights ``kidata.policy.load``
     would pick at this step (the EMA's, when the run keeps one), the run's config and manifest,
-    the run directory (its ``fast_tokenizer/``) and the device the model is on."""
+    the run directory (``RunDir``: its action tokenizer) and the device the model is on."""
 
     model: KIModel
     config: TrainConfig
     manifest: Manifest
-    run: Path
+    run: RunDir
     device: torch.device
     step: int
 
