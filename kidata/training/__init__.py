@@ -1,5 +1,6 @@
 """Training a model on a built mixture: ``TrainConfig`` presets and ``train`` (closed-loop evaluation
-during training is a hook its caller hands in, called with the ``LiveWeights``)."""
+during training is a hook its caller hands in, called with the ``LiveWeights``); ``RunDir``, the
+run directory it writes and the policy, export and compare read."""
 
 from __future__ import annotations
 
@@ -11,5 +12,6 @@ _EXPORTS = {
     "train": "kidata.training.trainer",
     "latest_checkpoint": "kidata.training.checkpoint",
     "LiveWeights": "kidata.training.closed_loop",
+    "RunDir": "kidata.training.run_dir",
 }
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS)
