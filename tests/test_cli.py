@@ -116,6 +116,53 @@ def test_every_leaf_command_shows_an_example_and_its_defaults():
     assert "(default: 5)" in dict((" ".join(p), q) for p, q in leaves)["kidata eval metaworld"].format_help()
 
 
+def _option(prefix: str, flag: str):
+    from kidata.cli import build_parser
+
+    parser = dict((" ".join(p), q) for p, q in _commands(build_parser()))[prefix]
+    return next(action for action in parser._actions if flag in action.option_strings)
+
+
+def test_the_commands_choices_are_the_config_fields_declared_choices():
+    from kidata import policy
+    from kidata.choices import ActionHead, FastFallback, InferencePrecision, PromptFormat, StateEncoding
+    from kidata.config import choices
+
+    assert _option("kidata eval metaworld", "--action-head").choices == ("auto", "flow", "fast") == choices(ActionHead)
+    assert _option("kidata serve", "--action-head").choices == choices(ActionHead)
+    assert _option("kidata eval metaworld", "--fast-fallback").choices == ("relaxed", "flow") == choices(FastFallback)
+    for command in ("kidata eval metaworld", "kidata serve"):
+        assert _option(command, "--precision").choices == tuple(policy.PRECISIONS) == choices(InferencePrecision)
+    assert _option("kidata inspect", "--prompt-format").choices == ("pi05", "pi0fast", "pi0") == choices(PromptFormat)
+    assert _option("kidata inspect", "--state-encoding").choices == choices(StateEncoding)
+
+
+def test_compare_help_shows_the_compare_configs_defaults():
+    from dataclasses import fields
+
+    from kidata.compare import CompareConfig
+
+    defaults = {f.name: f.default for f in fields(CompareConfig)}
+    assert _option("kidata compare", "--steps").default == defaults["steps"] == 2000
+    assert _option("kidata compare", "--variants").default == ",".join(defaults["variants"]) == "ki,pi0,joint,pi0_fast,frozen"
+    assert _option("kidata compare", "--cotrain").default == "on,off"
+    assert _option("kidata compare", "--metaworld-episodes").default == 0
+    from kidata.cli import build_parser
+
+    compare = dict((" ".join(p), q) for p, q in _commands(build_parser()))["kidata compare"].format_help()
+    assert "(default: 2000)" in compare and "(default: 0)" in compare and "(default: )" not in compare
+
+
+def test_train_help_lists_every_tables_fields_with_their_defaults_and_choices():
+    from kidata.cli import build_parser
+
+    text = " ".join(dict((" ".join(p), q) for p, q in _commands(build_parser()))["kidata train"].format_help().split())
+    assert "[train] steps = 1000, seed = 0, precision = \"auto\" (auto | fp32 | bf16)," in text
+    assert "[optim] lr = 0.0001, betas = [0.9, 0.95]," in text
+    assert "[policy] action_head = \"auto\" (auto | flow | fast), replan = 5," in text
+    assert "temporal_ensemble = unset" in text
+
+
 def test_commands_are_listed_in_the_order_of_the_journey():
     from kidata.cli import build_parser
 

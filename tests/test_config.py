@@ -75,6 +75,45 @@ def test_overrides_land_in_their_sections_without_touching_the_original():
     assert merged == {"optim": {"lr": 5e-5}, "train": {"steps": 7}} and data == {"optim": {"lr": 1e-4}}
 
 
+def test_load_takes_a_preset_name_and_nested_overrides_and_equals_the_command_lines_config(tmp_path):
+    from kidata.training.config import load
+
+    overrides = {"train": {"steps": 3}, "optim": {"lr": 5e-5}, "data": {"manifest": tmp_path / "manifest.json",
+                                                                       "weights": {"bridge": 1}}}
+    config = load("ki_tiny", overrides)
+    assert (config.train.steps, config.optim.lr, config.data.manifest) == (3, 5e-5, str(tmp_path / "manifest.json"))
+    assert config.data.weights == {"bridge": 1}
+    assert config == TrainConfig.load("model/ki_tiny.toml", [
+        "--train.steps", "3", "--optim.lr", "5e-5", "--data.manifest", str(tmp_path / "manifest.json"),
+        "--data.weights", "{bridge = 1}"])
+    assert load("ki_tiny") == TrainConfig.load("model/ki_tiny.toml")
+
+
+def test_a_mistake_in_python_overrides_is_named_as_the_overrides_key_not_the_presets():
+    from kidata.training.config import load
+
+    with pytest.raises(ValueError, match=r"^overrides: unknown key 'train.stepz' \(did you mean 'steps'\?\)$"):
+        load("ki_tiny", {"train": {"stepz": 3}})
+    with pytest.raises(ValueError, match=r"^overrides: unknown table 'trian' \(did you mean 'train'\?\)$"):
+        load("ki_tiny", {"trian": {"steps": 3}})
+    with pytest.raises(ValueError, match=r"^overrides: train.steps = '3': expected an integer, got str$"):
+        load("ki_tiny", {"train": {"steps": "3"}})
+    with pytest.raises(ValueError, match=r"^overrides: train = 3: expected a table"):
+        load("ki_tiny", {"train": 3})
+
+
+def test_a_choice_field_takes_a_string_and_names_its_choices_otherwise():
+    from kidata.training.config import load
+
+    with pytest.raises(ValueError, match=r"^overrides: policy.action_head = 3: expected a string, got int$"):
+        load("ki_tiny", {"policy": {"action_head": 3}})
+    with pytest.raises(ValueError, match=r"^command line: --model.variant = 3: expected a string, got int$"):
+        TrainConfig.load("ki_tiny", ["--model.variant", "3"])
+    with pytest.raises(ValueError, match=r"variant must be one of \('ki', 'joint', 'pi0', 'pi0_fast', 'frozen', "
+                                         r"'hybrid', 'vlm'\), got 'ki2'"):
+        load("ki_tiny", {"model": {"variant": "ki2"}})
+
+
 def test_the_policy_table_sets_how_a_run_acts_and_refuses_what_its_model_cannot_do():
     tiny = assets.ROOT / "model" / "ki_tiny.toml"
     assert TrainConfig.load(tiny).policy.action_head == "auto" and TrainConfig.load(tiny).policy.replan == 5

@@ -7,10 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-VARIANTS = ("ki", "joint", "pi0", "pi0_fast", "frozen", "hybrid", "vlm")
-ACTION_TOKENS = ("fast", "bins")  # the discrete objective the manifest's action tokenizer must match
-STATE_INPUTS = ("tokens", "prefix", "expert")
-TIME_CONDITIONINGS = ("adarms", "concat")
+from kidata.choices import ActionTokens, StateInput, TimeConditioning, Variant
+from kidata.config import choices
+
+VARIANTS = choices(Variant)
+ACTION_TOKENS = choices(ActionTokens)
+STATE_INPUTS = choices(StateInput)
+TIME_CONDITIONINGS = choices(TimeConditioning)
 LORA_ATTENTION_TARGETS = ("q", "k", "v", "o")
 LORA_TARGETS = LORA_ATTENTION_TARGETS + ("gate", "up", "down")  # attention, then the MLP
 
@@ -97,11 +100,11 @@ class ModelConfig:
     action_dim: int = 32
     action_horizon: int = 10
     state_dim: int = 32
-    state_input: str = "tokens"
-    time_conditioning: str = "adarms"
+    state_input: StateInput = "tokens"
+    time_conditioning: TimeConditioning = "adarms"
     # training recipe
-    variant: str = "ki"
-    action_tokens: str = "fast"
+    variant: Variant = "ki"
+    action_tokens: ActionTokens = "fast"
     flow_weight: float = 1.0  # alpha of the paper's combined loss
     rope_theta: float = 10000.0
     # low-rank adapters on frozen base weights (fine-tuning a pretrained checkpoint); None: full training

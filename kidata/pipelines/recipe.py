@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kidata import assets
-from kidata.config import check_keys, nearest, read_toml
+from kidata.choices import ActionIdRule, CaptionChoice, Normalization, PromptFormat, StateEncoding
+from kidata.config import check_keys, field_choices, nearest, read_toml
 from kidata.delta import DeltaMaskError, parse_delta_mask
 from kidata.hashing import json_sha256
 from kidata.pipelines.recipe_limits import (
@@ -40,22 +41,22 @@ class MixtureConfig:
     action_dim: int | None = None  # default: the largest action dimension among the robot sources
     image_size: int = 224
     jpeg_quality: int = 95
-    state_encoding: str = "text"
-    prompt_format: str = "pi05"
+    state_encoding: StateEncoding = "text"
+    prompt_format: PromptFormat = "pi05"
     max_tokens: int = 256
     text_tokenizer: str = "tokenizers/demo-text"
     fast_tokenizer: Any = field(default_factory=lambda: {"fit": True, "vocab_size": 1024, "scale": 10.0})
-    fast_token_rule: str = "openpi"
+    fast_token_rule: ActionIdRule = "openpi"
     fast_token_skip: int = 128
     fast_token_offset: int = 0
     special_state_first: int | None = None
-    normalization: str = "quantile"
+    normalization: Normalization = "quantile"
     holdout: float = 0.0
     step_stride: int = 1
     shard_size_mb: float = 256.0
     units_per_source: int = 16
     reservoir_size: int = 20_000
-    caption_choice: str = "one"
+    caption_choice: CaptionChoice = "one"
 
 
 @dataclass(frozen=True)
@@ -220,10 +221,7 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def _check_mixture(mixture: MixtureConfig) -> None:
-    choices = {"state_encoding": ("text", "special", "continuous"), "prompt_format": ("pi05", "pi0fast", "pi0"),
-               "normalization": ("quantile", "mean_std"), "fast_token_rule": ("openpi", "offset"),
-               "caption_choice": ("one", "all")}
-    for key, allowed in choices.items():
+    for key, (allowed, _) in field_choices(MixtureConfig).items():
         if getattr(mixture, key) not in allowed:
             raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r}, expected one of {allowed}")
     if mixture.prompt_format == "pi0" and mixture.state_encoding != "continuous":

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from kidata.choices import PromptFormat
+from kidata.config import choices
 from kidata.schema import Sample
 from kidata.tokenizers.ranges import ActionIdMap, TokenRange, check_ranges
 from kidata.tokenizers.state import STATE_ENCODINGS, SpecialStateTokens, discretize_state, state_text
@@ -53,7 +55,7 @@ from kidata.tokenizers.text import TextTokenizer
 if TYPE_CHECKING:
     from kidata.manifest import Manifest
 
-PROMPT_FORMATS = ("pi05", "pi0fast", "pi0")
+PROMPT_FORMATS = choices(PromptFormat)
 LOC_BINS = 1024
 
 

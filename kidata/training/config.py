@@ -11,13 +11,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kidata.config import apply_overrides, check_keys, from_table, nearest, parse_overrides, read_toml
+from kidata.choices import ActionHead, FastFallback, InferencePrecision, InitFormat, TrainPrecision
+from kidata.config import (
+    ConfigError,
+    Overrides,
+    apply_overrides,
+    check_keys,
+    choices,
+    from_table,
+    nearest,
+    nested_overrides,
+    read_toml,
+)
 from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.config import ModelConfig
 
-INIT_FORMATS = ("paligemma", "openpi", "kidata")
-ACTION_HEADS = ("auto", "flow", "fast")
-FAST_FALLBACKS = ("relaxed", "flow")
+INIT_FORMATS = choices(InitFormat)
+TRAIN_PRECISIONS = choices(TrainPrecision)
+ACTION_HEADS = choices(ActionHead)
+FAST_FALLBACKS = choices(FastFallback)
+INFERENCE_PRECISIONS = choices(InferencePrecision)
 AUGMENT_STRENGTHS = ("crop", "degrees", "brightness", "contrast", "saturation")  # kidata.loader.Augment's arguments
 
 
@@ -31,12 +44,12 @@ class LoopConfig:
 
     steps: int = 1000
     seed: int = 0
-    precision: str = "auto"
+    precision: TrainPrecision = "auto"
     compile: bool = False
     activation_checkpointing: bool = False
     fsdp: bool = False
     init_from: str = ""
-    init_format: str = "paligemma"
+    init_format: InitFormat = "paligemma"
     deterministic: bool = False  # deterministic kernels only (kidata/training/determinism.py): reproducible, slower
 
 
@@ -181,9 +194,9 @@ class PolicyConfig:
     chunk covering a step (weights exp(-m i), oldest first: ``kidata.eval.chunking``) instead of
     the newest chunk's actions."""
 
-    action_head: str = "auto"
+    action_head: ActionHead = "auto"
     replan: int = 5
-    fast_fallback: str = "relaxed"
+    fast_fallback: FastFallback = "relaxed"
     temporal_ensemble: float | None = None
 
     def __post_init__(self) -> None:
@@ -219,7 +232,7 @@ class TrainConfig:
     policy: PolicyConfig = PolicyConfig()
 
     def __post_init__(self) -> None:
-        if self.train.precision not in ("auto", "fp32", "bf16"):
+        if self.train.precision not in TRAIN_PRECISIONS:
             raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.train.precision!r}")
         if self.train.init_format not in INIT_FORMATS:
             raise ValueError(f"train.init_format must be one of {INIT_FORMATS}, got {self.train.init_format!r}")
@@ -254,21 +267,39 @@ class TrainConfig:
                       for name, kind in sections.items()})
 
     @classmethod
-    def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> "TrainConfig":
-        """A preset plus ``--section.key value`` overrides (values read as TOML literals, bare
-        words as strings). A relative path that does not exist names a shipped preset
-        (``model/ki_tiny.toml``)."""
+    def load(cls, path: str | Path, overrides: Overrides | Sequence[str] = ()) -> "TrainConfig":
+        """A preset plus overrides: ``{"train": {"steps": 3}}`` (Python callers), or the command line's
+        ``--section.key value`` strings (values read as TOML literals, bare words as strings). A
+        relative path that does not exist names a shipped preset (``model/ki_tiny.toml``)."""
         data, found = read_toml(path, kind="model")
-        sections = {"model": ModelConfig, **SECTIONS}
-        for key, value in parse_overrides(overrides).items():  # a command-line mistake is named as the command line's
-            section, _, name = key.partition(".")
-            check_keys({section: None}, list(sections), "command line: ", noun="table")
-            from_table(sections[section], {name: value}, "command line: ", section=f"--{section}.",
-                       fields_only=True)
-        return cls.from_mapping(apply_overrides(data, overrides), origin=str(found))
+        table = check_overrides(overrides)
+        return cls.from_mapping(apply_overrides(data, table), origin=str(found))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+def check_overrides(overrides: Overrides | Sequence[str]) -> Overrides:
+    """The overrides as a nested table, each key and value checked against the config's fields: a
+    mistake is named as the overrides' (``overrides: unknown key 'train.stepz'``, or ``command line:
+    unknown key '--train.stepz'`` for the command line's strings), not as the preset file's."""
+    command_line = not isinstance(overrides, Mapping)
+    table = nested_overrides(overrides) if command_line else overrides
+    where, flag = ("command line: ", "--") if command_line else ("overrides: ", "")
+    sections = {"model": ModelConfig, **SECTIONS}
+    for section, values in table.items():
+        check_keys({section: None}, list(sections), where, noun="table")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where}{section} = {values!r}: expected a table such as {{'{section}': {{key: value}}}}")
+        from_table(sections[section], values, where, section=f"{flag}{section}.", fields_only=True)
+    return table
+
+
+def load(preset: str | Path, overrides: Overrides | None = None) -> TrainConfig:
+    """The training config of a preset (a shipped name such as ``ki_tiny``, or a TOML file) with
+    ``overrides`` on top, ``{"train": {"steps": 3}, "data": {"manifest": path}}``: the Python
+    caller's ``kidata train --model PRESET --train.steps 3 --data.manifest PATH``."""
+    return TrainConfig.load(preset, overrides or {})
 
 
 def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
