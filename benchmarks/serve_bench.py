@@ -11,7 +11,6 @@ median of --requests each. Goal: serving overhead <= 15% of the in-process time.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -35,7 +34,8 @@ def main() -> None:
     from kidata.serving.client import RemotePolicy
     from kidata.serving.keymaps import PRESETS
     from kidata.serving.server import PolicyServer, run_metadata
-    from kidata.training import TrainConfig, train
+    from kidata.training import train
+    from kidata.training.config import load
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as scratch:
@@ -53,9 +53,8 @@ path = "{BRIDGE}"
 dataset = "bridge_dataset"
 """)
         build(load_recipe(root / "r.toml"), str(root / "mix"), progress=False)
-        config = TrainConfig.load("ki_tiny", ["--data.manifest", json.dumps(str(root / "mix" / "manifest.json")),
-                                              "--train.steps", "1", "--eval.every", "0", "--log.progress", "false",
-                                              "--data.cameras", '["base_0", "base_1"]'])
+        config = load("ki_tiny", {"data": {"manifest": root / "mix" / "manifest.json", "cameras": ["base_0", "base_1"]},
+                                  "train": {"steps": 1}, "eval": {"every": 0}, "log": {"progress": False}})
         train(config, root / "run")
         policy = policies.load(root / "run")
         server = PolicyServer(policy, PRESETS["kidata"], metadata=run_metadata(policy, root / "run"))

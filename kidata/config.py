@@ -84,6 +84,24 @@ def from_table(kind: type[T], table: Mapping[str, Any], where: str, *, section: 
     return values if fields_only else kind(**values)
 
 
+def option_table(kind: type[T], table: Mapping[str, Any], name: str, error: type[ValueError] = ConfigError) -> T:
+    """A nested option table (``data.augment = { crop = 1.0 }``, ``eval.metaworld = { tasks = [...] }``)
+    as its frozen dataclass: an unknown key is refused as "unknown key <name>.<key> (did you mean
+    ...)", values are typed as the fields. Its fields that default to None are the ones a table may
+    leave out (``table_json`` leaves them out again)."""
+    valid = {f.name: f for f in dataclasses.fields(kind)}
+    for key in table:
+        if key not in valid:
+            raise error(f"unknown key {name}.{key}{nearest(key, valid)}")
+    return kind(**{key: _coerce(valid[key], value, f"{name}.{key}", error) for key, value in table.items()})
+
+
+def table_json(table: Any) -> dict[str, Any]:
+    """An option table's dataclass as the table it was read from: the keys set, in field order
+    (unset ones, None, left out), so a config prints and saves as it was written."""
+    return {key: value for key, value in dataclasses.asdict(table).items() if value is not None}
+
+
 def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
     """``["--optim.lr", "5e-5", "--data.weights", "{droid = 1.0}"]`` -> {"optim.lr": 5e-05, ...}:
     values read as TOML literals, bare words as strings."""
@@ -124,6 +142,13 @@ def apply_overrides(data: Mapping[str, Any], overrides: Overrides | Sequence[str
                               f"{{{section!r}: {{'key': value}}}}")
         merged.setdefault(section, {}).update(table)
     return merged
+
+
+def to_arguments(overrides: Overrides) -> list[str]:
+    """``{"train": {"steps": 3}}`` -> ``["--train.steps", "3"]``: overrides as the command line that
+    ``nested_overrides`` reads back to the same values (for a ``kidata`` command run as a process)."""
+    return [item for section, table in overrides.items() for key, value in table.items()
+            for item in (f"--{section}.{key}", toml_value(value))]
 
 
 def choices(literal: Any) -> tuple[str, ...]:

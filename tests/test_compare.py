@@ -15,11 +15,12 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
 from test_train import SHAPE, TINY  # noqa: E402
+from test_train import config as tiny_config  # noqa: E402
 
 from kidata.compare.runs import CompareConfig, compare, job_devices  # noqa: E402
 from kidata.compare.summary import markdown, steps_to, summarize  # noqa: E402
 from kidata.manifest import ManifestMismatch  # noqa: E402
-from kidata.training.config import TrainConfig  # noqa: E402
+from kidata.training.config import MetaworldEval, TrainConfig  # noqa: E402
 from kidata.training.trainer import train  # noqa: E402
 
 
@@ -37,13 +38,13 @@ def recipe(tmp_path_factory) -> Path:
 def compared(recipe, tmp_path_factory) -> tuple[CompareConfig, Path]:
     out = tmp_path_factory.mktemp("cmp")
     config = CompareConfig(recipe=str(recipe), model=str(TINY), out=out, variants=("ki", "pi0_fast"),
-                           cotrain=(True, False), seeds=1, steps=4, evaluations=2, overrides=tuple(SHAPE))
+                           cotrain=(True, False), seeds=1, steps=4, evaluations=2, overrides=SHAPE)
     from kidata.compare.runs import build_once
 
     manifest = build_once(config)
     vlm = out / "vlm"
-    train(TrainConfig.load(TINY, [*SHAPE, "--data.manifest", json.dumps(str(manifest)), "--model.variant", "vlm",
-                                  "--data.weights", "{vqav2 = 1.0}", "--train.steps", "3", "--eval.every", "0"]), vlm)
+    train(tiny_config(str(manifest), model={"variant": "vlm"}, data={"weights": {"vqav2": 1.0}}, train={"steps": 3},
+                 eval={"every": 0}), vlm)
     config = CompareConfig(**{**config.__dict__, "init": str(vlm)})
     return config, manifest
 
@@ -55,8 +56,7 @@ def test_a_vlm_run_trains_the_backbone_alone_and_refuses_robot_data(compared, tm
     assert report["final"]["source_mix"] == {"bridge": 0.0, "vqav2": 1.0}
     with pytest.raises(ManifestMismatch, match=r"variant vlm trains the backbone on VLM data alone, the mixture "
                                                r"samples robot sources \['bridge'\]"):
-        train(TrainConfig.load(TINY, [*SHAPE, "--data.manifest", json.dumps(str(manifest)), "--model.variant", "vlm"]),
-              tmp_path / "refused")
+        train(tiny_config(str(manifest), model={"variant": "vlm"}), tmp_path / "refused")
 
 
 def test_compare_trains_every_arm_from_the_vlm_backbone_and_writes_the_table_and_plots(compared, capsys):
@@ -163,7 +163,7 @@ def test_closed_loop_success_can_be_measured_at_fewer_evaluations_than_the_actio
     train_config = TrainConfig.load(TINY, overrides)
     assert train_config.eval.every == 200
     assert [s for s in range(0, 801, 200) if train_config.eval.closed_loop_at(s, 800)] == [400, 800]
-    assert train_config.eval.metaworld == {"tasks": ["reach", "push"], "episodes": 3, "max_steps": 300, "every": 400}
+    assert train_config.eval.metaworld == MetaworldEval(tasks=("reach", "push"), episodes=3, max_steps=300, every=400)
     with pytest.raises(ValueError, match=r"--metaworld-evaluations 3 must divide --evaluations 4 \(evenly spaced"):
         CompareConfig(recipe="r", model="m", out=tmp_path, evaluations=4, metaworld_evaluations=3)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from kidata import assets
@@ -175,15 +177,40 @@ def test_the_augment_table_names_augments_arguments_and_refuses_unknown_keys():
     import inspect
 
     from kidata.loader import Augment
-    from kidata.training.config import AUGMENT_STRENGTHS
+    from kidata.training.config import AUGMENT_STRENGTHS, AugmentStrengths
 
     assert list(AUGMENT_STRENGTHS) == list(inspect.signature(Augment).parameters)
     config = TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "{ degrees = 0.0, crop = 1.0 }"])
-    assert dict(config.data.augment) == {"degrees": 0.0, "crop": 1.0}
+    assert config.data.augment == AugmentStrengths(degrees=0.0, crop=1.0)
+    assert config.data.augment_setting == {"crop": 1.0, "degrees": 0.0}
     with pytest.raises(ValueError, match=r"unknown key data.augment.degree \(did you mean 'degrees'\?\)"):
         TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "{ degree = 0.0 }"])
     with pytest.raises(ValueError, match="data.augment must be true, false or a table"):
         TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "sometimes"])
+
+
+def test_nested_option_tables_are_dataclasses_that_save_and_print_as_written():
+    from kidata.training.config import MetaworldEval, load
+
+    config = load("ki_tiny", {"eval": {"metaworld": {"tasks": ["reach"], "episodes": 2}}})
+    assert config.eval.metaworld == MetaworldEval(tasks=("reach",), episodes=2)
+    assert config.eval.metaworld.replan is None and config.eval.metaworld.max_steps is None
+    saved = json.loads(json.dumps(config.to_json()))
+    assert saved["eval"]["metaworld"] == {"tasks": ["reach"], "episodes": 2}
+    assert TrainConfig.from_mapping(saved) == config
+    unset = load("ki_tiny")
+    assert unset.eval.metaworld is None and unset.to_json()["eval"]["metaworld"] == {}
+    assert TrainConfig.from_mapping(json.loads(json.dumps(unset.to_json()))) == unset
+    with pytest.raises(ValueError, match=r"^eval.metaworld.episodes = 'two': expected an integer or nothing, got str$"):
+        load("ki_tiny", {"eval": {"metaworld": {"tasks": ["reach"], "episodes": "two"}}})
+
+
+def test_print_config_shows_a_presets_option_table_as_the_preset_writes_it(capsys):
+    from kidata.cli import main
+
+    assert main(["train", "--model", "ki_metaworld", "--print-config"]) == 0
+    assert ('metaworld = { "tasks" = ["reach", "push", "button-press-topdown"], "episodes" = 5, "max_steps" = 300 }\n'
+            in capsys.readouterr().out)
 
 
 def test_print_config_writes_the_resolved_preset_as_toml_that_loads_back_to_the_same_config(tmp_path, capsys):

@@ -220,15 +220,13 @@ class ReplayOutput:
 
 def replay_policy(out: Path, manifest, source: str):
     """The run's policy, its model's action output replaced by a recorded normalized chunk [H, A]."""
-    from kidata import assets
     from kidata.model.ki_model import KIModel
     from kidata.policy import Policy
     from kidata.tokenizers.prompt import SampleEncoder
-    from kidata.training.config import TrainConfig
+    from kidata.training.config import load
 
-    config = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml",
-                              ["--model.image_size", "64", "--model.action_horizon", str(HORIZON),
-                               "--data.cameras", '["base_0"]', "--data.manifest", json.dumps(str(out / "manifest.json"))])
+    config = load("ki_tiny", {"model": {"image_size": 64, "action_horizon": HORIZON},
+                              "data": {"cameras": ["base_0"], "manifest": out / "manifest.json"}})
     model = KIModel(config.model)
     model.sample_actions = ReplayOutput(config.model.action_dim)
     encoder = SampleEncoder.from_manifest(manifest, out / "fast_tokenizer")

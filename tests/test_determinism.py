@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kidata.training import trainer  # noqa: E402
-from kidata.training.config import TrainConfig  # noqa: E402
+from kidata.training.config import TrainConfig, load  # noqa: E402
 from kidata.training.determinism import deterministic_algorithms  # noqa: E402
 
 
@@ -47,7 +47,7 @@ def test_the_trainer_runs_under_deterministic_algorithms_when_the_config_asks(mo
     seen = []
     monkeypatch.setattr(trainer, "_train", lambda *args: seen.append(
         (torch.are_deterministic_algorithms_enabled(), os.environ.get("CUBLAS_WORKSPACE_CONFIG"))) or {})
-    trainer.train(TrainConfig.load("model/ki_tiny.toml", ["--train.deterministic", "true"]), tmp_path)
+    trainer.train(load("ki_tiny", {"train": {"deterministic": True}}), tmp_path)
     trainer.train(TrainConfig.load("model/ki_tiny.toml"), tmp_path)
     assert seen == [(True, ":4096:8"), (False, None)]
     assert not torch.are_deterministic_algorithms_enabled()

@@ -21,7 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
-from test_train import SHAPE, TINY, config, mixture  # noqa: E402,F401 - the module-scoped build fixture
+from test_train import TINY, arguments, config, mixture  # noqa: E402,F401 - the module-scoped build fixture
 
 from kidata.training.checkpoint import CheckpointError, latest_checkpoint, newest_complete  # noqa: E402
 from kidata.training.trainer import ResumeRefused, train  # noqa: E402
@@ -31,7 +31,7 @@ from kidata.training.trainer import ResumeRefused, train  # noqa: E402
 def finished(mixture, tmp_path_factory) -> Path:  # noqa: F811
     """A 4-step run with checkpoints at steps 2 and 4 (kept: both), copied by each test."""
     run = tmp_path_factory.mktemp("faults") / "run"
-    train(config(mixture, "--train.steps", "4", "--checkpoint.every", "2", "--eval.every", "0"), run)
+    train(config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run)
     return run
 
 
@@ -49,7 +49,7 @@ def steps_logged(run: Path) -> list[int]:
 
 def test_latest_naming_a_missing_directory_resumes_from_the_newest_complete_checkpoint(run, mixture, capsys):  # noqa: F811
     shutil.rmtree(run / "checkpoints" / "step_0000004")
-    train(config(mixture, "--train.steps", "5", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True,
+    train(config(mixture, train={"steps": 5}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True,
           allow_config_change=True)
     assert "names step_0000004, which does not exist" in capsys.readouterr().err
     assert steps_logged(run) == [1, 2, 3, 4, 5]  # continued after step 2, each step logged once
@@ -59,14 +59,14 @@ def test_a_fresh_start_is_refused_in_a_directory_with_only_a_dangling_pointer(ru
     for step in ("step_0000002", "step_0000004"):
         shutil.rmtree(run / "checkpoints" / step)
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
-        train(config(mixture, "--train.steps", "4", "--eval.every", "0"), run)
+        train(config(mixture, train={"steps": 4}, eval={"every": 0}), run)
 
 
 def test_a_truncated_weights_file_falls_back_to_the_previous_checkpoint_naming_it(run, mixture, capsys):  # noqa: F811
     weights = run / "checkpoints" / "step_0000004" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert latest_checkpoint(run).name == "step_0000002"
-    train(config(mixture, "--train.steps", "4", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True)
+    train(config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True)
     err = capsys.readouterr().err
     assert "model.safetensors has 1000 bytes" in err and "truncated" in err
 
@@ -85,7 +85,7 @@ def test_when_every_checkpoint_is_damaged_loading_and_resuming_refuse_naming_eac
     with pytest.raises(CheckpointError, match=r"step_0000004 lacks \['trainer.json'\].*step_0000002 lacks"):
         latest_checkpoint(run)
     with pytest.raises(CheckpointError, match="holds no complete checkpoint"):
-        train(config(mixture, "--train.steps", "4", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True)
+        train(config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True)
 
 
 def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(run, mixture):  # noqa: F811
@@ -93,14 +93,14 @@ def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(run, mix
 
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(ResumeRefused, match=r"model.variant: 'ki' -> 'pi0_fast'.*only train.steps"):
-        train(config(mixture, "--train.steps", "4", "--checkpoint.every", "2", "--eval.every", "0",
-                     "--model.variant", "pi0_fast"), run, resume=True, allow_config_change=True)
+        train(config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0},
+                     model={"variant": "pi0_fast"}), run, resume=True, allow_config_change=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     policies.load(run)  # still loadable
 
 
 def test_longer_training_on_resume_needs_the_explicit_flag(run, mixture):  # noqa: F811
-    longer = config(mixture, "--train.steps", "6", "--checkpoint.every", "2", "--eval.every", "0")
+    longer = config(mixture, train={"steps": 6}, checkpoint={"every": 2}, eval={"every": 0})
     with pytest.raises(ResumeRefused, match=r"train.steps: 4 -> 6 \(pass --allow-config-change"):
         train(longer, run, resume=True)
     train(longer, run, resume=True, allow_config_change=True)
@@ -111,7 +111,7 @@ def test_longer_training_on_resume_needs_the_explicit_flag(run, mixture):  # noq
 def test_a_longer_resume_keeps_the_learning_rate_schedule_the_run_was_trained_with(run, mixture, capsys):  # noqa: F811
     from kidata.training.trainer import learning_rate
 
-    longer = config(mixture, "--train.steps", "8", "--checkpoint.every", "2", "--eval.every", "0")
+    longer = config(mixture, train={"steps": 8}, checkpoint={"every": 2}, eval={"every": 0})
     train(longer, run, resume=True, allow_config_change=True)
     assert "resume: train.steps 4 -> 8; the learning-rate schedule keeps its decay over the run's 4 steps" in capsys.readouterr().err
     saved = json.loads((run / "config.json").read_text())
@@ -151,7 +151,7 @@ def test_a_run_trained_in_parts_reports_its_whole_training_time(run, mixture):  
     first = json.loads((run / "report.json").read_text())
     assert first["wall_s"] == first["seconds_this_process"]
     _set_checkpoint_wall(run / "checkpoints" / "step_0000004", 5000.0)  # the first part trained for 5000 s
-    train(config(mixture, "--train.steps", "6", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True,
+    train(config(mixture, train={"steps": 6}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True,
           allow_config_change=True)
     report = json.loads((run / "report.json").read_text())
     assert report["wall_s"] == pytest.approx(5000.0 + report["seconds_this_process"], abs=0.2)
@@ -163,7 +163,7 @@ def test_a_run_trained_in_parts_reports_its_whole_training_time(run, mixture):  
 
 def test_resuming_a_checkpoint_without_a_wall_time_reports_it_unknown_not_partial(run, mixture):  # noqa: F811
     _set_checkpoint_wall(run / "checkpoints" / "step_0000004", None)  # written before wall time was counted
-    train(config(mixture, "--train.steps", "6", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True,
+    train(config(mixture, train={"steps": 6}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True,
           allow_config_change=True)
     report = json.loads((run / "report.json").read_text())
     assert report["wall_s"] is None and report["seconds_this_process"] > 0
@@ -173,7 +173,7 @@ def test_a_training_run_stopped_by_sigterm_names_its_newest_checkpoint_and_how_t
     run = tmp_path / "run"
     process = subprocess.Popen(
         [sys.executable, "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run),
-         *SHAPE, "--train.steps", "100000", "--checkpoint.every", "2", "--eval.every", "0"],
+         *arguments(train={"steps": 100000}, checkpoint={"every": 2}, eval={"every": 0})],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (run / "checkpoints" / "latest").exists():  # written once a checkpoint is complete
@@ -196,14 +196,14 @@ def test_a_run_stopped_before_its_first_checkpoint_is_told_to_start_again(tmp_pa
 
 def test_resume_on_an_empty_directory_is_an_error_not_a_fresh_run(mixture, tmp_path):  # noqa: F811
     with pytest.raises(ResumeRefused, match="holds no checkpoint to continue; drop --resume"):
-        train(config(mixture, "--train.steps", "2", "--eval.every", "0"), tmp_path / "empty", resume=True)
+        train(config(mixture, train={"steps": 2}, eval={"every": 0}), tmp_path / "empty", resume=True)
     assert not (tmp_path / "empty").exists()
 
 
 def test_metrics_hold_each_step_once_after_resuming_from_an_earlier_checkpoint(run, mixture):  # noqa: F811
     shutil.rmtree(run / "checkpoints" / "step_0000004")
     (run / "checkpoints" / "latest").write_text("step_0000002\n")
-    train(config(mixture, "--train.steps", "4", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True)
+    train(config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True)
     assert steps_logged(run) == [1, 2, 3, 4]
 
 
@@ -259,7 +259,7 @@ def test_loader_weights_must_be_finite_and_non_negative(mixture, weight):  # noq
 def test_an_unwritable_run_directory_is_named(mixture, tmp_path):  # noqa: F811
     (tmp_path / "a-file").write_text("in the way")
     with pytest.raises(OSError, match=r"a-file/run: cannot create the run directory there"):
-        train(config(mixture, "--train.steps", "1"), tmp_path / "a-file" / "run")
+        train(config(mixture, train={"steps": 1}), tmp_path / "a-file" / "run")
 
 
 def test_a_resume_onto_another_mixture_is_refused_even_with_allow_config_change(run, mixture):  # noqa: F811
@@ -271,7 +271,7 @@ def test_a_resume_onto_another_mixture_is_refused_even_with_allow_config_change(
     with pytest.raises(ResumeRefused, match=r"the mixture differs from the one .*manifest.json records: recipe sha256 "
                                             r"000000000000 -> [0-9a-f]{12}; shards: 1 changed, 0 added, 0 removed "
                                             r"\(e\.g\. bridge/.*\) \(--allow-config-change never covers the data\)"):
-        train(config(mixture, "--train.steps", "5", "--checkpoint.every", "2", "--eval.every", "0"), run, resume=True,
+        train(config(mixture, train={"steps": 5}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True,
               allow_config_change=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
@@ -280,12 +280,12 @@ def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(m
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoints").write_text("a user's file")
     with pytest.raises(OSError, match=r"run/checkpoints is a file where the run keeps its checkpoints folder"):
-        train(config(mixture, "--train.steps", "1"), tmp_path / "run")
+        train(config(mixture, train={"steps": 1}), tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
-@pytest.mark.parametrize("setting", [("--checkpoint.every", "0"), ("--checkpoint.every", "-2"), ("--log.every", "0"),
-                                     ("--eval.every", "-1")])
-def test_step_intervals_that_are_not_positive_whole_numbers_are_refused_naming_the_key(mixture, setting):  # noqa: F811
-    with pytest.raises(ValueError, match=rf"{setting[0][2:]} must be a whole number >= [01].*got {setting[1]}"):
-        config(mixture, *setting)
+@pytest.mark.parametrize("table, key, value", [("checkpoint", "every", 0), ("checkpoint", "every", -2),
+                                              ("log", "every", 0), ("eval", "every", -1)])
+def test_step_intervals_that_are_not_positive_whole_numbers_are_refused_naming_the_key(mixture, table, key, value):  # noqa: F811
+    with pytest.raises(ValueError, match=rf"{table}.{key} must be a whole number >= [01].*got {value}"):
+        config(mixture, **{table: {key: value}})

@@ -95,7 +95,7 @@ def test_training_on_a_mixture_without_a_held_out_split_says_so(tmp_path, capsys
     path = write_recipe(tmp_path / "r.toml", units=1)
     path.write_text(path.read_text().replace("holdout = 0.2\n", ""))
     build(load_recipe(path), str(tmp_path / "o"), progress=False)
-    train(config(str(tmp_path / "o" / "manifest.json"), "--train.steps", "1", "--eval.every", "0"), tmp_path / "run")
+    train(config(str(tmp_path / "o" / "manifest.json"), train={"steps": 1}, eval={"every": 0}), tmp_path / "run")
     assert "has no held-out split (the recipe's [mixture] holdout is 0.0, and no record fell under it)" in capsys.readouterr().err
 
 

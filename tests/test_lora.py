@@ -198,9 +198,9 @@ def test_an_openpi_checkpoint_fills_the_base_weights_under_fresh_adapters(tmp_pa
 
 
 def test_lora_under_sharded_fsdp_is_refused_naming_ddp_before_any_process_group():
-    from kidata.training.config import TrainConfig
+    from kidata.training.config import load
     from kidata.training.initialize import build_sharded
 
-    config = TrainConfig.load(TINY, ["--model.lora", "{}", "--train.init_from", "runs/vlm", "--train.fsdp", "true"])
+    config = load(TINY, {"model": {"lora": {}}, "train": {"init_from": "runs/vlm", "fsdp": True}})
     with pytest.raises(ValueError, match=r"model.lora with train.fsdp on several processes .* set train.fsdp = false"):
         build_sharded(config, torch.device("cpu"), 2, bf16=False)

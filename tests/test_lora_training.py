@@ -19,7 +19,7 @@ from test_train import config, losses, mixture  # noqa: E402,F401  (mixture: a m
 from kidata.training.checkpoint import read_full  # noqa: E402
 from kidata.training.trainer import train  # noqa: E402
 
-LORA = ["--model.lora", "{ backbone_rank = 4, expert_rank = 8 }", "--train.init_format", "kidata"]
+LORA = {"lora": {"backbone_rank": 4, "expert_rank": 8}}
 
 
 def step(run: Path, number: int) -> Path:
@@ -30,11 +30,11 @@ def step(run: Path, number: int) -> Path:
 def lora_run(mixture, tmp_path_factory) -> tuple[Path, Path]:  # noqa: F811
     root = tmp_path_factory.mktemp("lora")
     vlm = root / "vlm"
-    train(config(mixture, "--model.variant", "vlm", "--data.weights", "{vqav2 = 1.0}", "--train.steps", "2",
-                 "--eval.every", "0"), vlm)
+    train(config(mixture, model={"variant": "vlm"}, data={"weights": {"vqav2": 1.0}}, train={"steps": 2},
+                 eval={"every": 0}), vlm)
     run = root / "lora"
-    train(config(mixture, *LORA, "--train.init_from", json.dumps(str(vlm)), "--train.steps", "4",
-                 "--checkpoint.every", "2", "--checkpoint.keep", "2", "--eval.every", "0", "--optim.ema_decay", "0.9"),
+    train(config(mixture, model=LORA, train={"init_format": "kidata", "init_from": vlm, "steps": 4},
+                 checkpoint={"every": 2, "keep": 2}, eval={"every": 0}, optim={"ema_decay": 0.9}),
           run)
     return vlm, run
 
@@ -74,8 +74,8 @@ def test_a_resumed_lora_run_repeats_the_uninterrupted_losses(lora_run, mixture, 
     shutil.copytree(run, copy)
     shutil.rmtree(step(copy, 4))
     (copy / "checkpoints" / "latest").write_text("step_0000002\n")
-    train(config(mixture, *LORA, "--train.init_from", json.dumps(str(vlm)), "--train.steps", "4",
-                 "--checkpoint.every", "2", "--checkpoint.keep", "2", "--eval.every", "0", "--optim.ema_decay", "0.9"),
+    train(config(mixture, model=LORA, train={"init_format": "kidata", "init_from": vlm, "steps": 4},
+                 checkpoint={"every": 2, "keep": 2}, eval={"every": 0}, optim={"ema_decay": 0.9}),
           copy, resume=True)
     assert losses(copy) == losses(run)
     assert all(torch.equal(a, b) for a, b in zip(read_full(step(copy, 4), "model").values(),

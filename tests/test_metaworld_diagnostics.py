@@ -17,9 +17,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' extra")
 torch = pytest.importorskip("torch")
 
-from kidata import assets  # noqa: E402
+from kidata.config import apply_overrides  # noqa: E402
 from kidata.eval.metaworld import ExpertPolicy, SceneSettings, evaluate_metaworld  # noqa: E402
-from kidata.training.config import TrainConfig  # noqa: E402
+from kidata.training.config import load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = """
@@ -41,11 +41,10 @@ episodes_per_task = 4
 cameras = { base_0 = "corner", left_wrist_0 = "gripperPOV" }
 goal_marker_scale = 2.0
 """
-MODEL = ["--model.image_size", "64", "--model.action_horizon", "4", "--model.action_dim", "4",
-         "--model.state_dim", "4", "--model.state_input", "prefix", "--data.cameras", '["base_0", "left_wrist_0"]',
-         "--data.num_workers", "0", "--data.batch_size", "4", "--log.progress", "false", "--log.every", "1",
-         "--eval.batches", "1", "--eval.batch_size", "4", "--eval.max_new_tokens", "8", "--schedule.warmup_steps", "1",
-         "--checkpoint.every", "2"]
+MODEL = {"model": {"image_size": 64, "action_horizon": 4, "action_dim": 4, "state_dim": 4, "state_input": "prefix"},
+         "data": {"cameras": ["base_0", "left_wrist_0"], "num_workers": 0, "batch_size": 4},
+         "log": {"progress": False, "every": 1}, "eval": {"batches": 1, "batch_size": 4, "max_new_tokens": 8},
+         "schedule": {"warmup_steps": 1}, "checkpoint": {"every": 2}}
 
 
 @pytest.fixture(scope="module")
@@ -65,9 +64,9 @@ def run(recipe, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("build")
     build(load_recipe(recipe), str(out), progress=False)
     run = tmp_path_factory.mktemp("runs") / "run"
-    config = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", [
-        *MODEL, "--data.manifest", json.dumps(str(out / "manifest.json")), "--train.steps", "2", "--eval.every", "1",
-        "--eval.metaworld", '{ tasks = ["reach"], episodes = 1, max_steps = 10 }'])
+    config = load("ki_tiny", apply_overrides(MODEL, {
+        "data": {"manifest": out / "manifest.json"}, "train": {"steps": 2},
+        "eval": {"every": 1, "metaworld": {"tasks": ["reach"], "episodes": 1, "max_steps": 10}}}))
     train(config, run)
     return run
 
@@ -80,16 +79,14 @@ def policy(run):
 
 
 def test_closed_loop_runs_at_multiples_of_its_own_interval_and_at_the_end_but_not_at_step_0():
-    config = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", [
-        "--train.steps", "1000", "--eval.every", "100", "--eval.at_start", "true",
-        "--eval.metaworld", '{ tasks = ["reach"], episodes = 2, every = 400 }'])
+    config = load("ki_tiny", {"train": {"steps": 1000}, "eval": {
+        "every": 100, "at_start": True, "metaworld": {"tasks": ["reach"], "episodes": 2, "every": 400}}})
     evaluated = [step for step in range(0, 1001, 100) if config.eval.closed_loop_at(step, 1000)]
     assert evaluated == [400, 800, 1000]
-    default = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", [
-        "--train.steps", "300", "--eval.every", "100", "--eval.metaworld", '{ tasks = ["reach"] }'])
+    default = load("ki_tiny", {"train": {"steps": 300}, "eval": {"every": 100, "metaworld": {"tasks": ["reach"]}}})
     assert [s for s in range(0, 301, 100) if default.eval.closed_loop_at(s, 300)] == [100, 200, 300]
     with pytest.raises(ValueError, match="eval.metaworld.every must be >= 1"):
-        TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", '{ tasks = ["reach"], every = 0 }'])
+        load("ki_tiny", {"eval": {"metaworld": {"tasks": ["reach"], "every": 0}}})
 
 
 @pytest.mark.slow
@@ -157,9 +154,9 @@ def test_closed_loop_success_lands_in_metrics_at_every_evaluation(run):
 
 def test_the_metaworld_eval_table_refuses_unknown_keys_and_missing_tasks():
     with pytest.raises(ValueError, match="unknown key eval.metaworld.episode .*'episodes'"):
-        TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", '{ tasks = ["reach"], episode = 3 }'])
+        load("ki_tiny", {"eval": {"metaworld": {"tasks": ["reach"], "episode": 3}}})
     with pytest.raises(ValueError, match="needs tasks"):
-        TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", ["--eval.metaworld", "{ episodes = 3 }"])
+        load("ki_tiny", {"eval": {"metaworld": {"episodes": 3}}})
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ from kidata.sources.synthetic import action_chunks
 from kidata.tokenizers.fast import FastTokenizer
 from kidata.tokenizers.prompt import SampleEncoder
 from kidata.tokenizers.text import TextTokenizer
-from kidata.training.config import TrainConfig, check_compatible
+from kidata.training.config import check_compatible, load
 
 PROMPT = "  Pick_up the red cup\n"  # openpi cleans: strip, "_" -> " ", "\n" -> " ", case kept
 STATE = np.array([0.1, -0.5, 0.3], dtype=np.float32)
@@ -86,8 +86,7 @@ def pi0_manifest() -> Manifest:
 
 @pytest.mark.parametrize("state_input, refused", [("prefix", True), ("expert", False)])
 def test_a_pi0_mixture_trains_only_a_model_whose_expert_takes_the_state(state_input, refused):
-    config = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml",
-                              ["--model.state_input", state_input, "--model.image_size", "224"])
+    config = load("ki_tiny", {"model": {"state_input": state_input, "image_size": 224}})
     if refused:
         with pytest.raises(ManifestMismatch, match=r"prompt layout: data prompt_format 'pi0' \(openpi's pi0: state in "
                                                    r"the action expert\), model state_input 'prefix'"):

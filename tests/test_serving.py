@@ -28,7 +28,7 @@ from kidata.training.trainer import train  # noqa: E402
 @pytest.fixture(scope="module")
 def loaded(mixture, tmp_path_factory):  # noqa: F811
     run = tmp_path_factory.mktemp("serve") / "run"
-    train(config(mixture, "--train.steps", "2", "--eval.every", "0"), run)
+    train(config(mixture, train={"steps": 2}, eval={"every": 0}), run)
     return policies.load(run), run
 
 

@@ -19,19 +19,20 @@ pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS"
 from conftest import shared_path  # noqa: E402
 
 from kidata import assets  # noqa: E402
-from kidata.config import parse_overrides  # noqa: E402
+from kidata.config import apply_overrides, parse_overrides, to_arguments  # noqa: E402
 from kidata.manifest import ManifestMismatch  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
 from kidata.training import trainer as train_module  # noqa: E402
-from kidata.training.config import TrainConfig  # noqa: E402
+from kidata.training.config import TrainConfig, load  # noqa: E402
 from kidata.training.trainer import TrainingDiverged, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = assets.ROOT / "model" / "ki_tiny.toml"
-SHAPE = ["--model.image_size", "64", "--model.action_horizon", "4", "--data.cameras", '["base_0", "base_1"]',
-         "--data.num_workers", "0", "--data.batch_size", "8", "--log.progress", "false", "--log.every", "1",
-         "--eval.batches", "1", "--eval.batch_size", "4", "--eval.max_new_tokens", "24", "--schedule.warmup_steps", "5"]
+SHAPE = {"model": {"image_size": 64, "action_horizon": 4},
+         "data": {"cameras": ["base_0", "base_1"], "num_workers": 0, "batch_size": 8},
+         "log": {"progress": False, "every": 1}, "eval": {"batches": 1, "batch_size": 4, "max_new_tokens": 24},
+         "schedule": {"warmup_steps": 5}}
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,14 @@ def mixture(tmp_path_factory) -> str:
     return str(root / "out" / "manifest.json")
 
 
-def config(mixture: str, *extra: str) -> TrainConfig:
-    return TrainConfig.load(TINY, [*SHAPE, "--data.manifest", json.dumps(mixture), *extra])
+def config(mixture: str, **tables: dict) -> TrainConfig:
+    """The tiny preset in SHAPE on ``mixture``, with ``tables`` on top: ``config(m, train={"steps": 50})``."""
+    return load(TINY, apply_overrides(apply_overrides(SHAPE, {"data": {"manifest": mixture}}), tables))
+
+
+def arguments(**tables: dict) -> list[str]:
+    """SHAPE and ``tables`` as ``kidata train``'s command-line overrides (a run under torchrun)."""
+    return to_arguments(apply_overrides(SHAPE, tables))
 
 
 def losses(run: Path) -> dict[int, float]:
@@ -62,8 +69,7 @@ def losses(run: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def straight_run(mixture, tmp_path_factory) -> tuple[Path, dict]:
     run = tmp_path_factory.mktemp("runs") / "straight"
-    report = train(config(mixture, "--train.steps", "50", "--checkpoint.every", "25", "--eval.every", "25",
-                          "--optim.ema_decay", "0.9"), run)
+    report = train(config(mixture, train={"steps": 50}, checkpoint={"every": 25}, eval={"every": 25}, optim={"ema_decay": 0.9}), run)
     return run, report
 
 
@@ -138,9 +144,9 @@ def test_exported_weights_are_the_policys_and_rebuild_the_model_alone(straight_r
 def test_a_resumed_run_repeats_the_uninterrupted_losses(mixture, straight_run, tmp_path):
     straight, _ = straight_run
     run = tmp_path / "resumed"
-    common = ("--checkpoint.every", "25", "--eval.every", "25", "--optim.ema_decay", "0.9")
-    train(config(mixture, "--train.steps", "25", "--schedule.decay_steps", "50", *common), run)
-    train(config(mixture, "--train.steps", "50", "--schedule.decay_steps", "50", *common), run, resume=True,
+    common = {"checkpoint": {"every": 25}, "eval": {"every": 25}, "optim": {"ema_decay": 0.9}}
+    train(config(mixture, train={"steps": 25}, schedule={"decay_steps": 50}, **common), run)
+    train(config(mixture, train={"steps": 50}, schedule={"decay_steps": 50}, **common), run, resume=True,
           allow_config_change=True)  # longer training: the one change a resume may make, and only explicitly
     expected, actual = losses(straight), losses(run)
     assert sorted(actual) == list(range(1, 51))
@@ -234,20 +240,20 @@ def test_a_ki_policy_can_act_from_its_fast_tokens_instead_of_the_expert(straight
 
 def test_a_mixture_that_does_not_fit_the_model_is_refused_before_training(mixture, tmp_path):
     with pytest.raises(ManifestMismatch, match="action_horizon: data 4, model 5"):
-        train(config(mixture, "--model.action_horizon", "5"), tmp_path / "run")
+        train(config(mixture, model={"action_horizon": 5}), tmp_path / "run")
     with pytest.raises(ManifestMismatch, match=r"rebuild its recipe with \[mixture\] action_horizon = 50 and image_size = 224 "
                                                r".* or train with --model.action_horizon 4 --model.image_size 64"):
-        train(config(mixture, "--model.action_horizon", "50", "--model.image_size", "224"), tmp_path / "run")
+        train(config(mixture, model={"action_horizon": 50, "image_size": 224}), tmp_path / "run")
     with pytest.raises(ManifestMismatch, match="action tokens: data 'fast', model action_tokens 'bins'"):
-        train(config(mixture, "--model.action_tokens", "bins"), tmp_path / "run")
+        train(config(mixture, model={"action_tokens": "bins"}), tmp_path / "run")
     with pytest.raises(ManifestMismatch, match=r"token vocabulary: data 2048 .* > model vocab_size 1024"):
-        train(config(mixture, "--model.vocab_size", "1024"), tmp_path / "run")
+        train(config(mixture, model={"vocab_size": 1024}), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_an_augmentation_strength_out_of_range_is_refused_before_the_run_is_written(mixture, tmp_path):
     with pytest.raises(ValueError, match=r"augment crop must be in \(0, 1\].*got 1.5"):
-        train(config(mixture, "--data.augment", "{ crop = 1.5 }"), tmp_path / "run")
+        train(config(mixture, data={"augment": {"crop": 1.5}}), tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -258,11 +264,11 @@ def test_action_ids_appended_past_the_text_need_a_model_vocabulary_that_covers_t
 
     encoding = Encoding("continuous", "pi05", 10, 4, 112, 80, "quantile", "offset", 2048, (2048, 2559))
     manifest = SimpleNamespace(encoding=encoding, action_tokens="fast", sources=[])
-    base = ["--model.image_size", "112", "--model.action_dim", "4", "--model.state_input", "prefix"]
+    base = {"image_size": 112, "action_dim": 4, "state_input": "prefix"}
     with pytest.raises(ManifestMismatch, match=r"data 2560 \(text 2048, action ids \[2048, 2559\]\) > model vocab_size 2048 "
                                                r"\(train with --model.vocab_size 2560\)"):
-        train_module.check_compatible(manifest, TrainConfig.load(TINY, base))
-    train_module.check_compatible(manifest, TrainConfig.load(TINY, [*base, "--model.vocab_size", "2560"]))
+        train_module.check_compatible(manifest, load(TINY, {"model": base}))
+    train_module.check_compatible(manifest, load(TINY, {"model": {**base, "vocab_size": 2560}}))
 
 
 def test_a_non_finite_loss_stops_the_run_naming_the_step_and_last_checkpoint(mixture, tmp_path, monkeypatch):
@@ -278,7 +284,7 @@ def test_a_non_finite_loss_stops_the_run_naming_the_step_and_last_checkpoint(mix
 
     monkeypatch.setattr(train_module.KIModel, "forward", forward)
     with pytest.raises(TrainingDiverged, match=r"step 4 .*step_0000002"):
-        train(config(mixture, "--train.steps", "10", "--checkpoint.every", "2", "--eval.every", "0"), tmp_path / "run")
+        train(config(mixture, train={"steps": 10}, checkpoint={"every": 2}, eval={"every": 0}), tmp_path / "run")
 
 
 def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(mixture, tmp_path, monkeypatch):
@@ -299,7 +305,7 @@ def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(mixture,
     monkeypatch.setattr(safetensors.torch, "save_file", save_file)
     run = tmp_path / "run"
     with pytest.raises(OSError, match="previous checkpoint is intact: .*step_0000002"):
-        train(config(mixture, "--train.steps", "6", "--checkpoint.every", "2", "--eval.every", "0"), run)
+        train(config(mixture, train={"steps": 6}, checkpoint={"every": 2}, eval={"every": 0}), run)
     assert latest_checkpoint(run).name == "step_0000002"
     assert load_checkpoint(latest_checkpoint(run))["trainer"]["step"] == 2
     assert not list((run / "checkpoints").glob("*.tmp"))
@@ -318,7 +324,7 @@ def test_overrides_are_typed_and_unknown_keys_name_the_nearest():
 def test_a_second_run_into_the_same_directory_needs_resume(straight_run, mixture):
     run, _ = straight_run
     with pytest.raises(FileExistsError, match="--resume"):
-        train(config(mixture, "--train.steps", "2"), run)
+        train(config(mixture, train={"steps": 2}), run)
 
 
 def test_a_fresh_run_drops_an_earlier_attempt_that_left_no_checkpoint(mixture, tmp_path, capsys):
@@ -326,7 +332,7 @@ def test_a_fresh_run_drops_an_earlier_attempt_that_left_no_checkpoint(mixture, t
     (run / "tensorboard").mkdir(parents=True)
     (run / "tensorboard" / "events.out.tfevents.1.killed").write_bytes(b"")
     (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 9.0}) + "\n" for s in (1, 2, 3)))
-    train(config(mixture, "--train.steps", "2", "--eval.every", "0", "--log.every", "1"), run)
+    train(config(mixture, train={"steps": 2}, eval={"every": 0}, log={"every": 1}), run)
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
             if "loss" in line] == [1, 2]  # each step once, none of the killed attempt's
     assert not (run / "tensorboard" / "events.out.tfevents.1.killed").exists()
@@ -351,8 +357,8 @@ def two_process_runs(mixture, tmp_path_factory) -> dict[str, Path]:
         run = tmp_path_factory.mktemp("two") / sharding
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", port,
                    "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run),
-                   *SHAPE, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
-                   "--optim.ema_decay", "0.9", "--train.fsdp", "true" if sharding == "fsdp" else "false"]
+                   *arguments(train={"steps": 6, "fsdp": sharding == "fsdp"}, checkpoint={"every": 3},
+                              eval={"every": 0}, optim={"ema_decay": 0.9})]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
         result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
         assert result.returncode == 0, result.stderr[-3000:]
@@ -421,8 +427,8 @@ def test_a_two_process_run_resumes_from_its_checkpoint_to_the_uninterrupted_loss
     (run / "checkpoints" / "latest").write_text("step_0000003\n")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run), "--resume",
-               *SHAPE, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
-               "--optim.ema_decay", "0.9", "--train.fsdp", "true" if sharding == "fsdp" else "false"]
+               *arguments(train={"steps": 6, "fsdp": sharding == "fsdp"}, checkpoint={"every": 3}, eval={"every": 0},
+                          optim={"ema_decay": 0.9})]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 0, result.stderr[-3000:]
@@ -444,21 +450,21 @@ def test_resuming_two_processes_shards_on_one_loads_them_then_names_the_data_str
     with pytest.raises(ValueError, match=r"holds 2 data stream\(s\), one per process of the run that wrote it, and this "
                                          r"run has 1 process\(es\): its weights, optimizer and EMA reshard .* resume with "
                                          r"2 process\(es\) .* \[data\] streams = S"):
-        train(config(mixture, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
-                     "--optim.ema_decay", "0.9", "--train.fsdp", "true"), run, resume=True)
+        train(config(mixture, train={"steps": 6, "fsdp": True}, checkpoint={"every": 3}, eval={"every": 0},
+                     optim={"ema_decay": 0.9}), run, resume=True)
 
 
-def run_two_processes(run: Path, mixture: str, *extra: str) -> None:
+def run_two_processes(run: Path, mixture: str, tables: dict, *flags: str) -> None:
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run), *SHAPE,
-               *extra]
+               "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run), *flags,
+               *arguments(**tables)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-STREAMED = ("--data.streams", "2", "--optim.grad_accum", "2", "--data.batch_size", "4", "--train.steps", "6",
-            "--checkpoint.every", "3", "--eval.every", "0", "--optim.ema_decay", "0.9", "--train.fsdp", "true")
+STREAMED = {"data": {"streams": 2, "batch_size": 4}, "optim": {"grad_accum": 2, "ema_decay": 0.9},
+            "train": {"steps": 6, "fsdp": True}, "checkpoint": {"every": 3}, "eval": {"every": 0}}
 
 
 @pytest.fixture(scope="module")
@@ -466,9 +472,9 @@ def streamed_runs(mixture, tmp_path_factory) -> dict:
     """The same 6 steps over 2 data streams with 2 micro-batches each per step (4 micro-batches per
     step on 1 process, 2 on each of 2), on 1 process, on 2 under FSDP2 and on 2 under DDP."""
     root = tmp_path_factory.mktemp("streamed")
-    train(config(mixture, *STREAMED), root / "one")
-    run_two_processes(root / "two", mixture, *STREAMED)
-    run_two_processes(root / "two_ddp", mixture, *STREAMED, "--train.fsdp", "false")
+    train(config(mixture, **STREAMED), root / "one")
+    run_two_processes(root / "two", mixture, STREAMED)
+    run_two_processes(root / "two_ddp", mixture, apply_overrides(STREAMED, {"train": {"fsdp": False}}))
     return {1: root / "one", 2: root / "two", "ddp": root / "two_ddp"}
 
 
@@ -508,14 +514,14 @@ def test_ddp_accumulating_micro_batches_on_two_processes_trains_as_one_process_d
 @pytest.mark.slow
 def test_a_run_saved_on_two_processes_resumes_on_one_to_the_uninterrupted_losses(streamed_runs, mixture, tmp_path):
     run = restart_at_step_3(streamed_runs[2], tmp_path / "two_to_one")
-    train(config(mixture, *STREAMED), run, resume=True)
+    train(config(mixture, **STREAMED), run, resume=True)
     assert_same_training(run, streamed_runs[2], (4, 5, 6))
 
 
 @pytest.mark.slow
 def test_a_run_saved_on_one_process_resumes_on_two_to_the_uninterrupted_losses(streamed_runs, mixture, tmp_path):
     run = restart_at_step_3(streamed_runs[1], tmp_path / "one_to_two")
-    run_two_processes(run, mixture, "--resume", *STREAMED)
+    run_two_processes(run, mixture, STREAMED, "--resume")
     assert_same_training(run, streamed_runs[1], (4, 5, 6))
 
 
@@ -526,7 +532,7 @@ def test_streams_that_the_processes_do_not_divide_are_refused(mixture):
     with pytest.raises(ValueError, match=r"\[data\] streams = 3 is not a multiple of the 2 processes"):
         StreamLayout.of(3, 0, 2)
     with pytest.raises(ValueError, match=r"data.streams must be >= 0 \(0: one per process\), got -1"):
-        config(mixture, "--data.streams", "-1")
+        config(mixture, data={"streams": -1})
 
 
 @pytest.mark.slow
@@ -587,8 +593,8 @@ def test_initialization_from_a_paligemma_checkpoint(mixture, tmp_path, monkeypat
     torch.manual_seed(5)
     transformers.PaliGemmaForConditionalGeneration(hf).save_pretrained(tmp_path / "paligemma")
     run = tmp_path / "run"
-    train(config(mixture, "--train.steps", "1", "--train.init_from", json.dumps(str(tmp_path / "paligemma")),
-                 "--optim.lr", "0.0", "--eval.every", "0"), run)
+    train(config(mixture, train={"steps": 1, "init_from": tmp_path / "paligemma"}, optim={"lr": 0.0},
+                 eval={"every": 0}), run)
     trained = load_file(str(run / "checkpoints" / "step_0000001" / "model.safetensors"))
     source = load_file(str(tmp_path / "paligemma" / "model.safetensors"))
     checked = 0
@@ -611,8 +617,7 @@ def test_a_pretrained_init_on_a_mixture_built_with_another_text_tokenizer_is_ref
                                                rf"'{init_format}'\) holds PaliGemma's token embedding, the mixture "
                                                r".*manifest.json was built with text tokenizer 'tokenizers/demo-text' "
                                                r"\(2048 ids, PaliGemma's has 257152\)"):
-        train(config(mixture, "--train.init_from", '"google/paligemma-3b-pt-224"', "--train.init_format",
-                     json.dumps(init_format)), run)
+        train(config(mixture, train={"init_from": "google/paligemma-3b-pt-224", "init_format": init_format}), run)
     assert not run.exists()  # refused before the run directory is made
 
 
@@ -628,8 +633,7 @@ def test_the_weight_ema_is_the_decayed_average_of_the_steps_weights(mixture, tmp
     """ema_0 = initial weights; ema_s = d * ema_(s-1) + (1 - d) * weights_s, checked by hand over
     three steps from the checkpointed weights of each."""
     run = tmp_path / "ema"
-    cfg = config(mixture, "--train.steps", "3", "--checkpoint.every", "1", "--checkpoint.keep", "3",
-                 "--eval.every", "0", "--optim.ema_decay", "0.6")
+    cfg = config(mixture, train={"steps": 3}, checkpoint={"every": 1, "keep": 3}, eval={"every": 0}, optim={"ema_decay": 0.6})
     train(cfg, run)
     torch.manual_seed(cfg.train.seed)
     from kidata.model.ki_model import KIModel
@@ -646,8 +650,7 @@ def test_the_weight_ema_is_the_decayed_average_of_the_steps_weights(mixture, tmp
 
 def test_pruning_keeps_exactly_the_newest_keep_checkpoints(mixture, tmp_path):
     run = tmp_path / "pruned"
-    train(config(mixture, "--train.steps", "4", "--checkpoint.every", "1", "--checkpoint.keep", "2",
-                 "--eval.every", "0"), run)
+    train(config(mixture, train={"steps": 4}, checkpoint={"every": 1, "keep": 2}, eval={"every": 0}), run)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["latest", "step_0000003", "step_0000004"]
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_0000004"
 
@@ -657,8 +660,7 @@ def test_gradient_accumulation_steps_on_the_mean_of_the_micro_batch_gradients(mi
     mean micro loss and the norm of the mean micro gradient, recomputed here from the same
     samples and flow noise."""
     run = tmp_path / "accum"
-    cfg = config(mixture, "--train.steps", "1", "--optim.grad_accum", "2", "--data.batch_size", "4",
-                 "--eval.every", "0", "--optim.clip_norm", "1e9")
+    cfg = config(mixture, train={"steps": 1}, optim={"grad_accum": 2, "clip_norm": 1e9}, data={"batch_size": 4}, eval={"every": 0})
     record = train(cfg, run)["final"]
     torch.manual_seed(cfg.train.seed)
     from kidata.loader import Augment
@@ -695,12 +697,12 @@ def test_resuming_on_a_rebuilt_mixture_is_refused_naming_what_changed(mixture, t
     data = tmp_path / "data"
     shutil.copytree(Path(mixture).parent, data)
     run = tmp_path / "run"
-    train(config(str(data / "manifest.json"), "--train.steps", "1", "--eval.every", "0"), run)
+    train(config(str(data / "manifest.json"), train={"steps": 1}, eval={"every": 0}), run)
     other = write_recipe(tmp_path / "other.toml", units=1)
     other.write_text(other.read_text().replace("vocab_size = 300", "vocab_size = 280"))  # another FAST tokenizer
     build(load_recipe(other), str(data), progress=False, force=True)
     with pytest.raises(ManifestMismatch, match="fast_sha256: build has"):
-        train(config(str(data / "manifest.json"), "--train.steps", "2", "--eval.every", "0"), run, resume=True,
+        train(config(str(data / "manifest.json"), train={"steps": 2}, eval={"every": 0}), run, resume=True,
               allow_config_change=True)
 
 
@@ -709,12 +711,12 @@ def test_wandb_logging_offline_continues_the_same_run_on_resume(mixture, tmp_pat
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "wandb-run"
-    common = ("--log.wandb", "true", "--eval.every", "0", "--checkpoint.every", "1")
-    train(config(mixture, "--train.steps", "1", *common), run)
+    common = {"log": {"wandb": True}, "eval": {"every": 0}, "checkpoint": {"every": 1}}
+    train(config(mixture, train={"steps": 1}, **common), run)
     run_id = (run / "wandb_run_id").read_text().strip()
     offline = sorted((run / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
-    train(config(mixture, "--train.steps", "2", *common), run, resume=True, allow_config_change=True)
+    train(config(mixture, train={"steps": 2}, **common), run, resume=True, allow_config_change=True)
     assert (run / "wandb_run_id").read_text().strip() == run_id
     assert len(sorted((run / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # the same run id, continued
 
@@ -724,7 +726,7 @@ def test_wandb_without_the_extra_names_the_install_command(mixture, tmp_path, mo
 
     monkeypatch.setitem(sys.modules, "wandb", None)
     with pytest.raises(ImportError, match=r"pip install 'kidata\[wandb\]'"):
-        train(config(mixture, "--train.steps", "1", "--log.wandb", "true", "--eval.every", "0"), tmp_path / "r")
+        train(config(mixture, train={"steps": 1}, log={"wandb": True}, eval={"every": 0}), tmp_path / "r")
 
 
 HOST_READS = ("item", "tolist", "cpu", "__float__", "__int__", "__bool__", "__index__", "nonzero")
@@ -776,8 +778,8 @@ def counted_run(mixture, tmp_path_factory) -> dict:
     patch.setattr(train_module, "learning_rate", marked)
     patch.setattr(torch, "_foreach_lerp_", counted_lerp)
     try:
-        train(config(mixture, "--train.steps", "6", "--log.every", "3", "--checkpoint.every", "100",
-                     "--eval.every", "0", "--optim.ema_decay", "0.9"), tmp_path_factory.mktemp("counted") / "run")
+        train(config(mixture, train={"steps": 6}, log={"every": 3}, checkpoint={"every": 100}, eval={"every": 0},
+                     optim={"ema_decay": 0.9}), tmp_path_factory.mktemp("counted") / "run")
     finally:
         patch.undo()
     return {"reads": counts, "fused_ema_steps": fused}

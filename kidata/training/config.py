@@ -19,9 +19,10 @@ from kidata.config import (
     check_keys,
     choices,
     from_table,
-    nearest,
     nested_overrides,
+    option_table,
     read_toml,
+    table_json,
 )
 from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.config import ModelConfig
@@ -31,7 +32,22 @@ TRAIN_PRECISIONS = choices(TrainPrecision)
 ACTION_HEADS = choices(ActionHead)
 FAST_FALLBACKS = choices(FastFallback)
 INFERENCE_PRECISIONS = choices(InferencePrecision)
-AUGMENT_STRENGTHS = ("crop", "degrees", "brightness", "contrast", "saturation")  # kidata.loader.Augment's arguments
+
+
+@dataclass(frozen=True)
+class AugmentStrengths:
+    """``[data] augment = { ... }``: the strengths of ``kidata.loader.Augment`` (its arguments) that
+    change, each unset one at Augment's openpi-style default (``{ crop = 1.0, degrees = 0.0 }``:
+    colour jitter only)."""
+
+    crop: float | None = None
+    degrees: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+
+
+AUGMENT_STRENGTHS = tuple(f.name for f in dataclasses.fields(AugmentStrengths))
 
 
 @dataclass(frozen=True)
@@ -93,26 +109,48 @@ class DataConfig:
     weights: Mapping[str, float] = field(default_factory=dict)
     balance: bool = False
     shuffle_buffer: int = 256
-    augment: bool | Mapping[str, float] = True
+    augment: bool | AugmentStrengths = True
     cameras: tuple[str, ...] = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
     verify_shards: bool = False
     streams: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.augment, Mapping):
-            for key, value in self.augment.items():
-                if key not in AUGMENT_STRENGTHS:
-                    raise ValueError(f"unknown key data.augment.{key}{nearest(key, AUGMENT_STRENGTHS)}")
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"data.augment.{key} must be a number, got {value!r}")
-        elif not isinstance(self.augment, bool):
+        if isinstance(self.augment, Mapping):  # a TOML table, an override or config.json
+            object.__setattr__(self, "augment", option_table(AugmentStrengths, self.augment, "data.augment", ValueError))
+        elif not isinstance(self.augment, (bool, AugmentStrengths)):
             raise ValueError(f"data.augment must be true, false or a table of strengths {list(AUGMENT_STRENGTHS)}, "
                              f"got {self.augment!r}")
         if self.streams < 0:
             raise ValueError(f"data.streams must be >= 0 (0: one per process), got {self.streams}")
 
+    @property
+    def augment_setting(self) -> bool | dict[str, float]:
+        """``augment`` as written: true, false or the table of strengths set (``Augment.from_setting``)."""
+        return table_json(self.augment) if isinstance(self.augment, AugmentStrengths) else self.augment
 
-METAWORLD_EVAL_KEYS = {"tasks": (list, str), "episodes": int, "max_steps": int, "replan": int, "every": int}
+
+@dataclass(frozen=True)
+class MetaworldEval:
+    """``[eval] metaworld = { tasks = [...], ... }``: closed-loop evaluation during training. Unset
+    fields: ``episodes`` 5 per task, ``max_steps`` the evaluator's episode budget, ``replan``
+    ``[policy]``'s, ``every`` each evaluation."""
+
+    tasks: tuple[str, ...] | str | None = None  # names, or MT10 / MT50
+    episodes: int | None = None
+    max_steps: int | None = None
+    replan: int | None = None
+    every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tasks is None:
+            raise ValueError("eval.metaworld needs tasks (names or MT10 / MT50)")
+        if not isinstance(self.tasks, str) and not all(isinstance(task, str) for task in self.tasks):
+            raise ValueError(f"eval.metaworld.tasks must be task names or MT10 / MT50, got {self.tasks!r}")
+        if self.every is not None and self.every < 1:
+            raise ValueError(f"eval.metaworld.every must be >= 1 (steps between closed-loop evaluations), "
+                             f"got {self.every}")
+
+
 
 
 @dataclass(frozen=True)
@@ -136,25 +174,21 @@ class EvalConfig:
     batch_size: int = 8
     num_steps: int = 10
     max_new_tokens: int = 64
-    metaworld: Mapping[str, Any] = field(default_factory=dict)
+    metaworld: MetaworldEval | None = None  # unset (an empty table): no closed-loop evaluation
 
     def __post_init__(self) -> None:
-        for key, value in self.metaworld.items():
-            if key not in METAWORLD_EVAL_KEYS:
-                raise ValueError(f"unknown key eval.metaworld.{key}{nearest(key, METAWORLD_EVAL_KEYS)}")
-            if not isinstance(value, METAWORLD_EVAL_KEYS[key]) or isinstance(value, bool):
-                raise ValueError(f"eval.metaworld.{key} must be {METAWORLD_EVAL_KEYS[key]}, got {value!r}")
-        if self.metaworld and "tasks" not in self.metaworld:
-            raise ValueError("eval.metaworld needs tasks (names or MT10 / MT50)")
-        if self.metaworld.get("every", 1) < 1:
-            raise ValueError(f"eval.metaworld.every must be >= 1 (steps between closed-loop evaluations), "
-                             f"got {self.metaworld['every']}")
+        if isinstance(self.metaworld, Mapping):  # a TOML table, an override or config.json
+            table = option_table(MetaworldEval, self.metaworld, "eval.metaworld", ValueError) if self.metaworld else None
+            object.__setattr__(self, "metaworld", table)
+        elif self.metaworld is not None and not isinstance(self.metaworld, MetaworldEval):
+            raise ValueError(f"eval.metaworld must be a table such as {{ tasks = [\"reach\"], episodes = 5 }}, "
+                             f"got {self.metaworld!r}")
 
     def closed_loop_at(self, step: int, last_step: int) -> bool:
         """Whether the evaluation at ``step`` runs the Meta-World evaluator too."""
         if not self.metaworld or step == 0:
             return False
-        return step == last_step or step % self.metaworld.get("every", self.every or last_step) == 0
+        return step == last_step or step % (self.metaworld.every or self.every or last_step) == 0
 
 
 @dataclass(frozen=True)
@@ -257,7 +291,12 @@ class TrainConfig:
                              "(use flow or auto)")
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as the sectioned tables it reads back from (``from_mapping``); an option
+        table holds only the keys set (``data.augment``, ``eval.metaworld``: ``{}`` when unset)."""
+        data = dataclasses.asdict(self)
+        data["data"]["augment"] = self.data.augment_setting
+        data["eval"]["metaworld"] = table_json(self.eval.metaworld) if self.eval.metaworld else {}
+        return data
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, origin: str = "config") -> "TrainConfig":

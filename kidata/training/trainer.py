@@ -175,7 +175,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     check_compatible(manifest, config)
     check_init_tokenizer(manifest, config)  # a pretrained embedding means PaliGemma's token ids
     # refused before the run is touched: augmentation strengths, then streams the processes do not divide
-    augment = Augment.from_setting(config.data.augment)
+    augment = Augment.from_setting(config.data.augment_setting)
     layout = StreamLayout.of(config.data.streams, env.rank, env.world)
     config, schedule_notice = keep_schedule(run, config, resume=resume)
     checkpoint_path = resume_point(run, config, resume=resume, allow_config_change=allow_config_change)
@@ -294,7 +294,7 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
     from kidata.eval.metaworld import SceneSettings, evaluate_metaworld
     from kidata.policy import Policy
 
-    settings = dict(config.eval.metaworld)
+    settings = config.eval.metaworld
     if env.world > 1 and config.train.fsdp:
         raise ValueError("[eval] metaworld runs on rank 0 with whole weights: not under FSDP (use kidata eval metaworld)")
     live = None
@@ -308,8 +308,8 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
         encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
         policy = Policy(model, config, manifest, encoder, device=env.device, num_steps=config.eval.num_steps,
                         action_head=config.policy.action_head, fast_fallback=config.policy.fast_fallback)
-        outcome = evaluate_metaworld(policy, settings["tasks"], episodes=settings.get("episodes", 5),
-                                     replan=settings.get("replan", config.policy.replan), max_steps=settings.get("max_steps", 300),
+        outcome = evaluate_metaworld(policy, settings.tasks, episodes=settings.episodes or 5,
+                                     replan=settings.replan or config.policy.replan, max_steps=settings.max_steps or 300,
                                      scene=SceneSettings.from_recipe(manifest.recipe, policy.source),
                                      ensemble=config.policy.temporal_ensemble)
     finally:
