@@ -248,6 +248,13 @@ MUTATIONS = [
     Mutation("merged LoRA weights transposed", "kidata/model/lora.py",
              "(lora_b.float() @ lora_a.float())", "(lora_b.float() @ lora_a.float()).T",
              ("tests/test_lora.py -k merge",)),
+    # one config API
+    Mutation("a choice field's value is not checked as a string", "kidata/config.py",
+             "annotation=literal.get(key))", "annotation=None)",
+             ("tests/test_config.py -k choice_field_takes_a_string",)),
+    Mutation("a Python caller's override mistake is named as the preset file's", "kidata/training/config.py",
+             '        from_table(sections[section], values, where, section=f"{flag}{section}.", fields_only=True)\n', "",
+             ("tests/test_config.py -k mistake_in_python_overrides",)),
 ]
 
 
