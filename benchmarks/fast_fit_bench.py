@@ -12,7 +12,7 @@ in this same process. Datasets:
 * Meta-World scripted experts (reach, push, button-press-topdown; the demo recipe's source),
   chunks (10, 4); held-out episodes from another seed.
 * Bridge, the 25 + 25 real episodes in ../shared (train fits, val is held out), chunks (4, 7).
-* The DROID-layout and LIBERO-layout episodes of the test fixtures (tests/rlds_fixtures.py),
+* The DROID-layout and LIBERO-layout episodes of the test fixtures (tests/support/rlds.py),
   chunks (15, 7) and (10, 7); held-out episodes are other fixture episodes.
 * Generated smooth (minimum-jerk) and noisy (uniform) chunks of (10, 4), (50, 7), (50, 14).
 
@@ -85,7 +85,7 @@ def bridge(quick: bool):
 
 def _fixtures():
     sys.path.insert(0, str(ROOT / "tests"))
-    import rlds_fixtures
+    from support import rlds as rlds_fixtures
 
     rlds_fixtures.DROID_IMAGE = (1, 1, 3)  # actions only: skip generating camera frames
     return rlds_fixtures

@@ -74,7 +74,7 @@ def main() -> None:
     print(f"kidata stats benchmark, {platform.machine()}, {os.cpu_count()} cpus, python {platform.python_version()}")
     if BRIDGE.is_dir():
         measure("Bridge fixture", RldsSource(str(BRIDGE), lookup("bridge_dataset")), BRIDGE)
-    import rlds_fixtures as fx
+    from support import rlds as fx
 
     with tempfile.TemporaryDirectory() as root:
         start = time.perf_counter()

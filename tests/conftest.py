@@ -1,30 +1,13 @@
-"""Shared fixtures. Data under ../shared is read in place, never copied into the repository."""
+"""Fixtures shared by the test modules; the plain helpers they build on live in tests/support/."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from support.data import shared_path
 
 pytest_plugins = ["ci_strict", "pytester"]
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared; skips where a user's clone has none, fails under CI (any truthy CI)."""
-    from ci_strict import ci_strict
-
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        message = f"{path} not found: tests on real data need ../shared beside the checkout"
-        if ci_strict():
-            pytest.fail(message + f" (CI={os.environ['CI']}: a missing ../shared is an error)")
-        pytest.skip(message)
-    return path
-
 
 @pytest.fixture
 def hub_offline(monkeypatch):
@@ -46,3 +29,13 @@ def fast_plus(fast_plus_dir):
     from kidata.tokenizers.fast import FastTokenizer
 
     return FastTokenizer.load(fast_plus_dir)
+
+
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory) -> str:
+    """The manifest of the Bridge + VQAv2 build the tiny training runs use (support.training.build_mixture)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
+    from support.training import build_mixture
+
+    return build_mixture(tmp_path_factory.mktemp("mixture"))

@@ -16,8 +16,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "kidata"
 # Each layer may import only the layers named here (function-level imports included). The flow:
 # base <- sources, tokenizers <- pipelines <- loader <- training -> model; envs for sources and
 # eval; inference (policy) needs model, tokenizers and normalization, never the build.
-BASE = {"kidata", "kidata.assets", "kidata.choices", "kidata.config", "kidata.delta", "kidata.hashing", "kidata.images", "kidata.lazy",
-        "kidata.manifest", "kidata.normalize", "kidata.progress", "kidata.schema", "kidata.stats_formats"}
+BASE = {"kidata", "kidata.assets", "kidata.choices", "kidata.config", "kidata.delta", "kidata.hashing", "kidata.images",
+        "kidata.lazy", "kidata.locate", "kidata.manifest", "kidata.normalize", "kidata.progress", "kidata.schema",
+        "kidata.stats_formats"}
 ALLOWED = {
     "base": BASE,
     "kidata.envs": BASE,

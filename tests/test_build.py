@@ -17,70 +17,15 @@ import pytest
 
 pytest.importorskip("tensorflow_datasets", reason="builds on RLDS need the 'rlds' extra")
 
-from conftest import shared_path  # noqa: E402
+from support.builds import tree_bytes  # noqa: E402
+from support.data import shared_path  # noqa: E402
+from support.recipes import bridge_and_coco_detection_sources, write_recipe  # noqa: E402
 
 from kidata.normalize import NormStats, normalize  # noqa: E402
 from kidata.pipelines.build import BuildError, build  # noqa: E402
 from kidata.pipelines.recipe import RecipeError, load_recipe, parse_recipe  # noqa: E402
 from kidata.pipelines.shards import iter_shard, load_npy  # noqa: E402
 from kidata.pipelines.verify import verify  # noqa: E402
-
-
-def write_recipe(path: Path, *, extra_mixture: str = "", sources: str | None = None, units: int = 3) -> Path:
-    bridge = shared_path("data", "rlds", "bridge_dataset", "1.0.0")
-    vqa = shared_path("data", "vqav2_allennlp")
-    sources = sources if sources is not None else f"""
-[[sources]]
-name = "bridge"
-reader = "rlds"
-path = "{bridge}"
-dataset = "bridge_dataset"
-
-[[sources]]
-name = "vqav2"
-reader = "vqav2"
-questions = "{vqa / 'questions.json'}"
-annotations = "{vqa / 'annotations.json'}"
-images = "{vqa / 'images'}"
-weight = 0.2
-"""
-    path.write_text(f"""
-[mixture]
-name = "test-mix"
-action_horizon = 4
-image_size = 64
-max_tokens = 128
-holdout = 0.2
-units_per_source = {units}
-shard_size_mb = 0.25
-fast_tokenizer = {{ fit = true, vocab_size = 300, scale = 10.0 }}
-{extra_mixture}
-{sources}
-""")
-    return path
-
-
-def bridge_and_coco_detection_sources() -> str:
-    coco = shared_path("data", "coco_detection")
-    bridge = shared_path("data", "rlds", "bridge_dataset", "1.0.0")
-    return f"""
-[[sources]]
-name = "bridge"
-reader = "rlds"
-path = "{bridge}"
-dataset = "bridge_dataset"
-
-[[sources]]
-name = "coco"
-reader = "coco_detection"
-instances = "{coco / 'annotations' / 'instances_val2017.json'}"
-images = "{coco / 'images' / 'val2017'}"
-"""
-
-
-def tree_bytes(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "build_report.json" and p.suffix != ".png"}
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,9 @@ def test_outside_ci_a_skip_stays_a_skip(pytester, monkeypatch, value):
 
 
 def test_a_missing_shared_folder_fails_its_test_under_ci(monkeypatch):
-    import conftest
+    from support import data
 
     monkeypatch.setenv("CI", "1")
-    monkeypatch.setattr(conftest, "SHARED", conftest.REPO / "no-such-shared-folder")
+    monkeypatch.setattr(data, "SHARED", data.REPO / "no-such-shared-folder")
     with pytest.raises(pytest.fail.Exception, match="CI=1: a missing ../shared is an error"):
-        conftest.shared_path("data")
+        data.shared_path("data")

@@ -228,8 +228,8 @@ def test_assets_copy_takes_the_bare_names_that_build_and_train_take(tmp_path, mo
 def test_fast_chunks_writes_the_sample_a_build_fits_fast_on_and_fast_fit_reads_it(tmp_path, capsys):
     """The README's FAST steps from a recipe: chunks -> fit -> report, on the LeRobot fixture."""
     pytest.importorskip("pyarrow")
-    from conftest import shared_path
-    from test_lerobot import lerobot_recipe
+    from support.data import shared_path
+    from support.recipes import lerobot_recipe
 
     from kidata.pipelines.recipe import load_recipe
     from kidata.pipelines.stats_pass import recipe_chunks

@@ -14,8 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
-from test_train import SHAPE, TINY  # noqa: E402
-from test_train import config as tiny_config  # noqa: E402
+from support.training import SHAPE, TINY  # noqa: E402
+from support.training import config as tiny_config  # noqa: E402
 
 from kidata.compare.runs import CompareConfig, compare, job_devices  # noqa: E402
 from kidata.compare.summary import markdown, steps_to, summarize  # noqa: E402
@@ -26,7 +26,7 @@ from kidata.training.trainer import train  # noqa: E402
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
-    from test_build import write_recipe
+    from support.recipes import write_recipe
 
     root = tmp_path_factory.mktemp("compare")
     path = write_recipe(root / "recipe.toml", units=2)

@@ -76,8 +76,8 @@ def test_a_registry_dataset_takes_a_mapping_that_holds_only_delta():
 # ------------------------------------------------------------------------------ real builds
 pytest.importorskip("tensorflow_datasets", reason="the fixture builds read RLDS")
 
-import rlds_fixtures as fx  # noqa: E402
-from conftest import shared_path  # noqa: E402
+from support import rlds as fx  # noqa: E402
+from support.data import shared_path  # noqa: E402
 
 BRIDGE = shared_path("data", "rlds", "bridge_dataset", "1.0.0")
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from support.data import shared_path
 
 from kidata.sources.synthetic import action_chunks
 from kidata.tokenizers.fast import FastTokenizer

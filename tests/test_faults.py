@@ -21,14 +21,14 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
-from test_train import TINY, arguments, config, mixture  # noqa: E402,F401 - the module-scoped build fixture
+from support.training import TINY, arguments, config  # noqa: E402
 
 from kidata.training.checkpoint import CheckpointError, latest_checkpoint, newest_complete  # noqa: E402
 from kidata.training.trainer import ResumeRefused, train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def finished(mixture, tmp_path_factory) -> Path:  # noqa: F811
+def finished(mixture, tmp_path_factory) -> Path:
     """A 4-step run with checkpoints at steps 2 and 4 (kept: both), copied by each test."""
     run = tmp_path_factory.mktemp("faults") / "run"
     train(config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run)
@@ -47,7 +47,7 @@ def steps_logged(run: Path) -> list[int]:
             if "loss" in json.loads(line)]
 
 
-def test_latest_naming_a_missing_directory_resumes_from_the_newest_complete_checkpoint(run, mixture, capsys):  # noqa: F811
+def test_latest_naming_a_missing_directory_resumes_from_the_newest_complete_checkpoint(run, mixture, capsys):
     shutil.rmtree(run / "checkpoints" / "step_0000004")
     train(config(mixture, train={"steps": 5}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True,
           allow_config_change=True)
@@ -55,14 +55,14 @@ def test_latest_naming_a_missing_directory_resumes_from_the_newest_complete_chec
     assert steps_logged(run) == [1, 2, 3, 4, 5]  # continued after step 2, each step logged once
 
 
-def test_a_fresh_start_is_refused_in_a_directory_with_only_a_dangling_pointer(run, mixture):  # noqa: F811
+def test_a_fresh_start_is_refused_in_a_directory_with_only_a_dangling_pointer(run, mixture):
     for step in ("step_0000002", "step_0000004"):
         shutil.rmtree(run / "checkpoints" / step)
     with pytest.raises(FileExistsError, match="already holds checkpoints"):
         train(config(mixture, train={"steps": 4}, eval={"every": 0}), run)
 
 
-def test_a_truncated_weights_file_falls_back_to_the_previous_checkpoint_naming_it(run, mixture, capsys):  # noqa: F811
+def test_a_truncated_weights_file_falls_back_to_the_previous_checkpoint_naming_it(run, mixture, capsys):
     weights = run / "checkpoints" / "step_0000004" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     assert latest_checkpoint(run).name == "step_0000002"
@@ -79,7 +79,7 @@ def test_a_flipped_byte_is_caught_by_the_checksum(run):
     assert latest_checkpoint(run).name == "step_0000002"
 
 
-def test_when_every_checkpoint_is_damaged_loading_and_resuming_refuse_naming_each(run, mixture):  # noqa: F811
+def test_when_every_checkpoint_is_damaged_loading_and_resuming_refuse_naming_each(run, mixture):
     for step in ("step_0000002", "step_0000004"):
         (run / "checkpoints" / step / "trainer.json").unlink()
     with pytest.raises(CheckpointError, match=r"step_0000004 lacks \['trainer.json'\].*step_0000002 lacks"):
@@ -88,7 +88,7 @@ def test_when_every_checkpoint_is_damaged_loading_and_resuming_refuse_naming_eac
         train(config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True)
 
 
-def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(run, mixture):  # noqa: F811
+def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(run, mixture):
     from kidata import policy as policies
 
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
@@ -99,7 +99,7 @@ def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(run, mix
     policies.load(run)  # still loadable
 
 
-def test_longer_training_on_resume_needs_the_explicit_flag(run, mixture):  # noqa: F811
+def test_longer_training_on_resume_needs_the_explicit_flag(run, mixture):
     longer = config(mixture, train={"steps": 6}, checkpoint={"every": 2}, eval={"every": 0})
     with pytest.raises(ResumeRefused, match=r"train.steps: 4 -> 6 \(pass --allow-config-change"):
         train(longer, run, resume=True)
@@ -108,7 +108,7 @@ def test_longer_training_on_resume_needs_the_explicit_flag(run, mixture):  # noq
     assert json.loads((run / "config.json").read_text())["train"]["steps"] == 6
 
 
-def test_a_longer_resume_keeps_the_learning_rate_schedule_the_run_was_trained_with(run, mixture, capsys):  # noqa: F811
+def test_a_longer_resume_keeps_the_learning_rate_schedule_the_run_was_trained_with(run, mixture, capsys):
     from kidata.training.trainer import learning_rate
 
     longer = config(mixture, train={"steps": 8}, checkpoint={"every": 2}, eval={"every": 0})
@@ -123,7 +123,7 @@ def test_a_longer_resume_keeps_the_learning_rate_schedule_the_run_was_trained_wi
     assert rates[-1] == pytest.approx(final) and learning_rate(longer, 7) > final  # stretched, the rate rises again
 
 
-def test_the_command_line_resumes_a_run_from_its_saved_config_without_the_original_overrides(run, mixture, capsys):  # noqa: F811
+def test_the_command_line_resumes_a_run_from_its_saved_config_without_the_original_overrides(run, mixture, capsys):
     from kidata.cli import main
 
     assert main(["train", "--out", str(run), "--resume", "--train.steps", "6", "--allow-config-change"]) == 0
@@ -147,7 +147,7 @@ def _set_checkpoint_wall(checkpoint: Path, wall_s: float | None) -> None:
     (checkpoint / "checksums.json").write_text(json.dumps(sums))
 
 
-def test_a_run_trained_in_parts_reports_its_whole_training_time(run, mixture):  # noqa: F811
+def test_a_run_trained_in_parts_reports_its_whole_training_time(run, mixture):
     first = json.loads((run / "report.json").read_text())
     assert first["wall_s"] == first["seconds_this_process"]
     _set_checkpoint_wall(run / "checkpoints" / "step_0000004", 5000.0)  # the first part trained for 5000 s
@@ -161,7 +161,7 @@ def test_a_run_trained_in_parts_reports_its_whole_training_time(run, mixture):  
     assert final_eval["step"] == 6 and 5000.0 < final_eval["wall_s"] <= report["wall_s"]
 
 
-def test_resuming_a_checkpoint_without_a_wall_time_reports_it_unknown_not_partial(run, mixture):  # noqa: F811
+def test_resuming_a_checkpoint_without_a_wall_time_reports_it_unknown_not_partial(run, mixture):
     _set_checkpoint_wall(run / "checkpoints" / "step_0000004", None)  # written before wall time was counted
     train(config(mixture, train={"steps": 6}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True,
           allow_config_change=True)
@@ -169,7 +169,7 @@ def test_resuming_a_checkpoint_without_a_wall_time_reports_it_unknown_not_partia
     assert report["wall_s"] is None and report["seconds_this_process"] > 0
 
 
-def test_a_training_run_stopped_by_sigterm_names_its_newest_checkpoint_and_how_to_continue(mixture, tmp_path):  # noqa: F811
+def test_a_training_run_stopped_by_sigterm_names_its_newest_checkpoint_and_how_to_continue(mixture, tmp_path):
     run = tmp_path / "run"
     process = subprocess.Popen(
         [sys.executable, "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run),
@@ -194,13 +194,13 @@ def test_a_run_stopped_before_its_first_checkpoint_is_told_to_start_again(tmp_pa
                                                         "checkpoint; the same command starts it again")
 
 
-def test_resume_on_an_empty_directory_is_an_error_not_a_fresh_run(mixture, tmp_path):  # noqa: F811
+def test_resume_on_an_empty_directory_is_an_error_not_a_fresh_run(mixture, tmp_path):
     with pytest.raises(ResumeRefused, match="holds no checkpoint to continue; drop --resume"):
         train(config(mixture, train={"steps": 2}, eval={"every": 0}), tmp_path / "empty", resume=True)
     assert not (tmp_path / "empty").exists()
 
 
-def test_metrics_hold_each_step_once_after_resuming_from_an_earlier_checkpoint(run, mixture):  # noqa: F811
+def test_metrics_hold_each_step_once_after_resuming_from_an_earlier_checkpoint(run, mixture):
     shutil.rmtree(run / "checkpoints" / "step_0000004")
     (run / "checkpoints" / "latest").write_text("step_0000002\n")
     train(config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True)
@@ -249,20 +249,20 @@ def test_a_well_formed_observation_with_an_absent_camera_is_accepted(loaded):
 
 
 @pytest.mark.parametrize("weight", [float("nan"), float("inf"), -0.5])
-def test_loader_weights_must_be_finite_and_non_negative(mixture, weight):  # noqa: F811
+def test_loader_weights_must_be_finite_and_non_negative(mixture, weight):
     from kidata.loader.mixture import MixtureDataset
 
     with pytest.raises(ValueError, match="weight of source 'bridge' is"):
         MixtureDataset(mixture, weights={"bridge": weight, "vqav2": 1.0})
 
 
-def test_an_unwritable_run_directory_is_named(mixture, tmp_path):  # noqa: F811
+def test_an_unwritable_run_directory_is_named(mixture, tmp_path):
     (tmp_path / "a-file").write_text("in the way")
     with pytest.raises(OSError, match=r"a-file/run: cannot create the run directory there"):
         train(config(mixture, train={"steps": 1}), tmp_path / "a-file" / "run")
 
 
-def test_a_resume_onto_another_mixture_is_refused_even_with_allow_config_change(run, mixture):  # noqa: F811
+def test_a_resume_onto_another_mixture_is_refused_even_with_allow_config_change(run, mixture):
     recorded = json.loads((run / "manifest.json").read_text())
     recorded["recipe_sha256"] = "0" * 64  # the run was trained on another recipe's build at this path
     recorded["sources"][0]["shards"][0]["sha256"] = "f" * 64
@@ -276,7 +276,7 @@ def test_a_resume_onto_another_mixture_is_refused_even_with_allow_config_change(
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
-def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(mixture, tmp_path):  # noqa: F811
+def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(mixture, tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "checkpoints").write_text("a user's file")
     with pytest.raises(OSError, match=r"run/checkpoints is a file where the run keeps its checkpoints folder"):
@@ -286,6 +286,6 @@ def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(m
 
 @pytest.mark.parametrize("table, key, value", [("checkpoint", "every", 0), ("checkpoint", "every", -2),
                                               ("log", "every", 0), ("eval", "every", -1)])
-def test_step_intervals_that_are_not_positive_whole_numbers_are_refused_naming_the_key(mixture, table, key, value):  # noqa: F811
+def test_step_intervals_that_are_not_positive_whole_numbers_are_refused_naming_the_key(mixture, table, key, value):
     with pytest.raises(ValueError, match=rf"{table}.{key} must be a whole number >= [01].*got {value}"):
         config(mixture, **{table: {key: value}})

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("av", reason="LeRobot videos need the 'lerobot' extra (PyAV)")
 
-from conftest import shared_path  # noqa: E402
+from support.data import shared_path  # noqa: E402
 
 from kidata.pipelines.build import BuildError, build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
@@ -24,7 +24,7 @@ from kidata.pipelines.verify import verify  # noqa: E402
 
 
 def lerobot_build_recipe(path: Path, units: int = 1):
-    from test_lerobot import lerobot_recipe
+    from support.recipes import lerobot_recipe
 
     return load_recipe(lerobot_recipe(path, shared_path("data", "lerobot", "bridge_v3"), units=units))
 
@@ -191,7 +191,7 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
     import signal
     import time
 
-    from test_lerobot import lerobot_recipe
+    from support.recipes import lerobot_recipe
 
     recipe = lerobot_recipe(tmp_path / "recipe.toml", shared_path("data", "lerobot", "bridge_v3"), units=3)
     command = [sys.executable, "-m", "kidata.cli", "build", str(recipe), "--out", str(tmp_path / "out"), "--workers",
@@ -245,7 +245,7 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
 def test_a_full_disk_during_a_build_is_one_sentence_and_the_same_command_resumes(tmp_path, capsys, monkeypatch):
     import errno
 
-    from test_lerobot import lerobot_recipe
+    from support.recipes import lerobot_recipe
 
     import kidata.pipelines.build as build_module
     from kidata.cli import main

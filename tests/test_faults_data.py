@@ -15,7 +15,6 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
-from test_train import mixture  # noqa: E402,F401 - the module-scoped build fixture
 
 
 @pytest.mark.parametrize("weight", ["nan", "inf", "-1.0", '"abc"', "true"])
@@ -99,7 +98,7 @@ def test_a_json_that_is_not_a_manifest_is_named_as_such(tmp_path):
 
 
 def test_a_features_json_naming_a_foreign_class_is_refused_before_tfds_imports_it(tmp_path):
-    from conftest import shared_path
+    from support.data import shared_path
 
     from kidata.sources.registry import lookup
     from kidata.sources.rlds import RldsSource
@@ -117,7 +116,7 @@ def test_a_features_json_naming_a_foreign_class_is_refused_before_tfds_imports_i
 def test_a_features_json_in_tfds_legacy_form_naming_a_foreign_class_is_refused_before_tfds_imports_it(tmp_path):
     import sys
 
-    from conftest import shared_path
+    from support.data import shared_path
 
     from kidata.sources.registry import lookup
     from kidata.sources.rlds import RldsSource
@@ -133,7 +132,7 @@ def test_a_features_json_in_tfds_legacy_form_naming_a_foreign_class_is_refused_b
 
 
 def test_units_skipped_by_skip_corrupt_are_counted_in_the_manifest_report_and_console(tmp_path, capsys):
-    from conftest import shared_path
+    from support.data import shared_path
 
     from kidata.cli import main
 
@@ -165,7 +164,7 @@ skip_corrupt = true
 
 
 def test_a_source_that_yields_no_samples_fails_the_build_naming_the_rejections(tmp_path):
-    from test_build import write_recipe
+    from support.recipes import write_recipe
 
     from kidata.pipelines.build import BuildError, build
     from kidata.pipelines.recipe import load_recipe
@@ -190,7 +189,7 @@ def drain(dataset, draws: int = 2000) -> None:
 
 
 @pytest.fixture
-def damaged_build(mixture, tmp_path) -> Path:  # noqa: F811
+def damaged_build(mixture, tmp_path) -> Path:
     copy = tmp_path / "build"
     shutil.copytree(Path(mixture).parent, copy)
     return copy / "manifest.json"
@@ -240,7 +239,7 @@ def test_verify_shards_refuses_a_shard_whose_sha256_differs(damaged_build):
 
 
 def test_a_build_that_failed_before_writing_anything_does_not_lock_its_output(tmp_path):
-    from test_build import write_recipe
+    from support.recipes import write_recipe
 
     from kidata.pipelines.build import build
     from kidata.pipelines.recipe import load_recipe
@@ -257,8 +256,8 @@ def test_a_build_that_failed_before_writing_anything_does_not_lock_its_output(tm
     assert manifest.sources[0].samples > 0
 
 
-def test_rebuilding_over_a_missing_or_truncated_shard_rewrites_its_unit_with_the_same_bytes(mixture, tmp_path):  # noqa: F811
-    from test_build import write_recipe
+def test_rebuilding_over_a_missing_or_truncated_shard_rewrites_its_unit_with_the_same_bytes(mixture, tmp_path):
+    from support.recipes import write_recipe
 
     from kidata.pipelines.build import build
     from kidata.pipelines.recipe import load_recipe
@@ -324,11 +323,13 @@ def test_a_text_tokenizer_that_is_neither_a_path_nor_a_loadable_hub_id_is_named(
     from kidata.tokenizers.text import TextTokenizer
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"text tokenizer './toks/mine': toks/mine does not exist .*give a "
-                                                r"folder holding tokenizer.model or tokenizer.json"):
+    with pytest.raises(FileNotFoundError, match=rf"text tokenizer './toks/mine': {tmp_path}/toks/mine does not exist; "
+                                                r"no shipped asset of that name .*; not a Hugging Face hub id \(org/name\); "
+                                                r"give a folder holding tokenizer.model or tokenizer.json"):
         TextTokenizer.load("./toks/mine")
-    with pytest.raises(FileNotFoundError, match=r"text tokenizer 'tokenizers/mine': tokenizers/mine does not exist "
-                                                r".*as a Hugging Face hub id it could not be loaded"):
+    with pytest.raises(FileNotFoundError, match=r"text tokenizer 'tokenizers/mine': .*tokenizers/mine does not exist; "
+                                                r".*the Hugging Face model repo is not in the hub cache and could not "
+                                                r"be fetched"):
         TextTokenizer.load("tokenizers/mine")
 
 
@@ -351,7 +352,7 @@ def test_a_vocabulary_below_the_byte_alphabet_says_what_to_choose():
 
 
 def test_an_unwritable_build_output_is_refused_before_any_work(tmp_path):
-    from test_build import write_recipe
+    from support.recipes import write_recipe
 
     from kidata.pipelines.build import BuildError, build
     from kidata.pipelines.recipe import load_recipe
@@ -363,8 +364,8 @@ def test_an_unwritable_build_output_is_refused_before_any_work(tmp_path):
 
 
 def test_a_truncated_tfrecord_read_by_one_worker_ends_the_build_in_one_line_naming_it(tmp_path, capsys, monkeypatch):
-    from conftest import shared_path
-    from test_build import write_recipe
+    from support.data import shared_path
+    from support.recipes import write_recipe
 
     from kidata.cli import main
 

@@ -15,7 +15,7 @@ import pytest
 from kidata.sources.safe_http import FetchRefused, checked_address, get
 
 pa = pytest.importorskip("pyarrow")
-from conftest import shared_path  # noqa: E402
+from support.data import shared_path  # noqa: E402
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

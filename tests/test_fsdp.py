@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_ki_model import fixed, make_batch  # noqa: E402
+from support.model import fixed, make_batch  # noqa: E402
 
 from kidata import assets  # noqa: E402
 from kidata.model.config import ModelConfig  # noqa: E402

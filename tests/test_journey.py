@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("tensorflow_datasets", reason="builds on RLDS need the 'rlds' extra")
 torch = pytest.importorskip("torch")
 
-from conftest import shared_path  # noqa: E402
-from test_build import write_recipe  # noqa: E402
+from support.data import shared_path  # noqa: E402
+from support.recipes import write_recipe  # noqa: E402
 
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
@@ -88,7 +88,7 @@ def test_a_camera_the_model_does_not_read_is_said_once_in_one_line_not_as_a_pyth
 
 
 def test_training_on_a_mixture_without_a_held_out_split_says_so(tmp_path, capsys):
-    from test_train import config
+    from support.training import config
 
     from kidata.training.trainer import train
 

@@ -6,43 +6,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from kidata import assets  # noqa: E402
+from support.model import TINY, fixed, make_batch, model  # noqa: E402
+
 from kidata.model.config import ModelConfig  # noqa: E402
-from kidata.model.ki_model import KIModel  # noqa: E402
-
-TINY = assets.ROOT / "model" / "ki_tiny.toml"
-
-
-def make_batch(seed: int = 0, batch: int = 2, length: int = 12, prefix: int = 6) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    tokens = torch.randint(3, 2000, (batch, length), generator=g)
-    ar = torch.zeros(batch, length, dtype=torch.bool)
-    ar[:, prefix:] = True
-    token_mask = torch.ones(batch, length, dtype=torch.bool)
-    token_mask[1, -2:] = False  # padding
-    return {
-        "images": torch.rand(batch, 2, 3, 32, 32, generator=g) * 2 - 1,
-        "image_mask": torch.tensor([[True, True], [True, False]]),
-        "tokens": tokens, "ar": ar & token_mask, "loss": ar & token_mask, "token_mask": token_mask,
-        "actions": torch.randn(batch, 4, 8, generator=g), "action_valid": torch.ones(batch, 4, dtype=torch.bool),
-        "action_dim_mask": torch.ones(batch, 8, dtype=torch.bool), "has_actions": torch.ones(batch, dtype=torch.bool),
-        "state": torch.randn(batch, 8, generator=g), "state_dim_mask": torch.ones(batch, 8, dtype=torch.bool),
-    }
-
-
-def model(variant: str = "ki", seed: int = 0, **overrides) -> KIModel:
-    torch.manual_seed(seed)
-    shape = {"image_size": 32, "patch_size": 8, "action_horizon": 4}  # make_batch's sizes
-    net = KIModel(ModelConfig.load(TINY, variant=variant, **{**shape, **overrides}))
-    for parameter in net.parameters():  # open the zero-initialized gates so every path carries signal
-        if parameter.dim() >= 1 and parameter.abs().sum() == 0:
-            torch.nn.init.normal_(parameter, std=0.05)
-    return net
-
-
-def fixed(batch):
-    g = torch.Generator().manual_seed(1)
-    return {"noise": torch.randn(batch["actions"].shape, generator=g), "t": torch.tensor([0.3, 0.7])}
 
 
 def grads(net, loss):

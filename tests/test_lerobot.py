@@ -14,7 +14,7 @@ pytest.importorskip("av", reason="LeRobot videos need the 'lerobot' extra (PyAV)
 
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
-from conftest import shared_path  # noqa: E402
+from support.data import shared_path  # noqa: E402
 
 from kidata.sources.base import ReadReport  # noqa: E402
 from kidata.sources.lerobot_meta import LeRobotFormatError  # noqa: E402
@@ -154,8 +154,9 @@ def test_an_unreachable_hub_dataset_names_the_repo_and_the_cache(monkeypatch, tm
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(FileNotFoundError, match=r"repo_id 'lerobot/aloha_sim' \(revision v3\.0\) is not in the hub "
-                                                r"cache.*the cache looked in: " + str(tmp_path)):
+    with pytest.raises(FileNotFoundError, match=r"repo_id 'lerobot/aloha_sim': the Hugging Face dataset repo at "
+                                                r"revision v3\.0 is not in the hub cache.*the hub cache looked in: "
+                                                + str(tmp_path)):
         open_source("lerobot", repo_id="lerobot/aloha_sim", revision="v3.0", mapping=MAPPING)
 
 
@@ -389,26 +390,10 @@ def test_a_v21_video_shorter_than_its_parquet_is_quarantined(tmp_path):
 
 
 # ------------------------------------------------------------------------------------ builds
-def lerobot_recipe(path: Path, root: Path, units: int = 3) -> Path:
-    """test_build's mixture settings over the fixture as a LeRobot source."""
-    from test_build import write_recipe
-
-    return write_recipe(path, units=units, sources=f"""
-[[sources]]
-name = "bridge"
-reader = "lerobot"
-path = "{root}"
-
-[sources.mapping]
-cameras = {{ base_0 = "observation.images.image_0", base_1 = "observation.images.image_1" }}
-state = ["observation.state"]
-action = ["action"]
-""")
-
-
 @pytest.mark.slow
 def test_builds_of_a_lerobot_source_are_identical_for_one_and_two_workers_and_ray(fixture_root, tmp_path):
-    from test_build import tree_bytes
+    from support.builds import tree_bytes
+    from support.recipes import lerobot_recipe
 
     from kidata.pipelines.build import build
     from kidata.pipelines.recipe import load_recipe

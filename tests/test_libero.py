@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("h5py", reason="LIBERO HDF5 tests need h5py")
 
-import rlds_fixtures as fx  # noqa: E402
+from support import rlds as fx  # noqa: E402
 
 from kidata.sources.base import ReadReport  # noqa: E402
 from kidata.sources.libero_hdf5 import LiberoHdf5Source, instruction_from_filename  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_ki_model import TINY, fixed, make_batch  # noqa: E402
+from support.model import TINY, fixed, make_batch  # noqa: E402
 
 from kidata.config import ConfigError  # noqa: E402
 from kidata.model.config import LoraConfig, ModelConfig  # noqa: E402
@@ -178,7 +178,7 @@ def test_an_openpi_checkpoint_fills_the_base_weights_under_fresh_adapters(tmp_pa
     pytest.importorskip("transformers")
     from dataclasses import replace
 
-    from test_weights import openpi_checkpoint
+    from support.model import openpi_checkpoint
 
     from kidata.model.weights import load_openpi
 

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
-from test_train import config, losses, mixture  # noqa: E402,F401  (mixture: a module fixture)
+from support.training import config, losses  # noqa: E402
 
 from kidata.training.checkpoint import read_full  # noqa: E402
 from kidata.training.trainer import train  # noqa: E402
@@ -27,7 +27,7 @@ def step(run: Path, number: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def lora_run(mixture, tmp_path_factory) -> tuple[Path, Path]:  # noqa: F811
+def lora_run(mixture, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("lora")
     vlm = root / "vlm"
     train(config(mixture, model={"variant": "vlm"}, data={"weights": {"vqav2": 1.0}}, train={"steps": 2},
@@ -68,7 +68,7 @@ def test_the_backbones_base_weights_stay_the_vlm_runs_through_training(lora_run)
     assert not torch.equal(before["layers.0.q.lora_b"], after["layers.0.q.lora_b"])
 
 
-def test_a_resumed_lora_run_repeats_the_uninterrupted_losses(lora_run, mixture, tmp_path):  # noqa: F811
+def test_a_resumed_lora_run_repeats_the_uninterrupted_losses(lora_run, mixture, tmp_path):
     vlm, run = lora_run
     copy = tmp_path / "resumed"
     shutil.copytree(run, copy)

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the loader needs torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
-from test_build import write_recipe  # noqa: E402
+from support.recipes import write_recipe  # noqa: E402
 
 from kidata.loader.collate import Augment, collate  # noqa: E402
 from kidata.loader.mixture import MixtureDataset, _SourceStream  # noqa: E402

@@ -21,7 +21,7 @@ TINY = dict(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision
 
 # ------------------------------------------------------------------------- 1. the hub's vocabulary
 def test_a_checkpoint_with_fewer_embedding_rows_than_the_model_is_refused(tmp_path):
-    from test_weights import tiny_paligemma
+    from support.model import tiny_paligemma
 
     from kidata.model.weights import WeightsError, config_from_paligemma, load_paligemma
 
@@ -33,17 +33,16 @@ def test_a_checkpoint_with_fewer_embedding_rows_than_the_model_is_refused(tmp_pa
 
 
 def test_the_2b_preset_keeps_openpis_vocabulary_and_the_papers_horizon():
-    from kidata.assets import resolve
     from kidata.training.config import TrainConfig
 
-    config = TrainConfig.load(resolve("model/ki_2b.toml"))
+    config = TrainConfig.load("model/ki_2b.toml")
     assert config.model.vocab_size == 257152  # PaliGemma's tokenizer; FAST ids = 257152 - 1 - 128 - token
     assert config.model.action_horizon == 50  # the paper, appendix B
 
 
 # ------------------------------------------------------------------------- 2. new modules are new
 def test_a_prefix_state_projection_is_initialized_not_demanded_from_paligemma(tmp_path):
-    from test_weights import tiny_paligemma
+    from support.model import tiny_paligemma
 
     from kidata.model.weights import config_from_paligemma, load_paligemma
 

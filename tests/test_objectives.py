@@ -12,7 +12,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_ki_model import make_batch, model  # noqa: E402
+from support.model import make_batch, model  # noqa: E402
 
 from kidata.model.ki_model import sample_flow_inputs  # noqa: E402
 from kidata.model.layers import timestep_embedding  # noqa: E402

@@ -12,7 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import save_model  # noqa: E402
-from test_weights import tiny_paligemma  # noqa: E402
+from support.model import tiny_paligemma  # noqa: E402
 from torch import nn  # noqa: E402
 
 from kidata.model.config import ModelConfig  # noqa: E402

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("tensorflow_datasets", reason="RLDS tests need the 'rlds' extra")
 
-import rlds_fixtures as fx  # noqa: E402
+from support import rlds as fx  # noqa: E402
 
 from kidata.sources.registry import lookup  # noqa: E402
 from kidata.sources.rlds import RldsSource  # noqa: E402

@@ -21,7 +21,7 @@ pytest.importorskip("tensorflow_datasets", reason="the README's blocks read RLDS
 pytest.importorskip("torch")
 pytest.importorskip("h5py")
 
-from conftest import shared_path  # noqa: E402
+from support.data import shared_path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SKIPPED = [  # (document, first line of the block, the reason), in reading order
@@ -118,7 +118,7 @@ def document_blocks(path: Path) -> list[tuple[str, str, str | None]]:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Path:
-    import rlds_fixtures as fx
+    from support import rlds as fx
 
     from kidata.sources.synthetic import action_chunks
 

@@ -109,7 +109,7 @@ def test_cider_d_equals_coco_captions_scorer_on_real_coco_captions(candidate, ex
     import json
     from collections import defaultdict
 
-    from conftest import shared_path
+    from support.data import shared_path
 
     from kidata.training.cider import cider_d
 

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("tensorflow_datasets", reason="RLDS tests need the 'rlds' extra")
 
-from conftest import shared_path  # noqa: E402
+from support.data import shared_path  # noqa: E402
 
 from kidata.sources.base import ReadReport  # noqa: E402
 from kidata.sources.registry import lookup  # noqa: E402

@@ -7,8 +7,8 @@ import pytest
 
 pytest.importorskip("tensorflow_datasets", reason="RLDS tests need the 'rlds' extra")
 
-import rlds_fixtures as fx  # noqa: E402
-from conftest import shared_path  # noqa: E402
+from support import rlds as fx  # noqa: E402
+from support.data import shared_path  # noqa: E402
 
 from kidata.sources.base import ReadReport  # noqa: E402
 from kidata.sources.datasets.droid import droid_spec  # noqa: E402

@@ -17,7 +17,7 @@ pytest.importorskip("websockets", reason="serving needs the 'serve' extra")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 client_module = pytest.importorskip("openpi_client.websocket_client_policy", reason="the dev install adds openpi-client")
 
-from test_train import config, mixture  # noqa: E402,F401 - the module-scoped build fixture
+from support.training import config  # noqa: E402
 
 from kidata import policy as policies  # noqa: E402
 from kidata.serving.keymaps import PRESETS, KeyMap, RequestError  # noqa: E402
@@ -26,7 +26,7 @@ from kidata.training.trainer import train  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def loaded(mixture, tmp_path_factory):  # noqa: F811
+def loaded(mixture, tmp_path_factory):
     run = tmp_path_factory.mktemp("serve") / "run"
     train(config(mixture, train={"steps": 2}, eval={"every": 0}), run)
     return policies.load(run), run

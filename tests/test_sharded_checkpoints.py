@@ -1,4 +1,4 @@
-"""Checkpoints at scale, on 2 gloo processes (tests/sharded_checkpoint_worker.py): under FSDP2 only
+"""Checkpoints at scale, on 2 gloo processes (tests/support/sharded_checkpoint_worker.py): under FSDP2 only
 rank 0 builds the whole model (the others build on ``meta`` and materialize their shards), each
 rank hashes the shards it wrote, and resuming reads each rank's pieces through
 ``torch.distributed.checkpoint`` from shard folders and whole files alike."""
@@ -22,11 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
-    from test_train import free_port
+    from support.training import free_port
 
     out = tmp_path_factory.mktemp("sharded")
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), str(ROOT / "tests" / "sharded_checkpoint_worker.py"), str(out)]
+               str(free_port()), str(ROOT / "tests" / "support" / "sharded_checkpoint_worker.py"), str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
@@ -35,7 +35,7 @@ def ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
 
 
 def test_under_fsdp_only_rank_0_builds_the_whole_model_and_every_rank_holds_half_of_it(ranks):
-    from sharded_checkpoint_worker import config
+    from support.sharded_checkpoint_worker import config
 
     from kidata.training.initialize import initialized_model
 

@@ -16,54 +16,17 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
-from conftest import shared_path  # noqa: E402
+from support.data import REPO as ROOT  # noqa: E402
+from support.data import shared_path  # noqa: E402
+from support.training import TINY, arguments, config, free_port, losses  # noqa: E402
 
-from kidata import assets  # noqa: E402
-from kidata.config import apply_overrides, parse_overrides, to_arguments  # noqa: E402
+from kidata.config import apply_overrides, parse_overrides  # noqa: E402
 from kidata.manifest import ManifestMismatch  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
 from kidata.training import trainer as train_module  # noqa: E402
 from kidata.training.config import TrainConfig, load  # noqa: E402
 from kidata.training.trainer import TrainingDiverged, train  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-TINY = assets.ROOT / "model" / "ki_tiny.toml"
-SHAPE = {"model": {"image_size": 64, "action_horizon": 4},
-         "data": {"cameras": ["base_0", "base_1"], "num_workers": 0, "batch_size": 8},
-         "log": {"progress": False, "every": 1}, "eval": {"batches": 1, "batch_size": 4, "max_new_tokens": 24},
-         "schedule": {"warmup_steps": 5}}
-
-
-@pytest.fixture(scope="module")
-def mixture(tmp_path_factory) -> str:
-    """test_build's Bridge + VQAv2 recipe, with a third of the VQA examples held out for evaluation."""
-    from test_build import write_recipe
-
-    root = tmp_path_factory.mktemp("mixture")
-    path = write_recipe(root / "recipe.toml", units=2)
-    path.write_text(path.read_text().replace("weight = 0.2", "weight = 0.3\nholdout = 0.34"))
-    build(load_recipe(path), str(root / "out"), progress=False)
-    return str(root / "out" / "manifest.json")
-
-
-def config(mixture: str, **tables: dict) -> TrainConfig:
-    """The tiny preset in SHAPE on ``mixture``, with ``tables`` on top: ``config(m, train={"steps": 50})``."""
-    return load(TINY, apply_overrides(apply_overrides(SHAPE, {"data": {"manifest": mixture}}), tables))
-
-
-def arguments(**tables: dict) -> list[str]:
-    """SHAPE and ``tables`` as ``kidata train``'s command-line overrides (a run under torchrun)."""
-    return to_arguments(apply_overrides(SHAPE, tables))
-
-
-def losses(run: Path) -> dict[int, float]:
-    out = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if "loss" in record:
-            out[record["step"]] = record["loss"]  # a resumed run rewrites steps after its checkpoint
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -338,14 +301,6 @@ def test_a_fresh_run_drops_an_earlier_attempt_that_left_no_checkpoint(mixture, t
     assert not (run / "tensorboard" / "events.out.tfevents.1.killed").exists()
     assert ("holds an earlier attempt without a checkpoint (3 metrics.jsonl records, 1 TensorBoard event files): "
             "starting over, they are dropped") in capsys.readouterr().err
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -690,7 +645,7 @@ def test_resuming_on_a_rebuilt_mixture_is_refused_naming_what_changed(mixture, t
     """Same --data path, other bytes: the run's saved manifest names the tokenizer it trained with."""
     import shutil
 
-    from test_build import write_recipe
+    from support.recipes import write_recipe
 
     from kidata.manifest import ManifestMismatch
 

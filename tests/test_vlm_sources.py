@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import shared_path
+from support.data import shared_path
 
 from kidata.images import PadGeometry, decode_image, resize_with_pad
 from kidata.sources.base import ReadReport

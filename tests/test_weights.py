@@ -8,30 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from safetensors.torch import save_file  # noqa: E402
+from support.model import IMAGE_TOKEN, openpi_checkpoint, tiny_paligemma  # noqa: E402
 
 from kidata.model.config import ModelConfig  # noqa: E402
 from kidata.model.ki_model import KIModel  # noqa: E402
 from kidata.model.weights import WeightsError, config_from_paligemma, load_openpi, load_paligemma, translate  # noqa: E402
-
-IMAGE_TOKEN = 2047
-
-
-def tiny_paligemma(directory):
-    config = transformers.PaliGemmaConfig(
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8, "projection_dim": 64, "vision_use_head": False},
-        text_config={"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-                     "num_key_value_heads": 1, "head_dim": 16, "vocab_size": 2048, "model_type": "gemma"},
-        image_token_id=IMAGE_TOKEN, projection_dim=64, hidden_size=64)
-    torch.manual_seed(0)
-    model = transformers.PaliGemmaForConditionalGeneration(config).eval()
-    with torch.no_grad():  # Gemma norms start at zero; make them count
-        for name, parameter in model.named_parameters():
-            if "norm" in name:
-                parameter.normal_(0, 0.1)
-    model.save_pretrained(directory, safe_serialization=True)
-    return model
 
 
 def test_backbone_logits_equal_transformers_paligemma(tmp_path):
@@ -75,59 +56,6 @@ def test_paligemma_config_is_read_into_the_model_config(tmp_path):
     assert (config.width, config.depth, config.heads, config.kv_heads, config.head_dim, config.mlp) == (64, 2, 4, 1, 16, 128)
     assert (config.vision_width, config.vision_depth, config.image_size, config.patch_size) == (32, 2, 32, 8)
     assert config.vocab_size == 2048
-
-
-def openpi_checkpoint(path, reference: KIModel, pi05: bool) -> None:
-    """Writes ``reference``'s tensors under openpi's names, spelled out here by hand."""
-    names = {
-        "vision.patch.weight": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.patch_embedding.weight",
-        "vision.patch.bias": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.patch_embedding.bias",
-        "vision.positions": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.embeddings.position_embedding.weight",
-        "vision.norm.weight": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.post_layernorm.weight",
-        "vision.norm.bias": "paligemma_with_expert.paligemma.model.vision_tower.vision_model.post_layernorm.bias",
-        "projector.weight": "paligemma_with_expert.paligemma.model.multi_modal_projector.linear.weight",
-        "projector.bias": "paligemma_with_expert.paligemma.model.multi_modal_projector.linear.bias",
-        "embed.weight": "paligemma_with_expert.paligemma.model.language_model.embed_tokens.weight",
-        "final_norm.weight": "paligemma_with_expert.paligemma.model.language_model.norm.weight",
-        "action_in.weight": "action_in_proj.weight", "action_in.bias": "action_in_proj.bias",
-        "action_out.weight": "action_out_proj.weight", "action_out.bias": "action_out_proj.bias",
-    }
-    vision = "paligemma_with_expert.paligemma.model.vision_tower.vision_model.encoder.layers"
-    for i in range(reference.config.vision_depth):
-        for ours, theirs in (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("q", "self_attn.q_proj"),
-                             ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"), ("o", "self_attn.out_proj"),
-                             ("fc1", "mlp.fc1"), ("fc2", "mlp.fc2")):
-            for kind in ("weight", "bias"):
-                names[f"vision.blocks.{i}.{ours}.{kind}"] = f"{vision}.{i}.{theirs}.{kind}"
-    streams = (("layers", "paligemma_with_expert.paligemma.model.language_model.layers", False),
-               ("expert_layers", "paligemma_with_expert.gemma_expert.model.layers", pi05))
-    for i in range(reference.config.depth):
-        for ours_prefix, theirs_prefix, adaptive in streams:
-            for ours, theirs in (("q", "self_attn.q_proj"), ("k", "self_attn.k_proj"), ("v", "self_attn.v_proj"),
-                                 ("o", "self_attn.o_proj"), ("mlp.gate", "mlp.gate_proj"), ("mlp.up", "mlp.up_proj"),
-                                 ("mlp.down", "mlp.down_proj")):
-                names[f"{ours_prefix}.{i}.{ours}.weight"] = f"{theirs_prefix}.{i}.{theirs}.weight"
-            for ours, theirs in (("norm", "input_layernorm"), ("mlp_norm", "post_attention_layernorm")):
-                if adaptive:
-                    for kind in ("weight", "bias"):
-                        names[f"{ours_prefix}.{i}.{ours}.modulation.{kind}"] = f"{theirs_prefix}.{i}.{theirs}.dense.{kind}"
-                else:
-                    names[f"{ours_prefix}.{i}.{ours}.weight"] = f"{theirs_prefix}.{i}.{theirs}.weight"
-    expert_norm = "paligemma_with_expert.gemma_expert.model.norm"
-    extra = ("time_mlp_in", "time_mlp_out") if pi05 else ("state_proj", "action_time_mlp_in", "action_time_mlp_out")
-    for module in extra:
-        for kind in ("weight", "bias"):
-            names[f"{module}.{kind}"] = f"{module}.{kind}"
-    if pi05:
-        names.update({"expert_final_norm.modulation.weight": f"{expert_norm}.dense.weight",
-                      "expert_final_norm.modulation.bias": f"{expert_norm}.dense.bias"})
-    else:
-        names["expert_final_norm.weight"] = f"{expert_norm}.weight"
-    state = reference.state_dict()
-    assert set(names) == set(state), set(names) ^ set(state)
-    tensors = {theirs: state[ours].clone() for ours, theirs in names.items()}
-    tensors["paligemma_with_expert.gemma_expert.lm_head.weight"] = torch.zeros(7, reference.config.expert_width)
-    save_file(tensors, str(path))
 
 
 @pytest.mark.parametrize("pi05", [True, False], ids=["pi05", "pi0"])

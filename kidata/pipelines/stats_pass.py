@@ -179,7 +179,8 @@ def action_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, eng
     setting = fast_override or recipe.mixture.fast_tokenizer
     if not (fs.exists(f"{directory}/tokenizer.json") or fs.exists(f"{directory}/kidata_bins.json")):
         if isinstance(setting, str) or "path" in setting:  # a folder or a hub repo id: "org/name"
-            tokenizer = load_action_tokenizer(recipe.resolve_asset(setting if isinstance(setting, str) else setting["path"]))
+            tokenizer = load_action_tokenizer(setting if isinstance(setting, str) else setting["path"],
+                                              base=recipe.base_dir)
             chunks = None
         elif "bins" in setting:
             tokenizer = BinTokenizer(n_bins=setting["bins"], stride=setting.get("stride", 1))
