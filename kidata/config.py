@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import os
 import sys
 import typing
@@ -193,9 +194,11 @@ def _accepts(annotation: str) -> tuple[tuple[type, ...], str, bool] | None:
     return types, name, optional
 
 
+@functools.cache
 def field_choices(kind: type) -> dict[str, tuple[tuple[str, ...], bool]]:
     """``{field: (choices, None allowed)}`` for a dataclass's fields typed as a ``Literal`` (or
-    ``Literal | None``): the one declaration that validation and the CLI's ``choices=`` read."""
+    ``Literal | None``): the one declaration that validation and the CLI's ``choices=`` read
+    (computed once per class; the caller does not change it)."""
     try:
         hints = typing.get_type_hints(kind)
     except (NameError, TypeError):  # an annotation only a type checker resolves: those fields go unchecked

@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Mapping
 
 from kidata.choices import ActionTokens, StateInput, TimeConditioning, Variant
-from kidata.config import choices
+from kidata.config import choices, field_choices
 
 VARIANTS = choices(Variant)
-ACTION_TOKENS = choices(ActionTokens)
-STATE_INPUTS = choices(StateInput)
-TIME_CONDITIONINGS = choices(TimeConditioning)
 LORA_ATTENTION_TARGETS = ("q", "k", "v", "o")
 LORA_TARGETS = LORA_ATTENTION_TARGETS + ("gate", "up", "down")  # attention, then the MLP
 
@@ -118,8 +115,7 @@ class ModelConfig:
         elif self.lora is not None and not isinstance(self.lora, LoraConfig):
             raise ValueError(f"model.lora must be a table such as {{ backbone_rank = 16, expert_rank = 32 }}, "
                              f"got {self.lora!r}")
-        for name, allowed in (("variant", VARIANTS), ("action_tokens", ACTION_TOKENS),
-                              ("state_input", STATE_INPUTS), ("time_conditioning", TIME_CONDITIONINGS)):
+        for name, (allowed, _) in field_choices(ModelConfig).items():  # its Literal fields
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.has_expert and self.state_input == "expert":
