@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from kidata import assets
+from kidata.manifest import BuildDir
 
 DEMO_RECIPE = assets.ROOT / "pipelines" / "demo.toml"
 TINY_PRESET = assets.ROOT / "model" / "ki_tiny.toml"
@@ -49,7 +50,7 @@ def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eva
 
     run = out / "run"
     steps = train_steps if train_steps is not None else DEMO_TRAIN_STEPS
-    config = load(TINY_PRESET, {"data": {"manifest": str(out / "manifest.json")}, "train": {"steps": steps},
+    config = load(TINY_PRESET, {"data": {"manifest": BuildDir.at(str(out)).manifest_path}, "train": {"steps": steps},
                                 "eval": {"every": steps}, "checkpoint": {"every": max(1, steps // 2)},
                                 "policy": {"action_head": DEMO_ACTION_HEAD}})
     if run.exists():  # a demo run is disposable: a rerun (other steps, newer code) trains afresh
