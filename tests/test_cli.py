@@ -183,6 +183,13 @@ def test_a_typo_in_a_command_line_override_is_named_as_the_command_lines(capsys)
     assert "command line: unknown key '--train.stepz' (did you mean 'steps'?)" in capsys.readouterr().err
 
 
+def test_a_typo_in_compares_overrides_is_refused_before_anything_is_built(tmp_path, capsys):
+    assert main(["compare", "--recipe", "demo", "--model", "ki_tiny", "--out", str(tmp_path / "cmp"),
+                 "--train.stepz", "3"]) == 2
+    assert "command line: unknown key '--train.stepz' (did you mean 'steps'?)" in capsys.readouterr().err
+    assert not (tmp_path / "cmp").exists()
+
+
 def test_shipped_presets_and_recipes_are_addressable_by_name_from_anywhere(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["model", "params", "ki_tiny"]) == 0 and "ki_tiny: vision" in capsys.readouterr().out
