@@ -28,7 +28,7 @@ ALLOWED = {
     "kidata.loader": BASE | {"kidata.loader", "kidata.pipelines.shards", "kidata.tokenizers.prompt"},
     "kidata.observation": BASE,  # a policy's caller inputs checked as data
     "kidata.policy": BASE | {"kidata.model", "kidata.tokenizers", "kidata.loader.collate", "kidata.training.config",
-                             "kidata.training.checkpoint", "kidata.observation"},
+                             "kidata.training.checkpoint", "kidata.training.run_dir", "kidata.observation"},
     "kidata.training": BASE | {"kidata.training", "kidata.model", "kidata.loader", "kidata.tokenizers",
                                "kidata.policy", "kidata.eval.metaworld"},
     "kidata.eval": BASE | {"kidata.eval", "kidata.envs", "kidata.policy", "kidata.loader", "kidata.model",

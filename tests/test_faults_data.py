@@ -196,7 +196,8 @@ def damaged_build(mixture, tmp_path) -> Path:
 
 
 def test_a_token_id_past_the_vocabulary_is_named_with_its_shard_and_sample(damaged_build):
-    from kidata.loader.mixture import MixtureDataset, ShardError
+    from kidata.loader.mixture import MixtureDataset, MixtureSettings, ShardError
+    from kidata.manifest import BuildDir
 
     shard = _shard_path(damaged_build)
     data = bytearray(shard.read_bytes())
@@ -206,34 +207,36 @@ def test_a_token_id_past_the_vocabulary_is_named_with_its_shard_and_sample(damag
     header = int.from_bytes(data[start + 8 : start + 10], "little")
     data[start + 10 + header + 3] ^= 0x40  # a high bit of the first token id
     shard.write_bytes(bytes(data))
-    dataset = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
+    dataset = MixtureDataset(BuildDir(str(damaged_build)), MixtureSettings(weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1))
     with pytest.raises(ShardError, match=rf"shard .*{shard.name}, sample .*: token id \d+ outside the vocabulary"):
         drain(dataset)
 
 
 def test_a_truncated_shard_is_named_with_the_sample_count_it_lost(damaged_build):
-    from kidata.loader.mixture import MixtureDataset, ShardError
+    from kidata.loader.mixture import MixtureDataset, MixtureSettings, ShardError
+    from kidata.manifest import BuildDir
 
     shard = _shard_path(damaged_build)
     data = shard.read_bytes()
     shard.write_bytes(data[: (len(data) // 2) // 512 * 512])  # cut at a tar block boundary
-    dataset = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
+    dataset = MixtureDataset(BuildDir(str(damaged_build)), MixtureSettings(weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1))
     # cut mid-sample: the partial sample is named; cut between samples: the lost count is
     with pytest.raises(ShardError, match=rf"shard .*{shard.name}(, sample \S+: lacks| holds \d+ samples, the manifest)"):
         drain(dataset)
 
 
 def test_verify_shards_refuses_a_shard_whose_sha256_differs(damaged_build):
-    from kidata.loader.mixture import MixtureDataset, ShardError
+    from kidata.loader.mixture import MixtureDataset, MixtureSettings, ShardError
+    from kidata.manifest import BuildDir
 
     shard = _shard_path(damaged_build)
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0x01  # in the tar's zero padding: invisible to every other check
     shard.write_bytes(bytes(data))
-    plain = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
+    plain = MixtureDataset(BuildDir(str(damaged_build)), MixtureSettings(weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1))
     next(iter(plain))
-    checked = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1,
-                             verify_shards=True)
+    checked = MixtureDataset(BuildDir(str(damaged_build)), MixtureSettings(weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1,
+                                                                                verify_shards=True))
     with pytest.raises(ShardError, match="does not match the manifest's sha256"):
         drain(checked)
 
