@@ -21,7 +21,7 @@ from kidata import assets  # noqa: E402
 from kidata.eval.metaworld import ExpertPolicy, SceneSettings, evaluate_metaworld  # noqa: E402
 from kidata.training.config import TrainConfig  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = """
 [mixture]
 name = "mw"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "kidata"
+PACKAGE = Path(__file__).resolve().parents[2] / "kidata"
 
 # Each layer may import only the layers named here (function-level imports included). The flow:
 # base <- sources, tokenizers <- pipelines <- loader <- training -> model; envs for sources and
