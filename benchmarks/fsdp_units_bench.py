@@ -29,7 +29,6 @@ def main() -> int:
     from support.model import fixed, make_batch
     from torch.distributed.fsdp._fully_shard import _fsdp_param_group
 
-    from kidata import assets
     from kidata.model.config import ModelConfig
     from kidata.model.ki_model import KIModel
     from kidata.training import parallelize
@@ -54,7 +53,7 @@ def main() -> int:
     _fsdp_param_group.foreach_reduce = counted_reduce
     try:
         torch.manual_seed(0)
-        model = KIModel(ModelConfig.load(assets.resolve(args.preset), image_size=32, patch_size=8, action_horizon=4))
+        model = KIModel(ModelConfig.load(args.preset, image_size=32, patch_size=8, action_horizon=4))
         wrapped = parallelize.shard_per_block(model, bf16=False)
         depth = model.config.depth
         batches = [make_batch(seed) for seed in (0, 1)]

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import build_bench  # noqa: E402
 
-from kidata.loader.mixture import MixtureDataset  # noqa: E402
+from kidata.loader.mixture import MixtureDataset, MixtureSettings  # noqa: E402
+from kidata.manifest import BuildDir  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
 from kidata.pipelines.shards import iter_tar  # noqa: E402
@@ -63,7 +64,7 @@ def main() -> None:
             if floor_count == args.samples:
                 break
         floor = time.perf_counter() - start
-        loader = iter(MixtureDataset(manifest, seed=0))
+        loader = iter(MixtureDataset(BuildDir(manifest), MixtureSettings(seed=0)))
         next(loader)
         start = time.perf_counter()
         for _ in itertools.islice(loader, args.samples):
@@ -73,7 +74,7 @@ def main() -> None:
         print(f"  floor (read tar + decode the JPEGs): {args.samples / floor:8.0f} samples/s")
         print(f"  MixtureDataset:                      {args.samples / ours:8.0f} samples/s "
               f"({floor / ours * 100:.0f}% of the floor)")
-        long = iter(MixtureDataset(manifest, seed=1))
+        long = iter(MixtureDataset(BuildDir(manifest), MixtureSettings(seed=1)))
         for _ in itertools.islice(long, args.long // 4):
             pass
         quarter = rss_mib()

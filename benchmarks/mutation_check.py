@@ -93,7 +93,7 @@ MUTATIONS = [
              "        return np.where(high - low > 1e-8, (values - low) / (high - low + EPSILON) * 2.0 - 1.0, values)",
              ("tests/pipelines/test_stats.py -k constant_joint",)),
     Mutation("balance ignored", "kidata/loader/mixture.py",
-             "(sum(c for _, c in shards) if balance else 1.0)", "1.0", ("tests/loader/test_mixture.py -k balance",)),
+             "(sum(c for _, c in shards) if settings.balance else 1.0)", "1.0", ("tests/loader/test_mixture.py -k balance",)),
     Mutation("a rerun redoes finished units", "kidata/pipelines/build.py",
              "            if fs.exists(record_path):", "            if False and fs.exists(record_path):",
              ("tests/pipelines/test_build.py -k killed",)),
@@ -114,7 +114,7 @@ MUTATIONS = [
              "    while os.getppid() == parent:", "    while True:",
              ("tests/pipelines/test_faults_build.py -k stopped_two_worker",)),
     Mutation("a resume onto another mixture is not checked", "kidata/training/trainer.py",
-             "        check_same_mixture(before, manifest, saved)", "        pass",
+             "        check_same_mixture(before, manifest, run.manifest_file)", "        pass",
              ("tests/training/test_faults.py -k another_mixture",)),
     Mutation("a corrupt shard image is fed as garbage", "kidata/loader/mixture.py",
              'colorspace="RGB", strict=True)', 'colorspace="RGB", strict=False)',
@@ -248,6 +248,10 @@ MUTATIONS = [
     Mutation("merged LoRA weights transposed", "kidata/model/lora.py",
              "(lora_b.float() @ lora_a.float())", "(lora_b.float() @ lora_a.float()).T",
              ("tests/model/test_lora.py -k merge",)),
+    Mutation("FSDP ranks disagree on which LoRA-run parameters train", "kidata/training/initialize.py",
+             "parameter.requires_grad_(name in trained[0])",
+             "parameter.requires_grad_(name in trained[0] if dist.get_rank() == 0 else parameter.requires_grad)",
+             ("tests/training/test_lora_training.py -k two_process_fsdp_lora",)),
 ]
 
 

@@ -35,10 +35,11 @@ def nearest(key: str, valid: Iterable[str]) -> str:
 def read_toml(path: str | Path, *, error: type[ValueError] = ConfigError, kind: str | None = None
               ) -> tuple[dict[str, Any], Path]:
     """The parsed file and where it was found (a relative path that does not exist names a shipped
-    asset, and with ``kind`` a bare name does too: ``kidata.assets``)."""
-    from kidata import assets
+    asset, and with ``kind`` a bare name does too: ``kidata.locate``)."""
+    from kidata.locate import locate
 
-    found = assets.resolve(path, kind=kind)
+    what = {"pipelines": "recipe", "model": "model preset"}.get(kind or "", "file")
+    found = locate(path, what=what, accept=("path", "asset"), kind=kind)
     if Path(found).is_dir():
         raise error(f"{found} is a folder; pass a TOML file")
     with open(found, "rb") as handle:  # a device or a huge file is refused after MAX_TOML_BYTES, not read whole

@@ -18,6 +18,7 @@ import shutil
 from pathlib import Path
 
 from kidata import assets
+from kidata.manifest import BuildDir
 
 DEMO_RECIPE = assets.ROOT / "pipelines" / "demo.toml"
 TINY_PRESET = assets.ROOT / "model" / "ki_tiny.toml"
@@ -50,7 +51,7 @@ def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eva
 
     run = out / "run"
     steps = train_steps if train_steps is not None else DEMO_TRAIN_STEPS
-    overrides = ["--data.manifest", json.dumps(str(out / "manifest.json")), "--train.steps", str(steps),
+    overrides = ["--data.manifest", json.dumps(BuildDir.at(str(out)).manifest_path), "--train.steps", str(steps),
                  "--eval.every", str(steps), "--checkpoint.every", str(max(1, steps // 2)),
                  "--policy.action_head", DEMO_ACTION_HEAD]
     config = TrainConfig.load(TINY_PRESET, overrides)

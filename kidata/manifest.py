@@ -12,6 +12,9 @@ sentence naming the file and the field. Layout (JSON, keys sorted)::
     sources: [{name, kind, weight, reader, episodes, samples, quarantined, rejected, skipped,
                shards: [{path, sha256, samples, bytes, split}], norm_stats (robot only),
                delta_mask (robot sources with mapping.delta only)}]
+
+A build's folder holds it beside the build report, the action tokenizer and the shards;
+``BuildDir`` is the one place those names are spelled.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
+
+MANIFEST_FILE = "manifest.json"
+BUILD_REPORT_FILE = "build_report.json"
+# FAST or naive bins; the folder keeps its first name (runs and builds read it)
+ACTION_TOKENIZER_DIR = "fast_tokenizer"
 
 
 class ManifestMismatch(ValueError):
@@ -186,7 +194,7 @@ class Manifest:
             data = json.loads(text)
         except ValueError as error:
             raise ManifestMismatch(f"{path} is not valid JSON ({error}): pass the build's manifest.json") from None
-        return cls.from_json(data, origin=path), path.rsplit("/", 1)[0] if "/" in path else "."
+        return cls.from_json(data, origin=path), BuildDir(path).root
 
     def check_expectations(self, expect: Mapping[str, Any]) -> None:
         """``expect`` may hold ``text_sha256``, ``fast_sha256`` and any ``encoding`` field;
@@ -201,3 +209,36 @@ class Manifest:
                 problems.append(f"encoding.{key}: build has {encoding.get(key)!r}, expected {value!r}")
         if problems:
             raise ManifestMismatch("the mixture does not match this model: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class BuildDir:
+    """A build's output folder, named by its manifest (a local path or fsspec URL, kept as given so
+    messages name what the caller passed): where the manifest, the build report, the action
+    tokenizer folder and the shards (paths relative to it in the manifest) are."""
+
+    manifest_path: str
+
+    @classmethod
+    def at(cls, root: str) -> "BuildDir":
+        """The build written into folder ``root`` (a path or URL without a trailing slash)."""
+        return cls(f"{root}/{MANIFEST_FILE}")
+
+    @property
+    def root(self) -> str:
+        return self.manifest_path.rsplit("/", 1)[0] if "/" in self.manifest_path else "."
+
+    @property
+    def report_path(self) -> str:
+        return f"{self.root}/{BUILD_REPORT_FILE}"
+
+    @property
+    def action_tokenizer_path(self) -> str:
+        return f"{self.root}/{ACTION_TOKENIZER_DIR}"
+
+    def shard_path(self, relative: str) -> str:
+        """A shard's location from its manifest path (relative to the build's folder)."""
+        return f"{self.root}/{relative}"
+
+    def read_manifest(self) -> Manifest:
+        return Manifest.read(self.manifest_path)[0]

@@ -16,7 +16,6 @@ Every caller input is checked as data first (``kidata.observation``). The model 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -29,9 +28,9 @@ from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.normalize import NormStats, normalize, unnormalize
 from kidata.observation import ObservationError, check_noise, check_num_steps, check_observation
-from kidata.tokenizers.prompt import SampleEncoder, SampleRejected
-from kidata.training.checkpoint import read_run_weights
+from kidata.tokenizers.prompt import SampleRejected
 from kidata.training.config import ACTION_HEADS, FAST_FALLBACKS, TrainConfig
+from kidata.training.run_dir import RunDir
 
 __all__ = ["ObservationError", "Policy", "PRECISIONS", "default_device", "load", "resolve_device"]
 
@@ -252,17 +251,14 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
     ``fast_fallback``; ``subtask`` as in ``Policy``), on ``device`` (default: CUDA when present)
     in ``precision``. A LoRA run's adapters are merged into the base weights unless ``merge_lora``
     is false."""
-    run = Path(run)
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
+    run_dir = RunDir(run).require_run()
     check_num_steps(num_steps)
     resolve_device(device)  # before the weights are read
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r}: choose one of {tuple(PRECISIONS)}")
-    config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
-    manifest, _ = Manifest.read(str(run / "manifest.json"))
+    config, manifest = run_dir.config(), run_dir.manifest()
     model = KIModel(config.model)
-    path, state, _ = read_run_weights(run, Path(checkpoint) if checkpoint else None, use_ema=use_ema)
+    path, state, _ = run_dir.weights(Path(checkpoint) if checkpoint else None, use_ema=use_ema)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
@@ -270,7 +266,7 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
         from kidata.model.lora import merge
 
         merge(model)  # one matrix per projection at inference, as an unadapted model
-    encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
+    encoder = run_dir.encoder(manifest)
     return Policy(model, config, manifest, encoder, source=source, device=device, precision=precision,
                   num_steps=num_steps, noise_scale=noise_scale, flow_samples=flow_samples,
                   action_head=config.policy.action_head if action_head is None else action_head,

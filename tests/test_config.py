@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kidata import assets
 from kidata.config import ConfigError, apply_overrides, from_table, read_toml
+from kidata.locate import NotFound
 from kidata.model.config import ModelConfig
 from kidata.pipelines.recipe import load_recipe
+from kidata.tokenizers.text import TextTokenizer
 from kidata.training.config import TrainConfig
 
 
@@ -31,13 +35,15 @@ def test_the_demo_text_tokenizer_resolves_from_a_recipe_outside_the_checkout(tmp
     recipe_path = tmp_path / "r.toml"
     recipe_path.write_text('[mixture]\nname = "m"\n[[sources]]\nname = "s"\nreader = "metaworld"\ntasks = ["reach"]\n')
     recipe = load_recipe(recipe_path)
-    assert recipe.resolve_asset(recipe.mixture.text_tokenizer) == str(assets.ROOT / "tokenizers" / "demo-text")
+    tokenizer = TextTokenizer.load(recipe.mixture.text_tokenizer, base_dir=recipe.base_dir)  # as the build loads it
+    assert tokenizer.source == str(assets.ROOT / "tokenizers" / "demo-text" / "tokenizer.model")
 
 
 def test_a_missing_file_names_both_places_and_what_ships(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(assets.AssetNotFound, match=r"pipelines/dmeo.toml: no such file .*shipped pipelines: \[.*"
-                                                   r"'pipelines/demo.toml'"):
+    with pytest.raises(NotFound, match=rf"recipe 'pipelines/dmeo.toml': {re.escape(str(tmp_path))}/pipelines/dmeo.toml "
+                                       r"does not exist; no shipped asset of that name \(shipped pipelines, in "
+                                       r".*'pipelines/demo.toml'"):
         load_recipe("pipelines/dmeo.toml")
 
 

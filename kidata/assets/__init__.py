@@ -9,9 +9,9 @@ the design keeps code in ``kidata/`` and the files that configure it in top-leve
 names. A wheel cannot hold top-level data folders, so the build (``setup.py``) copies them into this
 package folder; ``ROOT`` is whichever of the two holds them, checkout first.
 
-A relative path that does not exist where it is given is looked up under ``ROOT`` by the same name,
-so the short names work from any folder. Nothing here is found through ``Path(__file__).parents``
-outside this module.
+``kidata.locate`` looks a relative path that does not exist where it is given up under ``ROOT`` by
+the same name, so the short names work from any folder. Nothing here is found through
+``Path(__file__).parents`` outside this module.
 """
 
 from __future__ import annotations
@@ -34,17 +34,19 @@ def _root() -> Path:
 ROOT = _root()
 
 
-class AssetNotFound(FileNotFoundError):
-    """A path that exists neither where it was given nor among the shipped assets."""
-
-
-def shipped(name: str | Path) -> Path | None:
-    """The shipped asset of that relative name (``pipelines/demo.toml``), or None."""
+def shipped(name: str | Path, kind: str | None = None) -> Path | None:
+    """The shipped asset of that relative name (``pipelines/demo.toml``), and with ``kind`` of a
+    bare name of that kind (``demo`` -> ``pipelines/demo.toml``, ``demo-text`` ->
+    ``tokenizers/demo-text``), or None."""
     name = Path(name)
     if name.is_absolute() or ".." in name.parts:
         return None
     candidate = ROOT / name
-    return candidate if candidate.exists() else None
+    if candidate.exists():
+        return candidate
+    if kind is not None and len(name.parts) == 1 and not name.suffix:
+        return shipped(Path(kind) / f"{name.name}.toml") or shipped(Path(kind) / name.name)
+    return None
 
 
 def find(name: str | Path) -> list[Path]:
@@ -54,34 +56,11 @@ def find(name: str | Path) -> list[Path]:
     exact = shipped(name)
     if exact is not None:
         return [exact]
-    given = Path(name)
-    if len(given.parts) != 1 or given.suffix:
-        return []
-    candidates = [Path(kind) / f"{given.name}.toml" for kind in KINDS] + [Path(kind) / given.name for kind in KINDS]
-    return [found for found in (shipped(candidate) for candidate in candidates) if found is not None]
-
-
-def resolve(path: str | Path, *, base: str | Path | None = None, kind: str | None = None) -> Path:
-    """``path`` as given (relative to ``base`` or the working folder) when it exists, else the
-    shipped asset of that name; with ``kind``, a bare name is a shipped asset of that kind
-    (``demo`` -> ``pipelines/demo.toml``, ``ki_tiny`` -> ``model/ki_tiny.toml``). Refuses with
-    both places named and what ships of that kind."""
-    given = Path(path)
-    local = (Path(base) / given) if base is not None and not given.is_absolute() else given
-    if local.exists():
-        return local
-    asset = shipped(given)
-    if asset is None and kind is not None and len(given.parts) == 1 and not given.suffix:
-        asset = shipped(Path(kind) / f"{given.name}.toml")
-    if asset is not None:
-        return asset
-    kind = kind or (given.parts[0] if given.parts and given.parts[0] in KINDS else None)
-    hint = f"; shipped {kind}: {listing()[kind]}" if kind else f"; shipped assets: {sorted(_all())}"
-    raise AssetNotFound(f"{path}: no such file (looked in {local.resolve().parent} and {ROOT}){hint}")
+    return [found for found in (shipped(name, kind) for kind in KINDS) if found is not None]
 
 
 def listing() -> dict[str, list[str]]:
-    """Shipped assets by kind, as the names ``resolve`` accepts."""
+    """Shipped assets by kind, as the names ``kidata.locate`` accepts."""
     out: dict[str, list[str]] = {kind: [] for kind in KINDS}
     for name in _all():
         out[name.split("/", 1)[0]].append(name)

@@ -55,11 +55,12 @@ def train_command(args: argparse.Namespace) -> int:
         with stop:
             if args.resume:
                 from kidata.training.resume import resumed_config
+                from kidata.training.run_dir import RunDir
 
                 if args.model:
                     print(f"kidata train: --resume continues {args.out}/config.json; --model {args.model} is not read",
                           file=sys.stderr)
-                config = resumed_config(Path(args.out), overrides)
+                config = resumed_config(RunDir(args.out), overrides)
             elif not args.model:
                 raise ValueError("--model: name a preset (a shipped name such as ki_tiny, or a TOML file); "
                                  "only --resume continues a run without one")
@@ -86,10 +87,10 @@ def train_command(args: argparse.Namespace) -> int:
 
 def stopped(run: Path, signum: int) -> str:
     """What a stopped run holds and the command that continues it."""
-    from kidata.training.checkpoint import newest_complete
+    from kidata.training.run_dir import RunDir
 
     name = signal.Signals(signum).name
-    newest, _ = newest_complete(run) if run.is_dir() else (None, [])
+    newest, _ = RunDir(run).newest_complete() if run.is_dir() else (None, [])
     if newest is None:
         return f"stopped by {name} before {run} held a complete checkpoint; the same command starts it again"
     return (f"stopped by {name}; {run}'s newest complete checkpoint is {newest.name}: the same command with "

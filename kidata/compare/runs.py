@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kidata.manifest import BuildDir
 from kidata.model.config import VARIANTS
 
 RUN_VARIANTS = tuple(v for v in VARIANTS if v != "vlm")  # vlm trains the backbone --init comes from
@@ -62,16 +63,22 @@ class CompareConfig:
         return [(f"{variant}-{'cotrain' if on else 'robot'}-s{seed}", variant, on, seed)
                 for seed in range(self.seeds) for on in self.cotrain for variant in self.variants]
 
+    def run_dir(self, name: str):
+        """The ``kidata.training.run_dir.RunDir`` of run ``name``: ``out/runs/NAME``."""
+        from kidata.training.run_dir import RunDir
+
+        return RunDir(self.out / "runs" / name)
+
 
 def build_once(config: CompareConfig) -> Path:
     """The mixture's manifest, built into ``out/data`` unless a build of the same recipe is there."""
     from kidata.pipelines.build import build
     from kidata.pipelines.recipe import load_recipe
 
-    manifest = config.out / "data" / "manifest.json"
+    manifest = Path(BuildDir.at(str(config.out / "data")).manifest_path)
     recipe = load_recipe(config.recipe)
     if manifest.is_file():
-        built = json.loads(manifest.read_text()).get("recipe_sha256", "")
+        built = BuildDir(str(manifest)).read_manifest().recipe_sha256
         if built != recipe.sha256:
             raise ValueError(f"{manifest} was built from another recipe than {config.recipe} (recipe sha256 "
                              f"{built[:12]} vs {recipe.sha256[:12]}): use another --out")
@@ -131,7 +138,7 @@ def train_all(config: CompareConfig, manifest_path: Path) -> None:
     names = config.run_names()
     todo = []
     for index, (name, variant, cotrain, seed) in enumerate(names):
-        if (config.out / "runs" / name / "report.json").is_file():
+        if config.run_dir(name).is_finished():
             print(f"[{index + 1}/{len(names)}] {name}: finished, not retrained", flush=True)
         else:
             todo.append((f"[{index + 1}/{len(names)}] {name}", name,
@@ -178,15 +185,14 @@ def _start_worker(threads: int, devices) -> None:
 
 
 def _train_one(config: CompareConfig, label: str, name: str, overrides: list[str], threads: int | None = None) -> None:
-    from kidata.training.checkpoint import holds_checkpoints
     from kidata.training.config import TrainConfig
     from kidata.training.trainer import train
 
-    run = config.out / "runs" / name
-    resume = holds_checkpoints(run)
+    run = config.run_dir(name)
+    resume = run.holds_checkpoints()
     where = f" ({config.jobs} at once, {threads} torch thread{'s' if threads != 1 else ''} each)" if threads else ""
     print(f"{label}: {'resuming' if resume else 'training'} {config.steps} steps{where}", flush=True)
-    train(TrainConfig.load(config.model, overrides), run, resume=resume)
+    train(TrainConfig.load(config.model, overrides), run.path, resume=resume)
 
 
 def compare(config: CompareConfig) -> dict[str, Any]:

@@ -9,28 +9,30 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from kidata.compare.runs import CompareConfig
 
+if TYPE_CHECKING:
+    from kidata.training.run_dir import RunDir
+
 RETENTION_PREFIX = "vlm_"  # held-out metrics that measure the backbone's VLM knowledge
 
 
-def read_run(run: Path) -> dict[str, Any]:
+def read_run(run: RunDir) -> dict[str, Any]:
     """A run's evaluations ({step: metrics}) and its training speed from ``metrics.jsonl``."""
     evaluations: dict[int, dict] = {}
     steps_per_s, samples_per_s, tokens_per_s = [], [], []
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
+    for record in run.metrics():
         if "eval" in record:
             evaluations[int(record["step"])] = record["eval"]
         elif "steps_per_s" in record:
             steps_per_s.append(record["steps_per_s"])
             samples_per_s.append(record.get("samples_per_s", 0.0))
             tokens_per_s.append(record.get("tokens_per_s"))
-    report = json.loads((run / "report.json").read_text()) if (run / "report.json").is_file() else {}
+    report = run.report()
     if report.get("eval"):
         evaluations[int(report.get("steps", max(evaluations, default=0)))] = report["eval"]
     return {"evaluations": dict(sorted(evaluations.items())),
@@ -196,8 +198,8 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
 
 def report(config: CompareConfig) -> dict[str, Any]:
     """compare.json, compare.md and the plots from the runs recorded so far."""
-    runs = {name: read_run(config.out / "runs" / name) for name, *_ in config.run_names()
-            if (config.out / "runs" / name / "metrics.jsonl").is_file()}
+    runs = {name: read_run(config.run_dir(name)) for name, *_ in config.run_names()
+            if config.run_dir(name).has_metrics()}
     summary = summarize(config, runs)
     (config.out / "compare.json").write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n")
     (config.out / "compare.md").write_text(markdown(summary))

@@ -36,12 +36,13 @@ def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_
     from kidata.envs.metaworld import Scene, expert, instruction, robot_state
     from kidata.eval.metaworld import SceneSettings
     from kidata.loader.collate import collate
-    from kidata.loader.mixture import MixtureDataset
+    from kidata.loader.mixture import MixtureDataset, MixtureSettings
+    from kidata.manifest import BuildDir
     from kidata.training.held_out import expert_prompt
 
     manifest_path = manifest_path or policy.config.data.manifest
     scene_settings = SceneSettings.from_recipe(policy.manifest.recipe, policy.source)
-    dataset = MixtureDataset(manifest_path, split=split, shuffle_buffer=1, augment=None)
+    dataset = MixtureDataset(BuildDir(manifest_path), MixtureSettings(split=split, shuffle_buffer=1), augment=None)
     model = policy.config.model
     report, scenes = [], {}
     try:

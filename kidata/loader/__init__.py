@@ -8,6 +8,7 @@ from kidata.lazy import lazy_exports
 # the package's face, loaded on first use (importing the package stays cheap)
 _EXPORTS = {
     "MixtureDataset": "kidata.loader.mixture",
+    "MixtureSettings": "kidata.loader.mixture",
     "Augment": "kidata.loader.collate",
 }
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from kidata.hashing import stable_seed_words
-from kidata.manifest import Manifest
+from kidata.manifest import BuildDir
 from kidata.pipelines.shards import iter_tar, load_npy
 
 _DRAW_BLOCK = 4096
@@ -199,21 +199,40 @@ class _SourceStream:
         return next(self._iterator)
 
 
-class MixtureDataset(torch.utils.data.IterableDataset):
-    """Samples of a built mixture as dicts (decoded images, token/mask arrays, meta)."""
+@dataclass(frozen=True)
+class MixtureSettings:
+    """How a loader draws from a build: which split, the sources' weights (default: the manifest's;
+    ``balance`` scales them by each source's sample count), the seed of the mixing and shuffling,
+    the shuffle block (``shuffle_buffer`` samples), whether images are decoded to arrays or kept as
+    JPEG bytes, whether each shard's sha256 is checked before use, and ``expect`` (what the caller
+    requires of the build: ``Manifest.check_expectations``)."""
 
-    def __init__(self, manifest_path: str, *, split: str = "train", weights: Mapping[str, float] | None = None,
-                 balance: bool = False, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle_buffer: int = 256, expect: Mapping[str, Any] | None = None,
-                 augment: Any = None, decode_images: bool = True, verify_shards: bool = False) -> None:
+    split: str = "train"
+    weights: Mapping[str, float] | None = None
+    balance: bool = False
+    seed: int = 0
+    shuffle_buffer: int = 256
+    decode_images: bool = True
+    verify_shards: bool = False
+    expect: Mapping[str, Any] | None = None
+
+
+class MixtureDataset(torch.utils.data.IterableDataset):
+    """Samples of a built mixture as dicts (decoded images, token/mask arrays, meta): ``build``'s
+    shards drawn as ``settings`` say, the share of process ``rank`` of ``world_size``, images
+    passed through ``augment`` (a callable (camera, image, rng) -> image) when set."""
+
+    def __init__(self, build: BuildDir, settings: MixtureSettings = MixtureSettings(), *, rank: int = 0,
+                 world_size: int = 1, augment: Any = None) -> None:
         super().__init__()
-        self.manifest, root = Manifest.read(manifest_path)
-        if expect:
-            self.manifest.check_expectations(expect)
+        self.manifest, root = build.read_manifest(), build.root
+        if settings.expect:
+            self.manifest.check_expectations(settings.expect)
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world_size {world_size}")
-        self.split, self.seed, self.rank, self.world_size = split, seed, rank, world_size
-        self.shuffle_buffer, self.augment, self.decode_images = shuffle_buffer, augment, decode_images
+        split, weights = settings.split, settings.weights
+        self.split, self.seed, self.rank, self.world_size = split, settings.seed, rank, world_size
+        self.shuffle_buffer, self.augment, self.decode_images = settings.shuffle_buffer, augment, settings.decode_images
         self.sources = self.manifest.source_names
         self.plans = []
         base = {}
@@ -221,12 +240,12 @@ class MixtureDataset(torch.utils.data.IterableDataset):
         for index, source in enumerate(self.manifest.sources):
             shards = tuple((s.path, s.samples) for s in source.split_shards(split))
             if shards:
-                sums = {s.path: s.sha256 for s in source.shards} if verify_shards else None
+                sums = {s.path: s.sha256 for s in source.shards} if settings.verify_shards else None
                 self.plans.append(_SourcePlan(index, source.name, root, shards, encoding.token_vocab_size,
                                               encoding.max_tokens, sums))
-                base[source.name] = source.weight * (sum(c for _, c in shards) if balance else 1.0)
+                base[source.name] = source.weight * (sum(c for _, c in shards) if settings.balance else 1.0)
         if not self.plans:
-            raise ValueError(f"no {split!r} shards in {manifest_path}")
+            raise ValueError(f"no {split!r} shards in {build.manifest_path}")
         if weights is not None:
             unknown = set(weights) - set(base)
             if unknown:

@@ -65,6 +65,7 @@ from pathlib import Path
 
 import torch
 
+from kidata.locate import locate
 from kidata.model.config import ModelConfig
 from kidata.model.ki_model import KIModel
 from kidata.model.lora import is_lora_name
@@ -131,25 +132,12 @@ def translate(key: str) -> str | None:
     raise WeightsError(f"unrecognized checkpoint key {key!r}")
 
 
-def resolve(location: str | Path) -> Path:
-    """A local checkpoint directory or file for a local path, an fsspec URL (gs://, s3://, ...)
-    or a Hugging Face hub id (``google/paligemma-3b-pt-224``; uses the local HF cache offline)."""
-    text = str(location)
-    if Path(text).exists():
-        return Path(text)
-    if "://" in text:
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(text)
-        local = Path.home() / ".cache" / "kidata" / "checkpoints" / re.sub(r"[^A-Za-z0-9._-]+", "_", text)
-        if not local.exists():
-            fs.get(root.rstrip("/") + "/", str(local) + "/", recursive=True)
-        return local
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", text):
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(text, allow_patterns=["*.json", "*.safetensors"]))
-    raise FileNotFoundError(f"checkpoint not found: {text!r} (a directory, a .safetensors file, a URL or a hub id)")
+def locate_checkpoint(location: str | Path) -> Path:
+    """The local checkpoint directory or ``.safetensors`` file ``location`` names: a local path, an
+    fsspec URL (gs://, s3://, ...; copied once into the local cache) or a Hugging Face hub id
+    (``google/paligemma-3b-pt-224``; its ``*.json`` and ``*.safetensors``, the local HF cache offline)."""
+    return locate(location, what="checkpoint", accept=("url", "path", "hub"), hub_files=("*.json", "*.safetensors"),
+                  advice="give a directory, a .safetensors file, a URL or a hub id")
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -169,7 +157,7 @@ def read_tensors(path: Path) -> dict[str, torch.Tensor]:
 def config_from_paligemma(location: str | Path, **overrides) -> ModelConfig:
     """A ``ModelConfig`` whose backbone matches a PaliGemma checkpoint's ``config.json``. Keys the
     file leaves out take our defaults, which are PaliGemma-3B's (Gemma 2B + SigLIP So400m/14)."""
-    data = json.loads((resolve(location) / "config.json").read_text())
+    data = json.loads((locate_checkpoint(location) / "config.json").read_text())
     vision, text = data.get("vision_config", {}), data.get("text_config", {})
     fields = {
         "image_size": vision.get("image_size"), "patch_size": vision.get("patch_size"),
@@ -189,7 +177,7 @@ def load_pretrained(model: KIModel, location: str | Path, *, require_expert: boo
     tensors too when ``require_expert``, else the expert keeps its fresh initialization, as do
     modules no checkpoint has (a prefix state projection). Returns counts of loaded and dropped
     tensors, the embedding rows cut off, and the names left fresh."""
-    path = resolve(location)
+    path = locate_checkpoint(location)
     tensors = untie_embedding(read_tensors(path / "model.safetensors" if (path / "model.safetensors").exists() else path))
     ours = model.state_dict()
     mapped: dict[str, torch.Tensor] = {}

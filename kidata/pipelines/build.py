@@ -16,13 +16,21 @@ import sys
 import time
 
 from kidata import __version__
-from kidata.manifest import Encoding, Manifest, ShardInfo, SourceEntry, TokenizerRef
+from kidata.manifest import (
+    ACTION_TOKENIZER_DIR,
+    MANIFEST_FILE,
+    BuildDir,
+    Encoding,
+    Manifest,
+    ShardInfo,
+    SourceEntry,
+    TokenizerRef,
+)
 from kidata.normalize import NormStats
 from kidata.pipelines.encode_pass import EncodeContext, context_encoder, encode_unit, warm_up_build, warm_up_worker
 from kidata.pipelines.ownership import BUILD_ID_FILE, LOCK_NAME, BuildLock, build_id, foreign_paths, remove_build
 from kidata.pipelines.recipe import Recipe
 from kidata.pipelines.stats_pass import (
-    ACTION_TOKENIZER_DIR,
     STATE_DIR,
     BuildError,
     action_tokenizer,
@@ -78,7 +86,7 @@ def _claim(recipe: Recipe, fs, root: str, out: str, force: bool) -> None:
             written = [p for p in owned if p not in (LOCK_NAME, STATE_DIR)]
             # what only a build that got somewhere leaves: its manifest or shards of completed units; a build
             # that failed before (a recipe mistake refused after pass 1) is replaced by the fixed recipe as is
-            products = [p for p in written if p == "manifest.json" or "/" in p]
+            products = [p for p in written if p == MANIFEST_FILE or "/" in p]
             if products and not force:
                 raise BuildError(f"{out} holds a build of a different recipe (sha256 {previous['recipe_sha256'][:12]}, "
                                  f"this one {recipe.sha256[:12]}; {len(products)} of its files, e.g. {products[0]}); "
@@ -118,7 +126,7 @@ def _build_locked(recipe: Recipe, out: str, fs, root: str, units: dict, started:
 
     # pass 2 -----------------------------------------------------------------------------
     identity = build_id(recipe.sha256, fast_files)
-    write_text(fs, f"{root}/{ACTION_TOKENIZER_DIR}/{BUILD_ID_FILE}", json.dumps({"build_id": identity}) + "\n")
+    write_text(fs, f"{BuildDir.at(root).action_tokenizer_path}/{BUILD_ID_FILE}", json.dumps({"build_id": identity}) + "\n")
     held_out = held_out_when_none_falls(recipe, robot, fs, root)
     for source, episode in held_out.items():
         print(f"build: no episode of source {source!r} fell under its holdout fraction; holding out {episode} "
@@ -142,8 +150,9 @@ def _build_locked(recipe: Recipe, out: str, fs, root: str, units: dict, started:
         raise BuildError("units failed (completed units are kept; run the build again to resume): "
                          + "; ".join(f"{name}: {error}" for name, error in failures))
     manifest = _manifest(recipe, context, fs, root, units, norm_stats)
-    report_path = f"{root}/build_report.json"
-    if jobs or pass1_times.jobs or not (fs.exists(report_path) and fs.exists(f"{root}/manifest.json")):
+    build_dir = BuildDir.at(root)
+    report_path = build_dir.report_path
+    if jobs or pass1_times.jobs or not (fs.exists(report_path) and fs.exists(build_dir.manifest_path)):
         report = _report(manifest, time.perf_counter() - started, pass1_reports)
         report["cost"] = {"pass1": pass1_times.as_dict(), "fast_seconds": round(fast_seconds, 3),
                           "pass2": pass2_times.as_dict(), "coordinator_peak_rss_mib": round(peak_rss_mib(), 1)}
@@ -154,12 +163,12 @@ def _build_locked(recipe: Recipe, out: str, fs, root: str, units: dict, started:
     if empty:  # no manifest: training must not start on a mixture that silently lost a source
         raise BuildError("; ".join(f"source {s.name!r} produced no samples (rejected {dict(s.rejected)}, "
                                    f"quarantined {dict(s.quarantined)}, skipped {dict(s.skipped)})" for s in empty)
-                         + f"; no manifest written (details: {root}/build_report.json). Fix the recipe "
+                         + f"; no manifest written (details: {report_path}). Fix the recipe "
                            "(e.g. max_tokens) and build again with --force")
     for source, stats in norm_stats.items():  # where openpi and LeRobot look for them
         for format in ("openpi", "lerobot"):
             write_text(fs, f"{root}/{NORM_STATS_DIR}/{source}/{FILE_NAMES[format]}", render(NormStats.from_json(stats), format))
-    write_text(fs, f"{root}/manifest.json", manifest.dumps())
+    write_text(fs, build_dir.manifest_path, manifest.dumps())
     return manifest
 
 
@@ -238,7 +247,7 @@ def summary(manifest: Manifest, out: str) -> str:
                      f"shards, quarantined {dict(source.quarantined)}, rejected {dict(source.rejected)}"
                      + (f", notices {dict(source.skipped)}" if source.skipped else ""))  # counted, built or not
     fs, root = output_fs(out)
-    report = json.loads(fs.cat_file(f"{root}/build_report.json").decode())
+    report = json.loads(fs.cat_file(BuildDir.at(root).report_path).decode())
     if report:
         cost = report["cost"]
         lines.append(f"{report['samples']} samples in {report['seconds']:.1f} s ({report['samples_per_second']:.0f} "
@@ -247,6 +256,6 @@ def summary(manifest: Manifest, out: str) -> str:
                      f"{cost['pass2']['wall_seconds']:.1f} s ({cost['pass2']['job_seconds']:.1f} s inside units); "
                      f"peak RSS {cost['coordinator_peak_rss_mib']:.0f} MiB here, "
                      f"{cost['pass2']['worker_peak_rss_mib']:.0f} MiB per worker")
-    lines.append(f"manifest: {out}/manifest.json; report: {out}/build_report.json")
+    lines.append(f"manifest: {BuildDir.at(out).manifest_path}; report: {BuildDir.at(out).report_path}")
     return "\n".join(lines)
 

@@ -58,7 +58,7 @@ def context_encoder(context: EncodeContext):
     key = json_sha256(context.fast_files) + context.recipe.sha256
     if _WORKER_CACHE.get("key") != key:
         mixture = context.recipe.mixture
-        text = TextTokenizer.load(context.recipe.resolve_asset(mixture.text_tokenizer))
+        text = TextTokenizer.load(mixture.text_tokenizer, base_dir=context.recipe.base_dir)
         encoder = SampleEncoder.from_settings(text, action_tokenizer_from_files(context.fast_files), asdict(mixture),
                                               uses_loc_tokens=any(s.uses_loc_tokens for s in context.recipe.sources))
         _WORKER_CACHE.update(key=key, encoder=encoder)

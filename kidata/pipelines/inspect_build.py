@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kidata.manifest import Manifest
+from kidata.manifest import BuildDir, Manifest
 from kidata.pipelines.encode_pass import EncodeContext, context_encoder
 from kidata.pipelines.recipe import parse_recipe
 from kidata.pipelines.shards import iter_shard, load_npy
@@ -37,9 +37,10 @@ def inspect_build(out: str, *, samples: int = 3, save: str | None = None) -> str
     from kidata.tokenizers.inspect import describe_sample
 
     fs, root = output_fs(out)
-    manifest, _ = Manifest.read(fs.unstrip_protocol(f"{root}/manifest.json"))
+    build = BuildDir.at(root)
+    manifest, _ = Manifest.read(fs.unstrip_protocol(build.manifest_path))
     recipe = parse_recipe(manifest.recipe, base_dir=".")
-    files = action_tokenizer_files(fs, f"{root}/fast_tokenizer")
+    files = action_tokenizer_files(fs, build.action_tokenizer_path)
     encoder = context_encoder(EncodeContext(recipe, out, files, {}, manifest.encoding.action_dim))
     lines = [f"build {manifest.recipe['mixture']['name']!r} (kidata {manifest.kidata_version}, recipe "
              f"{manifest.recipe_sha256[:12]}); encoding: {json.dumps(manifest.encoding.to_json(), sort_keys=True)}"]
@@ -53,7 +54,7 @@ def inspect_build(out: str, *, samples: int = 3, save: str | None = None) -> str
                      f"rejected {dict(source.rejected)}")
         taken = 0
         for shard in source.shards:
-            for key, members in iter_shard(fs.cat_file(f"{root}/{shard.path}")):
+            for key, members in iter_shard(fs.cat_file(build.shard_path(shard.path))):
                 if taken == samples:
                     break
                 shown.append((f"{source.name}/{key}", sample_from_members(members)))

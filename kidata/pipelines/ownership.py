@@ -19,15 +19,16 @@ import time
 from typing import Iterable
 
 from kidata.hashing import json_sha256
-from kidata.pipelines.stats_pass import ACTION_TOKENIZER_DIR, STATE_DIR, BuildError
+from kidata.manifest import ACTION_TOKENIZER_DIR, BUILD_REPORT_FILE, MANIFEST_FILE
+from kidata.pipelines.stats_pass import STATE_DIR, BuildError
 
 LOCK_NAME = "build.lock"
 BUILD_ID_FILE = "kidata_build.json"  # in the action tokenizer folder: {"build_id": ...}
 # top-level entries a build writes (whole folders for the directories; ``inspect``: the pictures
 # ``kidata inspect OUT`` and ``kidata demo`` save beside the build); source folders are checked file by file
-BUILD_FILES = ("manifest.json", "build_report.json", LOCK_NAME, STATE_DIR, "norm_stats", ACTION_TOKENIZER_DIR, "inspect")
+BUILD_FILES = (MANIFEST_FILE, BUILD_REPORT_FILE, LOCK_NAME, STATE_DIR, "norm_stats", ACTION_TOKENIZER_DIR, "inspect")
 _SHARD_NAME = r"-(train|val)-u\d{4}-\d{5}\.tar(\.tmp)?"
-_TEMPORARY = re.compile(r"^(manifest\.json|build_report\.json)\.tmp$")
+_TEMPORARY = re.compile(rf"^({re.escape(MANIFEST_FILE)}|{re.escape(BUILD_REPORT_FILE)})\.tmp$")
 
 
 def build_id(recipe_sha256: str, action_tokenizer_files: dict[str, str]) -> str:

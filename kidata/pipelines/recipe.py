@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
-from kidata import assets
 from kidata.config import check_keys, nearest, read_toml
 from kidata.delta import DeltaMaskError, parse_delta_mask
 from kidata.hashing import json_sha256
@@ -123,16 +122,6 @@ class Recipe:
         size and seed are the defaults of readers that render or simulate)."""
         return registry.open_reader(source.reader, source.reader_options, name=source.name,
                                     image_size=self.mixture.image_size, seed=self.mixture.seed)
-
-    def resolve_asset(self, value: str) -> str:
-        """A tokenizer reference: relative to the recipe folder, else a shipped asset
-        (``tokenizers/demo-text``), else left as is (a hub id or URL)."""
-        if "://" in value or Path(value).is_absolute():
-            return value
-        if (Path(self.base_dir) / value).exists():
-            return str((Path(self.base_dir) / value).resolve())
-        asset = assets.shipped(value)
-        return str(asset) if asset is not None else value
 
 
 def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Recipe:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from kidata.hashing import holdout_rank, stable_fraction
+from kidata.manifest import BuildDir
 from kidata.normalize import NormStats, normalize
 from kidata.pipelines.recipe import Recipe
 from kidata.pipelines.stats import EpisodeStats, failed_units
@@ -21,7 +22,6 @@ from kidata.sources.base import ReadReport, WorkUnit
 from kidata.tokenizers import action_tokenizer_files
 
 STATE_DIR = "_state"
-ACTION_TOKENIZER_DIR = "fast_tokenizer"  # FAST or naive bins; the folder keeps its first name (runs and builds read it)
 
 
 class BuildError(RuntimeError):
@@ -175,11 +175,12 @@ def action_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, eng
     from kidata.tokenizers.fast import FastTokenizer
     from kidata.tokenizers.report import measure_tokenizer, write_report
 
-    directory = f"{root}/{ACTION_TOKENIZER_DIR}"
+    directory = BuildDir.at(root).action_tokenizer_path
     setting = fast_override or recipe.mixture.fast_tokenizer
     if not (fs.exists(f"{directory}/tokenizer.json") or fs.exists(f"{directory}/kidata_bins.json")):
         if isinstance(setting, str) or "path" in setting:  # a folder or a hub repo id: "org/name"
-            tokenizer = load_action_tokenizer(recipe.resolve_asset(setting if isinstance(setting, str) else setting["path"]))
+            tokenizer = load_action_tokenizer(setting if isinstance(setting, str) else setting["path"],
+                                              base=recipe.base_dir)
             chunks = None
         elif "bins" in setting:
             tokenizer = BinTokenizer(n_bins=setting["bins"], stride=setting.get("stride", 1))

@@ -9,9 +9,8 @@ import io
 import json
 import tarfile
 
-from kidata.manifest import Manifest
+from kidata.manifest import ACTION_TOKENIZER_DIR, MANIFEST_FILE, BuildDir, Manifest
 from kidata.pipelines.ownership import BUILD_ID_FILE
-from kidata.pipelines.stats_pass import ACTION_TOKENIZER_DIR
 from kidata.pipelines.storage import output_fs
 
 # a meta.json member is a few hundred bytes; a bigger one is not read (a header's length is data)
@@ -21,14 +20,14 @@ _META_MAX_BYTES = 1 << 20
 def verify(out: str) -> list[str]:
     """Problems found (empty when the build verifies)."""
     fs, root = output_fs(out)
-    manifest_path = f"{root}/manifest.json"
-    if not fs.exists(manifest_path):
-        return [f"{out}: no manifest.json (the build did not finish)"]
-    manifest, _ = Manifest.read(fs.unstrip_protocol(manifest_path))
+    build = BuildDir.at(root)
+    if not fs.exists(build.manifest_path):
+        return [f"{out}: no {MANIFEST_FILE} (the build did not finish)"]
+    manifest, _ = Manifest.read(fs.unstrip_protocol(build.manifest_path))
     problems = _tokenizer_problems(fs, root, manifest)
     for source in manifest.sources:
         for shard in source.shards:
-            path = f"{root}/{shard.path}"
+            path = build.shard_path(shard.path)
             if not fs.exists(path):
                 problems.append(f"{shard.path}: missing")
                 continue
@@ -48,7 +47,7 @@ def _tokenizer_problems(fs, root: str, manifest: Manifest) -> list[str]:
     and its sha256 both agree with the manifest."""
     from kidata.tokenizers import action_tokenizer_files, action_tokenizer_from_files
 
-    directory = f"{root}/{ACTION_TOKENIZER_DIR}"
+    directory = BuildDir.at(root).action_tokenizer_path
     problems = []
     if manifest.build_id:
         try:

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Mapping, NamedTuple
 import numpy as np
 
 from kidata.config import nearest
+from kidata.locate import locate
 from kidata.schema import CAMERA_NAMES, Episode, Frames, episode_defect
 from kidata.sources.base import ReadReport, WorkUnit, split_range
 from kidata.sources.lerobot_meta import INDEX_COLUMNS, EpisodeMeta, LeRobotMeta, read_parquet
@@ -33,25 +34,13 @@ MAPPING_KEYS = ("cameras", "state", "action")
 
 
 def resolve_root(path: str | None, repo_id: str | None, revision: str | None) -> Path:
-    """The dataset folder: ``path``, or the hub snapshot of dataset repo ``repo_id``."""
+    """The dataset folder: ``path`` (a local folder), or the hub snapshot of dataset repo ``repo_id``."""
     if (path is None) == (repo_id is None):
         raise ValueError("a lerobot source needs exactly one of path = \"folder\" or repo_id = \"org/name\"")
     if path is not None:
-        root = Path(path)
-        if not root.is_dir():
-            raise FileNotFoundError(f"LeRobot dataset folder {root} does not exist")
-        return root
-    try:
-        from huggingface_hub import constants, snapshot_download
-    except ImportError:
-        raise ImportError(f"repo_id {repo_id!r} needs huggingface_hub (pip install 'kidata[model]')") from None
-    try:
-        return Path(snapshot_download(repo_id, repo_type="dataset", revision=revision))
-    except Exception as error:  # noqa: BLE001 - offline, unknown repo, no access: one sentence
-        raise FileNotFoundError(
-            f"LeRobot dataset repo_id {repo_id!r} (revision {revision or 'main'}) is not in the hub cache and could "
-            f"not be fetched ({type(error).__name__}: {' '.join(str(error).split())[:160]}); the cache looked in: "
-            f"{constants.HF_HUB_CACHE}; download it where there is network or give path = \"folder\"") from None
+        return locate(path, what="LeRobot dataset folder", accept=("path",))
+    return locate(repo_id, what="LeRobot dataset repo_id", accept=("hub",), repo_type="dataset", revision=revision,
+                  advice="download it where there is network or give path = \"folder\"")
 
 
 class LeRobotSource:

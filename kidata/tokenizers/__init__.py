@@ -1,5 +1,9 @@
 """Tokenizers that turn actions (FAST, naive bins), state and text into token ids."""
 
+from __future__ import annotations
+
+from pathlib import Path
+
 from kidata.tokenizers.base import ActionTokenizer, ClipWarning, DecodeError
 from kidata.tokenizers.bins import BinTokenizer
 from kidata.tokenizers.fast import FastTokenizer
@@ -16,13 +20,14 @@ def action_tokenizer_kind(tokenizer) -> str:
     return "bins" if isinstance(tokenizer, BinTokenizer) else "fast"
 
 
-def load_action_tokenizer(path):
-    """The action tokenizer saved in a directory: naive bins when ``kidata_bins.json`` is there,
-    else FAST."""
+def load_action_tokenizer(path: str | Path, *, base: str | Path | None = None) -> ActionTokenizer:
+    """The action tokenizer saved in a directory (a path, relative to ``base`` when given, a shipped
+    asset, a URL or a hub id: ``kidata.locate``): naive bins when ``kidata_bins.json`` is there, else FAST."""
+    from kidata.locate import locate
     from kidata.tokenizers.bins import BINS_FILE
-    from kidata.tokenizers.hub import local_or_hub
 
-    directory = local_or_hub(path, files=(*ACTION_TOKENIZER_FILES, "tokenizer_config.json"))
+    directory = locate(path, what="action tokenizer", base=base, kind="tokenizers",
+                       hub_files=(*ACTION_TOKENIZER_FILES, "tokenizer_config.json"))
     return BinTokenizer.load(directory) if (directory / BINS_FILE).exists() else FastTokenizer.load(directory)
 
 
@@ -38,7 +43,6 @@ def action_tokenizer_from_files(files: dict[str, str]):
     loaded (both tokenizers read their files eagerly): every build unit calls this, and a kept
     folder per call had left about a thousand ``kidata-fast-*`` folders in ``/tmp`` of one VM."""
     import tempfile
-    from pathlib import Path
 
     with tempfile.TemporaryDirectory(prefix="kidata-fast-") as folder:
         directory = Path(folder)

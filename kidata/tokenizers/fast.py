@@ -113,13 +113,15 @@ class FastTokenizer:
     # ----------------------------------------------------------------------------- files
     @classmethod
     def load(cls, path: str | Path, *, backend: Backend = "auto") -> "FastTokenizer":
-        """Reads ``processor_config.json`` + ``tokenizer.json`` from a local directory or a hub repo id
-        ("org/name", fetched into the hub cache); never runs remote code."""
+        """Reads ``processor_config.json`` + ``tokenizer.json`` from a directory: a local one, a shipped
+        asset, a URL or a hub repo id ("org/name", fetched into the hub cache; ``kidata.locate``);
+        never runs remote code."""
         from tokenizers import Tokenizer
 
-        from kidata.tokenizers.hub import local_or_hub
+        from kidata.locate import locate
 
-        directory = local_or_hub(path, files=(PROCESSOR_CONFIG, TOKENIZER_FILE, KIDATA_FILE))
+        directory = locate(path, what="FAST tokenizer", kind="tokenizers",
+                           hub_files=(PROCESSOR_CONFIG, TOKENIZER_FILE, KIDATA_FILE))
         config_path = directory / PROCESSOR_CONFIG
         tokenizer_path = directory / TOKENIZER_FILE
         for required in (config_path, tokenizer_path):

@@ -1,9 +1,9 @@
 """The backbone's text tokenizer: PaliGemma's SentencePiece model, or any SentencePiece / tokenizer.json.
 
 ``TextTokenizer.load`` takes a local directory (holding ``tokenizer.model`` or ``tokenizer.json``),
-a file, or a Hugging Face hub id such as ``google/paligemma-3b-pt-224`` (downloaded with
-huggingface_hub when the user has access and a network; nothing is downloaded in our CI, which
-uses ``tokenizers/demo-text``).
+a file, a shipped asset, a URL or a Hugging Face hub id such as ``google/paligemma-3b-pt-224``
+(``kidata.locate``: downloaded with huggingface_hub when the user has access and a network;
+nothing is downloaded in our CI, which uses ``tokenizers/demo-text``).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from typing import Sequence
 PALIGEMMA_VOCAB_SIZE = 257152
 _PALIGEMMA_SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")
 
+# the files a text tokenizer folder may hold, the first one found read
+_FILES = ("tokenizer.model", "tokenizer.json")
 _BOS = ("<bos>", "<s>")
 _EOS = ("<eos>", "</s>")
 _PAD = ("<pad>",)
@@ -48,34 +50,20 @@ class TextTokenizer:
 
     @classmethod
     def load(cls, name_or_path: str | Path, *, base_dir: str | Path | None = None) -> "TextTokenizer":
-        """A local directory or file (relative paths resolve against ``base_dir``), else a shipped
-        asset (``tokenizers/demo-text``), else a hub id."""
-        path = Path(name_or_path)
-        if not path.is_absolute() and base_dir is not None:
-            path = Path(base_dir) / path
+        """A directory (holding ``tokenizer.model`` or ``tokenizer.json``) or a file: a local one
+        (relative paths resolve against ``base_dir``), a shipped asset (``tokenizers/demo-text``), a
+        URL or a hub id (``kidata.locate``)."""
+        from kidata.locate import locate
+
+        path = locate(name_or_path, what="text tokenizer", base=base_dir, kind="tokenizers", hub_files=_FILES,
+                      advice="give a folder holding tokenizer.model or tokenizer.json, or a Hugging Face hub id "
+                             "reachable from here")
         if path.is_dir():
-            for candidate in ("tokenizer.model", "tokenizer.json"):
+            for candidate in _FILES:
                 if (path / candidate).is_file():
                     return cls._from_file(path / candidate)
             raise FileNotFoundError(f"{path} holds neither tokenizer.model nor tokenizer.json")
-        if path.is_file():
-            return cls._from_file(path)
-        from kidata import assets
-
-        shipped = assets.shipped(name_or_path)
-        if shipped is not None:
-            return cls.load(shipped)
-        name = str(name_or_path)
-        where = f"{path} does not exist (nor a shipped asset of that name)"
-        if _looks_like_a_path(name):
-            raise FileNotFoundError(f"text tokenizer {name!r}: {where}; give a folder holding tokenizer.model or "
-                                    "tokenizer.json, or a Hugging Face hub id (org/name)")
-        try:
-            return cls._from_hub(name)
-        except (FileNotFoundError, ImportError) as error:
-            raise FileNotFoundError(f"text tokenizer {name!r}: {where}, and as a Hugging Face hub id it could not be "
-                                    f"loaded ({str(error)[:160]}); give a local folder holding tokenizer.model or "
-                                    "tokenizer.json, or a hub id reachable from here") from None
+        return cls._from_file(path)
 
     @classmethod
     def _from_file(cls, path: Path) -> "TextTokenizer":
@@ -90,20 +78,6 @@ class TextTokenizer:
 
             return cls(Tokenizer.from_str(data.decode("utf-8")), "hf", str(path), digest)
         raise ValueError(f"{path}: expected a SentencePiece .model or a tokenizer.json")
-
-    @classmethod
-    def _from_hub(cls, repo_id: str) -> "TextTokenizer":
-        try:
-            from huggingface_hub import hf_hub_download
-        except ImportError as error:  # pragma: no cover - optional
-            raise ImportError(f"{repo_id!r} is not a local path; loading from the hub needs huggingface_hub") from error
-        errors = []
-        for filename in ("tokenizer.model", "tokenizer.json"):
-            try:
-                return cls._from_file(Path(hf_hub_download(repo_id, filename)))
-            except Exception as error:  # noqa: BLE001 - try the next layout, report all
-                errors.append(f"{filename}: {error}")
-        raise FileNotFoundError(f"could not load a tokenizer from {repo_id!r} ({'; '.join(errors)})")
 
     # ---------------------------------------------------------------- text
     def encode(self, text: str, *, add_bos: bool = False, add_eos: bool = False) -> list[int]:
@@ -170,10 +144,4 @@ def paligemma_mismatch(tokenizer: TextTokenizer) -> str | None:
         return (f"<loc>/<seg> ids are {tokenizer.loc_range()}/{tokenizer.seg_range()}, PaliGemma's are "
                 f"{loc}/{seg}")
     return None
-
-
-def _looks_like_a_path(name: str) -> bool:
-    """A hub id is "org/name" (or "name"); anything else is meant as a file or folder."""
-    return (name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
-            or name.endswith((".model", ".json")))
 

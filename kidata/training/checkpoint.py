@@ -45,6 +45,7 @@ import torch
 
 from kidata.hashing import file_sha256
 
+CHECKPOINTS_DIR = "checkpoints"  # in the run directory (``kidata.training.run_dir``)
 LATEST = "latest"
 CHECKSUMS = "checksums.json"
 REQUIRED = ("model.safetensors", "optimizer.safetensors", "trainer.json")
@@ -55,13 +56,18 @@ class CheckpointError(RuntimeError):
     """No complete checkpoint to resume from or load: names each damaged one and why."""
 
 
+def checkpoints_folder(run: Path) -> Path:
+    """The run's ``checkpoints/`` folder."""
+    return Path(run) / CHECKPOINTS_DIR
+
+
 def checkpoint_dir(run: Path, step: int) -> Path:
-    return run / "checkpoints" / f"step_{step:07d}"
+    return checkpoints_folder(run) / f"step_{step:07d}"
 
 
 def step_dirs(run: Path) -> list[Path]:
     """Every finished checkpoint directory (not ``.tmp``), newest first."""
-    folder = Path(run) / "checkpoints"
+    folder = checkpoints_folder(run)
     if not folder.is_dir():
         return []
     return sorted((p for p in folder.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp")), reverse=True)
@@ -69,7 +75,7 @@ def step_dirs(run: Path) -> list[Path]:
 
 def holds_checkpoints(run: Path) -> bool:
     """Any trace of a checkpoint (a step directory or the ``latest`` pointer), damaged or not."""
-    return bool(step_dirs(run)) or (Path(run) / "checkpoints" / LATEST).exists()
+    return bool(step_dirs(run)) or (checkpoints_folder(run) / LATEST).exists()
 
 
 def is_sharded(path: Path) -> bool:
@@ -168,9 +174,9 @@ def newest_complete(run: Path) -> tuple[Path | None, list[str]]:
     """The newest checkpoint that verifies, and a notice for each newer one passed over (the
     ``latest`` pointer naming a missing directory, a truncated file, ...)."""
     notices = []
-    pointer = Path(run) / "checkpoints" / LATEST
+    pointer = checkpoints_folder(run) / LATEST
     if pointer.exists():
-        named = Path(run) / "checkpoints" / pointer.read_text().strip()
+        named = checkpoints_folder(run) / pointer.read_text().strip()
         if not named.is_dir():
             notices.append(f"{pointer} names {named.name}, which does not exist")
     for path in step_dirs(run):
@@ -282,14 +288,14 @@ def finish_checkpoint(run: Path, step: int, temporary: Path, *, trainer: Mapping
         _fsync_dir(temporary)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(temporary, final)
-        pointer = run / "checkpoints" / LATEST
+        pointer = checkpoints_folder(run) / LATEST
         pointer_tmp = pointer.with_name(LATEST + ".tmp")
         pointer_tmp.write_text(final.name + "\n")
         os.replace(pointer_tmp, pointer)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
-    for old in sorted(p for p in (run / "checkpoints").glob("step_*") if not p.name.endswith(".tmp"))[:-keep]:
+    for old in sorted(p for p in checkpoints_folder(run).glob("step_*") if not p.name.endswith(".tmp"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 

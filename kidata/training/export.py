@@ -12,8 +12,7 @@ import json
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from kidata.training.checkpoint import read_run_weights
-from kidata.training.config import TrainConfig
+from kidata.training.run_dir import RunDir
 
 
 def export_weights(run: Path, out: Path, *, checkpoint: Path | None = None, use_ema: bool = True,
@@ -22,11 +21,10 @@ def export_weights(run: Path, out: Path, *, checkpoint: Path | None = None, use_
     an unadapted model (``lora`` None in its config)."""
     from safetensors.torch import save_file
 
-    if not (run / "config.json").is_file():
-        raise FileNotFoundError(f"{run}: not a kidata run (no config.json); pass the --out folder of `kidata train`")
-    config = TrainConfig.from_mapping(json.loads((run / "config.json").read_text()), origin=str(run / "config.json"))
+    run_dir = RunDir(run).require_run()
+    config = run_dir.config()
     # verified, then whole or an FSDP2 run's shards gathered here: the policy's loader
-    path, tensors, ema = read_run_weights(run, checkpoint, use_ema=use_ema)
+    path, tensors, ema = run_dir.weights(checkpoint, use_ema=use_ema)
     model_config = config.model
     if merge_lora and model_config.lora is not None:
         from kidata.model.lora import merge_tensors

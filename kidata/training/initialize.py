@@ -5,7 +5,6 @@ text tokenizer is the one they were trained with is checked here, before a run s
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -14,8 +13,8 @@ from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.ki_model import KIModel
 from kidata.model.lora import is_lora_name, merge_tensors, train_fresh
 from kidata.model.weights import WeightsError, read_tensors
-from kidata.training.checkpoint import latest_checkpoint, read_run_weights
 from kidata.training.config import TrainConfig
+from kidata.training.run_dir import RunDir
 
 
 def load_kidata(model: KIModel, location: str | Path) -> dict:
@@ -35,11 +34,12 @@ def load_kidata(model: KIModel, location: str | Path) -> dict:
     else:
         if not path.is_dir():
             raise WeightsError(f"{path}: no such kidata run, checkpoint or weights file (train.init_from)")
-        checkpoint = latest_checkpoint(path) if (path / "checkpoints").is_dir() else path
+        given = RunDir(path)
+        source_run = given if given.checkpoints_dir.is_dir() else RunDir.of_checkpoint(path)
+        checkpoint = given.latest_checkpoint() if source_run is given else path
         if checkpoint is None:
             raise WeightsError(f"{path}: the run has no checkpoint yet (train.init_from)")
-        _, tensors, _ = read_run_weights(path, checkpoint)  # verified against its checksums, as the policy's
-        source_run = path if (path / "checkpoints").is_dir() else path.parent.parent
+        _, tensors, _ = source_run.weights(checkpoint)  # verified against its checksums, as the policy's
     tensors = _merged_adapters(tensors, path, source_run)
     ours = model.state_dict()
     owner = {id(parameter): name for name, parameter in model.named_parameters()}
@@ -63,29 +63,25 @@ def load_kidata(model: KIModel, location: str | Path) -> dict:
             "embedding_rows_sliced": 0, "fresh": sorted(set(ours) - backbone)}
 
 
-def trained_prefix_state(run: Path) -> bool:
+def trained_prefix_state(run: RunDir) -> bool:
     """Whether the run at ``run`` trained its prefix state projection: its model read the state as
     a prefix token under a variant that learns from robot data (``vlm`` learns from none)."""
-    config = run / "config.json"
-    if not config.is_file():
+    if not run.is_run():
         return False
-    model = json.loads(config.read_text()).get("model", {})
-    return model.get("state_input") == "prefix" and model.get("variant") != "vlm"
+    model = run.config().model
+    return model.state_input == "prefix" and model.variant != "vlm"
 
 
-def _merged_adapters(tensors: dict, path: Path, source_run: Path | None) -> dict:
+def _merged_adapters(tensors: dict, path: Path, source_run: RunDir | None) -> dict:
     """The source's weights with its LoRA adapters (if any) folded into the base weights, scaled as
     the source run's ``config.json`` says."""
     if not any(is_lora_name(name) for name in tensors):
         return tensors
-    from kidata.model.config import LoraConfig
-
-    config = source_run / "config.json" if source_run is not None else None
-    lora = json.loads(config.read_text()).get("model", {}).get("lora") if config and config.is_file() else None
+    lora = source_run.config().model.lora if source_run is not None and source_run.is_run() else None
     if lora is None:
         raise WeightsError(f"{path}: holds LoRA adapters but no run config.json says how they scale; pass the run "
                            "directory, or export it with kidata export weights --merge-lora")
-    return merge_tensors(tensors, LoraConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in lora.items()}))
+    return merge_tensors(tensors, lora)
 
 
 PRETRAINED_FORMATS = ("paligemma", "openpi")  # checkpoints whose embedding rows are PaliGemma's token ids
@@ -147,11 +143,13 @@ def build_sharded(config: TrainConfig, device: torch.device, world: int, *,
     the initialized model on CPU (``initialized_model``: the same seed and ``init_from`` as one
     process, so any world size starts from the same weights) and scatters it, tensor by tensor,
     into the shards (``set_model_state_dict`` with ``broadcast_from_rank0``, PyTorch's recipe for
-    large models). Call on every rank of the process group."""
-    if config.model.lora is not None:
-        raise ValueError("model.lora with train.fsdp on several processes is not supported: a 2-process FSDP2 LoRA run "
-                         "fails in a gradient collective; set train.fsdp = false (DDP: only the adapters' gradients "
-                         "are reduced)")
+    large models). Call on every rank of the process group.
+
+    Every rank takes rank 0's set of trained parameters (under LoRA it depends on what
+    ``init_from`` filled: ``train_fresh``). FSDP2 reduce-scatters, per unit, only the parameters
+    that hold a gradient, so ranks that disagree on one unit's trained set send buffers of
+    different sizes (gloo: "Received data size doesn't match expected size"); frozen and trained
+    parameters may share a unit as long as every rank freezes the same ones."""
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 

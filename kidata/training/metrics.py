@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from kidata.manifest import Manifest
-from kidata.training.checkpoint import latest_checkpoint
 from kidata.training.config import TrainConfig
+from kidata.training.run_dir import RunDir
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -29,16 +29,16 @@ def truncate_metrics(path: Path, step: int) -> None:
     os.replace(temporary, path)
 
 
-def drop_unfinished_attempt(run: Path) -> None:
+def drop_unfinished_attempt(run: RunDir) -> None:
     """A fresh run where an earlier attempt stopped before its first checkpoint (killed, or an
     error): that attempt's metrics.jsonl records and TensorBoard events go, said in one line, so
     that the new run's files hold each step once instead of two runs interleaved."""
-    path = run / "metrics.jsonl"
+    path = run.metrics_file
     records = len(path.read_text().splitlines()) if path.exists() else 0
-    events = sorted((run / "tensorboard").glob("events.out.tfevents.*"))
+    events = sorted(run.tensorboard_dir.glob("events.out.tfevents.*"))
     if not records and not events:
         return
-    print(f"train: {run} holds an earlier attempt without a checkpoint ({records} metrics.jsonl records, "
+    print(f"train: {run.path} holds an earlier attempt without a checkpoint ({records} metrics.jsonl records, "
           f"{len(events)} TensorBoard event files): starting over, they are dropped", file=sys.stderr)
     truncate_metrics(path, -1)
     for event in events:
@@ -48,7 +48,7 @@ def drop_unfinished_attempt(run: Path) -> None:
 class MetricsLogger:
     """metrics.jsonl, TensorBoard, a progress bar; loss curves and a report at the end."""
 
-    def __init__(self, run: Path, config: TrainConfig, manifest: Manifest, *, enabled: bool, start: int,
+    def __init__(self, run: RunDir, config: TrainConfig, manifest: Manifest, *, enabled: bool, start: int,
                  wall_before: float | None = 0.0) -> None:
         """``wall_before``: the run's training wall seconds up to its resume checkpoint (None when that
         checkpoint predates the count), so that a run trained in parts reports its whole time."""
@@ -69,7 +69,7 @@ class MetricsLogger:
                     sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.writer = SummaryWriter(str(run / "tensorboard"))
+                self.writer = SummaryWriter(str(run.tensorboard_dir))
             except ImportError:  # tensorboard is in the 'train' extra
                 self.writer = None
         self.wandb = _start_wandb(run, config, manifest) if config.log.wandb else None
@@ -109,7 +109,7 @@ class MetricsLogger:
         record = {"step": step, **{k: round(v, 6) for k, v in metrics.items()}, **{k: round(v, 3) for k, v in rates.items()},
                   "source_mix": {name: round(float(c) / total, 4) for name, c in zip(self.sources, self.mix)}}
         self.mix[:] = 0
-        with open(self.run / "metrics.jsonl", "a") as handle:
+        with open(self.run.metrics_file, "a") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():
@@ -129,7 +129,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.began  # wall seconds of this process so far
-        with open(self.run / "metrics.jsonl", "a") as handle:
+        with open(self.run.metrics_file, "a") as handle:
             handle.write(json.dumps({"step": step, "elapsed_s": round(elapsed, 1), "wall_s": self.wall_s(elapsed),
                                      "eval": result}) + "\n")
         if self.writer is not None:
@@ -148,20 +148,20 @@ class MetricsLogger:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
-        records = [json.loads(line) for line in (self.run / "metrics.jsonl").read_text().splitlines()]
+        records = self.run.metrics()
         train = [r for r in records if "loss" in r]
-        plot_losses(train, self.run / "loss_curves.png", evaluations=[r for r in records if "eval" in r])
+        plot_losses(train, self.run.loss_curves_file, evaluations=[r for r in records if "eval" in r])
         if self.wandb is not None:
             import wandb
 
-            self.wandb.log({"loss_curves": wandb.Image(str(self.run / "loss_curves.png"))}, step=step)
+            self.wandb.log({"loss_curves": wandb.Image(str(self.run.loss_curves_file))}, step=step)
             self.wandb.finish()
         elapsed = time.perf_counter() - self.began
         report = {"steps": step, "final": train[-1] if train else {}, "eval": result,
                   "seconds_this_process": round(elapsed, 1), "wall_s": self.wall_s(elapsed),
-                  "checkpoint": str(latest_checkpoint(self.run)), "loss_curves": str(self.run / "loss_curves.png")}
-        (self.run / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-        (self.run / "eval.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+                  "checkpoint": str(self.run.latest_checkpoint()), "loss_curves": str(self.run.loss_curves_file)}
+        self.run.report_file.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        self.run.eval_file.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
         return report
 
 
@@ -198,18 +198,18 @@ def plot_losses(records: list[dict], path: Path, evaluations: list[dict] = ()) -
     plt.close(figure)
 
 
-def _start_wandb(run: Path, config: TrainConfig, manifest: Manifest):
+def _start_wandb(run: RunDir, config: TrainConfig, manifest: Manifest):
     """The run's wandb run: a new one, or the one this directory started (resume keeps its id)."""
     try:
         import wandb
     except ImportError:
         raise ImportError("[log] wandb = true needs Weights & Biases: pip install 'kidata[wandb]'") from None
-    id_file = run / "wandb_run_id"
+    id_file = run.wandb_id_file
     run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(6)
     identity = {"recipe_sha256": manifest.recipe_sha256, "fast_sha256": manifest.action_tokenizer.sha256,
                 "text_sha256": manifest.text_tokenizer.sha256}
-    handle = wandb.init(project=config.log.project, entity=config.log.entity, name=config.log.run_name or run.name,
-                        id=run_id, resume="allow", dir=str(run), config={**config.to_json(), "mixture": identity})
+    handle = wandb.init(project=config.log.project, entity=config.log.entity, name=config.log.run_name or run.path.name,
+                        id=run_id, resume="allow", dir=str(run.path), config={**config.to_json(), "mixture": identity})
     id_file.write_text(run_id + "\n")
     return handle
 

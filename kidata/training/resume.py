@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Sequence
 
 from kidata.config import apply_overrides
-from kidata.training.checkpoint import CheckpointError, holds_checkpoints, newest_complete
+from kidata.training.checkpoint import CheckpointError
 from kidata.training.config import TrainConfig
+from kidata.training.run_dir import RunDir
 
 
 class ResumeRefused(ValueError):
@@ -43,27 +44,26 @@ def _pinned_schedule(config: dict) -> dict:
     return {**config, "schedule": schedule}
 
 
-def resumed_config(run: Path, overrides: Sequence[str] = ()) -> TrainConfig:
+def resumed_config(run: RunDir, overrides: Sequence[str] = ()) -> TrainConfig:
     """The run's saved config (``RUN/config.json``) with ``--section.key value`` overrides on top: a
     resume needs none of the original command line retyped."""
-    saved = run / "config.json"
+    saved = run.config_file
     if not saved.exists():
         raise ResumeRefused(f"--resume: {saved} does not exist; name the run's --out folder (a run of kidata train)")
-    merged = apply_overrides(json.loads(saved.read_text()), overrides)
+    merged = apply_overrides(run.config_mapping(), overrides)
     return TrainConfig.from_mapping(merged, origin=f"{saved} with the command line's overrides")
 
 
-def keep_schedule(run: Path, config: TrainConfig, *, resume: bool) -> tuple[TrainConfig, str | None]:
+def keep_schedule(run: RunDir, config: TrainConfig, *, resume: bool) -> tuple[TrainConfig, str | None]:
     """On a resume that changes ``train.steps`` of a run whose schedule decays over "the run's steps"
     (``schedule.decay_steps = 0``): the config with the decay pinned to the steps the run was started
     with, and the sentence that says so. Stretching the decay instead would send the learning rate
     back up mid-run (a 300-step run resumed to 600 went from 2.4e-4 back to 7.3e-4)."""
-    saved = run / "config.json"
-    if not resume or not saved.exists() or config.schedule.decay_steps:
+    if not resume or not run.config_file.exists() or config.schedule.decay_steps:
         return config, None
-    before = json.loads(saved.read_text())
-    old_steps = before.get("train", {}).get("steps")
-    decay = before.get("schedule", {}).get("decay_steps") or old_steps  # the decay the run was trained with
+    before = run.config()
+    old_steps = before.train.steps
+    decay = before.schedule.decay_steps or old_steps  # the decay the run was trained with
     if old_steps in (None, config.train.steps):
         return config, None
     pinned = dataclasses.replace(config, schedule=dataclasses.replace(config.schedule, decay_steps=decay))
@@ -93,21 +93,22 @@ def check_same_mixture(before, after, saved: Path) -> None:
                               "start a new run with another --out")
 
 
-def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_change: bool = False) -> Path | None:
+def resume_point(run: RunDir, config: TrainConfig, *, resume: bool, allow_config_change: bool = False) -> Path | None:
     """The checkpoint to continue from (None for a fresh run), decided before anything in ``run``
     is written: a fresh run into a directory with checkpoints, a resume with nothing to resume, a
     resume whose config differs (model fields never; others only the ``RESUMABLE_CHANGES`` with
     ``allow_config_change``), and a run whose checkpoints are all damaged are refused."""
     if not resume:
-        if holds_checkpoints(run):
-            raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or another --out")
+        if run.holds_checkpoints():
+            raise FileExistsError(f"{run.path} already holds checkpoints: pass --resume to continue it, or another --out")
         return None
-    if not holds_checkpoints(run):
-        raise ResumeRefused(f"--resume: {run} holds no checkpoint to continue; drop --resume to start a new run there")
-    saved = run / "config.json"
+    if not run.holds_checkpoints():
+        raise ResumeRefused(f"--resume: {run.path} holds no checkpoint to continue; drop --resume to start a new run "
+                            "there")
+    saved = run.config_file
     if saved.exists():
         # both through the dataclasses: a config.json written before a field existed holds its default
-        before = TrainConfig.from_mapping(json.loads(saved.read_text()), origin=str(saved)).to_json()
+        before = run.config().to_json()
         changes = config_changes(_pinned_schedule(json.loads(json.dumps(before))),
                                  _pinned_schedule(json.loads(json.dumps(config.to_json()))))
         unsafe = [c for c in changes if not c.startswith(RESUMABLE_CHANGES)]  # model.* among them, always
@@ -116,9 +117,9 @@ def resume_point(run: Path, config: TrainConfig, *, resume: bool, allow_config_c
             hint = (f" (only {', '.join(RESUMABLE_CHANGES)} may change on resume, with --allow-config-change)"
                     if unsafe else " (pass --allow-config-change to accept them)")
             raise ResumeRefused(f"--resume: the config differs from {saved}: " + "; ".join(refused) + hint)
-    path, notices = newest_complete(run)
+    path, notices = run.newest_complete()
     for notice in notices:
         print(f"resume: skipping a damaged checkpoint: {notice}", file=sys.stderr)
     if path is None:
-        raise CheckpointError(f"--resume: {run} holds no complete checkpoint: " + "; ".join(notices))
+        raise CheckpointError(f"--resume: {run.path} holds no complete checkpoint: " + "; ".join(notices))
     return path

@@ -27,15 +27,13 @@ import torch.distributed as dist
 
 from kidata.hashing import json_sha256, stable_seed
 from kidata.loader.collate import Augment, collate
-from kidata.loader.mixture import MixtureDataset
-from kidata.manifest import Manifest
+from kidata.loader.mixture import MixtureDataset, MixtureSettings
+from kidata.manifest import BuildDir, Manifest
 from kidata.model.ki_model import KIModel, sample_flow_inputs
-from kidata.tokenizers.prompt import SampleEncoder
 from kidata.training.checkpoint import (
     begin_checkpoint,
     finish_checkpoint,
     hash_share,
-    newest_complete,
     save_checkpoint,
     write_shards,
 )
@@ -61,7 +59,7 @@ from kidata.training.resume import (  # noqa: F401  (public here)
     keep_schedule,
     resume_point,
 )
-from kidata.training.run_folder import check_run_writable
+from kidata.training.run_dir import RunDir
 from kidata.training.step_metrics import DeviceMetrics, TrainingDiverged  # noqa: F401  (public here)
 from kidata.training.streams import StreamLayout, TrainStreams
 
@@ -89,31 +87,15 @@ def read_at(config: TrainConfig, step: int) -> bool:
             or bool(config.eval.every and step % config.eval.every == 0))
 
 
-def _prepare_run(run: Path, config: TrainConfig, manifest: Manifest, root: str, resume: bool) -> None:
+def _prepare_run(run: RunDir, config: TrainConfig, manifest: Manifest, build: BuildDir, resume: bool) -> None:
     """Copies the build's manifest and action tokenizer into RUN; refuses a resume on other data."""
-    import fsspec
-
-    saved = run / "manifest.json"
-    if resume and saved.exists():
-        before, _ = Manifest.read(str(saved))
+    if resume and run.manifest_file.exists():
+        before = run.manifest()
         manifest.check_expectations({"text_sha256": before.text_tokenizer.sha256,
                                      "fast_sha256": before.action_tokenizer.sha256,
                                      "encoding": before.encoding.to_json()})
-        check_same_mixture(before, manifest, saved)
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OSError(error.errno, f"{run}: cannot create the run directory there ({error.strerror or error}); "
-                                   "choose a writable --out") from None
-    check_run_writable(run)
-    config.save(run / "config.json")
-    saved.write_text(manifest.dumps())
-    fs, base = fsspec.core.url_to_fs(f"{root}/fast_tokenizer")
-    target = run / "fast_tokenizer"
-    target.mkdir(exist_ok=True)
-    for path in fs.ls(base, detail=False):
-        if fs.isfile(path):
-            (target / Path(path).name).write_bytes(fs.cat_file(path))
+        check_same_mixture(before, manifest, run.manifest_file)
+    run.create(config, manifest, build)
 
 
 def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, world: int, manifest: Manifest,
@@ -126,11 +108,10 @@ def _loader(config: TrainConfig, manifest_path: str, split: str, rank: int, worl
     (collate's ``trim_padding``); ``pin_memory`` (on CUDA) makes their copy to the device asynchronous."""
     encoding = manifest.encoding
     held_out = split == "val"
-    dataset = MixtureDataset(manifest_path, split=split, weights=None if held_out else dict(config.data.weights) or None,
-                             balance=config.data.balance, seed=0 if held_out else config.train.seed, rank=rank,
-                             world_size=world,
-                             shuffle_buffer=config.data.shuffle_buffer, augment=augment,
-                             verify_shards=config.data.verify_shards)
+    settings = MixtureSettings(split=split, weights=None if held_out else dict(config.data.weights) or None,
+                               balance=config.data.balance, seed=0 if held_out else config.train.seed,
+                               shuffle_buffer=config.data.shuffle_buffer, verify_shards=config.data.verify_shards)
+    dataset = MixtureDataset(BuildDir(manifest_path), settings, rank=rank, world_size=world, augment=augment)
     if state is not None:
         dataset.load_state_dict(state)
     collate_fn = functools.partial(collate, max_tokens=encoding.max_tokens, action_dim=config.model.action_dim,
@@ -162,16 +143,17 @@ def train(config: TrainConfig, run: str | Path, *, resume: bool = False, allow_c
     with deterministic_algorithms(config.train.deterministic):
         env = Distributed()
         try:
-            return _train(config, Path(run), env, resume, allow_config_change)
+            return _train(config, RunDir(run), env, resume, allow_config_change)
         finally:
             env.close()
 
 
-def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow_config_change: bool) -> dict:
+def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, allow_config_change: bool) -> dict:
     manifest_path = config.data.manifest
     if not manifest_path:
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
-    manifest, root = Manifest.read(manifest_path)
+    build = BuildDir(manifest_path)
+    manifest = build.read_manifest()
     check_compatible(manifest, config)
     check_init_tokenizer(manifest, config)  # a pretrained embedding means PaliGemma's token ids
     # refused before the run is touched: augmentation strengths, then streams the processes do not divide
@@ -182,9 +164,9 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     if schedule_notice and env.rank == 0:
         print(schedule_notice, file=sys.stderr)
     if env.rank == 0:
-        _prepare_run(run, config, manifest, root, resume)
+        _prepare_run(run, config, manifest, build, resume)
         if checkpoint_path is not None:
-            truncate_metrics(run / "metrics.jsonl", int(checkpoint_path.name.split("_")[1]))
+            truncate_metrics(run.metrics_file, int(checkpoint_path.name.split("_")[1]))
         else:
             drop_unfinished_attempt(run)
     if env.world > 1:
@@ -274,7 +256,7 @@ def _train(config: TrainConfig, run: Path, env: Distributed, resume: bool, allow
     return logger.finish(config.train.steps, result)
 
 
-def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_path: str, manifest: Manifest, run: Path,
+def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_path: str, manifest: Manifest, run: RunDir,
                  env: Distributed, autocast, has_val: bool, step: int) -> dict:
     """Held-out metrics (when the mixture has a val split) and, with ``[eval] metaworld`` at the
     steps it names, closed-loop success rates."""
@@ -287,7 +269,7 @@ def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_pat
     return result
 
 
-def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest: Manifest, run: Path,
+def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest: Manifest, run: RunDir,
                 env: Distributed) -> dict:
     """``[eval] metaworld``: the current weights (the EMA's, when kept, as ``kidata.policy.load``
     would pick) run closed-loop; ``metaworld_success`` is the mean over tasks."""
@@ -305,7 +287,7 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
                 if name in ema:
                     parameter.copy_(ema[name].to(parameter.dtype))
     try:
-        encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
+        encoder = run.encoder(manifest)
         policy = Policy(model, config, manifest, encoder, device=env.device, num_steps=config.eval.num_steps,
                         action_head=config.policy.action_head, fast_fallback=config.policy.fast_fallback)
         outcome = evaluate_metaworld(policy, settings["tasks"], episodes=settings.get("episodes", 5),
@@ -324,10 +306,10 @@ def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest:
             **{f"metaworld_success/{task}": round(rate, 4) for task, rate in outcome["success_rate"].items()}}
 
 
-def held_out_metrics(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: Manifest, run: Path,
+def held_out_metrics(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: Manifest, run: RunDir,
              env: Distributed, autocast) -> dict:
     """Metrics on the first ``eval.batches`` held-out batches of this rank, averaged over ranks."""
-    encoder = SampleEncoder.from_manifest(manifest, run / "fast_tokenizer")
+    encoder = run.encoder(manifest)
     evaluator = HeldOutMetrics(manifest, encoder, num_steps=config.eval.num_steps, max_new_tokens=config.eval.max_new_tokens)
     _, loader = _loader(config, manifest_path, "val", env.rank, env.world, manifest,
                         batch_size=config.eval.batch_size, workers=0, augment=None)
@@ -355,7 +337,7 @@ def sharded_run(config: TrainConfig, env: Distributed) -> bool:
     return env.world > 1 and config.train.fsdp
 
 
-def _checkpoint(run: Path, step: int, model, optimizer, ema, data: TrainStreams, config: TrainConfig,
+def _checkpoint(run: RunDir, step: int, model, optimizer, ema, data: TrainStreams, config: TrainConfig,
                 env: Distributed, last_tokens: torch.Tensor | None, wall_s: float | None) -> Path | None:
     # one state per stream, in stream order (rank r owns a consecutive run of them)
     streams = [state for part in env.gather(data.states(config.data.batch_size, config.data.num_workers))
@@ -369,7 +351,7 @@ def _checkpoint(run: Path, step: int, model, optimizer, ema, data: TrainStreams,
                "config_sha256": json_sha256(config.to_json()), "wall_s": wall_s}
     try:
         if sharded_run(config, env):
-            temporary = begin_checkpoint(run, step) if env.rank == 0 else None
+            temporary = begin_checkpoint(run.path, step) if env.rank == 0 else None
             temporary = env.gather(str(temporary))[0]
             model_state, optimizer_state = sharded_state_dicts(model, optimizer)
             rest = write_shards(Path(temporary), model=model_state, optimizer=optimizer_state, ema=ema)
@@ -379,14 +361,14 @@ def _checkpoint(run: Path, step: int, model, optimizer, ema, data: TrainStreams,
                       for name, entry in share.items()}
             if env.rank != 0:
                 return None
-            return finish_checkpoint(run, step, Path(temporary), trainer=trainer, optimizer_rest=rest,
+            return finish_checkpoint(run.path, step, Path(temporary), trainer=trainer, optimizer_rest=rest,
                                      keep=config.checkpoint.keep, hashed=hashed)
         model_state, optimizer_state = full_state_dicts(model, optimizer)
         if env.rank != 0:
             return None
-        return save_checkpoint(run, step, model=model_state, optimizer=optimizer_state, ema=ema, trainer=trainer,
+        return save_checkpoint(run.path, step, model=model_state, optimizer=optimizer_state, ema=ema, trainer=trainer,
                                keep=config.checkpoint.keep)
     except OSError as error:
-        previous = newest_complete(run)[0]
+        previous = run.newest_complete()[0]
         raise OSError(error.errno, f"checkpoint at step {step} failed ({error.strerror or error}); the previous "
                                    f"checkpoint is intact: {previous}") from error

@@ -173,6 +173,7 @@ def test_a_careless_comparison_is_refused_in_one_sentence(recipe, tmp_path, caps
 
     from kidata.cli import main
     from kidata.compare.runs import _overrides, build_once
+    from kidata.manifest import Encoding, Manifest, TokenizerRef
 
     with pytest.raises(ValueError, match=r"--variants \['vlm', 'pi1'\] are not among"):
         CompareConfig(recipe="r", model="m", out=tmp_path, variants=("ki", "vlm", "pi1"))
@@ -184,7 +185,10 @@ def test_a_careless_comparison_is_refused_in_one_sentence(recipe, tmp_path, caps
         _overrides(CompareConfig(**{**config.__dict__, "metaworld_episodes": 2}), tmp_path / "manifest.json",
                    robot_only, "ki", False, 0)
     (tmp_path / "data").mkdir()
-    (tmp_path / "data" / "manifest.json").write_text(json.dumps({"recipe_sha256": "0" * 64}))
+    encoding = Encoding("text", "pi05", 4, 2, 32, 64, "quantile", "openpi", 300, (100, 199))
+    other = Manifest("0", {"mixture": {"name": "other"}, "sources": []}, "0" * 64, TokenizerRef("t", "0"),
+                     TokenizerRef("fast_tokenizer", "0"), encoding)  # a build of another recipe
+    (tmp_path / "data" / "manifest.json").write_text(other.dumps())
     with pytest.raises(ValueError, match=r"was built from another recipe than .*recipe.toml \(recipe sha256 "
                                          r"000000000000 vs [0-9a-f]{12}\): use another --out"):
         build_once(config)

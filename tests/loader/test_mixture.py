@@ -14,8 +14,8 @@ pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS"
 from support.recipes import write_recipe  # noqa: E402
 
 from kidata.loader.collate import Augment, collate  # noqa: E402
-from kidata.loader.mixture import MixtureDataset, _SourceStream  # noqa: E402
-from kidata.manifest import ManifestMismatch  # noqa: E402
+from kidata.loader.mixture import MixtureDataset, MixtureSettings, _SourceStream  # noqa: E402
+from kidata.manifest import BuildDir, ManifestMismatch  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
 
@@ -33,15 +33,15 @@ def keys(dataset, count):
 
 
 def test_realised_source_frequencies_follow_the_weights(manifest_path):
-    dataset = MixtureDataset(manifest_path, weights={"bridge": 0.7, "vqav2": 0.3}, decode_images=False)
+    dataset = MixtureDataset(BuildDir(manifest_path), MixtureSettings(weights={"bridge": 0.7, "vqav2": 0.3}, decode_images=False))
     counts = collections.Counter(s["source"] for s in itertools.islice(iter(dataset), 10_000))
     assert abs(counts["bridge"] / 10_000 - 0.7) < 0.02 and abs(counts["vqav2"] / 10_000 - 0.3) < 0.02
 
 
 def test_balance_scales_each_sources_weight_by_its_sample_count(manifest_path):
-    plain = MixtureDataset(manifest_path, decode_images=False)
+    plain = MixtureDataset(BuildDir(manifest_path), MixtureSettings(decode_images=False))
     samples = {p.name: sum(count for _, count in p.shards) for p in plain.plans}
-    balanced = MixtureDataset(manifest_path, balance=True, decode_images=False)
+    balanced = MixtureDataset(BuildDir(manifest_path), MixtureSettings(balance=True, decode_images=False))
     raw = {"bridge": 1.0 * samples["bridge"], "vqav2": 0.2 * samples["vqav2"]}
     expected = {name: value / sum(raw.values()) for name, value in raw.items()}
     assert balanced.weights == pytest.approx(expected) and expected["vqav2"] < 0.01 < plain.weights["vqav2"]
@@ -50,12 +50,12 @@ def test_balance_scales_each_sources_weight_by_its_sample_count(manifest_path):
 
 
 def test_manifest_weights_are_the_default(manifest_path):
-    dataset = MixtureDataset(manifest_path, decode_images=False)
+    dataset = MixtureDataset(BuildDir(manifest_path), MixtureSettings(decode_images=False))
     assert dataset.weights == pytest.approx({"bridge": 1 / 1.2, "vqav2": 0.2 / 1.2})
 
 
 def test_consumers_read_disjoint_streams_that_cover_each_epoch(manifest_path):
-    dataset = MixtureDataset(manifest_path, decode_images=False)
+    dataset = MixtureDataset(BuildDir(manifest_path), MixtureSettings(decode_images=False))
     for plan in dataset.plans:
         total = sum(count for _, count in plan.shards)
         seen = []
@@ -73,7 +73,8 @@ def test_consumers_read_disjoint_streams_that_cover_each_epoch(manifest_path):
 def test_two_ranks_with_two_workers_see_different_samples_in_each_step(manifest_path):
     batches = {}
     for rank in (0, 1):
-        dataset = MixtureDataset(manifest_path, rank=rank, world_size=2, decode_images=False, weights={"bridge": 1.0})
+        dataset = MixtureDataset(BuildDir(manifest_path), MixtureSettings(decode_images=False, weights={"bridge": 1.0}),
+                                 rank=rank, world_size=2)
         loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=2, collate_fn=lambda b: [s["__key__"] for s in b])
         batches[rank] = list(itertools.islice(iter(loader), 6))
     for step in range(6):
@@ -81,17 +82,17 @@ def test_two_ranks_with_two_workers_see_different_samples_in_each_step(manifest_
 
 
 def test_fewer_shards_than_workers_does_not_hang(manifest_path):
-    dataset = MixtureDataset(manifest_path, world_size=1, decode_images=False, weights={"vqav2": 1.0})
+    dataset = MixtureDataset(BuildDir(manifest_path), MixtureSettings(decode_images=False, weights={"vqav2": 1.0}), world_size=1)
     loader = torch.utils.data.DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=lambda b: b)
     assert len(list(itertools.islice(iter(loader), 4))) == 4
 
 
 def test_resume_in_process_continues_exactly(manifest_path):
-    first = MixtureDataset(manifest_path, seed=3, decode_images=False)
+    first = MixtureDataset(BuildDir(manifest_path), MixtureSettings(seed=3, decode_images=False))
     uninterrupted = keys(first, 250)
-    partial = MixtureDataset(manifest_path, seed=3, decode_images=False)
+    partial = MixtureDataset(BuildDir(manifest_path), MixtureSettings(seed=3, decode_images=False))
     assert keys(partial, 150) == uninterrupted[:150]
-    resumed = MixtureDataset(manifest_path, seed=3, decode_images=False)
+    resumed = MixtureDataset(BuildDir(manifest_path), MixtureSettings(seed=3, decode_images=False))
     resumed.load_state_dict(partial.state_dict())
     assert keys(resumed, 100) == uninterrupted[150:]
 
@@ -101,16 +102,17 @@ def test_resume_with_a_multi_worker_dataloader(manifest_path):
         return iter(torch.utils.data.DataLoader(dataset, batch_size=3, num_workers=2,
                                                 collate_fn=lambda b: [s["__key__"] for s in b]))
 
-    straight = list(itertools.islice(loader(MixtureDataset(manifest_path, seed=5, decode_images=False)), 10))
-    dataset = MixtureDataset(manifest_path, seed=5, decode_images=False)
+    settings = MixtureSettings(seed=5, decode_images=False)
+    straight = list(itertools.islice(loader(MixtureDataset(BuildDir(manifest_path), settings)), 10))
+    dataset = MixtureDataset(BuildDir(manifest_path), MixtureSettings(seed=5, decode_images=False))
     state = dataset.state_after_batches(batches=7, batch_size=3, num_workers=2)
-    resumed = MixtureDataset(manifest_path, seed=5, decode_images=False)
+    resumed = MixtureDataset(BuildDir(manifest_path), MixtureSettings(seed=5, decode_images=False))
     resumed.load_state_dict(state)
     assert list(itertools.islice(loader(resumed), 3)) == straight[7:10]
 
 
 def test_collation_of_a_mixed_batch_has_the_documented_shapes_and_masks(manifest_path):
-    dataset = MixtureDataset(manifest_path, weights={"bridge": 0.5, "vqav2": 0.5}, seed=1)
+    dataset = MixtureDataset(BuildDir(manifest_path), MixtureSettings(weights={"bridge": 0.5, "vqav2": 0.5}, seed=1))
     samples = list(itertools.islice(iter(dataset), 8))
     assert {s["source"] for s in samples} == {"bridge", "vqav2"}
     batch = collate(samples, max_tokens=128, action_dim=8, action_horizon=4, state_dim=10,
@@ -131,9 +133,9 @@ def test_collation_of_a_mixed_batch_has_the_documented_shapes_and_masks(manifest
 
 def test_a_mismatched_tokenizer_or_encoding_is_refused(manifest_path):
     with pytest.raises(ManifestMismatch, match="fast_sha256"):
-        MixtureDataset(manifest_path, expect={"fast_sha256": "0" * 64})
+        MixtureDataset(BuildDir(manifest_path), MixtureSettings(expect={"fast_sha256": "0" * 64}))
     with pytest.raises(ManifestMismatch, match="encoding.action_horizon: build has 4, expected 10"):
-        MixtureDataset(manifest_path, expect={"encoding": {"action_horizon": 10}})
+        MixtureDataset(BuildDir(manifest_path), MixtureSettings(expect={"encoding": {"action_horizon": 10}}))
 
 
 def test_augmentation_is_seeded_and_spares_wrist_geometry():

@@ -196,11 +196,3 @@ def test_an_openpi_checkpoint_fills_the_base_weights_under_fresh_adapters(tmp_pa
         assert torch.equal(ours.state_dict()[name], tensor), name
     assert all(torch.count_nonzero(p) == 0 for name, p in ours.named_parameters() if name.endswith("lora_b"))
 
-
-def test_lora_under_sharded_fsdp_is_refused_naming_ddp_before_any_process_group():
-    from kidata.training.config import TrainConfig
-    from kidata.training.initialize import build_sharded
-
-    config = TrainConfig.load(TINY, ["--model.lora", "{}", "--train.init_from", "runs/vlm", "--train.fsdp", "true"])
-    with pytest.raises(ValueError, match=r"model.lora with train.fsdp on several processes .* set train.fsdp = false"):
-        build_sharded(config, torch.device("cpu"), 2, bf16=False)

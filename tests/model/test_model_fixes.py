@@ -33,10 +33,9 @@ def test_a_checkpoint_with_fewer_embedding_rows_than_the_model_is_refused(tmp_pa
 
 
 def test_the_2b_preset_keeps_openpis_vocabulary_and_the_papers_horizon():
-    from kidata.assets import resolve
     from kidata.training.config import TrainConfig
 
-    config = TrainConfig.load(resolve("model/ki_2b.toml"))
+    config = TrainConfig.load("model/ki_2b.toml")
     assert config.model.vocab_size == 257152  # PaliGemma's tokenizer; FAST ids = 257152 - 1 - 128 - token
     assert config.model.action_horizon == 50  # the paper, appendix B
 

@@ -148,7 +148,8 @@ def zero_second_half_of_member(shard: Path, suffix: str) -> str:
 def test_a_sample_whose_image_does_not_decode_is_skipped_and_counted_by_default(two_builds, tmp_path, capfd):
     from itertools import islice
 
-    from kidata.loader.mixture import MixtureDataset
+    from kidata.loader.mixture import MixtureDataset, MixtureSettings
+    from kidata.manifest import BuildDir
 
     root, _, _ = two_builds
     out = copy_build(root / "a", tmp_path / "out")
@@ -156,7 +157,8 @@ def test_a_sample_whose_image_does_not_decode_is_skipped_and_counted_by_default(
     shard = next(s for s in manifest["sources"][0]["shards"] if s["split"] == "train")
     total = sum(s["samples"] for s in manifest["sources"][0]["shards"] if s["split"] == "train")
     key = zero_second_half_of_member(out / shard["path"], ".base_0.jpg")
-    dataset = MixtureDataset(str(out / "manifest.json"), shuffle_buffer=1)  # the trainer's defaults: no sha256 check
+    # the trainer's defaults: no sha256 check
+    dataset = MixtureDataset(BuildDir(str(out / "manifest.json")), MixtureSettings(shuffle_buffer=1))
     samples = list(islice(iter(dataset), total - 1))
     assert key not in {s["__key__"] for s in samples} and len({s["__key__"] for s in samples}) == total - 1
     assert dataset.corrupt_samples == {"bridge": 1}

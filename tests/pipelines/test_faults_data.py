@@ -196,7 +196,8 @@ def damaged_build(mixture, tmp_path) -> Path:
 
 
 def test_a_token_id_past_the_vocabulary_is_named_with_its_shard_and_sample(damaged_build):
-    from kidata.loader.mixture import MixtureDataset, ShardError
+    from kidata.loader.mixture import MixtureDataset, MixtureSettings, ShardError
+    from kidata.manifest import BuildDir
 
     shard = _shard_path(damaged_build)
     data = bytearray(shard.read_bytes())
@@ -206,34 +207,36 @@ def test_a_token_id_past_the_vocabulary_is_named_with_its_shard_and_sample(damag
     header = int.from_bytes(data[start + 8 : start + 10], "little")
     data[start + 10 + header + 3] ^= 0x40  # a high bit of the first token id
     shard.write_bytes(bytes(data))
-    dataset = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
+    dataset = MixtureDataset(BuildDir(str(damaged_build)), MixtureSettings(weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1))
     with pytest.raises(ShardError, match=rf"shard .*{shard.name}, sample .*: token id \d+ outside the vocabulary"):
         drain(dataset)
 
 
 def test_a_truncated_shard_is_named_with_the_sample_count_it_lost(damaged_build):
-    from kidata.loader.mixture import MixtureDataset, ShardError
+    from kidata.loader.mixture import MixtureDataset, MixtureSettings, ShardError
+    from kidata.manifest import BuildDir
 
     shard = _shard_path(damaged_build)
     data = shard.read_bytes()
     shard.write_bytes(data[: (len(data) // 2) // 512 * 512])  # cut at a tar block boundary
-    dataset = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
+    dataset = MixtureDataset(BuildDir(str(damaged_build)), MixtureSettings(weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1))
     # cut mid-sample: the partial sample is named; cut between samples: the lost count is
     with pytest.raises(ShardError, match=rf"shard .*{shard.name}(, sample \S+: lacks| holds \d+ samples, the manifest)"):
         drain(dataset)
 
 
 def test_verify_shards_refuses_a_shard_whose_sha256_differs(damaged_build):
-    from kidata.loader.mixture import MixtureDataset, ShardError
+    from kidata.loader.mixture import MixtureDataset, MixtureSettings, ShardError
+    from kidata.manifest import BuildDir
 
     shard = _shard_path(damaged_build)
     data = bytearray(shard.read_bytes())
     data[-1] ^= 0x01  # in the tar's zero padding: invisible to every other check
     shard.write_bytes(bytes(data))
-    plain = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1)
+    plain = MixtureDataset(BuildDir(str(damaged_build)), MixtureSettings(weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1))
     next(iter(plain))
-    checked = MixtureDataset(str(damaged_build), weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1,
-                             verify_shards=True)
+    checked = MixtureDataset(BuildDir(str(damaged_build)), MixtureSettings(weights={"bridge": 1.0, "vqav2": 0.0}, shuffle_buffer=1,
+                                                                                verify_shards=True))
     with pytest.raises(ShardError, match="does not match the manifest's sha256"):
         drain(checked)
 
@@ -323,11 +326,13 @@ def test_a_text_tokenizer_that_is_neither_a_path_nor_a_loadable_hub_id_is_named(
     from kidata.tokenizers.text import TextTokenizer
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"text tokenizer './toks/mine': toks/mine does not exist .*give a "
-                                                r"folder holding tokenizer.model or tokenizer.json"):
+    with pytest.raises(FileNotFoundError, match=rf"text tokenizer './toks/mine': {tmp_path}/toks/mine does not exist; "
+                                                r"no shipped asset of that name .*; not a Hugging Face hub id \(org/name\); "
+                                                r"give a folder holding tokenizer.model or tokenizer.json"):
         TextTokenizer.load("./toks/mine")
-    with pytest.raises(FileNotFoundError, match=r"text tokenizer 'tokenizers/mine': tokenizers/mine does not exist "
-                                                r".*as a Hugging Face hub id it could not be loaded"):
+    with pytest.raises(FileNotFoundError, match=r"text tokenizer 'tokenizers/mine': .*tokenizers/mine does not exist; "
+                                                r".*the Hugging Face model repo is not in the hub cache and could not "
+                                                r"be fetched"):
         TextTokenizer.load("tokenizers/mine")
 
 

@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "kidata"
 # base <- sources, tokenizers <- pipelines <- loader <- training -> model; envs for sources and
 # eval; inference (policy) needs model, tokenizers and normalization, never the build.
 BASE = {"kidata", "kidata.assets", "kidata.config", "kidata.delta", "kidata.hashing", "kidata.images", "kidata.lazy",
-        "kidata.manifest", "kidata.normalize", "kidata.progress", "kidata.schema", "kidata.stats_formats"}
+        "kidata.locate", "kidata.manifest", "kidata.normalize", "kidata.progress", "kidata.schema", "kidata.stats_formats"}
 ALLOWED = {
     "base": BASE,
     "kidata.envs": BASE,
@@ -28,7 +28,7 @@ ALLOWED = {
     "kidata.loader": BASE | {"kidata.loader", "kidata.pipelines.shards", "kidata.tokenizers.prompt"},
     "kidata.observation": BASE,  # a policy's caller inputs checked as data
     "kidata.policy": BASE | {"kidata.model", "kidata.tokenizers", "kidata.loader.collate", "kidata.training.config",
-                             "kidata.training.checkpoint", "kidata.observation"},
+                             "kidata.training.checkpoint", "kidata.training.run_dir", "kidata.observation"},
     "kidata.training": BASE | {"kidata.training", "kidata.model", "kidata.loader", "kidata.tokenizers",
                                "kidata.policy", "kidata.eval.metaworld"},
     "kidata.eval": BASE | {"kidata.eval", "kidata.envs", "kidata.policy", "kidata.loader", "kidata.model",

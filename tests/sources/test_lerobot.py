@@ -154,8 +154,9 @@ def test_an_unreachable_hub_dataset_names_the_repo_and_the_cache(monkeypatch, tm
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    with pytest.raises(FileNotFoundError, match=r"repo_id 'lerobot/aloha_sim' \(revision v3\.0\) is not in the hub "
-                                                r"cache.*the cache looked in: " + str(tmp_path)):
+    with pytest.raises(FileNotFoundError, match=r"repo_id 'lerobot/aloha_sim': the Hugging Face dataset repo at "
+                                                r"revision v3\.0 is not in the hub cache.*the hub cache looked in: "
+                                                + str(tmp_path)):
         open_source("lerobot", repo_id="lerobot/aloha_sim", revision="v3.0", mapping=MAPPING)
 
 

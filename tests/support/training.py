@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 from kidata import assets
@@ -48,3 +51,16 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def run_two_processes(run: Path, mixture: str, *extra: str) -> None:
+    """``kidata train`` of the tiny preset in SHAPE on 2 gloo processes (torchrun, CPU) into ``run``, then ``extra``
+    overrides; asserts that it exits 0."""
+    from support.data import REPO
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run), *SHAPE,
+               *extra]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO,
+                            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert result.returncode == 0, result.stderr[-3000:]

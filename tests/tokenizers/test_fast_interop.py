@@ -72,8 +72,11 @@ def test_a_hub_repo_id_loads_through_huggingface_hub(saved, monkeypatch):
 
 
 def test_an_unreachable_hub_id_is_named_with_the_cache_it_looked_in(hub_offline):
-    with pytest.raises(FileNotFoundError, match=r"'my-org/absent-fast': not a local folder, and the hub repo could "
-                                                r"not be fetched .*the hub cache looked in"):
+    # the refusal every located thing gives (kidata.locate): each place tried, the hub cache last
+    with pytest.raises(FileNotFoundError, match=r"FAST tokenizer 'my-org/absent-fast': .*/my-org/absent-fast does not "
+                                                r"exist; no shipped asset of that name .*; the Hugging Face model repo "
+                                                r"is not in the hub cache and could not be fetched .*the hub cache "
+                                                r"looked in: "):
         FastTokenizer.load("my-org/absent-fast")
 
 

@@ -250,10 +250,11 @@ def test_a_well_formed_observation_with_an_absent_camera_is_accepted(loaded):
 
 @pytest.mark.parametrize("weight", [float("nan"), float("inf"), -0.5])
 def test_loader_weights_must_be_finite_and_non_negative(mixture, weight):
-    from kidata.loader.mixture import MixtureDataset
+    from kidata.loader.mixture import MixtureDataset, MixtureSettings
+    from kidata.manifest import BuildDir
 
     with pytest.raises(ValueError, match="weight of source 'bridge' is"):
-        MixtureDataset(mixture, weights={"bridge": weight, "vqav2": 1.0})
+        MixtureDataset(BuildDir(mixture), MixtureSettings(weights={"bridge": weight, "vqav2": 1.0}))
 
 
 def test_an_unwritable_run_directory_is_named(mixture, tmp_path):

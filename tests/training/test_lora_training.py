@@ -1,6 +1,6 @@
 """A LoRA fine-tune through ``kidata train`` on the real Bridge + VQAv2 fixtures: a ``vlm`` run's
 backbone adapted, the fresh expert trained whole, checkpoints holding the trained set alone in the
-optimizer and EMA, resume, the merged policy and the merged export."""
+optimizer and EMA, resume, 2-process FSDP2, the merged policy and the merged export."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
-from support.training import config, losses  # noqa: E402
+from support.training import config, losses, run_two_processes  # noqa: E402
 
 from kidata.training.checkpoint import read_full  # noqa: E402
 from kidata.training.trainer import train  # noqa: E402
@@ -80,6 +80,51 @@ def test_a_resumed_lora_run_repeats_the_uninterrupted_losses(lora_run, mixture, 
     assert losses(copy) == losses(run)
     assert all(torch.equal(a, b) for a, b in zip(read_full(step(copy, 4), "model").values(),
                                                  read_full(step(run, 4), "model").values()))
+
+
+ACCUMULATED = ("--data.streams", "2", "--optim.grad_accum", "2", "--data.batch_size", "4", "--train.steps", "4",
+               "--checkpoint.every", "2", "--eval.every", "0", "--optim.ema_decay", "0.9", "--train.fsdp", "true")
+
+
+@pytest.fixture(scope="module")
+def sharded_lora_runs(lora_run, mixture, tmp_path_factory) -> dict:
+    """The same 4 LoRA steps over 2 data streams with 2 micro-batches each per step, on 1 process
+    and on 2 gloo processes under FSDP2 (each a stream), from the ``vlm`` run's backbone."""
+    vlm, _ = lora_run
+    root = tmp_path_factory.mktemp("lora_fsdp")
+    overrides = (*LORA, "--train.init_from", json.dumps(str(vlm)), *ACCUMULATED)
+    train(config(mixture, *overrides), root / "one")
+    run_two_processes(root / "two", mixture, *overrides)
+    return {"vlm": vlm, 1: root / "one", 2: root / "two", "config": config(mixture, *overrides)}
+
+
+@pytest.mark.slow
+def test_a_two_process_fsdp_lora_run_accumulating_micro_batches_trains_as_one_process_does(sharded_lora_runs):
+    one, two = sharded_lora_runs[1], sharded_lora_runs[2]
+    trainer = json.loads((step(two, 4) / "trainer.json").read_text())
+    assert trainer["world_size"] == 2 and (step(two, 4) / "model").is_dir()  # written as each rank's shards
+    assert sorted(losses(two)) == [1, 2, 3, 4]
+    for number in (1, 2, 3, 4):
+        assert losses(two)[number] == pytest.approx(losses(one)[number], rel=1e-5, abs=1e-6), number
+    for part in ("model", "ema"):
+        sharded, whole = read_full(step(two, 4), part), read_full(step(one, 4), part)
+        assert set(sharded) == set(whole)
+        for name in whole:
+            torch.testing.assert_close(sharded[name], whole[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.slow
+def test_under_fsdp_only_the_trained_tensors_change_and_the_frozen_base_stays_the_initial_one(sharded_lora_runs):
+    from kidata.training.initialize import initialized_model
+
+    initial = initialized_model(sharded_lora_runs["config"]).state_dict()
+    trained = {name.rsplit(".", 1)[0] for name in read_full(step(sharded_lora_runs[2], 4), "optimizer")}
+    assert trained == trained_names(sharded_lora_runs[1])  # the one-process run's trained set
+    final = read_full(step(sharded_lora_runs[2], 4), "model")
+    changed = {name for name, tensor in final.items() if not torch.equal(tensor, initial[name])}
+    assert changed == trained
+    assert {name for name in trained if name.startswith("layers.")} == {
+        name for name in final if name.startswith("layers.") and "lora" in name}  # the backbone through its adapters
 
 
 def observation(seed: int = 0) -> dict:

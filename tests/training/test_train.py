@@ -18,7 +18,7 @@ pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS"
 
 from support.data import REPO as ROOT  # noqa: E402
 from support.data import shared_path  # noqa: E402
-from support.training import SHAPE, TINY, config, free_port, losses  # noqa: E402
+from support.training import SHAPE, TINY, config, free_port, losses, run_two_processes  # noqa: E402
 
 from kidata.config import parse_overrides  # noqa: E402
 from kidata.manifest import ManifestMismatch  # noqa: E402
@@ -408,15 +408,6 @@ def test_resuming_two_processes_shards_on_one_loads_them_then_names_the_data_str
                                          r"2 process\(es\) .* \[data\] streams = S"):
         train(config(mixture, "--train.steps", "6", "--checkpoint.every", "3", "--eval.every", "0",
                      "--optim.ema_decay", "0.9", "--train.fsdp", "true"), run, resume=True)
-
-
-def run_two_processes(run: Path, mixture: str, *extra: str) -> None:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               "-m", "kidata.cli", "train", "--model", str(TINY), "--data", mixture, "--out", str(run), *SHAPE,
-               *extra]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
-    assert result.returncode == 0, result.stderr[-3000:]
 
 
 STREAMED = ("--data.streams", "2", "--optim.grad_accum", "2", "--data.batch_size", "4", "--train.steps", "6",
