@@ -84,8 +84,8 @@ def collated(samples, config):
 
 @pytest.mark.parametrize("layout", ["pi0fast", "subtask", "pi05"])
 def test_the_evaluator_generates_fast_tokens_from_where_the_policy_does(text_and_fast, layout):
+    from kidata.loader.collate import generation_prompt
     from kidata.tokenizers.prompt import SampleEncoder
-    from kidata.training.held_out import generation_prompt
 
     text, fast = text_and_fast
     encoder = SampleEncoder(text, fast, prompt_format="pi0fast" if layout == "pi0fast" else "pi05")
