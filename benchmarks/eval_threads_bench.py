@@ -2,7 +2,7 @@
 torch's default thread count (one per core) next to one thread (what the evaluator sets), interleaved
 in one process, the same episodes each time.
 
-    python benchmarks/eval_threads_bench.py --run demo-out/run [--tasks drawer-close] [--episodes 3] [--rounds 2]
+    python benchmarks/eval_threads_bench.py --run demo-out/run [--tasks window-close] [--episodes 3] [--rounds 2]
 
 The renderer lives in a child process (``kidata.envs.metaworld.Scene``); with one torch thread per
 core the policy's OpenMP workers spin between its small forwards and take the cores the renderer
@@ -19,7 +19,7 @@ import time
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", required=True, help="a kidata train run on a Meta-World recipe")
-    parser.add_argument("--tasks", nargs="+", default=["drawer-close"])
+    parser.add_argument("--tasks", nargs="+", default=["window-close"])
     parser.add_argument("--episodes", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
@@ -38,8 +38,7 @@ def main() -> None:
         for label in seconds:
             metaworld.torch_threads = single if label == one else (lambda count: contextlib.nullcontext())
             started = time.perf_counter()
-            metaworld.evaluate_metaworld(loaded, args.tasks, episodes=args.episodes, replan=loaded.config.policy.replan,
-                                         scene=scene)
+            metaworld.evaluate_metaworld(loaded, args.tasks, episodes=args.episodes, scene=scene)
             seconds[label].append(time.perf_counter() - started)
     metaworld.torch_threads = single
     best = {label: min(times) for label, times in seconds.items()}

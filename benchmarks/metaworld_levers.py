@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import time
 
-LEVERS = {  # name -> (policy.load keywords, evaluate_metaworld keywords)
+LEVERS = {  # name -> (policy.load keywords, Chunking keywords)
     "baseline: EMA, flow, 10 steps, replan 5": ({}, {}),
     "replan every action": ({}, {"replan": 1}),
     "replan every 10 (whole chunk)": ({}, {"replan": 10}),
@@ -31,6 +31,7 @@ LEVERS = {  # name -> (policy.load keywords, evaluate_metaworld keywords)
 
 def main() -> None:
     from kidata import policy as policies
+    from kidata.eval.chunking import Chunking
     from kidata.eval.metaworld import SceneSettings, evaluate_metaworld
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -55,7 +56,7 @@ def main() -> None:
             continue
         scene = SceneSettings.from_recipe(policy.manifest.recipe, policy.source)
         outcome = evaluate_metaworld(policy, args.tasks, episodes=args.episodes, scene=scene,
-                                     **{"replan": 5, **evaluate})
+                                     chunking=Chunking(**{"replan": 5, **evaluate}))
         rates = [outcome["success_rate"][task] for task in sorted(outcome["success_rate"], key=lambda t: [
             i for i, wanted in enumerate(args.tasks) if t.startswith(wanted)][0])]
         minutes = (time.perf_counter() - start) / 60

@@ -22,18 +22,18 @@ from kidata.manifest import BuildDir
 
 DEMO_RECIPE = assets.ROOT / "pipelines" / "demo.toml"
 TINY_PRESET = assets.ROOT / "model" / "ki_tiny.toml"
-# 5000 steps: 324.5 s of training on 2 CPU cores, then 0.77 mean success with the FAST head (0.63 with the
-# flow expert) over 20 episodes per task (docs/results/metaworld.md, "The demo")
+# 5000 steps: about 5.5 minutes of training on 2 CPU cores, then 0.70 mean success with the FAST head over
+# 20 episodes per task (docs/results/metaworld.md, "`make demo`")
 DEMO_TRAIN_STEPS = 5000
 DEMO_ACTION_HEAD = "fast"  # at this size the backbone's FAST tokens act better than the small expert (same page)
 DEMO_EPISODES = 20
-MAX_STEPS = 300  # the same episode budget as `kidata eval metaworld`
 
 
 def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eval_episodes: int = DEMO_EPISODES) -> dict:
     import json
 
     from kidata import policy as policies
+    from kidata.eval.during_training import closed_loop_hook
     from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, SceneSettings, evaluate_metaworld
     from kidata.pipelines.build import build
     from kidata.pipelines.inspect_build import inspect_build
@@ -59,17 +59,16 @@ def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eva
         print(f"removing the previous demo run {run}", flush=True)
         shutil.rmtree(run)
     print(f"\n2/3 training {TINY_PRESET.name} for {config.train.steps} steps into {run} ...", flush=True)
-    report = train(config, run)
+    report = train(config, run, closed_loop=closed_loop_hook(config))
 
     tasks = [source.options["tasks"] for source in recipe.sources if source.reader == "metaworld"][0]
     print(f"\n3/3 closed-loop evaluation in Meta-World ({eval_episodes} episodes per task) ...", flush=True)
     loaded = policies.load(run)
     scene = SceneSettings.from_recipe(loaded.manifest.recipe)
-    trained = evaluate_metaworld(loaded, tasks, episodes=eval_episodes, replan=loaded.config.policy.replan,
-                                 max_steps=MAX_STEPS, scene=scene, out=run / "metaworld",
-                                 ensemble=loaded.config.policy.temporal_ensemble, progress=True)
-    upper = evaluate_metaworld(ExpertPolicy(), tasks, episodes=eval_episodes, max_steps=MAX_STEPS, scene=scene)
-    lower = evaluate_metaworld(RandomPolicy(seed=0), tasks, episodes=eval_episodes, max_steps=MAX_STEPS, scene=scene)
+    trained = evaluate_metaworld(loaded, tasks, episodes=eval_episodes, scene=scene, out=run / "metaworld",
+                                 progress=True)
+    upper = evaluate_metaworld(ExpertPolicy(), tasks, episodes=eval_episodes, scene=scene)
+    lower = evaluate_metaworld(RandomPolicy(seed=0), tasks, episodes=eval_episodes, scene=scene)
     print(summary(trained, upper, lower, report.get("eval", {}), out, run, loaded.action_head))
     return {"manifest": manifest, "train": report, "metaworld": trained, "expert": upper, "random": lower}
 

@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+from kidata.envs.metaworld import MAX_EPISODE_STEPS
+
 
 def add_parser(commands) -> None:
     evaluate = commands.add_parser("eval", help="closed-loop evaluation of policies")
@@ -32,7 +34,7 @@ def add_parser(commands) -> None:
                            help="execute the weighted mean of every chunk covering a step, weights exp(-DECAY i) from "
                                 "the oldest (ACT's temporal ensembling; 0.01 in ACT), or 'off' for each chunk's first "
                                 "--replan actions (default: the run's [policy] temporal_ensemble, or the server's)")
-    metaworld.add_argument("--max-steps", type=int, default=300, help="step budget of an episode")
+    metaworld.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS, help="step budget of an episode")
     metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps (1 or more)")
     metaworld.add_argument("--device", help="where a --run's model runs: cuda, cuda:1, cpu (default: cuda when present)")
     metaworld.add_argument("--precision", choices=["float32", "bfloat16"], default="float32",
@@ -71,12 +73,13 @@ def add_parser(commands) -> None:
     privileged.add_argument("--steps", type=int, default=3000, help="training steps of the MLP")
     privileged.add_argument("--episodes", type=int, default=20, help="evaluation episodes per task")
     privileged.add_argument("--replan", type=int, default=5, help="actions executed per predicted chunk")
-    privileged.add_argument("--max-steps", type=int, default=300, help="step budget of an episode")
+    privileged.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS, help="step budget of an episode")
     privileged.add_argument("--out", help="folder for privileged.json and the evaluator's files")
     privileged.set_defaults(handler=privileged_command)
 
 
 def metaworld_command(args: argparse.Namespace) -> int:
+    from kidata.eval.chunking import Chunking
     from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, SceneSettings, evaluate_metaworld
 
     if args.run:
@@ -101,8 +104,6 @@ def metaworld_command(args: argparse.Namespace) -> int:
         if args.out is None:
             args.out = str(Path(args.run) / "metaworld")
         chunk_policy = policy
-        replan = policy.config.policy.replan
-        ensemble = policy.config.policy.temporal_ensemble
         if args.layouts == "training":
             from kidata.eval.metaworld import training_layouts
 
@@ -114,10 +115,6 @@ def metaworld_command(args: argparse.Namespace) -> int:
         if args.check_parity:
             raise SystemExit("kidata eval metaworld: --check-parity needs --run")
         scene = SceneSettings(goal_marker_scale=args.goal_marker_scale)
-        from kidata.training.config import PolicyConfig
-
-        replan = PolicyConfig.replan  # the default of a run's [policy], for policies that are not runs
-        ensemble = None
         if args.policy.startswith(("ws://", "wss://")):
             from kidata.serving.client import RemotePolicy
 
@@ -126,8 +123,6 @@ def metaworld_command(args: argparse.Namespace) -> int:
                 scene = SceneSettings.from_recipe(chunk_policy.metadata["recipe"], chunk_policy.metadata["source"])
             except (KeyError, ValueError):
                 pass
-            replan = chunk_policy.metadata.get("replan", replan)  # the served run's [policy] replan
-            ensemble = chunk_policy.metadata.get("temporal_ensemble")
         elif args.policy in ("expert", "random"):
             chunk_policy = ExpertPolicy() if args.policy == "expert" else RandomPolicy(seed=args.seed)
         else:
@@ -137,12 +132,13 @@ def metaworld_command(args: argparse.Namespace) -> int:
     if args.image_size:
         scene = dataclasses.replace(scene, image_size=args.image_size)
     layouts = {"seed": seed, "episode_indices": indices} if args.layouts == "training" else {}
+    chunking = Chunking.of(chunk_policy)  # a run's (or the served run's) [policy]; a reference policy's defaults
+    if args.replan is not None:
+        chunking = dataclasses.replace(chunking, replan=args.replan)
     if args.temporal_ensemble is not None:
-        ensemble = _ensemble_decay(args.temporal_ensemble)
-    result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes,
-                                replan=args.replan if args.replan is not None else replan,
-                                max_steps=args.max_steps, scene=scene, out=args.out,
-                                ensemble=ensemble, progress=True, **layouts)
+        chunking = dataclasses.replace(chunking, ensemble=_ensemble_decay(args.temporal_ensemble))
+    result = evaluate_metaworld(chunk_policy, args.tasks, episodes=args.episodes, chunking=chunking,
+                                max_steps=args.max_steps, scene=scene, out=args.out, progress=True, **layouts)
     print(json.dumps({k: v for k, v in result.items() if k != "episodes"}, indent=2, sort_keys=True))
     if args.out:
         print(f"contact sheets, action plots and metaworld_eval.json in {args.out}", file=sys.stderr)

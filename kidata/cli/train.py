@@ -71,7 +71,10 @@ def train_command(args: argparse.Namespace) -> int:
 
                 print(to_toml(config.to_json()), end="")
                 return 0
-            report = train(config, args.out, resume=args.resume, allow_config_change=args.allow_config_change)
+            from kidata.eval.during_training import closed_loop_hook
+
+            report = train(config, args.out, resume=args.resume, allow_config_change=args.allow_config_change,
+                           closed_loop=closed_loop_hook(config))
     except (ManifestMismatch, TrainingDiverged, CheckpointError, FileExistsError, ValueError) as error:
         print(f"kidata train: {error}", file=sys.stderr)
         return 2

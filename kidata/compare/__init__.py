@@ -13,7 +13,21 @@ No direction is asserted: at small scale the paper's effects may not appear, and
 what happened.
 """
 
-from kidata.compare.runs import CompareConfig, compare
+from __future__ import annotations
+
+from typing import Any
+
+from kidata.compare.runs import CompareConfig, build_once, train_all
 from kidata.compare.summary import report
 
 __all__ = ["CompareConfig", "compare", "report"]
+
+
+def compare(config: CompareConfig) -> dict[str, Any]:
+    """The whole comparison: the mixture built once, every run trained (``runs``), then the table
+    and plots (``summary``). It lives here, above both, because the summary reads the runs'
+    ``CompareConfig``: in ``runs`` it would make the two modules import each other."""
+    config.out.mkdir(parents=True, exist_ok=True)
+    manifest = build_once(config)
+    train_all(config, manifest)
+    return report(config)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kidata.envs.metaworld import MAX_EPISODE_STEPS
 from kidata.manifest import BuildDir
 from kidata.model.config import VARIANTS
 
@@ -37,7 +38,7 @@ class CompareConfig:
     init: str = ""
     target_mse: float | None = None
     metaworld_episodes: int = 0
-    metaworld_max_steps: int = 300
+    metaworld_max_steps: int = MAX_EPISODE_STEPS
     metaworld_evaluations: int = 0
     workers: int = 2
     jobs: int = 1
@@ -185,6 +186,7 @@ def _start_worker(threads: int, devices) -> None:
 
 
 def _train_one(config: CompareConfig, label: str, name: str, overrides: list[str], threads: int | None = None) -> None:
+    from kidata.eval.during_training import closed_loop_hook
     from kidata.training.config import TrainConfig
     from kidata.training.trainer import train
 
@@ -192,13 +194,6 @@ def _train_one(config: CompareConfig, label: str, name: str, overrides: list[str
     resume = run.holds_checkpoints()
     where = f" ({config.jobs} at once, {threads} torch thread{'s' if threads != 1 else ''} each)" if threads else ""
     print(f"{label}: {'resuming' if resume else 'training'} {config.steps} steps{where}", flush=True)
-    train(TrainConfig.load(config.model, overrides), run.path, resume=resume)
+    train_config = TrainConfig.load(config.model, overrides)
+    train(train_config, run.path, resume=resume, closed_loop=closed_loop_hook(train_config))
 
-
-def compare(config: CompareConfig) -> dict[str, Any]:
-    config.out.mkdir(parents=True, exist_ok=True)
-    manifest = build_once(config)
-    train_all(config, manifest)
-    from kidata.compare.summary import report
-
-    return report(config)

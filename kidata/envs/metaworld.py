@@ -20,6 +20,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+# the step budget of one episode: the expert's demonstration rollouts and every closed-loop
+# evaluation (a success later than this counts as a failure)
+MAX_EPISODE_STEPS = 300
+
 # task (without its version suffix) -> (instruction, what obs[4:7] is)
 TASKS: dict[str, tuple[str, str]] = {
     "assembly": ("put the ring on the peg", "the ring"),

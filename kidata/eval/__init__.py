@@ -11,5 +11,7 @@ _EXPORTS = {
     "ExpertPolicy": "kidata.eval.metaworld",
     "RandomPolicy": "kidata.eval.metaworld",
     "check_parity": "kidata.eval.parity",
+    "Chunking": "kidata.eval.chunking",
+    "closed_loop_hook": "kidata.eval.during_training",
 }
 __all__, __getattr__ = lazy_exports(__name__, _EXPORTS)

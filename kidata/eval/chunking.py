@@ -15,8 +15,12 @@ chunk every ``replan`` steps. What it executes in between is one of two rules:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from kidata.training.config import PolicyConfig
 
 
 class ChunkExecutor:
@@ -54,3 +58,24 @@ class ChunkExecutor:
         votes = [old[step - begin] for begin, old in self._chunks if begin <= step < begin + len(old)]
         weights = np.exp(-self.ensemble * np.arange(len(votes)))
         return (weights[:, None] * np.stack(votes)).sum(axis=0) / weights.sum()
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """Which of the two rules an evaluation executes: each chunk's first ``replan`` actions, or
+    with ``ensemble`` (ACT's decay) the temporal ensemble. Checked when an executor is made."""
+
+    replan: int = PolicyConfig.replan
+    ensemble: float | None = None
+
+    @classmethod
+    def of(cls, policy: Any) -> "Chunking":
+        """A policy's own: a ``kidata.policy.Policy`` carries its run's ``[policy]`` replan and
+        temporal_ensemble (``Policy.settings``); a policy without settings (the scripted expert,
+        random actions) gets a run's defaults."""
+        settings = getattr(policy, "settings", None)
+        return cls() if settings is None else cls(settings.replan, settings.temporal_ensemble)
+
+    def executor(self) -> ChunkExecutor:
+        """One episode's executor (refuses a replan below 1 or a decay that is not a finite number)."""
+        return ChunkExecutor(self.replan, self.ensemble)

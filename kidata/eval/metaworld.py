@@ -23,6 +23,7 @@ import numpy as np
 
 from kidata.envs.metaworld import (
     DEFAULT_CAMERAS,
+    MAX_EPISODE_STEPS,
     Scene,
     episode_id,
     expert,
@@ -32,7 +33,7 @@ from kidata.envs.metaworld import (
     robot_state,
     to_env_action,
 )
-from kidata.eval.chunking import ChunkExecutor
+from kidata.eval.chunking import Chunking
 from kidata.progress import bar as progress_bar
 from kidata.progress import torch_threads
 
@@ -143,34 +144,33 @@ class _Trace:
     frames: list = field(default_factory=list)
 
 
-def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int = 5, replan: int = 5,
-                       max_steps: int = 300, seed: int = EVAL_SEED, cameras: Mapping[str, str] | None = None,
-                       image_size: int = 96, goal_marker_scale: float = 1.0, scene: SceneSettings | None = None,
+def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int = 5, chunking: Chunking | None = None,
+                       max_steps: int = MAX_EPISODE_STEPS, seed: int = EVAL_SEED, scene: SceneSettings | None = None,
                        out: str | Path | None = None, sheets: int = 1,
-                       episode_indices: Mapping[str, Sequence[int]] | None = None,
-                       ensemble: float | None = None, progress: bool = False) -> dict:
+                       episode_indices: Mapping[str, Sequence[int]] | None = None, progress: bool = False) -> dict:
     """Success rate per task and their mean, each episode's outcome; with ``out``, for the first
     ``sheets`` episodes of each task a contact sheet and a plot of the executed actions with every
-    predicted chunk, and ``metaworld_eval.json``. ``scene`` (or cameras / image_size /
-    goal_marker_scale) must match the training data's rendering. ``episode_indices`` (task ->
-    indices, e.g. from ``training_layouts``) replaces episodes 0 .. episodes - 1. A policy with
-    ``counters`` (``kidata.policy.Policy``: FAST chunks, invalid ones, the expert's stand-ins) has
-    them reported per task under ``policy_counters``. ``ensemble``: ACT's temporal ensembling decay
-    (``kidata.eval.chunking``; None executes each chunk's first ``replan`` actions). ``progress``: a
-    bar over episodes. The policy infers on one torch thread meanwhile (``progress.torch_threads``)."""
+    predicted chunk, and ``metaworld_eval.json``. ``chunking``: how chunks become actions (default:
+    the policy's own, ``Chunking.of``: a ``kidata.policy.Policy`` carries its run's ``[policy]``
+    replan and temporal ensemble). ``scene`` (default: ``SceneSettings()``) must match the training
+    data's rendering. ``episode_indices`` (task -> indices, e.g. from ``training_layouts``) replaces
+    episodes 0 .. episodes - 1. A policy with ``counters`` (``kidata.policy.Policy``: FAST chunks,
+    invalid ones, the expert's stand-ins) has them reported per task under ``policy_counters``.
+    ``progress``: a bar over episodes. The policy infers on one torch thread meanwhile
+    (``progress.torch_threads``)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1 (episodes per task), got {episodes}")
-    ChunkExecutor(replan, ensemble)  # refuses a bad replan or ensemble before any simulator starts
-    scene = scene or SceneSettings(dict(cameras or DEFAULT_CAMERAS), image_size, goal_marker_scale)
-    needs_images = getattr(policy, "needs_images", True)
+    chunking = Chunking.of(policy) if chunking is None else chunking
+    chunking.executor()  # refuses a bad replan or ensemble before any simulator starts
+    scene = scene or SceneSettings()
     task_names = resolve_tasks(tasks)
     total = sum(len(episode_indices[task]) for task in task_names) if episode_indices is not None else episodes * len(task_names)
+    trial = _Trial(policy, chunking, max_steps, seed, scene, out, sheets, getattr(policy, "needs_images", True))
     with torch_threads(1), progress_bar(total=total, desc="episodes", unit="episode", disable=not progress) as bar:
-        per_task, lengths, outcomes, counted = _run_tasks(policy, task_names, episodes, replan, max_steps, seed, scene, out,
-                                                          sheets, episode_indices, ensemble, needs_images, bar)
+        per_task, lengths, outcomes, counted = _run_tasks(trial, task_names, episodes, episode_indices, bar)
     result = {"success_rate": per_task, "mean_success_rate": float(np.mean(list(per_task.values()))),
-              "episodes_per_task": episodes, "replan": replan, "ensemble": ensemble, "max_steps": max_steps, "seed": seed,
-              "mean_steps": lengths, "episodes": outcomes,
+              "episodes_per_task": episodes, "replan": chunking.replan, "ensemble": chunking.ensemble,
+              "max_steps": max_steps, "seed": seed, "mean_steps": lengths, "episodes": outcomes,
               "scene": {"cameras": dict(scene.cameras), "image_size": scene.image_size,
                         "goal_marker_scale": scene.goal_marker_scale, "privileged_state": scene.privileged_state}}
     if counted:
@@ -183,20 +183,36 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
     return result
 
 
-def _run_tasks(policy, task_names, episodes, replan, max_steps, seed, scene, out, sheets, episode_indices, ensemble,
-               needs_images, bar) -> tuple[dict, dict, dict, dict]:
+@dataclass(frozen=True)
+class _Trial:
+    """What every episode of one evaluation shares: the policy, how its chunks are executed, the
+    step budget, the simulator's seed and scene, and where (and for how many episodes) the
+    contact sheets go."""
+
+    policy: Any
+    chunking: Chunking
+    max_steps: int
+    seed: int
+    scene: SceneSettings
+    out: str | Path | None
+    sheets: int
+    needs_images: bool
+
+
+def _run_tasks(trial: _Trial, task_names, episodes, episode_indices, bar) -> tuple[dict, dict, dict, dict]:
+    policy, out = trial.policy, trial.out
     per_task, lengths, outcomes, counted = {}, {}, {}, {}
     for task in task_names:
         before = dict(getattr(policy, "counters", {}))
-        simulator = Scene(task, seed=seed, image_size=scene.image_size, goal_marker_scale=scene.goal_marker_scale)
+        simulator = Scene(task, seed=trial.seed, image_size=trial.scene.image_size,
+                          goal_marker_scale=trial.scene.goal_marker_scale)
         results = []
         try:
             indices = list(episode_indices[task]) if episode_indices is not None else list(range(episodes))
             for order, episode in enumerate(indices):
-                keep = out is not None and order < sheets
+                keep = out is not None and order < trial.sheets
                 trace = _Trace()
-                success, steps = _episode(policy, simulator, task, episode, scene, ChunkExecutor(replan, ensemble),
-                                          max_steps, needs_images, keep, trace)
+                success, steps = _episode(trial, simulator, task, episode, keep, trace)
                 results.append({"episode": episode, "success": success, "steps": steps})
                 bar.update(1)
                 if keep:
@@ -212,17 +228,16 @@ def _run_tasks(policy, task_names, episodes, replan, max_steps, seed, scene, out
     return per_task, lengths, outcomes, counted
 
 
-def _episode(policy, scene: Scene, task: str, episode: int, settings: SceneSettings, executor: ChunkExecutor,
-             max_steps: int, needs_images: bool, keep: bool, trace: _Trace) -> tuple[bool, int]:
-    cameras = settings.cameras
+def _episode(trial: _Trial, scene: Scene, task: str, episode: int, keep: bool, trace: _Trace) -> tuple[bool, int]:
+    cameras, executor = trial.scene.cameras, trial.chunking.executor()
     observation = scene.reset(episode)
-    for step in range(max_steps):
+    for step in range(trial.max_steps):
         if executor.needs_chunk(step):
-            images = {camera: scene.render(name) for camera, name in cameras.items()} if needs_images or keep else {}
-            state = robot_state(observation, settings.privileged_state)
-            chunk = np.asarray(policy.sample_actions({"images": images, "state": state,
-                                                      "prompt": instruction(task), "env_obs": observation,
-                                                      "task": task}))
+            images = {camera: scene.render(name) for camera, name in cameras.items()} if trial.needs_images or keep else {}
+            state = robot_state(observation, trial.scene.privileged_state)
+            chunk = np.asarray(trial.policy.sample_actions({"images": images, "state": state,
+                                                            "prompt": instruction(task), "env_obs": observation,
+                                                            "task": task}))
             if keep:
                 trace.frames.append(images[next(iter(cameras))])
                 trace.chunks.append((step, chunk))
@@ -233,7 +248,7 @@ def _episode(policy, scene: Scene, task: str, episode: int, settings: SceneSetti
         observation, success = scene.step(to_env_action(action))
         if success:
             return True, step + 1
-    return False, max_steps
+    return False, trial.max_steps
 
 
 def plot_chunks(trace: _Trace, path: Path, title: str) -> None:

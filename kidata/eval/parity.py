@@ -35,10 +35,9 @@ def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_
     """{"ok": bool, "samples": [{"key", "tensors": {name: {"max_abs_diff", ...,"ok"}}}]}."""
     from kidata.envs.metaworld import Scene, expert, instruction, robot_state
     from kidata.eval.metaworld import SceneSettings
-    from kidata.loader.collate import collate
+    from kidata.loader.collate import collate, expert_prompt
     from kidata.loader.mixture import MixtureDataset, MixtureSettings
     from kidata.manifest import BuildDir
-    from kidata.training.held_out import expert_prompt
 
     manifest_path = manifest_path or policy.config.data.manifest
     scene_settings = SceneSettings.from_recipe(policy.manifest.recipe, policy.source)

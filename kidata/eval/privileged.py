@@ -22,6 +22,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from kidata.envs.metaworld import MAX_EPISODE_STEPS
+from kidata.eval.chunking import Chunking
+
 OBSERVATION_DIM = 39  # Meta-World's observation: hand (3), gripper (1), objects (14), previous frame (18), goal (3)
 
 
@@ -141,7 +144,8 @@ class PrivilegedPolicy:
         return self.model(torch.from_numpy(features)[None])[0].double().numpy()
 
 
-def run_baseline(recipe_path: str | Path, *, episodes: int = 20, replan: int = 5, max_steps: int = 300,
+def run_baseline(recipe_path: str | Path, *, episodes: int = 20, replan: int = Chunking.replan,
+                 max_steps: int = MAX_EPISODE_STEPS,
                  steps: int = 3000, source_name: str | None = None, out: str | Path | None = None) -> dict:
     """Collect, train, evaluate closed-loop; ``out`` gets ``privileged.json`` and the evaluator's files."""
     from kidata.eval.metaworld import evaluate_metaworld
@@ -151,7 +155,7 @@ def run_baseline(recipe_path: str | Path, *, episodes: int = 20, replan: int = 5
     model, losses = train_mlp(data, steps=steps)
     trained = time.perf_counter()
     result = evaluate_metaworld(PrivilegedPolicy(model, data.tasks), list(data.tasks), episodes=episodes,
-                                replan=replan, max_steps=max_steps, out=out)
+                                chunking=Chunking(replan), max_steps=max_steps, out=out)
     report = {"episodes_trained": data.episodes, "samples": int(len(data.features)), "train_steps": steps,
               "losses_every_100": losses, "seconds_collect_and_train": round(trained - began, 1),
               "closed_loop": result}

@@ -3,7 +3,9 @@
 ``collate(samples, max_tokens=..., action_dim=..., action_horizon=..., state_dim=..., cameras=...)``
 returns a ``kidata.schema.Batch`` of torch tensors (the table of keys, shapes and dtypes is there).
 
-Mixed robot + VLM batches work: VLM rows have no state, actions or action mask.
+Mixed robot + VLM batches work: VLM rows have no state, actions or action mask. ``prefix_only``,
+``expert_prompt`` and ``generation_prompt`` cut a batch where inference starts (what a policy feeds
+the model), for the held-out evaluation and the parity check.
 """
 
 from __future__ import annotations
@@ -172,3 +174,40 @@ class Augment:
         tensor = (tensor - mean) * contrast + mean
         gray = (0.299 * tensor[0] + 0.587 * tensor[1] + 0.114 * tensor[2])[None]
         return (tensor - gray) * saturation + gray
+
+
+# Batches cut where inference starts: the held-out evaluation and the parity check feed the model
+# what a policy would, from a training batch.
+
+def _cut(batch: Mapping[str, torch.Tensor], stops: torch.Tensor, *, keep_causal: bool) -> dict[str, torch.Tensor]:
+    """The batch with each row's tokens from ``stops`` [B] on turned into padding, no loss; the
+    causal flags of what is kept stay (``keep_causal``) or are cleared."""
+    tokens = batch["tokens"]
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    keep = batch["token_mask"] & (positions < stops[:, None])
+    return {**batch, "token_mask": keep, "ar": batch["ar"] & keep if keep_causal else torch.zeros_like(keep),
+            "loss": torch.zeros_like(keep), "tokens": torch.where(keep, tokens, torch.zeros_like(tokens))}
+
+
+def prefix_only(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch cut to each row's prompt (inference input): targets become padding."""
+    return _cut(batch, batch["prefix_length"], keep_causal=False)
+
+
+def expert_prompt(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch cut to what the action expert sees (``expert_context``: the prefix, and a subtask
+    row's subtask text, teacher-forced, with its causal flags): the flow's input at inference."""
+    return _cut(batch, batch.get("expert_context", batch["prefix_length"]), keep_causal=True)
+
+
+def generation_prompt(batch: Mapping[str, torch.Tensor], action_range) -> dict[str, torch.Tensor]:
+    """The batch cut where each row's action tokens start (``action_range``: the build's FAST /
+    bins id range), with everything before kept as it was, causal flags included: a pi0-FAST
+    prompt's "Action: " and a subtask sample's "Subtask: ...;\nAction: " lie past the prefix and
+    are the policy's input too. Rows without action tokens are cut at their prefix."""
+    tokens, mask = batch["tokens"], batch["token_mask"]
+    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
+    is_action = mask & (tokens >= action_range.first) & (tokens <= action_range.last)
+    is_action &= positions >= batch.get("expert_context", batch["prefix_length"])[:, None]  # not subtask text
+    first_action = torch.where(is_action.any(dim=1), is_action.float().argmax(dim=1), batch["prefix_length"])
+    return _cut(batch, first_action, keep_causal=True)

@@ -8,6 +8,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from kidata.serving.protocol import packb, unpackb
+from kidata.training.config import PolicyConfig
 
 
 class RemotePolicy:
@@ -29,6 +30,14 @@ class RemotePolicy:
         self._connection = self._exit.enter_context(
             connect(uri, compression=None, max_size=None, additional_headers=headers, open_timeout=timeout_s))
         self.metadata = unpackb(self._receive("its metadata"))
+
+    @property
+    def settings(self) -> PolicyConfig:
+        """The served run's ``[policy]`` as its metadata tells (``kidata serve`` sends the action head,
+        replan and temporal ensemble; what another openpi server leaves out keeps a run's default):
+        the evaluators execute its chunks as they would the run's (``Chunking.of``)."""
+        told = {key: self.metadata[key] for key in ("action_head", "replan", "temporal_ensemble") if key in self.metadata}
+        return PolicyConfig(**told)
 
     def _receive(self, what: str) -> bytes | str:
         try:

@@ -115,5 +115,5 @@ def run_metadata(policy: Any, run: str) -> dict:
     return {"server": "kidata", "kidata_version": __version__, "run": str(run), "source": policy.source,
             "action_horizon": policy.action_horizon, "action_dim": policy.action_dim,
             "cameras": list(policy.config.data.cameras), "recipe": policy.manifest.recipe,
-            "action_head": policy.action_head, "replan": policy.config.policy.replan,
-            "temporal_ensemble": policy.config.policy.temporal_ensemble}
+            "action_head": policy.action_head, "replan": policy.settings.replan,
+            "temporal_ensemble": policy.settings.temporal_ensemble}

@@ -31,6 +31,7 @@ import numpy as np
 
 from kidata.envs.metaworld import (
     DEFAULT_CAMERAS,
+    MAX_EPISODE_STEPS,
     SETTLE_STEPS,
     TASKS,
     Scene,
@@ -59,7 +60,7 @@ class MetaWorldSource:
     seed: int = 0
     cameras: Mapping[str, str] = None  # type: ignore[assignment]
     image_size: int = 128
-    max_steps: int = 300
+    max_steps: int = MAX_EPISODE_STEPS
     goal_marker_scale: float = 1.0
     privileged_state: bool = False
     action_noise: float = 0.0
@@ -228,7 +229,7 @@ def open_metaworld(options, *, name: str, image_size: int, seed: int = 0) -> Met
     return MetaWorldSource(options["tasks"], episodes_per_task=int(options.get("episodes_per_task", 10)),
                            seed=int(options.get("seed", seed)), cameras=options.get("cameras"),
                            image_size=int(options.get("image_size", image_size)),
-                           max_steps=int(options.get("max_steps", 300)),
+                           max_steps=int(options.get("max_steps", MAX_EPISODE_STEPS)),
                            goal_marker_scale=float(options.get("goal_marker_scale", 1.0)),
                            privileged_state=bool(options.get("privileged_state", False)),
                            action_noise=float(options.get("action_noise", 0.0)), name=name)

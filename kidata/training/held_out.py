@@ -11,7 +11,7 @@ On batches of the build's ``val`` split (episodes / examples held out by the rec
   action (its build statistics): the floor any ``action_mse`` must beat to have learned anything
   from the observation.
 * ``fast_decode_rate`` and ``fast_action_mse``: greedy ``generate`` of the action tokens from
-  where the policy generates them (``generation_prompt``), mapped back and decoded by the build's
+  where the policy generates them (``kidata.loader.collate.generation_prompt``), mapped back and decoded by the build's
   action tokenizer (the pi0-FAST path), vs ground truth.
 * ``vlm_token_accuracy``: teacher-forced next-token accuracy on the VLM rows' target tokens, and
   ``vlm_exact_match``: the greedy answer equals the target answer token for token (VQA accuracy
@@ -32,6 +32,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
+from kidata.loader.collate import expert_prompt, generation_prompt, prefix_only
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.normalize import NormStats, unnormalize
@@ -39,40 +40,6 @@ from kidata.schema import VLM_TASKS
 from kidata.training.cider import cider_d
 
 POINT_HIT_RADIUS = 0.05  # a point within 5% of the image side of the target counts as a hit
-
-
-def _cut(batch: Mapping[str, torch.Tensor], stops: torch.Tensor, *, keep_causal: bool) -> dict[str, torch.Tensor]:
-    """The batch with each row's tokens from ``stops`` [B] on turned into padding, no loss; the
-    causal flags of what is kept stay (``keep_causal``) or are cleared."""
-    tokens = batch["tokens"]
-    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
-    keep = batch["token_mask"] & (positions < stops[:, None])
-    return {**batch, "token_mask": keep, "ar": batch["ar"] & keep if keep_causal else torch.zeros_like(keep),
-            "loss": torch.zeros_like(keep), "tokens": torch.where(keep, tokens, torch.zeros_like(tokens))}
-
-
-def prefix_only(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch cut to each row's prompt (inference input): targets become padding."""
-    return _cut(batch, batch["prefix_length"], keep_causal=False)
-
-
-def expert_prompt(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The batch cut to what the action expert sees (``expert_context``: the prefix, and a subtask
-    row's subtask text, teacher-forced, with its causal flags): the flow's input at inference."""
-    return _cut(batch, batch.get("expert_context", batch["prefix_length"]), keep_causal=True)
-
-
-def generation_prompt(batch: Mapping[str, torch.Tensor], action_range) -> dict[str, torch.Tensor]:
-    """The batch cut where each row's action tokens start (``action_range``: the build's FAST /
-    bins id range), with everything before kept as it was, causal flags included: a pi0-FAST
-    prompt's "Action: " and a subtask sample's "Subtask: ...;\nAction: " lie past the prefix and
-    are the policy's input too. Rows without action tokens are cut at their prefix."""
-    tokens, mask = batch["tokens"], batch["token_mask"]
-    positions = torch.arange(tokens.shape[1], device=tokens.device)[None]
-    is_action = mask & (tokens >= action_range.first) & (tokens <= action_range.last)
-    is_action &= positions >= batch.get("expert_context", batch["prefix_length"])[:, None]  # not subtask text
-    first_action = torch.where(is_action.any(dim=1), is_action.float().argmax(dim=1), batch["prefix_length"])
-    return _cut(batch, first_action, keep_causal=True)
 
 
 class HeldOutMetrics:

@@ -19,7 +19,9 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -37,6 +39,7 @@ from kidata.training.checkpoint import (
     save_checkpoint,
     write_shards,
 )
+from kidata.training.closed_loop import ClosedLoop, LiveWeights, check_hook, ema_weights
 from kidata.training.config import TrainConfig, check_compatible  # noqa: F401  (public here)
 from kidata.training.determinism import deterministic_algorithms
 from kidata.training.held_out import HeldOutMetrics
@@ -138,17 +141,22 @@ def _optimizer(model: KIModel, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.optim.lr, betas=tuple(config.optim.betas), eps=config.optim.eps)
 
 
-def train(config: TrainConfig, run: str | Path, *, resume: bool = False, allow_config_change: bool = False) -> dict:
-    """Trains ``config.train.steps`` optimizer steps; returns the final report (rank 0's view)."""
+def train(config: TrainConfig, run: str | Path, *, resume: bool = False, allow_config_change: bool = False,
+          closed_loop: ClosedLoop | None = None) -> dict:
+    """Trains ``config.train.steps`` optimizer steps; returns the final report (rank 0's view).
+    ``closed_loop``: the hook that evaluates the live weights closed-loop at the steps ``[eval]
+    metaworld`` names (``kidata.training.closed_loop``; a config that names some needs one)."""
+    check_hook(config, closed_loop)
     with deterministic_algorithms(config.train.deterministic):
         env = Distributed()
         try:
-            return _train(config, RunDir(run), env, resume, allow_config_change)
+            return _train(config, RunDir(run), env, resume, allow_config_change, closed_loop)
         finally:
             env.close()
 
 
-def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, allow_config_change: bool) -> dict:
+def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, allow_config_change: bool,
+           closed_loop: ClosedLoop | None) -> dict:
     manifest_path = config.data.manifest
     if not manifest_path:
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
@@ -209,9 +217,10 @@ def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, all
     accum = config.optim.grad_accum
     micro_batches = accum * len(layout.owned)  # the losses of the process's batches are averaged
     last_tokens = None  # the last batch's tokens: a checkpoint records each rank's (hashed only then)
+    evaluations = _Evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast, has_val,
+                               closed_loop)
     if config.eval.at_start and start == 0:
-        logger.evaluation(0, _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast,
-                                          has_val, step=0))
+        logger.evaluation(0, evaluations(0))
     wrapped.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     averaged = list(ema.values()) if ema is not None else []
@@ -249,90 +258,73 @@ def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, all
             logger.step(done, {**values, "lr": optimizer.param_groups[0]["lr"]}, mix=mix, tokens=tokens)
             mix = np.zeros_like(mix)
         if config.eval.every and done % config.eval.every == 0 and done < config.train.steps:
-            logger.evaluation(done, _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env,
-                                                 autocast, has_val, step=done))
+            logger.evaluation(done, evaluations(done))
             wrapped.train()
         if done % config.checkpoint.every == 0 or done == config.train.steps:
             last_good = _checkpoint(run, done, model, optimizer, ema, data, config, env, last_tokens, logger.wall_s())
-    result = _evaluations(wrapped, model, ema, config, manifest_path, manifest, run, env, autocast, has_val,
-                          step=config.train.steps)
-    return logger.finish(config.train.steps, result)
+    return logger.finish(config.train.steps, evaluations(config.train.steps))
 
 
-def _evaluations(wrapped, model: KIModel, ema, config: TrainConfig, manifest_path: str, manifest: Manifest, run: RunDir,
-                 env: Distributed, autocast, has_val: bool, step: int) -> dict:
-    """Held-out metrics (when the mixture has a val split) and, with ``[eval] metaworld`` at the
-    steps it names, closed-loop success rates."""
-    result = held_out_metrics(wrapped, model, config, manifest_path, manifest, run, env, autocast) if has_val else {}
-    if config.eval.closed_loop_at(step, config.train.steps):
-        if env.rank == 0:
-            result.update(closed_loop(model, ema, config, manifest, run, env))
-        if env.world > 1:
-            dist.barrier()
-    return result
+@dataclass(frozen=True)
+class _Evaluations:
+    """What every evaluation of a run reads, fixed once the model is built: held-out metrics
+    (when the mixture has a val split) and, at the steps ``[eval] metaworld`` names, the caller's
+    closed-loop hook's."""
 
+    wrapped: torch.nn.Module
+    model: KIModel
+    ema: dict | None
+    config: TrainConfig
+    manifest_path: str
+    manifest: Manifest
+    run: RunDir
+    env: Distributed
+    autocast: Callable
+    has_val: bool
+    closed_loop: ClosedLoop | None
 
-def closed_loop(model: KIModel, ema: dict | None, config: TrainConfig, manifest: Manifest, run: RunDir,
-                env: Distributed) -> dict:
-    """``[eval] metaworld``: the current weights (the EMA's, when kept, as ``kidata.policy.load``
-    would pick) run closed-loop; ``metaworld_success`` is the mean over tasks."""
-    from kidata.eval.metaworld import SceneSettings, evaluate_metaworld
-    from kidata.policy import Policy
+    def __call__(self, step: int) -> dict:
+        result = self.held_out_metrics() if self.has_val else {}
+        if self.config.eval.closed_loop_at(step, self.config.train.steps):
+            if self.env.rank == 0:
+                result.update(self.closed_loop_metrics(step))
+            if self.env.world > 1:
+                dist.barrier()
+        return result
 
-    settings = dict(config.eval.metaworld)
-    if env.world > 1 and config.train.fsdp:
-        raise ValueError("[eval] metaworld runs on rank 0 with whole weights: not under FSDP (use kidata eval metaworld)")
-    live = None
-    if ema is not None:
-        live = {n: p.detach().clone() for n, p in model.named_parameters() if n in ema}
-        with torch.no_grad():
-            for name, parameter in model.named_parameters():
-                if name in ema:
-                    parameter.copy_(ema[name].to(parameter.dtype))
-    try:
-        encoder = run.encoder(manifest)
-        policy = Policy(model, config, manifest, encoder, device=env.device, num_steps=config.eval.num_steps,
-                        action_head=config.policy.action_head, fast_fallback=config.policy.fast_fallback)
-        outcome = evaluate_metaworld(policy, settings["tasks"], episodes=settings.get("episodes", 5),
-                                     replan=settings.get("replan", config.policy.replan), max_steps=settings.get("max_steps", 300),
-                                     scene=SceneSettings.from_recipe(manifest.recipe, policy.source),
-                                     ensemble=config.policy.temporal_ensemble)
-    finally:
-        if live is not None:
-            with torch.no_grad():
-                for name, parameter in model.named_parameters():
-                    if name in live:
-                        parameter.copy_(live[name])
-    chunks = policy.counters["fast_chunks"]
-    invalid = {"metaworld_fast_invalid": round(policy.counters["fast_invalid"] / chunks, 4)} if chunks else {}
-    return {"metaworld_success": round(outcome["mean_success_rate"], 4), **invalid,
-            **{f"metaworld_success/{task}": round(rate, 4) for task, rate in outcome["success_rate"].items()}}
+    def closed_loop_metrics(self, step: int) -> dict:
+        """The hook's metrics on the current weights (the EMA's, when kept, as ``kidata.policy.load``
+        would pick)."""
+        if self.env.world > 1 and self.config.train.fsdp:
+            raise ValueError("[eval] metaworld runs on rank 0 with whole weights: not under FSDP (use kidata eval metaworld)")
+        with ema_weights(self.model, self.ema) as model:
+            return self.closed_loop(LiveWeights(model, self.config, self.manifest, self.run, self.env.device, step))
 
-
-def held_out_metrics(wrapped, model: KIModel, config: TrainConfig, manifest_path: str, manifest: Manifest, run: RunDir,
-             env: Distributed, autocast) -> dict:
-    """Metrics on the first ``eval.batches`` held-out batches of this rank, averaged over ranks."""
-    encoder = run.encoder(manifest)
-    evaluator = HeldOutMetrics(manifest, encoder, num_steps=config.eval.num_steps, max_new_tokens=config.eval.max_new_tokens)
-    _, loader = _loader(config, manifest_path, "val", env.rank, env.world, manifest,
-                        batch_size=config.eval.batch_size, workers=0, augment=None)
-    model.eval()
-    if hasattr(model, "unshard"):  # FSDP2: sample_actions / generate run outside forward's hooks
-        model.unshard()
-    with torch.no_grad(), autocast():
-        for index, batch in zip(range(config.eval.batches), loader):
-            batch = {k: v.to(env.device) for k, v in batch.items()}
-            noise, _ = flow_inputs(0, env.rank, -1, index, tuple(batch["actions"].shape))  # alike in every run
-            evaluator.update(model, batch, noise=noise.to(env.device))
-    if hasattr(model, "reshard"):
-        model.reshard()
-    results = env.gather(evaluator.result())
-    merged = {}
-    for key in results[0]:
-        values = [r[key] for r in results if key in r]
-        merged[key] = (np.mean(values, axis=0).round(6).tolist() if isinstance(values[0], list)
-                       else round(float(np.mean(values)), 6))
-    return merged
+    def held_out_metrics(self) -> dict:
+        """Metrics on the first ``eval.batches`` held-out batches of this rank, averaged over ranks."""
+        config, env, model = self.config, self.env, self.model
+        encoder = self.run.encoder(self.manifest)
+        evaluator = HeldOutMetrics(self.manifest, encoder, num_steps=config.eval.num_steps,
+                                   max_new_tokens=config.eval.max_new_tokens)
+        _, loader = _loader(config, self.manifest_path, "val", env.rank, env.world, self.manifest,
+                            batch_size=config.eval.batch_size, workers=0, augment=None)
+        model.eval()
+        if hasattr(model, "unshard"):  # FSDP2: sample_actions / generate run outside forward's hooks
+            model.unshard()
+        with torch.no_grad(), self.autocast():
+            for index, batch in zip(range(config.eval.batches), loader):
+                batch = {k: v.to(env.device) for k, v in batch.items()}
+                noise, _ = flow_inputs(0, env.rank, -1, index, tuple(batch["actions"].shape))  # alike in every run
+                evaluator.update(model, batch, noise=noise.to(env.device))
+        if hasattr(model, "reshard"):
+            model.reshard()
+        results = env.gather(evaluator.result())
+        merged = {}
+        for key in results[0]:
+            values = [r[key] for r in results if key in r]
+            merged[key] = (np.mean(values, axis=0).round(6).tolist() if isinstance(values[0], list)
+                           else round(float(np.mean(values)), 6))
+        return merged
 
 
 def sharded_run(config: TrainConfig, env: Distributed) -> bool:

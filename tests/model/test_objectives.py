@@ -14,9 +14,9 @@ torch = pytest.importorskip("torch")
 
 from support.model import make_batch, model  # noqa: E402
 
+from kidata.loader.collate import prefix_only  # noqa: E402
 from kidata.model.ki_model import sample_flow_inputs  # noqa: E402
 from kidata.model.layers import timestep_embedding  # noqa: E402
-from kidata.training.held_out import prefix_only  # noqa: E402
 
 
 def masked_batch() -> dict:

@@ -13,6 +13,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 metaworld = pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' extra")
 
 from kidata.envs.metaworld import TASKS, from_env_action, instruction, resolve_tasks, to_env_action  # noqa: E402
+from kidata.eval.chunking import Chunking  # noqa: E402
 from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, evaluate_metaworld  # noqa: E402
 from kidata.sources.base import ReadReport  # noqa: E402
 from kidata.sources.metaworld import MetaWorldSceneSource, MetaWorldSource  # noqa: E402
@@ -215,7 +216,8 @@ def test_export_to_rlds_reads_back_identically(tmp_path, episodes):
 
 
 def test_the_evaluator_is_bounded_by_the_expert_and_random_actions(tmp_path):
-    expert = evaluate_metaworld(ExpertPolicy(), ["reach", "push"], episodes=2, replan=1, max_steps=200, out=tmp_path)
+    expert = evaluate_metaworld(ExpertPolicy(), ["reach", "push"], episodes=2, chunking=Chunking(replan=1), max_steps=200,
+                                out=tmp_path)
     assert expert["success_rate"] == {"reach-v3": 1.0, "push-v3": 1.0} and expert["mean_success_rate"] == 1.0
     assert (tmp_path / "reach-v3-episode0.png").exists() and (tmp_path / "metaworld_eval.json").exists()
     random = evaluate_metaworld(RandomPolicy(seed=0), ["reach", "push"], episodes=2, max_steps=100)

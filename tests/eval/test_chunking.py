@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from kidata.eval.chunking import ChunkExecutor
+from kidata.eval.chunking import ChunkExecutor, Chunking
 
 
 def _run(executor: ChunkExecutor, chunk_at, steps: int) -> tuple[list[int], np.ndarray]:
@@ -66,3 +66,13 @@ def test_a_replanning_interval_below_one_and_a_malformed_chunk_are_refused():
         ChunkExecutor(replan=0)
     with pytest.raises(ValueError, match=r"a predicted chunk must be \[horizon >= 1, action_dim\], got shape \(4,\)"):
         ChunkExecutor(replan=1).add(0, np.zeros(4))
+
+
+def test_a_policy_carrying_run_settings_is_executed_as_they_say_and_any_other_with_a_runs_defaults():
+    from kidata.training.config import PolicyConfig
+
+    class Settled:
+        settings = PolicyConfig(replan=3, temporal_ensemble=0.01)
+
+    assert Chunking.of(Settled()) == Chunking(replan=3, ensemble=0.01)
+    assert Chunking.of(object()) == Chunking(replan=PolicyConfig.replan, ensemble=None)

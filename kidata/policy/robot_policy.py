@@ -1,9 +1,5 @@
-"""A trained run as a robot policy: raw observation in, unnormalized action chunk out.
-
-    policy = kidata.policy.load("runs/libero")
-    chunk = policy.sample_actions({"images": {"base_0": rgb, "left_wrist_0": wrist},   # uint8 [H, W, 3]
-                                   "state": proprio,                                    # float [S]
-                                   "prompt": "put the bowl on the plate"})              # -> float64 [H, A]
+"""The pure policy: a model, its run's config and manifest and an encoder in; raw observation in,
+unnormalized action chunk out. It reads no file (``kidata.policy.from_run.load`` does).
 
 Everything between comes from the run: images resized with padding to the model's size, state
 normalized with the source's statistics from the manifest, the prompt encoded exactly as in the
@@ -11,12 +7,11 @@ build, actions sampled (flow expert; or greedy FAST tokens for ``pi0_fast``) and
 A source built with subtask annotations is acted on as pi0.5 does: the model first generates
 "Subtask: ...;\\nAction: ", then acts with that text in its context, as its training rows had it.
 Every caller input is checked as data first (``kidata.observation``). The model runs on
-``device`` (default: CUDA when present) in ``precision`` ``float32`` or ``bfloat16``.
+``device`` (default: CUDA when present) in ``Inference.precision`` ``float32`` or ``bfloat16``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -28,55 +23,28 @@ from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
 from kidata.normalize import NormStats, normalize, unnormalize
 from kidata.observation import ObservationError, check_noise, check_num_steps, check_observation
+from kidata.policy.inference import PRECISIONS, Inference, resolve_device
 from kidata.tokenizers.prompt import SampleRejected
-from kidata.training.config import ACTION_HEADS, FAST_FALLBACKS, TrainConfig
-from kidata.training.run_dir import RunDir
-
-__all__ = ["ObservationError", "Policy", "PRECISIONS", "default_device", "load", "resolve_device"]
-
-# bfloat16: matmuls and attention in bf16 under torch.autocast (PyTorch's mixed-precision
-# inference); weights, norms, softmax and the flow's Euler integration stay float32
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
-
-
-def default_device() -> str:
-    """Where a policy runs unless told: the first CUDA device when there is one, else the CPU."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device`` (None: ``default_device()``) as a torch device this machine has, or one sentence."""
-    try:
-        resolved = torch.device(default_device() if device is None else device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(f"device {device!r} is not a device name such as cuda, cuda:1 or cpu ({error})") from None
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r}: this machine has no CUDA device that torch can use; pass device='cpu'")
-    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return resolved
+from kidata.training.config import PolicyConfig, TrainConfig
 
 
 class Policy:
-    """``num_steps``: flow integration steps of ``sample_actions`` unless a call names its own.
-    ``action_head``: where actions come from: ``flow`` (the expert), ``fast`` (greedy FAST tokens
-    from the backbone, decoded; a ``ki`` model trains both), ``auto`` (the expert when there is one).
-    ``noise_scale`` scales the flow's starting noise (0: one deterministic chunk from the prior's
-    mean); ``flow_samples`` > 1 returns the mean of that many chunks, sampled as one batch.
-    ``fast_fallback``: ``relaxed`` or ``flow`` for FAST tokens that do not decode exactly
-    (``PolicyConfig``). ``counters`` counts FAST chunks, the invalid ones and the expert's stand-ins:
-    the evaluators report them per task. ``subtask``: generate the subtask before acting (default:
-    when the source's recipe entry names ``annotations``, i.e. its rows were built with subtasks);
-    ``last_subtask`` holds the latest generated one. ``device``: where the model and every input
-    go (the model is moved there); ``precision``: ``float32`` or ``bfloat16`` (``PRECISIONS``)."""
+    """A model acting for one robot source of its run. ``config``: the run's ``TrainConfig``, whose
+    ``[policy]`` table (``settings``: action head, replan, FAST fallback, temporal ensemble) was
+    validated with it against the model; the evaluators and the server read it from here.
+    ``action_head`` is the head that acts: ``flow`` (the expert) or ``fast`` (greedy FAST tokens
+    from the backbone, decoded), ``auto`` resolved to the expert when there is one. FAST tokens that
+    do not decode exactly are handled as ``settings.fast_fallback`` says; ``counters`` counts FAST
+    chunks, the invalid ones and the expert's stand-ins (the evaluators report them per task).
+    ``inference``: how to sample (``Inference``: flow steps, noise, precision, subtask generation);
+    ``last_subtask`` holds the latest generated subtask. ``source``: the robot source whose
+    statistics apply (default: the first). ``device``: where the model and every input go (the
+    model is moved there; default: CUDA when present)."""
 
     def __init__(self, model: KIModel, config: TrainConfig, manifest: Manifest, encoder: Any, *,
-                 source: str | None = None, device: str | torch.device | None = None, num_steps: int = 10,
-                 action_head: str = "auto", noise_scale: float = 1.0, flow_samples: int = 1,
-                 fast_fallback: str = "relaxed", subtask: bool | None = None, precision: str = "float32") -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r}: choose one of {tuple(PRECISIONS)}")
-        self.precision = precision
+                 source: str | None = None, device: str | torch.device | None = None,
+                 inference: Inference = Inference()) -> None:
+        self.inference = inference
         self.device = resolve_device(device)
         self.model, self.config, self.manifest, self.encoder = model.to(self.device).eval(), config, manifest, encoder
         robots = [s for s in manifest.sources if s.kind == "robot"]
@@ -92,28 +60,37 @@ class Policy:
         self.delta_mask = np.asarray(chosen.delta_mask, dtype=bool) if chosen.delta_mask is not None else None
         self.normalization = manifest.encoding.normalization
         self.action_horizon = manifest.encoding.action_horizon
-        self.num_steps = num_steps
-        if not noise_scale >= 0 or flow_samples < 1:
-            raise ValueError(f"noise_scale must be >= 0 (got {noise_scale}) and flow_samples >= 1 (got {flow_samples})")
-        self.noise_scale, self.flow_samples = float(noise_scale), int(flow_samples)
-        if action_head not in ACTION_HEADS:
-            raise ValueError(f"action_head {action_head!r}: choose one of {ACTION_HEADS}")
-        if action_head == "flow" and not model.config.has_expert:
-            raise ValueError(f"action_head 'flow': the {model.config.variant} model has no action expert")
-        if action_head == "fast" and not model.config.fast_loss:
-            raise ValueError(f"action_head 'fast': the {model.config.variant} model trains no action tokens")
-        self.action_head = ("flow" if model.config.has_expert else "fast") if action_head == "auto" else action_head
-        if fast_fallback not in FAST_FALLBACKS:
-            raise ValueError(f"fast_fallback {fast_fallback!r}: choose one of {FAST_FALLBACKS}")
-        if fast_fallback == "flow" and not model.config.has_expert:
-            raise ValueError(f"fast_fallback 'flow': the {model.config.variant} model has no action expert")
-        self.fast_fallback = fast_fallback
+        self.num_steps = inference.num_steps
+        head = self.settings.action_head
+        self.action_head = ("flow" if config.model.has_expert else "fast") if head == "auto" else head
         self.counters = {"fast_chunks": 0, "fast_invalid": 0, "flow_fallbacks": 0}
+        subtask = inference.subtask
         if subtask is None:
             entry = next((s for s in manifest.recipe.get("sources", []) if s.get("name") == self.source), {})
             subtask = bool(entry.get("annotations"))
         self.generates_subtask = bool(subtask)
         self.last_subtask: str | None = None
+
+    @property
+    def settings(self) -> PolicyConfig:
+        """The run's ``[policy]`` table, as the caller overrode it (``load``'s ``action_head``, ...)."""
+        return self.config.policy
+
+    @property
+    def fast_fallback(self) -> str:
+        return self.settings.fast_fallback
+
+    @property
+    def precision(self) -> str:
+        return self.inference.precision
+
+    @property
+    def noise_scale(self) -> float:
+        return self.inference.noise_scale
+
+    @property
+    def flow_samples(self) -> int:
+        return self.inference.flow_samples
 
     @property
     def action_dim(self) -> int:
@@ -240,35 +217,3 @@ class Policy:
                                                             dim=self.manifest.encoding.action_dim)
         return decoded[0], bool(ok[0])
 
-
-def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str | None = None, use_ema: bool = True,
-         device: str | torch.device | None = None, precision: str = "float32", action_head: str | None = None,
-         num_steps: int = 10, noise_scale: float = 1.0, flow_samples: int = 1,
-         fast_fallback: str | None = None, subtask: bool | None = None, merge_lora: bool = True) -> Policy:
-    """The policy of a run directory (latest complete checkpoint unless ``checkpoint`` names one,
-    verified against its checksums either way; its weight EMA when the run kept one and
-    ``use_ema``; the run's ``[policy] action_head`` unless ``action_head`` names one; likewise
-    ``fast_fallback``; ``subtask`` as in ``Policy``), on ``device`` (default: CUDA when present)
-    in ``precision``. A LoRA run's adapters are merged into the base weights unless ``merge_lora``
-    is false."""
-    run_dir = RunDir(run).require_run()
-    check_num_steps(num_steps)
-    resolve_device(device)  # before the weights are read
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: choose one of {tuple(PRECISIONS)}")
-    config, manifest = run_dir.config(), run_dir.manifest()
-    model = KIModel(config.model)
-    path, state, _ = run_dir.weights(Path(checkpoint) if checkpoint else None, use_ema=use_ema)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
-    if merge_lora and config.model.lora is not None:
-        from kidata.model.lora import merge
-
-        merge(model)  # one matrix per projection at inference, as an unadapted model
-    encoder = run_dir.encoder(manifest)
-    return Policy(model, config, manifest, encoder, source=source, device=device, precision=precision,
-                  num_steps=num_steps, noise_scale=noise_scale, flow_samples=flow_samples,
-                  action_head=config.policy.action_head if action_head is None else action_head,
-                  fast_fallback=config.policy.fast_fallback if fast_fallback is None else fast_fallback,
-                  subtask=subtask)

@@ -16,7 +16,8 @@ pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS"
 
 from support.training import SHAPE, TINY  # noqa: E402
 
-from kidata.compare.runs import CompareConfig, compare, job_devices  # noqa: E402
+from kidata.compare import compare  # noqa: E402
+from kidata.compare.runs import CompareConfig, job_devices  # noqa: E402
 from kidata.compare.summary import markdown, steps_to, summarize  # noqa: E402
 from kidata.manifest import ManifestMismatch  # noqa: E402
 from kidata.training.config import TrainConfig  # noqa: E402

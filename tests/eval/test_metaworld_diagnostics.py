@@ -18,10 +18,11 @@ pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' extra")
 torch = pytest.importorskip("torch")
 
 from kidata import assets  # noqa: E402
+from kidata.eval.chunking import Chunking  # noqa: E402
 from kidata.eval.metaworld import ExpertPolicy, SceneSettings, evaluate_metaworld  # noqa: E402
 from kidata.training.config import TrainConfig  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = """
 [mixture]
 name = "mw"
@@ -58,6 +59,7 @@ def recipe(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def run(recipe, tmp_path_factory) -> Path:
     """A 2-step run on a 4-episode reach build (3 held out), with closed-loop evaluation at every eval."""
+    from kidata.eval.during_training import closed_loop_hook
     from kidata.pipelines.build import build
     from kidata.pipelines.recipe import load_recipe
     from kidata.training.trainer import train
@@ -68,7 +70,7 @@ def run(recipe, tmp_path_factory) -> Path:
     config = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", [
         *MODEL, "--data.manifest", json.dumps(str(out / "manifest.json")), "--train.steps", "2", "--eval.every", "1",
         "--eval.metaworld", '{ tasks = ["reach"], episodes = 1, max_steps = 10 }'])
-    train(config, run)
+    train(config, run, closed_loop=closed_loop_hook(config))
     return run
 
 
@@ -201,7 +203,7 @@ def test_the_privileged_mlp_fits_its_demonstrations_and_refuses_unknown_tasks(re
 
 
 def test_the_evaluator_records_each_episode_and_plots_its_predicted_chunks(tmp_path):
-    result = evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=2, replan=1, max_steps=200, out=tmp_path)
+    result = evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=2, chunking=Chunking(replan=1), max_steps=200, out=tmp_path)
     assert [e["episode"] for e in result["episodes"]["reach-v3"]] == [0, 1]
     assert all(e["success"] and 0 < e["steps"] < 200 for e in result["episodes"]["reach-v3"])
     assert (tmp_path / "reach-v3-episode0-actions.png").exists() and not (tmp_path / "reach-v3-episode1.png").exists()
@@ -330,9 +332,27 @@ def test_the_evaluator_reports_a_policys_counters_per_task():
             self.counters["queries"] += 1
             return np.repeat(super().sample_actions(observation), 5, axis=0)  # a 5-action chunk
 
-    result = evaluate_metaworld(Counting(), ["reach", "push"], episodes=1, replan=5, max_steps=10)
+    result = evaluate_metaworld(Counting(), ["reach", "push"], episodes=1, chunking=Chunking(replan=5), max_steps=10)
     assert result["policy_counters"] == {"reach-v3": {"queries": 2}, "push-v3": {"queries": 2}}
     assert "policy_counters" not in evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, max_steps=5)
+
+
+def test_the_evaluator_executes_a_policys_chunks_as_its_run_settings_say():
+    from kidata.training.config import PolicyConfig
+
+    class Settled(ExpertPolicy):
+        settings = PolicyConfig(replan=2)  # what a kidata Policy carries from its run's [policy]
+
+        def __init__(self):
+            super().__init__()
+            self.counters = {"queries": 0}
+
+        def sample_actions(self, observation):
+            self.counters["queries"] += 1
+            return np.repeat(super().sample_actions(observation), 5, axis=0)  # a 5-action chunk
+
+    result = evaluate_metaworld(Settled(), ["reach"], episodes=1, max_steps=10)
+    assert result["replan"] == 2 and result["policy_counters"] == {"reach-v3": {"queries": 5}}
 
 
 def test_the_evaluator_refuses_zero_episodes_in_one_sentence():
@@ -342,7 +362,7 @@ def test_the_evaluator_refuses_zero_episodes_in_one_sentence():
 
 def test_the_evaluator_refuses_a_replanning_interval_below_one_in_one_sentence():
     with pytest.raises(ValueError, match=r"replan must be >= 1 \(actions executed per predicted chunk\), got 0"):
-        evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, replan=0)
+        evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, chunking=Chunking(replan=0))
 
 
 def test_eval_metaworld_layouts_training_needs_a_run():

@@ -12,12 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from kidata.eval.parity import compare  # noqa: E402
-from kidata.loader.collate import collate  # noqa: E402
+from kidata.loader.collate import collate, expert_prompt  # noqa: E402
 from kidata.model.config import ModelConfig  # noqa: E402
 from kidata.model.ki_model import KIModel  # noqa: E402
 from kidata.pipelines.shards import sample_members  # noqa: E402
 from kidata.tokenizers.prompt import SampleEncoder  # noqa: E402
-from kidata.training.held_out import expert_prompt  # noqa: E402
 
 TINY = dict(image_size=32, patch_size=8, vision_width=32, vision_depth=1, vision_heads=2, vision_mlp=64,
             vocab_size=2048, width=64, depth=2, heads=4, kv_heads=1, head_dim=16, mlp=128, expert_width=32,
@@ -105,6 +104,7 @@ def test_the_old_inference_prompt_differs_from_a_subtask_rows_context_and_parity
 
 def subtask_policy(encoder, model, *, annotated: bool = True):
     from kidata.policy import Policy
+    from kidata.training.config import PolicyConfig
 
     stats = {"count": 1, "mean": [0.0] * 4, "std": [1.0] * 4, "min": [-1.0] * 4, "max": [1.0] * 4,
              "q01": [-1.0] * 4, "q99": [1.0] * 4}
@@ -114,7 +114,7 @@ def subtask_policy(encoder, model, *, annotated: bool = True):
         encoding=SimpleNamespace(action_horizon=4, action_dim=4, normalization="quantile", max_tokens=64),
         sources=[SimpleNamespace(name="kitchen", kind="robot", norm_stats={"state": stats, "actions": stats},
                                  delta_mask=None)])
-    config = SimpleNamespace(data=SimpleNamespace(cameras=["base_0"]), model=model.config)
+    config = SimpleNamespace(data=SimpleNamespace(cameras=["base_0"]), model=model.config, policy=PolicyConfig())
     return Policy(model, config, manifest, encoder)
 
 

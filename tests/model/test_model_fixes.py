@@ -84,8 +84,8 @@ def collated(samples, config):
 
 @pytest.mark.parametrize("layout", ["pi0fast", "subtask", "pi05"])
 def test_the_evaluator_generates_fast_tokens_from_where_the_policy_does(text_and_fast, layout):
+    from kidata.loader.collate import generation_prompt
     from kidata.tokenizers.prompt import SampleEncoder
-    from kidata.training.held_out import generation_prompt
 
     text, fast = text_and_fast
     encoder = SampleEncoder(text, fast, prompt_format="pi0fast" if layout == "pi0fast" else "pi05")
@@ -169,7 +169,7 @@ def test_the_torch_floor_has_public_fully_shard():
 
     import tomllib
 
-    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+    extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     for extra in ("model", "loader"):
         floors = [d for d in extras[extra] if d.startswith("torch")]

@@ -44,5 +44,5 @@ def test_demo_recipe_is_meta_world_rollouts_and_scene_questions():
     recipe = load_recipe(PIPELINES / "demo.toml")
     assert [(s.name, s.reader) for s in recipe.sources] == [("metaworld", "metaworld"),
                                                             ("metaworld_scenes", "metaworld_scenes")]
-    assert recipe.sources[0].options["tasks"] == ["drawer-close", "window-close", "button-press-topdown"]
+    assert recipe.sources[0].options["tasks"] == ["drawer-open", "window-open", "window-close"]
     assert recipe.mixture.image_size == 96  # what model/ki_tiny.toml reads

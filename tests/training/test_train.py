@@ -202,6 +202,43 @@ def test_a_ki_policy_can_act_from_its_fast_tokens_instead_of_the_expert(straight
         policy.load(run, action_head="tokens")
 
 
+CLOSED_LOOP = ["--train.steps", "4", "--eval.every", "2", "--checkpoint.every", "4", "--optim.ema_decay", "0.9"]
+
+
+def test_train_hands_its_closed_loop_hook_the_ema_weights_at_the_scheduled_steps_and_logs_what_it_returns(
+        mixture, tmp_path):
+    from kidata.training.checkpoint import read_weights
+
+    seen = []
+
+    def hook(live) -> dict:
+        seen.append((live.step, {n: p.detach().clone() for n, p in live.model.named_parameters()}))
+        assert live.run.path == tmp_path / "hooked" and live.manifest.sources[0].name == "bridge"
+        return {"metaworld_success": 0.25 * live.step}
+
+    hooked = config(mixture, *CLOSED_LOOP, "--eval.metaworld", '{ tasks = ["reach"] }')
+    report = train(hooked, tmp_path / "hooked", closed_loop=hook)
+    assert [step for step, _ in seen] == [2, 4]
+    ema, averaged = read_weights(tmp_path / "hooked" / "checkpoints" / "step_0000004")
+    assert averaged and all(torch.equal(tensor, ema[name]) for name, tensor in seen[-1][1].items())
+    evaluations = [json.loads(line) for line in (tmp_path / "hooked" / "metrics.jsonl").read_text().splitlines()
+                   if "eval" in json.loads(line)]
+    assert [(e["step"], e["eval"]["metaworld_success"]) for e in evaluations] == [(2, 0.5), (4, 1.0)]
+    assert report["eval"]["metaworld_success"] == 1.0 and "action_mse" in report["eval"]
+    # the trained weights are back after each evaluation: the run trains as one without closed loop
+    plain = tmp_path / "plain"
+    train(config(mixture, *CLOSED_LOOP), plain)
+    assert losses(tmp_path / "hooked") == losses(plain)
+
+
+def test_a_config_asking_for_closed_loop_evaluation_is_refused_without_a_hook_before_the_run_is_touched(
+        mixture, tmp_path):
+    with pytest.raises(ValueError, match=r"\[eval\] metaworld asks for closed-loop evaluation and train\(\) was "
+                                         r"handed no closed_loop hook: pass closed_loop="):
+        train(config(mixture, "--eval.metaworld", '{ tasks = ["reach"] }'), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_mixture_that_does_not_fit_the_model_is_refused_before_training(mixture, tmp_path):
     with pytest.raises(ManifestMismatch, match="action_horizon: data 4, model 5"):
         train(config(mixture, "--model.action_horizon", "5"), tmp_path / "run")
