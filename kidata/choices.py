@@ -26,6 +26,7 @@ TimeConditioning = Literal["adarms", "concat"]
 # training: [train], [policy]
 InitFormat = Literal["paligemma", "openpi", "kidata"]  # what train.init_from holds
 TrainPrecision = Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, fp32 on CPU
+FrozenWeights = Literal["fp32", "bf16"]  # how frozen linear / convolution weights are stored
 ActionHead = Literal["auto", "flow", "fast"]  # the flow expert, greedy FAST tokens, or the expert when there is one
 FastFallback = Literal["relaxed", "flow"]  # what acts when FAST tokens do not decode exactly
 

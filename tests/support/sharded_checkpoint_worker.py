@@ -1,4 +1,4 @@
-"""One rank of tests/test_sharded_checkpoints.py (run by ``torch.distributed.run``, 2 gloo processes):
+"""One rank of tests/training/test_sharded_checkpoints.py (run by ``torch.distributed.run``, 2 gloo processes):
 builds the tiny preset under FSDP2, writes a sharded checkpoint, resumes from it and from a
 whole-file checkpoint, and records what each rank did into OUT/rank<r>.json (+ tensors on rank 0)."""
 

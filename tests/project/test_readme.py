@@ -23,7 +23,7 @@ pytest.importorskip("h5py")
 
 from support.data import shared_path  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SKIPPED = [  # (document, first line of the block, the reason), in reading order
     ("README.md",
      "pip install -c constraints.txt -e \".[dev]\"",
@@ -45,7 +45,7 @@ SKIPPED = [  # (document, first line of the block, the reason), in reading order
      "installs packages"),
     ("docs/sources.md",
      "[[sources]]",
-     "a recipe excerpt; tests/test_lerobot.py builds one on the fixture"),
+     "a recipe excerpt; tests/sources/test_lerobot.py builds one on the fixture"),
     ("docs/finetuning.md",
      "[[sources]]",
      "a recipe excerpt; tests/test_delta_actions.py builds one on a DROID-layout dataset"),
@@ -54,7 +54,7 @@ SKIPPED = [  # (document, first line of the block, the reason), in reading order
      "the measurement itself: about 65 minutes on 2 CPU cores, and about 4 hours more for MT10; its pieces run above"),
     ("docs/comparison.md",
      "kidata build pipelines/metaworld_cotrain.toml --out runs/cmp/data",
-     "hours of CPU; tests/test_compare.py runs the machinery on a 4-step budget"),
+     "hours of CPU; tests/compare/test_compare.py runs the machinery on a 4-step budget"),
     ("docs/contributing.md",
      "# kidata/sources/my_robot.py",
      "a module to add to the package, not a script"),

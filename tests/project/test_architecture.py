@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "kidata"
+PACKAGE = Path(__file__).resolve().parents[2] / "kidata"
 
 # The layers, lowest first. A module may import its own folder and any folder of a lower layer,
 # never one of its own layer's other folders nor a higher one (function-level imports and the

@@ -22,7 +22,7 @@ from kidata.eval.chunking import Chunking  # noqa: E402
 from kidata.eval.metaworld import ExpertPolicy, SceneSettings, evaluate_metaworld  # noqa: E402
 from kidata.training.config import load  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPE = """
 [mixture]
 name = "mw"

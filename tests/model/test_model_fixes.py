@@ -169,7 +169,7 @@ def test_the_torch_floor_has_public_fully_shard():
 
     import tomllib
 
-    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"][
+    extras = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())["project"][
         "optional-dependencies"]
     for extra in ("model", "loader"):
         floors = [d for d in extras[extra] if d.startswith("torch")]

@@ -122,7 +122,7 @@ def test_save_load_round_trip_and_shape_in_config(fitted, chunks, tmp_path):
         "scale": 10,
         "time_horizon": 10,
         "vocab_size": 512,
-        # what transformers.AutoProcessor needs to load it (tests/test_fast_interop.py)
+        # what transformers.AutoProcessor needs to load it (tests/tokenizers/test_fast_interop.py)
         "auto_map": {"AutoProcessor": "processing_action_tokenizer.UniversalActionProcessor"},
         "processor_class": "UniversalActionProcessor",
     }

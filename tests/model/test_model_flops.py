@@ -16,7 +16,7 @@ from kidata.model.flops import StepShape, naive_training_flops, training_flops  
 from kidata.model.ki_model import KIModel  # noqa: E402
 from kidata.model.weights import parameter_counts  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = dict(image_size=32, patch_size=8, vision_width=24, vision_depth=1, vision_heads=2, vision_mlp=48,
             vocab_size=300, width=64, depth=3, heads=4, kv_heads=1, head_dim=16, mlp=128, expert_width=32,
             expert_mlp=64, action_dim=4, action_horizon=4, state_dim=4)

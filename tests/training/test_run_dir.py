@@ -16,7 +16,7 @@ from kidata.training.checkpoint import save_checkpoint  # noqa: E402
 from kidata.training.config import TrainConfig  # noqa: E402
 from kidata.training.run_dir import RunDir  # noqa: E402
 
-PACKAGE = Path(__file__).resolve().parents[1] / "kidata"
+PACKAGE = Path(__file__).resolve().parents[2] / "kidata"
 
 
 def checkpoint(run: Path, step: int) -> Path:
