@@ -266,6 +266,12 @@ MUTATIONS = [
              "parameter.requires_grad_(name in trained[0])",
              "parameter.requires_grad_(name in trained[0] if dist.get_rank() == 0 else parameter.requires_grad)",
              ("tests/training/test_lora_training.py -k two_process_fsdp_lora",)),
+    Mutation("a bf16 base merges into bf16 weights", "kidata/model/lora.py",
+             ".to(torch.promote_types(weight.dtype, lora_a.dtype))", ".to(weight.dtype)",
+             ("tests/model/test_lora.py -k bf16_base",)),
+    Mutation("trained linear weights stored in bf16 too", "kidata/model/lora.py",
+             "if parameter is not None and not parameter.requires_grad and", "if parameter is not None and",
+             ("tests/model/test_lora.py -k stored_in_bf16",)),
 ]
 
 

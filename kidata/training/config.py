@@ -27,7 +27,9 @@ class LoopConfig:
     weights stay fp32 either way). init_from: a PaliGemma checkpoint (directory, URL or hub id)
     for the backbone, an openpi pi0/pi0.5 ``model.safetensors`` when ``init_format='openpi'``, or
     a kidata run's backbone when ``init_format='kidata'`` (e.g. a ``vlm`` run: the expert stays
-    fresh)."""
+    fresh). frozen_weights: ``bf16`` stores the frozen weights of linear and convolution layers in
+    bf16 (openpi keeps frozen weights in bf16; LoRA, ``frozen``), for bf16 runs only: the same
+    training bit for bit, 2 bytes per such weight instead of 4 (``initialize.store_frozen_in_bf16``)."""
 
     steps: int = 1000
     seed: int = 0
@@ -38,6 +40,7 @@ class LoopConfig:
     init_from: str = ""
     init_format: str = "paligemma"
     deterministic: bool = False  # deterministic kernels only (kidata/training/determinism.py): reproducible, slower
+    frozen_weights: str = "fp32"  # fp32 | bf16
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.train.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.train.precision!r}")
+        if self.train.frozen_weights not in ("fp32", "bf16"):
+            raise ValueError(f"train.frozen_weights must be fp32 or bf16, got {self.train.frozen_weights!r}")
         if self.train.init_format not in INIT_FORMATS:
             raise ValueError(f"train.init_format must be one of {INIT_FORMATS}, got {self.train.init_format!r}")
         for name, value in (("train.steps", self.train.steps), ("data.batch_size", self.data.batch_size),

@@ -196,3 +196,51 @@ def test_an_openpi_checkpoint_fills_the_base_weights_under_fresh_adapters(tmp_pa
         assert torch.equal(ours.state_dict()[name], tensor), name
     assert all(torch.count_nonzero(p) == 0 for name, p in ours.named_parameters() if name.endswith("lora_b"))
 
+
+
+def linear_tensor_names(net: KIModel) -> set[str]:
+    """Names of the weights and biases of every linear and convolution layer (LoRA's bases included)."""
+    return {f"{module_name}.{name}" for module_name, module in net.named_modules()
+            if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, LoRALinear))
+            for name, parameter in module.named_parameters(recurse=False) if parameter is not None}
+
+
+def test_frozen_linear_weights_stored_in_bf16_train_bit_for_bit_as_fp32_ones_under_bf16_autocast():
+    from kidata.model.lora import store_frozen_in_bf16
+
+    runs = []
+    for frozen_bf16 in (False, True):
+        net = lora_model()
+        with torch.no_grad():
+            for name, parameter in net.named_parameters():
+                if name.endswith("lora_b"):  # open the adapters so they carry signal both ways
+                    parameter.copy_(torch.randn(parameter.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
+        if frozen_bf16:
+            cast = store_frozen_in_bf16(net)
+            narrow = {name for name, parameter in net.named_parameters() if parameter.dtype == torch.bfloat16}
+            frozen = {name for name, parameter in net.named_parameters() if not parameter.requires_grad}
+            assert narrow == linear_tensor_names(net) & frozen and cast == len(narrow)
+            assert "embed.weight" not in narrow and "layers.0.q.lora_a" not in narrow
+        batch = make_batch()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(batch, **fixed(batch))
+        out["loss"].backward()
+        runs.append((out["loss"], {name: p.grad for name, p in net.named_parameters() if p.requires_grad}))
+    (loss_wide, grads_wide), (loss_narrow, grads_narrow) = runs
+    assert torch.equal(loss_wide, loss_narrow)
+    assert grads_wide.keys() == grads_narrow.keys()
+    assert all(torch.equal(grads_wide[name], grads_narrow[name]) for name in grads_wide)
+
+
+def test_a_bf16_base_merges_into_fp32_weights_that_keep_the_adapters_update():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(5, 3, bias=True).to(torch.bfloat16)
+    layer = LoRALinear(base, rank=2, scale=0.5)
+    layer.lora_a.data, layer.lora_b.data = layer.lora_a.data.float(), torch.randn(3, 2) * 1e-3
+    expected = base.weight.float() + 0.5 * layer.lora_b @ layer.lora_a
+    merged = layer.merged()
+    assert merged.weight.dtype == torch.float32
+    torch.testing.assert_close(merged.weight, expected, rtol=0, atol=1e-7)
+    tensors = {"q.weight": base.weight, "q.lora_a": layer.lora_a, "q.lora_b": layer.lora_b}
+    merged_tensors = merge_tensors(tensors, LoraConfig(backbone_rank=2, alpha=1.0))
+    torch.testing.assert_close(merged_tensors["q.weight"], expected, rtol=0, atol=1e-7)

@@ -39,8 +39,8 @@ def lora_run(mixture, tmp_path_factory) -> tuple[Path, Path]:
     return vlm, run
 
 
-def trained_names(run: Path) -> set[str]:
-    optimizer = read_full(step(run, 4), "optimizer")
+def trained_names(run: Path, number: int = 4) -> set[str]:
+    optimizer = read_full(step(run, number), "optimizer")
     return {name.rsplit(".", 1)[0] for name in optimizer}
 
 
@@ -125,6 +125,32 @@ def test_under_fsdp_only_the_trained_tensors_change_and_the_frozen_base_stays_th
     assert changed == trained
     assert {name for name in trained if name.startswith("layers.")} == {
         name for name in final if name.startswith("layers.") and "lora" in name}  # the backbone through its adapters
+
+
+def test_a_run_storing_frozen_weights_in_bf16_trains_bit_for_bit_as_one_storing_them_in_fp32(lora_run, mixture,
+                                                                                                tmp_path):
+    vlm, _ = lora_run
+    runs = {}
+    for frozen in ("fp32", "bf16"):
+        runs[frozen] = tmp_path / frozen
+        train(config(mixture, *LORA, "--train.init_from", json.dumps(str(vlm)), "--train.steps", "2",
+                     "--checkpoint.every", "2", "--eval.every", "0", "--train.precision", "bf16",
+                     "--train.frozen_weights", frozen), runs[frozen])
+    assert losses(runs["bf16"]) == losses(runs["fp32"])
+    wide, narrow = read_full(step(runs["fp32"], 2), "model"), read_full(step(runs["bf16"], 2), "model")
+    trained = trained_names(runs["fp32"], 2)
+    cast = {name for name, tensor in narrow.items() if tensor.dtype == torch.bfloat16}
+    assert "layers.0.q.weight" in cast and "vision.patch.weight" in cast and not cast & trained
+    for name, tensor in wide.items():
+        assert torch.equal(narrow[name], tensor.to(narrow[name].dtype)), name
+
+
+def test_frozen_weights_in_bf16_on_an_fp32_run_are_refused_naming_the_precision(mixture, tmp_path):
+    with pytest.raises(ValueError, match=r"train.frozen_weights = 'bf16' needs bf16 autocast, and this run computes "
+                                         r"in fp32 \(train.precision = 'auto' on cpu\): set train.precision = 'bf16'"):
+        train(config(mixture, *LORA, "--train.init_from", "runs/vlm", "--train.frozen_weights", "bf16"),
+              tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def observation(seed: int = 0) -> dict:

@@ -101,3 +101,26 @@ def test_the_memory_command_prints_each_part_the_total_and_the_cards_it_fits(cap
         assert f"| {row} |" in out
     assert "LoRA ranks 16/32" in out
     assert "fits: 24 GB yes, 40 GB yes, 80 GB yes, 141 GB yes" in out
+
+
+def test_frozen_linear_weights_stored_in_bf16_count_two_bytes_each_in_the_plan():
+    torch = pytest.importorskip("torch")
+    from kidata.model.config import ModelConfig
+    from kidata.model.ki_model import KIModel
+    from kidata.model.lora import LoRALinear
+    from kidata.training.memory import frozen_linear_params, plan
+
+    config = ModelConfig.load("ki_tiny", lora={})
+    with torch.device("meta"):
+        net = KIModel(config)
+    linear = sum(parameter.numel() for module in net.modules()
+                 if isinstance(module, (torch.nn.Linear, torch.nn.Conv2d, LoRALinear))
+                 for parameter in module.parameters(recurse=False) if not parameter.requires_grad)
+    assert frozen_linear_params(config) == linear > 0
+    wide = plan(config, batch=4, tokens=16, cameras=1, bf16=True)
+    narrow = plan(config, batch=4, tokens=16, cameras=1, bf16=True, frozen_bf16=True)
+    assert wide.parameters - narrow.parameters == 2 * linear
+    assert (narrow.gradients, narrow.optimizer, narrow.copies) == (wide.gradients, wide.optimizer, wide.copies)
+    assert narrow.activations < wide.activations  # autocast no longer saves a bf16 cast of each frozen weight
+    with pytest.raises(ValueError, match="frozen weights stored in bf16 need bf16 autocast"):
+        plan(config, batch=4, tokens=16, cameras=1, bf16=False, frozen_bf16=True)
