@@ -47,8 +47,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
         dataset = build_bench.write_dataset(root / "data", 12, 40)
-        recipe_path = build_bench.recipe(root / "r.toml", dataset)
-        recipe_path.write_text(recipe_path.read_text().replace("image_size = 224", "image_size = 96"))
+        recipe_path = build_bench.recipe(root / "r.toml", dataset, image_size=96)
         build(load_recipe(recipe_path), str(root / "out"), progress=False)
         manifest_path = str(root / "out" / "manifest.json")
         manifest, _ = Manifest.read(manifest_path)

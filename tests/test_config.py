@@ -6,6 +6,7 @@ import json
 import re
 
 import pytest
+from support.recipes import RecipeDraft, source
 
 from kidata import assets
 from kidata.config import ConfigError, apply_overrides, from_table, read_toml
@@ -27,14 +28,13 @@ def test_shipped_recipes_and_presets_load_by_their_short_names_from_any_folder(t
 def test_a_local_file_wins_over_the_shipped_asset_of_the_same_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pipelines").mkdir()
-    (tmp_path / "pipelines" / "demo.toml").write_text(
-        '[mixture]\nname = "mine"\n[[sources]]\nname = "s"\nreader = "metaworld"\ntasks = ["reach"]\n')
+    RecipeDraft({"name": "mine"}, (source("s", "metaworld", tasks=["reach"]),)).write(tmp_path / "pipelines" / "demo.toml")
     assert load_recipe("pipelines/demo.toml").mixture.name == "mine"
 
 
 def test_the_demo_text_tokenizer_resolves_from_a_recipe_outside_the_checkout(tmp_path):
     recipe_path = tmp_path / "r.toml"
-    recipe_path.write_text('[mixture]\nname = "m"\n[[sources]]\nname = "s"\nreader = "metaworld"\ntasks = ["reach"]\n')
+    RecipeDraft({"name": "m"}, (source("s", "metaworld", tasks=["reach"]),)).write(recipe_path)
     recipe = load_recipe(recipe_path)
     tokenizer = TextTokenizer.load(recipe.mixture.text_tokenizer, base_dir=recipe.base_dir)  # as the build loads it
     assert tokenizer.source == str(assets.ROOT / "tokenizers" / "demo-text" / "tokenizer.model")

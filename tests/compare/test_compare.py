@@ -27,12 +27,10 @@ from kidata.training.trainer import train  # noqa: E402
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
-    from support.recipes import write_recipe
+    from support.recipes import bridge, vqav2, write_recipe
 
     root = tmp_path_factory.mktemp("compare")
-    path = write_recipe(root / "recipe.toml", units=2)
-    path.write_text(path.read_text().replace("weight = 0.2", "weight = 0.3\nholdout = 0.34"))
-    return path
+    return write_recipe(root / "recipe.toml", bridge(), vqav2(weight=0.3, holdout=0.34), units=2)
 
 
 @pytest.fixture(scope="module")

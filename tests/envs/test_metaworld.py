@@ -12,6 +12,8 @@ import pytest
 os.environ.setdefault("MUJOCO_GL", "egl")
 metaworld = pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' extra")
 
+from support.recipes import RecipeDraft, source  # noqa: E402
+
 from kidata.envs.metaworld import TASKS, from_env_action, instruction, resolve_tasks, to_env_action  # noqa: E402
 from kidata.eval.chunking import Chunking  # noqa: E402
 from kidata.eval.metaworld import ExpertPolicy, RandomPolicy, evaluate_metaworld  # noqa: E402
@@ -156,28 +158,11 @@ def test_two_task_two_episode_build_decodes_back_to_the_rollouts(tmp_path, episo
     from kidata.pipelines.verify import verify
 
     _, items, _ = episodes
-    (tmp_path / "recipe.toml").write_text("""
-[mixture]
-name = "mw"
-action_horizon = 4
-image_size = 64
-max_tokens = 128
-units_per_source = 2
-fast_tokenizer = { fit = true, vocab_size = 300, scale = 10.0 }
-
-[[sources]]
-name = "metaworld"
-reader = "metaworld"
-tasks = ["reach", "push"]
-episodes_per_task = 2
-
-[[sources]]
-name = "scenes"
-reader = "metaworld_scenes"
-tasks = ["reach"]
-scenes_per_task = 2
-weight = 0.2
-""")
+    RecipeDraft({"name": "mw", "action_horizon": 4, "image_size": 64, "max_tokens": 128, "units_per_source": 2,
+                 "fast_tokenizer": {"fit": True, "vocab_size": 300, "scale": 10.0}},
+                (source("metaworld", "metaworld", tasks=["reach", "push"], episodes_per_task=2),
+                 source("scenes", "metaworld_scenes", tasks=["reach"], scenes_per_task=2, weight=0.2))
+                ).write(tmp_path / "recipe.toml")
     manifest = build(load_recipe(tmp_path / "recipe.toml"), str(tmp_path / "out"), progress=False)
     robot, scenes = manifest.sources
     assert (robot.episodes, robot.samples) == (4, sum(e.steps for e in items))

@@ -17,31 +17,19 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 pytest.importorskip("metaworld", reason="Meta-World needs the 'sim' extra")
 torch = pytest.importorskip("torch")
 
+from support import recipes  # noqa: E402
+
 from kidata.config import apply_overrides  # noqa: E402
 from kidata.eval.chunking import Chunking  # noqa: E402
 from kidata.eval.metaworld import ExpertPolicy, SceneSettings, evaluate_metaworld  # noqa: E402
 from kidata.training.config import load  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-RECIPE = """
-[mixture]
-name = "mw"
-action_horizon = 4
-image_size = 64
-state_encoding = "continuous"
-max_tokens = 64
-holdout = 0.5
-units_per_source = 1
-fast_tokenizer = { fit = true, vocab_size = 300, scale = 10.0 }
-
-[[sources]]
-name = "metaworld"
-reader = "metaworld"
-tasks = ["reach"]
-episodes_per_task = 4
-cameras = { base_0 = "corner", left_wrist_0 = "gripperPOV" }
-goal_marker_scale = 2.0
-"""
+RECIPE = recipes.RecipeDraft(
+    {"name": "mw", "action_horizon": 4, "image_size": 64, "state_encoding": "continuous", "max_tokens": 64,
+     "holdout": 0.5, "units_per_source": 1, "fast_tokenizer": {"fit": True, "vocab_size": 300, "scale": 10.0}},
+    (recipes.source("metaworld", "metaworld", tasks=["reach"], episodes_per_task=4,
+                    cameras={"base_0": "corner", "left_wrist_0": "gripperPOV"}, goal_marker_scale=2.0),))
 MODEL = {"model": {"image_size": 64, "action_horizon": 4, "action_dim": 4, "state_dim": 4, "state_input": "prefix"},
          "data": {"cameras": ["base_0", "left_wrist_0"], "num_workers": 0, "batch_size": 4},
          "log": {"progress": False, "every": 1}, "eval": {"batches": 1, "batch_size": 4, "max_new_tokens": 8},
@@ -50,9 +38,7 @@ MODEL = {"model": {"image_size": 64, "action_horizon": 4, "action_dim": 4, "stat
 
 @pytest.fixture(scope="module")
 def recipe(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("recipe") / "recipe.toml"
-    path.write_text(RECIPE)
-    return path
+    return RECIPE.write(tmp_path_factory.mktemp("recipe") / "recipe.toml")
 
 
 @pytest.fixture(scope="module")

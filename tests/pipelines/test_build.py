@@ -19,7 +19,7 @@ pytest.importorskip("tensorflow_datasets", reason="builds on RLDS need the 'rlds
 
 from support.builds import tree_bytes  # noqa: E402
 from support.data import shared_path  # noqa: E402
-from support.recipes import bridge_and_coco_detection_sources, write_recipe  # noqa: E402
+from support.recipes import bridge, coco_detection, write_recipe  # noqa: E402
 
 from kidata.normalize import NormStats, normalize  # noqa: E402
 from kidata.pipelines.build import BuildError, build  # noqa: E402
@@ -186,14 +186,7 @@ def test_a_source_none_of_whose_episodes_falls_under_the_holdout_holds_out_the_o
     ranks = {i: int.from_bytes(hashlib.sha256(f"holdout/bridge/{i}".encode()).digest()[:8], "big") / 2**64 for i in ids}
     first = min(ids, key=ranks.get)
     fraction = ranks[first] / 2  # positive, and no episode falls under it
-    path = write_recipe(tmp_path / "r.toml", units=1, sources=f"""
-[[sources]]
-name = "bridge"
-reader = "rlds"
-path = "{shared_path("data", "rlds", "bridge_dataset", "1.0.0")}"
-dataset = "bridge_dataset"
-holdout = {fraction!r}
-""")
+    path = write_recipe(tmp_path / "r.toml", bridge(holdout=fraction), units=1)
     few = build(load_recipe(path), str(tmp_path / "out"), progress=False)
     split = episodes_by_split(tmp_path / "out", few.sources[0])
     assert split["val"] == {first} and split["train"] == set(ids) - {first}
@@ -202,18 +195,8 @@ holdout = {fraction!r}
 
 def test_a_sources_own_holdout_overrides_the_mixtures(tmp_path):
     """37 COCO detection examples, the mixture holding out 0.2 and the source 0.6 of them."""
-    coco = shared_path("data", "coco_detection")
-    path = write_recipe(tmp_path / "r.toml", units=1, extra_mixture='fast_token_rule = "offset"\nfast_token_offset = 300',
-                        sources=f"""
-[[sources]]
-name = "coco"
-reader = "coco_detection"
-instances = "{coco / 'annotations' / 'instances_val2017.json'}"
-images = "{coco / 'images' / 'val2017'}"
-holdout = 0.6
-""")
-    path.write_text(path.read_text().replace("fast_tokenizer = { fit = true, vocab_size = 300, scale = 10.0 }",
-                                             "fast_tokenizer = { bins = 16 }"))  # no robot source to fit on
+    path = write_recipe(tmp_path / "r.toml", coco_detection(holdout=0.6), units=1, fast_token_rule="offset",
+                        fast_token_offset=300, fast_tokenizer={"bins": 16})  # no robot source to fit on
     recipe = load_recipe(path)
     manifest = build(recipe, str(tmp_path / "out"), progress=False)
     found = episodes_by_split(tmp_path / "out", manifest.sources[0])
@@ -239,7 +222,7 @@ def test_a_different_recipe_on_the_same_output_is_refused_unless_forced(built, t
     recipe, out, _ = built
     copy = tmp_path / "out"
     shutil.copytree(out, copy)
-    changed = load_recipe(write_recipe(tmp_path / "changed.toml", extra_mixture="seed = 7"))
+    changed = load_recipe(write_recipe(tmp_path / "changed.toml", seed=7))
     with pytest.raises(BuildError, match="different recipe"):
         build(changed, str(copy), progress=False)
     build(changed, str(copy), force=True, progress=False)
@@ -248,7 +231,7 @@ def test_a_different_recipe_on_the_same_output_is_refused_unless_forced(built, t
 
 def test_unknown_recipe_keys_name_the_nearest_valid_key(tmp_path):
     with pytest.raises(RecipeError, match="unknown key 'action_horizn'.*'action_horizon'"):
-        load_recipe(write_recipe(tmp_path / "r.toml", extra_mixture="action_horizn = 5"))
+        load_recipe(write_recipe(tmp_path / "r.toml", action_horizn=5))
     with pytest.raises(RecipeError, match="unknown key 'questons'.*'questions'"):
         parse_recipe({"mixture": {"name": "x"}, "sources": [{"name": "v", "reader": "vqav2", "questons": "q.json"}]})
 
@@ -256,8 +239,7 @@ def test_unknown_recipe_keys_name_the_nearest_valid_key(tmp_path):
 def test_fast_range_colliding_with_detection_loc_tokens_is_refused(tmp_path):
     from kidata.tokenizers.ranges import RangeCollision
 
-    sources = bridge_and_coco_detection_sources()
-    recipe = load_recipe(write_recipe(tmp_path / "r.toml", sources=sources, units=1))
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", bridge(), coco_detection(), units=1))
     with pytest.raises(RangeCollision, match="<loc> tokens"):
         build(recipe, str(tmp_path / "out"), progress=False)
 
@@ -269,7 +251,7 @@ def test_the_fix_a_range_collision_names_builds_in_the_same_folder_without_force
 
     from kidata.tokenizers.ranges import RangeCollision
 
-    path = write_recipe(tmp_path / "r.toml", sources=bridge_and_coco_detection_sources(), units=1)
+    path = write_recipe(tmp_path / "r.toml", bridge(), coco_detection(), units=1)
     with pytest.raises(RangeCollision) as refused:
         build(load_recipe(path), str(tmp_path / "out"), progress=False)
     rule, offset, vocab = re.search(r'fast_token_rule = "(\w+)" and fast_token_offset = (\d+), then train with '
@@ -293,9 +275,8 @@ def test_ray_engine_gives_the_same_bytes_as_the_local_pool(built, tmp_path):
 
 
 def test_detection_and_robot_data_build_with_the_action_range_moved_off_the_loc_tokens(tmp_path):
-    sources = bridge_and_coco_detection_sources()
-    recipe = load_recipe(write_recipe(tmp_path / "r.toml", sources=sources, units=2,
-                                      extra_mixture='fast_token_rule = "offset"\nfast_token_offset = 300'))
+    recipe = load_recipe(write_recipe(tmp_path / "r.toml", bridge(), coco_detection(), units=2, fast_token_rule="offset",
+                                      fast_token_offset=300))
     manifest = build(recipe, str(tmp_path / "out"), progress=False)
     coco_entry = manifest.sources[1]
     assert manifest.encoding.fast_token_range == (300, 599)
@@ -311,9 +292,7 @@ def test_naive_bin_tokens_build_decodes_back_to_the_actions(tmp_path):
     """The paper's naive-token ablation as a recipe setting: 256 bins, every 2nd step kept."""
     from kidata.tokenizers import BinTokenizer, load_action_tokenizer
 
-    path = write_recipe(tmp_path / "recipe.toml", units=2)
-    path.write_text(path.read_text().replace("fast_tokenizer = { fit = true, vocab_size = 300, scale = 10.0 }",
-                                             "fast_tokenizer = { bins = 256, stride = 2 }"))
+    path = write_recipe(tmp_path / "recipe.toml", units=2, fast_tokenizer={"bins": 256, "stride": 2})
     manifest = build(load_recipe(path), str(tmp_path / "out"), progress=False)
     assert manifest.action_tokens == "bins"
     tokenizer = load_action_tokenizer(tmp_path / "out" / "fast_tokenizer")
@@ -335,9 +314,7 @@ def test_naive_bin_tokens_build_decodes_back_to_the_actions(tmp_path):
 
 
 def test_bins_with_fast_fit_keys_are_refused(tmp_path):
-    path = write_recipe(tmp_path / "recipe.toml")
-    path.write_text(path.read_text().replace("fast_tokenizer = { fit = true, vocab_size = 300, scale = 10.0 }",
-                                             "fast_tokenizer = { bins = 256, vocab_size = 300 }"))
+    path = write_recipe(tmp_path / "recipe.toml", fast_tokenizer={"bins": 256, "vocab_size": 300})
     with pytest.raises(RecipeError, match="vocab_size"):
         load_recipe(path)
 

@@ -17,23 +17,15 @@ pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS"
 
 
 
-@pytest.mark.parametrize("weight", ["nan", "inf", "-1.0", '"abc"', "true"])
+@pytest.mark.parametrize("weight", [float("nan"), float("inf"), -1.0, "abc", True])
 def test_a_weight_that_is_not_a_finite_non_negative_number_is_refused_naming_the_source(weight):
-    import tomllib
+    from support.recipes import RecipeDraft, source
 
     from kidata.pipelines.recipe import RecipeError, parse_recipe
 
-    data = tomllib.loads(f"""
-[mixture]
-name = "m"
-[[sources]]
-name = "scenes"
-reader = "metaworld_scenes"
-tasks = ["reach"]
-weight = {weight}
-""")
+    draft = RecipeDraft({"name": "m"}, (source("scenes", "metaworld_scenes", tasks=["reach"], weight=weight),))
     with pytest.raises(RecipeError, match=r"\(scenes\): weight = .*(not a number|finite numbers >= 0)"):
-        parse_recipe(data)
+        parse_recipe(draft.tables())
 
 
 def test_a_failing_command_ends_in_one_line_and_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
@@ -133,6 +125,7 @@ def test_a_features_json_in_tfds_legacy_form_naming_a_foreign_class_is_refused_b
 
 def test_units_skipped_by_skip_corrupt_are_counted_in_the_manifest_report_and_console(tmp_path, capsys):
     from support.data import shared_path
+    from support.recipes import RecipeDraft, source
 
     from kidata.cli import main
 
@@ -140,22 +133,10 @@ def test_units_skipped_by_skip_corrupt_are_counted_in_the_manifest_report_and_co
     shutil.copytree(shared_path("data", "rlds", "bridge_dataset", "1.0.0"), copy)
     record = next(copy.glob("*-train.tfrecord*"))
     record.write_bytes(record.read_bytes()[: record.stat().st_size * 3 // 4])
-    (tmp_path / "recipe.toml").write_text(f"""
-[mixture]
-name = "corrupt"
-action_horizon = 4
-image_size = 32
-max_tokens = 128
-units_per_source = 2
-fast_tokenizer = {{ fit = true, vocab_size = 300, scale = 10.0 }}
-
-[[sources]]
-name = "bridge"
-reader = "rlds"
-path = "{copy}"
-dataset = "bridge_dataset"
-skip_corrupt = true
-""")
+    RecipeDraft({"name": "corrupt", "action_horizon": 4, "image_size": 32, "max_tokens": 128, "units_per_source": 2,
+                 "fast_tokenizer": {"fit": True, "vocab_size": 300, "scale": 10.0}},
+                (source("bridge", "rlds", path=str(copy), dataset="bridge_dataset", skip_corrupt=True),)
+                ).write(tmp_path / "recipe.toml")
     assert main(["build", str(tmp_path / "recipe.toml"), "--out", str(tmp_path / "out"), "--quiet"]) == 0
     assert "notices {'failed_units': 1}" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -169,8 +150,7 @@ def test_a_source_that_yields_no_samples_fails_the_build_naming_the_rejections(t
     from kidata.pipelines.build import BuildError, build
     from kidata.pipelines.recipe import load_recipe
 
-    recipe = write_recipe(tmp_path / "recipe.toml", units=1)
-    recipe.write_text(recipe.read_text().replace("max_tokens = 128", "max_tokens = 12"))
+    recipe = write_recipe(tmp_path / "recipe.toml", units=1, max_tokens=12)
     with pytest.raises(BuildError, match=r"source 'bridge' produced no samples \(rejected \{'too_long'"):
         build(load_recipe(recipe), str(tmp_path / "out"), progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists() and (tmp_path / "out" / "build_report.json").exists()
@@ -279,25 +259,17 @@ def test_rebuilding_over_a_missing_or_truncated_shard_rewrites_its_unit_with_the
     assert {p: p.read_bytes() for p in shards} == original
 
 
-@pytest.mark.parametrize(("key", "value"), [("action_horizon", "0"), ("image_size", "0"), ("max_tokens", "-5"),
-                                            ("image_size", '"96"')])
+@pytest.mark.parametrize(("key", "value"), [("action_horizon", 0), ("image_size", 0), ("max_tokens", -5),
+                                            ("image_size", "96")])
 def test_a_mixture_size_that_is_not_a_positive_whole_number_is_refused(key, value):
-    import tomllib
+    from support.recipes import RecipeDraft, source
 
     from kidata.pipelines.recipe import RecipeError, parse_recipe
 
-    data = tomllib.loads(f"""
-[mixture]
-name = "m"
-{key} = {value}
-[[sources]]
-name = "scenes"
-reader = "metaworld_scenes"
-tasks = ["reach"]
-""")
+    draft = RecipeDraft({"name": "m", key: value}, (source("scenes", "metaworld_scenes", tasks=["reach"]),))
     with pytest.raises(RecipeError, match=rf"\[mixture\]: {key} = .*: (it must be a whole number >= 1|expected a whole "
                                           "number)"):
-        parse_recipe(data)
+        parse_recipe(draft.tables())
 
 
 @pytest.mark.parametrize(("chunks", "message"), [(np.zeros((0, 10, 4)), "holds no chunks"),
@@ -368,7 +340,7 @@ def test_an_unwritable_build_output_is_refused_before_any_work(tmp_path):
 
 def test_a_truncated_tfrecord_read_by_one_worker_ends_the_build_in_one_line_naming_it(tmp_path, capsys, monkeypatch):
     from support.data import shared_path
-    from support.recipes import write_recipe
+    from support.recipes import source, write_recipe
 
     from kidata.cli import main
 
@@ -377,13 +349,8 @@ def test_a_truncated_tfrecord_read_by_one_worker_ends_the_build_in_one_line_nami
     shutil.copytree(shared_path("data", "rlds", "bridge_dataset", "1.0.0"), copy)
     record = sorted(copy.glob("*.tfrecord*"))[0]
     record.write_bytes(record.read_bytes()[: record.stat().st_size // 2])
-    recipe = write_recipe(tmp_path / "recipe.toml", units=1, sources=f"""
-[[sources]]
-name = "bridge"
-reader = "rlds"
-path = "{copy}"
-dataset = "bridge_dataset"
-""")
+    recipe = write_recipe(tmp_path / "recipe.toml", source("bridge", "rlds", path=str(copy), dataset="bridge_dataset"),
+                          units=1)
     assert main(["build", str(recipe), "--out", str(tmp_path / "out"), "--quiet"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("kidata build: ") and record.name in err[0], err

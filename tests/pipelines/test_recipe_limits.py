@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import pytest
 import tomllib
+from support import recipes
 
 from kidata.pipelines.recipe import RecipeError, load_recipe, parse_recipe
 
 
 def recipe(mixture: str = "", source: str = "") -> dict:
-    return tomllib.loads(f"""
-[mixture]
-name = "m"
-{mixture}
-[[sources]]
-name = "scenes"
-reader = "metaworld_scenes"
-tasks = ["reach"]
-{source}
-""")
+    """A Meta-World scenes recipe's tables, with ``mixture`` and ``source`` (TOML lines, as a user writes the
+    value under test) added to its [mixture] and its one source."""
+    return recipes.RecipeDraft({"name": "m", **tomllib.loads(mixture)},
+                               (recipes.source("scenes", "metaworld_scenes", tasks=["reach"], **tomllib.loads(source)),)
+                               ).tables()
 
 
 @pytest.mark.parametrize(("line", "message"), [

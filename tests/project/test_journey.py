@@ -14,7 +14,7 @@ pytest.importorskip("tensorflow_datasets", reason="builds on RLDS need the 'rlds
 torch = pytest.importorskip("torch")
 
 from support.data import shared_path  # noqa: E402
-from support.recipes import write_recipe  # noqa: E402
+from support.recipes import RecipeDraft, source, write_recipe  # noqa: E402
 
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
@@ -29,15 +29,8 @@ def test_a_recipe_mapping_may_be_a_json_file_beside_the_recipe(tmp_path):
 
     bridge = shared_path("data", "rlds", "bridge_dataset", "1.0.0")
     (tmp_path / "my_mapping.json").write_text(json.dumps(BRIDGE_MAPPING))
-    (tmp_path / "recipe.toml").write_text(f"""
-[mixture]
-name = "m"
-[[sources]]
-name = "mine"
-reader = "rlds"
-path = "{bridge}"
-mapping = "my_mapping.json"
-""")
+    RecipeDraft({"name": "m"}, (source("mine", "rlds", path=str(bridge), mapping="my_mapping.json"),)
+                ).write(tmp_path / "recipe.toml")
     recipe = load_recipe(tmp_path / "recipe.toml")
     assert recipe.sources[0].options["mapping"] == str(tmp_path / "my_mapping.json")
     mine = next(recipe.open(recipe.sources[0]).episodes(images=False))
@@ -92,8 +85,7 @@ def test_training_on_a_mixture_without_a_held_out_split_says_so(tmp_path, capsys
 
     from kidata.training.trainer import train
 
-    path = write_recipe(tmp_path / "r.toml", units=1)
-    path.write_text(path.read_text().replace("holdout = 0.2\n", ""))
+    path = write_recipe(tmp_path / "r.toml", units=1, holdout=None)
     build(load_recipe(path), str(tmp_path / "o"), progress=False)
     train(config(str(tmp_path / "o" / "manifest.json"), train={"steps": 1}, eval={"every": 0}), tmp_path / "run")
     assert "has no held-out split (the recipe's [mixture] holdout is 0.0, and no record fell under it)" in capsys.readouterr().err

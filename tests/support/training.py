@@ -21,14 +21,13 @@ SHAPE = {"model": {"image_size": 64, "action_horizon": 4},
 
 
 def build_mixture(root: Path) -> str:
-    """write_recipe's Bridge + VQAv2 recipe built under ``root``, a third of the VQA examples held out for
-    evaluation; returns the manifest's path."""
+    """The test mixture of Bridge + VQAv2 (VQAv2 at weight 0.3, a third of its examples held out for evaluation)
+    built under ``root``; returns the manifest's path."""
     from kidata.pipelines.build import build
     from kidata.pipelines.recipe import load_recipe
-    from support.recipes import write_recipe
+    from support.recipes import bridge, vqav2, write_recipe
 
-    path = write_recipe(root / "recipe.toml", units=2)
-    path.write_text(path.read_text().replace("weight = 0.2", "weight = 0.3\nholdout = 0.34"))
+    path = write_recipe(root / "recipe.toml", bridge(), vqav2(weight=0.3, holdout=0.34), units=2)
     build(load_recipe(path), str(root / "out"), progress=False)
     return str(root / "out" / "manifest.json")
 

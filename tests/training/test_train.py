@@ -681,8 +681,8 @@ def test_resuming_on_a_rebuilt_mixture_is_refused_naming_what_changed(mixture, t
     shutil.copytree(Path(mixture).parent, data)
     run = tmp_path / "run"
     train(config(str(data / "manifest.json"), train={"steps": 1}, eval={"every": 0}), run)
-    other = write_recipe(tmp_path / "other.toml", units=1)
-    other.write_text(other.read_text().replace("vocab_size = 300", "vocab_size = 280"))  # another FAST tokenizer
+    other = write_recipe(tmp_path / "other.toml", units=1,
+                         fast_tokenizer={"fit": True, "vocab_size": 280, "scale": 10.0})  # another FAST tokenizer
     build(load_recipe(other), str(data), progress=False, force=True)
     with pytest.raises(ManifestMismatch, match="fast_sha256: build has"):
         train(config(str(data / "manifest.json"), train={"steps": 2}, eval={"every": 0}), run, resume=True,
