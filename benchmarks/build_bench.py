@@ -41,6 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # support.recipes: the recipe builder the tests use
 IMAGE = (224, 224, 3)
 
 
@@ -75,29 +76,18 @@ def write_dataset(root: Path, episodes: int, steps: int) -> Path:
     return Path(builder.data_dir)
 
 
-def recipe(path: Path, dataset: Path, reservoir: int = 20_000) -> Path:
+def recipe(path: Path, dataset: Path, reservoir: int = 20_000, image_size: int = 224) -> Path:
     """Two units: one per tfrecord file of the generated dataset, one per worker. A unit starting
     inside a file first reads through the records before it (TFRecord has no index); real RLDS
     datasets hold hundreds of files per source, so a unit spans many files and that re-reading
     is under 2% there, while 16 units over this dataset's 2 files would mostly measure it."""
-    path.write_text(f"""
-[mixture]
-name = "bench"
-action_horizon = 10
-image_size = 224
-max_tokens = 256
-units_per_source = 2
-reservoir_size = {reservoir}
-fast_tokenizer = {{ fit = true, vocab_size = 512, scale = 10.0 }}
+    from support.recipes import RecipeDraft, source
 
-[[sources]]
-name = "bench"
-reader = "rlds"
-path = "{dataset}"
-mapping = {{ cameras = {{ base_0 = "image", left_wrist_0 = "wrist_image" }}, state = ["observation/state"],
-            action = ["action"], fps = 10 }}
-""")
-    return path
+    mapping = {"cameras": {"base_0": "image", "left_wrist_0": "wrist_image"}, "state": ["observation/state"],
+               "action": ["action"], "fps": 10}
+    return RecipeDraft({"name": "bench", "action_horizon": 10, "image_size": image_size, "max_tokens": 256, "units_per_source": 2,
+                        "reservoir_size": reservoir, "fast_tokenizer": {"fit": True, "vocab_size": 512, "scale": 10.0}},
+                       (source("bench", "rlds", path=str(dataset), mapping=mapping),)).write(path)
 
 
 def _floor_worker(dataset: str, queue, barrier) -> None:

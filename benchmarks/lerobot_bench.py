@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # support.recipes: the recipe builder the tests use
 FIXTURE = REPO.parent / "shared" / "data" / "lerobot" / "bridge_v3"
 MAPPING = {"cameras": {"base_0": "observation.images.base_0", "left_wrist_0": "observation.images.left_wrist_0"}}
 
@@ -58,24 +59,11 @@ def write_dataset(root: Path, episodes: int, steps: int, size: int, *, cameras: 
 
 
 def recipe(path: Path, dataset: Path, size: int) -> Path:
-    path.write_text(f"""
-[mixture]
-name = "bench"
-action_horizon = 10
-image_size = {size}
-max_tokens = 256
-units_per_source = 2
-fast_tokenizer = {{ fit = true, vocab_size = 512, scale = 10.0 }}
+    from support.recipes import RecipeDraft, source
 
-[[sources]]
-name = "bench"
-reader = "lerobot"
-path = "{dataset}"
-
-[sources.mapping]
-cameras = {{ base_0 = "observation.images.base_0", left_wrist_0 = "observation.images.left_wrist_0" }}
-""")
-    return path
+    return RecipeDraft({"name": "bench", "action_horizon": 10, "image_size": size, "max_tokens": 256, "units_per_source": 2,
+                        "fast_tokenizer": {"fit": True, "vocab_size": 512, "scale": 10.0}},
+                       (source("bench", "lerobot", path=str(dataset), mapping=MAPPING),)).write(path)
 
 
 def floor_seconds(dataset: Path, size: int) -> tuple[float, int]:

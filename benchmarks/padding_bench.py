@@ -12,7 +12,6 @@ checks that both give the same loss. Record results on its topic page in docs/re
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -22,7 +21,7 @@ import torch
 from kidata.loader.collate import trim_token_padding
 from kidata.manifest import Manifest
 from kidata.model.ki_model import KIModel
-from kidata.training.config import TrainConfig
+from kidata.training.config import load
 from kidata.training.trainer import _loader, flow_inputs
 
 
@@ -33,7 +32,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    config = TrainConfig.load(args.preset, ["--data.manifest", json.dumps(args.manifest)])
+    config = load(args.preset, {"data": {"manifest": args.manifest}})
     manifest, _ = Manifest.read(args.manifest)
     _, loader = _loader(config, args.manifest, "train", 0, 1, manifest, batch_size=config.data.batch_size,
                         workers=0, augment=True)

@@ -11,8 +11,8 @@ median of --requests each. Goal: serving overhead <= 15% of the in-process time.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # support.recipes: the recipe builder the tests use
 BRIDGE = REPO.parent / "shared" / "data" / "rlds" / "bridge_dataset" / "1.0.0"
 
 
@@ -28,6 +29,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=50)
     args = parser.parse_args()
     import torch
+    from support.recipes import RecipeDraft, source
 
     from kidata import policy as policies
     from kidata.pipelines import load_recipe
@@ -35,27 +37,18 @@ def main() -> None:
     from kidata.serving.client import RemotePolicy
     from kidata.serving.keymaps import PRESETS
     from kidata.serving.server import PolicyServer, run_metadata
-    from kidata.training import TrainConfig, train
+    from kidata.training import train
+    from kidata.training.config import load
 
     torch.set_num_threads(2)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        (root / "r.toml").write_text(f"""[mixture]
-name = "serve-bench"
-image_size = 96
-holdout = 0.0
-units_per_source = 1
-fast_tokenizer = {{ fit = true, vocab_size = 512, scale = 10.0 }}
-[[sources]]
-name = "bridge"
-reader = "rlds"
-path = "{BRIDGE}"
-dataset = "bridge_dataset"
-""")
+        RecipeDraft({"name": "serve-bench", "image_size": 96, "holdout": 0.0, "units_per_source": 1,
+                     "fast_tokenizer": {"fit": True, "vocab_size": 512, "scale": 10.0}},
+                    (source("bridge", "rlds", path=str(BRIDGE), dataset="bridge_dataset"),)).write(root / "r.toml")
         build(load_recipe(root / "r.toml"), str(root / "mix"), progress=False)
-        config = TrainConfig.load("ki_tiny", ["--data.manifest", json.dumps(str(root / "mix" / "manifest.json")),
-                                              "--train.steps", "1", "--eval.every", "0", "--log.progress", "false",
-                                              "--data.cameras", '["base_0", "base_1"]'])
+        config = load("ki_tiny", {"data": {"manifest": root / "mix" / "manifest.json", "cameras": ["base_0", "base_1"]},
+                                  "train": {"steps": 1}, "eval": {"every": 0}, "log": {"progress": False}})
         train(config, root / "run")
         policy = policies.load(root / "run")
         server = PolicyServer(policy, PRESETS["kidata"], metadata=run_metadata(policy, root / "run"))

@@ -13,7 +13,6 @@ docs/results/training-speed.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -27,13 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import build_bench  # noqa: E402
 import torch  # noqa: E402
 
-from kidata import assets  # noqa: E402
 from kidata.loader.collate import trim_token_padding  # noqa: E402
 from kidata.manifest import Manifest  # noqa: E402
 from kidata.model.ki_model import KIModel  # noqa: E402
 from kidata.pipelines.build import build  # noqa: E402
 from kidata.pipelines.recipe import load_recipe  # noqa: E402
-from kidata.training.config import TrainConfig  # noqa: E402
+from kidata.training.config import load  # noqa: E402
 from kidata.training.trainer import _loader, flow_inputs, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,16 +47,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
         dataset = build_bench.write_dataset(root / "data", 12, 40)
-        recipe_path = build_bench.recipe(root / "r.toml", dataset)
-        recipe_path.write_text(recipe_path.read_text().replace("image_size = 224", "image_size = 96"))
+        recipe_path = build_bench.recipe(root / "r.toml", dataset, image_size=96)
         build(load_recipe(recipe_path), str(root / "out"), progress=False)
         manifest_path = str(root / "out" / "manifest.json")
         manifest, _ = Manifest.read(manifest_path)
-        overrides = ["--data.manifest", json.dumps(manifest_path), "--train.steps", str(args.steps),
-                     "--data.num_workers", str(args.workers), "--data.cameras", '["base_0", "left_wrist_0"]',
-                     "--eval.every", "0", "--checkpoint.every", str(10 * args.steps), "--log.progress", "false",
-                     "--log.tensorboard", "false", "--model.state_dim", "8", "--model.action_dim", "8"]
-        config = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", overrides)
+        config = load("ki_tiny", {
+            "data": {"manifest": manifest_path, "num_workers": args.workers, "cameras": ["base_0", "left_wrist_0"]},
+            "train": {"steps": args.steps}, "eval": {"every": 0}, "checkpoint": {"every": 10 * args.steps},
+            "log": {"progress": False, "tensorboard": False}, "model": {"state_dim": 8, "action_dim": 8}})
         began = time.perf_counter()
         report = train(config, root / "run")
         wall = time.perf_counter() - began

@@ -1,13 +1,18 @@
 """The one path from TOML to frozen dataclasses, shared by recipes (``pipelines/*.toml``), model
 presets and training configs (``model/*.toml``): reading a file (shipped names resolved), refusing
-unknown keys with the nearest valid one, coercing TOML's types to the fields', and
-``--section.key value`` command-line overrides."""
+unknown keys with the nearest valid one, coercing TOML's types to the fields', the choices a field
+may take (a ``Literal`` declared once, read by validation and by the CLI's ``choices=``), and
+overrides: ``{"train": {"steps": 3}}`` from Python, ``--train.steps 3`` from the command line (the
+same nested table once parsed)."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import os
 import sys
+import typing
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
@@ -17,6 +22,9 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 T = TypeVar("T")
+# ``{"train": {"steps": 3}}``: a value per key per table; a value replaces the table's (a whole
+# inline table such as ``data.weights`` too: overrides are not merged deeply)
+Overrides = Mapping[str, Mapping[str, Any]]
 # the largest recipe or config file read (the biggest shipped one is a few KiB)
 MAX_TOML_BYTES = 1 << 20
 
@@ -71,8 +79,29 @@ def from_table(kind: type[T], table: Mapping[str, Any], where: str, *, section: 
     values alone (a partial table, such as one command-line override)."""
     valid = {f.name: f for f in dataclasses.fields(kind)}
     check_keys(table, list(valid), where, section=section, error=error)
-    values = {key: _coerce(valid[key], value, f"{where}{section}{key}", error) for key, value in table.items()}
+    # a choice's value is a string, checked here; which string is the dataclass's own check, whose message names them
+    literal = {name: "str | None" if optional else "str" for name, (_, optional) in field_choices(kind).items()}
+    values = {key: _coerce(valid[key], value, f"{where}{section}{key}", error, annotation=literal.get(key))
+              for key, value in table.items()}
     return values if fields_only else kind(**values)
+
+
+def option_table(kind: type[T], table: Mapping[str, Any], name: str, error: type[ValueError] = ConfigError) -> T:
+    """A nested option table (``data.augment = { crop = 1.0 }``, ``eval.metaworld = { tasks = [...] }``)
+    as its frozen dataclass: an unknown key is refused as "unknown key <name>.<key> (did you mean
+    ...)", values are typed as the fields. Its fields that default to None are the ones a table may
+    leave out (``table_json`` leaves them out again)."""
+    valid = {f.name: f for f in dataclasses.fields(kind)}
+    for key in table:
+        if key not in valid:
+            raise error(f"unknown key {name}.{key}{nearest(key, valid)}")
+    return kind(**{key: _coerce(valid[key], value, f"{name}.{key}", error) for key, value in table.items()})
+
+
+def table_json(table: Any) -> dict[str, Any]:
+    """An option table's dataclass as the table it was read from: the keys set, in field order
+    (unset ones, None, left out), so a config prints and saves as it was written."""
+    return {key: value for key, value in dataclasses.asdict(table).items() if value is not None}
 
 
 def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
@@ -93,13 +122,44 @@ def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """A copy of a sectioned config with ``--section.key value`` overrides applied."""
-    merged = {name: dict(table) for name, table in data.items()}
-    for key, value in parse_overrides(overrides).items():
+def nested_overrides(arguments: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``["--optim.lr", "5e-5", "--train.steps=7"]`` -> ``{"optim": {"lr": 5e-05}, "train": {"steps": 7}}``:
+    the command line's overrides as the ``Overrides`` Python callers pass."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_overrides(arguments).items():
         section, _, name = key.partition(".")
-        merged.setdefault(section, {})[name] = value
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def apply_overrides(data: Mapping[str, Any], overrides: Overrides | Sequence[str]) -> dict[str, dict[str, Any]]:
+    """A copy of a sectioned config with overrides applied: ``{"section": {"key": value}}``, or
+    ``--section.key value`` command-line strings."""
+    if not isinstance(overrides, Mapping):
+        overrides = nested_overrides(overrides)
+    merged = {name: dict(table) for name, table in data.items()}
+    for section, table in overrides.items():
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"overrides: {section} = {table!r}: expected a table of keys such as "
+                              f"{{{section!r}: {{'key': value}}}}")
+        merged.setdefault(section, {}).update(table)
     return merged
+
+
+def to_arguments(overrides: Overrides) -> list[str]:
+    """``{"train": {"steps": 3}}`` -> ``["--train.steps", "3"]``: overrides as the command line that
+    ``nested_overrides`` reads back to the same values (for a ``kidata`` command run as a process)."""
+    return [item for section, table in overrides.items() for key, value in table.items()
+            for item in (f"--{section}.{key}", toml_value(value))]
+
+
+def choices(literal: Any) -> tuple[str, ...]:
+    """The values of a ``Literal[...]`` choice, in declared order: what validation accepts and what
+    the CLI offers as ``choices=``."""
+    values = typing.get_args(literal)
+    if typing.get_origin(literal) is not typing.Literal or not values:
+        raise TypeError(f"{literal!r} is not a Literal of choices")
+    return values
 
 
 def _literal(text: str) -> Any:
@@ -134,10 +194,34 @@ def _accepts(annotation: str) -> tuple[tuple[type, ...], str, bool] | None:
     return types, name, optional
 
 
-def _coerce(spec: dataclasses.Field, value: Any, key: str = "", error: type[ValueError] = ConfigError) -> Any:
+@functools.cache
+def field_choices(kind: type) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """``{field: (choices, None allowed)}`` for a dataclass's fields typed as a ``Literal`` (or
+    ``Literal | None``): the one declaration that validation and the CLI's ``choices=`` read
+    (computed once per class; the caller does not change it)."""
+    try:
+        hints = typing.get_type_hints(kind)
+    except (NameError, TypeError):  # an annotation only a type checker resolves: those fields go unchecked
+        return {}
+    out = {}
+    for name, hint in hints.items():
+        parts = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, _UnionType) else (hint,)
+        literals = [part for part in parts if typing.get_origin(part) is typing.Literal]
+        if literals and len(literals) + (type(None) in parts) == len(parts):
+            out[name] = (tuple(value for literal in literals for value in typing.get_args(literal)), type(None) in parts)
+    return out
+
+
+_UnionType = type(int | None)
+
+
+def _coerce(spec: dataclasses.Field, value: Any, key: str = "", error: type[ValueError] = ConfigError, *,
+            annotation: str | None = None) -> Any:
     """The value in the field's type, or a refusal naming the key, the value and the type expected
     (``--train.steps ten`` is one sentence, not a TypeError from deep inside the trainer)."""
-    kind = str(spec.type)
+    kind = annotation or str(spec.type)
+    if isinstance(value, os.PathLike) and kind.split("|")[0].strip() == "str":  # a Path from a Python caller
+        value = os.fspath(value)
     accepts = _accepts(kind)
     if accepts is not None:
         types, name, optional = accepts
@@ -159,12 +243,13 @@ def to_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
     for name, table in sections.items():
         lines.append(f"[{name}]")
         for key, value in table.items():
-            lines.append(f"# {key} unset" if value is None else f"{key} = {_toml_value(value)}")
+            lines.append(f"# {key} unset" if value is None else f"{key} = {toml_value(value)}")
         lines.append("")
     return "\n".join(lines)
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
+    """One value as a TOML literal (``[0.9, 0.95]``, ``"auto"``, ``{ "crop" = 1.0 }``)."""
     import json
     import math
 
@@ -177,8 +262,8 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)  # a JSON string is a TOML basic string
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     if isinstance(value, Mapping):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items() if v is not None) + " }"
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items() if v is not None) + " }"
     raise TypeError(f"{value!r}: no TOML form")
 

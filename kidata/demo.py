@@ -30,7 +30,6 @@ DEMO_EPISODES = 20
 
 
 def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eval_episodes: int = DEMO_EPISODES) -> dict:
-    import json
 
     from kidata import policy as policies
     from kidata.eval.during_training import closed_loop_hook
@@ -38,7 +37,7 @@ def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eva
     from kidata.pipelines.build import build
     from kidata.pipelines.inspect_build import inspect_build
     from kidata.pipelines.recipe import load_recipe
-    from kidata.training.config import TrainConfig
+    from kidata.training.config import load
     from kidata.training.trainer import train
 
     recipe = load_recipe(DEMO_RECIPE)
@@ -51,10 +50,9 @@ def run_demo(out: Path, *, workers: int = 2, train_steps: int | None = None, eva
 
     run = out / "run"
     steps = train_steps if train_steps is not None else DEMO_TRAIN_STEPS
-    overrides = ["--data.manifest", json.dumps(BuildDir.at(str(out)).manifest_path), "--train.steps", str(steps),
-                 "--eval.every", str(steps), "--checkpoint.every", str(max(1, steps // 2)),
-                 "--policy.action_head", DEMO_ACTION_HEAD]
-    config = TrainConfig.load(TINY_PRESET, overrides)
+    config = load(TINY_PRESET, {"data": {"manifest": BuildDir.at(str(out)).manifest_path}, "train": {"steps": steps},
+                                "eval": {"every": steps}, "checkpoint": {"every": max(1, steps // 2)},
+                                "policy": {"action_head": DEMO_ACTION_HEAD}})
     if run.exists():  # a demo run is disposable: a rerun (other steps, newer code) trains afresh
         print(f"removing the previous demo run {run}", flush=True)
         shutil.rmtree(run)

@@ -17,6 +17,11 @@ from typing import Mapping
 
 import numpy as np
 
+from kidata.choices import Normalization
+from kidata.config import choices
+
+NORMALIZATIONS = choices(Normalization)
+
 
 @dataclass(frozen=True)
 class DimStats:

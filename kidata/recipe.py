@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Mapping
 
+from kidata.choices import ActionIdRule, CaptionChoice, Normalization, PromptFormat, StateEncoding
 from kidata.hashing import json_sha256
 
 SOURCE_FIELDS = ("name", "reader", "weight", "holdout")  # a canonical source's keys; the rest are the reader's options
@@ -30,22 +31,22 @@ class MixtureConfig:
     action_dim: int | None = None  # default: the largest action dimension among the robot sources
     image_size: int = 224
     jpeg_quality: int = 95
-    state_encoding: str = "text"
-    prompt_format: str = "pi05"
+    state_encoding: StateEncoding = "text"
+    prompt_format: PromptFormat = "pi05"
     max_tokens: int = 256
     text_tokenizer: str = "tokenizers/demo-text"
     fast_tokenizer: Any = field(default_factory=lambda: {"fit": True, "vocab_size": 1024, "scale": 10.0})
-    fast_token_rule: str = "openpi"
+    fast_token_rule: ActionIdRule = "openpi"
     fast_token_skip: int = 128
     fast_token_offset: int = 0
     special_state_first: int | None = None
-    normalization: str = "quantile"
+    normalization: Normalization = "quantile"
     holdout: float = 0.0
     step_stride: int = 1
     shard_size_mb: float = 256.0
     units_per_source: int = 16
     reservoir_size: int = 20_000
-    caption_choice: str = "one"
+    caption_choice: CaptionChoice = "one"
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
+from support.recipes import RecipeDraft, source
 
 from kidata import assets
 from kidata.config import ConfigError, apply_overrides, from_table, read_toml
@@ -26,14 +28,13 @@ def test_shipped_recipes_and_presets_load_by_their_short_names_from_any_folder(t
 def test_a_local_file_wins_over_the_shipped_asset_of_the_same_name(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pipelines").mkdir()
-    (tmp_path / "pipelines" / "demo.toml").write_text(
-        '[mixture]\nname = "mine"\n[[sources]]\nname = "s"\nreader = "metaworld"\ntasks = ["reach"]\n')
+    RecipeDraft({"name": "mine"}, (source("s", "metaworld", tasks=["reach"]),)).write(tmp_path / "pipelines" / "demo.toml")
     assert load_recipe("pipelines/demo.toml").mixture.name == "mine"
 
 
 def test_the_demo_text_tokenizer_resolves_from_a_recipe_outside_the_checkout(tmp_path):
     recipe_path = tmp_path / "r.toml"
-    recipe_path.write_text('[mixture]\nname = "m"\n[[sources]]\nname = "s"\nreader = "metaworld"\ntasks = ["reach"]\n')
+    RecipeDraft({"name": "m"}, (source("s", "metaworld", tasks=["reach"]),)).write(recipe_path)
     recipe = load_recipe(recipe_path)
     tokenizer = TextTokenizer.load(recipe.mixture.text_tokenizer, base_dir=recipe.base_dir)  # as the build loads it
     assert tokenizer.source == str(assets.ROOT / "tokenizers" / "demo-text" / "tokenizer.model")
@@ -79,6 +80,45 @@ def test_overrides_land_in_their_sections_without_touching_the_original():
     data = {"optim": {"lr": 1e-4}}
     merged = apply_overrides(data, ["--optim.lr", "5e-5", "--train.steps=7"])
     assert merged == {"optim": {"lr": 5e-5}, "train": {"steps": 7}} and data == {"optim": {"lr": 1e-4}}
+
+
+def test_load_takes_a_preset_name_and_nested_overrides_and_equals_the_command_lines_config(tmp_path):
+    from kidata.training.config import load
+
+    overrides = {"train": {"steps": 3}, "optim": {"lr": 5e-5}, "data": {"manifest": tmp_path / "manifest.json",
+                                                                       "weights": {"bridge": 1}}}
+    config = load("ki_tiny", overrides)
+    assert (config.train.steps, config.optim.lr, config.data.manifest) == (3, 5e-5, str(tmp_path / "manifest.json"))
+    assert config.data.weights == {"bridge": 1}
+    assert config == TrainConfig.load("model/ki_tiny.toml", [
+        "--train.steps", "3", "--optim.lr", "5e-5", "--data.manifest", str(tmp_path / "manifest.json"),
+        "--data.weights", "{bridge = 1}"])
+    assert load("ki_tiny") == TrainConfig.load("model/ki_tiny.toml")
+
+
+def test_a_mistake_in_python_overrides_is_named_as_the_overrides_key_not_the_presets():
+    from kidata.training.config import load
+
+    with pytest.raises(ValueError, match=r"^overrides: unknown key 'train.stepz' \(did you mean 'steps'\?\)$"):
+        load("ki_tiny", {"train": {"stepz": 3}})
+    with pytest.raises(ValueError, match=r"^overrides: unknown table 'trian' \(did you mean 'train'\?\)$"):
+        load("ki_tiny", {"trian": {"steps": 3}})
+    with pytest.raises(ValueError, match=r"^overrides: train.steps = '3': expected an integer, got str$"):
+        load("ki_tiny", {"train": {"steps": "3"}})
+    with pytest.raises(ValueError, match=r"^overrides: train = 3: expected a table"):
+        load("ki_tiny", {"train": 3})
+
+
+def test_a_choice_field_takes_a_string_and_names_its_choices_otherwise():
+    from kidata.training.config import load
+
+    with pytest.raises(ValueError, match=r"^overrides: policy.action_head = 3: expected a string, got int$"):
+        load("ki_tiny", {"policy": {"action_head": 3}})
+    with pytest.raises(ValueError, match=r"^command line: --model.variant = 3: expected a string, got int$"):
+        TrainConfig.load("ki_tiny", ["--model.variant", "3"])
+    with pytest.raises(ValueError, match=r"variant must be one of \('ki', 'joint', 'pi0', 'pi0_fast', 'frozen', "
+                                         r"'hybrid', 'vlm'\), got 'ki2'"):
+        load("ki_tiny", {"model": {"variant": "ki2"}})
 
 
 def test_the_policy_table_sets_how_a_run_acts_and_refuses_what_its_model_cannot_do():
@@ -142,15 +182,40 @@ def test_the_augment_table_names_augments_arguments_and_refuses_unknown_keys():
     import inspect
 
     from kidata.loader import Augment
-    from kidata.training.config import AUGMENT_STRENGTHS
+    from kidata.training.config import AUGMENT_STRENGTHS, AugmentStrengths
 
     assert list(AUGMENT_STRENGTHS) == list(inspect.signature(Augment).parameters)
     config = TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "{ degrees = 0.0, crop = 1.0 }"])
-    assert dict(config.data.augment) == {"degrees": 0.0, "crop": 1.0}
+    assert config.data.augment == AugmentStrengths(degrees=0.0, crop=1.0)
+    assert config.data.augment_setting == {"crop": 1.0, "degrees": 0.0}
     with pytest.raises(ValueError, match=r"unknown key data.augment.degree \(did you mean 'degrees'\?\)"):
         TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "{ degree = 0.0 }"])
     with pytest.raises(ValueError, match="data.augment must be true, false or a table"):
         TrainConfig.load("model/ki_tiny.toml", ["--data.augment", "sometimes"])
+
+
+def test_nested_option_tables_are_dataclasses_that_save_and_print_as_written():
+    from kidata.training.config import MetaworldEval, load
+
+    config = load("ki_tiny", {"eval": {"metaworld": {"tasks": ["reach"], "episodes": 2}}})
+    assert config.eval.metaworld == MetaworldEval(tasks=("reach",), episodes=2)
+    assert config.eval.metaworld.replan is None and config.eval.metaworld.max_steps is None
+    saved = json.loads(json.dumps(config.to_json()))
+    assert saved["eval"]["metaworld"] == {"tasks": ["reach"], "episodes": 2}
+    assert TrainConfig.from_mapping(saved) == config
+    unset = load("ki_tiny")
+    assert unset.eval.metaworld is None and unset.to_json()["eval"]["metaworld"] == {}
+    assert TrainConfig.from_mapping(json.loads(json.dumps(unset.to_json()))) == unset
+    with pytest.raises(ValueError, match=r"^eval.metaworld.episodes = 'two': expected an integer or nothing, got str$"):
+        load("ki_tiny", {"eval": {"metaworld": {"tasks": ["reach"], "episodes": "two"}}})
+
+
+def test_print_config_shows_a_presets_option_table_as_the_preset_writes_it(capsys):
+    from kidata.cli import main
+
+    assert main(["train", "--model", "ki_metaworld", "--print-config"]) == 0
+    assert ('metaworld = { "tasks" = ["reach", "push", "button-press-topdown"], "episodes" = 5, "max_steps" = 300 }\n'
+            in capsys.readouterr().out)
 
 
 def test_print_config_writes_the_resolved_preset_as_toml_that_loads_back_to_the_same_config(tmp_path, capsys):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support.recipes import RecipeDraft, bridge, mixture_recipe, source
 
 from kidata.delta import DeltaMaskError, check_delta_mask, to_absolute, to_delta
 from kidata.normalize import NormStats, normalize
@@ -40,35 +41,23 @@ def test_a_mask_longer_than_the_state_is_refused_naming_both_widths():
         check_delta_mask([True] * 7, state_dim=6, action_dim=7, where="source 'arm'")
 
 
-def recipe_text(sources: str, units: int = 1) -> str:
-    return f"""
-[mixture]
-name = "delta"
-action_horizon = {HORIZON}
-image_size = 64
-max_tokens = 128
-units_per_source = {units}
-shard_size_mb = 0.25
-fast_tokenizer = {{ fit = true, vocab_size = 300, scale = 10.0 }}
-{sources}
-"""
+def delta_recipe(*sources: dict, units: int = 1) -> RecipeDraft:
+    """The test mixture at HORIZON-step chunks without a held-out split, over ``sources``."""
+    return mixture_recipe(*sources, units=units, name="delta", action_horizon=HORIZON, holdout=None)
+
+
+def arm(delta: list) -> dict:
+    """A Bridge-registered RLDS source whose mapping holds only ``delta``."""
+    return source("arm", "rlds", path="x", dataset="bridge_dataset", mapping={"delta": delta})
 
 
 def test_a_delta_entry_that_is_not_booleans_is_refused_by_the_recipe():
-    import tomllib
-
-    text = recipe_text('[[sources]]\nname = "arm"\nreader = "rlds"\npath = "x"\ndataset = "bridge_dataset"\n'
-                       'mapping = { delta = [1, 1, 0] }\n')
     with pytest.raises(RecipeError, match=r"\(arm\) mapping: delta = \[1, 1, 0\]; write one true/false"):
-        parse_recipe(tomllib.loads(text))
+        parse_recipe(delta_recipe(arm([1, 1, 0])).tables())
 
 
 def test_a_registry_dataset_takes_a_mapping_that_holds_only_delta():
-    import tomllib
-
-    text = recipe_text('[[sources]]\nname = "arm"\nreader = "rlds"\npath = "x"\ndataset = "bridge_dataset"\n'
-                       'mapping = { delta = [true, false] }\n')
-    source = parse_recipe(tomllib.loads(text)).sources[0]
+    source = parse_recipe(delta_recipe(arm([True, False])).tables()).sources[0]
     assert source.delta_mask == (True, False)
     assert "mapping" not in source.reader_options and source.options["mapping"] == {"delta": [True, False]}
 
@@ -88,23 +77,11 @@ def droid_dir(tmp_path_factory) -> Path:
     return fx.write_dataset(tmp_path_factory.mktemp("droid"), "droid_100", fx.droid_features(), {"train": episodes})
 
 
-def sources_text(droid_dir: Path, bridge_delta=BRIDGE_DELTA) -> str:
-    return f"""
-[[sources]]
-name = "bridge"
-reader = "rlds"
-path = "{BRIDGE}"
-dataset = "bridge_dataset"
-mapping = {{ delta = {json.dumps(bridge_delta)} }}
-
-[[sources]]
-name = "droid"
-reader = "rlds"
-path = "{droid_dir}"
-dataset = "droid_100"
-action_space = "joint_position"
-mapping = {{ delta = {json.dumps(DROID_DELTA)} }}
-"""
+def delta_sources(droid_dir: Path, bridge_delta=BRIDGE_DELTA) -> tuple[dict, dict]:
+    """Bridge (delta on its six arm dimensions) and the DROID-layout dataset (delta on its seven joints)."""
+    return (bridge(mapping={"delta": bridge_delta}),
+            source("droid", "rlds", path=str(droid_dir), dataset="droid_100", action_space="joint_position",
+                   mapping={"delta": DROID_DELTA}))
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +90,7 @@ def built(droid_dir, tmp_path_factory):
     from kidata.pipelines.recipe import load_recipe
 
     root = tmp_path_factory.mktemp("delta")
-    (root / "recipe.toml").write_text(recipe_text(sources_text(droid_dir)))
+    delta_recipe(*delta_sources(droid_dir)).write(root / "recipe.toml")
     recipe = load_recipe(root / "recipe.toml")
     manifest = build(recipe, str(root / "out"), progress=False)
     return recipe, root / "out", manifest
@@ -220,15 +197,13 @@ class ReplayOutput:
 
 def replay_policy(out: Path, manifest, source: str):
     """The run's policy, its model's action output replaced by a recorded normalized chunk [H, A]."""
-    from kidata import assets
     from kidata.model.ki_model import KIModel
     from kidata.policy import Policy
     from kidata.tokenizers.prompt import SampleEncoder
-    from kidata.training.config import TrainConfig
+    from kidata.training.config import load
 
-    config = TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml",
-                              ["--model.image_size", "64", "--model.action_horizon", str(HORIZON),
-                               "--data.cameras", '["base_0"]', "--data.manifest", json.dumps(str(out / "manifest.json"))])
+    config = load("ki_tiny", {"model": {"image_size": 64, "action_horizon": HORIZON},
+                              "data": {"cameras": ["base_0"], "manifest": out / "manifest.json"}})
     model = KIModel(config.model)
     model.sample_actions = ReplayOutput(config.model.action_dim)
     encoder = SampleEncoder.from_manifest(manifest, out / "fast_tokenizer")
@@ -255,7 +230,7 @@ def test_a_delta_mask_wider_than_the_state_is_refused_naming_both(droid_dir, tmp
     from kidata.pipelines.build import BuildError, build
     from kidata.pipelines.recipe import load_recipe
 
-    (tmp_path / "recipe.toml").write_text(recipe_text(sources_text(droid_dir, bridge_delta=[True] * 8), units=2))
+    delta_recipe(*delta_sources(droid_dir, bridge_delta=[True] * 8), units=2).write(tmp_path / "recipe.toml")
     with pytest.raises(BuildError, match=r"bridge:0, bridge:1: DeltaMaskError: source 'bridge': mapping.delta has 8 "
                                          r"entries but the actions have 7 dimensions \(state 7\)") as refused:
         build(load_recipe(tmp_path / "recipe.toml"), str(tmp_path / "out"), progress=False)

@@ -45,7 +45,7 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
     """Defaults shown next to every option that has one; examples (epilogs) kept as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False, argparse.SUPPRESS) or action.default == []:
+        if any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS)) or action.default in ([], ""):
             return action.help or ""
         return super()._get_help_string(action)
 

@@ -9,6 +9,9 @@ EXAMPLES = ("robot", "subtask", "caption", "vqa", "point", "detect")
 
 
 def add_parser(commands) -> None:
+    from kidata.choices import PromptFormat, StateEncoding
+    from kidata.config import choices
+
     inspect = commands.add_parser("inspect", help="show samples as text pieces with masks and decoded actions",
                                   epilog="examples:\n  kidata inspect demo-out --samples 2\n"
                                          "  kidata inspect --example robot vqa    # no build: example samples")
@@ -19,8 +22,9 @@ def add_parser(commands) -> None:
                          help="without a build: which example samples to encode and show")
     inspect.add_argument("--text-tokenizer", default="tokenizers/demo-text", help="without a build: text tokenizer")
     inspect.add_argument("--fast-tokenizer", help="FAST directory (default: fit one on generated chunks)")
-    inspect.add_argument("--prompt-format", default="pi05", choices=["pi05", "pi0fast", "pi0"], help="without a build")
-    inspect.add_argument("--state-encoding", default="text", choices=["text", "special", "continuous"],
+    inspect.add_argument("--prompt-format", default="pi05", choices=choices(PromptFormat),
+                         help="without a build")
+    inspect.add_argument("--state-encoding", default="text", choices=choices(StateEncoding),
                          help="without a build")
     inspect.add_argument("--max-tokens", type=int, default=256, help="without a build: token budget per sample")
     inspect.add_argument("--horizon", type=int, default=10, help="without a build: action chunk length")

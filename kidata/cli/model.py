@@ -31,6 +31,9 @@ def add_parser(commands) -> None:
     memory.add_argument("--tokens", type=int, default=200, help="text tokens per sample (the mixture's max_tokens)")
     memory.add_argument("--cameras", type=int, help="images per sample (default: the preset's [data] cameras)")
     memory.add_argument("--fp32", action="store_true", help="no bf16 autocast (what a CPU run does)")
+    memory.add_argument("--frozen-bf16", action="store_true",
+                        help="frozen linear weights stored in bf16, as openpi (default: the preset's "
+                             "[train] frozen_weights)")
     memory.add_argument("--gpus", type=int, nargs="+", help="instead: the model state alone on these world sizes")
     memory.set_defaults(handler=memory_command)
 
@@ -64,10 +67,13 @@ def memory_command(args: argparse.Namespace) -> int:
     batch = args.batch or config.data.batch_size
     cameras = args.cameras or len(config.data.cameras)
     checkpointing = args.checkpointing or config.train.activation_checkpointing
+    frozen_bf16 = args.frozen_bf16 or config.train.frozen_weights == "bf16"
+    if frozen_bf16 and args.fp32:
+        raise SystemExit("kidata model memory: --frozen-bf16 needs bf16 autocast and --fp32 turns it off: drop one")
     if batch < 1 or args.fsdp < 1 or args.tokens < 1 or cameras < 1:
         raise SystemExit("kidata model memory: --batch, --fsdp, --tokens and --cameras must be >= 1")
     result = plan(model, batch=batch, gpus=args.fsdp, checkpointing=checkpointing, tokens=args.tokens,
-                  cameras=cameras, bf16=not args.fp32, ema=config.optim.ema_decay > 0)
+                  cameras=cameras, bf16=not args.fp32, ema=config.optim.ema_decay > 0, frozen_bf16=frozen_bf16)
     unit, scale = ("GiB", 2**30) if result.total >= 2**30 else ("MiB", 2**20)
     per_gpu = -(-batch // args.fsdp)
     lora = model.lora
@@ -77,7 +83,8 @@ def memory_command(args: argparse.Namespace) -> int:
           + (f", LoRA ranks {lora.backbone_rank}/{lora.expert_rank}" if lora else ""))
     print(f"| per GPU | {unit} |")
     print("|---|---|")
-    for label, value in (("parameters (fp32, frozen included)", result.parameters), ("gradients", result.gradients),
+    weights = "fp32, frozen linear weights bf16" if frozen_bf16 else "fp32, frozen included"
+    for label, value in ((f"parameters ({weights})", result.parameters), ("gradients", result.gradients),
                          ("AdamW state", result.optimizer), ("weight EMA", result.ema),
                          ("bf16 weight copies", result.copies), ("activations", result.activations)):
         print(f"| {label} | {value / scale:.1f} |")

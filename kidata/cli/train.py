@@ -38,6 +38,31 @@ def add_parser(commands) -> None:
                        help="print the resolved config (the preset, or the run's with --resume, plus overrides) as TOML "
                             "and exit without training")
     train.set_defaults(handler=train_command, overrides=[], accepts_overrides=True)
+    train.epilog += "\n\n" + defaults_help()
+
+
+def defaults_help() -> str:
+    """Every table's fields with their defaults (what a preset leaves unset) and, for a choice, the
+    values it takes: generated from the config dataclasses, so ``--help`` cannot drift from them."""
+    import dataclasses
+    import textwrap
+
+    from kidata.config import field_choices, toml_value
+    from kidata.model.config import ModelConfig
+    from kidata.training.config import SECTIONS
+
+    lines = ["fields and their defaults (--table.key value overrides one):"]
+    for name, kind in {"model": ModelConfig, **SECTIONS}.items():
+        picks = field_choices(kind)
+        items = []
+        for spec in dataclasses.fields(kind):
+            default = (spec.default if spec.default is not dataclasses.MISSING
+                       else spec.default_factory() if spec.default_factory is not dataclasses.MISSING else None)
+            text = "unset" if default is None else toml_value(default)
+            items.append(f"{spec.name} = {text}" + (f" ({' | '.join(picks[spec.name][0])})" if spec.name in picks else ""))
+        lines.append(textwrap.fill(", ".join(items), width=110, initial_indent=f"  [{name}] ", subsequent_indent="      ",
+                                   break_on_hyphens=False))
+    return "\n".join(lines)
 
 
 def train_command(args: argparse.Namespace) -> int:

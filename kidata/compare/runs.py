@@ -5,12 +5,12 @@ evaluation schedule and, per seed, the same data order; resumable by constructio
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kidata.config import Overrides
 from kidata.envs.metaworld import MAX_EPISODE_STEPS
 from kidata.manifest import BuildDir
 from kidata.model.config import VARIANTS
@@ -42,7 +42,7 @@ class CompareConfig:
     metaworld_evaluations: int = 0
     workers: int = 2
     jobs: int = 1
-    overrides: tuple[str, ...] = field(default_factory=tuple)
+    overrides: Overrides = field(default_factory=dict)  # every run's, on top of the comparison's own
 
     def __post_init__(self) -> None:
         unknown = [v for v in self.variants if v not in RUN_VARIANTS]
@@ -90,34 +90,33 @@ def build_once(config: CompareConfig) -> Path:
 
 
 def _overrides(config: CompareConfig, manifest_path: Path, manifest, variant: str, cotrain: bool,
-               seed: int) -> list[str]:
+               seed: int) -> dict[str, dict[str, Any]]:
+    """One run's overrides of the model preset: the comparison's budget, schedule and arm, then
+    ``config.overrides`` on top (a key given there wins)."""
     vlm = [s.name for s in manifest.sources if s.kind == "vlm"]
     every = max(1, config.steps // config.evaluations)
-    out = ["--data.manifest", json.dumps(str(manifest_path)), "--model.variant", variant, "--train.seed", str(seed),
-           "--train.steps", str(config.steps), "--eval.every", str(every), "--eval.at_start", "true",
-           "--checkpoint.every", str(every), "--checkpoint.keep", "1"]
+    out: dict[str, dict[str, Any]] = {
+        "data": {"manifest": str(manifest_path)}, "model": {"variant": variant},
+        "train": {"seed": seed, "steps": config.steps}, "eval": {"every": every, "at_start": True},
+        "checkpoint": {"every": every, "keep": 1}}
     if cotrain and not vlm:
         raise ValueError(f"--cotrain on needs VLM sources; {manifest_path} has only "
                          f"{[s.name for s in manifest.sources]} (use --cotrain off)")
     if not cotrain and vlm:
-        out += ["--data.weights", _toml({s.name: s.weight for s in manifest.sources if s.kind == "robot"})]
+        out["data"]["weights"] = {s.name: s.weight for s in manifest.sources if s.kind == "robot"}
     if config.init:
-        out += ["--train.init_from", json.dumps(str(config.init)), "--train.init_format", "kidata"]
+        out["train"].update(init_from=str(config.init), init_format="kidata")
     if config.metaworld_episodes:
         tasks = [t for s in manifest.recipe.sources_read_by("metaworld") for t in _as_list(s.options.get("tasks"))]
         if not tasks:
             raise ValueError(f"--metaworld-episodes needs a metaworld source in {config.recipe}")
         closed_loop = config.metaworld_evaluations or config.evaluations
-        out += ["--eval.metaworld", _toml({"tasks": tasks, "episodes": config.metaworld_episodes,
-                                           "max_steps": config.metaworld_max_steps,
-                                           "every": every * (config.evaluations // closed_loop)})]
-    return out + list(config.overrides)
-
-
-def _toml(table: dict[str, Any]) -> str:
-    """An inline TOML table (what ``--section.key`` overrides read); values as JSON literals,
-    which TOML reads alike for strings, numbers and arrays of them."""
-    return "{" + ", ".join(f"{json.dumps(key)} = {json.dumps(value)}" for key, value in table.items()) + "}"
+        out["eval"]["metaworld"] = {"tasks": tasks, "episodes": config.metaworld_episodes,
+                                    "max_steps": config.metaworld_max_steps,
+                                    "every": every * (config.evaluations // closed_loop)}
+    for section, table in config.overrides.items():
+        out.setdefault(section, {}).update(table)
+    return out
 
 
 def _as_list(value: Any) -> list[str]:
@@ -184,7 +183,7 @@ def _start_worker(threads: int, devices) -> None:
     torch.set_num_threads(threads)
 
 
-def _train_one(config: CompareConfig, label: str, name: str, overrides: list[str], threads: int | None = None) -> None:
+def _train_one(config: CompareConfig, label: str, name: str, overrides: Overrides, threads: int | None = None) -> None:
     from kidata.eval.during_training import closed_loop_hook
     from kidata.training.config import TrainConfig
     from kidata.training.trainer import train

@@ -30,10 +30,11 @@ def metaworld_success(live: LiveWeights) -> dict:
     policy = Policy(live.model, config, live.manifest, encoder, device=live.device,
                     inference=Inference(num_steps=config.eval.num_steps))
     chunking = Chunking.of(policy)
-    if "replan" in settings:
-        chunking = dataclasses.replace(chunking, replan=settings["replan"])
-    outcome = evaluate_metaworld(policy, settings["tasks"], episodes=settings.get("episodes", 5), chunking=chunking,
-                                 max_steps=settings.get("max_steps", MAX_EPISODE_STEPS),
+    if settings.replan is not None:
+        chunking = dataclasses.replace(chunking, replan=settings.replan)
+    episodes = settings.episodes if settings.episodes is not None else 5
+    max_steps = settings.max_steps if settings.max_steps is not None else MAX_EPISODE_STEPS
+    outcome = evaluate_metaworld(policy, settings.tasks, episodes=episodes, chunking=chunking, max_steps=max_steps,
                                  scene=SceneSettings.from_recipe(live.manifest.recipe, policy.source))
     chunks = policy.counters["fast_chunks"]
     invalid = {"metaworld_fast_invalid": round(policy.counters["fast_invalid"] / chunks, 4)} if chunks else {}

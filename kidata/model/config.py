@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-VARIANTS = ("ki", "joint", "pi0", "pi0_fast", "frozen", "hybrid", "vlm")
-ACTION_TOKENS = ("fast", "bins")  # the discrete objective the manifest's action tokenizer must match
-STATE_INPUTS = ("tokens", "prefix", "expert")
-TIME_CONDITIONINGS = ("adarms", "concat")
+from kidata.choices import ActionTokens, StateInput, TimeConditioning, Variant
+from kidata.config import choices, field_choices
+
+VARIANTS = choices(Variant)
 LORA_ATTENTION_TARGETS = ("q", "k", "v", "o")
 LORA_TARGETS = LORA_ATTENTION_TARGETS + ("gate", "up", "down")  # attention, then the MLP
 
@@ -97,11 +97,11 @@ class ModelConfig:
     action_dim: int = 32
     action_horizon: int = 10
     state_dim: int = 32
-    state_input: str = "tokens"
-    time_conditioning: str = "adarms"
+    state_input: StateInput = "tokens"
+    time_conditioning: TimeConditioning = "adarms"
     # training recipe
-    variant: str = "ki"
-    action_tokens: str = "fast"
+    variant: Variant = "ki"
+    action_tokens: ActionTokens = "fast"
     flow_weight: float = 1.0  # alpha of the paper's combined loss
     rope_theta: float = 10000.0
     # low-rank adapters on frozen base weights (fine-tuning a pretrained checkpoint); None: full training
@@ -115,8 +115,7 @@ class ModelConfig:
         elif self.lora is not None and not isinstance(self.lora, LoraConfig):
             raise ValueError(f"model.lora must be a table such as {{ backbone_rank = 16, expert_rank = 32 }}, "
                              f"got {self.lora!r}")
-        for name, allowed in (("variant", VARIANTS), ("action_tokens", ACTION_TOKENS),
-                              ("state_input", STATE_INPUTS), ("time_conditioning", TIME_CONDITIONINGS)):
+        for name, (allowed, _) in field_choices(ModelConfig).items():  # its Literal fields
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if not self.has_expert and self.state_input == "expert":

@@ -44,9 +44,11 @@ class LoRALinear(nn.Module):
         return F.linear(x, self.weight, self.bias) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
 
     def merged(self) -> nn.Linear:
-        """A plain ``nn.Linear`` holding ``W + scale * B @ A`` (and the bias)."""
+        """A plain ``nn.Linear`` holding ``W + scale * B @ A`` (and the bias), in the adapters' dtype
+        when the base is narrower (a base stored in bf16 beside fp32 adapters merges into fp32)."""
+        dtype = torch.promote_types(self.weight.dtype, self.lora_a.dtype)
         with torch.device(self.weight.device):
-            linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, dtype=self.weight.dtype)
+            linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, dtype=dtype)
         with torch.no_grad():
             linear.weight.copy_(merged_weight(self.weight, self.lora_a, self.lora_b, self.scale))
             if self.bias is not None:
@@ -58,8 +60,9 @@ class LoRALinear(nn.Module):
 
 
 def merged_weight(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scale: float) -> torch.Tensor:
-    """``W [out, in] + scale * B [out, r] @ A [r, in]``, computed in fp32 and returned in W's dtype."""
-    return (weight.float() + scale * (lora_b.float() @ lora_a.float())).to(weight.dtype)
+    """``W [out, in] + scale * B [out, r] @ A [r, in]``, computed in fp32 and returned in the wider
+    of W's and A's dtypes: a bf16 base (``train.frozen_weights = "bf16"``) keeps its fp32 update."""
+    return (weight.float() + scale * (lora_b.float() @ lora_a.float())).to(torch.promote_types(weight.dtype, lora_a.dtype))
 
 
 def _targets(layer: nn.Module, targets: tuple[str, ...]):
@@ -108,6 +111,24 @@ def apply_lora(model: nn.Module, config: LoraConfig | None) -> None:
     if c.backbone_frozen:  # the variant's own rule wins over train_vision
         for parameter in model.backbone_parameters():
             parameter.requires_grad_(False)
+
+
+def store_frozen_in_bf16(model: nn.Module) -> int:
+    """Stores the frozen weights and biases of ``model``'s linear and convolution layers (LoRA's
+    base projections included) in bf16, as openpi stores frozen weights; returns how many tensors
+    it cast. Under bf16 autocast these layers compute on bf16 casts of their weights anyway, so the
+    forward and the backward are the same bit for bit, while each such weight takes 2 bytes
+    instead of 4 and is no longer cast anew at each use (the cast of a frozen fp32 weight stays
+    saved for backward). Norm scales, the embedding (looked up, never cast) and position tables
+    keep fp32. For bf16 runs only: an fp32 forward cannot multiply fp32 inputs by bf16 weights."""
+    cast = 0
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, LoRALinear)):
+            for parameter in (module.weight, module.bias):
+                if parameter is not None and not parameter.requires_grad and parameter.dtype != torch.bfloat16:
+                    parameter.data = parameter.data.to(torch.bfloat16)
+                    cast += 1
+    return cast
 
 
 def train_fresh(model: nn.Module, fresh: list[str]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kidata import recipe as recorded
-from kidata.config import check_keys, nearest, read_toml
+from kidata.config import check_keys, field_choices, nearest, read_toml
 from kidata.delta import DeltaMaskError, parse_delta_mask
 from kidata.pipelines.recipe_limits import (
     FAST_NUMBERS,
@@ -146,10 +146,7 @@ def _resolve(base: Path, value: str) -> str:
 
 
 def _check_mixture(mixture: MixtureConfig) -> None:
-    choices = {"state_encoding": ("text", "special", "continuous"), "prompt_format": ("pi05", "pi0fast", "pi0"),
-               "normalization": ("quantile", "mean_std"), "fast_token_rule": ("openpi", "offset"),
-               "caption_choice": ("one", "all")}
-    for key, allowed in choices.items():
+    for key, (allowed, _) in field_choices(MixtureConfig).items():
         if getattr(mixture, key) not in allowed:
             raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r}, expected one of {allowed}")
     if mixture.prompt_format == "pi0" and mixture.state_encoding != "continuous":

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
+from kidata.choices import PromptFormat
+from kidata.config import choices
 from kidata.schema import Sample
 from kidata.tokenizers.ranges import ActionIdMap, TokenRange, check_ranges
 from kidata.tokenizers.state import STATE_ENCODINGS, SpecialStateTokens, discretize_state, state_text
@@ -54,7 +56,7 @@ if TYPE_CHECKING:
     from kidata.manifest import Manifest
     from kidata.recipe import MixtureConfig
 
-PROMPT_FORMATS = ("pi05", "pi0fast", "pi0")
+PROMPT_FORMATS = choices(PromptFormat)
 LOC_BINS = 1024
 
 

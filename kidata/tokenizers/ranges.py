@@ -16,6 +16,11 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from kidata.choices import ActionIdRule
+from kidata.config import choices
+
+ACTION_ID_RULES = choices(ActionIdRule)
+
 
 class RangeCollision(ValueError):
     """Two token ranges of one mixture overlap."""
@@ -42,12 +47,12 @@ class ActionIdMap:
 
     text_vocab_size: int
     action_vocab_size: int
-    rule: str = "openpi"
+    rule: ActionIdRule = "openpi"
     skip: int = 128
     offset: int = 0
 
     def __post_init__(self) -> None:
-        if self.rule not in ("openpi", "offset"):
+        if self.rule not in ACTION_ID_RULES:
             raise ValueError(f"action id rule must be 'openpi' or 'offset', got {self.rule!r}")
         token_range = self.range
         appended = self.rule == "offset" and self.offset >= self.text_vocab_size

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kidata.choices import StateEncoding
+from kidata.config import choices
 from kidata.tokenizers.ranges import TokenRange
 
-STATE_ENCODINGS = ("text", "special", "continuous")
+STATE_ENCODINGS = choices(StateEncoding)
 STATE_BINS = 256
 _EDGES = {STATE_BINS: np.linspace(-1, 1, STATE_BINS + 1)[:-1]}
 

@@ -18,6 +18,7 @@ import torch
 
 from kidata.model.config import ModelConfig
 from kidata.model.ki_model import KIModel
+from kidata.model.lora import store_frozen_in_bf16
 
 
 @dataclass(frozen=True)
@@ -73,15 +74,18 @@ def _every_mask_element_true():
             table[op] = original
 
 
-def trace_activations(config: ModelConfig, *, batch: int, tokens: int, cameras: int, bf16: bool = False
-                      ) -> ActivationTrace:
+def trace_activations(config: ModelConfig, *, batch: int, tokens: int, cameras: int, bf16: bool = False,
+                      frozen_bf16: bool = False) -> ActivationTrace:
     """The saved-for-backward bytes of one forward of ``batch`` samples (fp32, or under bf16
-    autocast), by where they are saved."""
+    autocast), by where they are saved; ``frozen_bf16``: with frozen linear weights stored in bf16
+    (``train.frozen_weights``), which autocast then saves as they are instead of as new casts."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode(), _every_mask_element_true():
         torch.manual_seed(0)
         model = KIModel(config).train()
+        if frozen_bf16:
+            store_frozen_in_bf16(model)
         inputs = fake_batch(config, batch, tokens, cameras)
         noise, t = torch.zeros_like(inputs["actions"]), torch.full((batch,), 0.5)
         weights = {p.untyped_storage()._cdata for p in model.parameters()}

@@ -11,14 +11,43 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kidata.config import apply_overrides, check_keys, from_table, nearest, parse_overrides, read_toml
+from kidata.choices import ActionHead, FastFallback, FrozenWeights, InferencePrecision, InitFormat, TrainPrecision
+from kidata.config import (
+    ConfigError,
+    Overrides,
+    apply_overrides,
+    check_keys,
+    choices,
+    from_table,
+    nested_overrides,
+    option_table,
+    read_toml,
+    table_json,
+)
 from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.config import ModelConfig
 
-INIT_FORMATS = ("paligemma", "openpi", "kidata")
-ACTION_HEADS = ("auto", "flow", "fast")
-FAST_FALLBACKS = ("relaxed", "flow")
-AUGMENT_STRENGTHS = ("crop", "degrees", "brightness", "contrast", "saturation")  # kidata.loader.Augment's arguments
+INIT_FORMATS = choices(InitFormat)
+TRAIN_PRECISIONS = choices(TrainPrecision)
+ACTION_HEADS = choices(ActionHead)
+FAST_FALLBACKS = choices(FastFallback)
+INFERENCE_PRECISIONS = choices(InferencePrecision)
+
+
+@dataclass(frozen=True)
+class AugmentStrengths:
+    """``[data] augment = { ... }``: the strengths of ``kidata.loader.Augment`` (its arguments) that
+    change, each unset one at Augment's openpi-style default (``{ crop = 1.0, degrees = 0.0 }``:
+    colour jitter only)."""
+
+    crop: float | None = None
+    degrees: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    saturation: float | None = None
+
+
+AUGMENT_STRENGTHS = tuple(f.name for f in dataclasses.fields(AugmentStrengths))
 
 
 @dataclass(frozen=True)
@@ -27,17 +56,20 @@ class LoopConfig:
     weights stay fp32 either way). init_from: a PaliGemma checkpoint (directory, URL or hub id)
     for the backbone, an openpi pi0/pi0.5 ``model.safetensors`` when ``init_format='openpi'``, or
     a kidata run's backbone when ``init_format='kidata'`` (e.g. a ``vlm`` run: the expert stays
-    fresh)."""
+    fresh). frozen_weights: ``bf16`` stores the frozen weights of linear and convolution layers in
+    bf16 (openpi keeps frozen weights in bf16; LoRA, ``frozen``), for bf16 runs only: the same
+    training bit for bit, 2 bytes per such weight instead of 4 (``initialize.store_frozen_in_bf16``)."""
 
     steps: int = 1000
     seed: int = 0
-    precision: str = "auto"
+    precision: TrainPrecision = "auto"
     compile: bool = False
     activation_checkpointing: bool = False
     fsdp: bool = False
     init_from: str = ""
-    init_format: str = "paligemma"
+    init_format: InitFormat = "paligemma"
     deterministic: bool = False  # deterministic kernels only (kidata/training/determinism.py): reproducible, slower
+    frozen_weights: FrozenWeights = "fp32"
 
 
 @dataclass(frozen=True)
@@ -80,26 +112,48 @@ class DataConfig:
     weights: Mapping[str, float] = field(default_factory=dict)
     balance: bool = False
     shuffle_buffer: int = 256
-    augment: bool | Mapping[str, float] = True
+    augment: bool | AugmentStrengths = True
     cameras: tuple[str, ...] = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
     verify_shards: bool = False
     streams: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.augment, Mapping):
-            for key, value in self.augment.items():
-                if key not in AUGMENT_STRENGTHS:
-                    raise ValueError(f"unknown key data.augment.{key}{nearest(key, AUGMENT_STRENGTHS)}")
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"data.augment.{key} must be a number, got {value!r}")
-        elif not isinstance(self.augment, bool):
+        if isinstance(self.augment, Mapping):  # a TOML table, an override or config.json
+            object.__setattr__(self, "augment", option_table(AugmentStrengths, self.augment, "data.augment", ValueError))
+        elif not isinstance(self.augment, (bool, AugmentStrengths)):
             raise ValueError(f"data.augment must be true, false or a table of strengths {list(AUGMENT_STRENGTHS)}, "
                              f"got {self.augment!r}")
         if self.streams < 0:
             raise ValueError(f"data.streams must be >= 0 (0: one per process), got {self.streams}")
 
+    @property
+    def augment_setting(self) -> bool | dict[str, float]:
+        """``augment`` as written: true, false or the table of strengths set (``Augment.from_setting``)."""
+        return table_json(self.augment) if isinstance(self.augment, AugmentStrengths) else self.augment
 
-METAWORLD_EVAL_KEYS = {"tasks": (list, str), "episodes": int, "max_steps": int, "replan": int, "every": int}
+
+@dataclass(frozen=True)
+class MetaworldEval:
+    """``[eval] metaworld = { tasks = [...], ... }``: closed-loop evaluation during training. Unset
+    fields: ``episodes`` 5 per task, ``max_steps`` the evaluator's episode budget, ``replan``
+    ``[policy]``'s, ``every`` each evaluation."""
+
+    tasks: tuple[str, ...] | str | None = None  # names, or MT10 / MT50
+    episodes: int | None = None
+    max_steps: int | None = None
+    replan: int | None = None
+    every: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tasks is None:
+            raise ValueError("eval.metaworld needs tasks (names or MT10 / MT50)")
+        if not isinstance(self.tasks, str) and not all(isinstance(task, str) for task in self.tasks):
+            raise ValueError(f"eval.metaworld.tasks must be task names or MT10 / MT50, got {self.tasks!r}")
+        if self.every is not None and self.every < 1:
+            raise ValueError(f"eval.metaworld.every must be >= 1 (steps between closed-loop evaluations), "
+                             f"got {self.every}")
+
+
 
 
 @dataclass(frozen=True)
@@ -123,25 +177,21 @@ class EvalConfig:
     batch_size: int = 8
     num_steps: int = 10
     max_new_tokens: int = 64
-    metaworld: Mapping[str, Any] = field(default_factory=dict)
+    metaworld: MetaworldEval | None = None  # unset (an empty table): no closed-loop evaluation
 
     def __post_init__(self) -> None:
-        for key, value in self.metaworld.items():
-            if key not in METAWORLD_EVAL_KEYS:
-                raise ValueError(f"unknown key eval.metaworld.{key}{nearest(key, METAWORLD_EVAL_KEYS)}")
-            if not isinstance(value, METAWORLD_EVAL_KEYS[key]) or isinstance(value, bool):
-                raise ValueError(f"eval.metaworld.{key} must be {METAWORLD_EVAL_KEYS[key]}, got {value!r}")
-        if self.metaworld and "tasks" not in self.metaworld:
-            raise ValueError("eval.metaworld needs tasks (names or MT10 / MT50)")
-        if self.metaworld.get("every", 1) < 1:
-            raise ValueError(f"eval.metaworld.every must be >= 1 (steps between closed-loop evaluations), "
-                             f"got {self.metaworld['every']}")
+        if isinstance(self.metaworld, Mapping):  # a TOML table, an override or config.json
+            table = option_table(MetaworldEval, self.metaworld, "eval.metaworld", ValueError) if self.metaworld else None
+            object.__setattr__(self, "metaworld", table)
+        elif self.metaworld is not None and not isinstance(self.metaworld, MetaworldEval):
+            raise ValueError(f"eval.metaworld must be a table such as {{ tasks = [\"reach\"], episodes = 5 }}, "
+                             f"got {self.metaworld!r}")
 
     def closed_loop_at(self, step: int, last_step: int) -> bool:
         """Whether the evaluation at ``step`` runs the Meta-World evaluator too."""
         if not self.metaworld or step == 0:
             return False
-        return step == last_step or step % self.metaworld.get("every", self.every or last_step) == 0
+        return step == last_step or step % (self.metaworld.every or self.every or last_step) == 0
 
 
 @dataclass(frozen=True)
@@ -181,9 +231,9 @@ class PolicyConfig:
     chunk covering a step (weights exp(-m i), oldest first: ``kidata.eval.chunking``) instead of
     the newest chunk's actions."""
 
-    action_head: str = "auto"
+    action_head: ActionHead = "auto"
     replan: int = 5
-    fast_fallback: str = "relaxed"
+    fast_fallback: FastFallback = "relaxed"
     temporal_ensemble: float | None = None
 
     def __post_init__(self) -> None:
@@ -219,8 +269,10 @@ class TrainConfig:
     policy: PolicyConfig = PolicyConfig()
 
     def __post_init__(self) -> None:
-        if self.train.precision not in ("auto", "fp32", "bf16"):
+        if self.train.precision not in TRAIN_PRECISIONS:
             raise ValueError(f"train.precision must be auto, fp32 or bf16, got {self.train.precision!r}")
+        if self.train.frozen_weights not in choices(FrozenWeights):
+            raise ValueError(f"train.frozen_weights must be fp32 or bf16, got {self.train.frozen_weights!r}")
         if self.train.init_format not in INIT_FORMATS:
             raise ValueError(f"train.init_format must be one of {INIT_FORMATS}, got {self.train.init_format!r}")
         for name, value in (("train.steps", self.train.steps), ("data.batch_size", self.data.batch_size),
@@ -244,7 +296,12 @@ class TrainConfig:
                              "(use flow or auto)")
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as the sectioned tables it reads back from (``from_mapping``); an option
+        table holds only the keys set (``data.augment``, ``eval.metaworld``: ``{}`` when unset)."""
+        data = dataclasses.asdict(self)
+        data["data"]["augment"] = self.data.augment_setting
+        data["eval"]["metaworld"] = table_json(self.eval.metaworld) if self.eval.metaworld else {}
+        return data
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], *, origin: str = "config") -> "TrainConfig":
@@ -254,21 +311,39 @@ class TrainConfig:
                       for name, kind in sections.items()})
 
     @classmethod
-    def load(cls, path: str | Path, overrides: Sequence[str] = ()) -> "TrainConfig":
-        """A preset plus ``--section.key value`` overrides (values read as TOML literals, bare
-        words as strings). A relative path that does not exist names a shipped preset
-        (``model/ki_tiny.toml``)."""
+    def load(cls, path: str | Path, overrides: Overrides | Sequence[str] = ()) -> "TrainConfig":
+        """A preset plus overrides: ``{"train": {"steps": 3}}`` (Python callers), or the command line's
+        ``--section.key value`` strings (values read as TOML literals, bare words as strings). A
+        relative path that does not exist names a shipped preset (``model/ki_tiny.toml``)."""
         data, found = read_toml(path, kind="model")
-        sections = {"model": ModelConfig, **SECTIONS}
-        for key, value in parse_overrides(overrides).items():  # a command-line mistake is named as the command line's
-            section, _, name = key.partition(".")
-            check_keys({section: None}, list(sections), "command line: ", noun="table")
-            from_table(sections[section], {name: value}, "command line: ", section=f"--{section}.",
-                       fields_only=True)
-        return cls.from_mapping(apply_overrides(data, overrides), origin=str(found))
+        table = check_overrides(overrides)
+        return cls.from_mapping(apply_overrides(data, table), origin=str(found))
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
+
+
+def check_overrides(overrides: Overrides | Sequence[str]) -> Overrides:
+    """The overrides as a nested table, each key and value checked against the config's fields: a
+    mistake is named as the overrides' (``overrides: unknown key 'train.stepz'``, or ``command line:
+    unknown key '--train.stepz'`` for the command line's strings), not as the preset file's."""
+    command_line = not isinstance(overrides, Mapping)
+    table = nested_overrides(overrides) if command_line else overrides
+    where, flag = ("command line: ", "--") if command_line else ("overrides: ", "")
+    sections = {"model": ModelConfig, **SECTIONS}
+    for section, values in table.items():
+        check_keys({section: None}, list(sections), where, noun="table")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{where}{section} = {values!r}: expected a table such as {{'{section}': {{key: value}}}}")
+        from_table(sections[section], values, where, section=f"{flag}{section}.", fields_only=True)
+    return table
+
+
+def load(preset: str | Path, overrides: Overrides | None = None) -> TrainConfig:
+    """The training config of a preset (a shipped name such as ``ki_tiny``, or a TOML file) with
+    ``overrides`` on top, ``{"train": {"steps": 3}, "data": {"manifest": path}}``: the Python
+    caller's ``kidata train --model PRESET --train.steps 3 --data.manifest PATH``."""
+    return TrainConfig.load(preset, overrides or {})
 
 
 def check_compatible(manifest: Manifest, config: TrainConfig) -> None:

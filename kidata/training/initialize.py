@@ -11,7 +11,7 @@ import torch
 
 from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.ki_model import KIModel
-from kidata.model.lora import is_lora_name, merge_tensors, train_fresh
+from kidata.model.lora import is_lora_name, merge_tensors, store_frozen_in_bf16, train_fresh
 from kidata.model.weights import WeightsError, read_tensors
 from kidata.training.config import TrainConfig
 from kidata.training.run_dir import RunDir
@@ -132,8 +132,11 @@ def initialized_model(config: TrainConfig) -> KIModel:
               + (f"; fresh: {', '.join(fresh)}" if fresh else ""), flush=True)
         if config.model.lora is not None:  # adapters adapt what was loaded; the rest trains whole
             print(train_fresh(model, report["fresh"]), flush=True)
+    if config.train.frozen_weights == "bf16":
+        store_frozen_in_bf16(model)
     model.activation_checkpointing = config.train.activation_checkpointing
     return model
+
 
 
 def build_sharded(config: TrainConfig, device: torch.device, world: int, *,
@@ -163,6 +166,8 @@ def build_sharded(config: TrainConfig, device: torch.device, world: int, *,
         model = KIModel(config.model)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(name in trained[0])
+    if config.train.frozen_weights == "bf16":  # as rank 0's initialized model, before the units are cut
+        store_frozen_in_bf16(model)
     model.activation_checkpointing = config.train.activation_checkpointing
     wrapped = parallelize(model, config, world, bf16=bf16)
     model.to_empty(device=device)

@@ -18,7 +18,7 @@ config counts its frozen base weights in ``parameters`` and only the trained one
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 FP32, BF16 = 4, 2
 SETTINGS = ("current", "per_block")
@@ -79,6 +79,20 @@ def preset_sizes(model_config) -> tuple[int, int, int]:
     return total, trainable, max(units)
 
 
+def frozen_linear_params(model_config) -> int:
+    """How many frozen parameters of a model config ``train.frozen_weights = "bf16"`` stores in
+    bf16 (the frozen weights and biases of its linear and convolution layers), on the meta device."""
+    import torch
+
+    from kidata.model.ki_model import KIModel
+    from kidata.model.lora import store_frozen_in_bf16
+
+    with torch.device("meta"):
+        model = KIModel(model_config)
+    store_frozen_in_bf16(model)
+    return sum(p.numel() for p in model.parameters() if p.dtype == torch.bfloat16)
+
+
 CARDS_GIB = (24, 40, 80, 141)  # RTX 4090 / L4-class, A100 40 GB, A100 / H100 80 GB, H200
 CUDA_CONTEXT_GIB = 1.0  # what the CUDA context and allocator take before the first tensor
 
@@ -87,7 +101,7 @@ CUDA_CONTEXT_GIB = 1.0  # what the CUDA context and allocator take before the fi
 class MemoryPlan:
     """Bytes per GPU of a training step, by what holds them (``kidata model memory``)."""
 
-    parameters: float  # fp32 master weights (this rank's shard), frozen ones included
+    parameters: float  # fp32 master weights (this rank's shard), frozen ones included (bf16 with frozen_bf16)
     gradients: float
     optimizer: float  # AdamW exp_avg + exp_avg_sq
     ema: float
@@ -103,16 +117,23 @@ class MemoryPlan:
 
 
 def plan(model_config, *, batch: int, gpus: int = 1, checkpointing: bool = False, tokens: int = 200,
-         cameras: int = 3, bf16: bool = True, ema: bool = False) -> MemoryPlan:
+         cameras: int = 3, bf16: bool = True, ema: bool = False, frozen_bf16: bool = False) -> MemoryPlan:
     """Per-GPU bytes of training ``model_config`` on a global ``batch`` split over ``gpus`` FSDP2
     ranks (one GPU: nothing sharded): ``estimate``'s ``per_block`` state, autocast's bf16 copies of
-    the trained weights on one GPU, and the traced activations of the rank's share of the batch."""
+    the trained weights on one GPU, and the traced activations of the rank's share of the batch.
+    ``frozen_bf16`` (``train.frozen_weights = "bf16"``, bf16 runs): the frozen linear weights
+    take 2 bytes each."""
     from kidata.training.activations import trace_activations
 
+    if frozen_bf16 and not bf16:
+        raise ValueError("frozen weights stored in bf16 need bf16 autocast; this plan is for fp32 (drop one of them)")
     total, trainable, block = preset_sizes(model_config)
     state = estimate(total, trainable, block, gpus, "per_block", ema=ema)
+    if frozen_bf16:
+        state = replace(state, weights=state.weights - (FP32 - BF16) * frozen_linear_params(model_config) / gpus)
     # one GPU under autocast: the bf16 cast of every weight that trains is cached for the step
     copies = state.gathered if gpus > 1 else (BF16 * trainable if bf16 else 0.0)
     per_gpu = -(-batch // gpus)
-    trace = trace_activations(model_config, batch=per_gpu, tokens=tokens, cameras=cameras, bf16=bf16)
+    trace = trace_activations(model_config, batch=per_gpu, tokens=tokens, cameras=cameras, bf16=bf16,
+                              frozen_bf16=frozen_bf16)
     return MemoryPlan(state.weights, state.gradients, state.adam, state.ema, copies, trace.total(checkpointing))

@@ -226,6 +226,7 @@ def local_parameters_sha256(model: torch.nn.Module) -> str:
     for name, parameter in sorted(model.named_parameters()):
         local = parameter.to_local() if hasattr(parameter, "to_local") else parameter
         digest.update(name.encode())
-        digest.update(local.detach().cpu().contiguous().numpy().tobytes())
+        local = local.detach().cpu().contiguous()
+        digest.update((local.view(torch.int16) if local.dtype == torch.bfloat16 else local).numpy().tobytes())
     return digest.hexdigest()
 

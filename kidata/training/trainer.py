@@ -164,8 +164,13 @@ def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, all
     manifest = build.read_manifest()
     check_compatible(manifest, config)
     check_init_tokenizer(manifest, config)  # a pretrained embedding means PaliGemma's token ids
+    use_bf16 = config.train.precision == "bf16" or (config.train.precision == "auto" and env.device.type == "cuda")
+    if config.train.frozen_weights == "bf16" and not use_bf16:
+        raise ValueError(f"train.frozen_weights = 'bf16' needs bf16 autocast, and this run computes in fp32 "
+                         f"(train.precision = {config.train.precision!r} on {env.device.type}): set "
+                         "train.precision = 'bf16' or train.frozen_weights = 'fp32'")
     # refused before the run is touched: augmentation strengths, then streams the processes do not divide
-    augment = Augment.from_setting(config.data.augment)
+    augment = Augment.from_setting(config.data.augment_setting)
     layout = StreamLayout.of(config.data.streams, env.rank, env.world)
     config, schedule_notice = keep_schedule(run, config, resume=resume)
     checkpoint_path = resume_point(run, config, resume=resume, allow_config_change=allow_config_change)
@@ -180,8 +185,6 @@ def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, all
     if env.world > 1:
         dist.barrier()
 
-    precision = config.train.precision
-    use_bf16 = precision == "bf16" or (precision == "auto" and env.device.type == "cuda")
     model, wrapped = _build_model(config, env.device, env.world, bf16=use_bf16)
     optimizer = _optimizer(model, config)
     # the weight EMA is placed as the weights are: under FSDP2 each rank averages its own shard

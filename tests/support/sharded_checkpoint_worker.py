@@ -1,4 +1,4 @@
-"""One rank of tests/test_sharded_checkpoints.py (run by ``torch.distributed.run``, 2 gloo processes):
+"""One rank of tests/training/test_sharded_checkpoints.py (run by ``torch.distributed.run``, 2 gloo processes):
 builds the tiny preset under FSDP2, writes a sharded checkpoint, resumes from it and from a
 whole-file checkpoint, and records what each rank did into OUT/rank<r>.json (+ tensors on rank 0)."""
 
@@ -13,16 +13,15 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import save_file
 
-from kidata import assets
 from kidata.training import checkpoint, initialize
-from kidata.training.config import TrainConfig
+from kidata.training.config import TrainConfig, load
 from kidata.training.parallelize import Distributed, full_state_dicts, restore_shards, sharded_state_dicts
 
-OVERRIDES = ["--model.image_size", "32", "--model.action_horizon", "4", "--train.fsdp", "true"]
+OVERRIDES = {"model": {"image_size": 32, "action_horizon": 4}, "train": {"fsdp": True}}
 
 
 def config() -> TrainConfig:
-    return TrainConfig.load(assets.ROOT / "model" / "ki_tiny.toml", OVERRIDES)
+    return load("ki_tiny", OVERRIDES)
 
 
 def refuse(what: str):
