@@ -14,7 +14,8 @@ from kidata.envs.metaworld import MAX_EPISODE_STEPS
 
 
 def add_parser(commands) -> None:
-    from kidata.training.config import ACTION_HEADS, FAST_FALLBACKS, INFERENCE_PRECISIONS
+    from kidata.choices import ActionHead, FastFallback, InferencePrecision
+    from kidata.config import choices
 
     evaluate = commands.add_parser("eval", help="closed-loop evaluation of policies")
     eval_commands = evaluate.add_subparsers(dest="eval_command", metavar="BENCHMARK", required=True)
@@ -39,17 +40,17 @@ def add_parser(commands) -> None:
     metaworld.add_argument("--max-steps", type=int, default=MAX_EPISODE_STEPS, help="step budget of an episode")
     metaworld.add_argument("--num-steps", type=int, default=10, help="flow integration steps (1 or more)")
     metaworld.add_argument("--device", help="where a --run's model runs: cuda, cuda:1, cpu (default: cuda when present)")
-    metaworld.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=INFERENCE_PRECISIONS[0],
+    metaworld.add_argument("--precision", choices=choices(InferencePrecision), default="float32",
                            help="bfloat16: matmuls and attention in bf16 (autocast), the flow's integration in fp32")
     metaworld.add_argument("--noise-scale", type=float, default=1.0,
                            help="scale of the flow's starting noise (0: one deterministic chunk)")
     metaworld.add_argument("--flow-samples", type=int, default=1, help="act on the mean of this many flow chunks")
     metaworld.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest complete one)")
     metaworld.add_argument("--no-ema", action="store_true", help="the trained weights, not their EMA")
-    metaworld.add_argument("--action-head", choices=ACTION_HEADS,
+    metaworld.add_argument("--action-head", choices=choices(ActionHead),
                            help="actions from the flow expert or from greedy FAST tokens (a ki model has both; "
                                 "default: the run's [policy] action_head)")
-    metaworld.add_argument("--fast-fallback", choices=FAST_FALLBACKS,
+    metaworld.add_argument("--fast-fallback", choices=choices(FastFallback),
                            help="for FAST tokens that do not decode exactly: the relaxed decode or the expert's chunk "
                                 "(default: the run's [policy] fast_fallback)")
     metaworld.add_argument("--image-size", type=int, help="render size (default: the model's)")

@@ -7,7 +7,8 @@ import os
 
 
 def add_parser(commands) -> None:
-    from kidata.training.config import ACTION_HEADS, INFERENCE_PRECISIONS
+    from kidata.choices import ActionHead, InferencePrecision
+    from kidata.config import choices
 
     serve = commands.add_parser(
         "serve", help="serve a trained run over openpi's websocket protocol (openpi-client works unchanged)",
@@ -24,9 +25,9 @@ def add_parser(commands) -> None:
     serve.add_argument("--max-request-mb", type=float, default=64.0, help="larger requests get an error reply")
     serve.add_argument("--num-steps", type=int, default=10, help="flow integration steps (1 or more)")
     serve.add_argument("--device", help="where the model runs: cuda, cuda:1, cpu (default: cuda when present)")
-    serve.add_argument("--precision", choices=INFERENCE_PRECISIONS, default=INFERENCE_PRECISIONS[0],
+    serve.add_argument("--precision", choices=choices(InferencePrecision), default="float32",
                        help="bfloat16: matmuls and attention in bf16 (autocast), the flow's integration in fp32")
-    serve.add_argument("--action-head", choices=ACTION_HEADS,
+    serve.add_argument("--action-head", choices=choices(ActionHead),
                        help="actions from the flow expert or from greedy FAST tokens (default: the run's [policy] action_head)")
     serve.set_defaults(handler=serve_command)
 

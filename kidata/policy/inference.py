@@ -6,11 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
+from kidata.choices import InferencePrecision
 from kidata.observation import check_num_steps
 
-# bfloat16: matmuls and attention in bf16 under torch.autocast (PyTorch's mixed-precision
-# inference); weights, norms, softmax and the flow's Euler integration stay float32
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+# the dtype each choice of InferencePrecision autocasts to: bfloat16 runs matmuls and attention in bf16
+# under torch.autocast (PyTorch's mixed-precision inference); weights, norms, softmax and the flow's
+# Euler integration stay float32
+PRECISIONS: dict[InferencePrecision, torch.dtype | None] = {"float32": None, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -25,7 +27,7 @@ class Inference:
     num_steps: int = 10
     noise_scale: float = 1.0
     flow_samples: int = 1
-    precision: str = "float32"
+    precision: InferencePrecision = "float32"
     subtask: bool | None = None
 
     def __post_init__(self) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kidata.choices import ActionHead, FastFallback, FrozenWeights, InferencePrecision, InitFormat, TrainPrecision
+from kidata.choices import ActionHead, FastFallback, FrozenWeights, InitFormat, TrainPrecision
 from kidata.config import (
     ConfigError,
     Overrides,
@@ -31,7 +31,6 @@ INIT_FORMATS = choices(InitFormat)
 TRAIN_PRECISIONS = choices(TrainPrecision)
 ACTION_HEADS = choices(ActionHead)
 FAST_FALLBACKS = choices(FastFallback)
-INFERENCE_PRECISIONS = choices(InferencePrecision)
 
 
 @dataclass(frozen=True)
