@@ -56,8 +56,10 @@ class MetricsLogger:
         self.wall_before = wall_before
         self.sources = manifest.source_names
         self.writer = self.bar = None
-        self.window: list[tuple[float, int]] = []  # (seconds, samples) of the last 50 steps
-        self.tokens_since_record, self.seconds_since_record = 0, 0.0
+        # [seconds, samples, tokens] of the last 50 steps: every rate shares one window, so
+        # tokens_per_s / samples_per_s is the tokens per sample whatever the steps' timing
+        self.window: list[list[float]] = []
+        self.steps_without_tokens = 0  # steps since the last ``step`` call (whose tokens it brings)
         self.mix = np.zeros(len(self.sources), dtype=np.int64)
         self.began = time.perf_counter()
         self.last_eval: dict = {}
@@ -82,8 +84,8 @@ class MetricsLogger:
         """Every step: the progress bar and the rate window (no device value is read here)."""
         if not self.enabled:
             return
-        self.window = (self.window + [(seconds, samples)])[-50:]
-        self.seconds_since_record += seconds
+        self.window = (self.window + [[seconds, samples, 0.0]])[-50:]
+        self.steps_without_tokens += 1
         if self.bar is not None:
             self.bar.update(1)
 
@@ -91,20 +93,23 @@ class MetricsLogger:
         """At the steps the trainer reads its device metrics (``kidata.training.step_metrics``);
         a record at log steps. ``mix`` (samples per source) and ``tokens`` (the non-padding
         prompt, answer and action tokens over all processes; image patches not counted) count
-        the steps since the previous call. ``steps_per_s`` and ``samples_per_s`` are over the last
-        50 steps, ``tokens_per_s`` over the steps since the previous record."""
+        the steps since the previous call. Every rate is over the last 50 steps; the tokens a call
+        brings are shared evenly among the steps they count."""
         if not self.enabled:
             return
         self.mix += mix
-        self.tokens_since_record += tokens
-        elapsed = sum(s for s, _ in self.window)
-        rates = {"steps_per_s": len(self.window) / elapsed, "samples_per_s": sum(n for _, n in self.window) / elapsed,
-                 "tokens_per_s": self.tokens_since_record / max(self.seconds_since_record, 1e-9)}
+        share = tokens / max(self.steps_without_tokens, 1)
+        for entry in self.window[len(self.window) - min(self.steps_without_tokens, len(self.window)):]:
+            entry[2] = share
+        self.steps_without_tokens = 0
+        elapsed = max(sum(entry[0] for entry in self.window), 1e-9)
+        rates = {"steps_per_s": len(self.window) / elapsed,
+                 "samples_per_s": sum(entry[1] for entry in self.window) / elapsed,
+                 "tokens_per_s": sum(entry[2] for entry in self.window) / elapsed}
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", samples_s=f"{rates['samples_per_s']:.1f}", refresh=False)
         if step % self.config.log.every and step != self.config.train.steps:
             return
-        self.tokens_since_record, self.seconds_since_record = 0, 0.0
         total = float(self.mix.sum()) or 1.0
         record = {"step": step, **{k: round(v, 6) for k, v in metrics.items()}, **{k: round(v, 3) for k, v in rates.items()},
                   "source_mix": {name: round(float(c) / total, 4) for name, c in zip(self.sources, self.mix)}}
