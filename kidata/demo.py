@@ -22,7 +22,7 @@ from kidata.manifest import BuildDir
 
 DEMO_RECIPE = assets.ROOT / "pipelines" / "demo.toml"
 TINY_PRESET = assets.ROOT / "model" / "ki_tiny.toml"
-# 5000 steps: about 5.5 minutes of training on 2 CPU cores, then 0.70 mean success with the FAST head over
+# 5000 steps: 290 s of training on 2 CPU cores, then 0.68 mean success with the FAST head over
 # 20 episodes per task (docs/results/metaworld.md, "`make demo`")
 DEMO_TRAIN_STEPS = 5000
 DEMO_ACTION_HEAD = "fast"  # at this size the backbone's FAST tokens act better than the small expert (same page)
