@@ -306,17 +306,20 @@ def test_an_invalid_fast_chunk_is_counted_and_the_expert_acts_instead_when_the_f
     assert flow.counters == {"fast_chunks": 0, "fast_invalid": 0, "flow_fallbacks": 0}
 
 
+class CountingExpert(ExpertPolicy):
+    """The scripted expert answering each query with a 5-action chunk and counting the queries."""
+
+    def __init__(self):
+        super().__init__()
+        self.counters = {"queries": 0}
+
+    def sample_actions(self, observation):
+        self.counters["queries"] += 1
+        return np.repeat(super().sample_actions(observation), 5, axis=0)
+
+
 def test_the_evaluator_reports_a_policys_counters_per_task():
-    class Counting(ExpertPolicy):
-        def __init__(self):
-            super().__init__()
-            self.counters = {"queries": 0}
-
-        def sample_actions(self, observation):
-            self.counters["queries"] += 1
-            return np.repeat(super().sample_actions(observation), 5, axis=0)  # a 5-action chunk
-
-    result = evaluate_metaworld(Counting(), ["reach", "push"], episodes=1, chunking=Chunking(replan=5), max_steps=10)
+    result = evaluate_metaworld(CountingExpert(), ["reach", "push"], episodes=1, chunking=Chunking(replan=5), max_steps=10)
     assert result["policy_counters"] == {"reach-v3": {"queries": 2}, "push-v3": {"queries": 2}}
     assert "policy_counters" not in evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, max_steps=5)
 
@@ -324,16 +327,8 @@ def test_the_evaluator_reports_a_policys_counters_per_task():
 def test_the_evaluator_executes_a_policys_chunks_as_its_run_settings_say():
     from kidata.training.config import PolicyConfig
 
-    class Settled(ExpertPolicy):
+    class Settled(CountingExpert):
         settings = PolicyConfig(replan=2)  # what a kidata Policy carries from its run's [policy]
-
-        def __init__(self):
-            super().__init__()
-            self.counters = {"queries": 0}
-
-        def sample_actions(self, observation):
-            self.counters["queries"] += 1
-            return np.repeat(super().sample_actions(observation), 5, axis=0)  # a 5-action chunk
 
     result = evaluate_metaworld(Settled(), ["reach"], episodes=1, max_steps=10)
     assert result["replan"] == 2 and result["policy_counters"] == {"reach-v3": {"queries": 5}}
