@@ -187,6 +187,18 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def ignores_sigint(pid: int) -> bool:
+    """Whether the process ignores SIGINT now: a build's coordinator does while it spawns a worker
+    (the worker inherits the ignored Ctrl-C), and pausing a worker it is still writing to would
+    hold it there."""
+    import signal
+
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigIgn:"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process parents from Linux's /proc")
 @pytest.mark.parametrize("stop", ["SIGTERM", "Ctrl-C", "SIGKILL"])
 def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_behind(tmp_path, stop):
@@ -215,9 +227,10 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
         time.sleep(0.05)
     workers = spawned_workers() | child_pids(process.pid)
     assert len(spawned_workers()) == 2, "the build's two workers never started"
+    while time.time() < deadline and ignores_sigint(process.pid):  # the spawn's SIGINT-ignored window
+        time.sleep(0.05)
     for pid in spawned_workers():  # paused, they finish no job: the build is certainly running when stopped
         os.kill(pid, signal.SIGSTOP)
-    time.sleep(0.5)  # the coordinator leaves the spawn's brief SIGINT-ignored window
     if stop == "Ctrl-C":  # the terminal sends SIGINT to the whole foreground process group
         os.killpg(process.pid, signal.SIGINT)
     else:
