@@ -210,8 +210,11 @@ def test_a_stopped_two_worker_build_ends_in_one_sentence_and_leaves_no_worker_be
     recipe = lerobot_recipe(tmp_path / "recipe.toml", shared_path("data", "lerobot", "bridge_v3"), units=3)
     command = [sys.executable, "-m", "kidata.cli", "build", str(recipe), "--out", str(tmp_path / "out"), "--workers",
                "2", "--quiet"]
+    # a shell starts background jobs with Ctrl-C ignored, and the command would inherit that: it
+    # starts as a terminal's foreground command does, with SIGINT's default
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
     def spawned_workers() -> set[int]:  # not multiprocessing's resource tracker, also a child
         found = set()
         for pid in child_pids(process.pid):
