@@ -73,15 +73,19 @@ def check_keys(table: Mapping[str, Any], valid: Sequence[str], where: str, *, se
 
 
 def from_table(kind: type[T], table: Mapping[str, Any], where: str, *, section: str = "",
-               error: type[ValueError] = ConfigError, fields_only: bool = False) -> T | dict[str, Any]:
+               error: type[ValueError] = ConfigError, fields_only: bool = False,
+               numbers_as_written: bool = False) -> T | dict[str, Any]:
     """``kind(**table)`` after checking the keys against its fields and coercing TOML values
     (lists to tuple fields, integers to float fields); with ``fields_only`` the checked, coerced
-    values alone (a partial table, such as one command-line override)."""
+    values alone (a partial table, such as one command-line override). ``numbers_as_written`` keeps
+    an integer in a float field an integer: a recipe is recorded and hashed as written
+    (``scale = 10`` is 10 in every manifest built so far, and 10.0 would be another recipe)."""
     valid = {f.name: f for f in dataclasses.fields(kind)}
     check_keys(table, list(valid), where, section=section, error=error)
     # a choice's value is a string, checked here; which string is the dataclass's own check, whose message names them
     literal = {name: "str | None" if optional else "str" for name, (_, optional) in field_choices(kind).items()}
-    values = {key: _coerce(valid[key], value, f"{where}{section}{key}", error, annotation=literal.get(key))
+    values = {key: _coerce(valid[key], value, f"{where}{section}{key}", error, annotation=literal.get(key),
+                           widen_integers=not numbers_as_written)
               for key, value in table.items()}
     return values if fields_only else kind(**values)
 
@@ -216,7 +220,7 @@ _UnionType = type(int | None)
 
 
 def _coerce(spec: dataclasses.Field, value: Any, key: str = "", error: type[ValueError] = ConfigError, *,
-            annotation: str | None = None) -> Any:
+            annotation: str | None = None, widen_integers: bool = True) -> Any:
     """The value in the field's type, or a refusal naming the key, the value and the type expected
     (``--train.steps ten`` is one sentence, not a TypeError from deep inside the trainer)."""
     kind = annotation or str(spec.type)
@@ -231,7 +235,7 @@ def _coerce(spec: dataclasses.Field, value: Any, key: str = "", error: type[Valu
                         f"got {type(value).__name__}")
     if kind.startswith("tuple") and isinstance(value, list):
         return tuple(value)
-    if kind.split("|")[0].strip() == "float" and isinstance(value, int) and not isinstance(value, bool):
+    if widen_integers and kind.split("|")[0].strip() == "float" and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
 

@@ -10,10 +10,11 @@ and hashes it, and ``Recipe.from_canonical`` reads it back unchanged.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Mapping, Union
 
 from kidata.choices import ActionIdRule, CaptionChoice, Normalization, PromptFormat, StateEncoding
+from kidata.config import table_json
 from kidata.hashing import json_sha256
 
 SOURCE_FIELDS = ("name", "reader", "weight", "holdout")  # a canonical source's keys; the rest are the reader's options
@@ -21,6 +22,55 @@ SOURCE_FIELDS = ("name", "reader", "weight", "holdout")  # a canonical source's 
 
 class RecordedRecipeError(ValueError):
     """A recorded recipe (a manifest's) that this version cannot read: the mixture must be rebuilt."""
+
+
+@dataclass(frozen=True)
+class FastFit:
+    """``fast_tokenizer = { fit = true, vocab_size = 1024, scale = 10 }``: FAST fitted on the build's
+    normalized action chunks. A key left out (None) takes ``FastTokenizer.fit``'s default and stays out
+    of the recorded recipe, so writing a default does not change the recipe's identity."""
+
+    fit: bool | None = None  # the table's marker; a table without ``bins`` or ``path`` fits either way
+    vocab_size: int | None = None
+    scale: float | None = None
+    target_rmse: float | None = None
+    min_frequency: int | None = None
+    margin: int | None = None
+
+    def fit_options(self) -> dict[str, Any]:
+        """The keyword arguments ``FastTokenizer.fit`` takes: the keys set, less the marker."""
+        return {key: value for key, value in table_json(self).items() if key != "fit"}
+
+
+@dataclass(frozen=True)
+class ActionBins:
+    """``fast_tokenizer = { bins = 256, stride = 5 }``: naive per-dimension binning, the paper's ablation
+    of FAST (``stride`` unset: every step of the chunk)."""
+
+    bins: int
+    stride: int | None = None
+
+
+@dataclass(frozen=True)
+class FastFrom:
+    """``fast_tokenizer = { path = "org/name" }``: an already fitted tokenizer, a folder or a hub repo id
+    (the bare string ``fast_tokenizer = "org/name"`` says the same and is recorded as written)."""
+
+    path: str
+
+
+# what ``[mixture] fast_tokenizer`` may be: a table of one of these kinds, or a path / hub id
+FastSetting = Union[FastFit, ActionBins, FastFrom, str]
+
+
+def fast_setting_kind(table: Mapping[str, Any]) -> type:
+    """Which kind a ``fast_tokenizer`` table is, by the key that names it: ``bins``, ``path``, else a fit."""
+    return ActionBins if "bins" in table else FastFrom if "path" in table else FastFit
+
+
+def fast_setting_table(setting: FastSetting) -> dict[str, Any] | str:
+    """A setting as the recipe wrote it: the keys set (None ones left out), or the path string."""
+    return setting if isinstance(setting, str) else table_json(setting)
 
 
 @dataclass(frozen=True)
@@ -35,7 +85,7 @@ class MixtureConfig:
     prompt_format: PromptFormat = "pi05"
     max_tokens: int = 256
     text_tokenizer: str = "tokenizers/demo-text"
-    fast_tokenizer: Any = field(default_factory=lambda: {"fit": True, "vocab_size": 1024, "scale": 10.0})
+    fast_tokenizer: FastSetting = field(default_factory=lambda: FastFit(fit=True, vocab_size=1024, scale=10.0))
     fast_token_rule: ActionIdRule = "openpi"
     fast_token_skip: int = 128
     fast_token_offset: int = 0
@@ -88,7 +138,8 @@ class Recipe:
     source_type: ClassVar[type] = SourceConfig  # what ``from_canonical`` builds each source as
 
     def canonical(self) -> dict[str, Any]:
-        return {"mixture": asdict(self.mixture),
+        mixture = {item.name: getattr(self.mixture, item.name) for item in fields(self.mixture)}
+        return {"mixture": {**mixture, "fast_tokenizer": fast_setting_table(self.mixture.fast_tokenizer)},
                 "sources": [{"name": s.name, "reader": s.reader, "weight": s.weight, "holdout": s.holdout,
                              **dict(sorted(s.options.items()))} for s in self.sources]}
 
@@ -116,7 +167,11 @@ class Recipe:
         """A recipe from its canonical form (a manifest's ``recipe``), as the build recorded it:
         validated then, so only its shape is checked here."""
         try:
-            mixture = MixtureConfig(**data["mixture"])
+            mixture_table = dict(data["mixture"])
+            setting = mixture_table.get("fast_tokenizer")
+            if isinstance(setting, Mapping):
+                mixture_table["fast_tokenizer"] = fast_setting_kind(setting)(**setting)
+            mixture = MixtureConfig(**mixture_table)
             sources = tuple(cls.source_type(entry["name"], entry["reader"], entry["weight"], entry["holdout"],
                                             {k: v for k, v in entry.items() if k not in SOURCE_FIELDS})
                             for entry in data["sources"])

@@ -229,3 +229,9 @@ def test_print_config_writes_the_resolved_preset_as_toml_that_loads_back_to_the_
     tiny = assets.ROOT / "model" / "ki_tiny.toml"
     assert TrainConfig.load(tmp_path / "resolved.toml") == TrainConfig.load(tiny, overrides)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_table_read_with_numbers_as_written_keeps_an_integer_in_a_float_field():
+    from kidata.training.config import OptimConfig
+
+    assert type(from_table(OptimConfig, {"lr": 1}, "", numbers_as_written=True).lr) is int

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from kidata import recipe as recorded
-from kidata.config import check_keys, field_choices, nearest, read_toml
+from kidata.config import check_keys, field_choices, from_table, nearest, read_toml
 from kidata.delta import DeltaMaskError, parse_delta_mask
 from kidata.pipelines.recipe_limits import (
     FAST_NUMBERS,
@@ -24,7 +24,7 @@ from kidata.pipelines.recipe_limits import (
     check_number,
     check_source_name,
 )
-from kidata.recipe import MixtureConfig
+from kidata.recipe import FastSetting, MixtureConfig, fast_setting_kind
 from kidata.sources import registry
 from kidata.sources.registry import COMMON_SOURCE_KEYS
 
@@ -65,12 +65,7 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
     check_keys(data, ("mixture", "sources"), "", error=RecipeError, noun="top-level table")
     if "mixture" not in data:
         raise RecipeError("recipe lacks the [mixture] table")
-    mixture_table = dict(data["mixture"])
-    check_keys(mixture_table, [f.name for f in fields(MixtureConfig)], "[mixture]: ", error=RecipeError)
-    if "name" not in mixture_table:
-        raise RecipeError("[mixture]: 'name' is required")
-    mixture = MixtureConfig(**mixture_table)
-    _check_mixture(mixture)
+    mixture = _mixture(dict(data["mixture"]))
     base = Path(base_dir).resolve()
     sources = []
     for index, table in enumerate(data.get("sources", [])):
@@ -145,7 +140,42 @@ def _resolve(base: Path, value: str) -> str:
     return str((base / value).resolve())
 
 
+def _mixture(table: dict[str, Any]) -> MixtureConfig:
+    """``[mixture]`` through the one config path, its numbers (checked against the recipe limits
+    first, whose refusals name the range) recorded as written."""
+    check_keys(table, [f.name for f in fields(MixtureConfig)], "[mixture]: ", error=RecipeError)
+    if "name" not in table:
+        raise RecipeError("[mixture]: 'name' is required")
+    for key, spec in MIXTURE_NUMBERS.items():
+        if key in table:
+            check_number("[mixture]: ", key, table[key], spec, RecipeError)
+    for key in ("name", "text_tokenizer"):
+        if key in table and (not isinstance(table[key], str) or not table[key] or "\0" in table[key]):
+            raise RecipeError(f"[mixture]: {key} = {table[key]!r}: expected a non-empty string without NUL bytes")
+    if "fast_tokenizer" in table:
+        table["fast_tokenizer"] = _fast_setting(table["fast_tokenizer"])
+    mixture = from_table(MixtureConfig, table, "[mixture]: ", error=RecipeError, numbers_as_written=True)
+    _check_mixture(mixture)
+    return mixture
+
+
+def _fast_setting(value: Any) -> FastSetting:
+    """``fast_tokenizer``: a path / hub id as written, or its table as the kind its keys name."""
+    if isinstance(value, str):
+        return value
+    if not isinstance(value, Mapping):
+        raise RecipeError(f"[mixture]: fast_tokenizer = {value!r}: expected a table "
+                          "({ fit = true, ... }) or a path / hub id")
+    kind, where = fast_setting_kind(value), "[mixture].fast_tokenizer: "
+    check_keys(value, [f.name for f in fields(kind)], where, error=RecipeError)
+    for key, number in value.items():
+        if key in FAST_NUMBERS:
+            check_number(where, key, number, FAST_NUMBERS[key], RecipeError)
+    return from_table(kind, value, where, error=RecipeError, numbers_as_written=True)
+
+
 def _check_mixture(mixture: MixtureConfig) -> None:
+    """What a mixture's fields mean together: the choices and the combinations the build refuses."""
     for key, (allowed, _) in field_choices(MixtureConfig).items():
         if getattr(mixture, key) not in allowed:
             raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r}, expected one of {allowed}")
@@ -153,29 +183,9 @@ def _check_mixture(mixture: MixtureConfig) -> None:
         raise RecipeError(f"[mixture]: prompt_format = \"pi0\" gives the state to the action expert as a vector, "
                           f"state_encoding = {mixture.state_encoding!r} writes it into the prompt; set "
                           "state_encoding = \"continuous\"")
-    for key, spec in MIXTURE_NUMBERS.items():
-        check_number("[mixture]: ", key, getattr(mixture, key), spec, RecipeError)
     if mixture.action_horizon * (mixture.action_dim or 1) > MAX_CHUNK_VALUES:
         raise RecipeError(f"[mixture]: action_horizon {mixture.action_horizon} x action_dim {mixture.action_dim} "
                           f"exceeds {MAX_CHUNK_VALUES} values per action chunk")
-    for key in ("name", "text_tokenizer"):
-        value = getattr(mixture, key)
-        if not isinstance(value, str) or not value or "\0" in value:
-            raise RecipeError(f"[mixture]: {key} = {value!r}: expected a non-empty string without NUL bytes")
-    if not isinstance(mixture.fast_tokenizer, (dict, str)):
-        raise RecipeError(f"[mixture]: fast_tokenizer = {mixture.fast_tokenizer!r}: expected a table "
-                          "({ fit = true, ... }) or a path / hub id")
-    if isinstance(mixture.fast_tokenizer, dict):
-        valid = (["bins", "stride"] if "bins" in mixture.fast_tokenizer
-                 else ["path"] if "path" in mixture.fast_tokenizer
-                 else ["fit", "vocab_size", "scale", "target_rmse", "min_frequency", "margin"])
-        unknown = set(mixture.fast_tokenizer) - set(valid)
-        if unknown:
-            key = sorted(unknown)[0]
-            raise RecipeError(f"[mixture].fast_tokenizer: unknown key {key!r}{nearest(key, valid)}")
-        for key, value in mixture.fast_tokenizer.items():
-            if key in FAST_NUMBERS:
-                check_number("[mixture].fast_tokenizer: ", key, value, FAST_NUMBERS[key], RecipeError)
 
 
 def load_recipe(path: str | Path) -> Recipe:

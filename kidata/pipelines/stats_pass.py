@@ -18,6 +18,7 @@ from kidata.normalize import NormStats, normalize
 from kidata.pipelines.recipe import Recipe
 from kidata.pipelines.stats import EpisodeStats, failed_units
 from kidata.pipelines.storage import write_text
+from kidata.recipe import ActionBins, FastFit, FastFrom
 from kidata.sources.base import ReadReport, WorkUnit
 from kidata.tokenizers import action_tokenizer_files
 
@@ -155,8 +156,8 @@ def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[s
     from kidata.tokenizers.report import measure_tokenizer, write_report
 
     chunks, norm_stats = recipe_chunks(recipe, sources=sources, engine=engine, workers=workers, progress=progress)
-    setting = recipe.mixture.fast_tokenizer if isinstance(recipe.mixture.fast_tokenizer, dict) else {}
-    options = {k: v for k, v in setting.items() if k != "fit"}
+    setting = recipe.mixture.fast_tokenizer
+    options = setting.fit_options() if isinstance(setting, FastFit) else {}
     tokenizer = FastTokenizer.fit(chunks, show_progress=progress, **options)
     out = tokenizer.save(out_dir)
     report = measure_tokenizer(tokenizer, chunks, progress=progress)
@@ -178,19 +179,17 @@ def action_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, eng
     directory = BuildDir.at(root).action_tokenizer_path
     setting = fast_override or recipe.mixture.fast_tokenizer
     if not (fs.exists(f"{directory}/tokenizer.json") or fs.exists(f"{directory}/kidata_bins.json")):
-        if isinstance(setting, str) or "path" in setting:  # a folder or a hub repo id: "org/name"
-            tokenizer = load_action_tokenizer(setting if isinstance(setting, str) else setting["path"],
-                                              base=recipe.base_dir)
+        if isinstance(setting, (str, FastFrom)):  # a folder or a hub repo id: "org/name"
+            tokenizer = load_action_tokenizer(setting if isinstance(setting, str) else setting.path, base=recipe.base_dir)
             chunks = None
-        elif "bins" in setting:
-            tokenizer = BinTokenizer(n_bins=setting["bins"], stride=setting.get("stride", 1))
+        elif isinstance(setting, ActionBins):
+            tokenizer = BinTokenizer(n_bins=setting.bins, stride=1 if setting.stride is None else setting.stride)
             chunks = None
         else:
             if not robot:
                 raise BuildError("fast_tokenizer.fit needs at least one robot source")
             chunks = normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root)
-            options = {k: v for k, v in setting.items() if k != "fit"}
-            tokenizer = FastTokenizer.fit(chunks, **options)
+            tokenizer = FastTokenizer.fit(chunks, **setting.fit_options())
         with tempfile.TemporaryDirectory() as local:
             tokenizer.save(local)
             if chunks is not None:

@@ -82,10 +82,11 @@ def test_an_unreachable_hub_id_is_named_with_the_cache_it_looked_in(hub_offline)
 
 def test_a_recipe_names_a_tokenizer_by_path_table():
     from kidata.pipelines.recipe import RecipeError, parse_recipe
+    from kidata.recipe import FastFrom
 
     base = {"name": "m", "fast_tokenizer": {"path": "my-org/my-robot-fast"}}
     sources = [{"name": "s", "reader": "metaworld", "tasks": ["reach"]}]
-    assert parse_recipe({"mixture": base, "sources": sources}).mixture.fast_tokenizer == {"path": "my-org/my-robot-fast"}
+    assert parse_recipe({"mixture": base, "sources": sources}).mixture.fast_tokenizer == FastFrom("my-org/my-robot-fast")
     with pytest.raises(RecipeError, match="unknown key 'vocab_size'"):
         parse_recipe({"mixture": {**base, "fast_tokenizer": {"path": "x/y", "vocab_size": 3}}, "sources": sources})
 
