@@ -162,10 +162,16 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
     (``progress.torch_threads``)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1 (episodes per task), got {episodes}")
+    if max_steps < 1:  # an episode of no step fails without the policy acting: a 0 that measures nothing
+        raise ValueError(f"max_steps must be >= 1 (the step budget of an episode), got {max_steps}")
+    if scene is not None and scene.image_size < 1:
+        raise ValueError(f"image_size must be >= 1 (the rendered cameras' size in pixels), got {scene.image_size}")
     chunking = Chunking.of(policy) if chunking is None else chunking
     chunking.executor()  # refuses a bad replan or ensemble before any simulator starts
     scene = scene or SceneSettings()
     task_names = resolve_tasks(tasks)
+    if not task_names:
+        raise ValueError("tasks: name at least one Meta-World task (or MT10 / MT50)")
     total = sum(len(episode_indices[task]) for task in task_names) if episode_indices is not None else episodes * len(task_names)
     trial = _Trial(policy, chunking, max_steps, seed, scene, out, sheets, getattr(policy, "needs_images", True))
     with torch_threads(1), progress_bar(total=total, desc="episodes", unit="episode", disable=not progress) as bar:
