@@ -86,3 +86,21 @@ def test_a_recipe_file_that_is_not_text_is_named(tmp_path):
 def test_a_reader_option_that_is_a_number_is_range_checked_naming_the_source(line, message):
     with pytest.raises(RecipeError, match=r"\[\[sources\]\] #1 \(scenes\): " + message):
         parse_recipe(recipe(source=line))
+
+
+@pytest.mark.parametrize(("line", "message"), [('pointing = "false"', r"pointing = 'false': expected true or false$"),
+                                               ("pointing = 1", r"pointing = 1: expected true or false$"),
+                                               ("camera = 3", r"camera = 3: expected a non-empty string without NUL bytes$"),
+                                               ('camera = ""', r"camera = '': expected a non-empty string")])
+def test_a_reader_switch_or_name_of_the_wrong_type_is_refused_naming_the_source(line, message):
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(scenes\): " + message):
+        parse_recipe(recipe(source=line))
+
+
+@pytest.mark.parametrize("value", ['"lots"', "-0.1", "nan"])
+def test_a_metaworld_action_noise_that_is_not_a_finite_non_negative_number_is_refused_where_the_recipe_is_read(value):
+    data = recipe()
+    data["sources"][0].update(reader="metaworld", action_noise=tomllib.loads(f"v = {value}")["v"])
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(scenes\): action_noise = .*(expected a number or "
+                                          r"nothing|it must be a number >= 0 and <= 10)$"):
+        parse_recipe(data)
