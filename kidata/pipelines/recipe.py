@@ -161,6 +161,9 @@ def _mixture(table: dict[str, Any]) -> MixtureConfig:
     for key in ("name", "text_tokenizer"):
         if key in table:
             _check_text("[mixture]: ", key, table[key])
+    for key, (allowed, _) in field_choices(MixtureConfig).items():  # a choice given as a number is named with the choices
+        if key in table and (not isinstance(table[key], str) or table[key] not in allowed):
+            raise RecipeError(f"[mixture]: {key} = {table[key]!r}: expected one of {allowed}")
     if "fast_tokenizer" in table:
         table["fast_tokenizer"] = _fast_setting(table["fast_tokenizer"])
     mixture = from_table(MixtureConfig, table, "[mixture]: ", error=RecipeError, numbers_as_written=True)
@@ -198,10 +201,7 @@ def _check_text(where: str, key: str, value: Any) -> None:
 
 
 def _check_mixture(mixture: MixtureConfig) -> None:
-    """What a mixture's fields mean together: the choices and the combinations the build refuses."""
-    for key, (allowed, _) in field_choices(MixtureConfig).items():
-        if getattr(mixture, key) not in allowed:
-            raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r}, expected one of {allowed}")
+    """What a mixture's fields mean together: the combinations the build refuses."""
     if mixture.prompt_format == "pi0" and mixture.state_encoding != "continuous":
         raise RecipeError(f"[mixture]: prompt_format = \"pi0\" gives the state to the action expert as a vector, "
                           f"state_encoding = {mixture.state_encoding!r} writes it into the prompt; set "

@@ -106,3 +106,13 @@ def test_fit_false_is_refused_since_a_table_without_bins_or_path_fits_fast_eithe
                                           r"\{ path = \"...\" \} for a fitted tokenizer or \{ bins = 256 \} for naive "
                                           r"binning$"):
         parse_recipe(mixture("fast_tokenizer = { fit = false, vocab_size = 512 }"))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("state_encoding = 1", r"state_encoding = 1: expected one of \('text', 'special', 'continuous'\)$"),
+    ('normalization = "zscore"', r"normalization = 'zscore': expected one of \('quantile', .*\)$"),
+    ("prompt_format = true", r"prompt_format = True: expected one of \('pi05', 'pi0fast', 'pi0'\)$"),
+])
+def test_a_choice_that_is_unknown_or_given_as_a_number_is_refused_naming_the_choices(line, message):
+    with pytest.raises(RecipeError, match=r"^\[mixture\]: " + message):
+        parse_recipe(mixture(line))
