@@ -118,12 +118,23 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
         check_number(f"{where}: ", "holdout", table.get("holdout"), (*MIXTURE_NUMBERS["holdout"][:4], True), RecipeError)
         sources.append(SourceConfig(table["name"], reader, _weight(where, table.get("weight", 1.0)),
                                     table.get("holdout"), options))
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        raise RecipeError(f"duplicate source names in {names}")
+    _check_distinct_names([s.name for s in sources])
     if not sources:
         raise RecipeError("recipe has no [[sources]]")
     return Recipe(mixture, tuple(sources), str(base))
+
+
+def _check_distinct_names(names: list[str]) -> None:
+    """Each source's name is a folder and a shard prefix of the build: two names that differ only in case are one
+    folder on a case-insensitive file system (macOS, Windows), where their shards would overwrite each other."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        first = seen.setdefault(name.lower(), index)
+        if first != index:
+            same = ("has the same name" if names[first] == name else
+                    f"is named {names[first]!r}, the same but for case (one folder on macOS and Windows)")
+            raise RecipeError(f"[[sources]] #{index + 1} ({name}): source #{first + 1} {same}; a source's name is its "
+                              "folder of the build, so give each source its own name")
 
 
 def _check_delta_only_mapping(where: str, reader: str, mapping: Any) -> None:

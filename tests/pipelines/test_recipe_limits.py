@@ -104,3 +104,15 @@ def test_a_metaworld_action_noise_that_is_not_a_finite_non_negative_number_is_re
     with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(scenes\): action_noise = .*(expected a number or "
                                           r"nothing|it must be a number >= 0 and <= 10)$"):
         parse_recipe(data)
+
+
+@pytest.mark.parametrize(("second", "message"), [
+    ("scenes", r"source #1 has the same name"),
+    ("Scenes", r"source #1 is named 'scenes', the same but for case \(one folder on macOS and Windows\)"),
+])
+def test_two_sources_whose_names_are_one_folder_are_refused_naming_both(second, message):
+    data = recipe()
+    data["sources"].append({**data["sources"][0], "name": second})
+    with pytest.raises(RecipeError, match=rf"^\[\[sources\]\] #2 \({second}\): {message}; a source's name is its folder "
+                                          r"of the build, so give each source its own name$"):
+        parse_recipe(data)
