@@ -281,3 +281,14 @@ def test_fast_fit_on_a_recipe_that_bins_its_actions_says_its_build_would_not_fit
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"the recipe's fast_tokenizer = {{'bins': 16}} fits no FAST tokenizer, so this one took the fit's defaults; "
         f"to build with it, set [mixture] fast_tokenizer = \"{tmp_path / 'tok'}\"")
+
+
+def test_verify_and_inspect_given_a_recipe_instead_of_its_build_say_to_build_it_first(tmp_path, capsys):
+    from support.recipes import RecipeDraft, source
+
+    recipe = RecipeDraft({"name": "m"}, (source("scenes", "metaworld_scenes", tasks=["reach"]),)).write(tmp_path / "r.toml")
+    said = f"{recipe} is a file, not a build's output folder: build it first (kidata build {recipe} --out OUT) and pass OUT"
+    assert main(["verify", str(recipe)]) == 1
+    assert capsys.readouterr().out.splitlines() == [said, "1 problem(s)"]
+    assert main(["inspect", str(recipe)]) == 2
+    assert capsys.readouterr().err == f"kidata inspect: {said} [NotADirectoryError; --debug shows the traceback]\n"
