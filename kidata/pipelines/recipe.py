@@ -19,6 +19,7 @@ from kidata.delta import DeltaMaskError, parse_delta_mask
 from kidata.pipelines.recipe_limits import (
     FAST_NUMBERS,
     MAX_CHUNK_VALUES,
+    MAX_SOURCE_WEIGHT,
     MIXTURE_NUMBERS,
     SOURCE_NUMBERS,
     check_number,
@@ -151,6 +152,9 @@ def _weight(where: str, value: Any) -> float:
         raise RecipeError(f"{where}: weight = {value!r} is not a number")
     if not math.isfinite(value) or value < 0:
         raise RecipeError(f"{where}: weight = {value!r}; weights are finite numbers >= 0")
+    if value > MAX_SOURCE_WEIGHT:
+        raise RecipeError(f"{where}: weight = {value!r}; weights are finite numbers >= 0 and <= {MAX_SOURCE_WEIGHT:g} "
+                          "(only their ratios count: scale them down)")
     return float(value)
 
 

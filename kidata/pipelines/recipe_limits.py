@@ -54,6 +54,9 @@ SOURCE_NUMBERS: dict[str, tuple[str, float, float, bool, bool]] = {
 SOURCE_FLAGS = ("pointing", "privileged_state", "skip_corrupt")
 # reader options that are one name (a camera, a dataset entry, a split, a hub revision), not a path
 SOURCE_NAMES = ("camera", "dataset", "split", "action_space", "answer", "repo_id", "revision")
+# a source's sampling weight: only the ratios count, and two weights near float's limit sum to inf (every source then
+# normalized to 0)
+MAX_SOURCE_WEIGHT = 1e6
 # the sample's tokens are held as one array per chunk: horizon x dimensions floats per sample
 MAX_CHUNK_VALUES = 1000 * 64
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")

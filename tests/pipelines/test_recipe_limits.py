@@ -116,3 +116,11 @@ def test_two_sources_whose_names_are_one_folder_are_refused_naming_both(second, 
     with pytest.raises(RecipeError, match=rf"^\[\[sources\]\] #2 \({second}\): {message}; a source's name is its folder "
                                           r"of the build, so give each source its own name$"):
         parse_recipe(data)
+
+
+def test_a_weight_so_large_that_two_sum_to_infinity_is_refused_naming_the_limit():
+    data = recipe(source="weight = 1e308")
+    data["sources"].append({**data["sources"][0], "name": "more"})
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(scenes\): weight = 1e\+308; weights are finite numbers "
+                                          r">= 0 and <= 1e\+06 \(only their ratios count: scale them down\)$"):
+        parse_recipe(data)
