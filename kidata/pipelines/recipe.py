@@ -107,6 +107,10 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
             if key in COMMON_SOURCE_KEYS:
                 continue
             if key in entry.path_options:
+                for path in value if isinstance(value, list) else [value]:
+                    # "" would resolve to the recipe's folder, a number to a file of that name
+                    if not isinstance(path, (str, Mapping)) or (isinstance(path, str) and (not path or "\0" in path)):
+                        raise RecipeError(f"{where}: {key} = {value!r}: expected a non-empty path without NUL bytes")
                 # a path option may also take an inline table (rlds ``mapping``): only strings are paths
                 value = ([_resolve(base, v) for v in value] if isinstance(value, list)
                          else _resolve(base, value) if isinstance(value, str) else value)

@@ -124,3 +124,12 @@ def test_a_weight_so_large_that_two_sum_to_infinity_is_refused_naming_the_limit(
     with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(scenes\): weight = 1e\+308; weights are finite numbers "
                                           r">= 0 and <= 1e\+06 \(only their ratios count: scale them down\)$"):
         parse_recipe(data)
+
+
+@pytest.mark.parametrize("path", ['""', "3", '["a", ""]'])
+def test_a_path_option_that_is_empty_or_not_a_path_is_refused_rather_than_read_as_a_folder(path):
+    data = recipe()
+    data["sources"][0] = recipes.source("bridge", "lerobot", path=tomllib.loads(f"v = {path}")["v"])
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(bridge\): path = .*: expected a non-empty path without "
+                                          r"NUL bytes$"):
+        parse_recipe(data)
