@@ -40,7 +40,7 @@ MUTATIONS = [
     Mutation("token loss mask off by one", "kidata/model/ki_model.py",
              'batch["loss"][:, 1:]', 'batch["loss"][:, :-1]', (OBJ,)),
     Mutation("token loss without the shift", "kidata/model/ki_model.py",
-             "self.final_norm(text_hidden[:, :-1][target_mask])", "self.final_norm(text_hidden[:, 1:][target_mask])",
+             "hidden = text_hidden[:, :-1].reshape(", "hidden = text_hidden[:, 1:].reshape(",
              (OBJ,)),
     Mutation("flow target sign flipped", "kidata/model/ki_model.py",
              "(velocity - (noise - actions))", "(velocity - (actions - noise))", (OBJ,)),
@@ -53,7 +53,8 @@ MUTATIONS = [
              "[angle.sin(), angle.cos()]", "[angle.cos(), angle.sin()]", (OBJ,)),
     # memory and precision of a step
     Mutation("LM head over every text position", "kidata/model/ki_model.py",
-             "text_hidden[:, :-1][target_mask]))  # [N, V]", "text_hidden))[:, :-1][target_mask]  # [N, V]",
+             "self.lm_head(self.final_norm(hidden))  # [N, V]",
+             "self.lm_head(self.final_norm(text_hidden))[:, :-1].flatten(0, 1).index_select(0, index)  # [N, V]",
              ("tests/model/test_attention_memory.py -k lm_head_runs_only",)),
     Mutation("keys and values copied once per query head", "kidata/model/attention.py",
              "q, k.expand(shape), v.expand(shape)", "q, k.repeat_interleave(heads, 1), v.repeat_interleave(heads, 1)",

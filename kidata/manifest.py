@@ -179,11 +179,11 @@ class Manifest:
                        text_tokenizer=TokenizerRef(**data["tokenizers"]["text"]),
                        action_tokenizer=TokenizerRef(**data["tokenizers"]["fast"]),
                        encoding=Encoding(**encoding), sources=sources, build_id=data.get("build_id", ""))
-        except (KeyError, TypeError) as error:
-            raise ManifestMismatch(f"{origin}: a field of the manifest is missing or unknown ({error}); rebuild "
-                                   "the mixture with this kidata version") from None
         except RecordedRecipeError as error:
             raise ManifestMismatch(str(error)) from None
+        except (KeyError, TypeError, ValueError) as error:  # ValueError: dict("x") of a table written as a string
+            raise ManifestMismatch(f"{origin}: a field of the manifest is missing or unknown ({error}); rebuild "
+                                   "the mixture with this kidata version") from None
 
     @classmethod
     def read(cls, path: str) -> tuple["Manifest", str]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Mapping, Union
 
 from kidata.choices import ActionIdRule, CaptionChoice, Normalization, PromptFormat, StateEncoding
-from kidata.config import table_json
+from kidata.config import ConfigError, from_table, table_json
 from kidata.hashing import json_sha256
 
 SOURCE_FIELDS = ("name", "reader", "weight", "holdout")  # a canonical source's keys; the rest are the reader's options
@@ -166,16 +166,33 @@ class Recipe:
     def from_canonical(cls, data: Mapping[str, Any], *, base_dir: str = ".", origin: str = "recipe") -> "Recipe":
         """A recipe from its canonical form (a manifest's ``recipe``), as the build recorded it:
         validated then, so only its shape is checked here."""
+        rebuild = "rebuild the mixture with this kidata version"
+        if not isinstance(data, Mapping) or not isinstance(data.get("mixture", {}), Mapping) or not (
+                isinstance(data.get("sources", []), list) and all(isinstance(s, Mapping) for s in data.get("sources", []))):
+            raise RecordedRecipeError(f"{origin}: the recorded recipe is not a [mixture] table and a list of [[sources]] "
+                                      f"tables; {rebuild}")
         try:
             mixture_table = dict(data["mixture"])
             setting = mixture_table.get("fast_tokenizer")
             if isinstance(setting, Mapping):
-                mixture_table["fast_tokenizer"] = fast_setting_kind(setting)(**setting)
-            mixture = MixtureConfig(**mixture_table)
+                mixture_table["fast_tokenizer"] = _recorded(fast_setting_kind(setting), setting, "fast_tokenizer.")
+            elif not isinstance(setting, str) and "fast_tokenizer" in mixture_table:
+                raise ConfigError(f"fast_tokenizer = {setting!r}: expected a table or a path / hub id")
+            mixture = _recorded(MixtureConfig, mixture_table, "")
             sources = tuple(cls.source_type(entry["name"], entry["reader"], entry["weight"], entry["holdout"],
                                             {k: v for k, v in entry.items() if k not in SOURCE_FIELDS})
                             for entry in data["sources"])
         except (KeyError, TypeError) as error:
-            raise RecordedRecipeError(f"{origin}: the recorded recipe lacks or has an unknown field ({error}); rebuild "
-                                      "the mixture with this kidata version") from None
+            raise RecordedRecipeError(f"{origin}: the recorded recipe lacks or has an unknown field ({error}); "
+                                      f"{rebuild}") from None
+        except ConfigError as error:
+            raise RecordedRecipeError(f"{origin}: the recorded recipe's mixture.{error}; {rebuild}") from None
         return cls(mixture, sources, base_dir)
+
+
+def _recorded(kind: type, table: Mapping[str, Any], where: str) -> Any:
+    """A recorded table as ``kind``: its keys as the dataclass takes them (an unknown or missing one is the
+    TypeError ``kind(**table)`` raises), then each value's type (``bins = "8"`` is refused, not kept)."""
+    value = kind(**table)
+    from_table(kind, table, where, fields_only=True, numbers_as_written=True)
+    return value

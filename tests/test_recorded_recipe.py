@@ -46,3 +46,34 @@ def test_a_recorded_recipe_with_a_mixture_field_this_version_does_not_know_is_re
     with pytest.raises(ManifestMismatch, match=r"^runs/a/manifest.json: the recorded recipe lacks or has an unknown "
                                                r"field \(.*'colour'\); rebuild the mixture with this kidata version$"):
         Manifest.from_json(written, origin="runs/a/manifest.json")
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    (3, r"mixture\.fast_tokenizer = 3: expected a table or a path / hub id"),
+    (None, r"mixture\.fast_tokenizer = None: expected a table or a path / hub id"),
+    ({"bins": "8"}, r"mixture\.fast_tokenizer\.bins = '8': expected an integer, got str"),
+    ({"path": 3}, r"mixture\.fast_tokenizer\.path = 3: expected a string, got int"),
+])
+def test_a_manifest_whose_fast_tokenizer_was_edited_to_another_type_is_refused_naming_the_file(setting, message):
+    written = json.loads(recorded("demo.toml").dumps())
+    written["recipe"]["mixture"]["fast_tokenizer"] = setting
+    with pytest.raises(ManifestMismatch, match=r"^runs/a/manifest.json: the recorded recipe's " + message +
+                                               r"; rebuild the mixture with this kidata version$"):
+        Manifest.from_json(written, origin="runs/a/manifest.json")
+
+
+@pytest.mark.parametrize(("part", "value"), [("mixture", "demo"), ("mixture", [1]), ("sources", 3), ("sources", ["s"])])
+def test_a_manifest_whose_recipe_tables_are_not_tables_is_refused_naming_the_file(part, value):
+    written = json.loads(recorded("demo.toml").dumps())
+    written["recipe"][part] = value
+    with pytest.raises(ManifestMismatch, match=r"^runs/a/manifest.json: the recorded recipe is not a \[mixture\] table "
+                                               r"and a list of \[\[sources\]\] tables; rebuild the mixture with this "
+                                               r"kidata version$"):
+        Manifest.from_json(written, origin="runs/a/manifest.json")
+
+
+def test_a_manifest_whose_encoding_is_not_a_table_is_refused_naming_the_file():
+    written = json.loads(recorded("demo.toml").dumps())
+    written["encoding"] = "text"
+    with pytest.raises(ManifestMismatch, match=r"^runs/a/manifest.json: a field of the manifest is missing or unknown"):
+        Manifest.from_json(written, origin="runs/a/manifest.json")

@@ -19,11 +19,11 @@ def add_parser(commands) -> None:
     fit.add_argument("--recipe", help="fit on the robot sources of a recipe (pass 1 of a build)")
     fit.add_argument("--source", nargs="+", help="with --recipe: only these sources")
     fit.add_argument("--workers", type=int, default=1, help="with --recipe: worker processes")
-    fit.add_argument("--vocab-size", type=int, default=1024, help="BPE vocabulary (byte alphabet + merges)")
+    fit.add_argument("--vocab-size", type=int, default=None, help="BPE vocabulary (byte alphabet + merges) (default: 1024)")
     fit.add_argument("--scale", type=float, default=None, help="DCT coefficient scale before rounding (default 10; "
                      "not with --target-rmse)")
     fit.add_argument("--target-rmse", type=float, default=None, help="pick the scale for this rounding RMSE")
-    fit.add_argument("--min-frequency", type=int, default=2, help="least count for a BPE merge")
+    fit.add_argument("--min-frequency", type=int, default=None, help="least count for a BPE merge (default: 2)")
     fit.add_argument("--margin", type=int, default=None, help="codes kept beyond the training range on each side "
                      "(default: an eighth of the span, at most vocab-size/32; values beyond are clipped and counted)")
     fit.add_argument("--out", required=True, help="directory to write the tokenizer into")
@@ -77,6 +77,8 @@ def fit_command(args: argparse.Namespace) -> int:
 
     if args.recipe:
         return _fit_on_recipe(args)
+    vocab_size = 1024 if args.vocab_size is None else args.vocab_size
+    min_frequency = 2 if args.min_frequency is None else args.min_frequency
     if not args.chunks:
         raise SystemExit("kidata fast fit: give --chunks FILE.npy or --recipe RECIPE.toml")
     if args.scale is not None and args.target_rmse is not None:
@@ -84,8 +86,8 @@ def fit_command(args: argparse.Namespace) -> int:
     chunks = load_chunks(args.chunks)
     print(f"fitting FAST on {chunks.shape[0]} chunks of shape {chunks.shape[1:]} ...", flush=True)
     scale = args.scale if args.scale is not None else 10.0
-    tokenizer = FastTokenizer.fit(np.asarray(chunks), vocab_size=args.vocab_size, scale=scale,
-                                  target_rmse=args.target_rmse, min_frequency=args.min_frequency,
+    tokenizer = FastTokenizer.fit(np.asarray(chunks), vocab_size=vocab_size, scale=scale,
+                                  target_rmse=args.target_rmse, min_frequency=min_frequency,
                                   margin=args.margin, show_progress=not args.quiet)
     out = tokenizer.save(args.out)
     report = measure_tokenizer(tokenizer, chunks, progress=not args.quiet)
@@ -98,14 +100,30 @@ def fit_command(args: argparse.Namespace) -> int:
 def _fit_on_recipe(args: argparse.Namespace) -> int:
     from kidata.pipelines.recipe import load_recipe
     from kidata.pipelines.stats_pass import fit_fast_from_recipe
+    from kidata.recipe import FastFit, fast_setting_table
 
-    tokenizer, report = fit_fast_from_recipe(load_recipe(args.recipe), args.out, sources=args.source,
+    if args.chunks:
+        raise SystemExit("kidata fast fit: give --chunks FILE.npy or --recipe RECIPE.toml, not both")
+    given = [flag for flag, value in (("--vocab-size", args.vocab_size), ("--scale", args.scale),
+                                      ("--target-rmse", args.target_rmse), ("--min-frequency", args.min_frequency),
+                                      ("--margin", args.margin)) if value is not None]
+    if given:
+        raise SystemExit(f"kidata fast fit: {', '.join(given)} {'is' if len(given) == 1 else 'are'} for --chunks; with "
+                         f"--recipe the fit options are the [mixture] fast_tokenizer table of {args.recipe}, so set "
+                         "them there (or fit the chunks kidata fast chunks writes)")
+    recipe = load_recipe(args.recipe)
+    tokenizer, report = fit_fast_from_recipe(recipe, args.out, sources=args.source,
                                              workers=args.workers, progress=not args.quiet)
     print(report.summary())
     print(f"tokenizer written to {args.out} (sha256 {tokenizer.sha256[:12]}), statistics in {args.out}/stats.json, "
           f"report in {args.out}/report")
-    print(f"a build of the recipe fits its own FAST tokenizer the same way; to build with this one instead, set "
-          f"[mixture] fast_tokenizer = \"{args.out}\"")
+    setting = recipe.mixture.fast_tokenizer
+    if isinstance(setting, FastFit):
+        print(f"a build of the recipe fits its own FAST tokenizer the same way; to build with this one instead, set "
+              f"[mixture] fast_tokenizer = \"{args.out}\"")
+    else:  # the recipe names no fit: this one took FastTokenizer.fit's defaults
+        print(f"the recipe's fast_tokenizer = {fast_setting_table(setting)!r} fits no FAST tokenizer, so this one took "
+              f"the fit's defaults; to build with it, set [mixture] fast_tokenizer = \"{args.out}\"")
     return 0
 
 

@@ -111,7 +111,10 @@ def instruction(task: str) -> str:
 
 def resolve_tasks(tasks: str | Sequence[str]) -> list[str]:
     """A benchmark name ('MT10', 'MT50') or task names -> versioned env names ('reach-v3')."""
-    names = [tasks] if isinstance(tasks, str) else list(tasks)
+    names = [tasks] if isinstance(tasks, str) else list(tasks) if isinstance(tasks, Sequence) else None
+    if not names or not all(isinstance(name, str) and name for name in names):
+        raise ValueError(f"tasks = {tasks!r}: expected a benchmark name ({', '.join(sorted(BENCHMARKS))}) or a list of "
+                         "task names, e.g. [\"reach\", \"push\"]")
     names = [task for name in names for task in (BENCHMARKS.get(name) or (name,))]
     out = []
     for name in names:
@@ -143,6 +146,10 @@ def from_env_action(action: np.ndarray) -> np.ndarray:
     return out
 
 
+class SceneProcessError(Exception):
+    """The traceback of a failure inside a scene's process, as text (the cause of the parent's one-line error)."""
+
+
 class Scene:
     """One task's environment at seeded variations, simulated and rendered in a spawned child
     process. MuJoCo's EGL renderer and TensorFlow crash when they share a process (measured here:
@@ -165,8 +172,9 @@ class Scene:
     def _call(self, command: str, *args: Any) -> Any:
         self._connection.send((command, args))
         status, value = self._connection.recv()
-        if status == "error":
-            raise RuntimeError(f"Meta-World scene {self.task!r} ({command}): {value}")
+        if status == "error":  # the child's one line in the message; its traceback is the cause --debug shows
+            line, trace = value
+            raise RuntimeError(f"Meta-World scene {self.task!r} ({command}): {line}") from SceneProcessError(trace)
         return value
 
     def reset(self, episode: int) -> np.ndarray:
@@ -213,8 +221,8 @@ def _serve(connection, task: str, seed: int, image_size: int, goal_marker_scale:
             else:
                 value = getattr(scene, command)(*args)
             connection.send(("ok", value))
-        except Exception:  # noqa: BLE001 - reported to the parent, which raises
-            connection.send(("error", traceback.format_exc(limit=4)))
+        except Exception as error:  # noqa: BLE001 - reported to the parent, which raises
+            connection.send(("error", (f"{type(error).__name__}: {error}", traceback.format_exc(limit=4))))
 
 
 class _LocalScene:

@@ -283,19 +283,17 @@ class KIModel(nn.Module):
         """Mean cross-entropy of the loss-masked targets and their logits, from the backbone's
         hidden states at the text positions [B, T, W]; position i predicts token i + 1. The
         vocabulary-sized logits exist only for the N targets (N is read once from the device)."""
-        targets, target_mask = batch["tokens"][:, 1:], batch["loss"][:, 1:]
-        if "loss_targets" in batch and not all_logits:  # indices found on the host (collate): no device sync
-            index = batch["loss_targets"]
-            hidden = text_hidden[:, :-1].reshape(-1, text_hidden.shape[-1]).index_select(0, index)
-            predicting = logits = self.lm_head(self.final_norm(hidden))  # [N, V]
-            wanted, count = targets.reshape(-1).index_select(0, index), max(index.shape[0], 1)
-            return {"fast_loss": F.cross_entropy(predicting.float(), wanted, reduction="sum") / count, "logits": logits}
+        index = batch.get("loss_targets")  # flat indices of the targets in [B, T - 1], found on the host by collate
+        if index is None:  # a batch not cut by collate (a test's, a caller's): found here, one read from the device
+            index = batch["loss"][:, 1:].reshape(-1).nonzero().squeeze(1)
+        wanted = batch["tokens"][:, 1:].reshape(-1).index_select(0, index)
         if all_logits:
             logits = self.lm_head(self.final_norm(text_hidden))  # [B, T, V]
-            predicting = logits[:, :-1][target_mask]
+            predicting = logits[:, :-1].reshape(-1, logits.shape[-1]).index_select(0, index)
         else:
-            predicting = logits = self.lm_head(self.final_norm(text_hidden[:, :-1][target_mask]))  # [N, V]
-        ce = F.cross_entropy(predicting.float(), targets[target_mask], reduction="sum") / target_mask.sum().clamp(min=1)
+            hidden = text_hidden[:, :-1].reshape(-1, text_hidden.shape[-1]).index_select(0, index)
+            predicting = logits = self.lm_head(self.final_norm(hidden))  # [N, V]
+        ce = F.cross_entropy(predicting.float(), wanted, reduction="sum") / max(index.shape[0], 1)
         return {"fast_loss": ce, "logits": logits}
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:

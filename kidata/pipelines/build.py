@@ -81,8 +81,8 @@ def _claim(recipe: Recipe, fs, root: str, out: str, force: bool) -> None:
     there is refused, or with ``force`` removed: only the files a build wrote, never the user's."""
     state_file = f"{root}/{STATE_DIR}/recipe.json"
     if fs.exists(state_file):
-        previous = json.loads(fs.cat_file(state_file).decode())
-        if previous["recipe_sha256"] != recipe.sha256:
+        previous = _claimed(fs, state_file, out, force)
+        if previous.get("recipe_sha256") != recipe.sha256:
             owned, foreign = foreign_paths(fs, root, _source_names(previous) + [s.name for s in recipe.sources])
             written = [p for p in owned if p not in (LOCK_NAME, STATE_DIR)]
             # what only a build that got somewhere leaves: its manifest or shards of completed units; a build
@@ -102,6 +102,21 @@ def _claim(recipe: Recipe, fs, root: str, out: str, force: bool) -> None:
     except OSError as error:  # read-only, a file in the way, no permission: before any work is done
         raise BuildError(f"{out}: cannot write the build there ({type(error).__name__}: {error.strerror or error}); "
                          "choose a writable --out") from error
+
+
+def _claimed(fs, state_file: str, out: str, force: bool) -> dict:
+    """What ``_state/recipe.json`` records; one that is unreadable (edited, or not a build's) claims OUT for no
+    recipe: ``force`` replaces that build, else the refusal names the file."""
+    try:
+        previous = json.loads(fs.cat_file(state_file).decode())
+    except (ValueError, UnicodeDecodeError) as error:
+        previous = error
+    if isinstance(previous, dict) and isinstance(previous.get("recipe_sha256"), str):
+        return previous
+    if force:
+        return {}
+    raise BuildError(f"{state_file} does not record a recipe (it holds no 'recipe_sha256'), so the build in {out} "
+                     "cannot be resumed: use --force to replace it")
 
 
 def _source_names(state: dict) -> list[str]:

@@ -13,7 +13,7 @@ from kidata.manifest import BuildDir, Manifest
 from kidata.pipelines.encode_pass import EncodeContext, context_encoder
 from kidata.pipelines.recipe import Recipe
 from kidata.pipelines.shards import iter_shard, load_npy
-from kidata.pipelines.storage import output_fs
+from kidata.pipelines.storage import not_a_build_folder, output_fs
 from kidata.schema import Sample
 from kidata.tokenizers import action_tokenizer_files
 
@@ -37,6 +37,9 @@ def inspect_build(out: str, *, samples: int = 3, save: str | None = None) -> str
     from kidata.tokenizers.inspect import describe_sample
 
     fs, root = output_fs(out)
+    file = not_a_build_folder(fs, root, out)
+    if file:
+        raise NotADirectoryError(file)
     build = BuildDir.at(root)
     manifest, _ = Manifest.read(fs.unstrip_protocol(build.manifest_path))
     recipe = Recipe.of(manifest.recipe)  # the build's kind, to encode as the build did

@@ -19,12 +19,14 @@ from kidata.delta import DeltaMaskError, parse_delta_mask
 from kidata.pipelines.recipe_limits import (
     FAST_NUMBERS,
     MAX_CHUNK_VALUES,
+    MAX_SOURCE_WEIGHT,
     MIXTURE_NUMBERS,
     SOURCE_NUMBERS,
     check_number,
     check_source_name,
+    check_source_option,
 )
-from kidata.recipe import FastSetting, MixtureConfig, fast_setting_kind
+from kidata.recipe import FastFit, FastFrom, FastSetting, MixtureConfig, fast_setting_kind
 from kidata.sources import registry
 from kidata.sources.registry import COMMON_SOURCE_KEYS
 
@@ -65,16 +67,23 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
     check_keys(data, ("mixture", "sources"), "", error=RecipeError, noun="top-level table")
     if "mixture" not in data:
         raise RecipeError("recipe lacks the [mixture] table")
+    if not isinstance(data["mixture"], Mapping):
+        raise RecipeError(f"mixture = {data['mixture']!r}: expected the [mixture] table of settings")
     mixture = _mixture(dict(data["mixture"]))
     base = Path(base_dir).resolve()
     sources = []
-    for index, table in enumerate(data.get("sources", [])):
+    listed = data.get("sources", [])
+    if not isinstance(listed, list) or not all(isinstance(table, Mapping) for table in listed):
+        raise RecipeError(f"sources = {listed!r}: expected [[sources]] tables, one per source")
+    for index, table in enumerate(listed):
         table = dict(table)
         where = f"[[sources]] #{index + 1} ({table.get('name', '?')})"
         if "name" not in table or "reader" not in table:
             raise RecipeError(f"{where}: 'name' and 'reader' are required")
         reader = table["reader"]
         known = registry.readers()
+        if not isinstance(reader, str):
+            raise RecipeError(f"{where}: reader = {reader!r}: expected a reader's name, one of {sorted(known)}")
         if reader not in known:
             raise RecipeError(f"{where}: unknown reader {reader!r}{nearest(reader, tuple(known))}")
         entry = known[reader]
@@ -98,23 +107,39 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
             if key in COMMON_SOURCE_KEYS:
                 continue
             if key in entry.path_options:
+                for path in value if isinstance(value, list) else [value]:
+                    # "" would resolve to the recipe's folder, a number to a file of that name
+                    if not isinstance(path, (str, Mapping)) or (isinstance(path, str) and (not path or "\0" in path)):
+                        raise RecipeError(f"{where}: {key} = {value!r}: expected a non-empty path without NUL bytes")
                 # a path option may also take an inline table (rlds ``mapping``): only strings are paths
                 value = ([_resolve(base, v) for v in value] if isinstance(value, list)
                          else _resolve(base, value) if isinstance(value, str) else value)
             options[key] = value
         check_source_name(where, table["name"], RecipeError)
-        for key, spec in SOURCE_NUMBERS.items():
-            if key in options:
-                check_number(f"{where}: ", key, options[key], spec, RecipeError)
+        for key, value in options.items():
+            if key in SOURCE_NUMBERS:
+                check_number(f"{where}: ", key, value, SOURCE_NUMBERS[key], RecipeError)
+            check_source_option(f"{where}: ", key, value, RecipeError)
         check_number(f"{where}: ", "holdout", table.get("holdout"), (*MIXTURE_NUMBERS["holdout"][:4], True), RecipeError)
         sources.append(SourceConfig(table["name"], reader, _weight(where, table.get("weight", 1.0)),
                                     table.get("holdout"), options))
-    names = [s.name for s in sources]
-    if len(set(names)) != len(names):
-        raise RecipeError(f"duplicate source names in {names}")
+    _check_distinct_names([s.name for s in sources])
     if not sources:
         raise RecipeError("recipe has no [[sources]]")
     return Recipe(mixture, tuple(sources), str(base))
+
+
+def _check_distinct_names(names: list[str]) -> None:
+    """Each source's name is a folder and a shard prefix of the build: two names that differ only in case are one
+    folder on a case-insensitive file system (macOS, Windows), where their shards would overwrite each other."""
+    seen: dict[str, int] = {}
+    for index, name in enumerate(names):
+        first = seen.setdefault(name.lower(), index)
+        if first != index:
+            same = ("has the same name" if names[first] == name else
+                    f"is named {names[first]!r}, the same but for case (one folder on macOS and Windows)")
+            raise RecipeError(f"[[sources]] #{index + 1} ({name}): source #{first + 1} {same}; a source's name is its "
+                              "folder of the build, so give each source its own name")
 
 
 def _check_delta_only_mapping(where: str, reader: str, mapping: Any) -> None:
@@ -131,6 +156,9 @@ def _weight(where: str, value: Any) -> float:
         raise RecipeError(f"{where}: weight = {value!r} is not a number")
     if not math.isfinite(value) or value < 0:
         raise RecipeError(f"{where}: weight = {value!r}; weights are finite numbers >= 0")
+    if value > MAX_SOURCE_WEIGHT:
+        raise RecipeError(f"{where}: weight = {value!r}; weights are finite numbers >= 0 and <= {MAX_SOURCE_WEIGHT:g} "
+                          "(only their ratios count: scale them down)")
     return float(value)
 
 
@@ -150,8 +178,11 @@ def _mixture(table: dict[str, Any]) -> MixtureConfig:
         if key in table:
             check_number("[mixture]: ", key, table[key], spec, RecipeError)
     for key in ("name", "text_tokenizer"):
-        if key in table and (not isinstance(table[key], str) or not table[key] or "\0" in table[key]):
-            raise RecipeError(f"[mixture]: {key} = {table[key]!r}: expected a non-empty string without NUL bytes")
+        if key in table:
+            _check_text("[mixture]: ", key, table[key])
+    for key, (allowed, _) in field_choices(MixtureConfig).items():  # a choice given as a number is named with the choices
+        if key in table and (not isinstance(table[key], str) or table[key] not in allowed):
+            raise RecipeError(f"[mixture]: {key} = {table[key]!r}: expected one of {allowed}")
     if "fast_tokenizer" in table:
         table["fast_tokenizer"] = _fast_setting(table["fast_tokenizer"])
     mixture = from_table(MixtureConfig, table, "[mixture]: ", error=RecipeError, numbers_as_written=True)
@@ -162,6 +193,7 @@ def _mixture(table: dict[str, Any]) -> MixtureConfig:
 def _fast_setting(value: Any) -> FastSetting:
     """``fast_tokenizer``: a path / hub id as written, or its table as the kind its keys name."""
     if isinstance(value, str):
+        _check_text("[mixture]: ", "fast_tokenizer", value)
         return value
     if not isinstance(value, Mapping):
         raise RecipeError(f"[mixture]: fast_tokenizer = {value!r}: expected a table "
@@ -171,14 +203,24 @@ def _fast_setting(value: Any) -> FastSetting:
     for key, number in value.items():
         if key in FAST_NUMBERS:
             check_number(where, key, number, FAST_NUMBERS[key], RecipeError)
-    return from_table(kind, value, where, error=RecipeError, numbers_as_written=True)
+    setting = from_table(kind, value, where, error=RecipeError, numbers_as_written=True)
+    if isinstance(setting, FastFrom):
+        _check_text(where, "path", setting.path)
+    if isinstance(setting, FastFit) and setting.fit is False:
+        raise RecipeError(f"{where}fit = false: a table without 'bins' or 'path' fits FAST on the build's actions; "
+                          "leave fit out (or true) to fit, or write { path = \"...\" } for a fitted tokenizer or "
+                          "{ bins = 256 } for naive binning")
+    return setting
+
+
+def _check_text(where: str, key: str, value: Any) -> None:
+    """A name, path or hub id: a non-empty string without NUL bytes (an empty path would name the recipe's folder)."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise RecipeError(f"{where}{key} = {value!r}: expected a non-empty string without NUL bytes")
 
 
 def _check_mixture(mixture: MixtureConfig) -> None:
-    """What a mixture's fields mean together: the choices and the combinations the build refuses."""
-    for key, (allowed, _) in field_choices(MixtureConfig).items():
-        if getattr(mixture, key) not in allowed:
-            raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r}, expected one of {allowed}")
+    """What a mixture's fields mean together: the combinations the build refuses."""
     if mixture.prompt_format == "pi0" and mixture.state_encoding != "continuous":
         raise RecipeError(f"[mixture]: prompt_format = \"pi0\" gives the state to the action expert as a vector, "
                           f"state_encoding = {mixture.state_encoding!r} writes it into the prompt; set "

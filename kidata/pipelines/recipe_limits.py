@@ -48,7 +48,15 @@ SOURCE_NUMBERS: dict[str, tuple[str, float, float, bool, bool]] = {
     "max_steps": (INT, 1, 1_000_000, True, True),
     "goal_marker_scale": (FLOAT, 1e-3, 100.0, True, True),
     "tolerance_s": (FLOAT, 0.0, 60.0, True, True),
+    "action_noise": (FLOAT, 0.0, 10.0, True, True),
 }
+# reader options that are switches: Python's bool("false") is True, so a string here would turn the switch on
+SOURCE_FLAGS = ("pointing", "privileged_state", "skip_corrupt")
+# reader options that are one name (a camera, a dataset entry, a split, a hub revision), not a path
+SOURCE_NAMES = ("camera", "dataset", "split", "action_space", "answer", "repo_id", "revision")
+# a source's sampling weight: only the ratios count, and two weights near float's limit sum to inf (every source then
+# normalized to 0)
+MAX_SOURCE_WEIGHT = 1e6
 # the sample's tokens are held as one array per chunk: horizon x dimensions floats per sample
 MAX_CHUNK_VALUES = 1000 * 64
 SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
@@ -69,6 +77,14 @@ def check_number(where: str, key: str, value: Any, spec: tuple[str, float, float
     inside = math.isfinite(value) and low <= value and (value <= high if high_allowed else value < high)
     if not inside:
         raise error(f"{where}{key} = {value!r}: it must be {kind} >= {low:g} and {upper}")
+
+
+def check_source_option(where: str, key: str, value: Any, error: Callable[[str], Exception]) -> None:
+    """Refuses a switch that is not true / false and a name that is not a non-empty string, naming the key."""
+    if key in SOURCE_FLAGS and not isinstance(value, bool):
+        raise error(f"{where}{key} = {value!r}: expected true or false")
+    if key in SOURCE_NAMES and (not isinstance(value, str) or not value or "\0" in value):
+        raise error(f"{where}{key} = {value!r}: expected a non-empty string without NUL bytes")
 
 
 def check_source_name(where: str, name: Any, error: Callable[[str], Exception]) -> None:

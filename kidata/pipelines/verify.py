@@ -11,7 +11,7 @@ import tarfile
 
 from kidata.manifest import ACTION_TOKENIZER_DIR, MANIFEST_FILE, BuildDir, Manifest
 from kidata.pipelines.ownership import BUILD_ID_FILE
-from kidata.pipelines.storage import output_fs
+from kidata.pipelines.storage import not_a_build_folder, output_fs
 
 # a meta.json member is a few hundred bytes; a bigger one is not read (a header's length is data)
 _META_MAX_BYTES = 1 << 20
@@ -21,6 +21,9 @@ def verify(out: str) -> list[str]:
     """Problems found (empty when the build verifies)."""
     fs, root = output_fs(out)
     build = BuildDir.at(root)
+    file = not_a_build_folder(fs, root, out)
+    if file:
+        return [file]
     if not fs.exists(build.manifest_path):
         return [f"{out}: no {MANIFEST_FILE} (the build did not finish)"]
     manifest, _ = Manifest.read(fs.unstrip_protocol(build.manifest_path))

@@ -56,10 +56,7 @@ class LeRobotSource:
         self.name = name
         self.tolerance_s = float(tolerance_s)
         self.min_steps = min_steps
-        unknown = set(mapping) - set(MAPPING_KEYS)
-        if unknown:
-            key = sorted(unknown)[0]
-            raise ValueError(f"lerobot source {name!r}: unknown mapping key {key!r}{nearest(key, MAPPING_KEYS)}")
+        _check_mapping(name, mapping)
         self.state = tuple(Part.parse(p) for p in mapping.get("state", ["observation.state"]))
         self.action = tuple(Part.parse(p) for p in mapping.get("action", ["action"]))
         visual = self.meta.video_keys + self.meta.image_keys
@@ -334,6 +331,28 @@ def _column(table, key: str) -> np.ndarray:
     if pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind):
         return column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), -1)
     return column.to_numpy(zero_copy_only=False)
+
+
+def _check_mapping(name: str, mapping: Any) -> None:
+    """``mapping = { cameras = { base_0 = "feature" }, state = ["feature", ...], action = [...] }``: its keys
+    and the type of each, refused in one sentence naming the key (a string where a list goes would be read
+    letter by letter)."""
+    if not isinstance(mapping, Mapping):
+        raise ValueError(f"lerobot source {name!r}: mapping = {mapping!r}: expected a table such as "
+                         "{ cameras = { base_0 = \"observation.images.top\" }, state = [...], action = [...] }")
+    unknown = set(mapping) - set(MAPPING_KEYS)
+    if unknown:
+        key = sorted(unknown)[0]
+        raise ValueError(f"lerobot source {name!r}: unknown mapping key {key!r}{nearest(key, MAPPING_KEYS)}")
+    cameras = mapping.get("cameras", {})
+    if not isinstance(cameras, Mapping) or not all(isinstance(v, str) for v in cameras.values()):
+        raise ValueError(f"lerobot source {name!r}: mapping.cameras = {cameras!r}: expected a table of camera name = "
+                         "feature, e.g. { base_0 = \"observation.images.top\" }")
+    for key in ("state", "action"):
+        parts = mapping.get(key, [])
+        if not isinstance(parts, (list, tuple)) or not all(isinstance(p, str) for p in parts):
+            raise ValueError(f"lerobot source {name!r}: mapping.{key} = {parts!r}: expected a list of features, "
+                             f"e.g. [\"observation.state\"]")
 
 
 @register_reader("lerobot", kind="robot", options=("path", "repo_id", "revision", "mapping", "tolerance_s"),

@@ -72,7 +72,11 @@ class MetaWorldSource:
             raise ValueError(f"metaworld source {self.name!r}: action_noise must be a standard deviation >= 0, "
                              f"got {self.action_noise}")
         object.__setattr__(self, "tasks", tuple(resolve_tasks(self.tasks)))
-        object.__setattr__(self, "cameras", dict(self.cameras or DEFAULT_CAMERAS))
+        cameras = self.cameras or DEFAULT_CAMERAS
+        if not isinstance(cameras, Mapping) or not all(isinstance(v, str) and v for v in cameras.values()):
+            raise ValueError(f"metaworld source {self.name!r}: cameras = {cameras!r}: expected a table of standard "
+                             "camera = Meta-World camera, e.g. { base_0 = \"corner\", left_wrist_0 = \"gripperPOV\" }")
+        object.__setattr__(self, "cameras", dict(cameras))
 
     def list_units(self, count: int) -> list[WorkUnit]:
         per_task = max(1, -(-count // len(self.tasks)))

@@ -259,3 +259,36 @@ def test_fast_push_refuses_a_repo_id_that_is_not_org_slash_name(tmp_path):
     (tmp_path / "processor_config.json").write_text("{}")
     with pytest.raises(ValueError, match="--repo 'just-a-name': a hub repo id is org/name"):
         push(tmp_path, "just-a-name")
+
+
+@pytest.mark.parametrize(("flags", "named"), [(["--vocab-size", "400"], "--vocab-size is"),
+                                              (["--scale", "4", "--margin", "3"], "--scale, --margin are")])
+def test_fast_fit_on_a_recipe_refuses_the_fit_flags_it_would_not_use(tmp_path, flags, named):
+    with pytest.raises(SystemExit, match=rf"^kidata fast fit: {named} for --chunks; with --recipe the fit options are "
+                                         r"the \[mixture\] fast_tokenizer table of demo, so set them there"):
+        main(["fast", "fit", "--recipe", "demo", "--out", str(tmp_path / "tok"), *flags])
+    assert not (tmp_path / "tok").exists()
+
+
+def test_fast_fit_on_a_recipe_that_bins_its_actions_says_its_build_would_not_fit_this_tokenizer(tmp_path, capsys):
+    pytest.importorskip("pyarrow")
+    from support.data import shared_path
+    from support.recipes import lerobot_bridge, mixture_recipe
+
+    recipe = mixture_recipe(lerobot_bridge(shared_path("data", "lerobot", "bridge_v3")), units=1,
+                            fast_tokenizer={"bins": 16}).write(tmp_path / "r.toml")
+    assert main(["fast", "fit", "--recipe", str(recipe), "--out", str(tmp_path / "tok"), "--quiet"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"the recipe's fast_tokenizer = {{'bins': 16}} fits no FAST tokenizer, so this one took the fit's defaults; "
+        f"to build with it, set [mixture] fast_tokenizer = \"{tmp_path / 'tok'}\"")
+
+
+def test_verify_and_inspect_given_a_recipe_instead_of_its_build_say_to_build_it_first(tmp_path, capsys):
+    from support.recipes import RecipeDraft, source
+
+    recipe = RecipeDraft({"name": "m"}, (source("scenes", "metaworld_scenes", tasks=["reach"]),)).write(tmp_path / "r.toml")
+    said = f"{recipe} is a file, not a build's output folder: build it first (kidata build {recipe} --out OUT) and pass OUT"
+    assert main(["verify", str(recipe)]) == 1
+    assert capsys.readouterr().out.splitlines() == [said, "1 problem(s)"]
+    assert main(["inspect", str(recipe)]) == 2
+    assert capsys.readouterr().err == f"kidata inspect: {said} [NotADirectoryError; --debug shows the traceback]\n"

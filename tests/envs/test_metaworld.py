@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -39,6 +40,33 @@ def test_instructions_cover_all_fifty_tasks_of_the_installed_benchmark():
     assert resolve_tasks("MT10")[:2] == ["reach-v3", "push-v3"] and len(resolve_tasks(["MT50"])) == 50
     with pytest.raises(KeyError, match="unknown Meta-World task"):
         resolve_tasks(["pick-plaice"])
+
+
+@pytest.mark.parametrize("tasks", [[1], [["reach"]], {"reach": 1}, 3, "", []])
+def test_tasks_that_are_not_a_benchmark_or_task_names_are_refused_in_one_sentence(tasks):
+    with pytest.raises(ValueError, match=rf"^tasks = {re.escape(repr(tasks))}: expected a benchmark name \(MT10, MT50\) "
+                                         r"or a list of task names, e\.g\. \[\"reach\", \"push\"\]$"):
+        resolve_tasks(tasks)
+
+
+@pytest.mark.parametrize("cameras", [3, ["corner"], {"base_0": 3}])
+def test_metaworld_cameras_that_are_not_a_table_of_camera_names_are_refused_naming_the_source(cameras):
+    with pytest.raises(ValueError, match=r"^metaworld source 'arm': cameras = .*: expected a table of standard camera = "
+                                         r"Meta-World camera"):
+        MetaWorldSource(["reach"], cameras=cameras, name="arm")
+
+
+def test_a_failure_inside_the_scene_process_is_one_line_with_its_traceback_kept_as_the_cause():
+    from kidata.envs.metaworld import Scene
+
+    scene = Scene("reach-v3", seed=0, image_size=16)
+    try:
+        with pytest.raises(RuntimeError) as raised:
+            scene.render("nope")
+    finally:
+        scene.close()
+    assert str(raised.value) == "Meta-World scene 'reach-v3' (render): ValueError: The camera \"nope\" does not exist."
+    assert "Traceback (most recent call last)" in str(raised.value.__cause__)
 
 
 def test_gripper_convention_round_trips():

@@ -71,6 +71,20 @@ def test_force_replaces_a_build_of_another_recipe_removing_only_its_files(two_bu
     assert not (out / "inspect").exists()
 
 
+@pytest.mark.parametrize("state", ["{", "[1]", '{"recipe": {}}'])
+def test_a_build_folder_whose_state_file_records_no_recipe_is_refused_naming_it_and_force_replaces_it(
+        two_builds, tmp_path, state):
+    root, first, _ = two_builds
+    out = copy_build(root / "a", tmp_path / "out")
+    (out / "_state" / "recipe.json").write_text(state)
+    with pytest.raises(BuildError, match=rf"^{out}/_state/recipe.json does not record a recipe \(it holds no "
+                                         rf"'recipe_sha256'\), so the build in {out} cannot be resumed: use --force to "
+                                         r"replace it$"):
+        build(first, str(out), progress=False)
+    build(first, str(out), force=True, progress=False)
+    assert verify(str(out)) == [] and (out / "manifest.json").read_bytes() == (root / "a" / "manifest.json").read_bytes()
+
+
 def test_a_build_into_a_folder_another_live_build_holds_is_refused_naming_its_pid_and_host(two_builds, tmp_path):
     root, first, _ = two_builds
     out = tmp_path / "out"

@@ -86,3 +86,50 @@ def test_a_recipe_file_that_is_not_text_is_named(tmp_path):
 def test_a_reader_option_that_is_a_number_is_range_checked_naming_the_source(line, message):
     with pytest.raises(RecipeError, match=r"\[\[sources\]\] #1 \(scenes\): " + message):
         parse_recipe(recipe(source=line))
+
+
+@pytest.mark.parametrize(("line", "message"), [('pointing = "false"', r"pointing = 'false': expected true or false$"),
+                                               ("pointing = 1", r"pointing = 1: expected true or false$"),
+                                               ("camera = 3", r"camera = 3: expected a non-empty string without NUL bytes$"),
+                                               ('camera = ""', r"camera = '': expected a non-empty string")])
+def test_a_reader_switch_or_name_of_the_wrong_type_is_refused_naming_the_source(line, message):
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(scenes\): " + message):
+        parse_recipe(recipe(source=line))
+
+
+@pytest.mark.parametrize("value", ['"lots"', "-0.1", "nan"])
+def test_a_metaworld_action_noise_that_is_not_a_finite_non_negative_number_is_refused_where_the_recipe_is_read(value):
+    data = recipe()
+    data["sources"][0].update(reader="metaworld", action_noise=tomllib.loads(f"v = {value}")["v"])
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(scenes\): action_noise = .*(expected a number or "
+                                          r"nothing|it must be a number >= 0 and <= 10)$"):
+        parse_recipe(data)
+
+
+@pytest.mark.parametrize(("second", "message"), [
+    ("scenes", r"source #1 has the same name"),
+    ("Scenes", r"source #1 is named 'scenes', the same but for case \(one folder on macOS and Windows\)"),
+])
+def test_two_sources_whose_names_are_one_folder_are_refused_naming_both(second, message):
+    data = recipe()
+    data["sources"].append({**data["sources"][0], "name": second})
+    with pytest.raises(RecipeError, match=rf"^\[\[sources\]\] #2 \({second}\): {message}; a source's name is its folder "
+                                          r"of the build, so give each source its own name$"):
+        parse_recipe(data)
+
+
+def test_a_weight_so_large_that_two_sum_to_infinity_is_refused_naming_the_limit():
+    data = recipe(source="weight = 1e308")
+    data["sources"].append({**data["sources"][0], "name": "more"})
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(scenes\): weight = 1e\+308; weights are finite numbers "
+                                          r">= 0 and <= 1e\+06 \(only their ratios count: scale them down\)$"):
+        parse_recipe(data)
+
+
+@pytest.mark.parametrize("path", ['""', "3", '["a", ""]'])
+def test_a_path_option_that_is_empty_or_not_a_path_is_refused_rather_than_read_as_a_folder(path):
+    data = recipe()
+    data["sources"][0] = recipes.source("bridge", "lerobot", path=tomllib.loads(f"v = {path}")["v"])
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(bridge\): path = .*: expected a non-empty path without "
+                                          r"NUL bytes$"):
+        parse_recipe(data)

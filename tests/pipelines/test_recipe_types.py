@@ -72,3 +72,47 @@ def test_a_recorded_recipe_reads_back_with_the_same_typed_fast_setting(line):
 def test_a_fast_tokenizer_value_of_the_wrong_type_or_key_is_refused_naming_it(line, message):
     with pytest.raises(RecipeError, match=r"^\[mixture\]" + message):
         parse_recipe(mixture(line))
+
+
+@pytest.mark.parametrize(("tables", "message"), [
+    ({"mixture": "m", "sources": SOURCES}, r"^mixture = 'm': expected the \[mixture\] table of settings$"),
+    ({"mixture": {"name": "m"}, "sources": {"name": "s"}},
+     r"^sources = \{'name': 's'\}: expected \[\[sources\]\] tables, one per source$"),
+    ({"mixture": {"name": "m"}, "sources": [1]}, r"^sources = \[1\]: expected \[\[sources\]\] tables, one per source$"),
+])
+def test_a_recipe_whose_mixture_or_sources_are_not_tables_is_refused_in_one_sentence(tables, message):
+    with pytest.raises(RecipeError, match=message):
+        parse_recipe(tables)
+
+
+@pytest.mark.parametrize("reader", [3, ["metaworld"], {"name": "metaworld"}])
+def test_a_reader_that_is_not_a_readers_name_is_refused_naming_the_source(reader):
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(s\): reader = .*: expected a reader's name, one of "
+                                          r"\[.*'metaworld'.*\]$"):
+        parse_recipe({"mixture": {"name": "m"}, "sources": [{**SOURCES[0], "reader": reader}]})
+
+
+@pytest.mark.parametrize(("line", "where"), [('fast_tokenizer = ""', r"\[mixture\]: fast_tokenizer = ''"),
+                                             ('fast_tokenizer = { path = "" }', r"\[mixture\]\.fast_tokenizer: path = ''"),
+                                             (r'fast_tokenizer = "org/\u0000name"', r"\[mixture\]: fast_tokenizer = 'org/\\x00name'")])
+def test_an_empty_fast_tokenizer_path_is_refused_rather_than_read_as_the_recipes_folder(line, where):
+    with pytest.raises(RecipeError, match="^" + where + ": expected a non-empty string without NUL bytes$"):
+        parse_recipe(mixture(line))
+
+
+def test_fit_false_is_refused_since_a_table_without_bins_or_path_fits_fast_either_way():
+    with pytest.raises(RecipeError, match=r"^\[mixture\]\.fast_tokenizer: fit = false: a table without 'bins' or 'path' "
+                                          r"fits FAST on the build's actions; leave fit out \(or true\) to fit, or write "
+                                          r"\{ path = \"...\" \} for a fitted tokenizer or \{ bins = 256 \} for naive "
+                                          r"binning$"):
+        parse_recipe(mixture("fast_tokenizer = { fit = false, vocab_size = 512 }"))
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("state_encoding = 1", r"state_encoding = 1: expected one of \('text', 'special', 'continuous'\)$"),
+    ('normalization = "zscore"', r"normalization = 'zscore': expected one of \('quantile', .*\)$"),
+    ("prompt_format = true", r"prompt_format = True: expected one of \('pi05', 'pi0fast', 'pi0'\)$"),
+])
+def test_a_choice_that_is_unknown_or_given_as_a_number_is_refused_naming_the_choices(line, message):
+    with pytest.raises(RecipeError, match=r"^\[mixture\]: " + message):
+        parse_recipe(mixture(line))

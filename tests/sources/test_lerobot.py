@@ -125,6 +125,20 @@ def test_a_missing_feature_names_it_and_lists_the_features(fixture_root):
         open_source("lerobot", path=str(fixture_root), mapping={**MAPPING, "state": ["observation.joints"]})
 
 
+@pytest.mark.parametrize(("mapping", "message"), [
+    (3, r"mapping = 3: expected a table such as"),
+    ({**MAPPING, "cameras": ["observation.images.image_0"]},
+     r"mapping\.cameras = \['observation\.images\.image_0'\]: expected a table of camera name = feature"),
+    ({**MAPPING, "state": "observation.state"},
+     r"mapping\.state = 'observation\.state': expected a list of features, e\.g\. \[\"observation\.state\"\]$"),
+    ({**MAPPING, "action": [7]}, r"mapping\.action = \[7\]: expected a list of features"),
+])
+def test_a_mapping_part_of_the_wrong_type_is_refused_naming_the_key_rather_than_read_letter_by_letter(
+        fixture_root, mapping, message):
+    with pytest.raises(ValueError, match=r"^lerobot source 'bridge': " + message):
+        open_source("lerobot", path=str(fixture_root), mapping=mapping, name="bridge")
+
+
 def test_a_mapping_without_cameras_lists_the_camera_features(fixture_root):
     with pytest.raises(ValueError, match=r"mapping.cameras is missing.*observation\.images\.image_0"):
         open_source("lerobot", path=str(fixture_root), mapping={"state": ["observation.state"]})
