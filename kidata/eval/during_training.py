@@ -38,7 +38,7 @@ class MetaworldSuccess:
         settings = config.eval.metaworld
         try:
             resolve_tasks(settings.tasks)
-        except KeyError as error:
+        except (KeyError, ValueError) as error:
             raise ValueError(f"[eval] metaworld: {error.args[0]}") from None
         robots = [source.name for source in manifest.sources if source.kind == "robot"]
         scenes = [source.name for source in manifest.recipe.sources_read_by("metaworld")]

@@ -170,8 +170,6 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
     chunking.executor()  # refuses a bad replan or ensemble before any simulator starts
     scene = scene or SceneSettings()
     task_names = resolve_tasks(tasks)
-    if not task_names:
-        raise ValueError("tasks: name at least one Meta-World task (or MT10 / MT50)")
     total = sum(len(episode_indices[task]) for task in task_names) if episode_indices is not None else episodes * len(task_names)
     trial = _Trial(policy, chunking, max_steps, seed, scene, out, sheets, getattr(policy, "needs_images", True))
     with torch_threads(1), progress_bar(total=total, desc="episodes", unit="episode", disable=not progress) as bar:

@@ -344,11 +344,9 @@ def test_the_evaluator_refuses_an_episode_budget_below_one_rather_than_scoring_e
         evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, max_steps=0)
 
 
-def test_the_evaluator_refuses_a_render_size_below_one_and_an_empty_task_list():
+def test_the_evaluator_refuses_a_render_size_below_one():
     with pytest.raises(ValueError, match=r"^image_size must be >= 1 \(the rendered cameras' size in pixels\), got 0$"):
         evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, scene=SceneSettings(image_size=0))
-    with pytest.raises(ValueError, match=r"^tasks: name at least one Meta-World task \(or MT10 / MT50\)$"):
-        evaluate_metaworld(ExpertPolicy(), [], episodes=1)
 
 
 def test_the_evaluator_refuses_a_replanning_interval_below_one_in_one_sentence():
