@@ -117,6 +117,12 @@ def resume_point(run: RunDir, config: TrainConfig, *, resume: bool, allow_config
         before = run.config().to_json()
         changes = config_changes(_pinned_schedule(json.loads(json.dumps(before))),
                                  _pinned_schedule(json.loads(json.dumps(config.to_json()))))
+        # where the build lies is no setting: a relative path recorded from another folder, or a build
+        # moved or copied, is the same mixture, compared by content (``check_same_mixture``, always)
+        if any(change.startswith("data.manifest:") for change in changes):
+            changes = [change for change in changes if not change.startswith("data.manifest:")]
+            print(f"resume: the mixture is read from {config.data.manifest} (the run recorded "
+                  f"{before['data']['manifest']}); its content is checked against {run.manifest_file}", file=sys.stderr)
         unsafe = [c for c in changes if not c.startswith(RESUMABLE_CHANGES)]  # model.* among them, always
         refused = unsafe if allow_config_change else changes
         if refused:

@@ -347,3 +347,23 @@ def test_weights_of_another_shape_are_refused_naming_the_tensors_not_with_a_page
     with pytest.raises(KeyError, match=rf"{elsewhere}: weights do not fit the run's model \(action_out.bias: checkpoint "
                                        r"\[3\], model \[8\]; missing \[\], unexpected \[\]\): pass a checkpoint of"):
         policies.load(run, checkpoint=elsewhere)
+
+
+def test_a_resume_reads_its_mixture_from_where_the_build_is_now_when_its_content_is_the_runs(run, mixture, tmp_path,
+                                                                                            capsys):
+    moved = tmp_path / "moved"
+    shutil.copytree(Path(mixture).parent, moved)
+    train(config(str(moved / "manifest.json"), train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run,
+          resume=True)
+    assert (f"resume: the mixture is read from {moved}/manifest.json (the run recorded {mixture}); its content is "
+            f"checked against {run}/manifest.json") in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["data"]["manifest"] == f"{moved}/manifest.json"
+
+
+def test_a_resume_whose_recorded_mixture_path_is_not_found_says_to_name_where_the_build_is(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative data.manifest, recorded from another folder
+    with pytest.raises(FileNotFoundError, match=rf"^out/manifest.json: no such manifest .*; --resume reads the mixture "
+                                                rf"where {run}/config.json records it \(data.manifest, relative to the "
+                                                r"folder the run was started from\): pass --data with where that build"):
+        train(config("out/manifest.json", train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run,
+              resume=True)

@@ -176,3 +176,12 @@ def test_a_bare_checkpoint_name_is_one_of_the_runs_checkpoints_and_a_path_stays_
     monkeypatch.chdir(run.path)
     path, weights, _ = run.weights(Path("step_0000002"))
     assert path == saved and torch.equal(weights["w"], torch.full((2,), 2.0))
+
+
+def test_the_weights_of_a_run_without_a_checkpoint_are_refused_saying_when_it_will_have_one(tmp_path):
+    from kidata.training.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path} has no checkpoint yet: its training writes one every "
+                                              r"checkpoint.every steps and at its last; use the run once it has one "
+                                              r"\(kidata train --out RUN --resume continues it\)$"):
+        RunDir(tmp_path).weights()
