@@ -26,7 +26,7 @@ from kidata.pipelines.recipe_limits import (
     check_source_name,
     check_source_option,
 )
-from kidata.recipe import FastFit, FastFrom, FastSetting, MixtureConfig, fast_setting_kind
+from kidata.recipe import ActionBins, FastFit, FastFrom, FastSetting, MixtureConfig, fast_setting_kind
 from kidata.sources import registry
 from kidata.sources.registry import COMMON_SOURCE_KEYS
 
@@ -210,6 +210,9 @@ def _fast_setting(value: Any) -> FastSetting:
         raise RecipeError(f"{where}fit = false: a table without 'bins' or 'path' fits FAST on the build's actions; "
                           "leave fit out (or true) to fit, or write { path = \"...\" } for a fitted tokenizer or "
                           "{ bins = 256 } for naive binning")
+    if isinstance(setting, FastFit) and setting.scale is not None and setting.target_rmse is not None:
+        raise RecipeError(f"{where}scale = {setting.scale!r} and target_rmse = {setting.target_rmse!r}: target_rmse "
+                          "picks the scale, so the scale would be ignored; keep one of them")
     return setting
 
 
@@ -225,6 +228,11 @@ def _check_mixture(mixture: MixtureConfig) -> None:
         raise RecipeError(f"[mixture]: prompt_format = \"pi0\" gives the state to the action expert as a vector, "
                           f"state_encoding = {mixture.state_encoding!r} writes it into the prompt; set "
                           "state_encoding = \"continuous\"")
+    setting = mixture.fast_tokenizer
+    if isinstance(setting, ActionBins) and setting.stride is not None and setting.stride > mixture.action_horizon:
+        raise RecipeError(f"[mixture].fast_tokenizer: stride = {setting.stride} exceeds action_horizon = "
+                          f"{mixture.action_horizon}, so every chunk would keep only its first step; choose a stride "
+                          f"<= {mixture.action_horizon}")
     if mixture.action_horizon * (mixture.action_dim or 1) > MAX_CHUNK_VALUES:
         raise RecipeError(f"[mixture]: action_horizon {mixture.action_horizon} x action_dim {mixture.action_dim} "
                           f"exceeds {MAX_CHUNK_VALUES} values per action chunk")

@@ -307,3 +307,16 @@ def test_a_worker_count_outside_what_a_build_runs_is_refused_naming_the_range(tw
     with pytest.raises(BuildError, match=rf"--workers {workers}: a build runs 1 to 256 worker processes"):
         build(first, str(tmp_path / "out"), workers=workers, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_fast_fit_without_robot_sources_is_refused_before_the_output_is_touched(tmp_path):
+    from support.recipes import RecipeDraft, source
+
+    from kidata.pipelines.recipe import parse_recipe
+
+    recipe = parse_recipe(RecipeDraft({"name": "m"}, (source("scenes", "metaworld_scenes", tasks=["reach"]),)).tables())
+    with pytest.raises(BuildError, match=r"^\[mixture\] fast_tokenizer fits FAST on the robot sources' actions and this "
+                                         r"recipe has none: add a robot source, or for a mixture of VLM sources alone set "
+                                         r"fast_tokenizer = \{ bins = 256 \} or the path of a fitted tokenizer$"):
+        build(recipe, str(tmp_path / "out"), progress=False)
+    assert not (tmp_path / "out").exists()
