@@ -228,6 +228,14 @@ def _check_mixture(mixture: MixtureConfig) -> None:
         raise RecipeError(f"[mixture]: prompt_format = \"pi0\" gives the state to the action expert as a vector, "
                           f"state_encoding = {mixture.state_encoding!r} writes it into the prompt; set "
                           "state_encoding = \"continuous\"")
+    defaults = {f.name: f.default for f in fields(MixtureConfig)}
+    for key, owner, needed in (("fast_token_offset", "fast_token_rule", "offset"),
+                               ("fast_token_skip", "fast_token_rule", "openpi"),
+                               ("special_state_first", "state_encoding", "special")):
+        if getattr(mixture, key) != defaults[key] and getattr(mixture, owner) != needed:
+            raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r} applies only with {owner} = \"{needed}\", "
+                              f"and {owner} is {getattr(mixture, owner)!r}, so it would be ignored; set {owner} = "
+                              f"\"{needed}\" or drop {key}")
     setting = mixture.fast_tokenizer
     if isinstance(setting, ActionBins) and setting.stride is not None and setting.stride > mixture.action_horizon:
         raise RecipeError(f"[mixture].fast_tokenizer: stride = {setting.stride} exceeds action_horizon = "

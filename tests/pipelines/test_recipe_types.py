@@ -130,3 +130,18 @@ def test_a_bin_stride_longer_than_the_chunk_is_refused_naming_the_horizon():
         parse_recipe(mixture("action_horizon = 10\nfast_tokenizer = { bins = 8, stride = 11 }"))
     assert parse_recipe(mixture("action_horizon = 10\nfast_tokenizer = { bins = 8, stride = 10 }")).mixture.fast_tokenizer \
         == ActionBins(bins=8, stride=10)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("fast_token_offset = 2048",
+     r"fast_token_offset = 2048 applies only with fast_token_rule = \"offset\", and fast_token_rule is 'openpi', so it "
+     r"would be ignored; set fast_token_rule = \"offset\" or drop fast_token_offset"),
+    ('fast_token_rule = "offset"\nfast_token_offset = 2048\nfast_token_skip = 64',
+     r"fast_token_skip = 64 applies only with fast_token_rule = \"openpi\""),
+    ("special_state_first = 100", r"special_state_first = 100 applies only with state_encoding = \"special\", and "
+                                  r"state_encoding is 'text'"),
+])
+def test_a_setting_its_rule_or_encoding_would_ignore_is_refused_naming_what_it_needs(line, message):
+    with pytest.raises(RecipeError, match=r"^\[mixture\]: " + message):
+        parse_recipe(mixture(line))
+    assert parse_recipe(mixture('state_encoding = "special"\nspecial_state_first = 100')).mixture.special_state_first == 100
