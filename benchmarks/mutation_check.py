@@ -228,6 +228,9 @@ MUTATIONS = [
              "    from kidata.training.trainer import train\n",
              "    from kidata.compare.summary import report  # noqa: F401\n    from kidata.training.trainer import train\n",
              ("tests/project/test_architecture.py -k circles",)),
+    Mutation("a closed-loop evaluation the mixture cannot run is found only after training", "kidata/training/trainer.py",
+             "    check_hook(config, closed_loop, manifest)", "    check_hook(config, closed_loop)",
+             ("tests/eval/test_during_training.py -k without_a_metaworld_source",)),
     # CI
     Mutation("CI=1 not treated as CI", "tests/ci_strict.py",
              '("1", "true", "yes", "on")', '("true",)', ("tests/project/test_ci_strict.py",)),

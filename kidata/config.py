@@ -183,6 +183,7 @@ _ACCEPTS: dict[str, tuple[tuple[type, ...], str]] = {
     "tuple": ((list, tuple), "a list"),
     "list": ((list, tuple), "a list"),
     "dict": ((dict,), "a table"),
+    "Mapping": ((Mapping,), "a table"),
 }
 
 

@@ -134,7 +134,7 @@ def metaworld_command(args: argparse.Namespace) -> int:
             raise SystemExit(f"--policy {args.policy!r}: expert, random or a ws:// server address")
         if args.layouts == "training":
             raise SystemExit("kidata eval metaworld: --layouts training needs --run (the layouts are its build's)")
-    if args.image_size:
+    if args.image_size is not None:  # 0 too: refused by the evaluator, not silently the default
         scene = dataclasses.replace(scene, image_size=args.image_size)
     layouts = {"seed": seed, "episode_indices": indices} if args.layouts == "training" else {}
     chunking = Chunking.of(chunk_policy)  # a run's (or the served run's) [policy]; a reference policy's defaults

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from kidata.envs.metaworld import MAX_EPISODE_STEPS
+from kidata.envs.metaworld import MAX_EPISODE_STEPS, resolve_tasks
 from kidata.eval.chunking import Chunking
 from kidata.eval.metaworld import SceneSettings, evaluate_metaworld
+from kidata.manifest import Manifest
 from kidata.policy import Inference, Policy
 from kidata.training.closed_loop import ClosedLoop, LiveWeights
 from kidata.training.config import TrainConfig
@@ -20,7 +21,32 @@ from kidata.training.config import TrainConfig
 def closed_loop_hook(config: TrainConfig) -> ClosedLoop | None:
     """What a caller of ``train()`` hands it for this config: the Meta-World evaluation when
     ``[eval] metaworld`` names tasks, None when it names none."""
-    return metaworld_success if config.eval.metaworld else None
+    return MetaworldSuccess() if config.eval.metaworld else None
+
+
+class MetaworldSuccess:
+    """The hook: ``metaworld_success`` at the steps ``[eval]`` schedules; ``check`` refuses, before
+    the first training step, what the first closed-loop evaluation would fail on."""
+
+    def __call__(self, live: LiveWeights) -> dict:
+        return metaworld_success(live)
+
+    def check(self, config: TrainConfig, manifest: Manifest) -> None:
+        """Refuses (ValueError naming ``[eval] metaworld`` and what to do) task names Meta-World
+        lacks and a mixture whose acting source is no Meta-World source to take the scene from:
+        each would otherwise end the run at its first evaluation, after its training steps."""
+        settings = config.eval.metaworld
+        try:
+            resolve_tasks(settings.tasks)
+        except (KeyError, ValueError) as error:
+            raise ValueError(f"[eval] metaworld: {error.args[0]}") from None
+        robots = [source.name for source in manifest.sources if source.kind == "robot"]
+        scenes = [source.name for source in manifest.recipe.sources_read_by("metaworld")]
+        if not robots or robots[0] not in scenes:  # the policy acts for the first robot source (``Policy``)
+            acting = f"its first robot source {robots[0]!r} is" if robots else "it has no robot source, so it is"
+            raise ValueError(f"[eval] metaworld: {acting} not a Meta-World source to act in (the mixture's sources: "
+                             f"{manifest.source_names}): train on a Meta-World mixture (kidata build demo), or drop "
+                             "[eval] metaworld (--eval.metaworld '{}')")
 
 
 def metaworld_success(live: LiveWeights) -> dict:

@@ -162,6 +162,10 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
     (``progress.torch_threads``)."""
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1 (episodes per task), got {episodes}")
+    if max_steps < 1:  # an episode of no step fails without the policy acting: a 0 that measures nothing
+        raise ValueError(f"max_steps must be >= 1 (the step budget of an episode), got {max_steps}")
+    if scene is not None and scene.image_size < 1:
+        raise ValueError(f"image_size must be >= 1 (the rendered cameras' size in pixels), got {scene.image_size}")
     chunking = Chunking.of(policy) if chunking is None else chunking
     chunking.executor()  # refuses a bad replan or ensemble before any simulator starts
     scene = scene or SceneSettings()

@@ -36,16 +36,23 @@ class LiveWeights:
     step: int
 
 
-# the hook: the live weights in, metrics out (flat name -> number, logged as they are)
+# the hook: the live weights in, metrics out (flat name -> number, logged as they are). A hook may
+# also have ``check(config, manifest)``: called before the run is touched, it refuses what its
+# first evaluation would fail on (a mixture it cannot evaluate, a setting out of range), so the
+# run does not find out after its training steps.
 ClosedLoop = Callable[[LiveWeights], dict]
 
 
-def check_hook(config: TrainConfig, closed_loop: ClosedLoop | None) -> None:
-    """Refuses a config that asks for closed-loop evaluation when no hook was handed in."""
+def check_hook(config: TrainConfig, closed_loop: ClosedLoop | None, manifest: Manifest | None = None) -> None:
+    """Refuses a config that asks for closed-loop evaluation when no hook was handed in, and with
+    ``manifest`` what the hook's own ``check`` refuses for this config and mixture."""
     if config.eval.metaworld and closed_loop is None:
         raise ValueError("the config's [eval] metaworld asks for closed-loop evaluation and train() was handed no "
                          "closed_loop hook: pass closed_loop=kidata.eval.during_training.closed_loop_hook(config), "
                          "as kidata train does")
+    check = getattr(closed_loop, "check", None)
+    if manifest is not None and check is not None:
+        check(config, manifest)
 
 
 @contextlib.contextmanager

@@ -24,7 +24,6 @@ from kidata.config import (
     read_toml,
     table_json,
 )
-from kidata.manifest import Manifest, ManifestMismatch
 from kidata.model.config import ModelConfig
 
 INIT_FORMATS = choices(InitFormat)
@@ -83,6 +82,12 @@ class OptimConfig:
     grad_accum: int = 1
     ema_decay: float = 0.0
 
+    def __post_init__(self) -> None:
+        betas = self.betas
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2
+                and all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1) (AdamW's, e.g. [0.9, 0.95]), got {betas!r}")
+
 
 @dataclass(frozen=True)
 class ScheduleConfig:
@@ -92,6 +97,11 @@ class ScheduleConfig:
     warmup_steps: int = 100
     decay_steps: int = 0
     final_lr_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, value in (("warmup_steps", self.warmup_steps), ("decay_steps", self.decay_steps)):
+            if isinstance(value, int) and value < 0:
+                raise ValueError(f"schedule.{name} must be >= 0, got {value}")
 
 
 @dataclass(frozen=True)
@@ -124,6 +134,14 @@ class DataConfig:
                              f"got {self.augment!r}")
         if self.streams < 0:
             raise ValueError(f"data.streams must be >= 0 (0: one per process), got {self.streams}")
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0 (0: loading in the training process), got {self.num_workers}")
+        if self.shuffle_buffer < 1:
+            raise ValueError(f"data.shuffle_buffer must be >= 1 (samples shuffled together), got {self.shuffle_buffer}")
+        wrong = {name: weight for name, weight in self.weights.items()
+                 if isinstance(weight, bool) or not isinstance(weight, (int, float))}
+        if wrong:
+            raise ValueError(f"data.weights must map source names to numbers, got {wrong}")
 
     @property
     def augment_setting(self) -> bool | dict[str, float]:
@@ -144,13 +162,21 @@ class MetaworldEval:
     every: int | None = None
 
     def __post_init__(self) -> None:
+        # refused here, not at the first closed-loop evaluation after hours of training (the task
+        # names themselves are the evaluator's: ``kidata.eval.during_training`` checks them before
+        # the first step)
         if self.tasks is None:
             raise ValueError("eval.metaworld needs tasks (names or MT10 / MT50)")
-        if not isinstance(self.tasks, str) and not all(isinstance(task, str) for task in self.tasks):
-            raise ValueError(f"eval.metaworld.tasks must be task names or MT10 / MT50, got {self.tasks!r}")
-        if self.every is not None and self.every < 1:
-            raise ValueError(f"eval.metaworld.every must be >= 1 (steps between closed-loop evaluations), "
-                             f"got {self.every}")
+        names = self.tasks if isinstance(self.tasks, (list, tuple)) else None
+        if not isinstance(self.tasks, str) and (not names or not all(isinstance(task, str) for task in names)):
+            raise ValueError(f"eval.metaworld.tasks must be task names such as [\"reach\"], or MT10 / MT50, "
+                             f"got {self.tasks!r}")
+        for name, value, what in (("episodes", self.episodes, "episodes per task"),
+                                  ("max_steps", self.max_steps, "the step budget of an episode"),
+                                  ("replan", self.replan, "actions executed per predicted chunk"),
+                                  ("every", self.every, "steps between closed-loop evaluations")):
+            if value is not None and value < 1:
+                raise ValueError(f"eval.metaworld.{name} must be >= 1 ({what}), got {value}")
 
 
 
@@ -179,6 +205,13 @@ class EvalConfig:
     metaworld: MetaworldEval | None = None  # unset (an empty table): no closed-loop evaluation
 
     def __post_init__(self) -> None:
+        # what the first evaluation would trip over, refused before the first training step
+        for name, value, what in (("batches", self.batches, "held-out batches per evaluation"),
+                                  ("batch_size", self.batch_size, "held-out samples per batch"),
+                                  ("num_steps", self.num_steps, "flow integration steps"),
+                                  ("max_new_tokens", self.max_new_tokens, "FAST and answer tokens generated")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"eval.{name} must be a whole number >= 1 ({what}), got {value!r}")
         if isinstance(self.metaworld, Mapping):  # a TOML table, an override or config.json
             table = option_table(MetaworldEval, self.metaworld, "eval.metaworld", ValueError) if self.metaworld else None
             object.__setattr__(self, "metaworld", table)
@@ -343,43 +376,3 @@ def load(preset: str | Path, overrides: Overrides | None = None) -> TrainConfig:
     ``overrides`` on top, ``{"train": {"steps": 3}, "data": {"manifest": path}}``: the Python
     caller's ``kidata train --model PRESET --train.steps 3 --data.manifest PATH``."""
     return TrainConfig.load(preset, overrides or {})
-
-
-def check_compatible(manifest: Manifest, config: TrainConfig) -> None:
-    """Refuses a mixture whose encoding does not fit the model, naming every difference."""
-    model, encoding = config.model, manifest.encoding
-    problems = []
-    weights = config.data.weights
-    robot = [s.name for s in manifest.sources if s.kind == "robot" and (weights.get(s.name, 0.0) if weights else s.weight)]
-    if model.variant == "vlm" and robot:
-        problems.append(f"variant vlm trains the backbone on VLM data alone, the mixture samples robot sources {robot} "
-                        "(weigh them 0 with data.weights, train them with pi0_fast, or build the VLM sources alone)")
-    if encoding.action_horizon != model.action_horizon:
-        problems.append(f"action_horizon: data {encoding.action_horizon}, model {model.action_horizon}")
-    if encoding.action_dim > model.action_dim:
-        problems.append(f"action_dim: data {encoding.action_dim} > model {model.action_dim}")
-    if encoding.image_size != model.image_size:
-        problems.append(f"image_size: data {encoding.image_size}, model {model.image_size}")
-    if encoding.token_vocab_size > model.vocab_size:
-        problems.append(f"token vocabulary: data {encoding.token_vocab_size} (text {encoding.text_vocab_size}, action ids "
-                        f"{list(encoding.fast_token_range)}) > model vocab_size {model.vocab_size} (train with "
-                        f"--model.vocab_size {encoding.token_vocab_size})")
-    kind = manifest.action_tokens
-    if kind != model.action_tokens:
-        problems.append(f"action tokens: data {kind!r}, model action_tokens {model.action_tokens!r}")
-    continuous = encoding.state_encoding == "continuous"
-    if continuous != (model.state_input in ("prefix", "expert")):
-        problems.append(f"state: data state_encoding {encoding.state_encoding!r}, model state_input {model.state_input!r}")
-    if encoding.prompt_format == "pi0" and model.state_input != "expert":
-        problems.append(f"prompt layout: data prompt_format 'pi0' (openpi's pi0: state in the action expert), model "
-                        f"state_input {model.state_input!r} (set --model.state_input expert)")
-    widest_state = max((len(s.norm_stats["state"]["mean"]) for s in manifest.sources if s.kind == "robot"), default=0)
-    if continuous and widest_state > model.state_dim:
-        problems.append(f"state_dim: data {widest_state} > model {model.state_dim}")
-    if encoding.action_horizon != model.action_horizon or encoding.image_size != model.image_size:
-        problems.append(f"a mixture is built for one model shape: rebuild its recipe with [mixture] action_horizon = "
-                        f"{model.action_horizon} and image_size = {model.image_size} (what this model reads; a pretrained "
-                        f"init_from also needs its text_tokenizer), or train with --model.action_horizon "
-                        f"{encoding.action_horizon} --model.image_size {encoding.image_size}")
-    if problems:
-        raise ManifestMismatch("the mixture does not fit the model config: " + "; ".join(problems))

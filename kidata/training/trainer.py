@@ -40,7 +40,8 @@ from kidata.training.checkpoint import (
     write_shards,
 )
 from kidata.training.closed_loop import ClosedLoop, LiveWeights, check_hook, ema_weights
-from kidata.training.config import TrainConfig, check_compatible  # noqa: F401  (public here)
+from kidata.training.compatible import check_compatible  # noqa: F401  (public here)
+from kidata.training.config import TrainConfig
 from kidata.training.determinism import deterministic_algorithms
 from kidata.training.held_out import HeldOutMetrics
 from kidata.training.initialize import build_sharded, check_init_tokenizer, initialized_model
@@ -163,6 +164,7 @@ def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, all
     build = BuildDir(manifest_path)
     manifest = build.read_manifest()
     check_compatible(manifest, config)
+    check_hook(config, closed_loop, manifest)  # what the first closed-loop evaluation would fail on
     check_init_tokenizer(manifest, config)  # a pretrained embedding means PaliGemma's token ids
     use_bf16 = config.train.precision == "bf16" or (config.train.precision == "auto" and env.device.type == "cuda")
     if config.train.frozen_weights == "bf16" and not use_bf16:

@@ -339,9 +339,27 @@ def test_the_evaluator_refuses_zero_episodes_in_one_sentence():
         evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=0)
 
 
+def test_the_evaluator_refuses_an_episode_budget_below_one_rather_than_scoring_episodes_that_never_act():
+    with pytest.raises(ValueError, match=r"^max_steps must be >= 1 \(the step budget of an episode\), got 0$"):
+        evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, max_steps=0)
+
+
+def test_the_evaluator_refuses_a_render_size_below_one():
+    with pytest.raises(ValueError, match=r"^image_size must be >= 1 \(the rendered cameras' size in pixels\), got 0$"):
+        evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, scene=SceneSettings(image_size=0))
+
+
 def test_the_evaluator_refuses_a_replanning_interval_below_one_in_one_sentence():
     with pytest.raises(ValueError, match=r"replan must be >= 1 \(actions executed per predicted chunk\), got 0"):
         evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, chunking=Chunking(replan=0))
+
+
+def test_eval_metaworld_image_size_zero_is_refused_not_replaced_by_the_default_size(capsys):
+    from kidata.cli import main
+
+    assert main(["eval", "metaworld", "--policy", "expert", "--tasks", "reach", "--episodes", "1",
+                 "--image-size", "0"]) == 2
+    assert "image_size must be >= 1 (the rendered cameras' size in pixels), got 0" in capsys.readouterr().err
 
 
 def test_eval_metaworld_layouts_training_needs_a_run():

@@ -17,7 +17,8 @@ from kidata.sources.synthetic import action_chunks
 from kidata.tokenizers.fast import FastTokenizer
 from kidata.tokenizers.prompt import SampleEncoder
 from kidata.tokenizers.text import TextTokenizer
-from kidata.training.config import check_compatible, load
+from kidata.training.compatible import check_compatible
+from kidata.training.config import load
 
 PROMPT = "  Pick_up the red cup\n"  # openpi cleans: strip, "_" -> " ", "\n" -> " ", case kept
 STATE = np.array([0.1, -0.5, 0.3], dtype=np.float32)
