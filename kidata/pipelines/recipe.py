@@ -85,7 +85,7 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
         if not isinstance(reader, str):
             raise RecipeError(f"{where}: reader = {reader!r}: expected a reader's name, one of {sorted(known)}")
         if reader not in known:
-            raise RecipeError(f"{where}: unknown reader {reader!r}{nearest(reader, tuple(known))}")
+            raise RecipeError(f"{where}: unknown reader {reader!r}{nearest(reader, tuple(known), noun='readers')}")
         entry = known[reader]
         allowed = COMMON_SOURCE_KEYS + entry.options
         options = {}

@@ -145,3 +145,8 @@ def test_a_setting_its_rule_or_encoding_would_ignore_is_refused_naming_what_it_n
     with pytest.raises(RecipeError, match=r"^\[mixture\]: " + message):
         parse_recipe(mixture(line))
     assert parse_recipe(mixture('state_encoding = "special"\nspecial_state_first = 100')).mixture.special_state_first == 100
+
+
+def test_an_unknown_reader_is_refused_listing_the_readers_not_keys():
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(s\): unknown reader '' \(readers: \['coco_captions', "):
+        parse_recipe({"mixture": {"name": "m"}, "sources": [{**SOURCES[0], "reader": ""}]})
