@@ -124,6 +124,21 @@ def test_verify_names_an_action_tokenizer_of_another_build(two_builds, tmp_path)
                for p in problems), problems
 
 
+def test_verify_names_a_recipe_edited_in_the_manifest_after_the_build(two_builds, tmp_path):
+    root, first, _ = two_builds
+    out = copy_build(root / "a", tmp_path / "out")
+    written = json.loads((out / "manifest.json").read_text())
+    written["recipe"]["mixture"]["image_size"] = 32
+    (out / "manifest.json").write_text(json.dumps(written))
+    edited = json.loads(json.dumps(first.canonical()))
+    edited["mixture"]["image_size"] = 32
+    from kidata.hashing import json_sha256
+
+    assert verify(str(out)) == [f"manifest.json: its recipe hashes to {json_sha256(edited)[:12]}, not to the "
+                                f"recipe_sha256 it records ({first.sha256[:12]}): the recipe was edited after the "
+                                "build; restore the build's manifest.json or rebuild"]
+
+
 def test_verify_names_a_shard_of_another_build_even_when_the_manifest_lists_its_hash(two_builds, tmp_path):
     root, _, _ = two_builds
     out = copy_build(root / "a", tmp_path / "out")
