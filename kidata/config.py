@@ -33,11 +33,12 @@ class ConfigError(ValueError):
     """A config file or table that cannot be used as written; the message names file and key."""
 
 
-def nearest(key: str, valid: Iterable[str]) -> str:
-    """' (did you mean X?)', else ' (valid keys: [...])': the tail of every unknown-key refusal."""
+def nearest(key: str, valid: Iterable[str], *, noun: str = "valid keys") -> str:
+    """' (did you mean X?)', else ' (valid keys: [...])': the tail of every unknown-key refusal (``noun``
+    names what the list holds when it is not keys: readers, tasks)."""
     valid = list(valid)
     match = difflib.get_close_matches(key, valid, n=1)
-    return f" (did you mean {match[0]!r}?)" if match else f" (valid keys: {sorted(valid)})"
+    return f" (did you mean {match[0]!r}?)" if match else f" ({noun}: {sorted(valid)})"
 
 
 def read_toml(path: str | Path, *, error: type[ValueError] = ConfigError, kind: str | None = None

@@ -35,6 +35,7 @@ from kidata.pipelines.stats_pass import (
     STATE_DIR,
     BuildError,
     action_tokenizer,
+    check_fit_has_robot_data,
     held_out_when_none_falls,
     run_pass1,
 )
@@ -68,6 +69,7 @@ def _build(recipe: Recipe, out: str, *, engine: str, workers: int, force: bool, 
            ray_address: str | None, fast_override: str | None) -> Manifest:
     fs, root = output_fs(out)
     started = time.perf_counter()
+    check_fit_has_robot_data(recipe, fast_override)
     # sources are opened before the output is claimed: a wrong path never locks the folder
     units = {s.name: recipe.open(s).list_units(recipe.mixture.units_per_source) for s in recipe.sources}
     with BuildLock(fs, root, out):

@@ -26,7 +26,7 @@ from kidata.pipelines.recipe_limits import (
     check_source_name,
     check_source_option,
 )
-from kidata.recipe import FastFit, FastFrom, FastSetting, MixtureConfig, fast_setting_kind
+from kidata.recipe import ActionBins, FastFit, FastFrom, FastSetting, MixtureConfig, fast_setting_kind
 from kidata.sources import registry
 from kidata.sources.registry import COMMON_SOURCE_KEYS
 
@@ -85,7 +85,7 @@ def parse_recipe(data: Mapping[str, Any], *, base_dir: str | Path = ".") -> Reci
         if not isinstance(reader, str):
             raise RecipeError(f"{where}: reader = {reader!r}: expected a reader's name, one of {sorted(known)}")
         if reader not in known:
-            raise RecipeError(f"{where}: unknown reader {reader!r}{nearest(reader, tuple(known))}")
+            raise RecipeError(f"{where}: unknown reader {reader!r}{nearest(reader, tuple(known), noun='readers')}")
         entry = known[reader]
         allowed = COMMON_SOURCE_KEYS + entry.options
         options = {}
@@ -210,6 +210,9 @@ def _fast_setting(value: Any) -> FastSetting:
         raise RecipeError(f"{where}fit = false: a table without 'bins' or 'path' fits FAST on the build's actions; "
                           "leave fit out (or true) to fit, or write { path = \"...\" } for a fitted tokenizer or "
                           "{ bins = 256 } for naive binning")
+    if isinstance(setting, FastFit) and setting.scale is not None and setting.target_rmse is not None:
+        raise RecipeError(f"{where}scale = {setting.scale!r} and target_rmse = {setting.target_rmse!r}: target_rmse "
+                          "picks the scale, so the scale would be ignored; keep one of them")
     return setting
 
 
@@ -225,6 +228,19 @@ def _check_mixture(mixture: MixtureConfig) -> None:
         raise RecipeError(f"[mixture]: prompt_format = \"pi0\" gives the state to the action expert as a vector, "
                           f"state_encoding = {mixture.state_encoding!r} writes it into the prompt; set "
                           "state_encoding = \"continuous\"")
+    defaults = {f.name: f.default for f in fields(MixtureConfig)}
+    for key, owner, needed in (("fast_token_offset", "fast_token_rule", "offset"),
+                               ("fast_token_skip", "fast_token_rule", "openpi"),
+                               ("special_state_first", "state_encoding", "special")):
+        if getattr(mixture, key) != defaults[key] and getattr(mixture, owner) != needed:
+            raise RecipeError(f"[mixture]: {key} = {getattr(mixture, key)!r} applies only with {owner} = \"{needed}\", "
+                              f"and {owner} is {getattr(mixture, owner)!r}, so it would be ignored; set {owner} = "
+                              f"\"{needed}\" or drop {key}")
+    setting = mixture.fast_tokenizer
+    if isinstance(setting, ActionBins) and setting.stride is not None and setting.stride > mixture.action_horizon:
+        raise RecipeError(f"[mixture].fast_tokenizer: stride = {setting.stride} exceeds action_horizon = "
+                          f"{mixture.action_horizon}, so every chunk would keep only its first step; choose a stride "
+                          f"<= {mixture.action_horizon}")
     if mixture.action_horizon * (mixture.action_dim or 1) > MAX_CHUNK_VALUES:
         raise RecipeError(f"[mixture]: action_horizon {mixture.action_horizon} x action_dim {mixture.action_dim} "
                           f"exceeds {MAX_CHUNK_VALUES} values per action chunk")

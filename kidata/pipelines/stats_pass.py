@@ -168,6 +168,15 @@ def fit_fast_from_recipe(recipe: Recipe, out_dir: str | Path, *, sources: list[s
 
 
 
+def check_fit_has_robot_data(recipe: Recipe, fast_override: str | None = None) -> None:
+    """A FAST fit (the default ``fast_tokenizer``) needs robot actions: refused before the build writes anything."""
+    setting = fast_override or recipe.mixture.fast_tokenizer
+    if isinstance(setting, FastFit) and not any(source.kind == "robot" for source in recipe.sources):
+        raise BuildError("[mixture] fast_tokenizer fits FAST on the robot sources' actions and this recipe has none: "
+                         "add a robot source, or for a mixture of VLM sources alone set fast_tokenizer = { bins = 256 } "
+                         "or the path of a fitted tokenizer")
+
+
 def action_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, engine, workers, progress, ray_address,
                     fast_override) -> dict[str, str]:
     """Action tokenizer files (name -> text): FAST fitted on the normalized reservoir or loaded
@@ -186,8 +195,7 @@ def action_tokenizer(recipe, robot, units, norm_stats, action_dim, fs, root, eng
             tokenizer = BinTokenizer(n_bins=setting.bins, stride=1 if setting.stride is None else setting.stride)
             chunks = None
         else:
-            if not robot:
-                raise BuildError("fast_tokenizer.fit needs at least one robot source")
+            check_fit_has_robot_data(recipe, fast_override)
             chunks = normalized_reservoir(recipe, robot, norm_stats, action_dim, fs, root)
             tokenizer = FastTokenizer.fit(chunks, **setting.fit_options())
         with tempfile.TemporaryDirectory() as local:

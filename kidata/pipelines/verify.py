@@ -27,7 +27,7 @@ def verify(out: str) -> list[str]:
     if not fs.exists(build.manifest_path):
         return [f"{out}: no {MANIFEST_FILE} (the build did not finish)"]
     manifest, _ = Manifest.read(fs.unstrip_protocol(build.manifest_path))
-    problems = _tokenizer_problems(fs, root, manifest)
+    problems = _recipe_problems(manifest) + _tokenizer_problems(fs, root, manifest)
     for source in manifest.sources:
         for shard in source.shards:
             path = build.shard_path(shard.path)
@@ -43,6 +43,17 @@ def verify(out: str) -> list[str]:
                 if foreign:
                     problems.append(f"{shard.path}: {foreign}")
     return problems
+
+
+def _recipe_problems(manifest: Manifest) -> list[str]:
+    """The recorded recipe is the one the build hashed: the trainer, the policy and the evaluators read it, so an
+    edit after the build (``image_size``, a source's tasks) would change them without touching any shard."""
+    actual = manifest.recipe.sha256
+    if actual == manifest.recipe_sha256:
+        return []
+    return [f"{MANIFEST_FILE}: its recipe hashes to {actual[:12]}, not to the recipe_sha256 it records "
+            f"({manifest.recipe_sha256[:12]}): the recipe was edited after the build; restore the build's "
+            f"{MANIFEST_FILE} or rebuild"]
 
 
 def _tokenizer_problems(fs, root: str, manifest: Manifest) -> list[str]:

@@ -88,7 +88,7 @@ def readers() -> dict[str, ReaderEntry]:
 def reader(name: str) -> ReaderEntry:
     table = readers()
     if name not in table:
-        raise KeyError(f"unknown reader {name!r}{nearest(name, tuple(table))}")
+        raise KeyError(f"unknown reader {name!r}{nearest(name, tuple(table), noun='readers')}")
     return table[name]
 
 

@@ -124,6 +124,21 @@ def test_verify_names_an_action_tokenizer_of_another_build(two_builds, tmp_path)
                for p in problems), problems
 
 
+def test_verify_names_a_recipe_edited_in_the_manifest_after_the_build(two_builds, tmp_path):
+    root, first, _ = two_builds
+    out = copy_build(root / "a", tmp_path / "out")
+    written = json.loads((out / "manifest.json").read_text())
+    written["recipe"]["mixture"]["image_size"] = 32
+    (out / "manifest.json").write_text(json.dumps(written))
+    edited = json.loads(json.dumps(first.canonical()))
+    edited["mixture"]["image_size"] = 32
+    from kidata.hashing import json_sha256
+
+    assert verify(str(out)) == [f"manifest.json: its recipe hashes to {json_sha256(edited)[:12]}, not to the "
+                                f"recipe_sha256 it records ({first.sha256[:12]}): the recipe was edited after the "
+                                "build; restore the build's manifest.json or rebuild"]
+
+
 def test_verify_names_a_shard_of_another_build_even_when_the_manifest_lists_its_hash(two_builds, tmp_path):
     root, _, _ = two_builds
     out = copy_build(root / "a", tmp_path / "out")
@@ -306,4 +321,17 @@ def test_a_worker_count_outside_what_a_build_runs_is_refused_naming_the_range(tw
     _, first, _ = two_builds
     with pytest.raises(BuildError, match=rf"--workers {workers}: a build runs 1 to 256 worker processes"):
         build(first, str(tmp_path / "out"), workers=workers, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fast_fit_without_robot_sources_is_refused_before_the_output_is_touched(tmp_path):
+    from support.recipes import RecipeDraft, source
+
+    from kidata.pipelines.recipe import parse_recipe
+
+    recipe = parse_recipe(RecipeDraft({"name": "m"}, (source("scenes", "metaworld_scenes", tasks=["reach"]),)).tables())
+    with pytest.raises(BuildError, match=r"^\[mixture\] fast_tokenizer fits FAST on the robot sources' actions and this "
+                                         r"recipe has none: add a robot source, or for a mixture of VLM sources alone set "
+                                         r"fast_tokenizer = \{ bins = 256 \} or the path of a fitted tokenizer$"):
+        build(recipe, str(tmp_path / "out"), progress=False)
     assert not (tmp_path / "out").exists()

@@ -116,3 +116,37 @@ def test_fit_false_is_refused_since_a_table_without_bins_or_path_fits_fast_eithe
 def test_a_choice_that_is_unknown_or_given_as_a_number_is_refused_naming_the_choices(line, message):
     with pytest.raises(RecipeError, match=r"^\[mixture\]: " + message):
         parse_recipe(mixture(line))
+
+
+def test_a_fit_table_with_both_scale_and_target_rmse_is_refused_since_target_rmse_picks_the_scale():
+    with pytest.raises(RecipeError, match=r"^\[mixture\]\.fast_tokenizer: scale = 10 and target_rmse = 0\.01: target_rmse "
+                                          r"picks the scale, so the scale would be ignored; keep one of them$"):
+        parse_recipe(mixture("fast_tokenizer = { scale = 10, target_rmse = 0.01 }"))
+
+
+def test_a_bin_stride_longer_than_the_chunk_is_refused_naming_the_horizon():
+    with pytest.raises(RecipeError, match=r"^\[mixture\]\.fast_tokenizer: stride = 11 exceeds action_horizon = 10, so "
+                                          r"every chunk would keep only its first step; choose a stride <= 10$"):
+        parse_recipe(mixture("action_horizon = 10\nfast_tokenizer = { bins = 8, stride = 11 }"))
+    assert parse_recipe(mixture("action_horizon = 10\nfast_tokenizer = { bins = 8, stride = 10 }")).mixture.fast_tokenizer \
+        == ActionBins(bins=8, stride=10)
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("fast_token_offset = 2048",
+     r"fast_token_offset = 2048 applies only with fast_token_rule = \"offset\", and fast_token_rule is 'openpi', so it "
+     r"would be ignored; set fast_token_rule = \"offset\" or drop fast_token_offset"),
+    ('fast_token_rule = "offset"\nfast_token_offset = 2048\nfast_token_skip = 64',
+     r"fast_token_skip = 64 applies only with fast_token_rule = \"openpi\""),
+    ("special_state_first = 100", r"special_state_first = 100 applies only with state_encoding = \"special\", and "
+                                  r"state_encoding is 'text'"),
+])
+def test_a_setting_its_rule_or_encoding_would_ignore_is_refused_naming_what_it_needs(line, message):
+    with pytest.raises(RecipeError, match=r"^\[mixture\]: " + message):
+        parse_recipe(mixture(line))
+    assert parse_recipe(mixture('state_encoding = "special"\nspecial_state_first = 100')).mixture.special_state_first == 100
+
+
+def test_an_unknown_reader_is_refused_listing_the_readers_not_keys():
+    with pytest.raises(RecipeError, match=r"^\[\[sources\]\] #1 \(s\): unknown reader '' \(readers: \['coco_captions', "):
+        parse_recipe({"mixture": {"name": "m"}, "sources": [{**SOURCES[0], "reader": ""}]})
