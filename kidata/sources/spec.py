@@ -9,6 +9,7 @@ recipe table with the same fields (``spec_from_mapping``); no code.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -173,6 +174,7 @@ def spec_from_mapping(name: str, mapping: Mapping[str, Any]) -> DatasetSpec:
     for required in ("cameras", "state", "action", "fps"):
         if required not in mapping:
             raise ValueError(f"dataset mapping {name!r}: missing {required!r}")
+    _check_mapping_types(name, mapping)
     options = {k: v for k, v in mapping.items() if k not in ("cameras", "state", "action", "fps", "action_space")}
     if "language" in options:
         options["language"] = tuple(options["language"])
@@ -180,6 +182,21 @@ def spec_from_mapping(name: str, mapping: Mapping[str, Any]) -> DatasetSpec:
         name, cameras=mapping["cameras"], state=list(mapping["state"]), action=list(mapping["action"]),
         fps=float(mapping["fps"]), action_space=mapping.get("action_space", "custom"), **options,
     )
+
+
+def _check_mapping_types(name: str, mapping: Mapping[str, Any]) -> None:
+    """The types of the required keys, refused in one sentence naming the key (a string where a list
+    goes would be read letter by letter, ``fps = "ten"`` end in float()'s message)."""
+    cameras, fps = mapping["cameras"], mapping["fps"]
+    if not isinstance(cameras, Mapping) or not all(isinstance(v, str) and v for v in cameras.values()):
+        raise ValueError(f"dataset mapping {name!r}: cameras = {cameras!r}: expected a table of standard camera = "
+                         "observation key, e.g. { base_0 = \"image\" }")
+    for key in ("state", "action"):
+        if not isinstance(mapping[key], (list, tuple)) or not all(isinstance(p, str) and p for p in mapping[key]):
+            raise ValueError(f"dataset mapping {name!r}: {key} = {mapping[key]!r}: expected a list of parts, "
+                             "e.g. [\"state[:7]\"]")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        raise ValueError(f"dataset mapping {name!r}: fps = {fps!r}: expected a number of steps per second > 0")
 
 
 # A no-op step, as LIBERO's RLDS release removed them: arm action (every value but the last) of norm
