@@ -33,7 +33,8 @@ def add_parser(commands) -> None:
     train.add_argument("--resume", action="store_true", help="continue from the run's newest complete checkpoint with "
                                                             "its saved config (overrides given change it)")
     train.add_argument("--allow-config-change", action="store_true",
-                       help="on --resume, accept changes to train.steps and the eval / log / checkpoint tables")
+                       help="on --resume, accept changes to train.steps, data.num_workers and the eval / log / checkpoint "
+                            "/ policy tables")
     train.add_argument("--print-config", action="store_true",
                        help="print the resolved config (the preset, or the run's with --resume, plus overrides) as TOML "
                             "and exit without training")

@@ -127,6 +127,8 @@ def read_run_weights(run: Path, checkpoint: Path | None = None, *, use_ema: bool
     if path is None:
         raise CheckpointError(f"{run} has no checkpoint yet: its training writes one every checkpoint.every steps and "
                               "at its last; use the run once it has one (kidata train --out RUN --resume continues it)")
+    if path.is_file():
+        raise FileNotFoundError(f"{path} is a file; pass the checkpoint folder that holds it ({path.parent})")
     if (path / "model.safetensors").is_file() or is_sharded(path):  # else read_weights names the run's checkpoints
         problem = checkpoint_problem(path)
         if problem is not None:

@@ -18,9 +18,10 @@ class ResumeRefused(ValueError):
     """A ``--resume`` that would not continue the run it names: nothing in the run was changed."""
 
 
-# Settings a resumed run may change with ``allow_config_change``: they decide how long to train
-# and what to write, never what the weights, optimizer state or data streams mean.
-RESUMABLE_CHANGES = ("train.steps", "eval.", "log.", "checkpoint.", "data.num_workers")
+# Settings a resumed run may change with ``allow_config_change``: they decide how long to train,
+# what to write and how the trained run acts (``[policy]``), never what the weights, optimizer
+# state or data streams mean.
+RESUMABLE_CHANGES = ("train.steps", "eval.", "log.", "checkpoint.", "data.num_workers", "policy.")
 
 
 def config_changes(before: dict, after: dict, prefix: str = "") -> list[str]:

@@ -367,3 +367,13 @@ def test_a_resume_whose_recorded_mixture_path_is_not_found_says_to_name_where_th
                                                 r"folder the run was started from\): pass --data with where that build"):
         train(config("out/manifest.json", train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run,
               resume=True)
+
+
+def test_how_a_run_acts_may_change_on_resume_with_the_explicit_flag(run, mixture):
+    from kidata import policy as policies
+
+    acting = config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}, policy={"replan": 2})
+    with pytest.raises(ResumeRefused, match=r"policy.replan: 5 -> 2 \(pass --allow-config-change"):
+        train(acting, run, resume=True)
+    train(acting, run, resume=True, allow_config_change=True)
+    assert policies.load(run).settings.replan == 2

@@ -185,3 +185,10 @@ def test_the_weights_of_a_run_without_a_checkpoint_are_refused_saying_when_it_wi
                                               r"checkpoint.every steps and at its last; use the run once it has one "
                                               r"\(kidata train --out RUN --resume continues it\)$"):
         RunDir(tmp_path).weights()
+
+
+def test_a_checkpoints_weights_file_named_in_place_of_its_folder_is_refused_naming_the_folder(tmp_path):
+    saved = checkpoint(tmp_path, 2)
+    with pytest.raises(FileNotFoundError, match=rf"^{saved}/model.safetensors is a file; pass the checkpoint folder "
+                                                rf"that holds it \({saved}\)$"):
+        RunDir(tmp_path).weights(saved / "model.safetensors")
