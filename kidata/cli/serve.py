@@ -43,10 +43,12 @@ def serve_command(args: argparse.Namespace) -> int:
                            precision=args.precision, num_steps=args.num_steps)
     server = PolicyServer(loaded, keys, metadata=run_metadata(loaded, args.run), api_key=args.api_key,
                           max_request_bytes=int(args.max_request_mb * 1024 * 1024))
-    print(f"serving {args.run} on ws://{args.host}:{args.port} ({loaded.device}, {loaded.precision}; keys: {args.keys}; health: "
-          f"http://{args.host}:{args.port}/healthz){' with an API key' if args.api_key else ''}", flush=True)
+    def announce(_port: int) -> None:  # once bound: a port in use is refused without claiming to serve
+        print(f"serving {args.run} on ws://{args.host}:{args.port} ({loaded.device}, {loaded.precision}; keys: {args.keys}; "
+              f"health: http://{args.host}:{args.port}/healthz){' with an API key' if args.api_key else ''}", flush=True)
+
     try:
-        server.serve(args.host, args.port)
+        server.serve(args.host, args.port, bound=announce)
     except KeyboardInterrupt:
         pass
     return 0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import http
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -91,9 +91,12 @@ class PolicyServer:
                              process_request=self._process_request)
         return self._server
 
-    def serve(self, host: str = "127.0.0.1", port: int = 8000) -> None:
-        """Serves until ``shutdown`` (or Ctrl-C)."""
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, *, bound: Callable[[int], None] | None = None) -> None:
+        """Serves until ``shutdown`` (or Ctrl-C). ``bound`` is called with the port once it is bound,
+        so a caller announces the address only when a port in use has not been refused."""
         with self._open(host, port) as server:
+            if bound is not None:
+                bound(server.socket.getsockname()[1])
             server.serve_forever()
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> int:

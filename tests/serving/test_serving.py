@@ -421,3 +421,18 @@ def test_a_keys_file_that_is_not_a_json_key_map_is_named(tmp_path, capsys):
         keymap(str(listed))
     assert main(["serve", "--run", str(tmp_path / "no-run"), "--keys", str(broken)]) == 2
     assert f"--keys {broken} is not a JSON key map" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_is_refused_without_first_claiming_to_serve_there(loaded, capsys):
+    import socket
+
+    from kidata.cli import main
+
+    _, run = loaded
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--run", str(run), "--port", str(port)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Address already in use" in err
