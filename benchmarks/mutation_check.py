@@ -240,6 +240,12 @@ MUTATIONS = [
     Mutation("a closed-loop evaluation the mixture cannot run is found only after training", "kidata/training/trainer.py",
              "    check_hook(config, closed_loop, manifest)", "    check_hook(config, closed_loop)",
              ("tests/eval/test_during_training.py -k without_a_metaworld_source",)),
+    Mutation("a resume without the run's copy of its manifest skips the mixture check", "kidata/training/resume.py",
+             "    if not run.manifest_file.is_file():  # else", "    if False:  # else",
+             ("tests/training/test_faults.py -k manifest_is_gone",)),
+    Mutation("a checkpoint of a run on another mixture acts with this run's statistics", "kidata/policy/from_run.py",
+             "    if theirs.recipe_sha256 != manifest.recipe_sha256:", "    if False:",
+             ("tests/training/test_faults.py -k another_mixture_is_refused_though",)),
     # CI
     Mutation("CI=1 not treated as CI", "tests/ci_strict.py",
              '("1", "true", "yes", "on")', '("true",)', ("tests/project/test_ci_strict.py",)),

@@ -116,12 +116,15 @@ def parse_overrides(arguments: Sequence[str]) -> dict[str, Any]:
     items = list(arguments)
     while items:
         flag = items.pop(0)
+        if flag.startswith("--") and "." not in flag.partition("=")[0]:
+            raise ValueError(f"{flag}: not an option of this command, nor a --section.key override (such as "
+                             "--train.steps 3)")
         if not flag.startswith("--") or "." not in flag:
             raise ValueError(f"expected --section.key, got {flag!r}")
         key, _, inline = flag[2:].partition("=")
         if not inline:
-            if not items:
-                raise ValueError(f"{flag} needs a value")
+            if not items or items[0].startswith("--"):  # the next flag is not this one's value
+                raise ValueError(f"{flag} needs a value" + (f" (the next argument is the flag {items[0]})" if items else ""))
             inline = items.pop(0)
         out[key] = _literal(inline)
     return out

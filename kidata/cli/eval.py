@@ -45,7 +45,8 @@ def add_parser(commands) -> None:
     metaworld.add_argument("--noise-scale", type=float, default=1.0,
                            help="scale of the flow's starting noise (0: one deterministic chunk)")
     metaworld.add_argument("--flow-samples", type=int, default=1, help="act on the mean of this many flow chunks")
-    metaworld.add_argument("--checkpoint", help="a checkpoint folder of the run (default: the newest complete one)")
+    metaworld.add_argument("--checkpoint", help="a checkpoint folder of the run, or its name (step_0000200; default: the "
+                                                "newest complete one)")
     metaworld.add_argument("--no-ema", action="store_true", help="the trained weights, not their EMA")
     metaworld.add_argument("--action-head", choices=choices(ActionHead),
                            help="actions from the flow expert or from greedy FAST tokens (a ki model has both; "

@@ -15,7 +15,8 @@ def add_parser(commands) -> None:
         epilog="examples:\n  kidata serve --run runs/tiny --port 8000\n"
                "  kidata serve --run runs/libero --keys libero --host 0.0.0.0 --api-key $KEY")
     serve.add_argument("--run", required=True, help="a kidata train run directory")
-    serve.add_argument("--checkpoint", help="a checkpoint directory of the run (default: its latest)")
+    serve.add_argument("--checkpoint", help="a checkpoint directory of the run, or its name (step_0000200; default: "
+                                           "its latest)")
     serve.add_argument("--keys", default="kidata",
                        help="the clients' observation keys: kidata, libero or droid (openpi's examples), or a JSON map")
     serve.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: every interface)")

@@ -67,16 +67,18 @@ def defaults_help() -> str:
 
 def train_command(args: argparse.Namespace) -> int:
     from kidata.cli._stopping import SigtermAsInterrupt
+    from kidata.config import parse_overrides
     from kidata.manifest import ManifestMismatch
     from kidata.training.checkpoint import CheckpointError
     from kidata.training.config import TrainConfig
     from kidata.training.trainer import TrainingDiverged, train
 
     overrides = list(args.overrides)
-    if args.data:
-        overrides += ["--data.manifest", json.dumps(args.data)]
     stop = SigtermAsInterrupt()
     try:
+        parse_overrides(overrides)  # a mistake is named in the arguments typed, before --data joins them
+        if args.data:
+            overrides += ["--data.manifest", json.dumps(args.data)]
         with stop:
             if args.resume:
                 from kidata.training.resume import resumed_config

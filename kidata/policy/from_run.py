@@ -32,14 +32,38 @@ def load(run: str | Path, *, checkpoint: str | Path | None = None, source: str |
                  if value is not None}
     if overrides:  # validated as the run's own [policy] was, against its model
         config = dataclasses.replace(config, policy=dataclasses.replace(config.policy, **overrides))
+    named = run_dir.checkpoint_named(checkpoint) if checkpoint else None
+    if named is not None:
+        check_same_mixture(run_dir, named, manifest)
     model = KIModel(config.model)
-    path, state, _ = run_dir.weights(Path(checkpoint) if checkpoint else None, use_ema=use_ema)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise KeyError(f"{path}: weights do not fit the run's model (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    path, state, _ = run_dir.weights(named, use_ema=use_ema)
+    own = model.state_dict()
+    shapes = [f"{name}: checkpoint {list(tensor.shape)}, model {list(own[name].shape)}"
+              for name, tensor in state.items() if name in own and own[name].shape != tensor.shape]
+    missing, unexpected = [n for n in own if n not in state], [n for n in state if n not in own]
+    if shapes or missing or unexpected:  # load_state_dict would raise a page of size mismatches
+        raise KeyError(f"{path}: weights do not fit the run's model ({'; '.join(shapes[:3]) or 'shapes agree'}; missing "
+                       f"{missing[:5]}, unexpected {unexpected[:5]}): pass a checkpoint of {run_dir.path}, or the run "
+                       "the checkpoint belongs to")
+    model.load_state_dict(state)
     if merge_lora and config.model.lora is not None:
         from kidata.model.lora import merge
 
         merge(model)  # one matrix per projection at inference, as an unadapted model
     encoder = run_dir.encoder(manifest)
     return Policy(model, config, manifest, encoder, source=source, device=device, inference=inference)
+
+
+def check_same_mixture(run: RunDir, checkpoint: Path, manifest) -> None:
+    """Refuses a checkpoint of another run trained on another mixture: its weights would act with
+    this run's normalization statistics and tokenizers, whose numbers mean something else to it
+    (no shape tells them apart). A checkpoint folder outside any run is taken as given."""
+    owner = RunDir.of_checkpoint(checkpoint)
+    if not owner.manifest_file.is_file() or owner.path.resolve() == run.path.resolve():
+        return
+    theirs = owner.manifest()
+    if theirs.recipe_sha256 != manifest.recipe_sha256:
+        raise ValueError(f"checkpoint {checkpoint} belongs to the run {owner.path}, trained on another mixture (recipe "
+                         f"sha256 {theirs.recipe_sha256[:12]}, {run.path}'s {manifest.recipe_sha256[:12]}): it would act "
+                         f"with {run.path}'s normalization and tokenizers; load the run {owner.path}, or a checkpoint of "
+                         f"{run.path}")

@@ -125,7 +125,8 @@ def read_run_weights(run: Path, checkpoint: Path | None = None, *, use_ema: bool
     checkpoint, its weights (``read_weights``) and whether they are the EMA's."""
     path = Path(checkpoint) if checkpoint is not None else latest_checkpoint(Path(run))
     if path is None:
-        raise CheckpointError(f"{run} has no checkpoint yet")
+        raise CheckpointError(f"{run} has no checkpoint yet: its training writes one every checkpoint.every steps and "
+                              "at its last; use the run once it has one (kidata train --out RUN --resume continues it)")
     if (path / "model.safetensors").is_file() or is_sharded(path):  # else read_weights names the run's checkpoints
         problem = checkpoint_problem(path)
         if problem is not None:

@@ -339,6 +339,9 @@ class TrainConfig:
     def from_mapping(cls, data: Mapping[str, Any], *, origin: str = "config") -> "TrainConfig":
         sections = {"model": ModelConfig, **SECTIONS}
         check_keys(data, list(sections), f"{origin}: ", noun="table")
+        for name, table in data.items():
+            if not isinstance(table, Mapping):
+                raise ConfigError(f"{origin}: {name} = {table!r}: expected a table of {name}'s keys")
         return cls(**{name: from_table(kind, dict(data.get(name, {})), f"{origin}: ", section=f"{name}.")
                       for name, kind in sections.items()})
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from kidata.manifest import Manifest
 from kidata.training.config import TrainConfig
-from kidata.training.run_dir import RunDir
+from kidata.training.run_dir import RunDir, metrics_lines
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -23,7 +23,10 @@ def truncate_metrics(path: Path, step: int) -> None:
     metrics.jsonl holds each step once."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    lines, notice = metrics_lines(path)
+    if notice:
+        print(f"train: {notice}", file=sys.stderr)
+    kept = [line for line, record in lines if record["step"] <= step]
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text("".join(line + "\n" for line in kept))
     os.replace(temporary, path)

@@ -11,7 +11,7 @@ from typing import Sequence
 from kidata.config import apply_overrides
 from kidata.training.checkpoint import CheckpointError
 from kidata.training.config import TrainConfig
-from kidata.training.run_dir import RunDir
+from kidata.training.run_dir import RunDir, metrics_lines
 
 
 class ResumeRefused(ValueError):
@@ -105,12 +105,24 @@ def resume_point(run: RunDir, config: TrainConfig, *, resume: bool, allow_config
     if not run.holds_checkpoints():
         raise ResumeRefused(f"--resume: {run.path} holds no checkpoint to continue; drop --resume to start a new run "
                             "there")
+    if not run.manifest_file.is_file():  # else the mixture check would be skipped, and any build accepted
+        raise ResumeRefused(f"--resume: {run.manifest_file} is missing: the run's copy of the manifest it trained on, "
+                            f"which a resume checks the mixture against; copy the manifest.json of that build there "
+                            f"({config.data.manifest}, if it was not rebuilt since), or start a new run with another --out")
+    if run.has_metrics():
+        metrics_lines(run.metrics_file)  # a damaged record is named now, before the run is written to
     saved = run.config_file
     if saved.exists():
         # both through the dataclasses: a config.json written before a field existed holds its default
         before = run.config().to_json()
         changes = config_changes(_pinned_schedule(json.loads(json.dumps(before))),
                                  _pinned_schedule(json.loads(json.dumps(config.to_json()))))
+        # where the build lies is no setting: a relative path recorded from another folder, or a build
+        # moved or copied, is the same mixture, compared by content (``check_same_mixture``, always)
+        if any(change.startswith("data.manifest:") for change in changes):
+            changes = [change for change in changes if not change.startswith("data.manifest:")]
+            print(f"resume: the mixture is read from {config.data.manifest} (the run recorded "
+                  f"{before['data']['manifest']}); its content is checked against {run.manifest_file}", file=sys.stderr)
         unsafe = [c for c in changes if not c.startswith(RESUMABLE_CHANGES)]  # model.* among them, always
         refused = unsafe if allow_config_change else changes
         if refused:

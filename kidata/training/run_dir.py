@@ -111,15 +111,35 @@ class RunDir:
         return self
 
     def config_mapping(self) -> dict[str, Any]:
-        """``config.json`` as written (what ``--resume`` overrides apply to)."""
-        return json.loads(self.config_file.read_text())
+        """``config.json`` as written (what ``--resume`` overrides apply to); ConfigError naming the
+        file when it is not the JSON object of tables training wrote."""
+        from kidata.config import ConfigError
+
+        try:
+            data = json.loads(self.config_file.read_text())
+        except (UnicodeDecodeError, ValueError) as error:
+            raise ConfigError(f"{self.config_file}: not the JSON training wrote ({error}); restore it from a copy, or "
+                              "print a config with kidata train --model PRESET --print-config and start a new run") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.config_file}: expected a JSON object of tables ({{\"model\": {{...}}, ...}}), got "
+                              f"{type(data).__name__}; restore the file training wrote")
+        for name, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"{self.config_file}: {name} = {table!r}: expected a table of {name}'s keys; restore "
+                                  "the file training wrote")
+        return data
 
     def config(self) -> TrainConfig:
         """The run's resolved config; a file written before a field existed holds its default."""
         return TrainConfig.from_mapping(self.config_mapping(), origin=str(self.config_file))
 
     def manifest(self) -> Manifest:
-        """The run's copy of the build's manifest."""
+        """The run's copy of the build's manifest (FileNotFoundError naming it, and what to put back,
+        when it is gone)."""
+        if not self.manifest_file.is_file():
+            raise FileNotFoundError(f"{self.manifest_file} is missing: the run's copy of the manifest of the build it "
+                                    f"trained on ({self.config_file}'s data.manifest); copy that build's manifest.json "
+                                    "there")
         return BuildDir(str(self.manifest_file)).read_manifest()
 
     def encoder(self, manifest: Manifest | None = None) -> "SampleEncoder":
@@ -127,12 +147,15 @@ class RunDir:
         and action tokenizer; both tokenizers are checked against the manifest's sha256."""
         from kidata.tokenizers.prompt import SampleEncoder
 
-        return SampleEncoder.from_manifest(manifest if manifest is not None else self.manifest(),
-                                           self.action_tokenizer_dir)
+        manifest = manifest if manifest is not None else self.manifest()
+        if not self.action_tokenizer_dir.is_dir():
+            raise FileNotFoundError(f"{self.action_tokenizer_dir} is missing: the run's copy of the action tokenizer of "
+                                    f"the build it trained on; copy that build's {ACTION_TOKENIZER_DIR}/ folder there")
+        return SampleEncoder.from_manifest(manifest, self.action_tokenizer_dir)
 
     def metrics(self) -> list[dict[str, Any]]:
-        """Every ``metrics.jsonl`` record, in the order written."""
-        return [json.loads(line) for line in self.metrics_file.read_text().splitlines()]
+        """Every ``metrics.jsonl`` record, in the order written (a torn last line left out: ``read_metrics``)."""
+        return read_metrics(self.metrics_file)[0]
 
     def has_metrics(self) -> bool:
         return self.metrics_file.is_file()
@@ -163,11 +186,17 @@ class RunDir:
         exist but none verifies."""
         return checkpoint.latest_checkpoint(self.path)
 
+    def checkpoint_named(self, named: str | Path) -> Path:
+        """A checkpoint argument as a folder: a path as given, or a bare name that is no path here
+        (``step_0000002``) as one of this run's checkpoints (a wrong one then names those it holds)."""
+        path = Path(named)
+        return self.checkpoints_dir / path if not path.exists() and len(path.parts) == 1 else path
+
     def weights(self, named: Path | None = None, *, use_ema: bool = True
                 ) -> tuple[Path, dict[str, "torch.Tensor"], bool]:
-        """(checkpoint, whole weights, whether the EMA's) of the checkpoint ``named`` or else the
-        newest complete one, verified against its checksums first."""
-        return checkpoint.read_run_weights(self.path, named, use_ema=use_ema)
+        """(checkpoint, whole weights, whether the EMA's) of the checkpoint ``named`` (``checkpoint_named``)
+        or else the newest complete one, verified against its checksums first."""
+        return checkpoint.read_run_weights(self.path, self.checkpoint_named(named) if named else None, use_ema=use_ema)
 
     # ------------------------------------------------------------------ writing
     def create(self, config: TrainConfig, manifest: Manifest, build: BuildDir) -> None:
@@ -212,3 +241,31 @@ class RunDir:
             if (self.path / name).is_dir():
                 raise OSError(f"{self.path / name} is a folder where the run writes its {name}: move it away or "
                               "choose another --out")
+
+
+def read_metrics(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of a ``metrics.jsonl``, and a notice when its last line was torn (``metrics_lines``)."""
+    lines, notice = metrics_lines(path)
+    return [record for _, record in lines], notice
+
+
+def metrics_lines(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+    """Each line of a ``metrics.jsonl`` with its record, and a notice when the last line was torn (a
+    process killed while appending it: that line is left out, the records before it stand). A line
+    that does not parse anywhere else is damage no kill leaves: ValueError naming file and line."""
+    lines = [(number, line) for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+             if line.strip()]
+    out, notice = [], None
+    for index, (number, line) in enumerate(lines):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                raise ValueError("not a record with a step")
+        except ValueError as error:
+            if index < len(lines) - 1:
+                raise ValueError(f"{path}, line {number}: not a metrics record ({error}); delete that line (or the file: "
+                                 "it is the run's log, not its state) and run again") from None
+            notice = f"{path}, line {number}: a torn last record (its process was stopped while writing it) is left out"
+            continue
+        out.append((line, record))
+    return out, notice

@@ -162,7 +162,14 @@ def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, all
     if not manifest_path:
         raise ValueError("no mixture: pass --data OUT/manifest.json (or set [data] manifest)")
     build = BuildDir(manifest_path)
-    manifest = build.read_manifest()
+    try:
+        manifest = build.read_manifest()
+    except FileNotFoundError as error:
+        if not resume:
+            raise
+        raise FileNotFoundError(f"{error}; --resume reads the mixture where {run.config_file} records it (data.manifest, "
+                                "relative to the folder the run was started from): pass --data with where that build "
+                                "is now") from None
     check_compatible(manifest, config)
     check_hook(config, closed_loop, manifest)  # what the first closed-loop evaluation would fail on
     check_init_tokenizer(manifest, config)  # a pretrained embedding means PaliGemma's token ids

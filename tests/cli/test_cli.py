@@ -292,3 +292,18 @@ def test_verify_and_inspect_given_a_recipe_instead_of_its_build_say_to_build_it_
     assert capsys.readouterr().out.splitlines() == [said, "1 problem(s)"]
     assert main(["inspect", str(recipe)]) == 2
     assert capsys.readouterr().err == f"kidata inspect: {said} [NotADirectoryError; --debug shows the traceback]\n"
+
+
+def test_an_override_missing_its_value_is_named_rather_than_taking_the_data_flag_as_its_value(tmp_path, capsys):
+    assert main(["train", "--model", "ki_tiny", "--data", str(tmp_path / "m.json"), "--print-config",
+                 "--train.steps"]) == 2
+    assert capsys.readouterr().err == "kidata train: --train.steps needs a value\n"
+    assert main(["train", "--model", "ki_tiny", "--print-config", "--train.steps", "--optim.lr", "3"]) == 2
+    assert capsys.readouterr().err == ("kidata train: --train.steps needs a value (the next argument is the flag "
+                                       "--optim.lr)\n")
+
+
+def test_an_option_train_does_not_have_is_named_as_neither_an_option_nor_an_override(capsys):
+    assert main(["train", "--model", "ki_tiny", "--print-config", "--device", "cuda"]) == 2
+    assert capsys.readouterr().err == ("kidata train: --device: not an option of this command, nor a --section.key "
+                                       "override (such as --train.steps 3)\n")

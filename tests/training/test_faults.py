@@ -290,3 +290,80 @@ def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(m
 def test_step_intervals_that_are_not_positive_whole_numbers_are_refused_naming_the_key(mixture, table, key, value):
     with pytest.raises(ValueError, match=rf"{table}.{key} must be a whole number >= [01].*got {value}"):
         config(mixture, **{table: {key: value}})
+
+
+def test_a_resume_whose_copy_of_the_manifest_is_gone_is_refused_rather_than_left_unchecked(run, mixture):
+    (run / "manifest.json").unlink()
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ResumeRefused, match=rf"^--resume: {run}/manifest.json is missing: the run's copy of the manifest "
+                                            r"it trained on, which a resume checks the mixture against; copy the "
+                                            rf"manifest.json of that build there \({mixture}, if it was not rebuilt"):
+        train(config(mixture, train={"steps": 5}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True,
+              allow_config_change=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_resume_drops_a_torn_last_metrics_record_and_refuses_damage_elsewhere_changing_nothing(run, mixture, capsys):
+    metrics = run / "metrics.jsonl"
+    intact = metrics.read_text()
+    metrics.write_text(intact.replace('{"step": 2,', 'garbage\n{"step": 2,', 1))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    resumed = config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0})
+    with pytest.raises(ValueError, match=rf"^{metrics}, line \d+: not a metrics record \(.*\); delete that line"):
+        train(resumed, run, resume=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    metrics.write_text(intact + '{"step": 4, "lo')  # a process killed while appending a record
+    (run / "checkpoints" / "latest").write_text("step_0000002\n")
+    train(resumed, run, resume=True)
+    assert "a torn last record (its process was stopped while writing it) is left out" in capsys.readouterr().err
+    assert steps_logged(run) == [1, 2, 3, 4]
+
+
+def test_a_checkpoint_of_a_run_on_another_mixture_is_refused_though_its_shapes_fit(run, tmp_path):
+    from kidata import policy as policies
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    recorded = json.loads((other / "manifest.json").read_text())
+    recorded["recipe_sha256"] = "0" * 64
+    (other / "manifest.json").write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match=rf"^checkpoint {other}/checkpoints/step_0000004 belongs to the run {other}, "
+                                         rf"trained on another mixture \(recipe sha256 000000000000, {run}'s [0-9a-f]{{12}}\)"
+                                         rf": it would act with {run}'s normalization and tokenizers; load the run {other}"):
+        policies.load(run, checkpoint=other / "checkpoints" / "step_0000004")
+    assert policies.load(run, checkpoint="step_0000002").action_head == "flow"  # a bare name is one of the run's
+
+
+def test_weights_of_another_shape_are_refused_naming_the_tensors_not_with_a_page_of_size_mismatches(run, tmp_path):
+    from safetensors.torch import load_file
+
+    from kidata import policy as policies
+    from kidata.training.checkpoint import save_checkpoint
+
+    weights = load_file(run / "checkpoints" / "step_0000004" / "model.safetensors")
+    weights["action_out.bias"] = torch.zeros(3)
+    elsewhere = save_checkpoint(tmp_path / "elsewhere", 4, model=weights, optimizer={"state": {}, "param_groups": []},
+                                ema=None, trainer={"step": 4}, keep=1)
+    with pytest.raises(KeyError, match=rf"{elsewhere}: weights do not fit the run's model \(action_out.bias: checkpoint "
+                                       r"\[3\], model \[8\]; missing \[\], unexpected \[\]\): pass a checkpoint of"):
+        policies.load(run, checkpoint=elsewhere)
+
+
+def test_a_resume_reads_its_mixture_from_where_the_build_is_now_when_its_content_is_the_runs(run, mixture, tmp_path,
+                                                                                            capsys):
+    moved = tmp_path / "moved"
+    shutil.copytree(Path(mixture).parent, moved)
+    train(config(str(moved / "manifest.json"), train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run,
+          resume=True)
+    assert (f"resume: the mixture is read from {moved}/manifest.json (the run recorded {mixture}); its content is "
+            f"checked against {run}/manifest.json") in capsys.readouterr().err
+    assert json.loads((run / "config.json").read_text())["data"]["manifest"] == f"{moved}/manifest.json"
+
+
+def test_a_resume_whose_recorded_mixture_path_is_not_found_says_to_name_where_the_build_is(run, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a relative data.manifest, recorded from another folder
+    with pytest.raises(FileNotFoundError, match=rf"^out/manifest.json: no such manifest .*; --resume reads the mixture "
+                                                rf"where {run}/config.json records it \(data.manifest, relative to the "
+                                                r"folder the run was started from\): pass --data with where that build"):
+        train(config("out/manifest.json", train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0}), run,
+              resume=True)

@@ -123,3 +123,65 @@ def test_the_run_and_build_file_names_are_spelled_only_in_their_homes():
                     for name in spelled_paths(path.read_text())
                     if str(path.relative_to(PACKAGE.parent)) not in HOMES[name])
     assert strays == []
+
+
+@pytest.mark.parametrize("text, refusal", [
+    ("{", r"config.json: not the JSON training wrote \(Expecting property name .*\); restore it from a copy, or print a "
+          r"config with kidata train --model PRESET --print-config and start a new run$"),
+    ("[]", r"config.json: expected a JSON object of tables \(\{\"model\": \{...\}, ...\}\), got list; restore the file "
+           r"training wrote$"),
+    ('{"train": 3}', r"config.json: train = 3: expected a table of train's keys; restore the file training wrote$"),
+])
+def test_a_damaged_config_json_is_refused_naming_the_file_and_what_to_do(tmp_path, text, refusal):
+    from kidata.config import ConfigError
+
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(ConfigError, match=f"^{tmp_path}/{refusal}"):
+        RunDir(tmp_path).config()
+
+
+def test_a_runs_missing_copies_of_the_builds_manifest_and_action_tokenizer_are_named_as_the_runs(tmp_path):
+    run = RunDir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path}/manifest.json is missing: the run's copy of the manifest "
+                                                rf"of the build it trained on \({tmp_path}/config.json's data.manifest\); "
+                                                "copy that build's manifest.json there$"):
+        run.manifest()
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path}/fast_tokenizer is missing: the run's copy of the action "
+                                                "tokenizer of the build it trained on; copy that build's "
+                                                "fast_tokenizer/ folder there$"):
+        run.encoder(tiny_manifest())
+
+
+def test_a_torn_last_metrics_record_is_left_out_with_a_notice_and_damage_elsewhere_is_named_by_line(tmp_path):
+    from kidata.training.run_dir import read_metrics
+
+    run = RunDir(tmp_path)
+    run.metrics_file.write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "lo')
+    assert read_metrics(run.metrics_file) == ([{"step": 1, "loss": 2.5}], f"{run.metrics_file}, line 2: a torn last "
+                                              "record (its process was stopped while writing it) is left out")
+    assert run.metrics() == [{"step": 1, "loss": 2.5}]
+    run.metrics_file.write_text('{"step": 1, "loss": 2.5}\ngarbage\n{"step": 2, "loss": 2.0}\n')
+    with pytest.raises(ValueError, match=rf"^{run.metrics_file}, line 2: not a metrics record \(.*\); delete that line"):
+        run.metrics()
+
+
+def test_a_bare_checkpoint_name_is_one_of_the_runs_checkpoints_and_a_path_stays_a_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = RunDir(tmp_path / "run")
+    saved = checkpoint(run.path, 2)
+    assert run.checkpoint_named("step_0000002") == saved
+    assert run.checkpoint_named(saved) == saved
+    (tmp_path / "step_0000002").mkdir()  # a folder of that name here is what the caller named
+    assert run.checkpoint_named("step_0000002") == Path("step_0000002")
+    monkeypatch.chdir(run.path)
+    path, weights, _ = run.weights(Path("step_0000002"))
+    assert path == saved and torch.equal(weights["w"], torch.full((2,), 2.0))
+
+
+def test_the_weights_of_a_run_without_a_checkpoint_are_refused_saying_when_it_will_have_one(tmp_path):
+    from kidata.training.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=rf"^{tmp_path} has no checkpoint yet: its training writes one every "
+                                              r"checkpoint.every steps and at its last; use the run once it has one "
+                                              r"\(kidata train --out RUN --resume continues it\)$"):
+        RunDir(tmp_path).weights()
