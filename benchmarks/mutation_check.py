@@ -123,6 +123,15 @@ MUTATIONS = [
     Mutation("a source's own holdout is not range-checked", "kidata/pipelines/recipe.py",
              '        check_number(f"{where}: ", "holdout"', '        (lambda *a: None)(f"{where}: ", "holdout"',
              ("tests/pipelines/test_recipe_limits.py -k own_holdout",)),
+    Mutation("fit = false in a recipe fits FAST anyway", "kidata/pipelines/recipe.py",
+             "if isinstance(setting, FastFit) and setting.fit is False:", "if False:",
+             ("tests/pipelines/test_recipe_types.py -k fit_false",)),
+    Mutation("a manifest's fast_tokenizer of another type is read as is", "kidata/recipe.py",
+             "            elif not isinstance(setting, str) and", "            elif False and",
+             ("tests/test_recorded_recipe.py -k fast_tokenizer_was_edited",)),
+    Mutation("verify passes a recipe edited in the manifest", "kidata/pipelines/verify.py",
+             "    if actual == manifest.recipe_sha256:", "    if True:",
+             ("tests/pipelines/test_faults_build.py -k edited_in_the_manifest",)),
     Mutation("Bridge gripper inverted", "kidata/sources/datasets/oxe.py",
              '"bridge_dataset",  # Berkeley BridgeData V2 as released in RLDS (image_0..3, 7-d state/action)\n'
              '        cameras={"base_0": "image_0", "base_1": "image_1", "left_wrist_0": "image_3"},\n'
@@ -284,7 +293,7 @@ MUTATIONS = [
              ("tests/model/test_lora.py -k stored_in_bf16",)),
     # one config API
     Mutation("a choice field's value is not checked as a string", "kidata/config.py",
-             "annotation=literal.get(key))", "annotation=None)",
+             "annotation=literal.get(key),", "annotation=None,",
              ("tests/test_config.py -k choice_field_takes_a_string",)),
     Mutation("a Python caller's override mistake is named as the preset file's", "kidata/training/config.py",
              '        from_table(sections[section], values, where, section=f"{flag}{section}.", fields_only=True)\n', "",

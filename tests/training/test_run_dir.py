@@ -100,7 +100,9 @@ HOMES = {"config.json": {"kidata/training/run_dir.py", "kidata/model/weights.py"
          "checkpoints": {"kidata/training/checkpoint.py", "kidata/model/weights.py"},
          "manifest.json": {"kidata/manifest.py"},
          "build_report.json": {"kidata/manifest.py"},
-         "fast_tokenizer": {"kidata/manifest.py", "kidata/pipelines/recipe_limits.py"}}
+         # the folder's name is also the recipe's [mixture] key, which the recipe modules read and record
+         "fast_tokenizer": {"kidata/manifest.py", "kidata/pipelines/recipe_limits.py", "kidata/recipe.py",
+                            "kidata/pipelines/recipe.py"}}
 
 
 def spelled_paths(source: str) -> set[str]:
