@@ -362,6 +362,9 @@ def check_overrides(overrides: Overrides | Sequence[str]) -> Overrides:
     """The overrides as a nested table, each key and value checked against the config's fields: a
     mistake is named as the overrides' (``overrides: unknown key 'train.stepz'``, or ``command line:
     unknown key '--train.stepz'`` for the command line's strings), not as the preset file's."""
+    if isinstance(overrides, (str, bytes)):  # else read character by character: "expected --section.key, got '-'"
+        raise ConfigError(f"overrides {overrides!r}: a string; pass a table such as {{'train': {{'steps': 3}}}}, or the "
+                          "command line's arguments as a list ['--train.steps', '3']")
     command_line = not isinstance(overrides, Mapping)
     table = nested_overrides(overrides) if command_line else overrides
     where, flag = ("command line: ", "--") if command_line else ("overrides: ", "")

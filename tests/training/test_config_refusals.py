@@ -45,3 +45,11 @@ def test_settings_in_range_still_load_as_given():
                               "schedule": {"warmup_steps": 0}, "optim": {"betas": [0, 0.5]},
                               "data": {"weights": {"bridge": 1}, "shuffle_buffer": 1}})
     assert (config.eval.metaworld.replan, config.optim.betas, dict(config.data.weights)) == (1, (0, 0.5), {"bridge": 1})
+
+
+def test_overrides_given_as_one_string_are_refused_saying_what_to_pass_instead():
+    with pytest.raises(ValueError, match=r"^overrides '--train.steps 3': a string; pass a table such as "
+                                         r"\{'train': \{'steps': 3\}\}, or the command line's arguments as a list "
+                                         r"\['--train.steps', '3'\]$"):
+        load("ki_tiny", "--train.steps 3")
+    assert load("ki_tiny", ["--train.steps", "3"]).train.steps == load("ki_tiny", {"train": {"steps": 3}}).train.steps
