@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Literal
 
+# the standard cameras every source's images are named by (``kidata.schema.CAMERA_NAMES``)
+CameraName = Literal["base_0", "base_1", "left_wrist_0", "right_wrist_0"]
+
 # recipes: [mixture]
 StateEncoding = Literal["text", "special", "continuous"]  # paper, appendix C: text bins, special tokens, a vector
 PromptFormat = Literal["pi05", "pi0fast", "pi0"]  # openpi's pi0.5, pi0-FAST and pi0 prompt layouts

@@ -2,17 +2,18 @@
 
 Readers in ``kidata.sources`` yield ``Episode``s; everything downstream relies on their contract,
 checked here on construction with errors that name the source, the episode and the field. This
-module imports nothing else of kidata.
+module imports only the other ground modules of kidata (choices, delta, images).
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NotRequired, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, Sequence, TypedDict, get_args
 
 import numpy as np
 
+from kidata.choices import CameraName
 from kidata.delta import check_delta_mask, to_delta
 from kidata.images import decode_frame
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
 
 # Standard camera names. A camera a dataset lacks is absent from ``Episode.images``, never a
 # black image passed off as real.
-CAMERA_NAMES = ("base_0", "base_1", "left_wrist_0", "right_wrist_0")
+CAMERA_NAMES: tuple[str, ...] = get_args(CameraName)
 
 
 class EpisodeError(ValueError):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from kidata.choices import ActionHead, FastFallback, FrozenWeights, InitFormat, TrainPrecision
+from kidata.choices import ActionHead, CameraName, FastFallback, FrozenWeights, InitFormat, TrainPrecision
 from kidata.config import (
     ConfigError,
     Overrides,
@@ -30,6 +30,7 @@ INIT_FORMATS = choices(InitFormat)
 TRAIN_PRECISIONS = choices(TrainPrecision)
 ACTION_HEADS = choices(ActionHead)
 FAST_FALLBACKS = choices(FastFallback)
+CAMERA_NAMES = choices(CameraName)
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,10 @@ class DataConfig:
                              f"got {self.augment!r}")
         if self.streams < 0:
             raise ValueError(f"data.streams must be >= 0 (0: one per process), got {self.streams}")
+        unknown = [camera for camera in self.cameras if camera not in CAMERA_NAMES]
+        if unknown or len(set(self.cameras)) != len(self.cameras):  # else that slot trains on no image at all
+            raise ValueError(f"data.cameras must be distinct standard camera names {list(CAMERA_NAMES)}, got "
+                             f"{list(self.cameras)}")
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0 (0: loading in the training process), got {self.num_workers}")
         if self.shuffle_buffer < 1:

@@ -3,6 +3,8 @@ its first evaluation (after its training steps) or deep in the loader, naming th
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from kidata.training.config import load
@@ -53,3 +55,10 @@ def test_overrides_given_as_one_string_are_refused_saying_what_to_pass_instead()
                                          r"\['--train.steps', '3'\]$"):
         load("ki_tiny", "--train.steps 3")
     assert load("ki_tiny", ["--train.steps", "3"]).train.steps == load("ki_tiny", {"train": {"steps": 3}}).train.steps
+
+
+@pytest.mark.parametrize("cameras", [["nope"], ["base_0", "base_0"], [1, 2]])
+def test_cameras_that_are_not_distinct_standard_names_are_refused_rather_than_trained_on_no_image(cameras):
+    with pytest.raises(ValueError, match=r"^data.cameras must be distinct standard camera names \['base_0', 'base_1', "
+                                         rf"'left_wrist_0', 'right_wrist_0'\], got {re.escape(str(cameras))}$"):
+        load("ki_tiny", {"data": {"cameras": cameras}})
