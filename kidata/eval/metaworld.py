@@ -170,6 +170,11 @@ def evaluate_metaworld(policy: Any, tasks: str | Sequence[str], *, episodes: int
     chunking.executor()  # refuses a bad replan or ensemble before any simulator starts
     scene = scene or SceneSettings()
     task_names = resolve_tasks(tasks)
+    if out is not None:  # refused before the episodes run, not when their results are written
+        if Path(out).exists() and not Path(out).is_dir():
+            raise FileExistsError(f"{out} is a file, and the evaluation writes its folder of files there: choose another "
+                                  "--out")
+        Path(out).mkdir(parents=True, exist_ok=True)
     total = sum(len(episode_indices[task]) for task in task_names) if episode_indices is not None else episodes * len(task_names)
     trial = _Trial(policy, chunking, max_steps, seed, scene, out, sheets, getattr(policy, "needs_images", True))
     with torch_threads(1), progress_bar(total=total, desc="episodes", unit="episode", disable=not progress) as bar:

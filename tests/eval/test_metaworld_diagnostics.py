@@ -344,6 +344,14 @@ def test_the_evaluator_refuses_an_episode_budget_below_one_rather_than_scoring_e
         evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, max_steps=0)
 
 
+def test_the_evaluator_refuses_an_out_that_is_a_file_before_running_any_episode(tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a user's file")
+    with pytest.raises(FileExistsError, match=rf"^{taken} is a file, and the evaluation writes its folder of files "
+                                              "there: choose another --out$"):
+        evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, max_steps=5, out=taken)
+
+
 def test_the_evaluator_refuses_a_render_size_below_one():
     with pytest.raises(ValueError, match=r"^image_size must be >= 1 \(the rendered cameras' size in pixels\), got 0$"):
         evaluate_metaworld(ExpertPolicy(), ["reach"], episodes=1, scene=SceneSettings(image_size=0))
