@@ -33,6 +33,8 @@ EXACT = ("image_mask", "tokens", "token_mask", "ar", "prefix_length", "expert_co
 
 def check_parity(policy: Any, *, samples: int = 4, split: str = "val", manifest_path: str | None = None) -> dict:
     """{"ok": bool, "samples": [{"key", "tensors": {name: {"max_abs_diff", ...,"ok"}}}]}."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:  # 0 compared nothing, then blamed the split
+        raise ValueError(f"samples must be >= 1 (held-out samples compared; --episodes with --check-parity), got {samples!r}")
     from kidata.envs.metaworld import Scene, expert, instruction, robot_state
     from kidata.eval.metaworld import SceneSettings
     from kidata.loader.collate import collate, expert_prompt
