@@ -173,6 +173,10 @@ def _train(config: TrainConfig, run: RunDir, env: Distributed, resume: bool, all
     check_compatible(manifest, config)
     check_hook(config, closed_loop, manifest)  # what the first closed-loop evaluation would fail on
     check_init_tokenizer(manifest, config)  # a pretrained embedding means PaliGemma's token ids
+    if config.eval.metaworld and sharded_run(config, env):  # refused here, not at the first evaluation
+        raise ValueError("[eval] metaworld runs on rank 0 with whole weights: not under FSDP on several processes (drop "
+                         "[eval] metaworld with --eval.metaworld '{}', and evaluate the run's checkpoints with kidata "
+                         "eval metaworld)")
     use_bf16 = config.train.precision == "bf16" or (config.train.precision == "auto" and env.device.type == "cuda")
     if config.train.frozen_weights == "bf16" and not use_bf16:
         raise ValueError(f"train.frozen_weights = 'bf16' needs bf16 autocast, and this run computes in fp32 "
@@ -304,8 +308,6 @@ class _Evaluations:
     def closed_loop_metrics(self, step: int) -> dict:
         """The hook's metrics on the current weights (the EMA's, when kept, as ``kidata.policy.load``
         would pick)."""
-        if self.env.world > 1 and self.config.train.fsdp:
-            raise ValueError("[eval] metaworld runs on rank 0 with whole weights: not under FSDP (use kidata eval metaworld)")
         with ema_weights(self.model, self.ema) as model:
             return self.closed_loop(LiveWeights(model, self.config, self.manifest, self.run, self.env.device, step))
 

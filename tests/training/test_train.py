@@ -238,6 +238,19 @@ def test_a_config_asking_for_closed_loop_evaluation_is_refused_without_a_hook_be
     assert not (tmp_path / "run").exists()
 
 
+def test_closed_loop_evaluation_under_fsdp_on_several_processes_is_refused_before_the_run_is_touched(mixture, tmp_path):
+    from types import SimpleNamespace
+
+    from kidata.training.run_dir import RunDir
+
+    sharded = config(mixture, train={"fsdp": True}, eval={"metaworld": {"tasks": ["reach"]}})
+    two_processes = SimpleNamespace(world=2, rank=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"^\[eval\] metaworld runs on rank 0 with whole weights: not under FSDP on "
+                                         r"several processes \(drop \[eval\] metaworld"):
+        train_module._train(sharded, RunDir(tmp_path / "run"), two_processes, False, False, lambda live: {})
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_mixture_that_does_not_fit_the_model_is_refused_before_training(mixture, tmp_path):
     with pytest.raises(ManifestMismatch, match="action_horizon: data 4, model 5"):
         train(config(mixture, model={"action_horizon": 5}), tmp_path / "run")
