@@ -21,6 +21,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("tensorflow_datasets", reason="the fixture build reads RLDS")
 
+from support.builds import folder_bytes  # noqa: E402
 from support.training import TINY, arguments, config  # noqa: E402
 
 from kidata.training.checkpoint import CheckpointError, latest_checkpoint, newest_complete  # noqa: E402
@@ -91,11 +92,11 @@ def test_when_every_checkpoint_is_damaged_loading_and_resuming_refuse_naming_eac
 def test_a_resume_that_changes_the_model_is_refused_and_changes_nothing(run, mixture):
     from kidata import policy as policies
 
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    before = folder_bytes(run)
     with pytest.raises(ResumeRefused, match=r"model.variant: 'ki' -> 'pi0_fast'.*only train.steps"):
         train(config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0},
                      model={"variant": "pi0_fast"}), run, resume=True, allow_config_change=True)
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert folder_bytes(run) == before
     policies.load(run)  # still loadable
 
 
@@ -268,13 +269,13 @@ def test_a_resume_onto_another_mixture_is_refused_even_with_allow_config_change(
     recorded["recipe_sha256"] = "0" * 64  # the run was trained on another recipe's build at this path
     recorded["sources"][0]["shards"][0]["sha256"] = "f" * 64
     (run / "manifest.json").write_text(json.dumps(recorded))
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    before = folder_bytes(run)
     with pytest.raises(ResumeRefused, match=r"the mixture differs from the one .*manifest.json records: recipe sha256 "
                                             r"000000000000 -> [0-9a-f]{12}; shards: 1 changed, 0 added, 0 removed "
                                             r"\(e\.g\. bridge/.*\) \(--allow-config-change never covers the data\)"):
         train(config(mixture, train={"steps": 5}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True,
               allow_config_change=True)
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert folder_bytes(run) == before
 
 
 def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(mixture, tmp_path):
@@ -294,24 +295,24 @@ def test_step_intervals_that_are_not_positive_whole_numbers_are_refused_naming_t
 
 def test_a_resume_whose_copy_of_the_manifest_is_gone_is_refused_rather_than_left_unchecked(run, mixture):
     (run / "manifest.json").unlink()
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    before = folder_bytes(run)
     with pytest.raises(ResumeRefused, match=rf"^--resume: {run}/manifest.json is missing: the run's copy of the manifest "
                                             r"it trained on, which a resume checks the mixture against; copy the "
                                             rf"manifest.json of that build there \({mixture}, if it was not rebuilt"):
         train(config(mixture, train={"steps": 5}, checkpoint={"every": 2}, eval={"every": 0}), run, resume=True,
               allow_config_change=True)
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert folder_bytes(run) == before
 
 
 def test_a_resume_drops_a_torn_last_metrics_record_and_refuses_damage_elsewhere_changing_nothing(run, mixture, capsys):
     metrics = run / "metrics.jsonl"
     intact = metrics.read_text()
     metrics.write_text(intact.replace('{"step": 2,', 'garbage\n{"step": 2,', 1))
-    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    before = folder_bytes(run)
     resumed = config(mixture, train={"steps": 4}, checkpoint={"every": 2}, eval={"every": 0})
     with pytest.raises(ValueError, match=rf"^{metrics}, line \d+: not a metrics record \(.*\); delete that line"):
         train(resumed, run, resume=True)
-    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    assert folder_bytes(run) == before
     metrics.write_text(intact + '{"step": 4, "lo')  # a process killed while appending a record
     (run / "checkpoints" / "latest").write_text("step_0000002\n")
     train(resumed, run, resume=True)
