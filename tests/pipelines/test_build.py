@@ -256,7 +256,7 @@ def test_the_fix_a_range_collision_names_builds_in_the_same_folder_without_force
         build(load_recipe(path), str(tmp_path / "out"), progress=False)
     rule, offset, vocab = re.search(r'fast_token_rule = "(\w+)" and fast_token_offset = (\d+), then train with '
                                     r"--model.vocab_size (\d+)", str(refused.value)).groups()
-    path.write_text(path.read_text().replace("[mixture]", f'[mixture]\nfast_token_rule = "{rule}"\nfast_token_offset = {offset}'))
+    path = write_recipe(path, bridge(), coco_detection(), units=1, fast_token_rule=rule, fast_token_offset=int(offset))
     manifest = build(load_recipe(path), str(tmp_path / "out"), progress=False)
     assert manifest.encoding.token_vocab_size == int(vocab)
 
