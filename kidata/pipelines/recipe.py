@@ -25,6 +25,7 @@ from kidata.pipelines.recipe_limits import (
     check_number,
     check_source_name,
     check_source_option,
+    check_text,
 )
 from kidata.recipe import ActionBins, FastFit, FastFrom, FastSetting, MixtureConfig, fast_setting_kind
 from kidata.sources import registry
@@ -179,7 +180,7 @@ def _mixture(table: dict[str, Any]) -> MixtureConfig:
             check_number("[mixture]: ", key, table[key], spec, RecipeError)
     for key in ("name", "text_tokenizer"):
         if key in table:
-            _check_text("[mixture]: ", key, table[key])
+            check_text("[mixture]: ", key, table[key], RecipeError)
     for key, (allowed, _) in field_choices(MixtureConfig).items():  # a choice given as a number is named with the choices
         if key in table and (not isinstance(table[key], str) or table[key] not in allowed):
             raise RecipeError(f"[mixture]: {key} = {table[key]!r}: expected one of {allowed}")
@@ -193,7 +194,7 @@ def _mixture(table: dict[str, Any]) -> MixtureConfig:
 def _fast_setting(value: Any) -> FastSetting:
     """``fast_tokenizer``: a path / hub id as written, or its table as the kind its keys name."""
     if isinstance(value, str):
-        _check_text("[mixture]: ", "fast_tokenizer", value)
+        check_text("[mixture]: ", "fast_tokenizer", value, RecipeError)
         return value
     if not isinstance(value, Mapping):
         raise RecipeError(f"[mixture]: fast_tokenizer = {value!r}: expected a table "
@@ -205,7 +206,7 @@ def _fast_setting(value: Any) -> FastSetting:
             check_number(where, key, number, FAST_NUMBERS[key], RecipeError)
     setting = from_table(kind, value, where, error=RecipeError, numbers_as_written=True)
     if isinstance(setting, FastFrom):
-        _check_text(where, "path", setting.path)
+        check_text(where, "path", setting.path, RecipeError)
     if isinstance(setting, FastFit) and setting.fit is False:
         raise RecipeError(f"{where}fit = false: a table without 'bins' or 'path' fits FAST on the build's actions; "
                           "leave fit out (or true) to fit, or write { path = \"...\" } for a fitted tokenizer or "
@@ -214,12 +215,6 @@ def _fast_setting(value: Any) -> FastSetting:
         raise RecipeError(f"{where}scale = {setting.scale!r} and target_rmse = {setting.target_rmse!r}: target_rmse "
                           "picks the scale, so the scale would be ignored; keep one of them")
     return setting
-
-
-def _check_text(where: str, key: str, value: Any) -> None:
-    """A name, path or hub id: a non-empty string without NUL bytes (an empty path would name the recipe's folder)."""
-    if not isinstance(value, str) or not value or "\0" in value:
-        raise RecipeError(f"{where}{key} = {value!r}: expected a non-empty string without NUL bytes")
 
 
 def _check_mixture(mixture: MixtureConfig) -> None:

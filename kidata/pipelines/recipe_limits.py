@@ -83,7 +83,13 @@ def check_source_option(where: str, key: str, value: Any, error: Callable[[str],
     """Refuses a switch that is not true / false and a name that is not a non-empty string, naming the key."""
     if key in SOURCE_FLAGS and not isinstance(value, bool):
         raise error(f"{where}{key} = {value!r}: expected true or false")
-    if key in SOURCE_NAMES and (not isinstance(value, str) or not value or "\0" in value):
+    if key in SOURCE_NAMES:
+        check_text(where, key, value, error)
+
+
+def check_text(where: str, key: str, value: Any, error: Callable[[str], Exception]) -> None:
+    """A name, path or hub id: a non-empty string without NUL bytes (an empty path would name the recipe's folder)."""
+    if not isinstance(value, str) or not value or "\0" in value:
         raise error(f"{where}{key} = {value!r}: expected a non-empty string without NUL bytes")
 
 
